@@ -1,0 +1,182 @@
+//! Authentication at the boundary: who sent a request, and is a reply really the server's.
+//!
+//! Both directions use the same two traits. A client signs each request with its
+//! [`CredentialSource`] and the server checks it with its [`Authenticator`]; the server signs
+//! each reply and the client checks it, so a finished-job notice (which may trigger an install
+//! script) cannot be forged by anybody on the network.
+//!
+//! A credential is always made for the exact bytes of one message, and those bytes carry the
+//! destination and a fresh nonce (see [`protocol`](crate::protocol)), so a captured credential
+//! cannot be attached to another message or replayed to another server.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::transport::PeerInfo;
+
+/// Opaque proof that some party made a message: a MUNGE credential, or empty when the
+/// transport itself authenticates the peer (mutual TLS).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credential(pub Vec<u8>);
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Credentials are bearer tokens for their lifetime: never print them.
+        write!(f, "Credential({} bytes)", self.0.len())
+    }
+}
+
+/// Who made a message, as established by an [`Authenticator`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// Numeric user id of the requester (on its host, which shares the uid space).
+    pub uid: u32,
+    /// Numeric primary group id.
+    pub gid: u32,
+    /// User name, when the verifying host knows the uid.
+    pub user: Option<String>,
+    /// The peer's host (address), when known.
+    pub host: Option<String>,
+    /// How the identity was established.
+    pub method: AuthMethod,
+}
+
+impl Identity {
+    /// The identity of this process, for jobs an embedding daemon submits itself.
+    pub fn local() -> Self {
+        let uid = nix::unistd::getuid();
+        let user = nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .map(|u| u.name);
+        Self {
+            uid: uid.as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            user,
+            host: None,
+            method: AuthMethod::Local,
+        }
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.user {
+            Some(user) => write!(f, "{user}({})", self.uid)?,
+            None => write!(f, "uid {}", self.uid)?,
+        }
+        if let Some(host) = &self.host {
+            write!(f, "@{host}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How an [`Identity`] was established.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuthMethod {
+    /// An authenticator outside this project, named by its author.
+    Custom(&'static str),
+    /// Submitted in-process by the embedding daemon.
+    Local,
+    /// A MUNGE credential.
+    Munge,
+    /// A client certificate verified by mutual TLS.
+    MutualTls,
+}
+
+/// Makes credentials for outgoing messages.
+#[async_trait]
+pub trait CredentialSource: Send + Sync + 'static {
+    /// Makes a credential bound to exactly `message`.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Unavailable`] when the credential service cannot be reached.
+    async fn credential_for(&self, message: &[u8]) -> Result<Credential, AuthError>;
+}
+
+/// Verifies credentials on incoming messages.
+#[async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    /// Checks that `credential` was made for exactly `message` by a party this side trusts,
+    /// and says who that party is.
+    ///
+    /// # Errors
+    ///
+    /// An [`AuthError`] naming why the credential is refused.
+    async fn verify(
+        &self,
+        message: &[u8],
+        credential: &Credential,
+        peer: &PeerInfo,
+    ) -> Result<Identity, AuthError>;
+}
+
+#[async_trait]
+impl<T: CredentialSource + ?Sized> CredentialSource for Arc<T> {
+    async fn credential_for(&self, message: &[u8]) -> Result<Credential, AuthError> {
+        (**self).credential_for(message).await
+    }
+}
+
+#[async_trait]
+impl<T: CredentialSource + ?Sized> CredentialSource for Box<T> {
+    async fn credential_for(&self, message: &[u8]) -> Result<Credential, AuthError> {
+        (**self).credential_for(message).await
+    }
+}
+
+#[async_trait]
+impl<T: Authenticator + ?Sized> Authenticator for Arc<T> {
+    async fn verify(
+        &self,
+        message: &[u8],
+        credential: &Credential,
+        peer: &PeerInfo,
+    ) -> Result<Identity, AuthError> {
+        (**self).verify(message, credential, peer).await
+    }
+}
+
+#[async_trait]
+impl<T: Authenticator + ?Sized> Authenticator for Box<T> {
+    async fn verify(
+        &self,
+        message: &[u8],
+        credential: &Credential,
+        peer: &PeerInfo,
+    ) -> Result<Identity, AuthError> {
+        (**self).verify(message, credential, peer).await
+    }
+}
+
+/// Why a credential could not be made or was refused.
+///
+/// The kinds let the server and client react without matching on strings; the text says
+/// what to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// The credential is older than its time to live (or the clocks disagree).
+    #[error("credential expired: {0}")]
+    Expired(String),
+    /// The credential is not well formed, or was made with another key.
+    #[error("credential invalid: {0}")]
+    Invalid(String),
+    /// The credential is genuine but was made for another message.
+    #[error("credential does not match the message it came with: {0}")]
+    Mismatch(String),
+    /// The credential was already used once.
+    #[error("credential replayed: {0}")]
+    Replayed(String),
+    /// The credential is genuine but its maker is not allowed.
+    #[error("not authorised: {0}")]
+    Unauthorized(String),
+    /// The credential service (e.g. munged) cannot be used.
+    #[error("authentication service unavailable: {0}")]
+    Unavailable(String),
+}

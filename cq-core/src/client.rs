@@ -1,0 +1,331 @@
+//! The network client: submit a job or re-attach to one, and follow it to its end.
+
+use std::io;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+use tokio_util::codec::Framed;
+
+use crate::auth::{AuthError, Authenticator, Credential, CredentialSource};
+use crate::engine::JobResult;
+use crate::job::{CommandJob, JobId};
+use crate::protocol::{
+    Action, Envelope, ErrorCode, Event, FrameCodec, FrameError, HELLO_LEN, Hello, HelloError,
+    Nonce, PROTOCOL_VERSION, Reply, Request, Role,
+};
+use crate::transport::{Connector, PeerInfo, TransportError};
+
+/// How long the client waits for the server's hello and for the acceptance of a request.
+/// Waiting for the job itself has no limit.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Talks to one server.
+#[derive(Debug)]
+pub struct Client<C, S, A> {
+    connector: C,
+    signer: S,
+    verifier: A,
+}
+
+impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
+    /// A client that reaches the server through `connector`, signs requests with `signer`
+    /// and checks the server's replies with `verifier`.
+    pub fn new(connector: C, signer: S, verifier: A) -> Self {
+        Self {
+            connector,
+            signer,
+            verifier,
+        }
+    }
+
+    /// The server as the user named it.
+    pub fn server_name(&self) -> String {
+        self.connector.server_name()
+    }
+
+    /// Submits `job`; returns once the server has accepted it.
+    ///
+    /// # Errors
+    ///
+    /// Any [`ClientError`]: connection, protocol, credential, or the server's refusal.
+    pub async fn submit(
+        &self,
+        job: CommandJob,
+    ) -> Result<Submission<'_, C::Stream, A>, ClientError> {
+        self.request(Action::Submit { job }).await
+    }
+
+    /// Re-attaches to job `id` (queued, running or recently finished).
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit); [`ErrorCode::UNKNOWN_JOB`] when the server does not know it.
+    pub async fn watch(&self, id: JobId) -> Result<Submission<'_, C::Stream, A>, ClientError> {
+        self.request(Action::Watch { job: id }).await
+    }
+
+    async fn request(&self, action: Action) -> Result<Submission<'_, C::Stream, A>, ClientError> {
+        let (mut stream, peer) = self.connector.connect().await?;
+        stream
+            .write_all(&Hello::new(Role::Client).encode())
+            .await
+            .map_err(|source| ClientError::Io {
+                during: "the hello",
+                source,
+            })?;
+        let mut hello = [0; HELLO_LEN];
+        match timeout(REPLY_TIMEOUT, stream.read_exact(&mut hello)).await {
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    during: "the hello",
+                });
+            }
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(ClientError::Closed {
+                    during: "the hello",
+                });
+            }
+            Ok(Err(source)) => {
+                return Err(ClientError::Io {
+                    during: "the hello",
+                    source,
+                });
+            }
+            Ok(Ok(_)) => {}
+        }
+        let hello = Hello::decode(&hello).map_err(ClientError::NotCq)?;
+        if hello.version != PROTOCOL_VERSION {
+            return Err(ClientError::VersionMismatch {
+                server: hello.version,
+                client: PROTOCOL_VERSION,
+            });
+        }
+        let nonce = Nonce::random();
+        let request = Request {
+            destination: peer.addr,
+            nonce,
+            action,
+        };
+        let body =
+            postcard::to_allocvec(&request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let credential = self
+            .signer
+            .credential_for(&body)
+            .await
+            .map_err(ClientError::Credential)?;
+        let mut framed = Framed::new(stream, FrameCodec::<Envelope, Envelope>::new());
+        framed
+            .send(Envelope {
+                body,
+                credential: credential.0,
+            })
+            .await
+            .map_err(ClientError::Frame)?;
+        let mut submission = Submission {
+            framed,
+            nonce,
+            peer,
+            verifier: &self.verifier,
+            job: JobId(0),
+            ahead: 0,
+            merged: false,
+        };
+        match timeout(REPLY_TIMEOUT, submission.next_reply()).await {
+            Err(_) => Err(ClientError::Timeout {
+                during: "the acceptance of the request",
+            }),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Event::Accepted { job, ahead, merged })) => {
+                submission.job = job;
+                submission.ahead = ahead;
+                submission.merged = merged;
+                Ok(submission)
+            }
+            Ok(Ok(other)) => Err(ClientError::Protocol(format!(
+                "expected an acceptance, got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// A job the server has accepted for this client, and the connection its events come on.
+#[derive(Debug)]
+pub struct Submission<'a, St, A> {
+    framed: Framed<St, FrameCodec<Envelope, Envelope>>,
+    nonce: Nonce,
+    peer: PeerInfo,
+    verifier: &'a A,
+    /// The job's id on the server.
+    pub job: JobId,
+    /// Jobs ahead of it when it was accepted, including the running one.
+    pub ahead: u32,
+    /// Whether the request was merged into an existing equal job.
+    pub merged: bool,
+}
+
+/// Something that happened to a submitted job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JobEvent {
+    /// It started.
+    Started,
+    /// It ended.
+    Finished(JobResult),
+}
+
+impl<St: crate::transport::Stream, A: Authenticator> Submission<'_, St, A> {
+    /// The next event of the job.
+    ///
+    /// # Errors
+    ///
+    /// A [`ClientError`] when the connection breaks, a reply is not authentic, or the server
+    /// reports an error.
+    pub async fn next_event(&mut self) -> Result<JobEvent, ClientError> {
+        match self.next_reply().await? {
+            Event::Started { .. } => Ok(JobEvent::Started),
+            Event::Finished {
+                outcome,
+                runtime_ms,
+                ..
+            } => Ok(JobEvent::Finished(JobResult {
+                outcome,
+                runtime: Duration::from_millis(runtime_ms),
+            })),
+            other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Waits for the job to end.
+    ///
+    /// # Errors
+    ///
+    /// As [`next_event`](Self::next_event).
+    pub async fn wait(mut self) -> Result<JobResult, ClientError> {
+        loop {
+            if let JobEvent::Finished(result) = self.next_event().await? {
+                return Ok(result);
+            }
+        }
+    }
+
+    /// Reads one reply, checks that the server made it for this request, and turns error
+    /// replies into errors.
+    async fn next_reply(&mut self) -> Result<Event, ClientError> {
+        let envelope = match self.framed.next().await {
+            None => {
+                return Err(ClientError::Closed {
+                    during: "the wait for the job",
+                });
+            }
+            Some(Err(e)) => return Err(ClientError::Frame(e)),
+            Some(Ok(envelope)) => envelope,
+        };
+        self.verifier
+            .verify(&envelope.body, &Credential(envelope.credential), &self.peer)
+            .await
+            .map_err(ClientError::ReplyNotAuthentic)?;
+        let reply: Reply = postcard::from_bytes(&envelope.body)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let for_us = reply.nonce == self.nonce
+            || (reply.nonce == Nonce::NONE && matches!(reply.event, Event::Error { .. }));
+        if !for_us {
+            return Err(ClientError::ReplyNotAuthentic(AuthError::Mismatch(
+                "the reply answers another request".to_owned(),
+            )));
+        }
+        match reply.event {
+            Event::Error { code, message } => Err(ClientError::Server { code, message }),
+            event => Ok(event),
+        }
+    }
+}
+
+/// Why the client could not get its answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server closed the connection.
+    #[error("the server closed the connection during {during}")]
+    Closed {
+        /// What the client was waiting for.
+        during: &'static str,
+    },
+    /// The client could not make its credential.
+    #[error("cannot make a credential: {0}")]
+    Credential(#[source] AuthError),
+    /// Reading or writing a frame failed.
+    #[error("{0}")]
+    Frame(#[source] FrameError),
+    /// A connection error outside frames.
+    #[error("connection error during {during}: {source}")]
+    Io {
+        /// What the client was doing.
+        during: &'static str,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The peer is not a cq server.
+    #[error("{0}")]
+    NotCq(#[source] HelloError),
+    /// The server sent something the protocol does not allow here.
+    #[error("unexpected reply from the server: {0}")]
+    Protocol(String),
+    /// A reply did not come from the server, or not for this request.
+    #[error("the server's reply could not be authenticated: {0}")]
+    ReplyNotAuthentic(#[source] AuthError),
+    /// The server refused the request or failed.
+    #[error("{message} [{code}]")]
+    Server {
+        /// The stable error code.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server did not answer in time.
+    #[error("the server did not answer in time during {during}")]
+    Timeout {
+        /// What the client was waiting for.
+        during: &'static str,
+    },
+    /// No connection could be made.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// Client and server speak different protocol versions.
+    #[error("the server speaks cq protocol {server}, this client speaks {client}: upgrade the {}", if server > client { "client (cq_client)" } else { "server (cq_server)" })]
+    VersionMismatch {
+        /// The server's version.
+        server: u16,
+        /// Ours.
+        client: u16,
+    },
+}
+
+impl ClientError {
+    /// A hint for the user on what to do, when there is a typical fix.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            Self::Transport(_) => Some("is cq_server running there, and are host and port right?"),
+            Self::NotCq(HelloError::NotCq { looks_like }) if looks_like.contains("TLS") => {
+                Some("the server expects TLS: use the same --auth as the server")
+            }
+            Self::NotCq(_) => {
+                Some("check host and port: something other than cq_server answers there")
+            }
+            Self::Closed {
+                during: "the hello",
+            } => Some(
+                "the server may be at its connection limit, or expect another transport (--auth)",
+            ),
+            Self::Server { code, .. } if *code == ErrorCode::AUTH_FAILED => {
+                Some("client and server must share the same MUNGE key, and their clocks must agree")
+            }
+            Self::ReplyNotAuthentic(_) => Some(
+                "something other than the expected cq_server answered; do not trust this result",
+            ),
+            _ => None,
+        }
+    }
+}

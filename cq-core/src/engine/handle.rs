@@ -1,0 +1,202 @@
+//! The engine's public face: handles, tickets and job states.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::auth::Identity;
+use crate::job::{Job, JobId};
+use crate::outcome::Outcome;
+
+/// How a job ended and how long it ran.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobResult {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Time from start to reaping (zero if it never started).
+    pub runtime: Duration,
+}
+
+/// Where a job is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobState {
+    /// Waiting for its turn.
+    Queued,
+    /// Running now.
+    Running,
+    /// Ended.
+    Finished(JobResult),
+}
+
+/// What to do with the running job when the engine stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ShutdownMode {
+    /// Cancel it (its process group gets SIGTERM, then SIGKILL).
+    CancelRunning,
+    /// Let it finish.
+    FinishRunning,
+}
+
+pub(super) enum Command {
+    Submit {
+        job: Box<dyn Job>,
+        owner: Identity,
+        reply: oneshot::Sender<Result<JobTicket, SubmitError>>,
+    },
+    Watch {
+        id: JobId,
+        reply: oneshot::Sender<Result<JobTicket, SubmitError>>,
+    },
+    Shutdown {
+        mode: ShutdownMode,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// A cheap, cloneable way to talk to a running engine.
+#[derive(Clone, Debug)]
+pub struct EngineHandle {
+    pub(super) commands: mpsc::Sender<Command>,
+}
+
+impl EngineHandle {
+    /// Submits a job on behalf of `owner`. Returns once the job is queued (or merged into an
+    /// equal job), with a ticket to follow it.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Rejected`] when a submit hook refuses it, [`SubmitError::ShuttingDown`]
+    /// or [`SubmitError::Stopped`] when the engine no longer takes jobs.
+    pub async fn submit(&self, job: impl Job, owner: Identity) -> Result<JobTicket, SubmitError> {
+        self.submit_boxed(Box::new(job), owner).await
+    }
+
+    /// [`submit`](Self::submit) for a job that is already boxed.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit).
+    pub async fn submit_boxed(
+        &self,
+        job: Box<dyn Job>,
+        owner: Identity,
+    ) -> Result<JobTicket, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.request(Command::Submit { job, owner, reply }, answer)
+            .await
+    }
+
+    /// A ticket for an existing job, queued, running or recently finished.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::UnknownJob`] when the engine has no record of it.
+    pub async fn watch(&self, id: JobId) -> Result<JobTicket, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.request(Command::Watch { id, reply }, answer).await
+    }
+
+    /// Stops taking jobs, deals with the running job as `mode` says, and returns once the
+    /// engine has stopped. Queued jobs are not started. Calling it again (e.g. with
+    /// [`ShutdownMode::CancelRunning`] on a second signal) is allowed.
+    pub async fn shutdown(&self, mode: ShutdownMode) {
+        let (done, stopped) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Shutdown { mode, done })
+            .await
+            .is_ok()
+        {
+            // An error here means the engine already stopped, which is what was asked.
+            let _ = stopped.await;
+        }
+    }
+
+    async fn request(
+        &self,
+        command: Command,
+        answer: oneshot::Receiver<Result<JobTicket, SubmitError>>,
+    ) -> Result<JobTicket, SubmitError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| SubmitError::Stopped)?;
+        answer.await.map_err(|_| SubmitError::Stopped)?
+    }
+}
+
+/// Follows one job. Dropping it does not affect the job.
+#[derive(Debug)]
+pub struct JobTicket {
+    /// The job (the existing job's id when merged).
+    pub id: JobId,
+    /// Jobs ahead of it when it was accepted, including the running one.
+    pub ahead: usize,
+    /// Whether the submission was merged into an existing equal job.
+    pub merged: bool,
+    pub(super) state: watch::Receiver<JobState>,
+}
+
+impl JobTicket {
+    /// The job's state now.
+    pub fn state(&self) -> JobState {
+        self.state.borrow().clone()
+    }
+
+    /// Waits until the job has started (returns at once if it already has, or has ended).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineStopped`] when the engine stopped before the job started.
+    pub async fn started(&mut self) -> Result<(), EngineStopped> {
+        self.state
+            .wait_for(|s| !matches!(s, JobState::Queued))
+            .await
+            .map_err(|_| EngineStopped)?;
+        Ok(())
+    }
+
+    /// Waits until the job has ended.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineStopped`] when the engine stopped before the job ended.
+    pub async fn finished(&mut self) -> Result<JobResult, EngineStopped> {
+        let state = self
+            .state
+            .wait_for(|s| matches!(s, JobState::Finished(_)))
+            .await
+            .map_err(|_| EngineStopped)?;
+        match &*state {
+            JobState::Finished(result) => Ok(result.clone()),
+            _ => unreachable!("wait_for returned a state that fails its predicate"),
+        }
+    }
+}
+
+/// The engine stopped before the awaited event happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the queue engine stopped before the job ended")]
+pub struct EngineStopped;
+
+/// Why a submission or watch request failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// A submit hook refused the job.
+    #[error("job rejected: {reason}")]
+    Rejected {
+        /// The hook's reason.
+        reason: String,
+    },
+    /// The engine is shutting down and takes no new jobs.
+    #[error("the server is shutting down and takes no new jobs")]
+    ShuttingDown,
+    /// The engine has stopped.
+    #[error("the queue engine has stopped")]
+    Stopped,
+    /// No job with this id is queued, running or remembered.
+    #[error("no job {0} on this server (it may have finished long ago)")]
+    UnknownJob(JobId),
+}

@@ -1,0 +1,10 @@
+//! Running commands: the [`Executor`] trait, the process-group [`ProcessExecutor`], and the
+//! job's log.
+
+mod command;
+mod log;
+mod process;
+
+pub use command::{CommandRun, Executor};
+pub use log::LogSink;
+pub use process::{DEFAULT_PATH, ProcessExecutor};

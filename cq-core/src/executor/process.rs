@@ -1,0 +1,304 @@
+//! Runs commands as local processes, each in its own process group.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use super::command::Executor;
+use crate::job::{CommandJob, JobContext};
+use crate::outcome::{Outcome, SpawnFailure};
+
+/// `PATH` of the base environment when none is configured.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Runs each command as a process-group leader with stdin from `/dev/null`, stdout and
+/// stderr to the job's log, and an environment of a small base (at least `PATH`) plus
+/// `CQ_JOB_ID` plus the client's variables.
+///
+/// The job ends when its main process exits; anything still running in its process group
+/// is then killed, so that a job cannot overlap the next one. On cancel or timeout the group
+/// gets `SIGTERM`, then `SIGKILL` after the grace period.
+#[derive(Clone, Debug)]
+pub struct ProcessExecutor {
+    base_env: Vec<(String, String)>,
+    cwd: PathBuf,
+    kill_grace: Duration,
+}
+
+impl Default for ProcessExecutor {
+    fn default() -> Self {
+        Self {
+            base_env: vec![("PATH".to_owned(), DEFAULT_PATH.to_owned())],
+            cwd: PathBuf::from("/"),
+            kill_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ProcessExecutor {
+    /// An executor with base environment `PATH=`[`DEFAULT_PATH`], working directory `/`
+    /// and a 10 s kill grace period.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces the base environment every job starts from.
+    #[must_use]
+    pub fn with_base_env(mut self, env: Vec<(String, String)>) -> Self {
+        self.base_env = env;
+        self
+    }
+
+    /// Sets the working directory of jobs that do not name one.
+    #[must_use]
+    pub fn with_cwd(mut self, cwd: impl Into<PathBuf>) -> Self {
+        self.cwd = cwd.into();
+        self
+    }
+
+    /// Sets how long a job gets between `SIGTERM` and `SIGKILL`.
+    #[must_use]
+    pub fn with_kill_grace(mut self, grace: Duration) -> Self {
+        self.kill_grace = grace;
+        self
+    }
+
+    fn spawn(&self, job: &CommandJob, ctx: JobContext) -> Result<Child, Outcome> {
+        let (program, args) = job.argv.split_first().ok_or_else(|| Outcome::SpawnFailed {
+            reason: SpawnFailure::NotFound,
+            message: "empty command".to_owned(),
+        })?;
+        let cwd = job.cwd.as_deref().map_or(self.cwd.as_path(), Path::new);
+        if !cwd.is_dir() {
+            return Err(Outcome::SpawnFailed {
+                reason: SpawnFailure::NotFound,
+                message: format!(
+                    "working directory {} does not exist on the server",
+                    cwd.display()
+                ),
+            });
+        }
+        let out = ctx.log.into_file();
+        let err = out
+            .try_clone()
+            .map_err(|e| other_failure("cannot duplicate the log file", &e))?;
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .env_clear()
+            .envs(self.base_env.iter().map(|(k, v)| (k, v)))
+            .env("CQ_JOB_ID", ctx.id.to_string())
+            .envs(job.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .kill_on_drop(true);
+        command.spawn().map_err(|e| spawn_failure(program, &e))
+    }
+
+    /// SIGTERM to the group, SIGKILL after the grace period, and reap the leader.
+    async fn stop(&self, child: &mut Child, group: Pid) {
+        signal_group(group, Signal::SIGTERM);
+        if tokio::time::timeout(self.kill_grace, child.wait())
+            .await
+            .is_err()
+        {
+            signal_group(group, Signal::SIGKILL);
+            let _ = child.wait().await;
+        }
+    }
+}
+
+#[async_trait]
+impl Executor for ProcessExecutor {
+    async fn run(&self, job: &CommandJob, ctx: JobContext) -> Outcome {
+        let cancel = ctx.cancel.clone();
+        let mut child = match self.spawn(job, ctx) {
+            Ok(child) => child,
+            Err(outcome) => return outcome,
+        };
+        let Some(group) = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .map(Pid::from_raw)
+        else {
+            // Already reaped, which only happens if it exited and was waited for.
+            return Outcome::Lost;
+        };
+        let time_limit = async {
+            match job.timeout() {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
+            status = child.wait() => match status {
+                Ok(status) => exit_outcome(status),
+                Err(e) => other_failure("cannot wait for the job's process", &e),
+            },
+            () = cancel.cancelled() => {
+                self.stop(&mut child, group).await;
+                Outcome::Cancelled
+            }
+            () = time_limit => {
+                self.stop(&mut child, group).await;
+                Outcome::TimedOut
+            }
+        };
+        // The leader is reaped; whatever it left behind in its group must not run into the
+        // next job.
+        signal_group(group, Signal::SIGKILL);
+        outcome
+    }
+}
+
+fn signal_group(group: Pid, signal: Signal) {
+    match killpg(group, signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => {
+            tracing::warn!(%group, ?signal, error = %e, "cannot signal the job's process group")
+        }
+    }
+}
+
+fn exit_outcome(status: ExitStatus) -> Outcome {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Outcome::Exited { code },
+        (None, Some(signal)) => Outcome::Signaled {
+            signal,
+            core_dumped: status.core_dumped(),
+        },
+        (None, None) => Outcome::Lost,
+    }
+}
+
+fn spawn_failure(program: &str, err: &io::Error) -> Outcome {
+    match err.kind() {
+        io::ErrorKind::NotFound => Outcome::SpawnFailed {
+            reason: SpawnFailure::NotFound,
+            message: format!("command not found: {program}"),
+        },
+        io::ErrorKind::PermissionDenied => Outcome::SpawnFailed {
+            reason: SpawnFailure::PermissionDenied,
+            message: format!("permission denied: {program}"),
+        },
+        _ => other_failure(&format!("cannot start {program}"), err),
+    }
+}
+
+fn other_failure(what: &str, err: &io::Error) -> Outcome {
+    Outcome::SpawnFailed {
+        reason: SpawnFailure::Other,
+        message: format!("{what}: {err}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::executor::LogSink;
+    use crate::job::JobId;
+
+    fn ctx(log: &Path) -> (JobContext, CancellationToken) {
+        let cancel = CancellationToken::new();
+        let ctx = JobContext {
+            id: JobId(7),
+            log: LogSink::create(log).unwrap(),
+            cancel: cancel.clone(),
+        };
+        (ctx, cancel)
+    }
+
+    #[tokio::test]
+    async fn output_env_and_status_reach_the_log_and_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("7.log");
+        let job = CommandJob::new([
+            "sh",
+            "-c",
+            "echo out $CQ_JOB_ID $FOO; echo err >&2; read x; exit 3",
+        ])
+        .with_env("FOO", "bar");
+        let (ctx, _) = ctx(&log);
+        let outcome = ProcessExecutor::new().run(&job, ctx).await;
+        assert_eq!(outcome, Outcome::Exited { code: 3 });
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "out 7 bar\nerr\n");
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_reported_as_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, _) = ctx(&dir.path().join("log"));
+        let outcome = ProcessExecutor::new()
+            .run(&CommandJob::new(["no-such-cq-command"]), ctx)
+            .await;
+        assert!(
+            matches!(&outcome, Outcome::SpawnFailed { reason: SpawnFailure::NotFound, message } if message.contains("no-such-cq-command")),
+            "{outcome:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn cancel_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // The shell and its background grandchild both hold the FIFO's write end, so the reader
+        // sees end-of-file exactly when every process of the job is dead.
+        let script = format!(
+            "exec 3>{}; sleep 300 & echo ready >&3; wait",
+            fifo.display()
+        );
+        let (ctx, cancel) = ctx(&dir.path().join("log"));
+        let executor = ProcessExecutor::new().with_kill_grace(Duration::from_secs(5));
+        let job = CommandJob::new(["sh", "-c", &script]);
+        let run = tokio::spawn(async move { executor.run(&job, ctx).await });
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let reader = tokio::task::spawn_blocking(move || {
+            use std::io::{BufRead, Read};
+            let mut reader = std::io::BufReader::new(std::fs::File::open(&fifo).unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            ready_tx.send(line).unwrap();
+            let mut rest = Vec::new();
+            reader.read_to_end(&mut rest).unwrap();
+        });
+        let limit = Duration::from_secs(10);
+        assert_eq!(
+            tokio::time::timeout(limit, ready_rx)
+                .await
+                .unwrap()
+                .unwrap(),
+            "ready\n"
+        );
+        cancel.cancel();
+        let outcome = tokio::time::timeout(limit, run).await.unwrap().unwrap();
+        assert_eq!(outcome, Outcome::Cancelled);
+        tokio::time::timeout(limit, reader)
+            .await
+            .expect("a process of the cancelled job survived")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn time_limit_kills_and_reports_timed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, _) = ctx(&dir.path().join("log"));
+        let mut job = CommandJob::new(["sleep", "300"]);
+        job.timeout_secs = Some(0);
+        let outcome = ProcessExecutor::new().run(&job, ctx).await;
+        assert_eq!(outcome, Outcome::TimedOut);
+    }
+}

@@ -1,0 +1,245 @@
+//! What can be queued: the [`Job`] trait and the network's kind of job, [`CommandJob`].
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::LogSink;
+use crate::outcome::Outcome;
+
+/// Identifies one job on one server for its whole life; ids grow in acceptance order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct JobId(pub u64);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Something the engine can run, one at a time with every other job.
+///
+/// Network clients submit [`CommandJob`]s, which the server wraps with its executor; an
+/// embedding daemon may implement this trait for its own in-process work and queue it through
+/// the same [`Engine`](crate::Engine).
+#[async_trait]
+pub trait Job: Send + 'static {
+    /// One line that says what the job does, for logs and listings.
+    fn summary(&self) -> String;
+
+    /// The command this job runs, if it is one; submit hooks use it to compare jobs.
+    fn command(&self) -> Option<&CommandJob> {
+        None
+    }
+
+    /// Runs the job to its end. The job should stop soon after `ctx.cancel` fires and report
+    /// [`Outcome::Cancelled`].
+    async fn run(self: Box<Self>, ctx: JobContext) -> Outcome;
+}
+
+/// What a running job gets from the engine.
+#[derive(Debug)]
+pub struct JobContext {
+    /// The job's id.
+    pub id: JobId,
+    /// Where the job's output goes.
+    pub log: LogSink,
+    /// Fires when the job is to be stopped (cancel request or server shutdown).
+    pub cancel: CancellationToken,
+}
+
+/// A command sent by a client: the program and its arguments, extra environment, where to run.
+///
+/// This is the wire form of a job; its fields are part of the protocol.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CommandJob {
+    /// Program and arguments; `argv[0]` is looked up in the job's `PATH`.
+    pub argv: Vec<String>,
+    /// Variables set for the job on top of the server's base environment, in order.
+    pub env: Vec<(String, String)>,
+    /// Working directory on the server; the server's default when absent.
+    pub cwd: Option<String>,
+    /// Free-form labels (e.g. a build profile) that schedulers may route on.
+    pub tags: Vec<String>,
+    /// Wall-clock limit in seconds, after which the job's process group is killed.
+    pub timeout_secs: Option<u64>,
+}
+
+impl CommandJob {
+    /// A job that runs `argv` with no extra environment.
+    pub fn new<I, S>(argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            argv: argv.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Adds one variable to the job's environment.
+    #[must_use]
+    pub fn with_env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the job's working directory on the server.
+    #[must_use]
+    pub fn with_cwd(mut self, cwd: impl Into<String>) -> Self {
+        self.cwd = Some(cwd.into());
+        self
+    }
+
+    /// The job's time limit, if any.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout_secs.map(Duration::from_secs)
+    }
+
+    /// Checks what a process cannot be started with, so that bad input is refused at submit
+    /// time with a reason instead of failing later.
+    ///
+    /// # Errors
+    ///
+    /// Returns the first problem found.
+    pub fn validate(&self) -> Result<(), InvalidJob> {
+        let Some(program) = self.argv.first() else {
+            return Err(InvalidJob::EmptyCommand);
+        };
+        if program.is_empty() {
+            return Err(InvalidJob::EmptyCommand);
+        }
+        if let Some(arg) = self.argv.iter().find(|a| a.contains('\0')) {
+            return Err(InvalidJob::NulByte {
+                what: format!("argument {arg:?}"),
+            });
+        }
+        for (name, value) in &self.env {
+            check_env_name(name)?;
+            if value.contains('\0') {
+                return Err(InvalidJob::NulByte {
+                    what: format!("value of {name}"),
+                });
+            }
+        }
+        if let Some(cwd) = &self.cwd {
+            if cwd.contains('\0') {
+                return Err(InvalidJob::NulByte {
+                    what: "working directory".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The command line as one shell-like line, for logs.
+    pub fn summary(&self) -> String {
+        let mut line = String::new();
+        for arg in &self.argv {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            let plain = !arg.is_empty()
+                && arg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+            if plain {
+                line.push_str(arg);
+            } else {
+                line.push('\'');
+                line.push_str(&arg.replace('\'', r"'\''"));
+                line.push('\'');
+            }
+        }
+        line
+    }
+}
+
+/// Checks that `name` can be an environment variable name.
+///
+/// # Errors
+///
+/// [`InvalidJob::BadEnvName`] when it is empty or holds `=` or a NUL byte.
+pub fn check_env_name(name: &str) -> Result<(), InvalidJob> {
+    if name.is_empty() || name.contains('=') || name.contains('\0') {
+        return Err(InvalidJob::BadEnvName {
+            name: name.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Why a [`CommandJob`] cannot be run.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidJob {
+    /// The environment variable name is empty or holds `=` or NUL.
+    #[error(
+        "invalid environment variable name {name:?}: names must be non-empty and hold no '=' or NUL"
+    )]
+    BadEnvName {
+        /// The offending name.
+        name: String,
+    },
+    /// There is no program to run.
+    #[error("empty command: give the program to run after '--'")]
+    EmptyCommand,
+    /// A string that becomes a C string holds a NUL byte.
+    #[error("{what} contains a NUL byte")]
+    NulByte {
+        /// Which part of the job.
+        what: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_refuses_what_exec_cannot_take() {
+        assert_eq!(
+            CommandJob::default().validate(),
+            Err(InvalidJob::EmptyCommand)
+        );
+        assert_eq!(
+            CommandJob::new([""]).validate(),
+            Err(InvalidJob::EmptyCommand)
+        );
+        let bad_name = CommandJob::new(["true"]).with_env("", "x");
+        assert!(matches!(
+            bad_name.validate(),
+            Err(InvalidJob::BadEnvName { .. })
+        ));
+        let eq_name = CommandJob::new(["true"]).with_env("A=B", "x");
+        assert!(matches!(
+            eq_name.validate(),
+            Err(InvalidJob::BadEnvName { .. })
+        ));
+        let nul = CommandJob::new(["echo", "a\0b"]);
+        assert!(matches!(nul.validate(), Err(InvalidJob::NulByte { .. })));
+        assert_eq!(
+            CommandJob::new(["true"]).with_env("USE", "").validate(),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn summary_quotes_what_a_shell_would_split() {
+        let job = CommandJob::new([
+            "emerge",
+            "--buildpkgonly",
+            "=dev-lang/rust-1.95",
+            "a b",
+            "it's",
+        ]);
+        assert_eq!(
+            job.summary(),
+            r"emerge --buildpkgonly =dev-lang/rust-1.95 'a b' 'it'\''s'"
+        );
+    }
+}

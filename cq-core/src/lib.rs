@@ -1,0 +1,52 @@
+//! cq-core: the embeddable serial command queue.
+//!
+//! Clients on many hosts submit commands to one server; the server runs them strictly one at a
+//! time, in arrival order unless a submit hook decides otherwise, and tells every requester how
+//! its job ended. This crate holds everything that does not depend on a concrete network
+//! transport or authentication method, so another daemon can embed the queue with its own.
+//!
+//! # Layout
+//!
+//! - [`job`]: what can be queued: the [`Job`] trait, [`CommandJob`], [`JobId`].
+//! - [`outcome`]: how a job ended ([`Outcome`]).
+//! - [`scheduler`]: the synchronous, deterministic [`Scheduler`] trait, the FIFO
+//!   [`SerialScheduler`] and [`SubmitHook`]s.
+//! - [`engine`]: the async actor that owns the scheduler and runs one job at a time
+//!   ([`Engine`], [`EngineHandle`], [`JobTicket`]).
+//! - [`executor`]: runs a [`CommandJob`] as a process group ([`ProcessExecutor`]).
+//! - [`transport`]: [`Listener`] / [`Connector`] traits, [`PeerInfo`], an in-memory transport.
+//! - [`auth`]: [`CredentialSource`] (makes credentials) and [`Authenticator`] (verifies them).
+//! - [`protocol`]: the wire format: hello, messages, framing.
+//! - [`server`]: the network server that feeds an engine ([`Server`]).
+//! - [`client`]: the network client ([`Client`]).
+//!
+//! # Embedding
+//!
+//! A daemon that only needs to serialise its own work starts an [`Engine`] and submits
+//! in-process [`Job`]s through its [`EngineHandle`]; no network is involved. To accept
+//! commands from the network too, wrap the same handle in a [`Server`].
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod auth;
+pub mod client;
+pub mod engine;
+pub mod executor;
+pub mod job;
+pub mod outcome;
+pub mod protocol;
+pub mod scheduler;
+pub mod server;
+pub mod transport;
+
+pub use auth::{AuthError, AuthMethod, Authenticator, Credential, CredentialSource, Identity};
+pub use client::{Client, ClientError, JobEvent, Submission};
+pub use engine::{Engine, EngineConfig, EngineHandle, JobResult, JobState, JobTicket, SubmitError};
+pub use executor::{Executor, LogSink, ProcessExecutor};
+pub use job::{CommandJob, InvalidJob, Job, JobContext, JobId};
+pub use outcome::{Outcome, SpawnFailure};
+pub use scheduler::{
+    Admission, Decision, JobInfo, QueueView, Scheduler, SerialScheduler, SubmitHook,
+};
+pub use server::{Server, ServerConfig};
+pub use transport::{Connector, Listener, PeerInfo, PendingConnection, TlsPeer, TransportError};

@@ -1,0 +1,170 @@
+//! The messages inside frames.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::{CommandJob, JobId};
+use crate::outcome::Outcome;
+
+/// Every frame after the hello: a signed body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// A postcard-encoded [`Request`] or [`Reply`]. Kept as bytes because the credential is
+    /// made over exactly these bytes.
+    pub body: Vec<u8>,
+    /// The sender's credential for `body`.
+    pub credential: Vec<u8>,
+}
+
+/// Random bytes that tie replies to the request they answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Nonce(pub [u8; 16]);
+
+impl Nonce {
+    /// The nonce of replies that answer no decodable request.
+    pub const NONE: Nonce = Nonce([0; 16]);
+
+    /// A fresh nonce from the operating system's random source.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system has no random source, which no supported system lacks.
+    pub fn random() -> Self {
+        let mut bytes = [0; 16];
+        getrandom::fill(&mut bytes).expect("the OS random source works");
+        Self(bytes)
+    }
+}
+
+/// A client's request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// The server address the client dialled; a server refuses requests meant for another.
+    /// Only the address and port travel (IPv6 flow info and scope id do not).
+    pub destination: Option<SocketAddr>,
+    /// Fresh per request; echoed in every reply.
+    pub nonce: Nonce,
+    /// What the client wants.
+    pub action: Action,
+}
+
+/// What a client can ask for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Queue a command and report its events.
+    Submit {
+        /// The command.
+        job: CommandJob,
+    },
+    /// Report the events of an existing job (re-attach after a dropped connection).
+    Watch {
+        /// The job.
+        job: JobId,
+    },
+}
+
+/// A server's reply to one request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The nonce of the request this answers, or [`Nonce::NONE`].
+    pub nonce: Nonce,
+    /// What happened.
+    pub event: Event,
+}
+
+/// Something the server tells a client about its request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// The job is durable on the server and queued (or merged into an equal job).
+    Accepted {
+        /// The job's id (the existing job's id when merged).
+        job: JobId,
+        /// Jobs ahead of it, including the running one.
+        ahead: u32,
+        /// Whether the request became a waiter of an existing job.
+        merged: bool,
+    },
+    /// The request failed; the connection may be closed after this.
+    Error {
+        /// Stable code scripts can act on.
+        code: ErrorCode,
+        /// What failed and what to do, for a human.
+        message: String,
+    },
+    /// The job ended.
+    Finished {
+        /// The job.
+        job: JobId,
+        /// How it ended.
+        outcome: Outcome,
+        /// How long it ran, in milliseconds.
+        runtime_ms: u64,
+    },
+    /// The job's process started.
+    Started {
+        /// The job.
+        job: JobId,
+    },
+}
+
+/// A stable error code on the wire. Codes are never reused; unknown codes from newer servers
+/// still print with their number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ErrorCode(pub u16);
+
+impl ErrorCode {
+    /// The peer's hello was not a cq hello.
+    pub const BAD_HELLO: Self = Self(1);
+    /// The peers speak different protocol versions.
+    pub const VERSION_MISMATCH: Self = Self(2);
+    /// A frame announced more than [`MAX_FRAME`](super::MAX_FRAME) bytes.
+    pub const FRAME_TOO_LARGE: Self = Self(3);
+    /// A frame could not be decoded.
+    pub const MALFORMED: Self = Self(4);
+    /// The request's credential was refused.
+    pub const AUTH_FAILED: Self = Self(5);
+    /// The request was addressed to another server.
+    pub const WRONG_SERVER: Self = Self(6);
+    /// The job cannot be run as given.
+    pub const INVALID_JOB: Self = Self(7);
+    /// A submit hook or policy refused the job.
+    pub const REJECTED: Self = Self(8);
+    /// No such job on this server.
+    pub const UNKNOWN_JOB: Self = Self(9);
+    /// The server is shutting down.
+    pub const SHUTTING_DOWN: Self = Self(10);
+    /// The peer sent nothing in time.
+    pub const TIMEOUT: Self = Self(11);
+    /// A request arrived while another was still being answered.
+    pub const BUSY: Self = Self(12);
+    /// The server failed internally; its log says more.
+    pub const INTERNAL: Self = Self(13);
+
+    /// A short name for the code.
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            1 => "bad-hello",
+            2 => "version-mismatch",
+            3 => "frame-too-large",
+            4 => "malformed",
+            5 => "auth-failed",
+            6 => "wrong-server",
+            7 => "invalid-job",
+            8 => "rejected",
+            9 => "unknown-job",
+            10 => "shutting-down",
+            11 => "timeout",
+            12 => "busy",
+            13 => "internal",
+            _ => "unknown-error",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name(), self.0)
+    }
+}

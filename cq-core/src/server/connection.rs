@@ -1,0 +1,353 @@
+//! One client connection: hello, then requests, each answered with signed replies.
+
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{Instant, timeout};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use super::serve::Shared;
+use crate::auth::{Authenticator, Credential, CredentialSource};
+use crate::engine::{JobState, JobTicket, SubmitError};
+use crate::executor::{CommandRun, Executor};
+use crate::protocol::{
+    Action, Envelope, ErrorCode, Event, FrameCodec, FrameError, HELLO_LEN, Hello, Nonce,
+    PROTOCOL_VERSION, Reply, Request, Role,
+};
+use crate::transport::{PeerInfo, PendingConnection, Stream};
+
+/// Rejected credentials are answered no sooner than this after they arrived, so that the
+/// time to answer does not tell which check failed.
+const AUTH_REJECT_FLOOR: Duration = Duration::from_millis(50);
+
+type ServerFramed<S> = Framed<S, FrameCodec<Envelope, Envelope>>;
+
+/// Serves one connection to its end. Never panics on peer input; every fault is answered
+/// with an error frame where the stream still allows it, then the connection is closed.
+pub(super) async fn serve<P, A, C, E>(
+    pending: P,
+    shared: &Shared<A, C, E>,
+    token: &CancellationToken,
+) where
+    P: PendingConnection,
+    A: Authenticator,
+    C: CredentialSource,
+    E: Executor,
+{
+    let limit = shared.config.handshake_timeout;
+    let (stream, peer) = match timeout(limit, pending.establish()).await {
+        Ok(Ok(established)) => established,
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "connection set-up failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!("connection set-up timed out");
+            return;
+        }
+    };
+    let mut conn = Connection {
+        framed: None,
+        peer,
+        shared,
+    };
+    tokio::select! {
+        () = conn.serve(stream) => {}
+        () = token.cancelled() => {}
+    }
+}
+
+struct Connection<'a, S, A, C, E> {
+    framed: Option<ServerFramed<S>>,
+    peer: PeerInfo,
+    shared: &'a Shared<A, C, E>,
+}
+
+impl<S, A, C, E> Connection<'_, S, A, C, E>
+where
+    S: Stream,
+    A: Authenticator,
+    C: CredentialSource,
+    E: Executor,
+{
+    async fn serve(&mut self, mut stream: S) {
+        let limit = self.shared.config.handshake_timeout;
+        if stream
+            .write_all(&Hello::new(Role::Server).encode())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut hello = [0; HELLO_LEN];
+        let read = timeout(limit, stream.read_exact(&mut hello)).await;
+        self.framed = Some(Framed::new(stream, FrameCodec::new()));
+        match read {
+            Err(_) => {
+                return self
+                    .fail(Nonce::NONE, ErrorCode::TIMEOUT, "no hello received in time")
+                    .await;
+            }
+            Ok(Err(_)) => return,
+            Ok(Ok(_)) => {}
+        }
+        match Hello::decode(&hello) {
+            Ok(hello) if hello.version == PROTOCOL_VERSION && hello.role == Role::Client => {}
+            Ok(hello) if hello.role != Role::Client => {
+                return self
+                    .fail(
+                        Nonce::NONE,
+                        ErrorCode::BAD_HELLO,
+                        "the peer is not a cq client",
+                    )
+                    .await;
+            }
+            Ok(hello) => {
+                let message = format!(
+                    "client speaks cq protocol {}, this server speaks {PROTOCOL_VERSION}: upgrade the {}",
+                    hello.version,
+                    if hello.version < PROTOCOL_VERSION {
+                        "client (cq_client)"
+                    } else {
+                        "server (cq_server)"
+                    }
+                );
+                return self
+                    .fail(Nonce::NONE, ErrorCode::VERSION_MISMATCH, &message)
+                    .await;
+            }
+            Err(e) => {
+                return self
+                    .fail(Nonce::NONE, ErrorCode::BAD_HELLO, &e.to_string())
+                    .await;
+            }
+        }
+
+        let mut wait = limit;
+        loop {
+            let Some(framed) = self.framed.as_mut() else {
+                return;
+            };
+            let envelope = match timeout(wait, framed.next()).await {
+                Err(_) => {
+                    return self
+                        .fail(
+                            Nonce::NONE,
+                            ErrorCode::TIMEOUT,
+                            "no request received in time",
+                        )
+                        .await;
+                }
+                Ok(None) => return,
+                Ok(Some(Ok(envelope))) => envelope,
+                Ok(Some(Err(e))) => return self.frame_error(e).await,
+            };
+            if self.request(envelope).await.is_break() {
+                return;
+            }
+            wait = self.shared.config.idle_timeout;
+        }
+    }
+
+    async fn request(&mut self, envelope: Envelope) -> ControlFlow<()> {
+        let arrived = Instant::now();
+        let credential = Credential(envelope.credential);
+        // Verify before decoding: unauthenticated peers never reach the request decoder.
+        let identity = match self
+            .shared
+            .authenticator
+            .verify(&envelope.body, &credential, &self.peer)
+            .await
+        {
+            Ok(identity) => identity,
+            Err(e) => {
+                tracing::warn!(peer = %self.peer.describe(), reason = %e, "rejected a request");
+                tokio::time::sleep_until(arrived + AUTH_REJECT_FLOOR).await;
+                self.fail(Nonce::NONE, ErrorCode::AUTH_FAILED, &e.to_string())
+                    .await;
+                return ControlFlow::Break(());
+            }
+        };
+        let request: Request = match postcard::from_bytes(&envelope.body) {
+            Ok(request) => request,
+            Err(e) => {
+                tracing::warn!(peer = %self.peer.describe(), error = %e, "malformed request");
+                self.fail(
+                    Nonce::NONE,
+                    ErrorCode::MALFORMED,
+                    &format!("malformed request: {e}"),
+                )
+                .await;
+                return ControlFlow::Break(());
+            }
+        };
+        let nonce = request.nonce;
+        let dialled = request.destination.map(canonical);
+        let reached = self.peer.local_addr.map(canonical);
+        if dialled != reached {
+            tracing::warn!(peer = %self.peer.describe(), ?dialled, ?reached, "request addressed to another server");
+            let message = format!(
+                "the request was made for server {} but reached {}: connect to the server directly",
+                describe(dialled),
+                describe(reached)
+            );
+            self.fail(nonce, ErrorCode::WRONG_SERVER, &message).await;
+            return ControlFlow::Break(());
+        }
+        let ticket = match request.action {
+            Action::Submit { job } => {
+                if let Err(e) = job.validate() {
+                    self.fail(nonce, ErrorCode::INVALID_JOB, &e.to_string())
+                        .await;
+                    return ControlFlow::Break(());
+                }
+                let run = CommandRun::new(job, self.shared.executor.clone());
+                self.shared.engine.submit(run, identity).await
+            }
+            Action::Watch { job } => {
+                tracing::debug!(%job, who = %identity, "watch");
+                self.shared.engine.watch(job).await
+            }
+        };
+        match ticket {
+            Ok(ticket) => self.follow(nonce, ticket).await,
+            Err(e) => {
+                let code = match e {
+                    SubmitError::Rejected { .. } => ErrorCode::REJECTED,
+                    SubmitError::UnknownJob(_) => ErrorCode::UNKNOWN_JOB,
+                    _ => ErrorCode::SHUTTING_DOWN,
+                };
+                self.fail(nonce, code, &e.to_string()).await;
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    /// Reports the job's events to the client until it ends. The client may go away at any
+    /// time; the job is not affected.
+    async fn follow(&mut self, nonce: Nonce, mut ticket: JobTicket) -> ControlFlow<()> {
+        let job = ticket.id;
+        let ahead = u32::try_from(ticket.ahead).unwrap_or(u32::MAX);
+        self.send(
+            nonce,
+            Event::Accepted {
+                job,
+                ahead,
+                merged: ticket.merged,
+            },
+        )
+        .await?;
+        let stopped =
+            format!("the server stopped before job {job} ended; ask again later with its id");
+        if ticket.state() == JobState::Queued {
+            let Some(framed) = self.framed.as_mut() else {
+                return ControlFlow::Break(());
+            };
+            if watch_client(framed, ticket.started()).await?.is_err() {
+                self.fail(nonce, ErrorCode::SHUTTING_DOWN, &stopped).await;
+                return ControlFlow::Break(());
+            }
+        }
+        self.send(nonce, Event::Started { job }).await?;
+        let Some(framed) = self.framed.as_mut() else {
+            return ControlFlow::Break(());
+        };
+        match watch_client(framed, ticket.finished()).await? {
+            Ok(result) => {
+                let runtime_ms = u64::try_from(result.runtime.as_millis()).unwrap_or(u64::MAX);
+                self.send(
+                    nonce,
+                    Event::Finished {
+                        job,
+                        outcome: result.outcome,
+                        runtime_ms,
+                    },
+                )
+                .await
+            }
+            Err(_) => {
+                self.fail(nonce, ErrorCode::SHUTTING_DOWN, &stopped).await;
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    async fn frame_error(&mut self, e: FrameError) {
+        tracing::info!(peer = %self.peer.describe(), error = %e, "bad frame");
+        let code = match e {
+            FrameError::TooLarge { .. } => ErrorCode::FRAME_TOO_LARGE,
+            FrameError::Malformed(_) => ErrorCode::MALFORMED,
+            // The stream is gone or cut: nobody to tell.
+            _ => return,
+        };
+        self.fail(Nonce::NONE, code, &e.to_string()).await;
+    }
+
+    async fn fail(&mut self, nonce: Nonce, code: ErrorCode, message: &str) {
+        let _ = self
+            .send(
+                nonce,
+                Event::Error {
+                    code,
+                    message: message.to_owned(),
+                },
+            )
+            .await;
+    }
+
+    async fn send(&mut self, nonce: Nonce, event: Event) -> ControlFlow<()> {
+        let body = match postcard::to_allocvec(&Reply { nonce, event }) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a reply");
+                return ControlFlow::Break(());
+            }
+        };
+        let credential = match self.shared.signer.credential_for(&body).await {
+            Ok(credential) => credential,
+            Err(e) => {
+                // The client will refuse the reply, and say why; there is no better answer.
+                tracing::error!(error = %e, "cannot sign a reply");
+                Credential::default()
+            }
+        };
+        let Some(framed) = self.framed.as_mut() else {
+            return ControlFlow::Break(());
+        };
+        match framed
+            .send(Envelope {
+                body,
+                credential: credential.0,
+            })
+            .await
+        {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()),
+        }
+    }
+}
+
+/// Awaits `event` while watching the connection: a client that hangs up (or talks out of
+/// turn) ends the wait, never the job.
+async fn watch_client<S: Stream, T>(
+    framed: &mut ServerFramed<S>,
+    event: impl std::future::Future<Output = T>,
+) -> ControlFlow<(), T> {
+    tokio::pin!(event);
+    tokio::select! {
+        value = &mut event => ControlFlow::Continue(value),
+        _ = framed.next() => ControlFlow::Break(()),
+    }
+}
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+fn describe(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "(no address)".to_owned(), |a| a.to_string())
+}

@@ -1,0 +1,9 @@
+//! The network server: accepts connections, authenticates requests and feeds an engine.
+//!
+//! [`Server::run`] takes any [`Listener`](crate::Listener) and a shutdown future, in the
+//! manner of mini-redis' `server::run`: the library never installs signal handlers.
+
+mod connection;
+mod serve;
+
+pub use serve::{Server, ServerConfig};

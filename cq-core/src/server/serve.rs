@@ -1,0 +1,151 @@
+//! The accept loop and server-wide settings.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::connection;
+use crate::auth::{Authenticator, CredentialSource};
+use crate::engine::EngineHandle;
+use crate::executor::Executor;
+use crate::transport::Listener;
+
+/// Server settings.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Time a new connection gets to finish its transport set-up, hello and first request.
+    pub handshake_timeout: Duration,
+    /// Time an idle connection is kept between requests.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more are closed at once (each costs memory, no thread).
+    pub max_connections: usize,
+    /// Time connection tasks get to end after shutdown begins.
+    pub shutdown_deadline: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            shutdown_deadline: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What every connection task shares.
+pub(super) struct Shared<A, C, E> {
+    pub(super) engine: EngineHandle,
+    pub(super) authenticator: A,
+    pub(super) signer: C,
+    pub(super) executor: Arc<E>,
+    pub(super) config: ServerConfig,
+}
+
+/// Serves the cq protocol on a listener, feeding one engine.
+pub struct Server<A, C, E> {
+    shared: Arc<Shared<A, C, E>>,
+}
+
+impl<A, C, E> std::fmt::Debug for Server<A, C, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Authenticator, C: CredentialSource, E: Executor> Server<A, C, E> {
+    /// A server that verifies requests with `authenticator`, signs replies with `signer`
+    /// and runs commands with `executor` through `engine`.
+    pub fn new(engine: EngineHandle, authenticator: A, signer: C, executor: E) -> Self {
+        Self::with_config(
+            engine,
+            authenticator,
+            signer,
+            executor,
+            ServerConfig::default(),
+        )
+    }
+
+    /// [`new`](Self::new) with explicit settings.
+    pub fn with_config(
+        engine: EngineHandle,
+        authenticator: A,
+        signer: C,
+        executor: E,
+        config: ServerConfig,
+    ) -> Self {
+        let executor = Arc::new(executor);
+        Self {
+            shared: Arc::new(Shared {
+                engine,
+                authenticator,
+                signer,
+                executor,
+                config,
+            }),
+        }
+    }
+
+    /// Accepts and serves connections until `shutdown` resolves, then stops accepting,
+    /// closes connections (jobs stay queued in the engine) and returns once every
+    /// connection task has ended or the shutdown deadline passed.
+    pub async fn run<L: Listener>(self, listener: L, shutdown: impl Future<Output = ()>) {
+        let config = &self.shared.config;
+        let token = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(config.max_connections));
+        let mut backoff = Duration::ZERO;
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok(pending) => {
+                    backoff = Duration::ZERO;
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        tracing::warn!(
+                            limit = config.max_connections,
+                            "connection limit reached; closing a new connection"
+                        );
+                        continue;
+                    };
+                    let shared = self.shared.clone();
+                    let token = token.clone();
+                    tracker.spawn(async move {
+                        connection::serve(pending, &shared, &token).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // Typically EMFILE: back off so that the loop does not spin, keep serving.
+                    backoff =
+                        (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+        drop(listener);
+        token.cancel();
+        tracker.close();
+        if tokio::time::timeout(config.shutdown_deadline, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = tracker.len(),
+                "connections still open at the shutdown deadline"
+            );
+        }
+    }
+}
