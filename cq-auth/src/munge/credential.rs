@@ -1,0 +1,233 @@
+//! MUNGE credentials bound to cq messages.
+
+use std::ffi::{CString, c_int};
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use cq_core::{
+    AuthError, AuthMethod, Authenticator, Credential, CredentialSource, Identity, PeerInfo,
+};
+use sha2::{Digest, Sha256};
+
+use super::ffi::{Context, Decoded, MungeError, MungeErrorKind, socket_cstring};
+
+/// Separates cq's payloads from anything else signed with the same key.
+const PAYLOAD_DOMAIN: &[u8] = b"cq-munge-payload-v1\0";
+
+/// Which munged to talk to: a socket path, or libmunge's compiled-in default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MungeSocket {
+    path: Option<PathBuf>,
+}
+
+impl MungeSocket {
+    /// libmunge's default socket (usually `/run/munge/munge.socket.2`).
+    pub fn default_socket() -> Self {
+        Self { path: None }
+    }
+
+    /// The socket at `path`.
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: Some(path.into()),
+        }
+    }
+
+    /// The socket path that will be used, for messages.
+    pub fn describe(&self) -> String {
+        match &self.path {
+            Some(path) => path.display().to_string(),
+            None => Context::new()
+                .ok()
+                .and_then(|ctx| ctx.socket())
+                .unwrap_or_else(|| "libmunge's default socket".to_owned()),
+        }
+    }
+
+    fn context(&self) -> Result<Context, AuthError> {
+        let mut ctx = Context::new().map_err(|e| self.auth_error(e))?;
+        if let Some(path) = &self.path {
+            let c_path = socket_cstring(path).ok_or_else(|| {
+                AuthError::Unavailable(format!(
+                    "munge socket path {} holds a NUL byte",
+                    path.display()
+                ))
+            })?;
+            ctx.set_socket(&c_path).map_err(|e| self.auth_error(e))?;
+        }
+        Ok(ctx)
+    }
+
+    fn auth_error(&self, e: MungeError) -> AuthError {
+        match e.kind {
+            MungeErrorKind::Socket | MungeErrorKind::Timeout => {
+                AuthError::Unavailable(format!("cannot use munged at {}: {e}", self.describe()))
+            }
+            MungeErrorKind::Expired => AuthError::Expired(e.to_string()),
+            MungeErrorKind::Rewound => {
+                AuthError::Expired(format!("{e}: the clocks of the two hosts disagree"))
+            }
+            MungeErrorKind::Replayed => AuthError::Replayed(e.to_string()),
+            MungeErrorKind::InvalidKey => {
+                AuthError::Invalid(format!("{e}: it was made with another MUNGE key"))
+            }
+            MungeErrorKind::Unauthorized => AuthError::Unauthorized(e.to_string()),
+            _ => AuthError::Invalid(e.to_string()),
+        }
+    }
+}
+
+fn payload_for(message: &[u8]) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    hasher.update(PAYLOAD_DOMAIN);
+    hasher.update(message);
+    hasher.finalize().to_vec()
+}
+
+/// Makes MUNGE credentials whose payload is a digest of the message.
+#[derive(Clone, Debug, Default)]
+pub struct MungeCredentialSource {
+    socket: MungeSocket,
+    ttl: Option<u32>,
+}
+
+impl MungeCredentialSource {
+    /// Uses munged at `socket`, with munged's default time to live.
+    pub fn new(socket: MungeSocket) -> Self {
+        Self { socket, ttl: None }
+    }
+
+    /// Sets the credentials' time to live in seconds (munged clamps it to its maximum).
+    #[must_use]
+    pub fn with_ttl(mut self, seconds: u32) -> Self {
+        self.ttl = Some(seconds);
+        self
+    }
+
+    /// The munged socket in use.
+    pub fn socket(&self) -> &MungeSocket {
+        &self.socket
+    }
+
+    /// Makes one credential, to find out early whether munged works.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Unavailable`] naming the socket when munged cannot be used.
+    pub async fn probe(&self) -> Result<(), AuthError> {
+        self.credential_for(b"cq probe").await.map(drop)
+    }
+}
+
+#[async_trait]
+impl CredentialSource for MungeCredentialSource {
+    async fn credential_for(&self, message: &[u8]) -> Result<Credential, AuthError> {
+        let payload = payload_for(message);
+        let socket = self.socket.clone();
+        let ttl = self.ttl;
+        // libmunge blocks on munged's socket: keep it off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let mut ctx = socket.context()?;
+            if let Some(ttl) = ttl {
+                let ttl = c_int::try_from(ttl).unwrap_or(c_int::MAX);
+                ctx.set_ttl(ttl).map_err(|e| socket.auth_error(e))?;
+            }
+            ctx.encode(&payload)
+                .map(Credential)
+                .map_err(|e| socket.auth_error(e))
+        })
+        .await
+        .map_err(|e| AuthError::Unavailable(format!("the MUNGE worker failed: {e}")))?
+    }
+}
+
+/// Checks MUNGE credentials: genuine, fresh, not replayed, made for exactly this message, and
+/// (optionally) made by one of the allowed uids.
+#[derive(Clone, Debug, Default)]
+pub struct MungeAuthenticator {
+    socket: MungeSocket,
+    allowed_uids: Option<Vec<u32>>,
+}
+
+impl MungeAuthenticator {
+    /// Uses munged at `socket`; any uid is accepted.
+    pub fn new(socket: MungeSocket) -> Self {
+        Self {
+            socket,
+            allowed_uids: None,
+        }
+    }
+
+    /// Accepts only credentials made by one of `uids` (e.g. the uid cq_server runs as).
+    #[must_use]
+    pub fn allow_only_uids(mut self, uids: Vec<u32>) -> Self {
+        self.allowed_uids = Some(uids);
+        self
+    }
+
+    /// The munged socket in use.
+    pub fn socket(&self) -> &MungeSocket {
+        &self.socket
+    }
+
+    fn decode_blocking(socket: &MungeSocket, credential: &[u8]) -> Result<Decoded, AuthError> {
+        let credential = CString::new(credential)
+            .map_err(|_| AuthError::Invalid("the credential holds a NUL byte".to_owned()))?;
+        socket
+            .context()?
+            .decode(&credential)
+            .map_err(|e| socket.auth_error(e))
+    }
+}
+
+#[async_trait]
+impl Authenticator for MungeAuthenticator {
+    async fn verify(
+        &self,
+        message: &[u8],
+        credential: &Credential,
+        peer: &PeerInfo,
+    ) -> Result<Identity, AuthError> {
+        if credential.0.is_empty() {
+            return Err(AuthError::Invalid(
+                "no MUNGE credential came with the message (is the peer set up for MUNGE?)"
+                    .to_owned(),
+            ));
+        }
+        let socket = self.socket.clone();
+        let bytes = credential.0.clone();
+        let decoded = tokio::task::spawn_blocking(move || Self::decode_blocking(&socket, &bytes))
+            .await
+            .map_err(|e| AuthError::Unavailable(format!("the MUNGE worker failed: {e}")))??;
+        if decoded.payload != payload_for(message) {
+            return Err(AuthError::Mismatch(format!(
+                "the MUNGE credential of uid {} was made for another message",
+                decoded.uid
+            )));
+        }
+        if let Some(allowed) = &self.allowed_uids {
+            if !allowed.contains(&decoded.uid) {
+                return Err(AuthError::Unauthorized(format!(
+                    "the credential was made by uid {}, expected uid {}",
+                    decoded.uid,
+                    allowed
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                )));
+            }
+        }
+        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(decoded.uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name);
+        Ok(Identity {
+            uid: decoded.uid,
+            gid: decoded.gid,
+            user,
+            host: peer.addr.map(|a| a.ip().to_canonical().to_string()),
+            method: AuthMethod::Munge,
+        })
+    }
+}

@@ -1,0 +1,5 @@
+//! MUNGE authenticator against private munged daemons.
+
+#![cfg(feature = "munge")]
+
+mod munge;
