@@ -1,1 +1,19 @@
-//! placeholder
+//! The parts of `cq_server` and `cq_client` that are not argument parsing: logging set-up,
+//! `-E` parsing, post scripts, default paths, signals and error reporting. The binaries in
+//! `src/bin/` only parse arguments and compose these with the library crates.
+//!
+//! # Layout
+//!
+//! - `env_args.rs`: `-E NAME[=VALUE]` parsing.
+//! - `post_script.rs`: checking and running the client's `-P` script.
+//! - `paths.rs`: the default state directory.
+//! - `signals.rs`: SIGINT / SIGTERM for the server's graceful and forced shutdown.
+//! - `report.rs`: logging set-up and the one-line error messages.
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod env_args;
+pub mod paths;
+pub mod post_script;
+pub mod report;
+pub mod signals;

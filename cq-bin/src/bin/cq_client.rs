@@ -1,0 +1,135 @@
+//! cq_client: submits a command to cq_server, waits for it, and runs a post script.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser};
+use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
+use cq_bin::env_args::resolve_env_args;
+use cq_bin::post_script::{check_post_script, run_post_script};
+use cq_bin::report::{MUNGED_HINT, fail, init_logging};
+use cq_core::{AuthError, Client, ClientError, CommandJob, Outcome};
+use cq_transport_tcp::TcpConnector;
+
+/// Exit status for cq's own failures (connection, authentication, server errors, post
+/// script), as opposed to the job's status.
+const CQ_FAILURE: u8 = 255;
+
+/// Submits COMMAND to cq_server, waits until it has run, runs the post script, and exits with
+/// the job's exit status (128+N if a signal N killed it; 255 if cq itself failed).
+#[derive(Debug, Parser)]
+#[command(version, disable_help_flag = true)]
+struct Args {
+    /// Server host.
+    #[arg(short = 'h', long, default_value = "localhost")]
+    host: String,
+    /// Server port.
+    #[arg(short = 'p', long, default_value_t = 48005)]
+    port: u16,
+    /// Script run here when the job ended, with arguments INTERNAL_STATUS EXIT_STATUS and
+    /// CQ_* variables.
+    #[arg(short = 'P', long = "post-script", value_name = "SCRIPT")]
+    post_script: Option<PathBuf>,
+    /// Set NAME=VALUE for the job, or copy NAME from this environment; repeatable.
+    #[arg(short = 'E', long = "env", value_name = "VAR[=VALUE]")]
+    env: Vec<String>,
+    /// munged's socket [default: libmunge's, usually /run/munge/munge.socket.2].
+    #[arg(long, value_name = "PATH")]
+    munge_socket: Option<PathBuf>,
+    /// Uid the server must run as for its replies to be believed; repeatable
+    /// [default: 0 and this user's uid].
+    #[arg(long, value_name = "UID")]
+    server_uid: Vec<u32>,
+    /// Print nothing but errors.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// More log output (repeat for more); RUST_LOG overrides.
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    verbose: u8,
+    /// Print help.
+    #[arg(long, action = ArgAction::Help)]
+    help: Option<bool>,
+    /// The command and its arguments.
+    #[arg(required = true, last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            // Usage errors are cq's failures too: keep them apart from the job's statuses.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { CQ_FAILURE } else { 0 });
+        }
+    };
+    init_logging(tracing::Level::WARN, args.verbose);
+    let env = match resolve_env_args(&args.env, |name| std::env::var_os(name)) {
+        Ok(env) => env,
+        Err(e) => return fail("cq_client", e, None, CQ_FAILURE),
+    };
+    if let Some(script) = &args.post_script {
+        if let Err(e) = check_post_script(script) {
+            return fail("cq_client", e, None, CQ_FAILURE);
+        }
+    }
+    let mut job = CommandJob::new(args.command.iter().cloned());
+    job.env = env;
+    if let Err(e) = job.validate() {
+        return fail("cq_client", e, None, CQ_FAILURE);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail("cq_client", format!("cannot start the async runtime: {e}"), None, CQ_FAILURE),
+    };
+    runtime.block_on(submit(args, job))
+}
+
+async fn submit(args: Args, job: CommandJob) -> ExitCode {
+    let socket = args.munge_socket.map_or_else(MungeSocket::default_socket, MungeSocket::at);
+    let server_uids = if args.server_uid.is_empty() {
+        vec![0, nix::unistd::getuid().as_raw()]
+    } else {
+        args.server_uid
+    };
+    let client = Client::new(
+        TcpConnector::new(&args.host, args.port),
+        MungeCredentialSource::new(socket.clone()),
+        MungeAuthenticator::new(socket).allow_only_uids(server_uids),
+    );
+    let result = async {
+        let submission = client.submit(job).await?;
+        let id = submission.job;
+        if !args.quiet {
+            if submission.merged {
+                eprintln!("cq_client: merged into job {id}, which was already queued");
+            } else {
+                eprintln!("cq_client: job {id} queued on {} ({} ahead)", client.server_name(), submission.ahead);
+            }
+        }
+        Ok::<_, ClientError>((id, submission.wait().await?))
+    }
+    .await;
+    let (id, result) = match result {
+        Ok(done) => done,
+        Err(e) => return fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
+    };
+    match &result.outcome {
+        Outcome::Exited { code: 0 } => {}
+        Outcome::Exited { .. } if args.quiet => {}
+        outcome => eprintln!("cq_client: job {id} {outcome}"),
+    }
+    if let Some(script) = &args.post_script {
+        if let Err(e) = run_post_script(script, id, &result, &client.server_name()).await {
+            return fail("cq_client", e, None, CQ_FAILURE);
+        }
+    }
+    ExitCode::from(result.outcome.exit_status())
+}
+
+fn client_hint(e: &ClientError) -> Option<&'static str> {
+    match e {
+        ClientError::Credential(AuthError::Unavailable(_)) => Some(MUNGED_HINT),
+        other => other.hint(),
+    }
+}
