@@ -1,1 +1,113 @@
-fn main() {}
+//! Micro benchmarks of cq-core: framing of each message, and the scheduler's cost per
+//! operation as the queue grows (it must not grow with the queue).
+//!
+//! Run with `cargo bench -p cq-benches`.
+
+use std::hint::black_box;
+
+use bytes::BytesMut;
+use cq_core::protocol::{Action, Envelope, Event, FrameCodec, Nonce, Reply, Request};
+use cq_core::scheduler::AcceptAll;
+use cq_core::{CommandJob, Identity, JobId, JobInfo, Outcome, Scheduler, SerialScheduler};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use tokio_util::codec::{Decoder, Encoder};
+
+fn emerge() -> CommandJob {
+    CommandJob::new([
+        "emerge",
+        "--buildpkgonly",
+        "--oneshot",
+        "=www-client/firefox-140.0",
+    ])
+    .with_env("USE", "X wayland -gtk pulseaudio")
+    .with_env("ABI_X86", "64")
+    .with_env("FEATURES", "buildpkg binpkg-multi-instance")
+}
+
+fn frames(c: &mut Criterion) {
+    let request = Request {
+        destination: Some("192.0.2.10:48005".parse().unwrap()),
+        nonce: Nonce::random(),
+        action: Action::Submit { job: emerge() },
+    };
+    let replies = [
+        (
+            "accepted",
+            Event::Accepted {
+                job: JobId(42),
+                ahead: 3,
+                merged: false,
+            },
+        ),
+        ("started", Event::Started { job: JobId(42) }),
+        (
+            "finished",
+            Event::Finished {
+                job: JobId(42),
+                outcome: Outcome::Exited { code: 0 },
+                runtime_ms: 912,
+            },
+        ),
+    ];
+    // A MUNGE credential is about 200 bytes of base64.
+    let credential = vec![b'A'; 200];
+    let mut messages = vec![("submit", postcard::to_allocvec(&request).unwrap())];
+    for (name, event) in replies {
+        messages.push((
+            name,
+            postcard::to_allocvec(&Reply {
+                nonce: request.nonce,
+                event,
+            })
+            .unwrap(),
+        ));
+    }
+    let mut group = c.benchmark_group("frame");
+    for (name, body) in messages {
+        let envelope = Envelope {
+            body,
+            credential: credential.clone(),
+        };
+        group.bench_function(BenchmarkId::new("encode+decode", name), |b| {
+            let mut codec = FrameCodec::<Envelope, Envelope>::new();
+            let mut buf = BytesMut::with_capacity(1024);
+            b.iter(|| {
+                codec.encode(black_box(envelope.clone()), &mut buf).unwrap();
+                black_box(codec.decode(&mut buf).unwrap().unwrap())
+            });
+        });
+    }
+    group.finish();
+}
+
+fn scheduler(c: &mut Criterion) {
+    let owner = Identity::local();
+    let info = |id: u64| JobInfo {
+        id: JobId(id),
+        owner: owner.clone(),
+        summary: String::new(),
+        command: None,
+    };
+    let mut group = c.benchmark_group("serial-scheduler");
+    for queued in [10u64, 10_000, 100_000] {
+        group.bench_function(BenchmarkId::new("submit+next+finish", queued), |b| {
+            let mut scheduler = SerialScheduler::new();
+            for id in 0..queued {
+                scheduler.submit(info(id), &AcceptAll);
+            }
+            let mut id = queued;
+            b.iter(|| {
+                // One job in at the back, the front one run and finished: the queue length stays.
+                scheduler.submit(info(id), &AcceptAll);
+                id += 1;
+                let next = scheduler.next().unwrap();
+                scheduler.finish(next, &Outcome::Exited { code: 0 });
+                black_box(next)
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, frames, scheduler);
+criterion_main!(benches);

@@ -19,7 +19,9 @@ pub enum EnvArgError {
         source: cq_core::InvalidJob,
     },
     /// `-E NAME` names a variable the client's environment does not have.
-    #[error("-E {name}: {name} is not set in this environment (use -E {name}= to send an empty value)")]
+    #[error(
+        "-E {name}: {name} is not set in this environment (use -E {name}= to send an empty value)"
+    )]
     NotSet {
         /// The variable.
         name: String,
@@ -48,12 +50,19 @@ where
                 Some((name, value)) => (name, Some(value.to_owned())),
                 None => (arg.as_str(), None),
             };
-            check_env_name(name).map_err(|source| EnvArgError::BadName { arg: arg.clone(), source })?;
+            check_env_name(name).map_err(|source| EnvArgError::BadName {
+                arg: arg.clone(),
+                source,
+            })?;
             let value = match value {
                 Some(value) => value,
                 None => {
-                    let copied = lookup(name).ok_or_else(|| EnvArgError::NotSet { name: name.to_owned() })?;
-                    os_to_string(&copied).ok_or_else(|| EnvArgError::NotUtf8 { name: name.to_owned() })?
+                    let copied = lookup(name).ok_or_else(|| EnvArgError::NotSet {
+                        name: name.to_owned(),
+                    })?;
+                    os_to_string(&copied).ok_or_else(|| EnvArgError::NotUtf8 {
+                        name: name.to_owned(),
+                    })?
                 }
             };
             Ok((name.to_owned(), value))
@@ -75,7 +84,12 @@ mod tests {
 
     #[test]
     fn set_copy_and_empty_values() {
-        let args = ["FEATURES=buildpkg".to_owned(), "USE".to_owned(), "EMPTY=".to_owned(), "A=b=c".to_owned()];
+        let args = [
+            "FEATURES=buildpkg".to_owned(),
+            "USE".to_owned(),
+            "EMPTY=".to_owned(),
+            "A=b=c".to_owned(),
+        ];
         assert_eq!(
             resolve_env_args(&args, env).unwrap(),
             vec![
@@ -89,11 +103,19 @@ mod tests {
 
     #[test]
     fn bad_names_and_unset_copies_are_refused() {
-        assert!(matches!(resolve_env_args(&["=x".into()], env), Err(EnvArgError::BadName { .. })));
-        assert!(matches!(resolve_env_args(&[String::new()], env), Err(EnvArgError::BadName { .. })));
+        assert!(matches!(
+            resolve_env_args(&["=x".into()], env),
+            Err(EnvArgError::BadName { .. })
+        ));
+        assert!(matches!(
+            resolve_env_args(&[String::new()], env),
+            Err(EnvArgError::BadName { .. })
+        ));
         assert_eq!(
             resolve_env_args(&["NOPE".into()], env),
-            Err(EnvArgError::NotSet { name: "NOPE".into() })
+            Err(EnvArgError::NotSet {
+                name: "NOPE".into()
+            })
         );
     }
 }

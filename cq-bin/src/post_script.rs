@@ -45,7 +45,10 @@ pub enum PostScriptError {
 ///
 /// [`PostScriptError::Unusable`] saying what is wrong.
 pub fn check_post_script(path: &Path) -> Result<(), PostScriptError> {
-    let unusable = |reason: String| PostScriptError::Unusable { path: path.to_owned(), reason };
+    let unusable = |reason: String| PostScriptError::Unusable {
+        path: path.to_owned(),
+        reason,
+    };
     let meta = std::fs::metadata(path).map_err(|e| unusable(e.to_string().to_lowercase()))?;
     if !meta.is_file() {
         return Err(unusable("not a regular file".to_owned()));
@@ -60,7 +63,12 @@ pub fn check_post_script(path: &Path) -> Result<(), PostScriptError> {
 ///
 /// [`PostScriptError::Spawn`] when it cannot start, [`PostScriptError::Failed`] when it
 /// exits non-zero or is killed.
-pub async fn run_post_script(path: &Path, job: JobId, result: &JobResult, server: &str) -> Result<(), PostScriptError> {
+pub async fn run_post_script(
+    path: &Path,
+    job: JobId,
+    result: &JobResult,
+    server: &str,
+) -> Result<(), PostScriptError> {
     let outcome = &result.outcome;
     let status = tokio::process::Command::new(path)
         .arg(outcome.internal_status().to_string())
@@ -68,15 +76,27 @@ pub async fn run_post_script(path: &Path, job: JobId, result: &JobResult, server
         .env("CQ_JOB_ID", job.to_string())
         .env("CQ_OUTCOME", outcome.word())
         .env("CQ_EXIT_STATUS", outcome.exit_status().to_string())
-        .env("CQ_SIGNAL", outcome.signal().map(|s| s.to_string()).unwrap_or_default())
-        .env("CQ_DURATION", format!("{:.3}", result.runtime.as_secs_f64()))
+        .env(
+            "CQ_SIGNAL",
+            outcome.signal().map(|s| s.to_string()).unwrap_or_default(),
+        )
+        .env(
+            "CQ_DURATION",
+            format!("{:.3}", result.runtime.as_secs_f64()),
+        )
         .env("CQ_SERVER", server)
         .status()
         .await
-        .map_err(|source| PostScriptError::Spawn { path: path.to_owned(), source })?;
+        .map_err(|source| PostScriptError::Spawn {
+            path: path.to_owned(),
+            source,
+        })?;
     if status.success() {
         Ok(())
     } else {
-        Err(PostScriptError::Failed { path: path.to_owned(), status })
+        Err(PostScriptError::Failed {
+            path: path.to_owned(),
+            status,
+        })
     }
 }

@@ -7,16 +7,32 @@ use tracing_subscriber::EnvFilter;
 /// Logs to stderr at `default` level, one step more per `-v`; `RUST_LOG` overrides.
 pub fn init_logging(default: tracing::Level, verbose: u8) {
     use tracing::Level;
-    const LEVELS: [Level; 5] = [Level::ERROR, Level::WARN, Level::INFO, Level::DEBUG, Level::TRACE];
+    const LEVELS: [Level; 5] = [
+        Level::ERROR,
+        Level::WARN,
+        Level::INFO,
+        Level::DEBUG,
+        Level::TRACE,
+    ];
     let start = LEVELS.iter().position(|l| *l == default).unwrap_or(2);
     let level = LEVELS[(start + usize::from(verbose)).min(LEVELS.len() - 1)];
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.as_str()));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.as_str()));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
 }
 
 /// Prints `program: message` (and a hint) on one line of stderr and returns `code`.
-pub fn fail(program: &str, message: impl std::fmt::Display, hint: Option<&str>, code: u8) -> ExitCode {
+pub fn fail(
+    program: &str,
+    message: impl std::fmt::Display,
+    hint: Option<&str>,
+    code: u8,
+) -> ExitCode {
     match hint {
         Some(hint) => eprintln!("{program}: {message} ({hint})"),
         None => eprintln!("{program}: {message}"),

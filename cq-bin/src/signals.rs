@@ -18,7 +18,10 @@ impl ShutdownSignals {
     ///
     /// When the runtime cannot register them.
     pub fn install() -> io::Result<Self> {
-        Ok(Self { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
     }
 
     /// Waits for the next SIGINT or SIGTERM and returns its name.

@@ -222,12 +222,27 @@ impl<St: crate::transport::Stream, A: Authenticator> Submission<'_, St, A> {
             Some(Err(e)) => return Err(ClientError::Frame(e)),
             Some(Ok(envelope)) => envelope,
         };
-        self.verifier
+        let verified = self
+            .verifier
             .verify(&envelope.body, &Credential(envelope.credential), &self.peer)
-            .await
-            .map_err(ClientError::ReplyNotAuthentic)?;
-        let reply: Reply = postcard::from_bytes(&envelope.body)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            .await;
+        let reply = match (verified, postcard::from_bytes::<Reply>(&envelope.body)) {
+            (Ok(_), Ok(reply)) => reply,
+            (Ok(_), Err(e)) => return Err(ClientError::Protocol(e.to_string())),
+            // An error reply triggers nothing, so its text is worth showing even unverified:
+            // it usually says why (e.g. the server refused our credential for the same reason).
+            (
+                Err(why),
+                Ok(Reply {
+                    event: Event::Error { code, message },
+                    ..
+                }),
+            ) => {
+                let message = format!("{message}; the reply itself is unverified: {why}");
+                return Err(ClientError::Server { code, message });
+            }
+            (Err(why), _) => return Err(ClientError::ReplyNotAuthentic(why)),
+        };
         let for_us = reply.nonce == self.nonce
             || (reply.nonce == Nonce::NONE && matches!(reply.event, Event::Error { .. }));
         if !for_us {

@@ -126,12 +126,10 @@ impl CommandJob {
                 });
             }
         }
-        if let Some(cwd) = &self.cwd {
-            if cwd.contains('\0') {
-                return Err(InvalidJob::NulByte {
-                    what: "working directory".into(),
-                });
-            }
+        if self.cwd.as_ref().is_some_and(|cwd| cwd.contains('\0')) {
+            return Err(InvalidJob::NulByte {
+                what: "working directory".into(),
+            });
         }
         Ok(())
     }

@@ -41,7 +41,9 @@ pub mod transport;
 
 pub use auth::{AuthError, AuthMethod, Authenticator, Credential, CredentialSource, Identity};
 pub use client::{Client, ClientError, JobEvent, Submission};
-pub use engine::{Engine, EngineConfig, EngineHandle, JobResult, JobState, JobTicket, ShutdownMode, SubmitError};
+pub use engine::{
+    Engine, EngineConfig, EngineHandle, JobResult, JobState, JobTicket, ShutdownMode, SubmitError,
+};
 pub use executor::{Executor, LogSink, ProcessExecutor};
 pub use job::{CommandJob, InvalidJob, Job, JobContext, JobId};
 pub use outcome::{Outcome, SpawnFailure};

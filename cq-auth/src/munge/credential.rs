@@ -205,18 +205,15 @@ impl Authenticator for MungeAuthenticator {
                 decoded.uid
             )));
         }
-        if let Some(allowed) = &self.allowed_uids {
-            if !allowed.contains(&decoded.uid) {
-                return Err(AuthError::Unauthorized(format!(
-                    "the credential was made by uid {}, expected uid {}",
-                    decoded.uid,
-                    allowed
-                        .iter()
-                        .map(u32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(" or ")
-                )));
-            }
+        if let Some(allowed) = &self.allowed_uids
+            && !allowed.contains(&decoded.uid)
+        {
+            let expected: Vec<String> = allowed.iter().map(u32::to_string).collect();
+            return Err(AuthError::Unauthorized(format!(
+                "the credential was made by uid {}, expected uid {}",
+                decoded.uid,
+                expected.join(" or ")
+            )));
         }
         let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(decoded.uid))
             .ok()

@@ -68,25 +68,37 @@ fn main() -> ExitCode {
         Ok(env) => env,
         Err(e) => return fail("cq_client", e, None, CQ_FAILURE),
     };
-    if let Some(script) = &args.post_script {
-        if let Err(e) = check_post_script(script) {
-            return fail("cq_client", e, None, CQ_FAILURE);
-        }
+    if let Some(script) = &args.post_script
+        && let Err(e) = check_post_script(script)
+    {
+        return fail("cq_client", e, None, CQ_FAILURE);
     }
     let mut job = CommandJob::new(args.command.iter().cloned());
     job.env = env;
     if let Err(e) = job.validate() {
         return fail("cq_client", e, None, CQ_FAILURE);
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
-        Err(e) => return fail("cq_client", format!("cannot start the async runtime: {e}"), None, CQ_FAILURE),
+        Err(e) => {
+            return fail(
+                "cq_client",
+                format!("cannot start the async runtime: {e}"),
+                None,
+                CQ_FAILURE,
+            );
+        }
     };
     runtime.block_on(submit(args, job))
 }
 
 async fn submit(args: Args, job: CommandJob) -> ExitCode {
-    let socket = args.munge_socket.map_or_else(MungeSocket::default_socket, MungeSocket::at);
+    let socket = args
+        .munge_socket
+        .map_or_else(MungeSocket::default_socket, MungeSocket::at);
     let server_uids = if args.server_uid.is_empty() {
         vec![0, nix::unistd::getuid().as_raw()]
     } else {
@@ -104,7 +116,11 @@ async fn submit(args: Args, job: CommandJob) -> ExitCode {
             if submission.merged {
                 eprintln!("cq_client: merged into job {id}, which was already queued");
             } else {
-                eprintln!("cq_client: job {id} queued on {} ({} ahead)", client.server_name(), submission.ahead);
+                eprintln!(
+                    "cq_client: job {id} queued on {} ({} ahead)",
+                    client.server_name(),
+                    submission.ahead
+                );
             }
         }
         Ok::<_, ClientError>((id, submission.wait().await?))
@@ -119,10 +135,10 @@ async fn submit(args: Args, job: CommandJob) -> ExitCode {
         Outcome::Exited { .. } if args.quiet => {}
         outcome => eprintln!("cq_client: job {id} {outcome}"),
     }
-    if let Some(script) = &args.post_script {
-        if let Err(e) = run_post_script(script, id, &result, &client.server_name()).await {
-            return fail("cq_client", e, None, CQ_FAILURE);
-        }
+    if let Some(script) = &args.post_script
+        && let Err(e) = run_post_script(script, id, &result, &client.server_name()).await
+    {
+        return fail("cq_client", e, None, CQ_FAILURE);
     }
     ExitCode::from(result.outcome.exit_status())
 }

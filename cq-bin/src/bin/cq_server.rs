@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{ArgAction, Parser};
 use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
+use cq_bin::paths::default_state_dir;
 use cq_bin::report::{MUNGED_HINT, fail, init_logging};
 use cq_bin::signals::ShutdownSignals;
-use cq_bin::paths::default_state_dir;
 use cq_core::engine::ShutdownMode;
 use cq_core::{Engine, EngineConfig, ProcessExecutor, Server, ServerConfig};
 use cq_transport_tcp::TcpListener;
@@ -53,7 +53,14 @@ fn main() -> ExitCode {
     init_logging(tracing::Level::INFO, args.verbose);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
-        Err(e) => return fail("cq_server", format!("cannot start the async runtime: {e}"), None, 1),
+        Err(e) => {
+            return fail(
+                "cq_server",
+                format!("cannot start the async runtime: {e}"),
+                None,
+                1,
+            );
+        }
     };
     match runtime.block_on(serve(args)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -66,7 +73,8 @@ fn main() -> ExitCode {
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     let seconds = |s: f64, what: &str| {
-        Duration::try_from_secs_f64(s).with_context(|| format!("--{what} {s}: not a duration in seconds"))
+        Duration::try_from_secs_f64(s)
+            .with_context(|| format!("--{what} {s}: not a duration in seconds"))
     };
     let mut config = ServerConfig::default();
     config.handshake_timeout = seconds(args.handshake_timeout, "handshake-timeout")?;
@@ -78,26 +86,44 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&log_dir)
         .map_err(|e| StartError::StateDir(format!("cannot create {}: {e}", log_dir.display())))?;
 
-    let socket = args.munge_socket.map_or_else(MungeSocket::default_socket, MungeSocket::at);
+    let socket = args
+        .munge_socket
+        .map_or_else(MungeSocket::default_socket, MungeSocket::at);
     let signer = MungeCredentialSource::new(socket.clone());
     // Refuse to start rather than serve requests nobody can authenticate.
-    signer.probe().await.map_err(|e| StartError::Munge(e.to_string()))?;
+    signer
+        .probe()
+        .await
+        .map_err(|e| StartError::Munge(e.to_string()))?;
 
     let listener = TcpListener::bind((args.host.as_str(), args.port))
         .await
-        .map_err(|e| StartError::Listen(format!("cannot listen on {}:{}: {e}", args.host, args.port)))?;
+        .map_err(|e| {
+            StartError::Listen(format!("cannot listen on {}:{}: {e}", args.host, args.port))
+        })?;
     if let Some(addr) = cq_core::Listener::local_addr(&listener) {
         tracing::info!(state_dir = %state_dir.display(), munge_socket = %socket.describe(), "listening on {addr}");
     }
 
     let engine = Engine::new(EngineConfig::default().with_log_dir(&log_dir)).spawn();
     let executor = ProcessExecutor::new().with_kill_grace(kill_grace);
-    let server = Server::with_config(engine.clone(), MungeAuthenticator::new(socket), signer, executor, config);
+    let server = Server::with_config(
+        engine.clone(),
+        MungeAuthenticator::new(socket),
+        signer,
+        executor,
+        config,
+    );
     let mut signals = ShutdownSignals::install().context("cannot install signal handlers")?;
     let mut first = None;
-    server.run(listener, async { first = Some(signals.next().await) }).await;
+    server
+        .run(listener, async { first = Some(signals.next().await) })
+        .await;
 
-    tracing::info!(signal = first.unwrap_or("?"), "shutting down: waiting for the running job; signal again to cancel it");
+    tracing::info!(
+        signal = first.unwrap_or("?"),
+        "shutting down: waiting for the running job; signal again to cancel it"
+    );
     tokio::select! {
         () = engine.shutdown(ShutdownMode::FinishRunning) => {}
         signal = signals.next() => {
@@ -123,7 +149,9 @@ enum StartError {
 impl StartError {
     fn hint(&self) -> &'static str {
         match self {
-            Self::Listen(_) => "is another cq_server running? choose another address with -h or port with -p",
+            Self::Listen(_) => {
+                "is another cq_server running? choose another address with -h or port with -p"
+            }
             Self::Munge(_) => MUNGED_HINT,
             Self::StateDir(_) => "choose a writable directory with --state-dir",
         }

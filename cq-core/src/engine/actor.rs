@@ -248,11 +248,11 @@ impl<S: Scheduler> Actor<S> {
     fn begin_shutdown(&mut self, mode: ShutdownMode, done: Option<oneshot::Sender<()>>) {
         let waiters = self.stopping.get_or_insert_with(Vec::new);
         waiters.extend(done);
-        if mode == ShutdownMode::CancelRunning {
-            if let Some(running) = &self.running {
-                tracing::info!(job = %running.id, "cancelling the running job for shutdown");
-                running.cancel.cancel();
-            }
+        if mode == ShutdownMode::CancelRunning
+            && let Some(running) = &self.running
+        {
+            tracing::info!(job = %running.id, "cancelling the running job for shutdown");
+            running.cancel.cancel();
         }
     }
 

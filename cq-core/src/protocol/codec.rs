@@ -133,10 +133,7 @@ mod tests {
     use crate::outcome::{Outcome, SpawnFailure};
     use crate::protocol::{Action, ErrorCode, Event, Nonce, Reply, Request};
 
-    fn encode<T: Serialize>(items: &[T]) -> BytesMut
-    where
-        T: Clone,
-    {
+    fn encode<T: Serialize + Clone>(items: &[T]) -> BytesMut {
         let mut codec = FrameCodec::<(), T>::new();
         let mut buf = BytesMut::new();
         for item in items {

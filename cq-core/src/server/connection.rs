@@ -56,10 +56,16 @@ pub(super) async fn serve<P, A, C, E>(
         shared,
     };
     tokio::select! {
-        () = conn.serve(stream) => {}
+        () = conn.serve(stream) => conn.linger().await,
         () = token.cancelled() => {}
     }
 }
+
+/// How long, and how much, a closing connection still reads so that the peer sees our last
+/// frame: closing a socket with unread input makes the kernel send a reset, which can
+/// destroy the error frame before the peer reads it.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: u64 = 64 * 1024;
 
 struct Connection<'a, S, A, C, E> {
     framed: Option<ServerFramed<S>>,
@@ -151,6 +157,20 @@ where
             }
             wait = self.shared.config.idle_timeout;
         }
+    }
+
+    /// Sends FIN, then reads and drops the peer's remaining input (bounded) until it closes.
+    async fn linger(&mut self) {
+        let Some(framed) = self.framed.as_mut() else {
+            return;
+        };
+        let stream = framed.get_mut();
+        if stream.shutdown().await.is_err() {
+            return;
+        }
+        let mut sink = tokio::io::sink();
+        let mut rest = stream.take(LINGER_BYTES);
+        let _ = timeout(LINGER_TIME, tokio::io::copy(&mut rest, &mut sink)).await;
     }
 
     async fn request(&mut self, envelope: Envelope) -> ControlFlow<()> {

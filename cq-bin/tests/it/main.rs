@@ -1,0 +1,7 @@
+//! End-to-end tests: the real cq_server and cq_client binaries, a private munged, loopback.
+
+mod auth;
+mod bad_input;
+mod jobs;
+mod serial;
+mod support;

@@ -1,0 +1,183 @@
+//! Fixtures: a private munged, a real cq_server on an ephemeral loopback port, and the real
+//! cq_client. Every wait is bounded.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cq_auth::munge::PrivateMunged;
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::Notify;
+
+/// The longest any single step of a test may take before it fails.
+pub(crate) const LIMIT: Duration = Duration::from_secs(60);
+
+/// A private munged in its own directory.
+pub(crate) struct Munged {
+    // Dropped first: munged stops before its directory goes.
+    pub(crate) daemon: PrivateMunged,
+    _dir: TempDir,
+}
+
+impl Munged {
+    pub(crate) fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = PrivateMunged::start_in(dir.path()).expect("start a private munged");
+        Self { daemon, _dir: dir }
+    }
+
+    pub(crate) fn socket(&self) -> PathBuf {
+        self.daemon.socket_path()
+    }
+}
+
+/// Lines the server wrote to stderr, with a wake-up for each new one.
+#[derive(Default)]
+struct ServerLog {
+    lines: Mutex<Vec<String>>,
+    grew: Notify,
+}
+
+/// A running cq_server.
+pub(crate) struct TestServer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) state_dir: TempDir,
+    munge_socket: PathBuf,
+    child: Child,
+    log: Arc<ServerLog>,
+}
+
+impl TestServer {
+    pub(crate) async fn start(munged: &Munged) -> Self {
+        Self::start_with(munged, &[]).await
+    }
+
+    pub(crate) async fn start_with(munged: &Munged, extra: &[&str]) -> Self {
+        let state_dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cq_server"))
+            .args(["-h", "127.0.0.1", "-p", "0", "--kill-grace", "5"])
+            .arg("--state-dir")
+            .arg(state_dir.path())
+            .arg("--munge-socket")
+            .arg(munged.socket())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn cq_server");
+        let log = Arc::new(ServerLog::default());
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lines.lock().unwrap().push(line);
+                sink.grew.notify_waiters();
+            }
+        });
+        let mut server = Self {
+            addr: "0.0.0.0:0".parse().unwrap(),
+            state_dir,
+            munge_socket: munged.socket(),
+            child,
+            log,
+        };
+        let line = server.wait_for_log("listening on ").await;
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        server.addr = addr.parse().expect("the server logs its address");
+        server
+    }
+
+    /// Waits (bounded) until the server logged a line containing `needle`; returns the line.
+    pub(crate) async fn wait_for_log(&self, needle: &str) -> String {
+        let found = tokio::time::timeout(LIMIT, async {
+            loop {
+                let notified = self.log.grew.notified();
+                if let Some(line) = self
+                    .log
+                    .lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|l| l.contains(needle))
+                {
+                    return line.clone();
+                }
+                notified.await;
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| {
+            panic!(
+                "the server never logged {needle:?}; log:\n{}",
+                self.log_text()
+            )
+        })
+    }
+
+    pub(crate) fn log_text(&self) -> String {
+        self.log.lines.lock().unwrap().join("\n")
+    }
+
+    /// A cq_client command aimed at this server.
+    pub(crate) fn client(&self) -> Command {
+        client_for(self.addr, &self.munge_socket)
+    }
+
+    /// SIGTERM, and the exit status (bounded).
+    pub(crate) async fn stop(mut self) -> ExitStatus {
+        self.signal();
+        tokio::time::timeout(LIMIT, self.child.wait())
+            .await
+            .expect("cq_server stops")
+            .unwrap()
+    }
+
+    fn signal(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id().unwrap() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    }
+}
+
+/// A cq_client command for `addr` using munged at `socket`.
+pub(crate) fn client_for(addr: SocketAddr, socket: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cq_client"));
+    cmd.args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .arg("--munge-socket")
+        .arg(socket)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs a command to its end (bounded) and collects its output.
+pub(crate) async fn output(cmd: &mut Command) -> Output {
+    tokio::time::timeout(LIMIT, cmd.output())
+        .await
+        .expect("the client finishes in time")
+        .expect("run cq_client")
+}
+
+pub(crate) fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Writes an executable shell script.
+pub(crate) fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}

@@ -1,0 +1,6 @@
+//! cq-core without sockets or munged: the engine with in-process jobs, and the server and
+//! client engines over the in-memory transport.
+
+mod engine;
+mod server;
+mod support;

@@ -1,0 +1,176 @@
+//! The server and client engines over the in-memory transport.
+
+use async_trait::async_trait;
+use cq_core::protocol::ErrorCode;
+use cq_core::scheduler::{Decision, JobInfo, QueueView, SubmitHook};
+use cq_core::transport::{MemoryConnector, memory_transport};
+use cq_core::{
+    AuthError, Client, ClientError, CommandJob, Credential, CredentialSource, Engine, EngineConfig,
+    EngineHandle, JobEvent, JobId, Outcome, Server,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{CopyAuth, GatedExecutor, LIMIT};
+
+struct Running {
+    connector: MemoryConnector,
+    executor: GatedExecutor,
+    stop: CancellationToken,
+    served: tokio::task::JoinHandle<()>,
+}
+
+fn start(engine: EngineHandle) -> Running {
+    let (listener, connector) = memory_transport();
+    let executor = GatedExecutor::default();
+    let server = Server::new(engine, CopyAuth, CopyAuth, executor.clone());
+    let stop = CancellationToken::new();
+    let shutdown = stop.clone().cancelled_owned();
+    let served = tokio::spawn(server.run(listener, shutdown));
+    Running {
+        connector,
+        executor,
+        stop,
+        served,
+    }
+}
+
+fn client(running: &Running) -> Client<MemoryConnector, CopyAuth, CopyAuth> {
+    Client::new(running.connector.clone(), CopyAuth, CopyAuth)
+}
+
+#[tokio::test]
+async fn a_dropped_client_reattaches_by_id_and_gets_the_outcome() {
+    let server = start(Engine::new(EngineConfig::default()).spawn());
+    server.executor.gate("build");
+    let client = client(&server);
+    let mut submission = client.submit(CommandJob::new(["build"])).await.unwrap();
+    assert_eq!(
+        (submission.job, submission.ahead, submission.merged),
+        (JobId(1), 0, false)
+    );
+    let end = server.executor.running("build").await;
+    assert_eq!(
+        tokio::time::timeout(LIMIT, submission.next_event())
+            .await
+            .unwrap()
+            .unwrap(),
+        JobEvent::Started
+    );
+    drop(submission);
+
+    // The job is unaffected by the lost connection; a new one picks it up by id.
+    let again = client.watch(JobId(1)).await.unwrap();
+    end.send(Outcome::Exited { code: 5 }).unwrap();
+    let result = tokio::time::timeout(LIMIT, again.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Exited { code: 5 });
+
+    // After the end, a watcher gets the same outcome at once.
+    let late = client.watch(JobId(1)).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(LIMIT, late.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .outcome,
+        Outcome::Exited { code: 5 }
+    );
+
+    server.stop.cancel();
+    tokio::time::timeout(LIMIT, server.served)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+fn server_error(result: Result<impl std::fmt::Debug, ClientError>) -> (ErrorCode, String) {
+    match result {
+        Err(ClientError::Server { code, message }) => (code, message),
+        other => panic!("expected a server error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn refusals_carry_a_code_and_a_reason() {
+    struct NoRoot;
+    impl SubmitHook for NoRoot {
+        fn review(&self, job: &JobInfo, _: &QueueView<'_>) -> Decision {
+            match &job.command {
+                Some(c) if c.argv[0] == "reboot" => {
+                    Decision::Reject("no reboots during builds".into())
+                }
+                _ => Decision::Accept,
+            }
+        }
+    }
+    let server = start(
+        Engine::new(EngineConfig::default())
+            .with_hook(NoRoot)
+            .spawn(),
+    );
+    let client = client(&server);
+
+    let (code, message) = server_error(client.submit(CommandJob::new(["reboot"])).await);
+    assert_eq!(code, ErrorCode::REJECTED);
+    assert!(message.contains("no reboots during builds"), "{message}");
+
+    let (code, _) = server_error(client.submit(CommandJob::default()).await);
+    assert_eq!(code, ErrorCode::INVALID_JOB);
+
+    let (code, message) = server_error(client.watch(JobId(77)).await);
+    assert_eq!(code, ErrorCode::UNKNOWN_JOB);
+    assert!(message.contains("77"), "{message}");
+}
+
+/// Signs every message as if it were another one.
+#[derive(Debug)]
+struct WrongSigner;
+
+#[async_trait]
+impl CredentialSource for WrongSigner {
+    async fn credential_for(&self, _: &[u8]) -> Result<Credential, AuthError> {
+        Ok(Credential(b"some other request".to_vec()))
+    }
+}
+
+#[tokio::test]
+async fn a_request_with_a_credential_for_something_else_is_refused() {
+    let server = start(Engine::new(EngineConfig::default()).spawn());
+    let bad = Client::new(server.connector.clone(), WrongSigner, CopyAuth);
+    let (code, _) = server_error(bad.submit(CommandJob::new(["true"])).await);
+    assert_eq!(code, ErrorCode::AUTH_FAILED);
+    // The next, honest client is served.
+    let honest = client(&server);
+    let ok = honest.submit(CommandJob::new(["true"])).await.unwrap();
+    assert_eq!(ok.job, JobId(1), "the refused request was never queued");
+}
+
+#[tokio::test]
+async fn jobs_stay_queued_when_the_server_stops_listening() {
+    let engine = Engine::new(EngineConfig::default()).spawn();
+    let server = start(engine.clone());
+    server.executor.gate("long");
+    let client = client(&server);
+    let submission = client.submit(CommandJob::new(["long"])).await.unwrap();
+    let end = server.executor.running("long").await;
+    server.stop.cancel();
+    tokio::time::timeout(LIMIT, server.served)
+        .await
+        .unwrap()
+        .unwrap();
+    let err = tokio::time::timeout(LIMIT, submission.wait())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Closed { .. }), "{err}");
+
+    // The engine still has the job, and finishes it.
+    let mut ticket = engine.watch(JobId(1)).await.unwrap();
+    end.send(Outcome::Exited { code: 0 }).unwrap();
+    assert_eq!(
+        ticket.finished().await.unwrap().outcome,
+        Outcome::Exited { code: 0 }
+    );
+}
