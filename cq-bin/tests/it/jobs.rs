@@ -175,3 +175,29 @@ async fn a_failing_post_script_makes_the_client_fail() {
     assert_eq!(out.status.code(), Some(255));
     assert!(stderr(&out).contains("exit status: 4"), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn dash_h_is_the_host_and_help_and_version_are_long_options() {
+    for program in [
+        env!("CARGO_BIN_EXE_cq_server"),
+        env!("CARGO_BIN_EXE_cq_client"),
+    ] {
+        let help = output(tokio::process::Command::new(program).arg("--help")).await;
+        assert!(help.status.success());
+        let text = String::from_utf8_lossy(&help.stdout).into_owned();
+        assert!(
+            text.contains("-h, --host <HOST>") && text.contains("-p, --port <PORT>"),
+            "{text}"
+        );
+        let version = output(tokio::process::Command::new(program).arg("--version")).await;
+        assert!(version.status.success());
+        assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+    }
+    let usage =
+        output(tokio::process::Command::new(env!("CARGO_BIN_EXE_cq_client")).arg("-h")).await;
+    assert_eq!(
+        usage.status.code(),
+        Some(255),
+        "-h wants a host, and usage errors are cq failures"
+    );
+}
