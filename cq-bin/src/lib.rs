@@ -4,6 +4,8 @@
 //!
 //! # Layout
 //!
+//! - `auth_args.rs`: `--auth munge|tls` and the TLS file options both binaries share.
+//! - `cert_tool.rs`: `cq_server tls init|client`, the certificate tooling.
 //! - `env_args.rs`: `-E NAME[=VALUE]` parsing.
 //! - `post_script.rs`: checking and running the client's `-P` script.
 //! - `paths.rs`: the default state directory.
@@ -12,6 +14,8 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod auth_args;
+pub mod cert_tool;
 pub mod env_args;
 pub mod paths;
 pub mod post_script;

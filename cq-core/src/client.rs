@@ -205,9 +205,16 @@ impl<St: crate::transport::Stream, A: Authenticator> Submission<'_, St, A> {
     pub async fn wait(mut self) -> Result<JobResult, ClientError> {
         loop {
             if let JobEvent::Finished(result) = self.next_event().await? {
+                let _ = self.framed.close().await;
                 return Ok(result);
             }
         }
+    }
+
+    /// Closes the connection cleanly (over TLS: with close_notify), so that the server sees
+    /// an orderly end rather than a cut connection.
+    pub async fn close(mut self) {
+        let _ = self.framed.close().await;
     }
 
     /// Reads one reply, checks that the server made it for this request, and turns error
@@ -322,7 +329,16 @@ impl ClientError {
     /// A hint for the user on what to do, when there is a typical fix.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
-            Self::Transport(_) => Some("is cq_server running there, and are host and port right?"),
+            Self::Transport(TransportError::Connect { .. }) => {
+                Some("is cq_server running there, and are host and port right?")
+            }
+            Self::Io {
+                during: "the hello",
+                source,
+            } if source.to_string().contains("alert") => Some(
+                "the server refused this client's TLS certificate: it must be signed by the server's CA, \
+                 unexpired, and given with --tls-cert/--tls-key",
+            ),
             Self::NotCq(HelloError::NotCq { looks_like }) if looks_like.contains("TLS") => {
                 Some("the server expects TLS: use the same --auth as the server")
             }
@@ -334,9 +350,6 @@ impl ClientError {
             } => Some(
                 "the server may be at its connection limit, or expect another transport (--auth)",
             ),
-            Self::Server { code, .. } if *code == ErrorCode::AUTH_FAILED => {
-                Some("client and server must share the same MUNGE key, and their clocks must agree")
-            }
             Self::ReplyNotAuthentic(_) => Some(
                 "something other than the expected cq_server answered; do not trust this result",
             ),

@@ -4,12 +4,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgAction, Parser};
-use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
+use cq_auth::mtls::{TlsChannelCredentials, TlsServerAuthenticator};
+use cq_bin::auth_args::{AuthArgs, AuthKind};
 use cq_bin::env_args::resolve_env_args;
 use cq_bin::post_script::{check_post_script, run_post_script};
 use cq_bin::report::{MUNGED_HINT, fail, init_logging};
-use cq_core::{AuthError, Client, ClientError, CommandJob, Outcome};
-use cq_transport_tcp::TcpConnector;
+use cq_core::{
+    AuthError, Authenticator, Client, ClientError, CommandJob, Connector, CredentialSource, Outcome,
+};
+use cq_transport_tls::{ClientTls, TlsConnector};
 
 /// Exit status for cq's own failures (connection, authentication, server errors, post
 /// script), as opposed to the job's status.
@@ -33,13 +36,15 @@ struct Args {
     /// Set NAME=VALUE for the job, or copy NAME from this environment; repeatable.
     #[arg(short = 'E', long = "env", value_name = "VAR[=VALUE]")]
     env: Vec<String>,
-    /// munged's socket [default: libmunge's, usually /run/munge/munge.socket.2].
-    #[arg(long, value_name = "PATH")]
-    munge_socket: Option<PathBuf>,
-    /// Uid the server must run as for its replies to be believed; repeatable
-    /// [default: 0 and this user's uid].
+    #[command(flatten)]
+    auth: AuthArgs,
+    /// With --auth munge: uid the server must run as for its replies to be believed;
+    /// repeatable [default: 0 and this user's uid].
     #[arg(long, value_name = "UID")]
     server_uid: Vec<u32>,
+    /// With --auth tls: the name the server's certificate must carry [default: the host].
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
     /// Print nothing but errors.
     #[arg(short = 'q', long)]
     quiet: bool,
@@ -96,19 +101,75 @@ fn main() -> ExitCode {
 }
 
 async fn submit(args: Args, job: CommandJob) -> ExitCode {
+    match args.auth.auth {
+        AuthKind::Munge => submit_munge(args, job).await,
+        AuthKind::Tls => {
+            let files = args.auth.tls_files("client");
+            let server_name = args
+                .tls_server_name
+                .clone()
+                .unwrap_or_else(|| args.host.clone());
+            let connector = ClientTls::from_files(&files.ca, &files.cert, &files.key)
+                .map_err(|e| e.to_string())
+                .and_then(|tls| {
+                    TlsConnector::new(&args.host, args.port, &server_name, &tls)
+                        .map_err(|e| e.to_string())
+                });
+            match connector {
+                Ok(connector) => {
+                    let client =
+                        Client::new(connector, TlsChannelCredentials, TlsServerAuthenticator);
+                    follow(&client, &args, job).await
+                }
+                Err(e) => fail(
+                    "cq_client",
+                    e,
+                    Some("pass --tls-ca, --tls-cert and --tls-key"),
+                    CQ_FAILURE,
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(feature = "munge")]
+async fn submit_munge(args: Args, job: CommandJob) -> ExitCode {
+    use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
     let socket = args
+        .auth
         .munge_socket
+        .clone()
         .map_or_else(MungeSocket::default_socket, MungeSocket::at);
     let server_uids = if args.server_uid.is_empty() {
         vec![0, nix::unistd::getuid().as_raw()]
     } else {
-        args.server_uid
+        args.server_uid.clone()
     };
     let client = Client::new(
-        TcpConnector::new(&args.host, args.port),
+        cq_transport_tcp::TcpConnector::new(&args.host, args.port),
         MungeCredentialSource::new(socket.clone()),
         MungeAuthenticator::new(socket).allow_only_uids(server_uids),
     );
+    follow(&client, &args, job).await
+}
+
+#[cfg(not(feature = "munge"))]
+async fn submit_munge(_: Args, _: CommandJob) -> ExitCode {
+    fail(
+        "cq_client",
+        "this cq_client was built without MUNGE support",
+        Some("use --auth tls"),
+        CQ_FAILURE,
+    )
+}
+
+/// Submits, waits, reports, runs the post script; the exit code says how it all went.
+async fn follow<C, S, A>(client: &Client<C, S, A>, args: &Args, job: CommandJob) -> ExitCode
+where
+    C: Connector,
+    S: CredentialSource,
+    A: Authenticator,
+{
     let result = async {
         let submission = client.submit(job).await?;
         let id = submission.job;

@@ -5,20 +5,31 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{ArgAction, Parser};
-use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
+use clap::{ArgAction, Parser, Subcommand};
+use cq_auth::mtls::{TlsChannelCredentials, TlsClientAuthenticator, UserMap};
+use cq_bin::auth_args::{AuthArgs, AuthKind};
+use cq_bin::cert_tool::{self, TlsCommand};
 use cq_bin::paths::default_state_dir;
-use cq_bin::report::{MUNGED_HINT, fail, init_logging};
+use cq_bin::report::{fail, init_logging};
 use cq_bin::signals::ShutdownSignals;
-use cq_core::engine::ShutdownMode;
-use cq_core::{Engine, EngineConfig, ProcessExecutor, Server, ServerConfig};
+use cq_core::{
+    Authenticator, CredentialSource, Engine, EngineConfig, Listener, ProcessExecutor, Server,
+    ServerConfig, ShutdownMode,
+};
 use cq_transport_tcp::TcpListener;
+use cq_transport_tls::{ServerTls, TlsListener};
 
 /// Runs the commands cq_client submits, strictly one at a time, in arrival order, and tells
 /// every client how its job ended.
 #[derive(Debug, Parser)]
-#[command(version, disable_help_flag = true)]
+#[command(
+    version,
+    disable_help_flag = true,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to listen on.
     #[arg(short = 'h', long, default_value = "0.0.0.0")]
     host: String,
@@ -28,9 +39,12 @@ struct Args {
     /// Directory for job logs [default: /var/lib/cq for root, else ~/.local/state/cq].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// munged's socket [default: libmunge's, usually /run/munge/munge.socket.2].
-    #[arg(long, value_name = "PATH")]
-    munge_socket: Option<PathBuf>,
+    #[command(flatten)]
+    auth: AuthArgs,
+    /// With --auth tls: file mapping certificate names to local users [default: the
+    /// certificate name is the user name].
+    #[arg(long, value_name = "FILE")]
+    tls_user_map: Option<PathBuf>,
     /// Seconds a new connection gets to say hello and send its request.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     handshake_timeout: f64,
@@ -48,8 +62,24 @@ struct Args {
     help: Option<bool>,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Certificate tooling for --auth tls.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(Command::Tls(command)) = args.command.take() {
+        return match cert_tool::run(command) {
+            Ok(done) => {
+                println!("{done}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("cq_server", e, None, 1),
+        };
+    }
     init_logging(tracing::Level::INFO, args.verbose);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -62,7 +92,7 @@ fn main() -> ExitCode {
             );
         }
     };
-    match runtime.block_on(serve(args)) {
+    match runtime.block_on(start(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let hint = e.downcast_ref::<StartError>().map(StartError::hint);
@@ -71,7 +101,14 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
+/// Everything but the listener and authentication, which depend on `--auth`.
+struct Parts {
+    config: ServerConfig,
+    executor: ProcessExecutor,
+    log_dir: PathBuf,
+}
+
+async fn start(args: Args) -> anyhow::Result<()> {
     let seconds = |s: f64, what: &str| {
         Duration::try_from_secs_f64(s)
             .with_context(|| format!("--{what} {s}: not a duration in seconds"))
@@ -79,15 +116,53 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let mut config = ServerConfig::default();
     config.handshake_timeout = seconds(args.handshake_timeout, "handshake-timeout")?;
     config.max_connections = args.max_connections;
-    let kill_grace = seconds(args.kill_grace, "kill-grace")?;
-
-    let state_dir = args.state_dir.unwrap_or_else(default_state_dir);
+    let executor = ProcessExecutor::new().with_kill_grace(seconds(args.kill_grace, "kill-grace")?);
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
     let log_dir = state_dir.join("logs");
     std::fs::create_dir_all(&log_dir)
         .map_err(|e| StartError::StateDir(format!("cannot create {}: {e}", log_dir.display())))?;
+    let parts = Parts {
+        config,
+        executor,
+        log_dir,
+    };
 
+    let bind = || async {
+        TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .map_err(|e| {
+                StartError::Listen(format!("cannot listen on {}:{}: {e}", args.host, args.port))
+            })
+    };
+    match args.auth.auth {
+        AuthKind::Munge => start_munge(&args, parts, bind().await?).await,
+        AuthKind::Tls => {
+            let files = args.auth.tls_files("server");
+            let tls = ServerTls::from_files(&files.ca, &files.cert, &files.key)
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+            let authenticator = match &args.tls_user_map {
+                Some(path) => TlsClientAuthenticator::with_user_map(UserMap::load(path)?),
+                None => TlsClientAuthenticator::new(),
+            };
+            tracing::info!(ca = %files.ca.display(), cert = %files.cert.display(), "mutual TLS");
+            serve(
+                TlsListener::new(bind().await?, &tls),
+                authenticator,
+                TlsChannelCredentials,
+                parts,
+            )
+            .await
+        }
+    }
+}
+
+#[cfg(feature = "munge")]
+async fn start_munge(args: &Args, parts: Parts, tcp: TcpListener) -> anyhow::Result<()> {
+    use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
     let socket = args
+        .auth
         .munge_socket
+        .clone()
         .map_or_else(MungeSocket::default_socket, MungeSocket::at);
     let signer = MungeCredentialSource::new(socket.clone());
     // Refuse to start rather than serve requests nobody can authenticate.
@@ -95,25 +170,26 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .probe()
         .await
         .map_err(|e| StartError::Munge(e.to_string()))?;
+    tracing::info!(socket = %socket.describe(), "MUNGE");
+    serve(tcp, MungeAuthenticator::new(socket), signer, parts).await
+}
 
-    let listener = TcpListener::bind((args.host.as_str(), args.port))
-        .await
-        .map_err(|e| {
-            StartError::Listen(format!("cannot listen on {}:{}: {e}", args.host, args.port))
-        })?;
-    if let Some(addr) = cq_core::Listener::local_addr(&listener) {
-        tracing::info!(state_dir = %state_dir.display(), munge_socket = %socket.describe(), "listening on {addr}");
+#[cfg(not(feature = "munge"))]
+async fn start_munge(_: &Args, _: Parts, _: TcpListener) -> anyhow::Result<()> {
+    Err(StartError::Munge("this cq_server was built without MUNGE support".into()).into())
+}
+
+async fn serve(
+    listener: impl Listener,
+    auth: impl Authenticator,
+    signer: impl CredentialSource,
+    parts: Parts,
+) -> anyhow::Result<()> {
+    if let Some(addr) = listener.local_addr() {
+        tracing::info!(log_dir = %parts.log_dir.display(), "listening on {addr}");
     }
-
-    let engine = Engine::new(EngineConfig::default().with_log_dir(&log_dir)).spawn();
-    let executor = ProcessExecutor::new().with_kill_grace(kill_grace);
-    let server = Server::with_config(
-        engine.clone(),
-        MungeAuthenticator::new(socket),
-        signer,
-        executor,
-        config,
-    );
+    let engine = Engine::new(EngineConfig::default().with_log_dir(&parts.log_dir)).spawn();
+    let server = Server::with_config(engine.clone(), auth, signer, parts.executor, parts.config);
     let mut signals = ShutdownSignals::install().context("cannot install signal handlers")?;
     let mut first = None;
     server
@@ -144,6 +220,8 @@ enum StartError {
     Munge(String),
     #[error("state directory: {0}")]
     StateDir(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl StartError {
@@ -152,8 +230,11 @@ impl StartError {
             Self::Listen(_) => {
                 "is another cq_server running? choose another address with -h or port with -p"
             }
-            Self::Munge(_) => MUNGED_HINT,
+            Self::Munge(_) => cq_bin::report::MUNGED_HINT,
             Self::StateDir(_) => "choose a writable directory with --state-dir",
+            Self::Tls(_) => {
+                "create certificates with `cq_server tls init DIR --host NAME`, or pass --tls-ca/--tls-cert/--tls-key"
+            }
         }
     }
 }

@@ -5,3 +5,4 @@ mod bad_input;
 mod jobs;
 mod serial;
 mod support;
+mod tls;

@@ -1,6 +1,7 @@
 //! Fixtures: a private munged, a real cq_server on an ephemeral loopback port, and the real
 //! cq_client. Every wait is bounded.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output, Stdio};
@@ -46,7 +47,8 @@ struct ServerLog {
 pub(crate) struct TestServer {
     pub(crate) addr: SocketAddr,
     pub(crate) state_dir: TempDir,
-    munge_socket: PathBuf,
+    /// Options every client of this server needs (authentication).
+    client_args: Vec<OsString>,
     child: Child,
     log: Arc<ServerLog>,
 }
@@ -57,14 +59,20 @@ impl TestServer {
     }
 
     pub(crate) async fn start_with(munged: &Munged, extra: &[&str]) -> Self {
+        let auth: Vec<OsString> = vec!["--munge-socket".into(), munged.socket().into()];
+        let mut args = auth.clone();
+        args.extend(extra.iter().map(OsString::from));
+        Self::start_args(&args, auth).await
+    }
+
+    /// Starts cq_server with `args` (after host, port and state dir); clients get `client_args`.
+    pub(crate) async fn start_args(args: &[OsString], client_args: Vec<OsString>) -> Self {
         let state_dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_cq_server"))
             .args(["-h", "127.0.0.1", "-p", "0", "--kill-grace", "5"])
             .arg("--state-dir")
             .arg(state_dir.path())
-            .arg("--munge-socket")
-            .arg(munged.socket())
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
@@ -83,7 +91,7 @@ impl TestServer {
         let mut server = Self {
             addr: "0.0.0.0:0".parse().unwrap(),
             state_dir,
-            munge_socket: munged.socket(),
+            client_args,
             child,
             log,
         };
@@ -132,7 +140,9 @@ impl TestServer {
 
     /// A cq_client command aimed at this server.
     pub(crate) fn client(&self) -> Command {
-        client_for(self.addr, &self.munge_socket)
+        let mut cmd = bare_client(self.addr);
+        cmd.args(&self.client_args);
+        cmd
     }
 
     /// SIGTERM, and the exit status (bounded).
@@ -152,10 +162,15 @@ impl TestServer {
 
 /// A cq_client command for `addr` using munged at `socket`.
 pub(crate) fn client_for(addr: SocketAddr, socket: &Path) -> Command {
+    let mut cmd = bare_client(addr);
+    cmd.arg("--munge-socket").arg(socket);
+    cmd
+}
+
+/// A cq_client command for `addr` with no authentication options.
+pub(crate) fn bare_client(addr: SocketAddr) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cq_client"));
     cmd.args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
-        .arg("--munge-socket")
-        .arg(socket)
         .stdin(Stdio::null())
         .kill_on_drop(true);
     cmd

@@ -30,7 +30,9 @@
 mod codec;
 mod hello;
 mod message;
+mod refusal;
 
 pub use codec::{FrameCodec, FrameError, MAX_FRAME};
 pub use hello::{HELLO_LEN, Hello, HelloError, MAGIC, PROTOCOL_VERSION, Role};
 pub use message::{Action, Envelope, ErrorCode, Event, Nonce, Reply, Request};
+pub use refusal::plain_refusal;

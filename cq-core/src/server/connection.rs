@@ -297,6 +297,13 @@ where
     }
 
     async fn frame_error(&mut self, e: FrameError) {
+        if let FrameError::Io(io) = &e
+            && io.kind() == std::io::ErrorKind::UnexpectedEof
+        {
+            // A TLS peer that hung up without close_notify: as good as a close.
+            tracing::debug!(peer = %self.peer.describe(), "connection cut between frames");
+            return;
+        }
         tracing::info!(peer = %self.peer.describe(), error = %e, "bad frame");
         let code = match e {
             FrameError::TooLarge { .. } => ErrorCode::FRAME_TOO_LARGE,

@@ -1,0 +1,255 @@
+//! Identities from mutual TLS.
+//!
+//! With TLS the transport authenticates both ends: rustls has already checked the client's
+//! certificate against the CA (and the server's against the CA and its name) before any cq
+//! message is read. What is left is to say *who* a certificate is: its subject common name
+//! (or, without one, its first DNS subject alternative name) is a local user name, or is
+//! looked up in a [`UserMap`]. A certificate whose name maps to no local user is refused.
+//! Messages carry no credential of their own ([`TlsChannelCredentials`]).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use cq_core::{
+    AuthError, AuthMethod, Authenticator, Credential, CredentialSource, Identity, PeerInfo,
+};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+/// uid and gid in the identity of a TLS *server*, which a certificate names as a host, not as a
+/// user (the kernel's overflow id, "nobody").
+pub const SERVER_UID: u32 = 65534;
+
+/// The name a certificate gives its subject: the common name, else the first DNS name.
+///
+/// # Errors
+///
+/// [`AuthError::Invalid`] when the certificate cannot be parsed or names nobody.
+pub fn certificate_name(der: &[u8]) -> Result<String, AuthError> {
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| AuthError::Invalid(format!("cannot parse the peer certificate: {e}")))?;
+    if let Some(cn) = cert.subject().iter_common_name().next() {
+        return cn.as_str().map(str::to_owned).map_err(|e| {
+            AuthError::Invalid(format!("the certificate's common name is not text: {e}"))
+        });
+    }
+    let dns = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .and_then(|san| {
+            san.value.general_names.iter().find_map(|name| match name {
+                GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+                _ => None,
+            })
+        });
+    dns.ok_or_else(|| {
+        AuthError::Invalid("the certificate has neither a common name nor a DNS name".to_owned())
+    })
+}
+
+fn leaf(peer: &PeerInfo) -> Result<&[u8], AuthError> {
+    let tls = peer.tls.as_ref().ok_or_else(|| {
+        AuthError::Unauthorized(
+            "the connection is not TLS, so there is no certificate to identify".to_owned(),
+        )
+    })?;
+    tls.chain
+        .first()
+        .map(Vec::as_slice)
+        .ok_or_else(|| AuthError::Unauthorized("the peer presented no certificate".to_owned()))
+}
+
+/// Maps certificate names to local user names.
+///
+/// The file has one `CERT_NAME LOCAL_USER` pair per line; blank lines and lines starting with
+/// `#` are ignored. When a map is in use, only the names it lists are accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserMap {
+    path: PathBuf,
+    names: HashMap<String, String>,
+}
+
+/// Why a user map could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UserMapError {
+    /// The file could not be read.
+    #[error("cannot read the TLS user map {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line is not `CERT_NAME LOCAL_USER`.
+    #[error("{path}:{line}: expected `CERT_NAME LOCAL_USER`, found {text:?}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The line number, from 1.
+        line: usize,
+        /// The line.
+        text: String,
+    },
+}
+
+impl UserMap {
+    /// Reads a map file.
+    ///
+    /// # Errors
+    ///
+    /// [`UserMapError`] naming the file (and line).
+    pub fn load(path: &Path) -> Result<Self, UserMapError> {
+        let text = std::fs::read_to_string(path).map_err(|source| UserMapError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses map text; `path` is only used in messages.
+    ///
+    /// # Errors
+    ///
+    /// [`UserMapError::Syntax`] for the first bad line.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, UserMapError> {
+        let mut names = HashMap::new();
+        for (number, line) in text.lines().enumerate() {
+            let trimmed = line.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let mut words = trimmed.split_whitespace();
+            match (words.next(), words.next(), words.next()) {
+                (Some(cert), Some(user), None) => {
+                    names.insert(cert.to_owned(), user.to_owned());
+                }
+                _ => {
+                    return Err(UserMapError::Syntax {
+                        path: path.to_owned(),
+                        line: number + 1,
+                        text: line.to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            names,
+        })
+    }
+}
+
+/// Server side: identifies clients by their verified certificate.
+#[derive(Clone, Debug, Default)]
+pub struct TlsClientAuthenticator {
+    users: Option<UserMap>,
+}
+
+impl TlsClientAuthenticator {
+    /// Certificate names are local user names.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Certificate names are looked up in `users`.
+    pub fn with_user_map(users: UserMap) -> Self {
+        Self { users: Some(users) }
+    }
+}
+
+#[async_trait]
+impl Authenticator for TlsClientAuthenticator {
+    async fn verify(
+        &self,
+        _message: &[u8],
+        _: &Credential,
+        peer: &PeerInfo,
+    ) -> Result<Identity, AuthError> {
+        let name = certificate_name(leaf(peer)?)?;
+        let user = match &self.users {
+            Some(map) => map.names.get(&name).cloned().ok_or_else(|| {
+                AuthError::Unauthorized(format!(
+                    "certificate name {name:?} is not in the TLS user map {}",
+                    map.path.display()
+                ))
+            })?,
+            None => name.clone(),
+        };
+        let account = nix::unistd::User::from_name(&user).ok().flatten().ok_or_else(|| {
+            AuthError::Unauthorized(format!(
+                "certificate name {name:?} maps to no local user ({user:?} does not exist on the server)"
+            ))
+        })?;
+        Ok(Identity {
+            uid: account.uid.as_raw(),
+            gid: account.gid.as_raw(),
+            user: Some(account.name),
+            host: peer.addr.map(|a| a.ip().to_canonical().to_string()),
+            method: AuthMethod::MutualTls,
+        })
+    }
+}
+
+/// Client side: the server's certificate was verified during the TLS handshake (CA and server
+/// name), so every reply on the connection is the server's. The identity names the server
+/// certificate; its uid and gid are [`SERVER_UID`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsServerAuthenticator;
+
+#[async_trait]
+impl Authenticator for TlsServerAuthenticator {
+    async fn verify(
+        &self,
+        _message: &[u8],
+        _: &Credential,
+        peer: &PeerInfo,
+    ) -> Result<Identity, AuthError> {
+        let name = certificate_name(leaf(peer)?)?;
+        Ok(Identity {
+            uid: SERVER_UID,
+            gid: SERVER_UID,
+            user: Some(name),
+            host: peer.addr.map(|a| a.ip().to_canonical().to_string()),
+            method: AuthMethod::MutualTls,
+        })
+    }
+}
+
+/// Messages over mutual TLS need no credential of their own: the channel authenticates them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsChannelCredentials;
+
+#[async_trait]
+impl CredentialSource for TlsChannelCredentials {
+    async fn credential_for(&self, _message: &[u8]) -> Result<Credential, AuthError> {
+        Ok(Credential::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_map_lines() {
+        let map = UserMap::parse(
+            "# VMs\nvm-desktop portage\n\n  vm-server   root  \n",
+            Path::new("m"),
+        )
+        .unwrap();
+        assert_eq!(
+            map.names.get("vm-desktop").map(String::as_str),
+            Some("portage")
+        );
+        assert_eq!(map.names.get("vm-server").map(String::as_str), Some("root"));
+        let err =
+            UserMap::parse("ok root\nthree words here\n", Path::new("/etc/cq/users")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/etc/cq/users:2: expected `CERT_NAME LOCAL_USER`, found \"three words here\""
+        );
+    }
+}

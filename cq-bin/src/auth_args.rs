@@ -1,0 +1,69 @@
+//! The authentication options both binaries share.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+/// Where TLS files live unless options say otherwise.
+pub const DEFAULT_TLS_DIR: &str = "/etc/cq/tls";
+
+/// How requests and replies are authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AuthKind {
+    /// MUNGE credentials (shared key on all hosts; needs munged).
+    Munge,
+    /// Mutual TLS (client certificates signed by the cq CA).
+    Tls,
+}
+
+/// `--auth` and the MUNGE and TLS options.
+#[derive(Clone, Debug, Args)]
+pub struct AuthArgs {
+    /// Authentication method; both ends must use the same.
+    #[arg(long, value_enum, default_value_t = AuthKind::Munge)]
+    pub auth: AuthKind,
+    /// munged's socket [default: libmunge's, usually /run/munge/munge.socket.2].
+    #[arg(long, value_name = "PATH")]
+    pub munge_socket: Option<PathBuf>,
+    /// CA certificate (PEM) for --auth tls [default: /etc/cq/tls/ca.pem].
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// This end's certificate (PEM) for --auth tls [default: /etc/cq/tls/server.pem or
+    /// /etc/cq/tls/client.pem].
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// This end's private key (PEM) for --auth tls [default: /etc/cq/tls/server.key or
+    /// /etc/cq/tls/client.key].
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The three TLS files of one end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// This end's certificate.
+    pub cert: PathBuf,
+    /// This end's key.
+    pub key: PathBuf,
+}
+
+impl AuthArgs {
+    /// The TLS files, with defaults for `role` (`"server"` or `"client"`) in
+    /// [`DEFAULT_TLS_DIR`].
+    pub fn tls_files(&self, role: &str) -> TlsFiles {
+        let dir = PathBuf::from(DEFAULT_TLS_DIR);
+        TlsFiles {
+            ca: self.tls_ca.clone().unwrap_or_else(|| dir.join("ca.pem")),
+            cert: self
+                .tls_cert
+                .clone()
+                .unwrap_or_else(|| dir.join(format!("{role}.pem"))),
+            key: self
+                .tls_key
+                .clone()
+                .unwrap_or_else(|| dir.join(format!("{role}.key"))),
+        }
+    }
+}
