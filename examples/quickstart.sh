@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# cq's main job, for real, with nothing set up beforehand: a private munged with its own key
-# (no system service), a cq_server on a loopback port, and several "VMs" submitting package
-# builds at once with their own USE flags. The server runs the builds strictly one at a time;
+# cq's main job, for real, with nothing set up beforehand and no system service: certificates
+# for mutual TLS made on the spot, a cq_server on a loopback port, and several "VMs", each with
+# its own client certificate, submitting package builds at once with their own USE flags. The server runs the builds strictly one at a time;
 # as each ends, the VM that asked for it is notified and its post script "installs" it.
 #
 #   bash examples/quickstart.sh
@@ -15,27 +15,29 @@ cargo build --release --locked -q -p cq-bin
 bin=$PWD/target/release
 
 work=$(mktemp -d)
-chmod 755 "$work" # munged refuses directories others could write to, and needs o+x.
 server_pid=
 cleanup() {
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
-  # --stop waits until munged has exited, so that it no longer writes into $work.
-  [ -f "$work/munged.pid" ] && munged --socket="$work/munge.socket" --stop >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-echo "== a private munged with its own key in $work"
-head -c 1024 /dev/urandom >"$work/munge.key"
-chmod 600 "$work/munge.key"
-# Without --foreground, munged's parent returns only once the daemon serves.
-munged --key-file="$work/munge.key" --socket="$work/munge.socket" \
-  --pid-file="$work/munged.pid" --log-file="$work/munged.log" --seed-file="$work/munged.seed"
-socket=(--munge-socket "$work/munge.socket")
+vms=(vm-desktop vm-server vm-hardened vm-typo)
+echo "== certificates: a CA, the server, one client certificate per VM (in $work/tls)"
+"$bin/cq_server" tls init "$work/tls" --host 127.0.0.1 >/dev/null
+for vm in "${vms[@]}"; do
+  "$bin/cq_server" tls client "$vm" --dir "$work/tls" >/dev/null
+  # Certificate names are not local users here: map each VM to the user running this demo.
+  echo "$vm $(id -un)" >>"$work/tls/users"
+done
+ls "$work/tls" | sed 's/^/   /' | tr '\n' ' '
+echo
+server_auth=(--auth tls --tls-ca "$work/tls/ca.pem" --tls-cert "$work/tls/server.pem"
+  --tls-key "$work/tls/server.key" --tls-user-map "$work/tls/users")
 
 echo "== cq_server on 127.0.0.1, a free port"
 mkfifo "$work/server.fifo"
-"$bin/cq_server" -h 127.0.0.1 -p 0 --state-dir "$work/state" "${socket[@]}" 2>"$work/server.fifo" &
+"$bin/cq_server" -h 127.0.0.1 -p 0 --state-dir "$work/state" "${server_auth[@]}" 2>"$work/server.fifo" &
 server_pid=$!
 exec 3<"$work/server.fifo"
 port=
@@ -76,7 +78,8 @@ echo "== four VMs submit at once"
 submit() { # VM PKG USE [COMMAND...]
   local vm=$1 pkg=$2 use=$3
   shift 3
-  VM=$vm PKG=$pkg USE=$use "$bin/cq_client" -h 127.0.0.1 -p "$port" "${socket[@]}" \
+  VM=$vm PKG=$pkg USE=$use "$bin/cq_client" -h 127.0.0.1 -p "$port" --auth tls \
+    --tls-ca "$work/tls/ca.pem" --tls-cert "$work/tls/$vm.pem" --tls-key "$work/tls/$vm.key" \
     -E PKG -E USE -E "CQ_BUILD_HOST_NOTE=from $vm" -P "$work/install" -- "$@" || echo "   $vm: cq_client exited $?"
 }
 submit vm-desktop www-client/firefox "X wayland pulseaudio" "$work/fake-emerge" --buildpkgonly www-client/firefox &

@@ -34,10 +34,21 @@ pub fn fail(
     code: u8,
 ) -> ExitCode {
     match hint {
-        Some(hint) => eprintln!("{program}: {message} ({hint})"),
-        None => eprintln!("{program}: {message}"),
+        Some(hint) => say(program, format_args!("{message} ({hint})")),
+        None => say(program, message),
     }
     ExitCode::from(code)
+}
+
+/// Prints `program: message` on stderr with a single write, so that the lines of several
+/// clients sharing a terminal or log do not interleave mid-line.
+pub fn say(program: &str, message: impl std::fmt::Display) {
+    use std::io::Write;
+    let line = format!(
+        "{program}: {message}
+"
+    );
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// The hint for a client-side MUNGE failure, where the fix is on this host.

@@ -8,7 +8,7 @@ use cq_auth::mtls::{TlsChannelCredentials, TlsServerAuthenticator};
 use cq_bin::auth_args::{AuthArgs, AuthKind};
 use cq_bin::env_args::resolve_env_args;
 use cq_bin::post_script::{check_post_script, run_post_script};
-use cq_bin::report::{MUNGED_HINT, fail, init_logging};
+use cq_bin::report::{MUNGED_HINT, fail, init_logging, say};
 use cq_core::{
     AuthError, Authenticator, Client, ClientError, CommandJob, Connector, CredentialSource, Outcome,
 };
@@ -175,12 +175,18 @@ where
         let id = submission.job;
         if !args.quiet {
             if submission.merged {
-                eprintln!("cq_client: merged into job {id}, which was already queued");
+                say(
+                    "cq_client",
+                    format_args!("merged into job {id}, which was already queued"),
+                );
             } else {
-                eprintln!(
-                    "cq_client: job {id} queued on {} ({} ahead)",
-                    client.server_name(),
-                    submission.ahead
+                say(
+                    "cq_client",
+                    format_args!(
+                        "job {id} queued on {} ({} ahead)",
+                        client.server_name(),
+                        submission.ahead
+                    ),
                 );
             }
         }
@@ -194,7 +200,7 @@ where
     match &result.outcome {
         Outcome::Exited { code: 0 } => {}
         Outcome::Exited { .. } if args.quiet => {}
-        outcome => eprintln!("cq_client: job {id} {outcome}"),
+        outcome => say("cq_client", format_args!("job {id} {outcome}")),
     }
     if let Some(script) = &args.post_script
         && let Err(e) = run_post_script(script, id, &result, &client.server_name()).await
