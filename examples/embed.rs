@@ -54,7 +54,9 @@ impl SubmitHook for MergeQueuedDuplicates {
 async fn main() {
     let engine = Engine::new(EngineConfig::default())
         .with_hook(MergeQueuedDuplicates)
-        .spawn();
+        .start()
+        .await
+        .expect("the engine starts");
     let requests = ["users", "orders", "users", "orders", "users"];
     let waiters: Vec<_> = requests
         .into_iter()

@@ -50,6 +50,27 @@ pub struct TlsFiles {
 }
 
 impl AuthArgs {
+    /// These options as command-line arguments, to hand them to another cq process.
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec!["--auth".into()];
+        args.push(match self.auth {
+            AuthKind::Munge => "munge".into(),
+            AuthKind::Tls => "tls".into(),
+        });
+        for (option, value) in [
+            ("--munge-socket", &self.munge_socket),
+            ("--tls-ca", &self.tls_ca),
+            ("--tls-cert", &self.tls_cert),
+            ("--tls-key", &self.tls_key),
+        ] {
+            if let Some(value) = value {
+                args.push(option.into());
+                args.push(value.clone().into_os_string());
+            }
+        }
+        args
+    }
+
     /// The TLS files, with defaults for `role` (`"server"` or `"client"`) in
     /// [`DEFAULT_TLS_DIR`].
     pub fn tls_files(&self, role: &str) -> TlsFiles {

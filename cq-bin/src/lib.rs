@@ -5,6 +5,7 @@
 //! # Layout
 //!
 //! - `auth_args.rs`: `--auth munge|tls` and the TLS file options both binaries share.
+//! - `background.rs`: the detached waiter behind `cq_client --background`.
 //! - `cert_tool.rs`: `cq_server tls init|client`, the certificate tooling.
 //! - `env_args.rs`: `-E NAME[=VALUE]` parsing.
 //! - `post_script.rs`: checking and running the client's `-P` script.
@@ -15,6 +16,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod auth_args;
+pub mod background;
 pub mod cert_tool;
 pub mod env_args;
 pub mod paths;

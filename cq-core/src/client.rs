@@ -66,6 +66,53 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
         self.request(Action::Watch { job: id }).await
     }
 
+    /// Follows job `id` to its end, starting with `submission` if there is one, and
+    /// re-attaching (with growing delays) whenever the connection is lost, e.g. while the
+    /// server restarts. `on_retry` hears about each failed attempt and the delay before the
+    /// next one. Gives up when the server has been unreachable for `policy.give_up_after`.
+    ///
+    /// # Errors
+    ///
+    /// The last error when giving up, or the first error that retrying cannot mend (refused
+    /// credential, unknown job, ...).
+    pub async fn follow(
+        &self,
+        id: JobId,
+        submission: Option<Submission<'_, C::Stream, A>>,
+        policy: &Reconnect,
+        mut on_retry: impl FnMut(&ClientError, Duration),
+    ) -> Result<JobResult, ClientError> {
+        let mut current = submission;
+        let mut delay = policy.first_delay;
+        let mut unreachable_since: Option<tokio::time::Instant> = None;
+        loop {
+            let attempt = match current.take() {
+                Some(submission) => submission.wait().await,
+                None => match self.watch(id).await {
+                    Ok(submission) => {
+                        unreachable_since = None;
+                        delay = policy.first_delay;
+                        submission.wait().await
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match attempt {
+                Ok(result) => return Ok(result),
+                Err(e) if e.is_transient() => {
+                    let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= policy.give_up_after {
+                        return Err(e);
+                    }
+                    on_retry(&e, delay);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(policy.max_delay);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     async fn request(&self, action: Action) -> Result<Submission<'_, C::Stream, A>, ClientError> {
         let (mut stream, peer) = self.connector.connect().await?;
         stream
@@ -146,6 +193,27 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
             Ok(Ok(other)) => Err(ClientError::Protocol(format!(
                 "expected an acceptance, got {other:?}"
             ))),
+        }
+    }
+}
+
+/// How a client re-attaches to its job after losing the connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reconnect {
+    /// Delay before the first retry; it doubles up to `max_delay`.
+    pub first_delay: Duration,
+    /// Longest delay between retries.
+    pub max_delay: Duration,
+    /// Give up when the server has been unreachable this long.
+    pub give_up_after: Duration,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Self {
+            first_delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(2),
+            give_up_after: Duration::from_secs(3600),
         }
     }
 }
@@ -326,6 +394,30 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether trying again later may succeed: the connection was lost or refused, or the
+    /// server was shutting down. Refusals and authentication failures are not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Closed { .. }
+            | Self::Timeout { .. }
+            | Self::Frame(FrameError::Truncated { .. }) => true,
+            Self::Transport(TransportError::Connect { .. }) => true,
+            // A refused TLS certificate also shows as an I/O error (invalid data): only a lost
+            // connection is worth retrying.
+            Self::Io { source, .. } | Self::Frame(FrameError::Io(source)) => matches!(
+                source.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::NotConnected
+                    | io::ErrorKind::TimedOut
+            ),
+            Self::Server { code, .. } => *code == ErrorCode::SHUTTING_DOWN,
+            _ => false,
+        }
+    }
+
     /// A hint for the user on what to do, when there is a typical fix.
     pub fn hint(&self) -> Option<&'static str> {
         match self {

@@ -17,6 +17,7 @@
 //! - [`transport`]: [`Listener`] / [`Connector`] traits, [`PeerInfo`], an in-memory transport.
 //! - [`auth`]: [`CredentialSource`] (makes credentials) and [`Authenticator`] (verifies them).
 //! - [`protocol`]: the wire format: hello, messages, framing.
+//! - [`store`]: the durable record of jobs ([`Store`], [`SqliteStore`], [`MemoryStore`]).
 //! - [`server`]: the network server that feeds an engine ([`Server`]).
 //! - [`client`]: the network client ([`Client`]).
 //!
@@ -37,10 +38,11 @@ pub mod outcome;
 pub mod protocol;
 pub mod scheduler;
 pub mod server;
+pub mod store;
 pub mod transport;
 
 pub use auth::{AuthError, AuthMethod, Authenticator, Credential, CredentialSource, Identity};
-pub use client::{Client, ClientError, JobEvent, Submission};
+pub use client::{Client, ClientError, JobEvent, Reconnect, Submission};
 pub use engine::{
     Engine, EngineConfig, EngineHandle, JobResult, JobState, JobTicket, ShutdownMode, SubmitError,
 };
@@ -51,4 +53,5 @@ pub use scheduler::{
     Admission, Decision, JobInfo, QueueView, Scheduler, SerialScheduler, SubmitHook,
 };
 pub use server::{Server, ServerConfig};
+pub use store::{MemoryStore, SqliteStore, Store, StoreError};
 pub use transport::{Connector, Listener, PeerInfo, PendingConnection, TlsPeer, TransportError};

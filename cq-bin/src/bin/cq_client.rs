@@ -2,15 +2,19 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 use cq_auth::mtls::{TlsChannelCredentials, TlsServerAuthenticator};
 use cq_bin::auth_args::{AuthArgs, AuthKind};
+use cq_bin::background::spawn_waiter;
 use cq_bin::env_args::resolve_env_args;
+use cq_bin::paths::default_state_dir;
 use cq_bin::post_script::{check_post_script, run_post_script};
 use cq_bin::report::{MUNGED_HINT, fail, init_logging, say};
 use cq_core::{
-    AuthError, Authenticator, Client, ClientError, CommandJob, Connector, CredentialSource, Outcome,
+    AuthError, Authenticator, Client, ClientError, CommandJob, Connector, CredentialSource, JobId,
+    Outcome, Reconnect,
 };
 use cq_transport_tls::{ClientTls, TlsConnector};
 
@@ -45,6 +49,24 @@ struct Args {
     /// With --auth tls: the name the server's certificate must carry [default: the host].
     #[arg(long, value_name = "NAME")]
     tls_server_name: Option<String>,
+    /// Print the job id once the job is accepted (it is then on the server's disk) and exit
+    /// without waiting.
+    #[arg(long, conflicts_with_all = ["post_script", "background", "wait"])]
+    detach: bool,
+    /// Wait for the existing job ID instead of submitting one, then behave as if it had been
+    /// submitted here (post script, exit status).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["env", "command", "background"])]
+    wait: Option<u64>,
+    /// Once the job is accepted, keep waiting in the background (detached from the terminal,
+    /// output to --background-log) and exit at once.
+    #[arg(long)]
+    background: bool,
+    /// Log of the background waiter [default: cq_client-job-ID.log in the state directory].
+    #[arg(long, value_name = "FILE", requires = "background")]
+    background_log: Option<PathBuf>,
+    /// Seconds to keep re-attaching to the job while the server is unreachable.
+    #[arg(long, value_name = "SECS", default_value_t = 3600.0)]
+    reconnect_timeout: f64,
     /// Print nothing but errors.
     #[arg(short = 'q', long)]
     quiet: bool,
@@ -55,7 +77,7 @@ struct Args {
     #[arg(long, action = ArgAction::Help)]
     help: Option<bool>,
     /// The command and its arguments.
-    #[arg(required = true, last = true, value_name = "COMMAND")]
+    #[arg(required_unless_present = "wait", last = true, value_name = "COMMAND")]
     command: Vec<String>,
 }
 
@@ -80,7 +102,9 @@ fn main() -> ExitCode {
     }
     let mut job = CommandJob::new(args.command.iter().cloned());
     job.env = env;
-    if let Err(e) = job.validate() {
+    if args.wait.is_none()
+        && let Err(e) = job.validate()
+    {
         return fail("cq_client", e, None, CQ_FAILURE);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -163,38 +187,65 @@ async fn submit_munge(_: Args, _: CommandJob) -> ExitCode {
     )
 }
 
-/// Submits, waits, reports, runs the post script; the exit code says how it all went.
+/// Submits (or picks up) the job, waits for it across lost connections, reports, and runs
+/// the post script; the exit code says how it all went.
 async fn follow<C, S, A>(client: &Client<C, S, A>, args: &Args, job: CommandJob) -> ExitCode
 where
     C: Connector,
     S: CredentialSource,
     A: Authenticator,
 {
-    let result = async {
-        let submission = client.submit(job).await?;
-        let id = submission.job;
-        if !args.quiet {
-            if submission.merged {
-                say(
-                    "cq_client",
-                    format_args!("merged into job {id}, which was already queued"),
-                );
-            } else {
-                say(
-                    "cq_client",
-                    format_args!(
+    let (id, submission) = match args.wait {
+        Some(id) => (JobId(id), None),
+        None => {
+            let submission = match client.submit(job).await {
+                Ok(submission) => submission,
+                Err(e) => return fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
+            };
+            let id = submission.job;
+            if args.detach {
+                println!("{id}");
+                submission.close().await;
+                return ExitCode::SUCCESS;
+            }
+            if !args.quiet {
+                let what = if submission.merged {
+                    format!("merged into job {id}, which was already queued")
+                } else {
+                    format!(
                         "job {id} queued on {} ({} ahead)",
                         client.server_name(),
                         submission.ahead
-                    ),
-                );
+                    )
+                };
+                say("cq_client", what);
             }
+            if args.background {
+                submission.close().await;
+                return background(args, id);
+            }
+            (id, Some(submission))
         }
-        Ok::<_, ClientError>((id, submission.wait().await?))
-    }
-    .await;
-    let (id, result) = match result {
-        Ok(done) => done,
+    };
+    let policy = Reconnect {
+        give_up_after: Duration::try_from_secs_f64(args.reconnect_timeout)
+            .unwrap_or(Duration::ZERO),
+        ..Reconnect::default()
+    };
+    let mut told = false;
+    let result = client
+        .follow(id, submission, &policy, |e, _| {
+            if !told && !args.quiet {
+                say(
+                    "cq_client",
+                    format_args!("lost the server ({e}); re-attaching to job {id}"),
+                );
+                told = true;
+            }
+        })
+        .await;
+    let result = match result {
+        Ok(result) => result,
         Err(e) => return fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
     };
     match &result.outcome {
@@ -208,6 +259,55 @@ where
         return fail("cq_client", e, None, CQ_FAILURE);
     }
     ExitCode::from(result.outcome.exit_status())
+}
+
+/// Hands the wait for job `id` to a detached `cq_client --wait` and returns.
+fn background(args: &Args, id: JobId) -> ExitCode {
+    let mut wait = vec![
+        "-h".into(),
+        args.host.clone().into(),
+        "-p".into(),
+        args.port.to_string().into(),
+    ];
+    wait.extend(args.auth.to_args());
+    for uid in &args.server_uid {
+        wait.extend(["--server-uid".into(), uid.to_string().into()]);
+    }
+    if let Some(name) = &args.tls_server_name {
+        wait.extend(["--tls-server-name".into(), name.into()]);
+    }
+    if let Some(script) = &args.post_script {
+        wait.extend(["-P".into(), script.clone().into_os_string()]);
+    }
+    wait.extend([
+        "--reconnect-timeout".into(),
+        args.reconnect_timeout.to_string().into(),
+    ]);
+    wait.extend(["--wait".into(), id.to_string().into()]);
+    let log = args
+        .background_log
+        .clone()
+        .unwrap_or_else(|| default_state_dir().join(format!("cq_client-job-{id}.log")));
+    match spawn_waiter(&wait, &log) {
+        Ok(()) => {
+            if !args.quiet {
+                say(
+                    "cq_client",
+                    format_args!(
+                        "waiting for job {id} in the background; log: {}",
+                        log.display()
+                    ),
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(
+            "cq_client",
+            format_args!("cannot wait in the background: {e}"),
+            Some("wait with --wait ID"),
+            CQ_FAILURE,
+        ),
+    }
 }
 
 fn client_hint(e: &ClientError) -> Option<&'static str> {

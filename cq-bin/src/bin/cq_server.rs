@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -12,9 +13,11 @@ use cq_bin::cert_tool::{self, TlsCommand};
 use cq_bin::paths::default_state_dir;
 use cq_bin::report::{fail, init_logging};
 use cq_bin::signals::ShutdownSignals;
+use cq_core::engine::Reviver;
+use cq_core::executor::CommandRun;
 use cq_core::{
-    Authenticator, CredentialSource, Engine, EngineConfig, Listener, ProcessExecutor, Server,
-    ServerConfig, ShutdownMode,
+    Authenticator, CredentialSource, Engine, EngineConfig, Job, Listener, ProcessExecutor, Server,
+    ServerConfig, ShutdownMode, SqliteStore,
 };
 use cq_transport_tcp::TcpListener;
 use cq_transport_tls::{ServerTls, TlsListener};
@@ -54,6 +57,15 @@ struct Args {
     /// Seconds between SIGTERM and SIGKILL when a job is cancelled.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     kill_grace: f64,
+    /// Seconds the running job may still take after SIGTERM/SIGINT before it is cancelled.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    shutdown_grace: f64,
+    /// Days finished jobs (outcome and log) are kept for clients that ask late.
+    #[arg(long, value_name = "DAYS", default_value_t = 7.0)]
+    retention_days: f64,
+    /// Queue a job that was running when the server died again, instead of reporting it lost.
+    #[arg(long)]
+    requeue_lost: bool,
     /// More log output (repeat for more); RUST_LOG overrides.
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
     verbose: u8,
@@ -104,8 +116,10 @@ fn main() -> ExitCode {
 /// Everything but the listener and authentication, which depend on `--auth`.
 struct Parts {
     config: ServerConfig,
-    executor: ProcessExecutor,
-    log_dir: PathBuf,
+    executor: Arc<ProcessExecutor>,
+    engine: EngineConfig,
+    store: Arc<SqliteStore>,
+    shutdown_grace: Duration,
 }
 
 async fn start(args: Args) -> anyhow::Result<()> {
@@ -116,15 +130,23 @@ async fn start(args: Args) -> anyhow::Result<()> {
     let mut config = ServerConfig::default();
     config.handshake_timeout = seconds(args.handshake_timeout, "handshake-timeout")?;
     config.max_connections = args.max_connections;
-    let executor = ProcessExecutor::new().with_kill_grace(seconds(args.kill_grace, "kill-grace")?);
+    let executor =
+        Arc::new(ProcessExecutor::new().with_kill_grace(seconds(args.kill_grace, "kill-grace")?));
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
     let log_dir = state_dir.join("logs");
     std::fs::create_dir_all(&log_dir)
         .map_err(|e| StartError::StateDir(format!("cannot create {}: {e}", log_dir.display())))?;
+    let store = SqliteStore::open(&state_dir.join("cq.db"))
+        .map_err(|e| StartError::StateDir(e.to_string()))?;
+    let mut engine = EngineConfig::default().with_log_dir(&log_dir);
+    engine.retention = seconds(args.retention_days * 86400.0, "retention-days")?;
+    engine.requeue_running = args.requeue_lost;
     let parts = Parts {
         config,
         executor,
-        log_dir,
+        engine,
+        store: Arc::new(store),
+        shutdown_grace: seconds(args.shutdown_grace, "shutdown-grace")?,
     };
 
     let bind = || async {
@@ -185,10 +207,19 @@ async fn serve(
     signer: impl CredentialSource,
     parts: Parts,
 ) -> anyhow::Result<()> {
+    let executor = parts.executor.clone();
+    let reviver: Reviver = Arc::new(move |command| {
+        Box::new(CommandRun::new(command, executor.clone())) as Box<dyn Job>
+    });
+    let log_dir = parts.engine.log_dir.clone().unwrap_or_default();
+    let engine = Engine::new(parts.engine)
+        .with_store(parts.store.clone(), reviver)
+        .start()
+        .await
+        .map_err(|e| StartError::StateDir(e.to_string()))?;
     if let Some(addr) = listener.local_addr() {
-        tracing::info!(log_dir = %parts.log_dir.display(), "listening on {addr}");
+        tracing::info!(state = %parts.store.path().display(), log_dir = %log_dir.display(), "listening on {addr}");
     }
-    let engine = Engine::new(EngineConfig::default().with_log_dir(&parts.log_dir)).spawn();
     let server = Server::with_config(engine.clone(), auth, signer, parts.executor, parts.config);
     let mut signals = ShutdownSignals::install().context("cannot install signal handlers")?;
     let mut first = None;
@@ -196,18 +227,24 @@ async fn serve(
         .run(listener, async { first = Some(signals.next().await) })
         .await;
 
+    let grace = parts.shutdown_grace;
     tracing::info!(
         signal = first.unwrap_or("?"),
-        "shutting down: waiting for the running job; signal again to cancel it"
+        grace_secs = grace.as_secs_f64(),
+        "shutting down: the running job may finish within the grace period; signal again to cancel it now"
     );
     tokio::select! {
         () = engine.shutdown(ShutdownMode::FinishRunning) => {}
+        () = tokio::time::sleep(grace) => {
+            tracing::info!("grace period over: cancelling the running job");
+            engine.shutdown(ShutdownMode::CancelRunning).await;
+        }
         signal = signals.next() => {
             tracing::info!(signal, "cancelling the running job");
             engine.shutdown(ShutdownMode::CancelRunning).await;
         }
     }
-    tracing::info!("stopped");
+    tracing::info!("stopped; queued jobs are kept for the next start");
     Ok(())
 }
 

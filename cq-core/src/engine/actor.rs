@@ -1,9 +1,12 @@
 //! The engine task.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::FutureExt;
+use futures_util::future::Shared;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -13,12 +16,19 @@ use super::handle::{
 };
 use crate::auth::Identity;
 use crate::executor::LogSink;
-use crate::job::{Job, JobContext, JobId};
+use crate::job::{CommandJob, Job, JobContext, JobId};
 use crate::outcome::{Outcome, SpawnFailure};
 use crate::scheduler::{AcceptAll, Admission, JobInfo, Scheduler, SerialScheduler, SubmitHook};
+use crate::store::{MemoryStore, Pending, Store, StoreError, StoredJob};
 
 /// How many submissions may wait for the engine's attention before submitters wait too.
 const COMMAND_QUEUE: usize = 1024;
+
+/// How often finished jobs past their retention are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Turns a recovered command back into a runnable job (binds it to an executor).
+pub type Reviver = Arc<dyn Fn(CommandJob) -> Box<dyn Job> + Send + Sync>;
 
 /// Settings of an [`Engine`].
 #[derive(Clone, Debug)]
@@ -26,18 +36,19 @@ const COMMAND_QUEUE: usize = 1024;
 pub struct EngineConfig {
     /// Directory for per-job log files (`<id>.log`); output is discarded when `None`.
     pub log_dir: Option<PathBuf>,
-    /// How many finished jobs are remembered so that late watchers still get the outcome.
-    pub finished_retention: usize,
-    /// The first job id to hand out.
-    pub first_id: u64,
+    /// How long finished jobs (outcome and log) are kept for late watchers.
+    pub retention: Duration,
+    /// Put jobs that were running when the server stopped back in the queue instead of
+    /// reporting them lost.
+    pub requeue_running: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             log_dir: None,
-            finished_retention: 10_000,
-            first_id: 1,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            requeue_running: false,
         }
     }
 }
@@ -56,10 +67,12 @@ pub struct Engine<S = SerialScheduler> {
     scheduler: S,
     hook: Box<dyn SubmitHook>,
     config: EngineConfig,
+    store: Arc<dyn Store>,
+    reviver: Option<Reviver>,
 }
 
 impl Engine<SerialScheduler> {
-    /// An engine with the serial FIFO scheduler and no submit hook.
+    /// An engine with the serial FIFO scheduler, no submit hook, and an in-memory store.
     pub fn new(config: EngineConfig) -> Self {
         Self::with_scheduler(SerialScheduler::new(), config)
     }
@@ -72,6 +85,8 @@ impl<S: Scheduler> Engine<S> {
             scheduler,
             hook: Box::new(AcceptAll),
             config,
+            store: Arc::new(MemoryStore::new()),
+            reviver: None,
         }
     }
 
@@ -83,26 +98,48 @@ impl<S: Scheduler> Engine<S> {
         self
     }
 
-    /// Starts the engine on the current tokio runtime.
+    /// Records jobs in `store`; at start, queued commands found there are turned back into
+    /// jobs with `reviver` and run. In-process jobs cannot be revived and are reported lost.
+    #[must_use]
+    pub fn with_store(mut self, store: Arc<dyn Store>, reviver: Reviver) -> Self {
+        self.store = store;
+        self.reviver = Some(reviver);
+        self
+    }
+
+    /// Recovers the queue from the store and starts the engine on the current tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
     ///
     /// # Panics
     ///
     /// When called outside a tokio runtime.
-    pub fn spawn(self) -> EngineHandle {
+    pub async fn start(self) -> Result<EngineHandle, StoreError> {
+        let recovered = self.store.recover(self.config.requeue_running).await?;
         let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
-        let actor = Actor {
-            next_id: self.config.first_id,
+        let mut actor = Actor {
+            next_id: recovered.next_id.max(1),
             scheduler: self.scheduler,
             hook: self.hook,
             config: self.config,
+            store: self.store,
             jobs: HashMap::new(),
-            finished: HashMap::new(),
-            finished_order: VecDeque::new(),
             running: None,
             stopping: None,
         };
+        for id in &recovered.lost {
+            tracing::warn!(job = %id, "the job was running when the server stopped: recorded as lost");
+        }
+        for id in &recovered.requeued {
+            tracing::warn!(job = %id, "the job was running when the server stopped: queued again");
+        }
+        for stored in recovered.queued {
+            actor.restore(stored, self.reviver.as_ref());
+        }
         tokio::spawn(actor.run(inbox));
-        EngineHandle { commands }
+        Ok(EngineHandle { commands })
     }
 }
 
@@ -114,11 +151,15 @@ impl<S> std::fmt::Debug for Engine<S> {
     }
 }
 
+/// Resolves when the job's record is committed.
+type Durable = Shared<Pending<()>>;
+
 /// A job that has been accepted and has not ended.
 struct Live {
     job: Option<Box<dyn Job>>,
     info: JobInfo,
     state: watch::Sender<JobState>,
+    durable: Durable,
 }
 
 struct Running {
@@ -132,10 +173,9 @@ struct Actor<S> {
     scheduler: S,
     hook: Box<dyn SubmitHook>,
     config: EngineConfig,
+    store: Arc<dyn Store>,
     next_id: u64,
     jobs: HashMap<JobId, Live>,
-    finished: HashMap<JobId, JobResult>,
-    finished_order: VecDeque<JobId>,
     running: Option<Running>,
     /// Set once shutdown was asked for: who waits for the engine to stop.
     stopping: Option<Vec<oneshot::Sender<()>>>,
@@ -143,6 +183,7 @@ struct Actor<S> {
 
 impl<S: Scheduler> Actor<S> {
     async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
         loop {
             if self.stopping.is_some() && self.running.is_none() {
                 break;
@@ -155,7 +196,11 @@ impl<S: Scheduler> Actor<S> {
                     None => self.begin_shutdown(ShutdownMode::FinishRunning, None),
                 },
                 (id, outcome) = wait_running(&mut self.running) => self.finish(id, outcome),
+                _ = prune.tick() => self.prune(),
             }
+        }
+        if let Err(e) = self.store.flush().await {
+            tracing::error!(error = %e, "the job store could not record everything before stopping");
         }
         for done in self.stopping.take().unwrap_or_default() {
             let _ = done.send(());
@@ -163,21 +208,60 @@ impl<S: Scheduler> Actor<S> {
         tracing::debug!(queued = self.jobs.len(), "engine stopped");
     }
 
+    fn restore(&mut self, stored: StoredJob, reviver: Option<&Reviver>) {
+        let id = stored.id;
+        let Some(job) = stored
+            .command
+            .clone()
+            .and_then(|command| reviver.map(|revive| revive(command)))
+        else {
+            tracing::warn!(job = %id, "an in-process job cannot run again after a restart: recorded as lost");
+            let lost = JobResult {
+                outcome: Outcome::Lost,
+                runtime: Duration::ZERO,
+            };
+            self.store
+                .record_finish(id, lost, SystemTime::now())
+                .log_failure("record a lost job");
+            return;
+        };
+        let info = JobInfo {
+            id,
+            owner: stored.owner,
+            summary: stored.summary,
+            command: stored.command,
+        };
+        self.scheduler.submit(info.clone(), &AcceptAll);
+        let (state, _) = watch::channel(JobState::Queued);
+        let durable = Pending::ready(Ok(())).shared();
+        self.jobs.insert(
+            id,
+            Live {
+                job: Some(job),
+                info,
+                state,
+                durable,
+            },
+        );
+    }
+
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Submit { job, owner, reply } => {
-                let _ = reply.send(self.submit(job, owner));
-            }
-            Command::Watch { id, reply } => {
-                let _ = reply.send(self.watch(id));
-            }
+            Command::Submit { job, owner, reply } => self.submit(job, owner, reply),
+            Command::Watch { id, reply } => self.watch(id, reply),
             Command::Shutdown { mode, done } => self.begin_shutdown(mode, Some(done)),
         }
     }
 
-    fn submit(&mut self, job: Box<dyn Job>, owner: Identity) -> Result<JobTicket, SubmitError> {
+    fn submit(
+        &mut self,
+        job: Box<dyn Job>,
+        owner: Identity,
+        reply: oneshot::Sender<Result<JobTicket, SubmitError>>,
+    ) {
         if self.stopping.is_some() {
-            return Err(SubmitError::ShuttingDown);
+            let _ = reply.send(Err(SubmitError::ShuttingDown));
+            return;
         }
         let id = JobId(self.next_id);
         let info = JobInfo {
@@ -189,37 +273,63 @@ impl<S: Scheduler> Actor<S> {
         match self.scheduler.submit(info.clone(), self.hook.as_ref()) {
             Admission::Accepted { ahead } => {
                 self.next_id += 1;
-                tracing::info!(job = %id, owner = %info.owner, ahead, command = %info.summary, "accepted");
+                let stored = StoredJob {
+                    id,
+                    owner: info.owner.clone(),
+                    summary: info.summary.clone(),
+                    command: info.command.clone(),
+                    accepted_at: SystemTime::now(),
+                };
+                let durable = self.store.insert(stored).shared();
                 let (state, receiver) = watch::channel(JobState::Queued);
+                let ticket = JobTicket {
+                    id,
+                    ahead,
+                    merged: false,
+                    state: receiver,
+                };
+                tracing::info!(job = %id, owner = %info.owner, ahead, command = %info.summary, "accepted");
                 self.jobs.insert(
                     id,
                     Live {
                         job: Some(job),
                         info,
                         state,
+                        durable: durable.clone(),
                     },
                 );
-                Ok(JobTicket {
-                    id,
-                    ahead,
-                    merged: false,
-                    state: receiver,
-                })
+                // Acknowledge only once the job is on disk; meanwhile keep serving others.
+                tokio::spawn(async move {
+                    let _ = reply.send(durable.await.map(|()| ticket).map_err(SubmitError::Store));
+                });
             }
             Admission::Merged { into } => {
                 tracing::info!(job = %into, owner = %info.owner, command = %info.summary, "merged into an equal job");
-                let mut ticket = self.watch(into)?;
-                ticket.merged = true;
-                Ok(ticket)
+                self.watch_merged(into, reply);
             }
             Admission::Rejected { reason } => {
                 tracing::info!(owner = %info.owner, command = %info.summary, %reason, "rejected");
-                Err(SubmitError::Rejected { reason })
+                let _ = reply.send(Err(SubmitError::Rejected { reason }));
             }
         }
     }
 
-    fn watch(&self, id: JobId) -> Result<JobTicket, SubmitError> {
+    fn watch_merged(&self, into: JobId, reply: oneshot::Sender<Result<JobTicket, SubmitError>>) {
+        let (watch_reply, answer) = oneshot::channel();
+        self.watch(into, watch_reply);
+        tokio::spawn(async move {
+            let ticket = answer
+                .await
+                .unwrap_or(Err(SubmitError::Stopped))
+                .map(|mut t| {
+                    t.merged = true;
+                    t
+                });
+            let _ = reply.send(ticket);
+        });
+    }
+
+    fn watch(&self, id: JobId, reply: oneshot::Sender<Result<JobTicket, SubmitError>>) {
         if let Some(live) = self.jobs.get(&id) {
             let ahead = self
                 .scheduler
@@ -227,22 +337,37 @@ impl<S: Scheduler> Actor<S> {
                 .all()
                 .position(|j| j.id == id)
                 .unwrap_or(0);
-            return Ok(JobTicket {
+            let ticket = JobTicket {
                 id,
                 ahead,
                 merged: false,
                 state: live.state.subscribe(),
+            };
+            let durable = live.durable.clone();
+            tokio::spawn(async move {
+                let _ = reply.send(durable.await.map(|()| ticket).map_err(SubmitError::Store));
             });
+            return;
         }
-        let result = self.finished.get(&id).ok_or(SubmitError::UnknownJob(id))?;
-        // The sender may go at once: a closed watch channel still yields its last value.
-        let (_, state) = watch::channel(JobState::Finished(result.clone()));
-        Ok(JobTicket {
-            id,
-            ahead: 0,
-            merged: false,
-            state,
-        })
+        // Enqueued now, so it is answered after any outcome recorded before this moment.
+        let result = self.store.result(id);
+        tokio::spawn(async move {
+            let ticket = match result.await {
+                Ok(Some(result)) => {
+                    // A closed watch channel still yields its last value.
+                    let (_, state) = watch::channel(JobState::Finished(result));
+                    Ok(JobTicket {
+                        id,
+                        ahead: 0,
+                        merged: false,
+                        state,
+                    })
+                }
+                Ok(None) => Err(SubmitError::UnknownJob(id)),
+                Err(e) => Err(SubmitError::Store(e)),
+            };
+            let _ = reply.send(ticket);
+        });
     }
 
     fn begin_shutdown(&mut self, mode: ShutdownMode, done: Option<oneshot::Sender<()>>) {
@@ -271,14 +396,22 @@ impl<S: Scheduler> Actor<S> {
         let Some(job) = live.job.take() else { return };
         tracing::info!(job = %id, owner = %live.info.owner, command = %live.info.summary, "started");
         live.state.send_replace(JobState::Running);
+        self.store
+            .record_start(id, SystemTime::now())
+            .log_failure("record a start");
         let cancel = CancellationToken::new();
         let log_path = self
             .config
             .log_dir
             .as_ref()
             .map(|dir| dir.join(format!("{id}.log")));
+        let durable = live.durable.clone();
         let ctx_cancel = cancel.clone();
         let task = tokio::spawn(async move {
+            // A job runs only once it is on disk: usually long done, since it waited its turn.
+            if let Err(e) = durable.await {
+                return spawn_failure(format!("the job could not be recorded: {e}"));
+            }
             let log = match &log_path {
                 Some(path) => LogSink::create(path).map_err(|e| (path.display().to_string(), e)),
                 None => LogSink::discard().map_err(|e| ("/dev/null".to_owned(), e)),
@@ -292,10 +425,9 @@ impl<S: Scheduler> Actor<S> {
                     })
                     .await
                 }
-                Err((path, e)) => Outcome::SpawnFailed {
-                    reason: SpawnFailure::Other,
-                    message: format!("cannot create the job's log file {path}: {e}"),
-                },
+                Err((path, e)) => {
+                    spawn_failure(format!("cannot create the job's log file {path}: {e}"))
+                }
             }
         });
         self.running = Some(Running {
@@ -314,6 +446,9 @@ impl<S: Scheduler> Actor<S> {
             .unwrap_or_default();
         self.scheduler.finish(id, &outcome);
         let result = JobResult { outcome, runtime };
+        self.store
+            .record_finish(id, result.clone(), SystemTime::now())
+            .log_failure("record an outcome");
         if let Some(live) = self.jobs.remove(&id) {
             tracing::info!(
                 job = %id,
@@ -323,19 +458,44 @@ impl<S: Scheduler> Actor<S> {
                 runtime_ms = runtime.as_millis() as u64,
                 "finished"
             );
-            live.state.send_replace(JobState::Finished(result.clone()));
+            live.state.send_replace(JobState::Finished(result));
         }
-        self.remember(id, result);
     }
 
-    fn remember(&mut self, id: JobId, result: JobResult) {
-        self.finished.insert(id, result);
-        self.finished_order.push_back(id);
-        while self.finished_order.len() > self.config.finished_retention {
-            if let Some(old) = self.finished_order.pop_front() {
-                self.finished.remove(&old);
+    /// Forgets finished jobs past their retention, and deletes their logs.
+    fn prune(&self) {
+        let Some(before) = SystemTime::now().checked_sub(self.config.retention) else {
+            return;
+        };
+        let pruned = self.store.prune(before);
+        let log_dir = self.config.log_dir.clone();
+        tokio::spawn(async move {
+            match pruned.await {
+                Ok(ids) if !ids.is_empty() => {
+                    tracing::info!(
+                        jobs = ids.len(),
+                        "pruned finished jobs past their retention"
+                    );
+                    if let Some(dir) = log_dir {
+                        let _ = tokio::task::spawn_blocking(move || {
+                            for id in ids {
+                                let _ = std::fs::remove_file(dir.join(format!("{id}.log")));
+                            }
+                        })
+                        .await;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "cannot prune old jobs"),
             }
-        }
+        });
+    }
+}
+
+fn spawn_failure(message: String) -> Outcome {
+    Outcome::SpawnFailed {
+        reason: SpawnFailure::Other,
+        message,
     }
 }
 

@@ -7,6 +7,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::auth::Identity;
 use crate::job::{Job, JobId};
 use crate::outcome::Outcome;
+use crate::store::StoreError;
 
 /// How a job ended and how long it ran.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,6 +197,9 @@ pub enum SubmitError {
     /// The engine has stopped.
     #[error("the queue engine has stopped")]
     Stopped,
+    /// The job could not be recorded in the store, so it was not accepted.
+    #[error("the job could not be recorded: {0}")]
+    Store(#[source] StoreError),
     /// No job with this id is queued, running or remembered.
     #[error("no job {0} on this server (it may have finished long ago)")]
     UnknownJob(JobId),

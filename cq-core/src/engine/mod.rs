@@ -8,7 +8,7 @@
 mod actor;
 mod handle;
 
-pub use actor::{Engine, EngineConfig};
+pub use actor::{Engine, EngineConfig, Reviver};
 pub use handle::{
     EngineHandle, EngineStopped, JobResult, JobState, JobTicket, ShutdownMode, SubmitError,
 };

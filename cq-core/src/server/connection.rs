@@ -239,6 +239,7 @@ where
                 let code = match e {
                     SubmitError::Rejected { .. } => ErrorCode::REJECTED,
                     SubmitError::UnknownJob(_) => ErrorCode::UNKNOWN_JOB,
+                    SubmitError::Store(_) => ErrorCode::INTERNAL,
                     _ => ErrorCode::SHUTTING_DOWN,
                 };
                 self.fail(nonce, code, &e.to_string()).await;

@@ -44,7 +44,10 @@ impl Job for Probed {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_submitters_run_one_at_a_time_in_acceptance_order() {
-    let engine = Engine::new(EngineConfig::default()).spawn();
+    let engine = Engine::new(EngineConfig::default())
+        .start()
+        .await
+        .expect("the engine starts");
     let probe = Arc::new(Probe::default());
     let tasks: Vec<_> = (0..50)
         .map(|_| {
@@ -87,7 +90,10 @@ impl Job for Held {
 
 #[tokio::test]
 async fn finished_jobs_can_still_be_watched_and_unknown_ones_are_named() {
-    let engine = Engine::new(EngineConfig::default()).spawn();
+    let engine = Engine::new(EngineConfig::default())
+        .start()
+        .await
+        .expect("the engine starts");
     let release = Arc::new(Notify::new());
     let mut ticket = engine
         .submit(Held(release.clone()), Identity::local())
@@ -118,7 +124,10 @@ async fn finished_jobs_can_still_be_watched_and_unknown_ones_are_named() {
 
 #[tokio::test]
 async fn shutdown_waits_for_or_cancels_the_running_job_and_refuses_new_ones() {
-    let engine = Engine::new(EngineConfig::default()).spawn();
+    let engine = Engine::new(EngineConfig::default())
+        .start()
+        .await
+        .expect("the engine starts");
     let release = Arc::new(Notify::new());
     let mut running = engine
         .submit(Held(release.clone()), Identity::local())
@@ -174,7 +183,9 @@ impl SubmitHook for Verdict {
 async fn a_rejecting_hook_reaches_the_submitter() {
     let engine = Engine::new(EngineConfig::default())
         .with_hook(Verdict(Decision::Reject("maintenance".into())))
-        .spawn();
+        .start()
+        .await
+        .expect("the engine starts");
     let err = engine
         .submit(Held(Arc::new(Notify::new())), Identity::local())
         .await
@@ -202,7 +213,10 @@ async fn job_output_lands_in_the_log_dir() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::new(EngineConfig::default().with_log_dir(dir.path())).spawn();
+    let engine = Engine::new(EngineConfig::default().with_log_dir(dir.path()))
+        .start()
+        .await
+        .expect("the engine starts");
     let mut ticket = engine.submit(Chatty, Identity::local()).await.unwrap();
     ticket.finished().await.unwrap();
     assert_eq!(

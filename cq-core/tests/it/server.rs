@@ -40,7 +40,7 @@ fn client(running: &Running) -> Client<MemoryConnector, CopyAuth, CopyAuth> {
 
 #[tokio::test]
 async fn a_dropped_client_reattaches_by_id_and_gets_the_outcome() {
-    let server = start(Engine::new(EngineConfig::default()).spawn());
+    let server = start(Engine::new(EngineConfig::default()).start().await.unwrap());
     server.executor.gate("build");
     let client = client(&server);
     let mut submission = client.submit(CommandJob::new(["build"])).await.unwrap();
@@ -108,7 +108,9 @@ async fn refusals_carry_a_code_and_a_reason() {
     let server = start(
         Engine::new(EngineConfig::default())
             .with_hook(NoRoot)
-            .spawn(),
+            .start()
+            .await
+            .unwrap(),
     );
     let client = client(&server);
 
@@ -137,7 +139,7 @@ impl CredentialSource for WrongSigner {
 
 #[tokio::test]
 async fn a_request_with_a_credential_for_something_else_is_refused() {
-    let server = start(Engine::new(EngineConfig::default()).spawn());
+    let server = start(Engine::new(EngineConfig::default()).start().await.unwrap());
     let bad = Client::new(server.connector.clone(), WrongSigner, CopyAuth);
     let (code, _) = server_error(bad.submit(CommandJob::new(["true"])).await);
     assert_eq!(code, ErrorCode::AUTH_FAILED);
@@ -149,7 +151,10 @@ async fn a_request_with_a_credential_for_something_else_is_refused() {
 
 #[tokio::test]
 async fn jobs_stay_queued_when_the_server_stops_listening() {
-    let engine = Engine::new(EngineConfig::default()).spawn();
+    let engine = Engine::new(EngineConfig::default())
+        .start()
+        .await
+        .expect("the engine starts");
     let server = start(engine.clone());
     server.executor.gate("long");
     let client = client(&server);

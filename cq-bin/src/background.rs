@@ -1,0 +1,34 @@
+//! `cq_client --background`: the wait continues in a detached process.
+//!
+//! The waiter is a fresh `cq_client --wait ID` rather than a fork of the running client: a
+//! fork of a process with an async runtime (and blocking worker threads) is not safe. It gets
+//! its own process group, so that the terminal's signals (Ctrl-C, hang-up of the foreground
+//! group) do not reach it, stdin from `/dev/null`, and stdout/stderr to a log file.
+
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// Starts `cq_client ARGS` detached, logging to `log`.
+///
+/// # Errors
+///
+/// When the log cannot be opened or the process cannot start.
+pub fn spawn_waiter(args: &[OsString], log: &Path) -> io::Result<()> {
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let out = OpenOptions::new().create(true).append(true).open(log)?;
+    let err = out.try_clone()?;
+    Command::new(std::env::current_exe()?)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map(drop)
+}
