@@ -2,6 +2,7 @@
 
 mod auth;
 mod bad_input;
+mod durable;
 mod jobs;
 mod serial;
 mod support;

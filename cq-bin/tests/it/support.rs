@@ -49,6 +49,8 @@ pub(crate) struct TestServer {
     pub(crate) state_dir: TempDir,
     /// Options every client of this server needs (authentication).
     client_args: Vec<OsString>,
+    /// The options it was started with, to restart it alike.
+    args: Vec<OsString>,
     child: Child,
     log: Arc<ServerLog>,
 }
@@ -67,12 +69,27 @@ impl TestServer {
 
     /// Starts cq_server with `args` (after host, port and state dir); clients get `client_args`.
     pub(crate) async fn start_args(args: &[OsString], client_args: Vec<OsString>) -> Self {
-        let state_dir = tempfile::tempdir().unwrap();
+        Self::launch(tempfile::tempdir().unwrap(), 0, args.to_vec(), client_args).await
+    }
+
+    async fn launch(
+        state_dir: TempDir,
+        port: u16,
+        args: Vec<OsString>,
+        client_args: Vec<OsString>,
+    ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cq_server"))
-            .args(["-h", "127.0.0.1", "-p", "0", "--kill-grace", "5"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "--kill-grace",
+                "5",
+            ])
             .arg("--state-dir")
             .arg(state_dir.path())
-            .args(args)
+            .args(&args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
@@ -92,6 +109,7 @@ impl TestServer {
             addr: "0.0.0.0:0".parse().unwrap(),
             state_dir,
             client_args,
+            args,
             child,
             log,
         };
@@ -105,6 +123,27 @@ impl TestServer {
             .unwrap();
         server.addr = addr.parse().expect("the server logs its address");
         server
+    }
+
+    /// Kills the server with SIGKILL (no chance to record anything) and waits for it.
+    pub(crate) async fn kill9(&mut self) {
+        self.child.start_kill().unwrap();
+        tokio::time::timeout(LIMIT, self.child.wait())
+            .await
+            .expect("cq_server dies")
+            .unwrap();
+    }
+
+    /// Starts the server again on the same port and state directory, with the same options.
+    pub(crate) async fn restart(self) -> Self {
+        let Self {
+            addr,
+            state_dir,
+            client_args,
+            args,
+            ..
+        } = self;
+        Self::launch(state_dir, addr.port(), args, client_args).await
     }
 
     /// Waits (bounded) until the server logged a line containing `needle`; returns the line.
@@ -147,6 +186,11 @@ impl TestServer {
 
     /// SIGTERM, and the exit status (bounded).
     pub(crate) async fn stop(mut self) -> ExitStatus {
+        self.terminate().await
+    }
+
+    /// SIGTERM, and the exit status (bounded); the state directory stays for a restart.
+    pub(crate) async fn terminate(&mut self) -> ExitStatus {
         self.signal();
         tokio::time::timeout(LIMIT, self.child.wait())
             .await

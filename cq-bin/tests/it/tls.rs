@@ -88,7 +88,7 @@ async fn a_job_over_mutual_tls_runs_for_the_certificates_user() {
     let pki = Pki::new();
     let server = tls_server(&pki, &[]).await;
     let dir = tempfile::tempdir().unwrap();
-    let post_out = dir.path().join("post");
+    let post_out = dir.path().join("post.out");
     let post = script(
         dir.path(),
         "post",

@@ -229,7 +229,7 @@ where
                 self.shared.engine.submit(run, identity).await
             }
             Action::Watch { job } => {
-                tracing::debug!(%job, who = %identity, "watch");
+                tracing::info!(%job, who = %identity, "watching");
                 self.shared.engine.watch(job).await
             }
         };
