@@ -1,0 +1,103 @@
+//! cq-load: the end-to-end load harness.
+//!
+//! Starts a real cq_server (MUNGE with a private munged, durable SQLite store) on loopback and
+//! measures, in one run: throughput of N trivial jobs from C concurrent clients against the
+//! floor of bare fork+exec+wait of `/bin/true`; submit latency; notification latency; enqueue
+//! cost and memory as the queue grows; memory per waiting client; and the same N jobs through
+//! task-spooler, nq and pueue when they are installed. It never asserts timings.
+//!
+//! ```text
+//! cargo build --release -p cq-bin -p cq-benches
+//! target/release/cq-load [--jobs 1000] [--clients 50] [--scale 10000] [--json FILE]
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+mod measure;
+mod peers;
+mod report;
+mod server;
+
+/// Measures cq against the fork+exec floor and against task-spooler, nq and pueue.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Trivial jobs for the throughput runs.
+    #[arg(long, default_value_t = 1000)]
+    jobs: usize,
+    /// Concurrent clients for the throughput run.
+    #[arg(long, default_value_t = 50)]
+    clients: usize,
+    /// Sequential samples for the latency measurements.
+    #[arg(long, default_value_t = 200)]
+    samples: usize,
+    /// Jobs enqueued behind a blocking job for the scale measurement.
+    #[arg(long, default_value_t = 10_000)]
+    scale: usize,
+    /// Clients held waiting at once for the memory-per-client measurement.
+    #[arg(long, default_value_t = 1000)]
+    waiting: usize,
+    /// Jobs for pueue, whose daemon polls (about 0.35 s per job).
+    #[arg(long, default_value_t = 20)]
+    pueue_jobs: usize,
+    /// Directory with cq_server and cq_client [default: next to this program].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Install the peers first (apt-get task-spooler nq; cargo install pueue).
+    #[arg(long)]
+    install_peers: bool,
+    /// Also write the results as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    // Used as a job and as a post script by the notification latency measurement.
+    if let Some(file) = std::env::var_os(measure::STAMP_VAR) {
+        return measure::stamp(&PathBuf::from(file));
+    }
+    let args = Args::parse();
+    let bin_dir = match args.bin_dir.clone() {
+        Some(dir) => dir,
+        None => std::env::current_exe()?.parent().context("no directory of cq-load")?.to_owned(),
+    };
+    if args.install_peers {
+        peers::install()?;
+    }
+    let work = tempfile::tempdir()?;
+    let mut report = report::Report::new(&args.jobs, &args.clients);
+
+    report.floor = measure::floor(args.jobs);
+    let server = server::Server::start(&bin_dir, work.path())?;
+    report.cq = Some(measure::throughput(&server, args.jobs, args.clients)?);
+    report.submit = Some(measure::submit_latency(&server, args.samples)?);
+    report.notify = Some(measure::notify_latency(&server, args.samples.min(100), work.path())?);
+    let runtime = tokio::runtime::Runtime::new()?;
+    report.scale = Some(runtime.block_on(measure::scale(&server, args.scale, args.waiting, work.path()))?);
+    drop(server);
+
+    report.peers.push(peers::task_spooler(args.jobs, work.path()));
+    report.peers.push(peers::nq(args.jobs, work.path()));
+    report.peers.push(peers::pueue(args.pueue_jobs, work.path()));
+    report.machine = report::machine();
+
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(())
+}
+
+/// Median and 99th percentile of samples.
+fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort_unstable();
+    if samples.is_empty() {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}

@@ -1,0 +1,189 @@
+//! The measurements against cq.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
+use cq_core::{Client, CommandJob};
+use cq_transport_tcp::TcpConnector;
+
+use crate::report::{Latency, Rate, Scale};
+use crate::server::{Server, memory_kib};
+
+/// Environment variable that makes cq-load append the current time to a file and exit.
+pub(crate) const STAMP_VAR: &str = "CQ_LOAD_STAMP";
+
+/// Appends the wall-clock time in nanoseconds to `file`.
+pub(crate) fn stamp(file: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
+    let mut out = std::fs::OpenOptions::new().create(true).append(true).open(file)?;
+    writeln!(out, "{now}")?;
+    Ok(())
+}
+
+/// N × fork+exec+wait of `/bin/true` from one process: the least any queue can cost.
+pub(crate) fn floor(jobs: usize) -> Rate {
+    let start = Instant::now();
+    for _ in 0..jobs {
+        let _ = Command::new("/bin/true").status();
+    }
+    Rate::new("fork+exec /bin/true (floor)", jobs, start.elapsed())
+}
+
+/// N trivial jobs through cq from C concurrent `cq_client` processes, first submit to last
+/// notification.
+pub(crate) fn throughput(server: &Server, jobs: usize, clients: usize) -> anyhow::Result<Rate> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..clients {
+            let (next, failed) = (next.clone(), failed.clone());
+            scope.spawn(move || {
+                while next.fetch_add(1, Ordering::Relaxed) < jobs {
+                    let ok = server.client().args(["-q", "--", "/bin/true"]).status().is_ok_and(|s| s.success());
+                    if !ok {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let elapsed = start.elapsed();
+    let failed = failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        bail!("{failed} of {jobs} cq_client runs failed");
+    }
+    Ok(Rate::new(&format!("cq, {clients} concurrent clients (MUNGE, durable)"), jobs, elapsed))
+}
+
+/// `cq_client --detach` of one job on an idle server: client start to durable acknowledgement.
+pub(crate) fn submit_latency(server: &Server, samples: usize) -> anyhow::Result<Latency> {
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let start = Instant::now();
+        let out = server.client().args(["-q", "--detach", "--", "/bin/true"]).stdout(Stdio::null()).status()?;
+        times.push(start.elapsed());
+        if !out.success() {
+            bail!("cq_client --detach failed");
+        }
+    }
+    Ok(Latency::new("submit (cq_client --detach, start to durable ack)", times))
+}
+
+/// From the job's exit to the client's post script starting: both are cq-load itself,
+/// stamping the time into a file.
+pub(crate) fn notify_latency(server: &Server, samples: usize, work: &Path) -> anyhow::Result<Latency> {
+    let me = std::env::current_exe()?;
+    let (job_file, post_file) = (work.join("job.stamps"), work.join("post.stamps"));
+    for _ in 0..samples {
+        let status = server
+            .client()
+            .arg("-q")
+            .arg("-E")
+            .arg(format!("{STAMP_VAR}={}", job_file.display()))
+            .arg("-P")
+            .arg(&me)
+            .env(STAMP_VAR, &post_file)
+            .arg("--")
+            .arg(&me)
+            .status()?;
+        if !status.success() {
+            bail!("a notification latency run failed");
+        }
+    }
+    let read = |file: &Path| -> anyhow::Result<Vec<u128>> {
+        std::fs::read_to_string(file)?.lines().map(|l| Ok(l.parse()?)).collect()
+    };
+    let (jobs, posts) = (read(&job_file)?, read(&post_file)?);
+    let times =
+        jobs.iter().zip(&posts).map(|(job, post)| Duration::from_nanos(post.saturating_sub(*job) as u64)).collect();
+    Ok(Latency::new("notification (job exit to post script start)", times))
+}
+
+/// Enqueue cost at the start and end of a long queue, server memory per queued job and per
+/// waiting client, and the PSS of one waiting cq_client.
+pub(crate) async fn scale(server: &Server, count: usize, waiting: usize, work: &Path) -> anyhow::Result<Scale> {
+    let socket = MungeSocket::at(&server.munge_socket);
+    let me = nix::unistd::getuid().as_raw();
+    let client = Arc::new(Client::new(
+        TcpConnector::new("127.0.0.1", server.addr.port()),
+        MungeCredentialSource::new(socket.clone()),
+        MungeAuthenticator::new(socket).allow_only_uids(vec![0, me]),
+    ));
+    // Block the queue: nothing below runs until the measurement is over.
+    let gate = work.join("gate");
+    Command::new("mkfifo").arg(&gate).status()?;
+    client.submit(CommandJob::new(["cat", gate.to_str().context("path")?])).await?.close().await;
+
+    let batch = 1000.min(count.max(1));
+    let rss_before = memory_kib(server.pid(), "status", "VmRSS:")?;
+    let mut first = Duration::ZERO;
+    let start = Instant::now();
+    let mut last_start = start;
+    for i in 0..count {
+        if i + batch == count {
+            last_start = Instant::now();
+        }
+        client.submit(CommandJob::new(["/bin/true"])).await?.close().await;
+        if i + 1 == batch {
+            first = start.elapsed();
+        }
+    }
+    let last = last_start.elapsed();
+    let rss_queued = memory_kib(server.pid(), "status", "VmRSS:")?;
+
+    let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::channel(waiting.max(1));
+    let mut holders = Vec::new();
+    for _ in 0..waiting {
+        let (client, accepted) = (client.clone(), accepted_tx.clone());
+        holders.push(tokio::spawn(async move {
+            match client.submit(CommandJob::new(["/bin/true"])).await {
+                Ok(submission) => {
+                    let _ = accepted.send(true).await;
+                    // Waits until the task is aborted: the queue is blocked.
+                    let _ = submission.wait().await;
+                }
+                Err(_) => drop(accepted.send(false).await),
+            }
+        }));
+    }
+    let mut dropped = 0;
+    for _ in 0..waiting {
+        if !accepted_rx.recv().await.unwrap_or(false) {
+            dropped += 1;
+        }
+    }
+    let rss_waiting = memory_kib(server.pid(), "status", "VmRSS:")?;
+
+    // One real cq_client waiting: measured once it says its job is queued.
+    let mut one = server.client().args(["--", "/bin/true"]).stderr(Stdio::piped()).spawn()?;
+    let stderr = one.stderr.take().context("client stderr")?;
+    tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr).lines().next()
+    })
+    .await?;
+    let client_pss = memory_kib(one.id(), "smaps_rollup", "Pss:")?;
+    let _ = one.kill();
+    let _ = one.wait();
+    for holder in holders {
+        holder.abort();
+    }
+    Ok(Scale {
+        queued: count,
+        batch,
+        enqueue_first_ms: first.as_secs_f64() * 1000.0 / batch as f64,
+        enqueue_last_ms: last.as_secs_f64() * 1000.0 / batch as f64,
+        server_bytes_per_queued_job: (rss_queued.saturating_sub(rss_before) * 1024) as f64 / count.max(1) as f64,
+        waiting,
+        waiting_dropped: dropped,
+        server_bytes_per_waiting_client: (rss_waiting.saturating_sub(rss_queued) * 1024) as f64 / waiting.max(1) as f64,
+        waiting_client_pss_kib: client_pss,
+    })
+}

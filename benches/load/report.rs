@@ -1,0 +1,169 @@
+//! Results: one table on stdout, the same as JSON.
+
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::percentiles;
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Rate {
+    pub(crate) name: String,
+    pub(crate) jobs: usize,
+    pub(crate) seconds: f64,
+    pub(crate) jobs_per_second: f64,
+    pub(crate) ms_per_job: f64,
+}
+
+impl Rate {
+    pub(crate) fn new(name: &str, jobs: usize, elapsed: Duration) -> Self {
+        let seconds = elapsed.as_secs_f64();
+        Self {
+            name: name.to_owned(),
+            jobs,
+            seconds,
+            jobs_per_second: jobs as f64 / seconds.max(f64::MIN_POSITIVE),
+            ms_per_job: seconds * 1000.0 / jobs.max(1) as f64,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Latency {
+    pub(crate) name: String,
+    pub(crate) samples: usize,
+    pub(crate) median_ms: f64,
+    pub(crate) p99_ms: f64,
+}
+
+impl Latency {
+    pub(crate) fn new(name: &str, samples: Vec<Duration>) -> Self {
+        let count = samples.len();
+        let (median, p99) = percentiles(samples);
+        Self { name: name.to_owned(), samples: count, median_ms: ms(median), p99_ms: ms(p99) }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Scale {
+    pub(crate) queued: usize,
+    pub(crate) batch: usize,
+    pub(crate) enqueue_first_ms: f64,
+    pub(crate) enqueue_last_ms: f64,
+    pub(crate) server_bytes_per_queued_job: f64,
+    pub(crate) waiting: usize,
+    pub(crate) waiting_dropped: usize,
+    pub(crate) server_bytes_per_waiting_client: f64,
+    pub(crate) waiting_client_pss_kib: u64,
+}
+
+/// A peer's run, or why there is none.
+#[derive(Debug, Serialize)]
+pub(crate) struct Peer {
+    pub(crate) name: String,
+    pub(crate) rate: Option<Rate>,
+    pub(crate) note: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    pub(crate) date: String,
+    pub(crate) machine: String,
+    pub(crate) jobs: usize,
+    pub(crate) clients: usize,
+    pub(crate) floor: Rate,
+    pub(crate) cq: Option<Rate>,
+    pub(crate) submit: Option<Latency>,
+    pub(crate) notify: Option<Latency>,
+    pub(crate) scale: Option<Scale>,
+    pub(crate) peers: Vec<Peer>,
+}
+
+impl Report {
+    pub(crate) fn new(jobs: &usize, clients: &usize) -> Self {
+        Self {
+            date: run("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            machine: String::new(),
+            jobs: *jobs,
+            clients: *clients,
+            floor: Rate::new("", 0, Duration::ZERO),
+            cq: None,
+            submit: None,
+            notify: None,
+            scale: None,
+            peers: Vec::new(),
+        }
+    }
+
+    pub(crate) fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "cq-load, {} on {}", self.date, self.machine);
+        let _ = writeln!(out, "\n| run | jobs | jobs/s | ms/job | vs floor | cq vs it |");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+        let cq_rate = self.cq.as_ref().map_or(0.0, |r| r.jobs_per_second);
+        let floor = self.floor.jobs_per_second.max(f64::MIN_POSITIVE);
+        let row = |out: &mut String, rate: &Rate| {
+            let vs_floor = rate.jobs_per_second / floor;
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.2} | {:.2}x | {:.2}x |",
+                rate.name,
+                rate.jobs,
+                rate.jobs_per_second,
+                rate.ms_per_job,
+                vs_floor,
+                cq_rate / rate.jobs_per_second.max(f64::MIN_POSITIVE)
+            );
+        };
+        row(&mut out, &self.floor);
+        if let Some(cq) = &self.cq {
+            row(&mut out, cq);
+        }
+        for peer in &self.peers {
+            match (&peer.rate, &peer.note) {
+                (Some(rate), _) => row(&mut out, rate),
+                (None, note) => {
+                    let _ = writeln!(out, "| {} | skipped: {} | | | | |", peer.name, note.as_deref().unwrap_or("?"));
+                }
+            }
+        }
+        let _ = writeln!(out, "\n| latency | samples | median ms | p99 ms |\n|---|---:|---:|---:|");
+        for latency in [&self.submit, &self.notify].into_iter().flatten() {
+            let _ = writeln!(out, "| {} | {} | {:.2} | {:.2} |", latency.name, latency.samples, latency.median_ms, latency.p99_ms);
+        }
+        if let Some(s) = &self.scale {
+            let _ = writeln!(out, "\n| scale | value |\n|---|---:|");
+            let _ = writeln!(out, "| enqueue, first {} of {} (ms each) | {:.3} |", s.batch, s.queued, s.enqueue_first_ms);
+            let _ = writeln!(out, "| enqueue, last {} of {} (ms each) | {:.3} |", s.batch, s.queued, s.enqueue_last_ms);
+            let _ = writeln!(out, "| server memory per queued job (bytes) | {:.0} |", s.server_bytes_per_queued_job);
+            let _ = writeln!(out, "| waiting clients held / dropped | {} / {} |", s.waiting, s.waiting_dropped);
+            let _ = writeln!(out, "| server memory per waiting client (bytes) | {:.0} |", s.server_bytes_per_waiting_client);
+            let _ = writeln!(out, "| PSS of one waiting cq_client (KiB) | {} |", s.waiting_client_pss_kib);
+        }
+        out
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Kernel, core count and CPU model, for the report.
+pub(crate) fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_owned()))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("{}, {cores} cores, {cpu}", run("uname", &["-srm"]))
+}
