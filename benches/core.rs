@@ -109,5 +109,65 @@ fn scheduler(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, frames, scheduler);
+/// A MUNGE credential made and verified through cq's wrapper, against a private munged.
+fn munge(c: &mut Criterion) {
+    use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, PrivateMunged};
+    use cq_core::{Authenticator, CredentialSource, PeerInfo};
+    let dir = tempfile::tempdir().unwrap();
+    let munged = PrivateMunged::start_in(dir.path()).expect("munged is installed");
+    let source = MungeCredentialSource::new(munged.socket());
+    let verifier = MungeAuthenticator::new(munged.socket());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let peer = PeerInfo::default();
+    c.bench_function("munge/make+verify", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let credential = source.credential_for(b"a request").await.unwrap();
+                black_box(
+                    verifier
+                        .verify(b"a request", &credential, &peer)
+                        .await
+                        .unwrap(),
+                )
+            })
+        });
+    });
+}
+
+/// Store commits: one insert at a time (one fsync each), and 100 inserts sharing commits.
+fn store(c: &mut Criterion) {
+    use cq_core::store::{SqliteStore, Store, StoredJob};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("cq.db")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let owner = Identity::local();
+    let mut next = 0u64;
+    let mut job = move || {
+        next += 1;
+        StoredJob {
+            id: JobId(next),
+            owner: owner.clone(),
+            summary: "emerge".into(),
+            command: Some(emerge()),
+            accepted_at: std::time::SystemTime::now(),
+        }
+    };
+    let mut group = c.benchmark_group("store");
+    group.bench_function("insert, alone", |b| {
+        b.iter(|| runtime.block_on(store.insert(job())).unwrap())
+    });
+    group.bench_function("100 inserts, grouped", |b| {
+        b.iter(|| {
+            let pending: Vec<_> = (0..100).map(|_| store.insert(job())).collect();
+            runtime.block_on(async {
+                for p in pending {
+                    p.await.unwrap();
+                }
+            });
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, frames, scheduler, munge, store);
 criterion_main!(benches);

@@ -63,7 +63,10 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let bin_dir = match args.bin_dir.clone() {
         Some(dir) => dir,
-        None => std::env::current_exe()?.parent().context("no directory of cq-load")?.to_owned(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory of cq-load")?
+            .to_owned(),
     };
     if args.install_peers {
         peers::install()?;
@@ -75,14 +78,27 @@ fn main() -> anyhow::Result<()> {
     let server = server::Server::start(&bin_dir, work.path())?;
     report.cq = Some(measure::throughput(&server, args.jobs, args.clients)?);
     report.submit = Some(measure::submit_latency(&server, args.samples)?);
-    report.notify = Some(measure::notify_latency(&server, args.samples.min(100), work.path())?);
+    report.notify = Some(measure::notify_latency(
+        &server,
+        args.samples.min(100),
+        work.path(),
+    )?);
     let runtime = tokio::runtime::Runtime::new()?;
-    report.scale = Some(runtime.block_on(measure::scale(&server, args.scale, args.waiting, work.path()))?);
+    report.scale = Some(runtime.block_on(measure::scale(
+        &server,
+        args.scale,
+        args.waiting,
+        work.path(),
+    ))?);
     drop(server);
 
-    report.peers.push(peers::task_spooler(args.jobs, work.path()));
+    report
+        .peers
+        .push(peers::task_spooler(args.jobs, work.path()));
     report.peers.push(peers::nq(args.jobs, work.path()));
-    report.peers.push(peers::pueue(args.pueue_jobs, work.path()));
+    report
+        .peers
+        .push(peers::pueue(args.pueue_jobs, work.path()));
     report.machine = report::machine();
 
     print!("{}", report.table());

@@ -21,7 +21,10 @@ pub(crate) const STAMP_VAR: &str = "CQ_LOAD_STAMP";
 pub(crate) fn stamp(file: &Path) -> anyhow::Result<()> {
     use std::io::Write;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
-    let mut out = std::fs::OpenOptions::new().create(true).append(true).open(file)?;
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)?;
     writeln!(out, "{now}")?;
     Ok(())
 }
@@ -46,7 +49,11 @@ pub(crate) fn throughput(server: &Server, jobs: usize, clients: usize) -> anyhow
             let (next, failed) = (next.clone(), failed.clone());
             scope.spawn(move || {
                 while next.fetch_add(1, Ordering::Relaxed) < jobs {
-                    let ok = server.client().args(["-q", "--", "/bin/true"]).status().is_ok_and(|s| s.success());
+                    let ok = server
+                        .client()
+                        .args(["-q", "--", "/bin/true"])
+                        .status()
+                        .is_ok_and(|s| s.success());
                     if !ok {
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
@@ -59,7 +66,11 @@ pub(crate) fn throughput(server: &Server, jobs: usize, clients: usize) -> anyhow
     if failed > 0 {
         bail!("{failed} of {jobs} cq_client runs failed");
     }
-    Ok(Rate::new(&format!("cq, {clients} concurrent clients (MUNGE, durable)"), jobs, elapsed))
+    Ok(Rate::new(
+        &format!("cq, {clients} concurrent clients (MUNGE, durable)"),
+        jobs,
+        elapsed,
+    ))
 }
 
 /// `cq_client --detach` of one job on an idle server: client start to durable acknowledgement.
@@ -67,18 +78,29 @@ pub(crate) fn submit_latency(server: &Server, samples: usize) -> anyhow::Result<
     let mut times = Vec::with_capacity(samples);
     for _ in 0..samples {
         let start = Instant::now();
-        let out = server.client().args(["-q", "--detach", "--", "/bin/true"]).stdout(Stdio::null()).status()?;
+        let out = server
+            .client()
+            .args(["-q", "--detach", "--", "/bin/true"])
+            .stdout(Stdio::null())
+            .status()?;
         times.push(start.elapsed());
         if !out.success() {
             bail!("cq_client --detach failed");
         }
     }
-    Ok(Latency::new("submit (cq_client --detach, start to durable ack)", times))
+    Ok(Latency::new(
+        "submit (cq_client --detach, start to durable ack)",
+        times,
+    ))
 }
 
 /// From the job's exit to the client's post script starting: both are cq-load itself,
 /// stamping the time into a file.
-pub(crate) fn notify_latency(server: &Server, samples: usize, work: &Path) -> anyhow::Result<Latency> {
+pub(crate) fn notify_latency(
+    server: &Server,
+    samples: usize,
+    work: &Path,
+) -> anyhow::Result<Latency> {
     let me = std::env::current_exe()?;
     let (job_file, post_file) = (work.join("job.stamps"), work.join("post.stamps"));
     for _ in 0..samples {
@@ -98,17 +120,31 @@ pub(crate) fn notify_latency(server: &Server, samples: usize, work: &Path) -> an
         }
     }
     let read = |file: &Path| -> anyhow::Result<Vec<u128>> {
-        std::fs::read_to_string(file)?.lines().map(|l| Ok(l.parse()?)).collect()
+        std::fs::read_to_string(file)?
+            .lines()
+            .map(|l| Ok(l.parse()?))
+            .collect()
     };
     let (jobs, posts) = (read(&job_file)?, read(&post_file)?);
-    let times =
-        jobs.iter().zip(&posts).map(|(job, post)| Duration::from_nanos(post.saturating_sub(*job) as u64)).collect();
-    Ok(Latency::new("notification (job exit to post script start)", times))
+    let times = jobs
+        .iter()
+        .zip(&posts)
+        .map(|(job, post)| Duration::from_nanos(post.saturating_sub(*job) as u64))
+        .collect();
+    Ok(Latency::new(
+        "notification (job exit to post script start)",
+        times,
+    ))
 }
 
 /// Enqueue cost at the start and end of a long queue, server memory per queued job and per
 /// waiting client, and the PSS of one waiting cq_client.
-pub(crate) async fn scale(server: &Server, count: usize, waiting: usize, work: &Path) -> anyhow::Result<Scale> {
+pub(crate) async fn scale(
+    server: &Server,
+    count: usize,
+    waiting: usize,
+    work: &Path,
+) -> anyhow::Result<Scale> {
     let socket = MungeSocket::at(&server.munge_socket);
     let me = nix::unistd::getuid().as_raw();
     let client = Arc::new(Client::new(
@@ -119,7 +155,11 @@ pub(crate) async fn scale(server: &Server, count: usize, waiting: usize, work: &
     // Block the queue: nothing below runs until the measurement is over.
     let gate = work.join("gate");
     Command::new("mkfifo").arg(&gate).status()?;
-    client.submit(CommandJob::new(["cat", gate.to_str().context("path")?])).await?.close().await;
+    client
+        .submit(CommandJob::new(["cat", gate.to_str().context("path")?]))
+        .await?
+        .close()
+        .await;
 
     let batch = 1000.min(count.max(1));
     let rss_before = memory_kib(server.pid(), "status", "VmRSS:")?;
@@ -130,7 +170,11 @@ pub(crate) async fn scale(server: &Server, count: usize, waiting: usize, work: &
         if i + batch == count {
             last_start = Instant::now();
         }
-        client.submit(CommandJob::new(["/bin/true"])).await?.close().await;
+        client
+            .submit(CommandJob::new(["/bin/true"]))
+            .await?
+            .close()
+            .await;
         if i + 1 == batch {
             first = start.elapsed();
         }
@@ -162,7 +206,11 @@ pub(crate) async fn scale(server: &Server, count: usize, waiting: usize, work: &
     let rss_waiting = memory_kib(server.pid(), "status", "VmRSS:")?;
 
     // One real cq_client waiting: measured once it says its job is queued.
-    let mut one = server.client().args(["--", "/bin/true"]).stderr(Stdio::piped()).spawn()?;
+    let mut one = server
+        .client()
+        .args(["--", "/bin/true"])
+        .stderr(Stdio::piped())
+        .spawn()?;
     let stderr = one.stderr.take().context("client stderr")?;
     tokio::task::spawn_blocking(move || {
         use std::io::BufRead;
@@ -180,10 +228,12 @@ pub(crate) async fn scale(server: &Server, count: usize, waiting: usize, work: &
         batch,
         enqueue_first_ms: first.as_secs_f64() * 1000.0 / batch as f64,
         enqueue_last_ms: last.as_secs_f64() * 1000.0 / batch as f64,
-        server_bytes_per_queued_job: (rss_queued.saturating_sub(rss_before) * 1024) as f64 / count.max(1) as f64,
+        server_bytes_per_queued_job: (rss_queued.saturating_sub(rss_before) * 1024) as f64
+            / count.max(1) as f64,
         waiting,
         waiting_dropped: dropped,
-        server_bytes_per_waiting_client: (rss_waiting.saturating_sub(rss_queued) * 1024) as f64 / waiting.max(1) as f64,
+        server_bytes_per_waiting_client: (rss_waiting.saturating_sub(rss_queued) * 1024) as f64
+            / waiting.max(1) as f64,
         waiting_client_pss_kib: client_pss,
     })
 }

@@ -10,32 +10,65 @@ use crate::report::{Peer, Rate};
 
 /// Installs task-spooler and nq (Debian packages) and pueue 4.0.4 (crates.io).
 pub(crate) fn install() -> anyhow::Result<()> {
-    let apt = |args: &[&str]| Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status();
-    if !apt(&["update", "-qq"])?.success() || !apt(&["install", "-y", "-qq", "task-spooler", "nq"])?.success() {
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+    };
+    if !apt(&["update", "-qq"])?.success()
+        || !apt(&["install", "-y", "-qq", "task-spooler", "nq"])?.success()
+    {
         bail!("apt-get install task-spooler nq failed (run as root)");
     }
-    if !Command::new("cargo").args(["install", "--locked", "pueue@4.0.4"]).status()?.success() {
+    if !Command::new("cargo")
+        .args(["install", "--locked", "pueue@4.0.4"])
+        .status()?
+        .success()
+    {
         bail!("cargo install pueue failed");
     }
     Ok(())
 }
 
 fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
-fn peer(name: &str, program: &str, jobs: usize, run: impl FnOnce() -> anyhow::Result<Duration>) -> Peer {
+fn peer(
+    name: &str,
+    program: &str,
+    jobs: usize,
+    run: impl FnOnce() -> anyhow::Result<Duration>,
+) -> Peer {
     if !on_path(program) {
-        return Peer { name: name.to_owned(), rate: None, note: Some(format!("{program} not installed (--install-peers)")) };
+        return Peer {
+            name: name.to_owned(),
+            rate: None,
+            note: Some(format!("{program} not installed (--install-peers)")),
+        };
     }
     match run() {
-        Ok(elapsed) => Peer { name: name.to_owned(), rate: Some(Rate::new(name, jobs, elapsed)), note: None },
-        Err(e) => Peer { name: name.to_owned(), rate: None, note: Some(format!("failed: {e:#}")) },
+        Ok(elapsed) => Peer {
+            name: name.to_owned(),
+            rate: Some(Rate::new(name, jobs, elapsed)),
+            note: None,
+        },
+        Err(e) => Peer {
+            name: name.to_owned(),
+            rate: None,
+            note: Some(format!("failed: {e:#}")),
+        },
     }
 }
 
 fn check(status: std::io::Result<std::process::ExitStatus>, what: &str) -> anyhow::Result<()> {
-    if status.with_context(|| what.to_owned())?.success() { Ok(()) } else { bail!("{what} failed") }
+    if status.with_context(|| what.to_owned())?.success() {
+        Ok(())
+    } else {
+        bail!("{what} failed")
+    }
 }
 
 /// task-spooler: `tsp /bin/true` N times, then `tsp -w` for the last one.
@@ -44,7 +77,10 @@ pub(crate) fn task_spooler(jobs: usize, work: &Path) -> Peer {
         let socket = work.join("tsp.socket");
         let tsp = |args: &[&str]| {
             let mut cmd = Command::new("tsp");
-            cmd.args(args).env("TS_SOCKET", &socket).env("TS_MAXFINISHED", (jobs + 10).to_string()).stdout(Stdio::null());
+            cmd.args(args)
+                .env("TS_SOCKET", &socket)
+                .env("TS_MAXFINISHED", (jobs + 10).to_string())
+                .stdout(Stdio::null());
             cmd
         };
         let start = Instant::now();
@@ -65,7 +101,10 @@ pub(crate) fn nq(jobs: usize, work: &Path) -> Peer {
         std::fs::create_dir_all(&dir)?;
         let nq = |args: &[&str]| {
             let mut cmd = Command::new("nq");
-            cmd.args(args).env("NQDIR", &dir).stdout(Stdio::null()).stderr(Stdio::null());
+            cmd.args(args)
+                .env("NQDIR", &dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
             cmd
         };
         let start = Instant::now();
@@ -90,10 +129,19 @@ pub(crate) fn pueue(jobs: usize, work: &Path) -> Peer {
                 d = dir.display()
             ),
         )?;
-        let mut daemon = Command::new("pueued").arg("-c").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let mut daemon = Command::new("pueued")
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
         let pueue = |args: &[&str]| {
             let mut cmd = Command::new("pueue");
-            cmd.arg("-c").arg(&config).args(args).stdout(Stdio::null()).stderr(Stdio::null());
+            cmd.arg("-c")
+                .arg(&config)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
             cmd
         };
         // pueued gives no readiness signal: ask until it answers (bounded, set-up only).

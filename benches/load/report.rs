@@ -42,7 +42,12 @@ impl Latency {
     pub(crate) fn new(name: &str, samples: Vec<Duration>) -> Self {
         let count = samples.len();
         let (median, p99) = percentiles(samples);
-        Self { name: name.to_owned(), samples: count, median_ms: ms(median), p99_ms: ms(p99) }
+        Self {
+            name: name.to_owned(),
+            samples: count,
+            median_ms: ms(median),
+            p99_ms: ms(p99),
+        }
     }
 }
 
@@ -104,7 +109,10 @@ impl Report {
     pub(crate) fn table(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "cq-load, {} on {}", self.date, self.machine);
-        let _ = writeln!(out, "\n| run | jobs | jobs/s | ms/job | vs floor | cq vs it |");
+        let _ = writeln!(
+            out,
+            "\n| run | jobs | jobs/s | ms/job | vs floor | cq vs it |"
+        );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
         let cq_rate = self.cq.as_ref().map_or(0.0, |r| r.jobs_per_second);
         let floor = self.floor.jobs_per_second.max(f64::MIN_POSITIVE);
@@ -129,22 +137,58 @@ impl Report {
             match (&peer.rate, &peer.note) {
                 (Some(rate), _) => row(&mut out, rate),
                 (None, note) => {
-                    let _ = writeln!(out, "| {} | skipped: {} | | | | |", peer.name, note.as_deref().unwrap_or("?"));
+                    let _ = writeln!(
+                        out,
+                        "| {} | skipped: {} | | | | |",
+                        peer.name,
+                        note.as_deref().unwrap_or("?")
+                    );
                 }
             }
         }
-        let _ = writeln!(out, "\n| latency | samples | median ms | p99 ms |\n|---|---:|---:|---:|");
+        let _ = writeln!(
+            out,
+            "\n| latency | samples | median ms | p99 ms |\n|---|---:|---:|---:|"
+        );
         for latency in [&self.submit, &self.notify].into_iter().flatten() {
-            let _ = writeln!(out, "| {} | {} | {:.2} | {:.2} |", latency.name, latency.samples, latency.median_ms, latency.p99_ms);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.2} | {:.2} |",
+                latency.name, latency.samples, latency.median_ms, latency.p99_ms
+            );
         }
         if let Some(s) = &self.scale {
             let _ = writeln!(out, "\n| scale | value |\n|---|---:|");
-            let _ = writeln!(out, "| enqueue, first {} of {} (ms each) | {:.3} |", s.batch, s.queued, s.enqueue_first_ms);
-            let _ = writeln!(out, "| enqueue, last {} of {} (ms each) | {:.3} |", s.batch, s.queued, s.enqueue_last_ms);
-            let _ = writeln!(out, "| server memory per queued job (bytes) | {:.0} |", s.server_bytes_per_queued_job);
-            let _ = writeln!(out, "| waiting clients held / dropped | {} / {} |", s.waiting, s.waiting_dropped);
-            let _ = writeln!(out, "| server memory per waiting client (bytes) | {:.0} |", s.server_bytes_per_waiting_client);
-            let _ = writeln!(out, "| PSS of one waiting cq_client (KiB) | {} |", s.waiting_client_pss_kib);
+            let _ = writeln!(
+                out,
+                "| enqueue, first {} of {} (ms each) | {:.3} |",
+                s.batch, s.queued, s.enqueue_first_ms
+            );
+            let _ = writeln!(
+                out,
+                "| enqueue, last {} of {} (ms each) | {:.3} |",
+                s.batch, s.queued, s.enqueue_last_ms
+            );
+            let _ = writeln!(
+                out,
+                "| server memory per queued job (bytes) | {:.0} |",
+                s.server_bytes_per_queued_job
+            );
+            let _ = writeln!(
+                out,
+                "| waiting clients held / dropped | {} / {} |",
+                s.waiting, s.waiting_dropped
+            );
+            let _ = writeln!(
+                out,
+                "| server memory per waiting client (bytes) | {:.0} |",
+                s.server_bytes_per_waiting_client
+            );
+            let _ = writeln!(
+                out,
+                "| PSS of one waiting cq_client (KiB) | {} |",
+                s.waiting_client_pss_kib
+            );
         }
         out
     }
@@ -162,7 +206,12 @@ fn run(program: &str, args: &[&str]) -> String {
 pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_owned()))
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     format!("{}, {cores} cores, {cpu}", run("uname", &["-srm"]))

@@ -24,7 +24,15 @@ impl Server {
         let munged = PrivateMunged::start_in(&munge_dir).context("start a private munged")?;
         let server_bin = bin_dir.join("cq_server");
         let mut child = Command::new(&server_bin)
-            .args(["-h", "127.0.0.1", "-p", "0", "--max-connections", "20000", "--state-dir"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                "0",
+                "--max-connections",
+                "20000",
+                "--state-dir",
+            ])
             .arg(work.join("state"))
             .arg("--munge-socket")
             .arg(munged.socket_path())
@@ -34,7 +42,9 @@ impl Server {
             .with_context(|| format!("start {}", server_bin.display()))?;
         let mut lines = BufReader::new(child.stderr.take().context("server stderr")?).lines();
         let addr = loop {
-            let Some(line) = lines.next() else { bail!("cq_server exited before listening") };
+            let Some(line) = lines.next() else {
+                bail!("cq_server exited before listening")
+            };
             let line = line?;
             if let Some(rest) = line.split("listening on ").nth(1) {
                 break rest.split_whitespace().next().context("address")?.parse()?;
@@ -42,15 +52,27 @@ impl Server {
         };
         // Keep draining the log so that the server never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        Ok(Self { addr, client: bin_dir.join("cq_client"), munge_socket: munged.socket_path(), child, _munged: munged })
+        Ok(Self {
+            addr,
+            client: bin_dir.join("cq_client"),
+            munge_socket: munged.socket_path(),
+            child,
+            _munged: munged,
+        })
     }
 
     /// A cq_client command aimed at this server.
     pub(crate) fn client(&self) -> Command {
         let mut cmd = Command::new(&self.client);
-        cmd.args(["-h", "127.0.0.1", "-p", &self.addr.port().to_string(), "--munge-socket"])
-            .arg(&self.munge_socket)
-            .stdin(Stdio::null());
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.addr.port().to_string(),
+            "--munge-socket",
+        ])
+        .arg(&self.munge_socket)
+        .stdin(Stdio::null());
         cmd
     }
 
@@ -70,6 +92,9 @@ impl Drop for Server {
 /// smaps_rollup).
 pub(crate) fn memory_kib(pid: u32, file: &str, field: &str) -> anyhow::Result<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/{file}"))?;
-    let line = text.lines().find(|l| l.starts_with(field)).with_context(|| format!("{field} in /proc/{pid}/{file}"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("{field} in /proc/{pid}/{file}"))?;
     Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
 }
