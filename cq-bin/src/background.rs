@@ -1,14 +1,13 @@
 //! `cq_client --background`: the wait continues in a detached process.
 //!
-//! The waiter is a fresh `cq_client --wait ID` rather than a fork of the running client: a
-//! fork of a process with an async runtime (and blocking worker threads) is not safe. It gets
-//! its own process group, so that the terminal's signals (Ctrl-C, hang-up of the foreground
-//! group) do not reach it, stdin from `/dev/null`, and stdout/stderr to a log file.
+//! The waiter is a fresh `cq_client --new-session --wait ID` rather than a fork of the running
+//! client: a fork of a process with an async runtime (and blocking worker threads) is not safe.
+//! It calls setsid(2) first, so it has no controlling terminal and the terminal's hang-up and
+//! signals do not reach it; stdin is `/dev/null`, stdout and stderr go to a log file.
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -28,7 +27,6 @@ pub fn spawn_waiter(args: &[OsString], log: &Path) -> io::Result<()> {
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
-        .process_group(0)
         .spawn()
         .map(drop)
 }

@@ -64,6 +64,9 @@ struct Args {
     /// Log of the background waiter [default: cq_client-job-ID.log in the state directory].
     #[arg(long, value_name = "FILE", requires = "background")]
     background_log: Option<PathBuf>,
+    /// Internal: start a new session first (used by the --background waiter).
+    #[arg(long, hide = true)]
+    new_session: bool,
     /// Seconds to keep re-attaching to the job while the server is unreachable.
     #[arg(long, value_name = "SECS", default_value_t = 3600.0)]
     reconnect_timeout: f64,
@@ -90,6 +93,11 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { CQ_FAILURE } else { 0 });
         }
     };
+    if args.new_session {
+        // Leave the terminal's session, so that neither its hang-up nor its signals reach the
+        // background waiter. Cannot fail: the waiter is started as no group's leader.
+        let _ = nix::unistd::setsid();
+    }
     init_logging(tracing::Level::WARN, args.verbose);
     let env = match resolve_env_args(&args.env, |name| std::env::var_os(name)) {
         Ok(env) => env,
@@ -283,7 +291,11 @@ fn background(args: &Args, id: JobId) -> ExitCode {
         "--reconnect-timeout".into(),
         args.reconnect_timeout.to_string().into(),
     ]);
-    wait.extend(["--wait".into(), id.to_string().into()]);
+    wait.extend([
+        "--new-session".into(),
+        "--wait".into(),
+        id.to_string().into(),
+    ]);
     let log = args
         .background_log
         .clone()

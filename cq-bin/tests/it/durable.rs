@@ -99,7 +99,10 @@ async fn background_waits_after_the_client_returned() {
     let post = script(
         dir.path(),
         "post",
-        &format!("echo \"$1 $2 $CQ_JOB_ID $CQ_OUTCOME\" > {}", done.display()),
+        &format!(
+            "echo \"$1 $2 $CQ_JOB_ID $CQ_OUTCOME $(cut -d' ' -f6 /proc/$$/stat)\" > {}",
+            done.display()
+        ),
     );
     let log = dir.path().join("waiter.log");
 
@@ -130,7 +133,14 @@ async fn background_waits_after_the_client_returned() {
         .await
         .expect("the background waiter runs the post script")
         .unwrap();
-    assert_eq!(line, "0 3 1 exited\n");
+    let (fields, session) = line.trim().rsplit_once(' ').unwrap();
+    assert_eq!(fields, "0 3 1 exited");
+    let ours = nix::unistd::getsid(None).unwrap().as_raw();
+    assert_ne!(
+        session.trim().parse::<i32>().unwrap(),
+        ours,
+        "the waiter left the terminal's session"
+    );
     assert!(
         log.exists(),
         "the background waiter logs to --background-log"
