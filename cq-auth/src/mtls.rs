@@ -187,7 +187,7 @@ impl Authenticator for TlsClientAuthenticator {
             uid: account.uid.as_raw(),
             gid: account.gid.as_raw(),
             user: Some(account.name),
-            host: peer.addr.map(|a| a.ip().to_canonical().to_string()),
+            host: peer.host(),
             method: AuthMethod::MutualTls,
         })
     }
@@ -212,7 +212,7 @@ impl Authenticator for TlsServerAuthenticator {
             uid: SERVER_UID,
             gid: SERVER_UID,
             user: Some(name),
-            host: peer.addr.map(|a| a.ip().to_canonical().to_string()),
+            host: peer.host(),
             method: AuthMethod::MutualTls,
         })
     }

@@ -48,6 +48,12 @@ impl PeerInfo {
         self
     }
 
+    /// The peer's host as text (its IP address, IPv4-mapped addresses shown as IPv4), for
+    /// [`Identity::host`](crate::Identity::host).
+    pub fn host(&self) -> Option<String> {
+        self.addr.map(|a| a.ip().to_canonical().to_string())
+    }
+
     /// The peer as text for logs: its address, or "local".
     pub fn describe(&self) -> String {
         self.addr

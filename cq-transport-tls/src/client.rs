@@ -1,7 +1,7 @@
 //! Connecting over TLS.
 
 use async_trait::async_trait;
-use cq_core::transport::{Connector, PeerInfo, TlsPeer, TransportError};
+use cq_core::transport::{Connector, PeerInfo, TransportError};
 use cq_transport_tcp::TcpConnector;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -79,13 +79,8 @@ impl Connector for TlsConnector {
                     reason: format!("TLS handshake failed: {e}{advice}"),
                 }
             })?;
-        let chain = stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect())
-            .unwrap_or_default();
-        Ok((stream, info.with_tls(TlsPeer::new(chain))))
+        let peer = crate::peer_chain(stream.get_ref().1);
+        Ok((stream, info.with_tls(peer)))
     }
 
     fn server_name(&self) -> String {

@@ -27,3 +27,12 @@ pub use certs::{CertError, ClientFiles, ServerFiles, init_ca_and_server, issue_c
 pub use client::TlsConnector;
 pub use config::{ClientTls, ServerTls, TlsConfigError};
 pub use server::{TlsListener, TlsPending};
+
+/// The verified certificate chain of the other end, as cq-core wants it.
+fn peer_chain(connection: &rustls::CommonState) -> cq_core::TlsPeer {
+    let chain = connection
+        .peer_certificates()
+        .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect())
+        .unwrap_or_default();
+    cq_core::TlsPeer::new(chain)
+}

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use cq_core::protocol::{ErrorCode, HELLO_LEN, MAGIC, plain_refusal};
-use cq_core::transport::{Listener, PeerInfo, PendingConnection, TlsPeer, TransportError};
+use cq_core::transport::{Listener, PeerInfo, PendingConnection, TransportError};
 use cq_transport_tcp::{TcpListener, TcpPending};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -84,13 +84,8 @@ impl PendingConnection for TlsPending {
                 peer: info.describe(),
                 reason: format!("TLS handshake failed: {e}"),
             })?;
-        let chain = stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect())
-            .unwrap_or_default();
-        Ok((stream, info.with_tls(TlsPeer::new(chain))))
+        let peer = crate::peer_chain(stream.get_ref().1);
+        Ok((stream, info.with_tls(peer)))
     }
 }
 

@@ -223,7 +223,7 @@ impl Authenticator for MungeAuthenticator {
             uid: decoded.uid,
             gid: decoded.gid,
             user,
-            host: peer.addr.map(|a| a.ip().to_canonical().to_string()),
+            host: peer.host(),
             method: AuthMethod::Munge,
         })
     }

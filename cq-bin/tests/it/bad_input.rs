@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
-use crate::support::{LIMIT, Munged, TestServer, output, stderr};
+use crate::support::{LIMIT, Munged, TestServer};
 
 async fn connect(server: &TestServer) -> TcpStream {
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
@@ -100,15 +100,6 @@ async fn signed(munged: &Munged, body: Vec<u8>) -> Vec<u8> {
     .unwrap()
 }
 
-async fn still_serves(server: &TestServer) {
-    let out = output(server.client().args(["--", "true"])).await;
-    assert!(
-        out.status.success(),
-        "the server must keep serving: {}",
-        stderr(&out)
-    );
-}
-
 #[tokio::test]
 async fn random_bytes_instead_of_a_hello() {
     let munged = Munged::start();
@@ -124,7 +115,7 @@ async fn random_bytes_instead_of_a_hello() {
         message.contains("does not speak the cq protocol"),
         "{message}"
     );
-    still_serves(&server).await;
+    server.assert_serves().await;
 }
 
 #[tokio::test]
@@ -147,7 +138,7 @@ async fn wrong_protocol_versions_are_told_whom_to_upgrade() {
             "{message}"
         );
     }
-    still_serves(&server).await;
+    server.assert_serves().await;
 }
 
 #[tokio::test]
@@ -158,7 +149,7 @@ async fn a_length_prefix_over_the_limit() {
     let (code, message) = error(stream).await;
     assert_eq!(code, ErrorCode::FRAME_TOO_LARGE);
     assert!(message.contains("limit"), "{message}");
-    still_serves(&server).await;
+    server.assert_serves().await;
 }
 
 #[tokio::test]
@@ -174,7 +165,7 @@ async fn a_truncated_frame() {
     server
         .wait_for_log("connection closed in the middle of a frame")
         .await;
-    still_serves(&server).await;
+    server.assert_serves().await;
 }
 
 #[tokio::test]
@@ -183,7 +174,7 @@ async fn a_frame_that_is_not_an_envelope() {
     let server = TestServer::start(&munged).await;
     let stream = hello_and(&server, &frame(&[0xff, 0xff, 0xff])).await;
     assert_eq!(error(stream).await.0, ErrorCode::MALFORMED);
-    still_serves(&server).await;
+    server.assert_serves().await;
 }
 
 #[tokio::test]
@@ -193,7 +184,7 @@ async fn a_signed_body_that_is_not_a_request() {
     let envelope = signed(&munged, vec![0x05, 0xff, 0xff, 0xff]).await;
     let (code, message) = error(hello_and(&server, &frame(&envelope)).await).await;
     assert_eq!(code, ErrorCode::MALFORMED, "{message}");
-    still_serves(&server).await;
+    server.assert_serves().await;
 }
 
 #[tokio::test]
@@ -216,7 +207,7 @@ async fn a_credential_for_another_request_is_refused() {
     let (code, message) = error(hello_and(&server, &frame(&envelope)).await).await;
     assert_eq!(code, ErrorCode::AUTH_FAILED);
     assert!(message.contains("made for another message"), "{message}");
-    still_serves(&server).await;
+    server.assert_serves().await;
     assert!(
         !marker.exists(),
         "the request with the borrowed credential must not run"
@@ -256,7 +247,7 @@ async fn a_request_made_for_another_server_is_refused() {
     let (code, message) = error(hello_and(&server, &frame(&envelope)).await).await;
     assert_eq!(code, ErrorCode::WRONG_SERVER);
     assert!(message.contains("127.0.0.1:48005"), "{message}");
-    still_serves(&server).await;
+    server.assert_serves().await;
 }
 
 #[tokio::test]
@@ -270,7 +261,7 @@ async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
     let (code, message) = error(hello_only).await;
     assert_eq!(code, ErrorCode::TIMEOUT);
     assert!(message.contains("no request"), "{message}");
-    still_serves(&server).await;
+    server.assert_serves().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,6 +294,6 @@ async fn five_hundred_connections_opened_and_dropped_at_once() {
         );
     }
     drop(open);
-    still_serves(&server).await;
+    server.assert_serves().await;
     assert!(server.stop().await.success());
 }

@@ -177,6 +177,16 @@ impl TestServer {
         self.log.lines.lock().unwrap().join("\n")
     }
 
+    /// Runs a trivial job: the server must still serve, whatever happened before.
+    pub(crate) async fn assert_serves(&self) {
+        let out = output(self.client().args(["--", "true"])).await;
+        assert!(
+            out.status.success(),
+            "the server must keep serving: {}",
+            stderr(&out)
+        );
+    }
+
     /// A cq_client command aimed at this server.
     pub(crate) fn client(&self) -> Command {
         let mut cmd = bare_client(self.addr);

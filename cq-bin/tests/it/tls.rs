@@ -74,15 +74,6 @@ async fn tls_server(pki: &Pki, extra: &[OsString]) -> TestServer {
     TestServer::start_args(&args, pki.client_args(&cert, &key)).await
 }
 
-async fn still_serves(server: &TestServer) {
-    let out = output(server.client().args(["--", "true"])).await;
-    assert!(
-        out.status.success(),
-        "the server must keep serving: {}",
-        stderr(&out)
-    );
-}
-
 #[tokio::test]
 async fn a_job_over_mutual_tls_runs_for_the_certificates_user() {
     let pki = Pki::new();
@@ -132,7 +123,7 @@ async fn a_client_without_a_certificate_is_refused() {
         err.hint()
     );
     server.wait_for_log("TLS handshake failed").await;
-    still_serves(&server).await;
+    server.assert_serves().await;
 }
 
 #[tokio::test]
@@ -152,7 +143,7 @@ async fn a_certificate_from_another_ca_is_refused() {
     );
     let logged = server.wait_for_log("TLS handshake failed").await;
     assert!(logged.contains("invalid peer certificate"), "{logged}");
-    still_serves(&server).await;
+    server.assert_serves().await;
 }
 
 #[tokio::test]
@@ -171,7 +162,7 @@ async fn an_expired_certificate_is_refused() {
     );
     let logged = server.wait_for_log("TLS handshake failed").await;
     assert!(logged.contains("certificate expired"), "{logged}");
-    still_serves(&server).await;
+    server.assert_serves().await;
 }
 
 /// A client certificate from the CA in `pki` that expired yesterday.
@@ -246,7 +237,7 @@ async fn without_a_map_the_name_must_be_a_local_user() {
         "{}",
         stderr(&out)
     );
-    still_serves(&server).await;
+    server.assert_serves().await;
 }
 
 #[tokio::test]
