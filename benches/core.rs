@@ -150,6 +150,7 @@ fn store(c: &mut Criterion) {
             summary: "emerge".into(),
             command: Some(emerge()),
             accepted_at: std::time::SystemTime::now(),
+            waiters: Vec::new(),
         }
     };
     let mut group = c.benchmark_group("store");

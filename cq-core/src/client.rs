@@ -10,7 +10,7 @@ use tokio_util::codec::Framed;
 
 use crate::auth::{AuthError, Authenticator, Credential, CredentialSource};
 use crate::engine::JobResult;
-use crate::job::{CommandJob, JobId};
+use crate::job::{CommandJob, JobId, JobSummary};
 use crate::protocol::{
     Action, Envelope, ErrorCode, Event, FrameCodec, FrameError, HELLO_LEN, Hello, HelloError,
     Nonce, PROTOCOL_VERSION, Reply, Request, Role,
@@ -113,7 +113,77 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
         }
     }
 
+    /// The running job, the queued ones in order, and the most recently finished ones.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit).
+    pub async fn list(&self) -> Result<Vec<JobSummary>, ClientError> {
+        self.query(Action::List).await
+    }
+
+    /// One job, as the server knows it.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit); [`ErrorCode::UNKNOWN_JOB`] when the server does not know it.
+    pub async fn status(&self, id: JobId) -> Result<JobSummary, ClientError> {
+        self.query(Action::Status { job: id })
+            .await?
+            .pop()
+            .ok_or(ClientError::Protocol("empty status".into()))
+    }
+
+    /// Cancels job `id` (its owners and root may); returns the job as it is afterwards (a
+    /// running job shows `running` until its processes are gone).
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit); [`ErrorCode::NOT_PERMITTED`] for someone else's job.
+    pub async fn cancel(&self, id: JobId) -> Result<JobSummary, ClientError> {
+        self.query(Action::Cancel { job: id })
+            .await?
+            .pop()
+            .ok_or(ClientError::Protocol("empty answer".into()))
+    }
+
+    async fn query(&self, action: Action) -> Result<Vec<JobSummary>, ClientError> {
+        let mut channel = self.open(action).await?;
+        let answer = match timeout(REPLY_TIMEOUT, channel.next_reply()).await {
+            Err(_) => Err(ClientError::Timeout {
+                during: "the answer",
+            }),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Event::Jobs { jobs })) => Ok(jobs),
+            Ok(Ok(other)) => Err(ClientError::Protocol(format!(
+                "expected a job list, got {other:?}"
+            ))),
+        };
+        channel.close().await;
+        answer
+    }
+
     async fn request(&self, action: Action) -> Result<Submission<'_, C::Stream, A>, ClientError> {
+        let mut submission = self.open(action).await?;
+        match timeout(REPLY_TIMEOUT, submission.next_reply()).await {
+            Err(_) => Err(ClientError::Timeout {
+                during: "the acceptance of the request",
+            }),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Event::Accepted { job, ahead, merged })) => {
+                submission.job = job;
+                submission.ahead = ahead;
+                submission.merged = merged;
+                Ok(submission)
+            }
+            Ok(Ok(other)) => Err(ClientError::Protocol(format!(
+                "expected an acceptance, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Connects, exchanges hellos and sends `action`; the replies are the caller's to read.
+    async fn open(&self, action: Action) -> Result<Submission<'_, C::Stream, A>, ClientError> {
         let (mut stream, peer) = self.connector.connect().await?;
         stream
             .write_all(&Hello::new(Role::Client).encode())
@@ -170,7 +240,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
             })
             .await
             .map_err(ClientError::Frame)?;
-        let mut submission = Submission {
+        Ok(Submission {
             framed,
             nonce,
             peer,
@@ -178,22 +248,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
             job: JobId(0),
             ahead: 0,
             merged: false,
-        };
-        match timeout(REPLY_TIMEOUT, submission.next_reply()).await {
-            Err(_) => Err(ClientError::Timeout {
-                during: "the acceptance of the request",
-            }),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(Event::Accepted { job, ahead, merged })) => {
-                submission.job = job;
-                submission.ahead = ahead;
-                submission.merged = merged;
-                Ok(submission)
-            }
-            Ok(Ok(other)) => Err(ClientError::Protocol(format!(
-                "expected an acceptance, got {other:?}"
-            ))),
-        }
+        })
     }
 }
 

@@ -64,8 +64,8 @@ pub struct CommandJob {
     pub cwd: Option<String>,
     /// Free-form labels (e.g. a build profile) that schedulers may route on.
     pub tags: Vec<String>,
-    /// Wall-clock limit in seconds, after which the job's process group is killed.
-    pub timeout_secs: Option<u64>,
+    /// Wall-clock limit in milliseconds, after which the job's process group is killed.
+    pub timeout_ms: Option<u64>,
 }
 
 impl CommandJob {
@@ -97,7 +97,7 @@ impl CommandJob {
 
     /// The job's time limit, if any.
     pub fn timeout(&self) -> Option<Duration> {
-        self.timeout_secs.map(Duration::from_secs)
+        self.timeout_ms.map(Duration::from_millis)
     }
 
     /// Checks what a process cannot be started with, so that bad input is refused at submit
@@ -169,6 +169,62 @@ pub fn check_env_name(name: &str) -> Result<(), InvalidJob> {
         });
     }
     Ok(())
+}
+
+/// What a listing says about one job: the wire form of `cq_client --list` and `--status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSummary {
+    /// The job's id.
+    pub id: JobId,
+    /// Who submitted it, as text (`user(uid)@host`).
+    pub owner: String,
+    /// The submitter's uid.
+    pub owner_uid: u32,
+    /// The command line (or an in-process job's description as one word).
+    pub command: Vec<String>,
+    /// Where it is in its life.
+    pub phase: JobPhase,
+    /// When it was accepted, in milliseconds since the Unix epoch.
+    pub accepted_ms: u64,
+    /// When it started.
+    pub started_ms: Option<u64>,
+    /// When it ended.
+    pub finished_ms: Option<u64>,
+    /// How it ended.
+    pub outcome: Option<Outcome>,
+    /// How long it ran, in milliseconds.
+    pub runtime_ms: Option<u64>,
+    /// How many submissions were merged into it (each is one more waiter).
+    pub waiters: u32,
+}
+
+/// A job's phase in a [`JobSummary`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum JobPhase {
+    /// Waiting for its turn.
+    Queued,
+    /// Running now.
+    Running,
+    /// Ended.
+    Finished,
+}
+
+impl JobPhase {
+    /// The word for listings.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Finished => "finished",
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, as listings show times.
+pub fn epoch_ms(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Why a [`CommandJob`] cannot be run.

@@ -47,7 +47,7 @@ pub use engine::{
     Engine, EngineConfig, EngineHandle, JobResult, JobState, JobTicket, ShutdownMode, SubmitError,
 };
 pub use executor::{Executor, LogSink, ProcessExecutor};
-pub use job::{CommandJob, InvalidJob, Job, JobContext, JobId};
+pub use job::{CommandJob, InvalidJob, Job, JobContext, JobId, JobPhase, JobSummary};
 pub use outcome::{Outcome, SpawnFailure};
 pub use scheduler::{
     Admission, Decision, JobInfo, QueueView, Scheduler, SerialScheduler, SubmitHook,

@@ -218,7 +218,10 @@ async fn a_server_of_another_protocol_version_is_named() {
     let out = output(client_for(addr, &munged.socket()).args(["--", "true"])).await;
     assert_eq!(out.status.code(), Some(255));
     assert!(
-        stderr(&out).contains("speaks cq protocol 9, this client speaks 1: upgrade the client"),
+        stderr(&out).contains(&format!(
+            "speaks cq protocol 9, this client speaks {}: upgrade the client",
+            cq_core::protocol::PROTOCOL_VERSION
+        )),
         "{}",
         stderr(&out)
     );

@@ -16,13 +16,16 @@ use super::handle::{
 };
 use crate::auth::Identity;
 use crate::executor::LogSink;
-use crate::job::{CommandJob, Job, JobContext, JobId};
+use crate::job::{CommandJob, Job, JobContext, JobId, JobPhase, JobSummary, epoch_ms};
 use crate::outcome::{Outcome, SpawnFailure};
 use crate::scheduler::{AcceptAll, Admission, JobInfo, Scheduler, SerialScheduler, SubmitHook};
 use crate::store::{MemoryStore, Pending, Store, StoreError, StoredJob};
 
 /// How many submissions may wait for the engine's attention before submitters wait too.
 const COMMAND_QUEUE: usize = 1024;
+
+/// How many finished jobs a listing shows after the live ones.
+const RECENT_IN_LISTS: usize = 20;
 
 /// How often finished jobs past their retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -160,6 +163,43 @@ struct Live {
     info: JobInfo,
     state: watch::Sender<JobState>,
     durable: Durable,
+    accepted_at: SystemTime,
+    started_at: Option<SystemTime>,
+    /// Submitters merged into this job.
+    waiters: Vec<Identity>,
+}
+
+impl Live {
+    fn summary(&self) -> JobSummary {
+        JobSummary {
+            id: self.info.id,
+            owner: self.info.owner.to_string(),
+            owner_uid: self.info.owner.uid,
+            command: self
+                .info
+                .command
+                .as_ref()
+                .map_or_else(|| vec![self.info.summary.clone()], |c| c.argv.clone()),
+            phase: if self.started_at.is_some() {
+                JobPhase::Running
+            } else {
+                JobPhase::Queued
+            },
+            accepted_ms: epoch_ms(self.accepted_at),
+            started_ms: self.started_at.map(epoch_ms),
+            finished_ms: None,
+            outcome: None,
+            runtime_ms: None,
+            waiters: u32::try_from(self.waiters.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Owners (the submitter and merged waiters) and root may act on a job.
+    fn permits(&self, who: &Identity) -> bool {
+        who.uid == 0
+            || who.uid == self.info.owner.uid
+            || self.waiters.iter().any(|w| w.uid == who.uid)
+    }
 }
 
 struct Running {
@@ -234,15 +274,16 @@ impl<S: Scheduler> Actor<S> {
         self.scheduler.submit(info.clone(), &AcceptAll);
         let (state, _) = watch::channel(JobState::Queued);
         let durable = Pending::ready(Ok(())).shared();
-        self.jobs.insert(
-            id,
-            Live {
-                job: Some(job),
-                info,
-                state,
-                durable,
-            },
-        );
+        let live = Live {
+            job: Some(job),
+            info,
+            state,
+            durable,
+            accepted_at: stored.accepted_at,
+            started_at: None,
+            waiters: stored.waiters,
+        };
+        self.jobs.insert(id, live);
     }
 
     fn handle(&mut self, command: Command) {
@@ -250,6 +291,23 @@ impl<S: Scheduler> Actor<S> {
             Command::Submit { job, owner, reply } => self.submit(job, owner, reply),
             Command::Watch { id, reply } => self.watch(id, reply),
             Command::Shutdown { mode, done } => self.begin_shutdown(mode, Some(done)),
+            Command::List { reply } => self.list(reply),
+            Command::Status { id, reply } => self.status(id, reply),
+            Command::Cancel { id, by, reply } if self.jobs.contains_key(&id) => {
+                let _ = reply.send(self.cancel(id, &by));
+            }
+            Command::Cancel { id, reply, .. } => {
+                // Finished long ago, or never existed: the store says which.
+                let described = self.store.describe(id);
+                tokio::spawn(async move {
+                    let answer = match described.await {
+                        Ok(Some(_)) => Err(SubmitError::AlreadyFinished(id)),
+                        Ok(None) => Err(SubmitError::UnknownJob(id)),
+                        Err(e) => Err(SubmitError::Store(e)),
+                    };
+                    let _ = reply.send(answer);
+                });
+            }
         }
     }
 
@@ -273,12 +331,14 @@ impl<S: Scheduler> Actor<S> {
         match self.scheduler.submit(info.clone(), self.hook.as_ref()) {
             Admission::Accepted { ahead } => {
                 self.next_id += 1;
+                let accepted_at = SystemTime::now();
                 let stored = StoredJob {
                     id,
                     owner: info.owner.clone(),
                     summary: info.summary.clone(),
                     command: info.command.clone(),
-                    accepted_at: SystemTime::now(),
+                    accepted_at,
+                    waiters: Vec::new(),
                 };
                 let durable = self.store.insert(stored).shared();
                 let (state, receiver) = watch::channel(JobState::Queued);
@@ -289,44 +349,56 @@ impl<S: Scheduler> Actor<S> {
                     state: receiver,
                 };
                 tracing::info!(job = %id, owner = %info.owner, ahead, command = %info.summary, "accepted");
-                self.jobs.insert(
-                    id,
-                    Live {
-                        job: Some(job),
-                        info,
-                        state,
-                        durable: durable.clone(),
-                    },
-                );
+                let live = Live {
+                    job: Some(job),
+                    info,
+                    state,
+                    durable: durable.clone(),
+                    accepted_at,
+                    started_at: None,
+                    waiters: Vec::new(),
+                };
+                self.jobs.insert(id, live);
                 // Acknowledge only once the job is on disk; meanwhile keep serving others.
                 tokio::spawn(async move {
                     let _ = reply.send(durable.await.map(|()| ticket).map_err(SubmitError::Store));
                 });
             }
             Admission::Merged { into } => {
+                let Some(live) = self.jobs.get_mut(&into) else {
+                    let _ = reply.send(Err(SubmitError::UnknownJob(into)));
+                    return;
+                };
                 tracing::info!(job = %into, owner = %info.owner, command = %info.summary, "merged into an equal job");
-                self.watch_merged(into, reply);
+                live.waiters.push(info.owner.clone());
+                let added = self.store.add_waiter(into, info.owner, SystemTime::now());
+                let durable = live.durable.clone();
+                let ahead = self
+                    .scheduler
+                    .view()
+                    .all()
+                    .position(|j| j.id == into)
+                    .unwrap_or(0);
+                let ticket = JobTicket {
+                    id: into,
+                    ahead,
+                    merged: true,
+                    state: live.state.subscribe(),
+                };
+                // The waiter is acknowledged once it is on disk too: it survives a restart.
+                tokio::spawn(async move {
+                    let recorded = match durable.await {
+                        Ok(()) => added.await,
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(recorded.map(|()| ticket).map_err(SubmitError::Store));
+                });
             }
             Admission::Rejected { reason } => {
                 tracing::info!(owner = %info.owner, command = %info.summary, %reason, "rejected");
                 let _ = reply.send(Err(SubmitError::Rejected { reason }));
             }
         }
-    }
-
-    fn watch_merged(&self, into: JobId, reply: oneshot::Sender<Result<JobTicket, SubmitError>>) {
-        let (watch_reply, answer) = oneshot::channel();
-        self.watch(into, watch_reply);
-        tokio::spawn(async move {
-            let ticket = answer
-                .await
-                .unwrap_or(Err(SubmitError::Stopped))
-                .map(|mut t| {
-                    t.merged = true;
-                    t
-                });
-            let _ = reply.send(ticket);
-        });
     }
 
     fn watch(&self, id: JobId, reply: oneshot::Sender<Result<JobTicket, SubmitError>>) {
@@ -350,12 +422,19 @@ impl<S: Scheduler> Actor<S> {
             return;
         }
         // Enqueued now, so it is answered after any outcome recorded before this moment.
-        let result = self.store.result(id);
+        let described = self.store.describe(id);
         tokio::spawn(async move {
-            let ticket = match result.await {
-                Ok(Some(result)) => {
+            let ticket = match described.await {
+                Ok(Some(JobSummary {
+                    phase: JobPhase::Finished,
+                    outcome: Some(outcome),
+                    runtime_ms,
+                    ..
+                })) => {
+                    let runtime = Duration::from_millis(runtime_ms.unwrap_or(0));
                     // A closed watch channel still yields its last value.
-                    let (_, state) = watch::channel(JobState::Finished(result));
+                    let (_, state) =
+                        watch::channel(JobState::Finished(JobResult { outcome, runtime }));
                     Ok(JobTicket {
                         id,
                         ahead: 0,
@@ -363,11 +442,76 @@ impl<S: Scheduler> Actor<S> {
                         state,
                     })
                 }
-                Ok(None) => Err(SubmitError::UnknownJob(id)),
+                Ok(_) => Err(SubmitError::UnknownJob(id)),
                 Err(e) => Err(SubmitError::Store(e)),
             };
             let _ = reply.send(ticket);
         });
+    }
+
+    /// The running job, then the queued ones in order.
+    fn live_summaries(&self) -> Vec<JobSummary> {
+        let view = self.scheduler.view();
+        view.all()
+            .filter_map(|info| self.jobs.get(&info.id))
+            .map(Live::summary)
+            .collect()
+    }
+
+    fn list(&self, reply: oneshot::Sender<Result<Vec<JobSummary>, SubmitError>>) {
+        let mut jobs = self.live_summaries();
+        let recent = self.store.recent(RECENT_IN_LISTS);
+        tokio::spawn(async move {
+            let listed = recent.await.map_err(SubmitError::Store).map(|finished| {
+                jobs.extend(finished);
+                jobs
+            });
+            let _ = reply.send(listed);
+        });
+    }
+
+    fn status(&self, id: JobId, reply: oneshot::Sender<Result<Vec<JobSummary>, SubmitError>>) {
+        if let Some(live) = self.jobs.get(&id) {
+            let _ = reply.send(Ok(vec![live.summary()]));
+            return;
+        }
+        let described = self.store.describe(id);
+        tokio::spawn(async move {
+            let found = match described.await {
+                Ok(Some(summary)) => Ok(vec![summary]),
+                Ok(None) => Err(SubmitError::UnknownJob(id)),
+                Err(e) => Err(SubmitError::Store(e)),
+            };
+            let _ = reply.send(found);
+        });
+    }
+
+    fn cancel(&mut self, id: JobId, by: &Identity) -> Result<Vec<JobSummary>, SubmitError> {
+        let Some(live) = self.jobs.get(&id) else {
+            return Err(SubmitError::AlreadyFinished(id));
+        };
+        if !live.permits(by) {
+            return Err(SubmitError::NotPermitted {
+                reason: format!(
+                    "job {id} belongs to {}; only its owners and root may cancel it",
+                    live.info.owner
+                ),
+            });
+        }
+        tracing::info!(job = %id, by = %by, "cancel requested");
+        if self.running.as_ref().is_some_and(|r| r.id == id) {
+            if let Some(running) = &self.running {
+                running.cancel.cancel();
+            }
+            return Ok(vec![live.summary()]);
+        }
+        self.scheduler.remove(id);
+        let mut summary = live.summary();
+        self.finish(id, Outcome::Cancelled);
+        summary.phase = JobPhase::Finished;
+        summary.outcome = Some(Outcome::Cancelled);
+        summary.finished_ms = Some(epoch_ms(SystemTime::now()));
+        Ok(vec![summary])
     }
 
     fn begin_shutdown(&mut self, mode: ShutdownMode, done: Option<oneshot::Sender<()>>) {
@@ -396,6 +540,7 @@ impl<S: Scheduler> Actor<S> {
         let Some(job) = live.job.take() else { return };
         tracing::info!(job = %id, owner = %live.info.owner, command = %live.info.summary, "started");
         live.state.send_replace(JobState::Running);
+        live.started_at = Some(SystemTime::now());
         self.store
             .record_start(id, SystemTime::now())
             .log_failure("record a start");
@@ -439,11 +584,14 @@ impl<S: Scheduler> Actor<S> {
     }
 
     fn finish(&mut self, id: JobId, outcome: Outcome) {
-        let runtime = self
-            .running
-            .take()
-            .map(|r| r.started.elapsed())
-            .unwrap_or_default();
+        // Only the running job has a run time (a cancelled queued job has none); whole
+        // milliseconds, as the store and the wire keep it, so every reader sees the same.
+        let runtime = match self.running.take_if(|r| r.id == id) {
+            Some(running) => Duration::from_millis(
+                u64::try_from(running.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            ),
+            None => Duration::ZERO,
+        };
         self.scheduler.finish(id, &outcome);
         let result = JobResult { outcome, runtime };
         self.store

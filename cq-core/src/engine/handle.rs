@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::auth::Identity;
-use crate::job::{Job, JobId};
+use crate::job::{Job, JobId, JobSummary};
 use crate::outcome::Outcome;
 use crate::store::StoreError;
 
@@ -52,6 +52,18 @@ pub(super) enum Command {
     Shutdown {
         mode: ShutdownMode,
         done: oneshot::Sender<()>,
+    },
+    List {
+        reply: oneshot::Sender<Result<Vec<JobSummary>, SubmitError>>,
+    },
+    Status {
+        id: JobId,
+        reply: oneshot::Sender<Result<Vec<JobSummary>, SubmitError>>,
+    },
+    Cancel {
+        id: JobId,
+        by: Identity,
+        reply: oneshot::Sender<Result<Vec<JobSummary>, SubmitError>>,
     },
 }
 
@@ -114,11 +126,50 @@ impl EngineHandle {
         }
     }
 
-    async fn request(
+    /// The running job, the queued ones in order, and the most recently finished ones.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Stopped`] when the engine has stopped; [`SubmitError::Store`] when the
+    /// store cannot be read.
+    pub async fn list(&self) -> Result<Vec<JobSummary>, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.request(Command::List { reply }, answer).await
+    }
+
+    /// What the engine knows about job `id`.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::UnknownJob`] when it has no record of it.
+    pub async fn status(&self, id: JobId) -> Result<JobSummary, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        let mut found = self.request(Command::Status { id, reply }, answer).await?;
+        found.pop().ok_or(SubmitError::UnknownJob(id))
+    }
+
+    /// Cancels job `id` on behalf of `by`, who must be one of its owners (the submitter or a
+    /// merged waiter) or root. A queued job is taken out of the queue and ends `cancelled` at
+    /// once; a running one is stopped and ends `cancelled` when its processes are gone.
+    /// Returns the job as it is after the request.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::NotPermitted`], [`SubmitError::UnknownJob`], or
+    /// [`SubmitError::AlreadyFinished`].
+    pub async fn cancel(&self, id: JobId, by: Identity) -> Result<JobSummary, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        let mut found = self
+            .request(Command::Cancel { id, by, reply }, answer)
+            .await?;
+        found.pop().ok_or(SubmitError::UnknownJob(id))
+    }
+
+    async fn request<T>(
         &self,
         command: Command,
-        answer: oneshot::Receiver<Result<JobTicket, SubmitError>>,
-    ) -> Result<JobTicket, SubmitError> {
+        answer: oneshot::Receiver<Result<T, SubmitError>>,
+    ) -> Result<T, SubmitError> {
         self.commands
             .send(command)
             .await
@@ -197,6 +248,15 @@ pub enum SubmitError {
     /// The engine has stopped.
     #[error("the queue engine has stopped")]
     Stopped,
+    /// The job has already ended; there is nothing to cancel.
+    #[error("job {0} has already finished")]
+    AlreadyFinished(JobId),
+    /// The requester may not do this to this job.
+    #[error("not permitted: {reason}")]
+    NotPermitted {
+        /// Why.
+        reason: String,
+    },
     /// The job could not be recorded in the store, so it was not accepted.
     #[error("the job could not be recorded: {0}")]
     Store(#[source] StoreError),

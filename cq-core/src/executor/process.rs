@@ -297,7 +297,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (ctx, _) = ctx(&dir.path().join("log"));
         let mut job = CommandJob::new(["sleep", "300"]);
-        job.timeout_secs = Some(0);
+        job.timeout_ms = Some(0);
         let outcome = ProcessExecutor::new().run(&job, ctx).await;
         assert_eq!(outcome, Outcome::TimedOut);
     }

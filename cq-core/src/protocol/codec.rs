@@ -182,12 +182,12 @@ mod tests {
             proptest::option::of(".*"),
             proptest::option::of(any::<u64>()),
         )
-            .prop_map(|(argv, env, cwd, timeout_secs)| CommandJob {
+            .prop_map(|(argv, env, cwd, timeout_ms)| CommandJob {
                 argv,
                 env,
                 cwd,
                 tags: vec![],
-                timeout_secs,
+                timeout_ms,
             });
         let action = prop_oneof![
             job.prop_map(|job| Action::Submit { job }),

@@ -4,7 +4,9 @@
 pub const MAGIC: [u8; 4] = *b"CQUE";
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// 2: `List`, `Status`, `Cancel` and the `Jobs` event; job time limits in milliseconds.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Length of an encoded [`Hello`].
 pub const HELLO_LEN: usize = 8;

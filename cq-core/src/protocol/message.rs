@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{CommandJob, JobId};
+use crate::job::{CommandJob, JobId, JobSummary};
 use crate::outcome::Outcome;
 
 /// Every frame after the hello: a signed body.
@@ -63,6 +63,19 @@ pub enum Action {
         /// The job.
         job: JobId,
     },
+    /// List the running and queued jobs and the recently finished ones.
+    List,
+    /// Describe one job.
+    Status {
+        /// The job.
+        job: JobId,
+    },
+    /// Cancel a job: a queued one is removed, a running one is stopped (its process group gets
+    /// SIGTERM, then SIGKILL). Its owners and root may do this.
+    Cancel {
+        /// The job.
+        job: JobId,
+    },
 }
 
 /// A server's reply to one request.
@@ -107,6 +120,11 @@ pub enum Event {
         /// The job.
         job: JobId,
     },
+    /// The answer to `List`, `Status` and `Cancel`.
+    Jobs {
+        /// The jobs: running first, then queued in order, then finished, newest first.
+        jobs: Vec<JobSummary>,
+    },
 }
 
 /// A stable error code on the wire. Codes are never reused; unknown codes from newer servers
@@ -141,6 +159,8 @@ impl ErrorCode {
     pub const BUSY: Self = Self(12);
     /// The server failed internally; its log says more.
     pub const INTERNAL: Self = Self(13);
+    /// The requester may not do this to this job.
+    pub const NOT_PERMITTED: Self = Self(14);
 
     /// A short name for the code.
     pub fn name(self) -> &'static str {
@@ -158,6 +178,7 @@ impl ErrorCode {
             11 => "timeout",
             12 => "busy",
             13 => "internal",
+            14 => "not-permitted",
             _ => "unknown-error",
         }
     }

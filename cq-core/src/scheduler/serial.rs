@@ -53,6 +53,13 @@ impl Scheduler for SerialScheduler {
         Some(id)
     }
 
+    fn remove(&mut self, id: JobId) -> bool {
+        match self.queued.iter().position(|q| q.id == id) {
+            Some(at) => self.queued.remove(at).is_some(),
+            None => false,
+        }
+    }
+
     fn finish(&mut self, id: JobId, _outcome: &Outcome) {
         if self.running.as_ref().is_some_and(|r| r.id == id) {
             self.running = None;
@@ -118,6 +125,20 @@ mod tests {
         assert_eq!(s.next(), Some(JobId(3)));
         s.finish(JobId(3), &Outcome::Exited { code: 0 });
         assert_eq!(s.next(), None);
+    }
+
+    #[test]
+    fn removed_jobs_never_start() {
+        let mut s = SerialScheduler::new();
+        for id in 1..=3 {
+            s.submit(info(id, "a"), &AcceptAll);
+        }
+        assert!(s.remove(JobId(2)));
+        assert!(!s.remove(JobId(2)), "already gone");
+        assert_eq!(s.next(), Some(JobId(1)));
+        assert!(!s.remove(JobId(1)), "a running job is not in the queue");
+        s.finish(JobId(1), &Outcome::Exited { code: 0 });
+        assert_eq!(s.next(), Some(JobId(3)));
     }
 
     #[test]

@@ -78,6 +78,9 @@ pub trait Scheduler: Send + 'static {
     /// The job to start now, if one may start. Returns `None` while a job is running.
     fn next(&mut self) -> Option<JobId>;
 
+    /// Takes queued job `id` out of the queue (it was cancelled); `false` if it is not queued.
+    fn remove(&mut self, id: JobId) -> bool;
+
     /// Records that job `id` ended, so that the next one may start.
     fn finish(&mut self, id: JobId, outcome: &Outcome);
 

@@ -14,6 +14,7 @@ use super::serve::Shared;
 use crate::auth::{Authenticator, Credential, CredentialSource};
 use crate::engine::{JobState, JobTicket, SubmitError};
 use crate::executor::{CommandRun, Executor};
+use crate::job::JobSummary;
 use crate::protocol::{
     Action, Envelope, ErrorCode, Event, FrameCodec, FrameError, HELLO_LEN, Hello, Nonce,
     PROTOCOL_VERSION, Reply, Request, Role,
@@ -219,12 +220,17 @@ where
             return ControlFlow::Break(());
         }
         let ticket = match request.action {
-            Action::Submit { job } => {
+            Action::Submit { mut job } => {
                 if let Err(e) = job.validate() {
                     self.fail(nonce, ErrorCode::INVALID_JOB, &e.to_string())
                         .await;
                     return ControlFlow::Break(());
                 }
+                job.timeout_ms = self
+                    .shared
+                    .config
+                    .time_limit(job.timeout())
+                    .map(|t| t.as_millis() as u64);
                 let run = CommandRun::new(job, self.shared.executor.clone());
                 self.shared.engine.submit(run, identity).await
             }
@@ -232,18 +238,48 @@ where
                 tracing::info!(%job, who = %identity, "watching");
                 self.shared.engine.watch(job).await
             }
+            Action::List => return self.answer(nonce, self.shared.engine.list().await).await,
+            Action::Status { job } => {
+                return self
+                    .answer(nonce, self.shared.engine.status(job).await.map(|j| vec![j]))
+                    .await;
+            }
+            Action::Cancel { job } => {
+                let cancelled = self
+                    .shared
+                    .engine
+                    .cancel(job, identity)
+                    .await
+                    .map(|j| vec![j]);
+                return self.answer(nonce, cancelled).await;
+            }
         };
         match ticket {
             Ok(ticket) => self.follow(nonce, ticket).await,
             Err(e) => {
-                let code = match e {
-                    SubmitError::Rejected { .. } => ErrorCode::REJECTED,
-                    SubmitError::UnknownJob(_) => ErrorCode::UNKNOWN_JOB,
-                    SubmitError::Store(_) => ErrorCode::INTERNAL,
-                    _ => ErrorCode::SHUTTING_DOWN,
-                };
-                self.fail(nonce, code, &e.to_string()).await;
+                self.fail(nonce, error_code(&e), &e.to_string()).await;
                 ControlFlow::Break(())
+            }
+        }
+    }
+
+    /// Answers a query with the jobs, or the error; the connection stays open for more.
+    async fn answer(
+        &mut self,
+        nonce: Nonce,
+        jobs: Result<Vec<JobSummary>, SubmitError>,
+    ) -> ControlFlow<()> {
+        match jobs {
+            Ok(jobs) => self.send(nonce, Event::Jobs { jobs }).await,
+            Err(e) => {
+                self.send(
+                    nonce,
+                    Event::Error {
+                        code: error_code(&e),
+                        message: e.to_string(),
+                    },
+                )
+                .await
             }
         }
     }
@@ -369,6 +405,16 @@ async fn watch_client<S: Stream, T>(
     tokio::select! {
         value = &mut event => ControlFlow::Continue(value),
         _ = framed.next() => ControlFlow::Break(()),
+    }
+}
+
+fn error_code(e: &SubmitError) -> ErrorCode {
+    match e {
+        SubmitError::AlreadyFinished(_) | SubmitError::Rejected { .. } => ErrorCode::REJECTED,
+        SubmitError::NotPermitted { .. } => ErrorCode::NOT_PERMITTED,
+        SubmitError::UnknownJob(_) => ErrorCode::UNKNOWN_JOB,
+        SubmitError::Store(_) => ErrorCode::INTERNAL,
+        _ => ErrorCode::SHUTTING_DOWN,
     }
 }
 

@@ -26,6 +26,21 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Time connection tasks get to end after shutdown begins.
     pub shutdown_deadline: Duration,
+    /// Time limit of jobs that ask for none.
+    pub default_time_limit: Option<Duration>,
+    /// Longest time limit a job may have; longer requests (and jobs without one) get this.
+    pub max_time_limit: Option<Duration>,
+}
+
+impl ServerConfig {
+    /// The time limit a job gets when it asks for `requested`.
+    pub fn time_limit(&self, requested: Option<Duration>) -> Option<Duration> {
+        match (requested.or(self.default_time_limit), self.max_time_limit) {
+            (Some(limit), Some(max)) => Some(limit.min(max)),
+            (None, max) => max,
+            (limit, None) => limit,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -35,6 +50,8 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             max_connections: 4096,
             shutdown_deadline: Duration::from_secs(5),
+            default_time_limit: None,
+            max_time_limit: None,
         }
     }
 }

@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use crate::auth::Identity;
 use crate::engine::JobResult;
-use crate::job::{CommandJob, JobId};
+use crate::job::{CommandJob, JobId, JobSummary};
 
 use super::pending::Pending;
 
@@ -21,6 +21,8 @@ pub struct StoredJob {
     pub command: Option<CommandJob>,
     /// When it was accepted.
     pub accepted_at: SystemTime,
+    /// Submitters merged into it, who wait for it too (filled by recovery).
+    pub waiters: Vec<Identity>,
 }
 
 /// What a store holds when the server starts.
@@ -51,8 +53,14 @@ pub trait Store: Send + Sync + 'static {
     /// Records how a job ended.
     fn record_finish(&self, id: JobId, result: JobResult, at: SystemTime) -> Pending<()>;
 
-    /// The result of a finished job, if the store still has it.
-    fn result(&self, id: JobId) -> Pending<Option<JobResult>>;
+    /// Records one more submitter waiting for job `id` (a merged duplicate).
+    fn add_waiter(&self, id: JobId, waiter: Identity, at: SystemTime) -> Pending<()>;
+
+    /// What the store knows about job `id`, if it still has it.
+    fn describe(&self, id: JobId) -> Pending<Option<JobSummary>>;
+
+    /// The `limit` most recently finished jobs, newest first.
+    fn recent(&self, limit: usize) -> Pending<Vec<JobSummary>>;
 
     /// Forgets jobs that finished before `before`; returns their ids (to delete their logs).
     fn prune(&self, before: SystemTime) -> Pending<Vec<JobId>>;

@@ -5,21 +5,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, Transaction, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::pending::Pending;
 use super::record::{Recovered, Store, StoreError, StoredJob};
 use crate::auth::{AuthMethod, Identity};
 use crate::engine::JobResult;
-use crate::job::{CommandJob, JobId};
+use crate::job::{CommandJob, JobId, JobPhase, JobSummary};
 use crate::outcome::Outcome;
 
 /// At most this many operations share one commit, so that one commit stays short.
 const MAX_BATCH: usize = 1024;
 
 /// Schema migrations; `PRAGMA user_version` counts those applied. Append only.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE jobs (
         id          INTEGER PRIMARY KEY,
         owner_uid   INTEGER NOT NULL,
@@ -39,7 +40,20 @@ const MIGRATIONS: &[&str] = &["
     );
     CREATE INDEX jobs_by_state ON jobs (state, id);
     CREATE INDEX jobs_by_finish ON jobs (finished_ms) WHERE state = 'finished';
-"];
+",
+    "
+    CREATE TABLE waiters (
+        job_id      INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        uid         INTEGER NOT NULL,
+        gid         INTEGER NOT NULL,
+        user        TEXT,
+        host        TEXT,
+        auth_method TEXT NOT NULL,
+        added_ms    INTEGER NOT NULL
+    );
+    CREATE INDEX waiters_by_job ON waiters (job_id);
+",
+];
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -63,9 +77,19 @@ enum Op {
         at: SystemTime,
         reply: Reply<()>,
     },
-    Result {
+    AddWaiter {
         id: JobId,
-        reply: Reply<Option<JobResult>>,
+        waiter: Box<Identity>,
+        at: SystemTime,
+        reply: Reply<()>,
+    },
+    Describe {
+        id: JobId,
+        reply: Reply<Option<JobSummary>>,
+    },
+    Recent {
+        limit: usize,
+        reply: Reply<Vec<JobSummary>>,
     },
     Prune {
         before: SystemTime,
@@ -105,6 +129,8 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| open_error(e.to_string()))?;
         conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| open_error(e.to_string()))?;
+        conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(|e| open_error(e.to_string()))?;
         migrate(&mut conn).map_err(open_error)?;
         let (ops, inbox) = mpsc::unbounded_channel();
@@ -168,8 +194,21 @@ impl Store for SqliteStore {
         })
     }
 
-    fn result(&self, id: JobId) -> Pending<Option<JobResult>> {
-        self.send(|reply| Op::Result { id, reply })
+    fn add_waiter(&self, id: JobId, waiter: Identity, at: SystemTime) -> Pending<()> {
+        self.send(|reply| Op::AddWaiter {
+            id,
+            waiter: Box::new(waiter),
+            at,
+            reply,
+        })
+    }
+
+    fn describe(&self, id: JobId) -> Pending<Option<JobSummary>> {
+        self.send(|reply| Op::Describe { id, reply })
+    }
+
+    fn recent(&self, limit: usize) -> Pending<Vec<JobSummary>> {
+        self.send(|reply| Op::Recent { limit, reply })
     }
 
     fn prune(&self, before: SystemTime) -> Pending<Vec<JobId>> {
@@ -282,7 +321,27 @@ fn apply(tx: &Transaction<'_>, op: Op) -> Done {
             reply,
             record_finish(tx, id, &result, at).map_err(db("record finish")),
         ),
-        Op::Result { id, reply } => finish(reply, result_of(tx, id).map_err(db("read result"))),
+        Op::AddWaiter {
+            id,
+            waiter,
+            at,
+            reply,
+        } => finish(
+            reply,
+            add_waiter(tx, id, &waiter, at).map_err(db("add a waiter")),
+        ),
+        Op::Describe { id, reply } => {
+            let found = summaries(tx, "WHERE id = ?1", params![id.0 as i64]).map(|mut v| v.pop());
+            finish(reply, found.map_err(db("describe")))
+        }
+        Op::Recent { limit, reply } => {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let clause = "WHERE state = 'finished' ORDER BY finished_ms DESC, id DESC LIMIT ?1";
+            finish(
+                reply,
+                summaries(tx, clause, params![limit]).map_err(db("list recent jobs")),
+            )
+        }
         Op::Prune { before, reply } => finish(reply, prune(tx, before).map_err(db("prune"))),
         Op::Flush { reply } => finish(reply, Ok(())),
     }
@@ -296,7 +355,9 @@ fn apply_failed(op: Op, error: &StoreError) {
         | Op::Start { reply, .. }
         | Op::Finish { reply, .. }
         | Op::Flush { reply } => drop(reply.send(e)),
-        Op::Result { reply, .. } => drop(reply.send(e.map(|()| None))),
+        Op::AddWaiter { reply, .. } => drop(reply.send(e)),
+        Op::Describe { reply, .. } => drop(reply.send(e.map(|()| None))),
+        Op::Recent { reply, .. } => drop(reply.send(e.map(|()| Vec::new()))),
         Op::Prune { reply, .. } => drop(reply.send(e.map(|()| Vec::new()))),
     }
 }
@@ -368,19 +429,83 @@ fn record_finish(
     .map(drop)
 }
 
-fn result_of(tx: &Transaction<'_>, id: JobId) -> rusqlite::Result<Option<JobResult>> {
-    let row: Option<(Vec<u8>, i64)> = tx
-        .query_row(
-            "SELECT outcome, runtime_ms FROM jobs WHERE id = ?1 AND state = 'finished'",
-            params![id.0 as i64],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .optional()?;
-    Ok(row.map(|(outcome, runtime_ms)| JobResult {
-        // A row this build cannot read is reported as lost rather than failing the watcher.
-        outcome: postcard::from_bytes(&outcome).unwrap_or(Outcome::Lost),
-        runtime: Duration::from_millis(u64::try_from(runtime_ms).unwrap_or(0)),
-    }))
+fn add_waiter(
+    tx: &Transaction<'_>,
+    id: JobId,
+    waiter: &Identity,
+    at: SystemTime,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO waiters (job_id, uid, gid, user, host, auth_method, added_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![id.0 as i64, waiter.uid, waiter.gid, waiter.user, waiter.host, method_name(waiter.method), millis(at)],
+    )
+    .map(drop)
+}
+
+fn identity_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Identity> {
+    let method: String = row.get(first + 4)?;
+    Ok(Identity {
+        uid: row.get(first)?,
+        gid: row.get(first + 1)?,
+        user: row.get(first + 2)?,
+        host: row.get(first + 3)?,
+        method: method_from(&method),
+    })
+}
+
+fn waiters_of(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<Vec<Identity>> {
+    tx.prepare_cached(
+        "SELECT uid, gid, user, host, auth_method FROM waiters WHERE job_id = ?1 ORDER BY added_ms",
+    )?
+    .query_map(params![id], |row| identity_at(row, 0))?
+    .collect()
+}
+
+fn ms_to_u64(ms: Option<i64>) -> Option<u64> {
+    ms.map(|ms| u64::try_from(ms).unwrap_or(0))
+}
+
+/// Job summaries for the rows a `WHERE ... [ORDER BY ...] [LIMIT ...]` clause selects.
+fn summaries(
+    tx: &Transaction<'_>,
+    clause: &str,
+    args: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<JobSummary>> {
+    let sql = format!(
+        "SELECT id, owner_uid, owner_gid, owner_user, owner_host, auth_method, summary, command, state,
+                accepted_ms, started_ms, finished_ms, outcome, runtime_ms,
+                (SELECT count(*) FROM waiters WHERE job_id = jobs.id)
+         FROM jobs {clause}"
+    );
+    let mut statement = tx.prepare(&sql)?;
+    let rows = statement.query_map(args, |row| {
+        let owner = identity_at(row, 1)?;
+        let summary: String = row.get(6)?;
+        let command: Option<Vec<u8>> = row.get(7)?;
+        let state: String = row.get(8)?;
+        let outcome: Option<Vec<u8>> = row.get(12)?;
+        Ok(JobSummary {
+            id: JobId(row.get::<_, i64>(0)? as u64),
+            owner: owner.to_string(),
+            owner_uid: owner.uid,
+            command: command
+                .and_then(|bytes| postcard::from_bytes::<CommandJob>(&bytes).ok())
+                .map_or_else(|| vec![summary], |c| c.argv),
+            phase: match state.as_str() {
+                "queued" => JobPhase::Queued,
+                "running" => JobPhase::Running,
+                _ => JobPhase::Finished,
+            },
+            accepted_ms: ms_to_u64(Some(row.get(9)?)).unwrap_or(0),
+            started_ms: ms_to_u64(row.get(10)?),
+            finished_ms: ms_to_u64(row.get(11)?),
+            // A row this build cannot read is reported as lost rather than failing the reader.
+            outcome: outcome.map(|bytes| postcard::from_bytes(&bytes).unwrap_or(Outcome::Lost)),
+            runtime_ms: ms_to_u64(row.get(13)?),
+            waiters: row.get(14)?,
+        })
+    })?;
+    rows.collect()
 }
 
 fn recover(tx: &Transaction<'_>, requeue_running: bool) -> rusqlite::Result<Recovered> {
@@ -428,9 +553,13 @@ fn recover(tx: &Transaction<'_>, requeue_running: bool) -> rusqlite::Result<Reco
             command: command.and_then(|bytes| postcard::from_bytes::<CommandJob>(&bytes).ok()),
             accepted_at: UNIX_EPOCH
                 + Duration::from_millis(u64::try_from(accepted_ms).unwrap_or(0)),
+            waiters: Vec::new(),
         })
     })?;
     recovered.queued = rows.collect::<rusqlite::Result<_>>()?;
+    for job in &mut recovered.queued {
+        job.waiters = waiters_of(tx, job.id.0 as i64)?;
+    }
     let max: Option<i64> = tx.query_row("SELECT max(id) FROM jobs", [], |row| row.get(0))?;
     recovered.next_id = max.map_or(1, |m| m as u64 + 1);
     Ok(recovered)
@@ -455,6 +584,7 @@ mod tests {
             summary: format!("job {id}"),
             command: Some(CommandJob::new(["true", &id.to_string()])),
             accepted_at: SystemTime::now(),
+            waiters: Vec::new(),
         }
     }
 
@@ -483,7 +613,17 @@ mod tests {
                 .record_start(JobId(2), SystemTime::now())
                 .await
                 .unwrap();
-            assert_eq!(store.result(JobId(1)).await.unwrap(), Some(done));
+            store
+                .add_waiter(JobId(3), Identity::local(), SystemTime::now())
+                .await
+                .unwrap();
+            let described = store.describe(JobId(1)).await.unwrap().unwrap();
+            assert_eq!(described.phase, JobPhase::Finished);
+            assert_eq!(
+                (described.outcome, described.runtime_ms),
+                (Some(done.outcome), Some(12))
+            );
+            assert_eq!(described.command, vec!["true".to_owned(), "1".to_owned()]);
         }
         let store = SqliteStore::open(&path).unwrap();
         let recovered = store.recover(false).await.unwrap();
@@ -492,14 +632,21 @@ mod tests {
             recovered.queued.iter().map(|j| j.id).collect::<Vec<_>>(),
             vec![JobId(3), JobId(4)]
         );
+        let mut expected = job(3).clone_with_time(recovered.queued[0].accepted_at);
+        expected.waiters = vec![Identity::local()];
         assert_eq!(
-            recovered.queued[0],
-            job(3).clone_with_time(recovered.queued[0].accepted_at)
+            recovered.queued[0], expected,
+            "the waiter survives the restart"
+        );
+        assert_eq!(
+            store.describe(JobId(3)).await.unwrap().map(|s| s.waiters),
+            Some(1)
         );
         assert_eq!(recovered.next_id, 5);
+        let lost = store.describe(JobId(2)).await.unwrap().unwrap();
         assert_eq!(
-            store.result(JobId(2)).await.unwrap().map(|r| r.outcome),
-            Some(Outcome::Lost)
+            (lost.phase, lost.outcome),
+            (JobPhase::Finished, Some(Outcome::Lost))
         );
     }
 
@@ -554,8 +701,19 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(pruned, vec![JobId(1)]);
-        assert_eq!(store.result(JobId(1)).await.unwrap(), None);
-        assert_eq!(store.result(JobId(2)).await.unwrap(), Some(result));
+        assert_eq!(store.describe(JobId(1)).await.unwrap(), None);
+        let recent: Vec<JobId> = store
+            .recent(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(
+            recent,
+            vec![JobId(2)],
+            "only finished jobs, and not the pruned one"
+        );
     }
 
     #[tokio::test]
