@@ -7,7 +7,9 @@
 //! - `auth_args.rs`: `--auth munge|tls` and the TLS file options both binaries share.
 //! - `background.rs`: the detached waiter behind `cq_client --background`.
 //! - `cert_tool.rs`: `cq_server tls init|client`, the certificate tooling.
+//! - `duration.rs`: durations such as `90s` or `2h` on the command line.
 //! - `env_args.rs`: `-E NAME[=VALUE]` parsing.
+//! - `listing.rs`: job tables and `--json` output for `--list`, `--status`, `--cancel`.
 //! - `post_script.rs`: checking and running the client's `-P` script.
 //! - `paths.rs`: the default state directory.
 //! - `signals.rs`: SIGINT / SIGTERM for the server's graceful and forced shutdown.
@@ -18,7 +20,9 @@
 pub mod auth_args;
 pub mod background;
 pub mod cert_tool;
+pub mod duration;
 pub mod env_args;
+pub mod listing;
 pub mod paths;
 pub mod post_script;
 pub mod report;

@@ -8,15 +8,28 @@ use clap::{ArgAction, Parser};
 use cq_auth::mtls::{TlsChannelCredentials, TlsServerAuthenticator};
 use cq_bin::auth_args::{AuthArgs, AuthKind};
 use cq_bin::background::spawn_waiter;
+use cq_bin::duration::parse_duration;
 use cq_bin::env_args::resolve_env_args;
+use cq_bin::listing;
 use cq_bin::paths::default_state_dir;
 use cq_bin::post_script::{check_post_script, run_post_script};
 use cq_bin::report::{MUNGED_HINT, fail, init_logging, say};
 use cq_core::{
     AuthError, Authenticator, Client, ClientError, CommandJob, Connector, CredentialSource, JobId,
-    Outcome, Reconnect,
+    JobPhase, Outcome, Reconnect,
 };
 use cq_transport_tls::{ClientTls, TlsConnector};
+
+/// Options that make no sense with a query (--list, --status, --cancel).
+const QUERY_CONFLICTS: [&str; 7] = [
+    "command",
+    "wait",
+    "detach",
+    "background",
+    "post_script",
+    "env",
+    "timeout",
+];
 
 /// Exit status for cq's own failures (connection, authentication, server errors, post
 /// script), as opposed to the job's status.
@@ -70,6 +83,23 @@ struct Args {
     /// Seconds to keep re-attaching to the job while the server is unreachable.
     #[arg(long, value_name = "SECS", default_value_t = 3600.0)]
     reconnect_timeout: f64,
+    /// Kill the job (its whole process group) if it runs longer than this (e.g. 90s, 2h); the
+    /// server may set a default and a maximum.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// List the running job, the queued ones in order and the recently finished ones.
+    #[arg(long, group = "query", conflicts_with_all = QUERY_CONFLICTS)]
+    list: bool,
+    /// Show one job.
+    #[arg(long, value_name = "ID", group = "query", conflicts_with_all = QUERY_CONFLICTS)]
+    status: Option<u64>,
+    /// Cancel a job: a queued one leaves the queue, a running one's process group gets SIGTERM,
+    /// then SIGKILL. Its owners and root may.
+    #[arg(long, value_name = "ID", group = "query", conflicts_with_all = QUERY_CONFLICTS)]
+    cancel: Option<u64>,
+    /// Print --list, --status and --cancel answers as JSON.
+    #[arg(long)]
+    json: bool,
     /// Print nothing but errors.
     #[arg(short = 'q', long)]
     quiet: bool,
@@ -80,8 +110,14 @@ struct Args {
     #[arg(long, action = ArgAction::Help)]
     help: Option<bool>,
     /// The command and its arguments.
-    #[arg(required_unless_present = "wait", last = true, value_name = "COMMAND")]
+    #[arg(required_unless_present_any = ["wait", "list", "status", "cancel"], last = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+impl Args {
+    fn is_query(&self) -> bool {
+        self.list || self.status.is_some() || self.cancel.is_some()
+    }
 }
 
 fn main() -> ExitCode {
@@ -110,7 +146,11 @@ fn main() -> ExitCode {
     }
     let mut job = CommandJob::new(args.command.iter().cloned());
     job.env = env;
+    job.timeout_ms = args
+        .timeout
+        .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
     if args.wait.is_none()
+        && !args.is_query()
         && let Err(e) = job.validate()
     {
         return fail("cq_client", e, None, CQ_FAILURE);
@@ -203,6 +243,9 @@ where
     S: CredentialSource,
     A: Authenticator,
 {
+    if args.is_query() {
+        return query(client, args).await;
+    }
     let (id, submission) = match args.wait {
         Some(id) => (JobId(id), None),
         None => {
@@ -320,6 +363,41 @@ fn background(args: &Args, id: JobId) -> ExitCode {
             CQ_FAILURE,
         ),
     }
+}
+
+/// `--list`, `--status ID`, `--cancel ID`.
+async fn query<C, S, A>(client: &Client<C, S, A>, args: &Args) -> ExitCode
+where
+    C: Connector,
+    S: CredentialSource,
+    A: Authenticator,
+{
+    let answer = if let Some(id) = args.status {
+        client.status(JobId(id)).await.map(|job| vec![job])
+    } else if let Some(id) = args.cancel {
+        client.cancel(JobId(id)).await.map(|job| vec![job])
+    } else {
+        client.list().await
+    };
+    let jobs = match answer {
+        Ok(jobs) => jobs,
+        Err(e) => return fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
+    };
+    if args.json {
+        match (args.list, jobs.first()) {
+            (false, Some(job)) => println!("{}", listing::one_to_json(job)),
+            _ => println!("{}", listing::to_json(&jobs)),
+        }
+    } else if let (Some(id), Some(job), false) = (args.cancel, jobs.first(), args.quiet) {
+        let what = match job.phase {
+            JobPhase::Running => "is being stopped (its process group gets SIGTERM, then SIGKILL)",
+            _ => "was cancelled",
+        };
+        say("cq_client", format_args!("job {id} {what}"));
+    } else if !args.quiet || args.cancel.is_none() {
+        print!("{}", listing::to_table(&jobs));
+    }
+    ExitCode::SUCCESS
 }
 
 fn client_hint(e: &ClientError) -> Option<&'static str> {

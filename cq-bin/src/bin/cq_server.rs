@@ -10,11 +10,13 @@ use clap::{ArgAction, Parser, Subcommand};
 use cq_auth::mtls::{TlsChannelCredentials, TlsClientAuthenticator, UserMap};
 use cq_bin::auth_args::{AuthArgs, AuthKind};
 use cq_bin::cert_tool::{self, TlsCommand};
+use cq_bin::duration::parse_duration;
 use cq_bin::paths::default_state_dir;
 use cq_bin::report::{fail, init_logging};
 use cq_bin::signals::ShutdownSignals;
 use cq_core::engine::Reviver;
 use cq_core::executor::CommandRun;
+use cq_core::scheduler::{DedupScope, DuplicateJobs};
 use cq_core::{
     Authenticator, CredentialSource, Engine, EngineConfig, Job, Listener, ProcessExecutor, Server,
     ServerConfig, ShutdownMode, SqliteStore,
@@ -66,12 +68,33 @@ struct Args {
     /// Queue a job that was running when the server died again, instead of reporting it lost.
     #[arg(long)]
     requeue_lost: bool,
+    /// Merge a submission into an equal job (same command, environment, working directory and
+    /// user) that is queued, or queued or running; the submitter waits for that job instead.
+    #[arg(long, value_enum, default_value_t = Dedup::Queued)]
+    dedup: Dedup,
+    /// Time limit of jobs that ask for none (e.g. 6h) [default: none].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    default_timeout: Option<Duration>,
+    /// Longest time limit a job may have; longer ones (and jobs without one) get this.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    max_timeout: Option<Duration>,
     /// More log output (repeat for more); RUST_LOG overrides.
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
     verbose: u8,
     /// Print help.
     #[arg(long, action = ArgAction::Help)]
     help: Option<bool>,
+}
+
+/// `--dedup`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Dedup {
+    /// Never merge.
+    Off,
+    /// Merge into queued jobs.
+    Queued,
+    /// Merge into queued jobs and the running one.
+    Running,
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +142,7 @@ struct Parts {
     executor: Arc<ProcessExecutor>,
     engine: EngineConfig,
     store: Arc<SqliteStore>,
+    dedup: Option<DuplicateJobs>,
     shutdown_grace: Duration,
 }
 
@@ -130,6 +154,8 @@ async fn start(args: Args) -> anyhow::Result<()> {
     let mut config = ServerConfig::default();
     config.handshake_timeout = seconds(args.handshake_timeout, "handshake-timeout")?;
     config.max_connections = args.max_connections;
+    config.default_time_limit = args.default_timeout;
+    config.max_time_limit = args.max_timeout;
     let executor =
         Arc::new(ProcessExecutor::new().with_kill_grace(seconds(args.kill_grace, "kill-grace")?));
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
@@ -141,11 +167,17 @@ async fn start(args: Args) -> anyhow::Result<()> {
     let mut engine = EngineConfig::default().with_log_dir(&log_dir);
     engine.retention = seconds(args.retention_days * 86400.0, "retention-days")?;
     engine.requeue_running = args.requeue_lost;
+    let dedup = match args.dedup {
+        Dedup::Off => None,
+        Dedup::Queued => Some(DuplicateJobs::new(DedupScope::Queued)),
+        Dedup::Running => Some(DuplicateJobs::new(DedupScope::QueuedOrRunning)),
+    };
     let parts = Parts {
         config,
         executor,
         engine,
         store: Arc::new(store),
+        dedup,
         shutdown_grace: seconds(args.shutdown_grace, "shutdown-grace")?,
     };
 
@@ -212,8 +244,11 @@ async fn serve(
         Box::new(CommandRun::new(command, executor.clone())) as Box<dyn Job>
     });
     let log_dir = parts.engine.log_dir.clone().unwrap_or_default();
-    let engine = Engine::new(parts.engine)
-        .with_store(parts.store.clone(), reviver)
+    let mut engine = Engine::new(parts.engine).with_store(parts.store.clone(), reviver);
+    if let Some(dedup) = parts.dedup {
+        engine = engine.with_hook(dedup);
+    }
+    let engine = engine
         .start()
         .await
         .map_err(|e| StartError::StateDir(e.to_string()))?;

@@ -167,7 +167,8 @@ async fn kill_9_with_a_hundred_queued_jobs_loses_nothing() {
         let id = job_id(
             &output(&mut detach(
                 &server,
-                &format!("echo $CQ_JOB_ID >> {}", record.display()),
+                // Distinct commands: equal ones would be merged (--dedup).
+                &format!("echo $CQ_JOB_ID >> {}; : {expected}", record.display()),
             ))
             .await,
         );

@@ -18,9 +18,10 @@ async fn concurrent_clients_never_overlap_and_start_in_acceptance_order() {
         record = record.display()
     );
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
+        .map(|n| {
             let mut cmd = server.client();
-            cmd.args(["--", "sh", "-c", &job]);
+            // A distinct $0 per client: equal commands would be merged (--dedup).
+            cmd.args(["--", "sh", "-c", &job, &format!("client-{n}")]);
             tokio::spawn(async move { output(&mut cmd).await })
         })
         .collect();

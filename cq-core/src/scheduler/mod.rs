@@ -6,10 +6,12 @@
 //! been reaped. [`SubmitHook`]s see every incoming job and the queue, and may accept, reject
 //! or merge it into an existing job.
 
+mod dedup;
 mod hook;
 mod serial;
 mod traits;
 
+pub use dedup::{DedupScope, DuplicateJobs};
 pub use hook::{AcceptAll, Decision, HookChain, SubmitHook};
 pub use serial::SerialScheduler;
-pub use traits::{Admission, JobInfo, QueueView, Scheduler};
+pub use traits::{Admission, JobInfo, QueueSource, QueueView, Scheduler};

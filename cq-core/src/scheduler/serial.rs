@@ -1,20 +1,24 @@
 //! The default scheduler: one job at a time, in acceptance order.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::job::JobId;
 use crate::outcome::Outcome;
 
 use super::hook::{Decision, SubmitHook};
-use super::traits::{Admission, JobInfo, QueueView, Scheduler};
+use super::traits::{Admission, JobInfo, QueueSource, QueueView, Scheduler};
 
 /// Runs jobs strictly one at a time, first accepted first run.
 ///
-/// Every operation is O(1) except merges, which look the target up in the queue.
+/// Jobs run in id order, which is acceptance order because the engine hands out ids in that
+/// order. Submit, next, finish and remove cost O(log n); finding a queued duplicate is a hash
+/// lookup, so none of them grows with the queue.
 #[derive(Debug, Default)]
 pub struct SerialScheduler {
     running: Option<JobInfo>,
-    queued: VecDeque<JobInfo>,
+    queued: BTreeMap<JobId, JobInfo>,
+    /// Queued jobs by [`JobInfo::work_hash`].
+    by_work: HashMap<u64, Vec<JobId>>,
 }
 
 impl SerialScheduler {
@@ -24,7 +28,39 @@ impl SerialScheduler {
     }
 
     fn holds(&self, id: JobId) -> bool {
-        self.running.as_ref().is_some_and(|r| r.id == id) || self.queued.iter().any(|q| q.id == id)
+        self.running.as_ref().is_some_and(|r| r.id == id) || self.queued.contains_key(&id)
+    }
+
+    fn unindex(&mut self, job: &JobInfo) {
+        if let Some(hash) = job.work_hash()
+            && let Some(ids) = self.by_work.get_mut(&hash)
+        {
+            ids.retain(|id| *id != job.id);
+            if ids.is_empty() {
+                self.by_work.remove(&hash);
+            }
+        }
+    }
+}
+
+impl QueueSource for SerialScheduler {
+    fn running(&self) -> Option<&JobInfo> {
+        self.running.as_ref()
+    }
+
+    fn queued(&self) -> Box<dyn Iterator<Item = &JobInfo> + '_> {
+        Box::new(self.queued.values())
+    }
+
+    fn queued_len(&self) -> usize {
+        self.queued.len()
+    }
+
+    fn find_same_work(&self, job: &JobInfo) -> Option<&JobInfo> {
+        let ids = self.by_work.get(&job.work_hash()?)?;
+        ids.iter()
+            .filter_map(|id| self.queued.get(id))
+            .find(|queued| queued.same_work(job))
     }
 }
 
@@ -36,7 +72,10 @@ impl Scheduler for SerialScheduler {
             // it; queueing the newcomer is the answer that loses nothing.
             Decision::Accept | Decision::Merge(_) => {
                 let ahead = self.queued.len() + usize::from(self.running.is_some());
-                self.queued.push_back(job);
+                if let Some(hash) = job.work_hash() {
+                    self.by_work.entry(hash).or_default().push(job.id);
+                }
+                self.queued.insert(job.id, job);
                 Admission::Accepted { ahead }
             }
             Decision::Reject(reason) => Admission::Rejected { reason },
@@ -47,15 +86,18 @@ impl Scheduler for SerialScheduler {
         if self.running.is_some() {
             return None;
         }
-        let job = self.queued.pop_front()?;
-        let id = job.id;
+        let (id, job) = self.queued.pop_first()?;
+        self.unindex(&job);
         self.running = Some(job);
         Some(id)
     }
 
     fn remove(&mut self, id: JobId) -> bool {
-        match self.queued.iter().position(|q| q.id == id) {
-            Some(at) => self.queued.remove(at).is_some(),
+        match self.queued.remove(&id) {
+            Some(job) => {
+                self.unindex(&job);
+                true
+            }
             None => false,
         }
     }
@@ -67,7 +109,7 @@ impl Scheduler for SerialScheduler {
     }
 
     fn view(&self) -> QueueView<'_> {
-        QueueView::new(self.running.as_ref(), self.queued.iter())
+        QueueView::new(self)
     }
 }
 
@@ -167,7 +209,7 @@ mod tests {
                 reason: "closed".into()
             }
         );
-        assert_eq!(s.view().queued().len(), 0);
+        assert_eq!(s.view().queued_len(), 0);
     }
 
     #[test]

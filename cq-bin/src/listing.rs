@@ -1,0 +1,114 @@
+//! How `cq_client --list`, `--status` and `--cancel` print jobs: a table for people, or
+//! JSON with stable fields for scripts.
+
+use std::fmt::Write as _;
+
+use cq_core::{JobSummary, Outcome};
+use serde::Serialize;
+
+/// One job in `--json` output. Field names are stable; new fields may be added.
+#[derive(Debug, Serialize)]
+pub struct JobJson<'a> {
+    /// Job id.
+    pub id: u64,
+    /// `queued`, `running` or `finished`.
+    pub state: &'static str,
+    /// Who submitted it (`user(uid)@host`).
+    pub owner: &'a str,
+    /// The submitter's uid.
+    pub owner_uid: u32,
+    /// Program and arguments.
+    pub command: &'a [String],
+    /// Accepted, started, finished: milliseconds since the Unix epoch.
+    pub accepted_ms: u64,
+    /// See `accepted_ms`; null until it started.
+    pub started_ms: Option<u64>,
+    /// See `accepted_ms`; null until it ended.
+    pub finished_ms: Option<u64>,
+    /// Run time in milliseconds; null until it ended.
+    pub runtime_ms: Option<u64>,
+    /// `exited`, `signaled`, `spawn-failed`, `timed-out`, `cancelled`, `lost`; null until it ended.
+    pub outcome: Option<&'static str>,
+    /// The exit status scripts see (as the post script's second argument); null until it ended.
+    pub exit_status: Option<u8>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    /// Submissions merged into it.
+    pub waiters: u32,
+}
+
+impl<'a> From<&'a JobSummary> for JobJson<'a> {
+    fn from(job: &'a JobSummary) -> Self {
+        Self {
+            id: job.id.0,
+            state: job.phase.word(),
+            owner: &job.owner,
+            owner_uid: job.owner_uid,
+            command: &job.command,
+            accepted_ms: job.accepted_ms,
+            started_ms: job.started_ms,
+            finished_ms: job.finished_ms,
+            runtime_ms: job.runtime_ms,
+            outcome: job.outcome.as_ref().map(Outcome::word),
+            exit_status: job.outcome.as_ref().map(Outcome::exit_status),
+            signal: job.outcome.as_ref().and_then(Outcome::signal),
+            waiters: job.waiters,
+        }
+    }
+}
+
+/// Jobs as a JSON array.
+pub fn to_json(jobs: &[JobSummary]) -> String {
+    let jobs: Vec<JobJson<'_>> = jobs.iter().map(JobJson::from).collect();
+    serde_json::to_string_pretty(&jobs).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// One job as a JSON object.
+pub fn one_to_json(job: &JobSummary) -> String {
+    serde_json::to_string_pretty(&JobJson::from(job)).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// Jobs as a table, one line each.
+pub fn to_table(jobs: &[JobSummary]) -> String {
+    let mut out = format!(
+        "{:>6}  {:<8}  {:<24}  {:<19}  {:>8}  {:<13}  {:>3}  COMMAND\n",
+        "ID", "STATE", "OWNER", "ACCEPTED (UTC)", "RUNTIME", "OUTCOME", "W"
+    );
+    for job in jobs {
+        let runtime = job
+            .runtime_ms
+            .map_or_else(String::new, |ms| format!("{:.1}s", ms as f64 / 1000.0));
+        let outcome = job.outcome.as_ref().map_or_else(String::new, |o| match o {
+            Outcome::Exited { code } => format!("exited {code}"),
+            other => other.word().to_owned(),
+        });
+        let _ = writeln!(
+            out,
+            "{:>6}  {:<8}  {:<24}  {:<19}  {:>8}  {:<13}  {:>3}  {}",
+            job.id.0,
+            job.phase.word(),
+            job.owner,
+            utc(job.accepted_ms),
+            runtime,
+            outcome,
+            job.waiters,
+            job.command.join(" ")
+        );
+    }
+    out
+}
+
+fn utc(ms: u64) -> String {
+    let Ok(at) = time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64) else {
+        return String::new();
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    )
+}
