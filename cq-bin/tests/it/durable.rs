@@ -7,22 +7,22 @@ use std::process::Output;
 use crate::support::{LIMIT, Munged, TestServer, output, script, stderr};
 
 /// A FIFO that jobs block on until the test opens it (an event, not a sleep).
-struct Gate(PathBuf);
+pub(crate) struct Gate(PathBuf);
 
 impl Gate {
-    fn new(dir: &Path) -> Self {
+    pub(crate) fn new(dir: &Path) -> Self {
         let path = dir.join("gate");
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         Self(path)
     }
 
     /// A shell command that waits for the gate.
-    fn wait(&self) -> String {
+    pub(crate) fn wait(&self) -> String {
         format!("cat {} > /dev/null", self.0.display())
     }
 
     /// Opens the gate: every job blocked on it goes on.
-    async fn open(&self) {
+    pub(crate) async fn open(&self) {
         let path = self.0.clone();
         let opened = tokio::task::spawn_blocking(move || {
             drop(std::fs::OpenOptions::new().write(true).open(path))

@@ -4,6 +4,7 @@ mod auth;
 mod bad_input;
 mod durable;
 mod jobs;
+mod queue;
 mod serial;
 mod support;
 mod tls;

@@ -173,6 +173,34 @@ impl TestServer {
         })
     }
 
+    /// Waits (bounded) until the server logged `count` lines containing `needle`.
+    pub(crate) async fn wait_for_log_count(&self, needle: &str, count: usize) {
+        let reached = tokio::time::timeout(LIMIT, async {
+            loop {
+                let notified = self.log.grew.notified();
+                if self
+                    .log
+                    .lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|l| l.contains(needle))
+                    .count()
+                    >= count
+                {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        assert!(
+            reached.is_ok(),
+            "the server never logged {count} × {needle:?}; log:\n{}",
+            self.log_text()
+        );
+    }
+
     pub(crate) fn log_text(&self) -> String {
         self.log.lines.lock().unwrap().join("\n")
     }

@@ -1,0 +1,273 @@
+//! Seeing and steering the queue: duplicates, list, status, cancel, time limits.
+
+use std::ffi::OsString;
+
+use crate::durable::Gate;
+use crate::support::{LIMIT, Munged, TestServer, output, script, stderr};
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", stderr(out));
+    serde_json::from_slice(&out.stdout).expect("--json prints JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_identical_submissions_run_once_and_all_ten_are_notified() {
+    let munged = Munged::start();
+    let server = TestServer::start(&munged).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gate::new(dir.path());
+    let record = dir.path().join("record");
+    let notified = dir.path().join("notified");
+    let post = script(
+        dir.path(),
+        "post",
+        &format!("echo \"$CQ_JOB_ID $CQ_OUTCOME\" >> {}", notified.display()),
+    );
+    // Hold the queue so that the builds pile up behind the gate.
+    let blocker = output(
+        server
+            .client()
+            .args(["--detach", "--", "sh", "-c", &gate.wait()]),
+    )
+    .await;
+    assert!(blocker.status.success());
+    server.wait_for_log("started job=1").await;
+
+    let build = format!("echo built >> {}", record.display());
+    let mut clients = Vec::new();
+    for n in 0..10 {
+        let mut cmd = server.client();
+        cmd.args(["-E", "USE=X", "-P"])
+            .arg(&post)
+            .args(["--", "sh", "-c", &build]);
+        clients.push(tokio::spawn(async move { output(&mut cmd).await }));
+        if n == 0 {
+            server.wait_for_log("accepted job=2").await;
+        }
+    }
+    let mut other_env = server.client();
+    other_env.args(["-E", "USE=-X", "--", "sh", "-c", &build]);
+    let other = tokio::spawn(async move { output(&mut other_env).await });
+    // Nine merges are logged once each is on disk; then the gate opens.
+    server
+        .wait_for_log_count("merged into an equal job", 9)
+        .await;
+    let listed = json(&output(server.client().args(["--list", "--json"])).await);
+    let job2 = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"] == 2)
+        .expect("job 2 is listed")
+        .clone();
+    assert_eq!(
+        (job2["state"].as_str(), job2["waiters"].as_u64()),
+        (Some("queued"), Some(9))
+    );
+    gate.open().await;
+
+    for client in clients {
+        let out = tokio::time::timeout(LIMIT, client).await.unwrap().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert!(
+        tokio::time::timeout(LIMIT, other)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .success()
+    );
+    let lines = std::fs::read_to_string(&notified).unwrap();
+    assert_eq!(
+        lines.lines().filter(|l| *l == "2 exited").count(),
+        10,
+        "all ten post scripts ran: {lines}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&record).unwrap(),
+        "built\nbuilt\n",
+        "once for USE=X, once for USE=-X"
+    );
+}
+
+#[tokio::test]
+async fn cancel_a_queued_and_a_running_job_with_its_whole_process_tree() {
+    let munged = Munged::start();
+    let server = TestServer::start(&munged).await;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("tree");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // The job and its background grandchild hold the FIFO open: EOF means both are dead.
+    let tree = format!(
+        "exec 3>{}; sleep 300 & echo ready >&3; wait",
+        fifo.display()
+    );
+    let mut running = server.client();
+    running.args(["--", "sh", "-c", &tree]);
+    let running = tokio::spawn(async move { output(&mut running).await });
+    let reader = tokio::task::spawn_blocking({
+        let fifo = fifo.clone();
+        move || {
+            use std::io::Read;
+            let mut all = String::new();
+            std::fs::File::open(fifo)
+                .unwrap()
+                .read_to_string(&mut all)
+                .unwrap();
+            all
+        }
+    });
+    server.wait_for_log("started job=1").await;
+    let mut queued = server.client();
+    queued.args(["--", "sh", "-c", "echo never"]);
+    let queued = tokio::spawn(async move { output(&mut queued).await });
+    server.wait_for_log("accepted job=2").await;
+
+    let cancelled = output(server.client().args(["--cancel", "2"])).await;
+    assert!(cancelled.status.success(), "{}", stderr(&cancelled));
+    assert!(
+        stderr(&cancelled).contains("job 2 was cancelled"),
+        "{}",
+        stderr(&cancelled)
+    );
+    let out = tokio::time::timeout(LIMIT, queued).await.unwrap().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(125),
+        "the waiter is told: {}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("job 2 cancelled"), "{}", stderr(&out));
+    let status = json(&output(server.client().args(["--status", "2", "--json"])).await);
+    assert_eq!(
+        (status["state"].as_str(), status["outcome"].as_str()),
+        (Some("finished"), Some("cancelled"))
+    );
+
+    let stopping = output(server.client().args(["--cancel", "1"])).await;
+    assert!(
+        stderr(&stopping).contains("is being stopped"),
+        "{}",
+        stderr(&stopping)
+    );
+    let out = tokio::time::timeout(LIMIT, running).await.unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert_eq!(
+        tokio::time::timeout(LIMIT, reader)
+            .await
+            .expect("the grandchild died too")
+            .unwrap(),
+        "ready\n"
+    );
+
+    let again = output(server.client().args(["--cancel", "1"])).await;
+    assert_eq!(again.status.code(), Some(255));
+    assert!(
+        stderr(&again).contains("already finished"),
+        "{}",
+        stderr(&again)
+    );
+    let unknown = output(server.client().args(["--status", "77"])).await;
+    assert!(
+        stderr(&unknown).contains("no job 77"),
+        "{}",
+        stderr(&unknown)
+    );
+}
+
+#[tokio::test]
+async fn time_limits_kill_the_job_and_the_server_caps_them() {
+    let munged = Munged::start();
+    let server = TestServer::start_with(&munged, &["--max-timeout", "300ms"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let post_out = dir.path().join("post.out");
+    let post = script(
+        dir.path(),
+        "post",
+        &format!("echo \"$1 $2 $CQ_OUTCOME\" > {}", post_out.display()),
+    );
+
+    // The client asks for an hour; the server allows 300 ms.
+    let out = output(
+        server
+            .client()
+            .args(["--timeout", "1h", "-P"])
+            .arg(&post)
+            .args(["--", "sleep", "300"]),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
+    assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&post_out).unwrap(),
+        "3 124 timed-out\n"
+    );
+    let bad = output(server.client().args(["--timeout", "soon", "--", "true"])).await;
+    assert_eq!(bad.status.code(), Some(255));
+}
+
+#[tokio::test]
+async fn only_owners_and_root_may_cancel() {
+    use cq_transport_tls::{init_ca_and_server, issue_client};
+    let pki = tempfile::tempdir().unwrap();
+    init_ca_and_server(pki.path(), &["127.0.0.1".into()], false).unwrap();
+    let root = issue_client(pki.path(), "root", pki.path(), false).unwrap();
+    let nobody = issue_client(pki.path(), "nobody", pki.path(), false).unwrap();
+    let tls = |files: &cq_transport_tls::ClientFiles| -> Vec<OsString> {
+        vec![
+            "--auth".into(),
+            "tls".into(),
+            "--tls-ca".into(),
+            pki.path().join("ca.pem").into(),
+            "--tls-cert".into(),
+            files.cert.clone().into(),
+            "--tls-key".into(),
+            files.key.clone().into(),
+        ]
+    };
+    let mut args: Vec<OsString> = vec!["--auth".into(), "tls".into()];
+    for (option, file) in [
+        ("--tls-ca", "ca.pem"),
+        ("--tls-cert", "server.pem"),
+        ("--tls-key", "server.key"),
+    ] {
+        args.extend([option.into(), pki.path().join(file).into()]);
+    }
+    // Clients of this fixture are "nobody" (uid 65534); root's certificate is used explicitly.
+    let server = TestServer::start_args(&args, tls(&nobody)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gate::new(dir.path());
+    let submit = |files: &cq_transport_tls::ClientFiles, command: &str| {
+        let mut cmd = crate::support::bare_client(server.addr);
+        cmd.args(tls(files))
+            .args(["--detach", "--", "sh", "-c", command]);
+        cmd
+    };
+    assert!(
+        output(&mut submit(&nobody, &gate.wait()))
+            .await
+            .status
+            .success()
+    );
+    assert!(output(&mut submit(&root, "true")).await.status.success());
+
+    let refused = output(server.client().args(["--cancel", "2"])).await;
+    assert_eq!(refused.status.code(), Some(255));
+    assert!(
+        stderr(&refused).contains("only its owners and root may cancel it"),
+        "{}",
+        stderr(&refused)
+    );
+    // Root may cancel anybody's job; nobody may cancel its own.
+    let mut as_root = crate::support::bare_client(server.addr);
+    as_root.args(tls(&root)).args(["--cancel", "1"]);
+    let by_root = output(&mut as_root).await;
+    assert!(by_root.status.success(), "{}", stderr(&by_root));
+    let own = output(server.client().args(["--cancel", "2"])).await;
+    assert_eq!(
+        own.status.code(),
+        Some(255),
+        "job 2 is root's, and it may have run already"
+    );
+}
