@@ -7,11 +7,11 @@
 //! - `auth_args.rs`: `--auth munge|tls` and the TLS file options both binaries share.
 //! - `background.rs`: the detached waiter behind `cq_client --background`.
 //! - `cert_tool.rs`: `cq_server tls init|client`, the certificate tooling.
-//! - `duration.rs`: durations such as `90s` or `2h` on the command line.
 //! - `env_args.rs`: `-E NAME[=VALUE]` parsing.
 //! - `listing.rs`: job tables and `--json` output for `--list`, `--status`, `--cancel`.
 //! - `post_script.rs`: checking and running the client's `-P` script.
 //! - `paths.rs`: the default state directory.
+//! - `units.rs`: durations (`90s`, `2h`) and sizes (`64M`) on the command line.
 //! - `signals.rs`: SIGINT / SIGTERM for the server's graceful and forced shutdown.
 //! - `report.rs`: logging set-up and the one-line error messages.
 
@@ -20,10 +20,10 @@
 pub mod auth_args;
 pub mod background;
 pub mod cert_tool;
-pub mod duration;
 pub mod env_args;
 pub mod listing;
 pub mod paths;
 pub mod post_script;
 pub mod report;
 pub mod signals;
+pub mod units;

@@ -147,6 +147,45 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
             .ok_or(ClientError::Protocol("empty answer".into()))
     }
 
+    /// Job `id`'s output from the start, handed to `output` piece by piece. With `follow` it
+    /// goes on live until the job ends and returns how it ended; without, it returns `None`
+    /// after what is logged so far.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit); [`ErrorCode::NOT_PERMITTED`] for someone else's job.
+    pub async fn log(
+        &self,
+        id: JobId,
+        follow: bool,
+        mut output: impl FnMut(&[u8]),
+    ) -> Result<Option<JobResult>, ClientError> {
+        let mut channel = self.open(Action::Log { job: id, follow }).await?;
+        let result = loop {
+            match channel.next_reply().await? {
+                Event::Output { data, .. } => output(&data),
+                Event::LogEnd { .. } => break None,
+                Event::Finished {
+                    outcome,
+                    runtime_ms,
+                    ..
+                } => {
+                    break Some(JobResult {
+                        outcome,
+                        runtime: Duration::from_millis(runtime_ms),
+                    });
+                }
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "unexpected reply to a log request: {other:?}"
+                    )));
+                }
+            }
+        };
+        channel.close().await;
+        Ok(result)
+    }
+
     async fn query(&self, action: Action) -> Result<Vec<JobSummary>, ClientError> {
         let mut channel = self.open(action).await?;
         let answer = match timeout(REPLY_TIMEOUT, channel.next_reply()).await {

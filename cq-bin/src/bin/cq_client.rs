@@ -1,5 +1,6 @@
 //! cq_client: submits a command to cq_server, waits for it, and runs a post script.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,12 +9,12 @@ use clap::{ArgAction, Parser};
 use cq_auth::mtls::{TlsChannelCredentials, TlsServerAuthenticator};
 use cq_bin::auth_args::{AuthArgs, AuthKind};
 use cq_bin::background::spawn_waiter;
-use cq_bin::duration::parse_duration;
 use cq_bin::env_args::resolve_env_args;
 use cq_bin::listing;
 use cq_bin::paths::default_state_dir;
 use cq_bin::post_script::{check_post_script, run_post_script};
 use cq_bin::report::{MUNGED_HINT, fail, init_logging, say};
+use cq_bin::units::parse_duration;
 use cq_core::{
     AuthError, Authenticator, Client, ClientError, CommandJob, Connector, CredentialSource, JobId,
     JobPhase, Outcome, Reconnect,
@@ -97,6 +98,12 @@ struct Args {
     /// then SIGKILL. Its owners and root may.
     #[arg(long, value_name = "ID", group = "query", conflicts_with_all = QUERY_CONFLICTS)]
     cancel: Option<u64>,
+    /// Print a job's output so far (its owners and root may).
+    #[arg(long, value_name = "ID", group = "query", conflicts_with_all = QUERY_CONFLICTS)]
+    log: Option<u64>,
+    /// While waiting, print the job's output as it comes (from its start).
+    #[arg(long, conflicts_with_all = ["detach", "background"])]
+    follow: bool,
     /// Print --list, --status and --cancel answers as JSON.
     #[arg(long)]
     json: bool,
@@ -110,13 +117,13 @@ struct Args {
     #[arg(long, action = ArgAction::Help)]
     help: Option<bool>,
     /// The command and its arguments.
-    #[arg(required_unless_present_any = ["wait", "list", "status", "cancel"], last = true, value_name = "COMMAND")]
+    #[arg(required_unless_present_any = ["wait", "list", "status", "cancel", "log"], last = true, value_name = "COMMAND")]
     command: Vec<String>,
 }
 
 impl Args {
     fn is_query(&self) -> bool {
-        self.list || self.status.is_some() || self.cancel.is_some()
+        self.list || self.status.is_some() || self.cancel.is_some() || self.log.is_some()
     }
 }
 
@@ -278,23 +285,47 @@ where
             (id, Some(submission))
         }
     };
+    let mut submission = submission;
+    let mut followed = None;
+    if args.follow {
+        if let Some(submission) = submission.take() {
+            submission.close().await;
+        }
+        let mut out = std::io::stdout().lock();
+        match client
+            .log(id, true, |data| {
+                drop(out.write_all(data).and_then(|()| out.flush()))
+            })
+            .await
+        {
+            Ok(result) => followed = result,
+            // The output stops; the wait goes on below, re-attaching as usual.
+            Err(e) if e.is_transient() => {}
+            Err(e) => return fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
+        }
+    }
     let policy = Reconnect {
         give_up_after: Duration::try_from_secs_f64(args.reconnect_timeout)
             .unwrap_or(Duration::ZERO),
         ..Reconnect::default()
     };
     let mut told = false;
-    let result = client
-        .follow(id, submission, &policy, |e, _| {
-            if !told && !args.quiet {
-                say(
-                    "cq_client",
-                    format_args!("lost the server ({e}); re-attaching to job {id}"),
-                );
-                told = true;
-            }
-        })
-        .await;
+    let result = match followed {
+        Some(result) => Ok(result),
+        None => {
+            client
+                .follow(id, submission, &policy, |e, _| {
+                    if !told && !args.quiet {
+                        say(
+                            "cq_client",
+                            format_args!("lost the server ({e}); re-attaching to job {id}"),
+                        );
+                        told = true;
+                    }
+                })
+                .await
+        }
+    };
     let result = match result {
         Ok(result) => result,
         Err(e) => return fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
@@ -372,6 +403,16 @@ where
     S: CredentialSource,
     A: Authenticator,
 {
+    if let Some(id) = args.log {
+        let mut out = std::io::stdout().lock();
+        return match client
+            .log(JobId(id), false, |data| drop(out.write_all(data)))
+            .await
+        {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
+        };
+    }
     let answer = if let Some(id) = args.status {
         client.status(JobId(id)).await.map(|job| vec![job])
     } else if let Some(id) = args.cancel {

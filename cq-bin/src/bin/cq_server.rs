@@ -10,10 +10,10 @@ use clap::{ArgAction, Parser, Subcommand};
 use cq_auth::mtls::{TlsChannelCredentials, TlsClientAuthenticator, UserMap};
 use cq_bin::auth_args::{AuthArgs, AuthKind};
 use cq_bin::cert_tool::{self, TlsCommand};
-use cq_bin::duration::parse_duration;
 use cq_bin::paths::default_state_dir;
 use cq_bin::report::{fail, init_logging};
 use cq_bin::signals::ShutdownSignals;
+use cq_bin::units::{parse_duration, parse_size};
 use cq_core::engine::Reviver;
 use cq_core::executor::CommandRun;
 use cq_core::scheduler::{DedupScope, DuplicateJobs};
@@ -72,6 +72,9 @@ struct Args {
     /// user) that is queued, or queued or running; the submitter waits for that job instead.
     #[arg(long, value_enum, default_value_t = Dedup::Queued)]
     dedup: Dedup,
+    /// Output kept per job (e.g. 64M); past it the log is cut, with a marker.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
+    log_limit: u64,
     /// Time limit of jobs that ask for none (e.g. 6h) [default: none].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     default_timeout: Option<Duration>,
@@ -167,6 +170,7 @@ async fn start(args: Args) -> anyhow::Result<()> {
     let mut engine = EngineConfig::default().with_log_dir(&log_dir);
     engine.retention = seconds(args.retention_days * 86400.0, "retention-days")?;
     engine.requeue_running = args.requeue_lost;
+    engine.log_limit = args.log_limit;
     let dedup = match args.dedup {
         Dedup::Off => None,
         Dedup::Queued => Some(DuplicateJobs::new(DedupScope::Queued)),

@@ -252,6 +252,13 @@ async fn only_owners_and_root_may_cancel() {
     );
     assert!(output(&mut submit(&root, "true")).await.status.success());
 
+    let unreadable = output(server.client().args(["--log", "2"])).await;
+    assert_eq!(unreadable.status.code(), Some(255));
+    assert!(
+        stderr(&unreadable).contains("only its owners and root may read the log of it"),
+        "{}",
+        stderr(&unreadable)
+    );
     let refused = output(server.client().args(["--cancel", "2"])).await;
     assert_eq!(refused.status.code(), Some(255));
     assert!(
@@ -270,4 +277,79 @@ async fn only_owners_and_root_may_cancel() {
         Some(255),
         "job 2 is root's, and it may have run already"
     );
+}
+
+#[tokio::test]
+async fn follow_streams_the_output_live_and_log_shows_it_later() {
+    use tokio::io::AsyncReadExt;
+    let munged = Munged::start();
+    let server = TestServer::start(&munged).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gate::new(dir.path());
+    let job = format!("echo one; {}; echo two; exit 3", gate.wait());
+    let mut client = server
+        .client()
+        .args(["--follow", "--", "sh", "-c", &job])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = client.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    // "one" arrives while the job still runs: it is blocked at the gate.
+    tokio::time::timeout(LIMIT, async {
+        let mut buf = [0; 64];
+        while !seen.ends_with(b"one\n") {
+            let n = stdout.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "the output ended early: {:?}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("live output");
+    gate.open().await;
+    tokio::time::timeout(LIMIT, stdout.read_to_end(&mut seen))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&seen), "one\ntwo\n");
+    let status = tokio::time::timeout(LIMIT, client.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(3));
+
+    let log = output(server.client().args(["--log", "1"])).await;
+    assert!(log.status.success(), "{}", stderr(&log));
+    assert_eq!(String::from_utf8_lossy(&log.stdout), "one\ntwo\n");
+}
+
+#[tokio::test]
+async fn a_log_past_its_limit_is_cut_with_a_marker() {
+    let munged = Munged::start();
+    let server = TestServer::start_with(&munged, &["--log-limit", "100"]).await;
+    let out = output(server.client().args([
+        "-q",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 1000 ]; do echo line $i; i=$((i+1)); done",
+    ]))
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = output(server.client().args(["--log", "1"])).await;
+    let text = String::from_utf8_lossy(&log.stdout).into_owned();
+    assert!(text.starts_with("line 0\nline 1\n"), "{text}");
+    assert!(
+        text.ends_with("[cq: log truncated: it reached its limit of 100 bytes]\n"),
+        "{text}"
+    );
+    let on_disk = std::fs::metadata(server.state_dir.path().join("logs/1.log"))
+        .unwrap()
+        .len();
+    assert!(on_disk < 200, "the file stays small: {on_disk} bytes");
 }

@@ -7,15 +7,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
 use futures_util::future::Shared;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::handle::{
-    Command, EngineHandle, JobResult, JobState, JobTicket, ShutdownMode, SubmitError,
+    Command, EngineHandle, JobResult, JobState, JobTicket, LogAccess, ShutdownMode, SubmitError,
 };
 use crate::auth::Identity;
-use crate::executor::LogSink;
+use crate::executor::{DEFAULT_LOG_LIMIT, LogChunk, LogSink};
 use crate::job::{CommandJob, Job, JobContext, JobId, JobPhase, JobSummary, epoch_ms};
 use crate::outcome::{Outcome, SpawnFailure};
 use crate::scheduler::{AcceptAll, Admission, JobInfo, Scheduler, SerialScheduler, SubmitHook};
@@ -44,6 +44,8 @@ pub struct EngineConfig {
     /// Put jobs that were running when the server stopped back in the queue instead of
     /// reporting them lost.
     pub requeue_running: bool,
+    /// Bytes of output kept per job; the rest is dropped after a marker.
+    pub log_limit: u64,
 }
 
 impl Default for EngineConfig {
@@ -52,6 +54,7 @@ impl Default for EngineConfig {
             log_dir: None,
             retention: Duration::from_secs(7 * 24 * 3600),
             requeue_running: false,
+            log_limit: DEFAULT_LOG_LIMIT,
         }
     }
 }
@@ -204,6 +207,8 @@ impl Live {
 
 struct Running {
     id: JobId,
+    /// The live feed of its log, for followers.
+    live: broadcast::Sender<LogChunk>,
     started: Instant,
     cancel: CancellationToken,
     task: JoinHandle<Outcome>,
@@ -296,6 +301,7 @@ impl<S: Scheduler> Actor<S> {
             Command::Cancel { id, by, reply } if self.jobs.contains_key(&id) => {
                 let _ = reply.send(self.cancel(id, &by));
             }
+            Command::OpenLog { id, by, reply } => self.open_log(id, &by, reply),
             Command::Cancel { id, reply, .. } => {
                 // Finished long ago, or never existed: the store says which.
                 let described = self.store.describe(id);
@@ -486,17 +492,74 @@ impl<S: Scheduler> Actor<S> {
         });
     }
 
+    fn open_log(
+        &self,
+        id: JobId,
+        by: &Identity,
+        reply: oneshot::Sender<Result<LogAccess, SubmitError>>,
+    ) {
+        let path = self
+            .config
+            .log_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{id}.log")));
+        if let Some(live) = self.jobs.get(&id) {
+            if !live.permits(by) {
+                let _ = reply.send(Err(not_permitted(id, &live.info.owner, "read the log of")));
+                return;
+            }
+            let feed = self
+                .running
+                .as_ref()
+                .filter(|r| r.id == id)
+                .map(|r| r.live.subscribe());
+            let ahead = self
+                .scheduler
+                .view()
+                .all()
+                .position(|j| j.id == id)
+                .unwrap_or(0);
+            let ticket = JobTicket {
+                id,
+                ahead,
+                merged: false,
+                state: live.state.subscribe(),
+            };
+            let _ = reply.send(Ok(LogAccess {
+                path,
+                live: feed,
+                ticket: Some(ticket),
+            }));
+            return;
+        }
+        let described = self.store.describe(id);
+        let by = by.clone();
+        tokio::spawn(async move {
+            let access = match described.await {
+                Ok(Some(job)) if by.uid == 0 || by.uid == job.owner_uid => Ok(LogAccess {
+                    path,
+                    live: None,
+                    ticket: None,
+                }),
+                Ok(Some(job)) => Err(SubmitError::NotPermitted {
+                    reason: format!(
+                        "job {id} belongs to {}; only its owners and root may read the log of it",
+                        job.owner
+                    ),
+                }),
+                Ok(None) => Err(SubmitError::UnknownJob(id)),
+                Err(e) => Err(SubmitError::Store(e)),
+            };
+            let _ = reply.send(access);
+        });
+    }
+
     fn cancel(&mut self, id: JobId, by: &Identity) -> Result<Vec<JobSummary>, SubmitError> {
         let Some(live) = self.jobs.get(&id) else {
             return Err(SubmitError::AlreadyFinished(id));
         };
         if !live.permits(by) {
-            return Err(SubmitError::NotPermitted {
-                reason: format!(
-                    "job {id} belongs to {}; only its owners and root may cancel it",
-                    live.info.owner
-                ),
-            });
+            return Err(not_permitted(id, &live.info.owner, "cancel"));
         }
         tracing::info!(job = %id, by = %by, "cancel requested");
         if self.running.as_ref().is_some_and(|r| r.id == id) {
@@ -545,22 +608,26 @@ impl<S: Scheduler> Actor<S> {
             .record_start(id, SystemTime::now())
             .log_failure("record a start");
         let cancel = CancellationToken::new();
-        let log_path = self
-            .config
-            .log_dir
-            .as_ref()
-            .map(|dir| dir.join(format!("{id}.log")));
         let durable = live.durable.clone();
+        let log = match &self.config.log_dir {
+            Some(dir) => {
+                let path = dir.join(format!("{id}.log"));
+                LogSink::create(&path, self.config.log_limit).map_err(|e| {
+                    format!("cannot create the job's log file {}: {e}", path.display())
+                })
+            }
+            None => LogSink::discard().map_err(|e| format!("cannot open /dev/null: {e}")),
+        };
+        let feed = match &log {
+            Ok(log) => log.live(),
+            Err(_) => broadcast::channel(1).0,
+        };
         let ctx_cancel = cancel.clone();
         let task = tokio::spawn(async move {
             // A job runs only once it is on disk: usually long done, since it waited its turn.
             if let Err(e) = durable.await {
                 return spawn_failure(format!("the job could not be recorded: {e}"));
             }
-            let log = match &log_path {
-                Some(path) => LogSink::create(path).map_err(|e| (path.display().to_string(), e)),
-                None => LogSink::discard().map_err(|e| ("/dev/null".to_owned(), e)),
-            };
             match log {
                 Ok(log) => {
                     job.run(JobContext {
@@ -570,13 +637,12 @@ impl<S: Scheduler> Actor<S> {
                     })
                     .await
                 }
-                Err((path, e)) => {
-                    spawn_failure(format!("cannot create the job's log file {path}: {e}"))
-                }
+                Err(message) => spawn_failure(message),
             }
         });
         self.running = Some(Running {
             id,
+            live: feed,
             started: Instant::now(),
             cancel,
             task,
@@ -637,6 +703,12 @@ impl<S: Scheduler> Actor<S> {
                 Err(e) => tracing::error!(error = %e, "cannot prune old jobs"),
             }
         });
+    }
+}
+
+fn not_permitted(id: JobId, owner: &Identity, what: &str) -> SubmitError {
+    SubmitError::NotPermitted {
+        reason: format!("job {id} belongs to {owner}; only its owners and root may {what} it"),
     }
 }
 

@@ -2,9 +2,12 @@
 
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use std::path::PathBuf;
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::auth::Identity;
+use crate::executor::LogChunk;
 use crate::job::{Job, JobId, JobSummary};
 use crate::outcome::Outcome;
 use crate::store::StoreError;
@@ -65,6 +68,22 @@ pub(super) enum Command {
         by: Identity,
         reply: oneshot::Sender<Result<Vec<JobSummary>, SubmitError>>,
     },
+    OpenLog {
+        id: JobId,
+        by: Identity,
+        reply: oneshot::Sender<Result<LogAccess, SubmitError>>,
+    },
+}
+
+/// Access to a job's output, as [`EngineHandle::open_log`] grants it.
+#[derive(Debug)]
+pub struct LogAccess {
+    /// The log file, if the engine keeps logs (it may not exist yet for a queued job).
+    pub path: Option<PathBuf>,
+    /// The live feed of a running job's output; `None` when it is queued or finished.
+    pub live: Option<broadcast::Receiver<LogChunk>>,
+    /// Follows the job while it has not ended; `None` when it has.
+    pub ticket: Option<JobTicket>,
 }
 
 /// A cheap, cloneable way to talk to a running engine.
@@ -163,6 +182,17 @@ impl EngineHandle {
             .request(Command::Cancel { id, by, reply }, answer)
             .await?;
         found.pop().ok_or(SubmitError::UnknownJob(id))
+    }
+
+    /// Opens job `id`'s output for `by`, who must be one of its owners or root.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::NotPermitted`] or [`SubmitError::UnknownJob`].
+    pub async fn open_log(&self, id: JobId, by: Identity) -> Result<LogAccess, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.request(Command::OpenLog { id, by, reply }, answer)
+            .await
     }
 
     async fn request<T>(

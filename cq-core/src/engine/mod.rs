@@ -10,5 +10,6 @@ mod handle;
 
 pub use actor::{Engine, EngineConfig, Reviver};
 pub use handle::{
-    EngineHandle, EngineStopped, JobResult, JobState, JobTicket, ShutdownMode, SubmitError,
+    EngineHandle, EngineStopped, JobResult, JobState, JobTicket, LogAccess, ShutdownMode,
+    SubmitError,
 };

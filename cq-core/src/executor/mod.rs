@@ -6,5 +6,5 @@ mod log;
 mod process;
 
 pub use command::{CommandRun, Executor};
-pub use log::LogSink;
+pub use log::{DEFAULT_LOG_LIMIT, LogChunk, LogSink};
 pub use process::{DEFAULT_PATH, ProcessExecutor};

@@ -1,6 +1,7 @@
 //! Runs commands as local processes, each in its own process group.
 
-use std::io;
+use std::io::{self, PipeWriter};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -9,11 +10,15 @@ use async_trait::async_trait;
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use tokio::net::unix::pipe;
 use tokio::process::{Child, Command};
 
 use super::command::Executor;
-use crate::job::{CommandJob, JobContext};
+use crate::job::{CommandJob, JobContext, JobId};
 use crate::outcome::{Outcome, SpawnFailure};
+
+/// How long the log is still copied after the job's processes ended.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 
 /// `PATH` of the base environment when none is configured.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -70,7 +75,7 @@ impl ProcessExecutor {
         self
     }
 
-    fn spawn(&self, job: &CommandJob, ctx: JobContext) -> Result<Child, Outcome> {
+    fn spawn(&self, job: &CommandJob, id: JobId, output: PipeWriter) -> Result<Child, Outcome> {
         let (program, args) = job.argv.split_first().ok_or_else(|| Outcome::SpawnFailed {
             reason: SpawnFailure::NotFound,
             message: "empty command".to_owned(),
@@ -85,24 +90,27 @@ impl ProcessExecutor {
                 ),
             });
         }
-        let out = ctx.log.into_file();
-        let err = out
+        let err = output
             .try_clone()
-            .map_err(|e| other_failure("cannot duplicate the log file", &e))?;
+            .map_err(|e| other_failure("cannot duplicate the output pipe", &e))?;
         let mut command = Command::new(program);
         command
             .args(args)
             .env_clear()
             .envs(self.base_env.iter().map(|(k, v)| (k, v)))
-            .env("CQ_JOB_ID", ctx.id.to_string())
+            .env("CQ_JOB_ID", id.to_string())
             .envs(job.env.iter().map(|(k, v)| (k, v)))
             .current_dir(cwd)
             .stdin(Stdio::null())
-            .stdout(out)
+            .stdout(output)
             .stderr(err)
             .process_group(0)
             .kill_on_drop(true);
-        command.spawn().map_err(|e| spawn_failure(program, &e))
+        // Spawning consumes nothing: the command keeps our copies of the pipe's write end,
+        // which must be gone for the log to see end-of-file when the job's processes end.
+        let child = command.spawn().map_err(|e| spawn_failure(program, &e));
+        drop(command);
+        child
     }
 
     /// SIGTERM to the group, SIGKILL after the grace period, and reap the leader.
@@ -121,10 +129,27 @@ impl ProcessExecutor {
 #[async_trait]
 impl Executor for ProcessExecutor {
     async fn run(&self, job: &CommandJob, ctx: JobContext) -> Outcome {
-        let cancel = ctx.cancel.clone();
-        let mut child = match self.spawn(job, ctx) {
+        let JobContext {
+            id,
+            mut log,
+            cancel,
+        } = ctx;
+        // Output goes through a pipe, not straight to the file, so that the log can be capped
+        // and followed live.
+        let (reader, writer) = match std::io::pipe() {
+            Ok(pipe) => pipe,
+            Err(e) => return other_failure("cannot create the output pipe", &e),
+        };
+        let mut child = match self.spawn(job, id, writer) {
             Ok(child) => child,
             Err(outcome) => return outcome,
+        };
+        let mut copying = match pipe::Receiver::from_owned_fd(OwnedFd::from(reader)) {
+            Ok(output) => tokio::spawn(async move { log.pump(output).await }),
+            Err(e) => {
+                let _ = child.start_kill();
+                return other_failure("cannot read the output pipe", &e);
+            }
         };
         let Some(group) = child
             .id()
@@ -157,6 +182,17 @@ impl Executor for ProcessExecutor {
         // The leader is reaped; whatever it left behind in its group must not run into the
         // next job.
         signal_group(group, Signal::SIGKILL);
+        // Copy what is still in the pipe. A process that left the group (setsid) may hold it
+        // open: its output is not waited for.
+        match tokio::time::timeout(OUTPUT_DRAIN, &mut copying).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(job = %id, error = %e, "cannot write the job's log"),
+            Ok(Err(e)) => tracing::warn!(job = %id, error = %e, "the log copier failed"),
+            Err(_) => {
+                tracing::info!(job = %id, "a process that left the job's group still holds its output; log closed");
+                copying.abort();
+            }
+        }
         outcome
     }
 }
@@ -215,7 +251,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let ctx = JobContext {
             id: JobId(7),
-            log: LogSink::create(log).unwrap(),
+            log: LogSink::create(log, 1 << 20).unwrap(),
             cancel: cancel.clone(),
         };
         (ctx, cancel)

@@ -5,7 +5,8 @@ pub const MAGIC: [u8; 4] = *b"CQUE";
 
 /// The protocol version this build speaks.
 ///
-/// 2: `List`, `Status`, `Cancel` and the `Jobs` event; job time limits in milliseconds.
+/// 2: `List`, `Status`, `Cancel`, `Log` and the `Jobs`, `Output`, `LogEnd` events; job time
+/// limits in milliseconds.
 pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Length of an encoded [`Hello`].

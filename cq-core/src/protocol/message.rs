@@ -76,6 +76,15 @@ pub enum Action {
         /// The job.
         job: JobId,
     },
+    /// Send the job's output from the start; with `follow`, go on live until the job ends.
+    /// Its owners and root may.
+    Log {
+        /// The job.
+        job: JobId,
+        /// Keep streaming until the job ends, then send `Finished`; otherwise send `LogEnd`
+        /// after the output logged so far.
+        follow: bool,
+    },
 }
 
 /// A server's reply to one request.
@@ -124,6 +133,18 @@ pub enum Event {
     Jobs {
         /// The jobs: running first, then queued in order, then finished, newest first.
         jobs: Vec<JobSummary>,
+    },
+    /// A piece of the job's output (answer to `Log`), in order.
+    Output {
+        /// The job.
+        job: JobId,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// The end of the output logged so far (answer to `Log` without `follow`).
+    LogEnd {
+        /// The job.
+        job: JobId,
     },
 }
 

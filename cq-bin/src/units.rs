@@ -1,4 +1,5 @@
-//! Durations on the command line: `90`, `90s`, `500ms`, `15m`, `2h`, `1.5h`.
+//! Durations (`90`, `90s`, `500ms`, `15m`, `2h`) and sizes (`4096`, `64K`, `64M`, `1G`) on the
+//! command line.
 
 use std::time::Duration;
 
@@ -31,6 +32,28 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{text:?}: {e}"))
 }
 
+/// Parses a size in bytes; `K`, `M` and `G` are powers of 1024.
+///
+/// # Errors
+///
+/// A message saying what is accepted.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, scale) = match text.char_indices().last() {
+        Some((at, 'K' | 'k')) => (&text[..at], 1u64 << 10),
+        Some((at, 'M' | 'm')) => (&text[..at], 1 << 20),
+        Some((at, 'G' | 'g')) => (&text[..at], 1 << 30),
+        _ => (text, 1),
+    };
+    let value: u64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: not a size (e.g. 4096, 64K, 64M, 1G)"))?;
+    value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?}: too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,5 +68,13 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 fortnights").is_err());
         assert!(parse_duration("-3s").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert!(parse_size("lots").is_err());
     }
 }
