@@ -16,7 +16,8 @@ use cq_bin::signals::ShutdownSignals;
 use cq_bin::units::{parse_duration, parse_size};
 use cq_core::engine::Reviver;
 use cq_core::executor::CommandRun;
-use cq_core::scheduler::{DedupScope, DuplicateJobs};
+use cq_core::scheduler::{Decision, DedupScope, DuplicateJobs};
+use cq_core::server::HookProgram;
 use cq_core::{
     Authenticator, CredentialSource, Engine, EngineConfig, Job, Listener, ProcessExecutor, Server,
     ServerConfig, ShutdownMode, SqliteStore,
@@ -72,6 +73,15 @@ struct Args {
     /// user) that is queued, or queued or running; the submitter waits for that job instead.
     #[arg(long, value_enum, default_value_t = Dedup::Queued)]
     dedup: Dedup,
+    /// Program that decides about each submission (JSON on stdin and stdout; see README).
+    #[arg(long, value_name = "PATH")]
+    submit_hook: Option<PathBuf>,
+    /// Time the submit hook gets before it is killed and the fallback applies.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    submit_hook_timeout: Duration,
+    /// Decision when the submit hook fails, hangs or answers garbage.
+    #[arg(long, value_enum, default_value_t = Fallback::Accept)]
+    submit_hook_fallback: Fallback,
     /// Output kept per job (e.g. 64M); past it the log is cut, with a marker.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
     log_limit: u64,
@@ -87,6 +97,15 @@ struct Args {
     /// Print help.
     #[arg(long, action = ArgAction::Help)]
     help: Option<bool>,
+}
+
+/// `--submit-hook-fallback`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Fallback {
+    /// Queue the job as if there were no hook.
+    Accept,
+    /// Refuse the job.
+    Reject,
 }
 
 /// `--dedup`.
@@ -146,6 +165,7 @@ struct Parts {
     engine: EngineConfig,
     store: Arc<SqliteStore>,
     dedup: Option<DuplicateJobs>,
+    hook_program: Option<HookProgram>,
     shutdown_grace: Duration,
 }
 
@@ -182,6 +202,15 @@ async fn start(args: Args) -> anyhow::Result<()> {
         engine,
         store: Arc::new(store),
         dedup,
+        hook_program: args.submit_hook.as_ref().map(|path| {
+            let fallback = match args.submit_hook_fallback {
+                Fallback::Accept => Decision::Accept,
+                Fallback::Reject => {
+                    Decision::Reject("the submit hook failed; ask the admin".to_owned())
+                }
+            };
+            HookProgram::new(path, args.submit_hook_timeout, fallback)
+        }),
         shutdown_grace: seconds(args.shutdown_grace, "shutdown-grace")?,
     };
 
@@ -260,6 +289,10 @@ async fn serve(
         tracing::info!(state = %parts.store.path().display(), log_dir = %log_dir.display(), "listening on {addr}");
     }
     let server = Server::with_config(engine.clone(), auth, signer, parts.executor, parts.config);
+    let server = match parts.hook_program {
+        Some(hook) => server.with_hook_program(hook),
+        None => server,
+    };
     let mut signals = ShutdownSignals::install().context("cannot install signal handlers")?;
     let mut first = None;
     server

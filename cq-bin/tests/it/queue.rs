@@ -353,3 +353,97 @@ async fn a_log_past_its_limit_is_cut_with_a_marker() {
         .len();
     assert!(on_disk < 200, "the file stays small: {on_disk} bytes");
 }
+
+/// Starts a server whose submit hook is the shell script `body`.
+async fn server_with_hook(munged: &Munged, dir: &std::path::Path, body: &str) -> TestServer {
+    let hook = script(dir, "hook", body);
+    let hook = hook.to_str().unwrap().to_owned();
+    TestServer::start_with(
+        munged,
+        &["--submit-hook", &hook, "--submit-hook-timeout", "500ms"],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_external_hook_rejects_with_its_reason_and_sees_the_job() {
+    let munged = Munged::start();
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("seen.json");
+    let body = format!(
+        "cat > {}\nif grep -q forbidden {}; then echo '{{\"decision\": \"reject\", \"reason\": \"no forbidden builds\"}}'; else echo '{{\"decision\": \"accept\"}}'; fi",
+        seen.display(),
+        seen.display()
+    );
+    let server = server_with_hook(&munged, dir.path(), &body).await;
+    let refused = output(
+        server
+            .client()
+            .args(["-E", "USE=X", "--", "echo", "forbidden"]),
+    )
+    .await;
+    assert_eq!(refused.status.code(), Some(255));
+    assert!(
+        stderr(&refused).contains("no forbidden builds") && stderr(&refused).contains("rejected"),
+        "{}",
+        stderr(&refused)
+    );
+    let input: serde_json::Value = serde_json::from_slice(&std::fs::read(&seen).unwrap()).unwrap();
+    assert_eq!(
+        input["job"]["command"],
+        serde_json::json!(["echo", "forbidden"])
+    );
+    assert_eq!(input["job"]["env"]["USE"], "X");
+    assert!(input["queue"].is_array());
+    server.assert_serves().await;
+}
+
+#[tokio::test]
+async fn an_external_hook_can_merge() {
+    let munged = Munged::start();
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gate::new(dir.path());
+    // Merge everything into the first job in the queue, if there is one.
+    let body = "id=$(cat | tr ',' '\\n' | grep -m1 '\"id\"' | tr -dc '0-9')\n\
+                if [ -n \"$id\" ]; then echo \"{\\\"decision\\\": \\\"merge\\\", \\\"job\\\": $id}\"; else echo '{\"decision\": \"accept\"}'; fi";
+    let server = server_with_hook(&munged, dir.path(), body).await;
+    let first = output(
+        server
+            .client()
+            .args(["--detach", "--", "sh", "-c", &gate.wait()]),
+    )
+    .await;
+    assert!(first.status.success(), "{}", stderr(&first));
+    let mut other = server.client();
+    other.args(["--", "echo", "something else"]);
+    let other = tokio::spawn(async move { output(&mut other).await });
+    server.wait_for_log("merged into an equal job").await;
+    gate.open().await;
+    let out = tokio::time::timeout(LIMIT, other).await.unwrap().unwrap();
+    assert!(
+        stderr(&out).contains("merged into job 1"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn a_crashing_hanging_or_babbling_hook_falls_back_and_is_logged() {
+    let munged = Munged::start();
+    for (body, reason) in [
+        ("exit 3", "exit status: 3"),
+        ("sleep 30", "no answer within"),
+        ("echo hello", "unreadable answer"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = server_with_hook(&munged, dir.path(), body).await;
+        let out = output(server.client().args(["--", "true"])).await;
+        assert!(
+            out.status.success(),
+            "the fallback accepts: {}",
+            stderr(&out)
+        );
+        let logged = server.wait_for_log("submit hook failed").await;
+        assert!(logged.contains(reason), "{logged}");
+    }
+}

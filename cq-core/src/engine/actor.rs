@@ -18,7 +18,9 @@ use crate::auth::Identity;
 use crate::executor::{DEFAULT_LOG_LIMIT, LogChunk, LogSink};
 use crate::job::{CommandJob, Job, JobContext, JobId, JobPhase, JobSummary, epoch_ms};
 use crate::outcome::{Outcome, SpawnFailure};
-use crate::scheduler::{AcceptAll, Admission, JobInfo, Scheduler, SerialScheduler, SubmitHook};
+use crate::scheduler::{
+    AcceptAll, Admission, Decision, JobInfo, Scheduler, SerialScheduler, SubmitHook,
+};
 use crate::store::{MemoryStore, Pending, Store, StoreError, StoredJob};
 
 /// How many submissions may wait for the engine's attention before submitters wait too.
@@ -293,7 +295,12 @@ impl<S: Scheduler> Actor<S> {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Submit { job, owner, reply } => self.submit(job, owner, reply),
+            Command::Submit {
+                job,
+                owner,
+                verdict,
+                reply,
+            } => self.submit(job, owner, verdict, reply),
             Command::Watch { id, reply } => self.watch(id, reply),
             Command::Shutdown { mode, done } => self.begin_shutdown(mode, Some(done)),
             Command::List { reply } => self.list(reply),
@@ -321,6 +328,7 @@ impl<S: Scheduler> Actor<S> {
         &mut self,
         job: Box<dyn Job>,
         owner: Identity,
+        verdict: Option<Decision>,
         reply: oneshot::Sender<Result<JobTicket, SubmitError>>,
     ) {
         if self.stopping.is_some() {
@@ -334,7 +342,13 @@ impl<S: Scheduler> Actor<S> {
             summary: job.summary(),
             command: job.command().cloned(),
         };
-        match self.scheduler.submit(info.clone(), self.hook.as_ref()) {
+        let admission = match verdict {
+            Some(Decision::Accept) | None => {
+                self.scheduler.submit(info.clone(), self.hook.as_ref())
+            }
+            Some(decided) => self.scheduler.submit(info.clone(), &Decided(decided)),
+        };
+        match admission {
             Admission::Accepted { ahead } => {
                 self.next_id += 1;
                 let accepted_at = SystemTime::now();
@@ -703,6 +717,15 @@ impl<S: Scheduler> Actor<S> {
                 Err(e) => tracing::error!(error = %e, "cannot prune old jobs"),
             }
         });
+    }
+}
+
+/// A decision made outside the engine, standing in for its hooks.
+struct Decided(Decision);
+
+impl SubmitHook for Decided {
+    fn review(&self, _job: &JobInfo, _queue: &crate::scheduler::QueueView<'_>) -> Decision {
+        self.0.clone()
     }
 }
 

@@ -10,6 +10,7 @@ use crate::auth::Identity;
 use crate::executor::LogChunk;
 use crate::job::{Job, JobId, JobSummary};
 use crate::outcome::Outcome;
+use crate::scheduler::Decision;
 use crate::store::StoreError;
 
 /// How a job ended and how long it ran.
@@ -46,6 +47,8 @@ pub(super) enum Command {
     Submit {
         job: Box<dyn Job>,
         owner: Identity,
+        /// A decision made before the engine's own hooks (by an external hook program).
+        verdict: Option<Decision>,
         reply: oneshot::Sender<Result<JobTicket, SubmitError>>,
     },
     Watch {
@@ -114,9 +117,33 @@ impl EngineHandle {
         job: Box<dyn Job>,
         owner: Identity,
     ) -> Result<JobTicket, SubmitError> {
+        self.submit_reviewed(job, owner, None).await
+    }
+
+    /// [`submit_boxed`](Self::submit_boxed) with a decision already made about the job by a
+    /// reviewer outside the engine: `Reject` refuses it, `Merge` merges it (if that job still
+    /// waits), `Accept` leaves the decision to the engine's own hooks.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit).
+    pub async fn submit_reviewed(
+        &self,
+        job: Box<dyn Job>,
+        owner: Identity,
+        verdict: Option<Decision>,
+    ) -> Result<JobTicket, SubmitError> {
         let (reply, answer) = oneshot::channel();
-        self.request(Command::Submit { job, owner, reply }, answer)
-            .await
+        self.request(
+            Command::Submit {
+                job,
+                owner,
+                verdict,
+                reply,
+            },
+            answer,
+        )
+        .await
     }
 
     /// A ticket for an existing job, queued, running or recently finished.

@@ -235,8 +235,20 @@ where
                     .config
                     .time_limit(job.timeout())
                     .map(|t| t.as_millis() as u64);
+                let verdict = match &self.shared.hook_program {
+                    Some(hook) => {
+                        // The hook sees the queue as it is now; a merge into a job that has
+                        // ended meanwhile becomes a plain submission.
+                        let queue = self.shared.engine.list().await.unwrap_or_default();
+                        Some(hook.review(&job, &identity, &queue).await)
+                    }
+                    None => None,
+                };
                 let run = CommandRun::new(job, self.shared.executor.clone());
-                self.shared.engine.submit(run, identity).await
+                self.shared
+                    .engine
+                    .submit_reviewed(Box::new(run), identity, verdict)
+                    .await
             }
             Action::Watch { job } => {
                 tracing::info!(%job, who = %identity, "watching");

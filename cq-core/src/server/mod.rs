@@ -4,6 +4,8 @@
 //! manner of mini-redis' `server::run`: the library never installs signal handlers.
 
 mod connection;
+mod hook_program;
 mod serve;
 
+pub use hook_program::HookProgram;
 pub use serve::{Server, ServerConfig};

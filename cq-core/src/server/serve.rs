@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection;
+use super::hook_program::HookProgram;
 use crate::auth::{Authenticator, CredentialSource};
 use crate::engine::EngineHandle;
 use crate::executor::Executor;
@@ -63,6 +64,7 @@ pub(super) struct Shared<A, C, E> {
     pub(super) signer: C,
     pub(super) executor: Arc<E>,
     pub(super) config: ServerConfig,
+    pub(super) hook_program: Option<HookProgram>,
 }
 
 /// Serves the cq protocol on a listener, feeding one engine.
@@ -102,6 +104,7 @@ impl<A: Authenticator, C: CredentialSource, E: Executor> Server<A, C, E> {
         let executor = Arc::new(executor);
         Self {
             shared: Arc::new(Shared {
+                hook_program: None,
                 engine,
                 authenticator,
                 signer,
@@ -109,6 +112,15 @@ impl<A: Authenticator, C: CredentialSource, E: Executor> Server<A, C, E> {
                 config,
             }),
         }
+    }
+
+    /// Runs `hook` on every submission before the engine's own hooks.
+    #[must_use]
+    pub fn with_hook_program(mut self, hook: HookProgram) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.hook_program = Some(hook);
+        }
+        self
     }
 
     /// Accepts and serves connections until `shutdown` resolves, then stops accepting,

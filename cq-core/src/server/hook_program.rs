@@ -1,0 +1,188 @@
+//! An external submit hook: a program that decides about each incoming job.
+//!
+//! For admins who do not write Rust. The program gets the incoming job and the queue as JSON
+//! on stdin and answers on stdout with one JSON object:
+//!
+//! ```text
+//! stdin:  {"job": {"command": ["emerge", ...], "env": {"USE": "X"}, "cwd": null,
+//!                  "owner": "portage(250)@192.0.2.21", "owner_uid": 250, "owner_gid": 250},
+//!          "queue": [{"id": 41, "state": "running", "owner": "...", "owner_uid": 250,
+//!                     "command": [...], "waiters": 0}, ...]}
+//! stdout: {"decision": "accept"}
+//!       | {"decision": "reject", "reason": "no builds during the backup"}
+//!       | {"decision": "merge", "job": 41}
+//! ```
+//!
+//! A program that fails, exceeds its time limit (it is then killed) or answers anything else
+//! gets the fallback decision instead, and the reason is logged: a broken hook never wedges
+//! the server.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::auth::Identity;
+use crate::job::{CommandJob, JobId, JobPhase, JobSummary};
+use crate::scheduler::Decision;
+
+/// Most bytes read from a hook's answer.
+const ANSWER_LIMIT: u64 = 64 * 1024;
+
+/// Runs an external program on every submission.
+#[derive(Clone, Debug)]
+pub struct HookProgram {
+    path: PathBuf,
+    time_limit: Duration,
+    fallback: Decision,
+}
+
+#[derive(Serialize)]
+struct HookJob<'a> {
+    command: &'a [String],
+    env: BTreeMap<&'a str, &'a str>,
+    cwd: Option<&'a str>,
+    owner: String,
+    owner_uid: u32,
+    owner_gid: u32,
+}
+
+#[derive(Serialize)]
+struct HookQueued<'a> {
+    id: u64,
+    state: &'static str,
+    owner: &'a str,
+    owner_uid: u32,
+    command: &'a [String],
+    waiters: u32,
+}
+
+#[derive(Serialize)]
+struct HookInput<'a> {
+    job: HookJob<'a>,
+    queue: Vec<HookQueued<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "decision", rename_all = "lowercase", deny_unknown_fields)]
+enum HookAnswer {
+    Accept,
+    Merge { job: u64 },
+    Reject { reason: String },
+}
+
+impl HookProgram {
+    /// Runs `path` with a time limit; `fallback` is the decision when it fails.
+    pub fn new(path: impl Into<PathBuf>, time_limit: Duration, fallback: Decision) -> Self {
+        Self {
+            path: path.into(),
+            time_limit,
+            fallback,
+        }
+    }
+
+    /// Asks the program about `job`, submitted by `owner`, given the `queue` (jobs that are
+    /// not finished are shown to it).
+    pub async fn review(
+        &self,
+        job: &CommandJob,
+        owner: &Identity,
+        queue: &[JobSummary],
+    ) -> Decision {
+        match self.ask(job, owner, queue).await {
+            Ok(decision) => decision,
+            Err(why) => {
+                tracing::warn!(hook = %self.path.display(), reason = %why, fallback = ?self.fallback, "submit hook failed");
+                self.fallback.clone()
+            }
+        }
+    }
+
+    async fn ask(
+        &self,
+        job: &CommandJob,
+        owner: &Identity,
+        queue: &[JobSummary],
+    ) -> Result<Decision, String> {
+        let input = HookInput {
+            job: HookJob {
+                command: &job.argv,
+                env: job
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect(),
+                cwd: job.cwd.as_deref(),
+                owner: owner.to_string(),
+                owner_uid: owner.uid,
+                owner_gid: owner.gid,
+            },
+            queue: queue
+                .iter()
+                .filter(|j| j.phase != JobPhase::Finished)
+                .map(|j| HookQueued {
+                    id: j.id.0,
+                    state: j.phase.word(),
+                    owner: &j.owner,
+                    owner_uid: j.owner_uid,
+                    command: &j.command,
+                    waiters: j.waiters,
+                })
+                .collect(),
+        };
+        let input =
+            serde_json::to_vec(&input).map_err(|e| format!("cannot encode its input: {e}"))?;
+        let mut child = tokio::process::Command::new(&self.path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot run it: {e}"))?;
+        let group = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .map(nix::unistd::Pid::from_raw);
+        let mut stdin = child.stdin.take().ok_or("no stdin")?;
+        let mut stdout = child.stdout.take().ok_or("no stdout")?;
+        let conversation = async {
+            // A hook that does not read its input must not block us: ignore write errors.
+            let _ = stdin.write_all(&input).await;
+            drop(stdin);
+            let mut answer = Vec::new();
+            (&mut stdout)
+                .take(ANSWER_LIMIT)
+                .read_to_end(&mut answer)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = child.wait().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((status, answer))
+        };
+        let (status, answer) = match tokio::time::timeout(self.time_limit, conversation).await {
+            Ok(done) => done?,
+            Err(_) => {
+                // The whole group: a shell script's children too.
+                if let Some(group) = group {
+                    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+                }
+                return Err(format!("no answer within {:?}; killed", self.time_limit));
+            }
+        };
+        if !status.success() {
+            return Err(format!("it {status}"));
+        }
+        match serde_json::from_slice::<HookAnswer>(&answer) {
+            Ok(HookAnswer::Accept) => Ok(Decision::Accept),
+            Ok(HookAnswer::Merge { job }) => Ok(Decision::Merge(JobId(job))),
+            Ok(HookAnswer::Reject { reason }) => Ok(Decision::Reject(reason)),
+            Err(e) => Err(format!(
+                "unreadable answer ({e}): {:?}",
+                String::from_utf8_lossy(&answer)
+            )),
+        }
+    }
+}
