@@ -624,35 +624,22 @@ impl<S: Scheduler> Actor<S> {
         let cancel = CancellationToken::new();
         let durable = live.durable.clone();
         let log = match &self.config.log_dir {
-            Some(dir) => {
-                let path = dir.join(format!("{id}.log"));
-                LogSink::create(&path, self.config.log_limit).map_err(|e| {
-                    format!("cannot create the job's log file {}: {e}", path.display())
-                })
-            }
-            None => LogSink::discard().map_err(|e| format!("cannot open /dev/null: {e}")),
+            Some(dir) => LogSink::create(&dir.join(format!("{id}.log")), self.config.log_limit),
+            None => LogSink::discard(),
         };
-        let feed = match &log {
-            Ok(log) => log.live(),
-            Err(_) => broadcast::channel(1).0,
-        };
+        let feed = log.live();
         let ctx_cancel = cancel.clone();
         let task = tokio::spawn(async move {
             // A job runs only once it is on disk: usually long done, since it waited its turn.
             if let Err(e) = durable.await {
                 return spawn_failure(format!("the job could not be recorded: {e}"));
             }
-            match log {
-                Ok(log) => {
-                    job.run(JobContext {
-                        id,
-                        log,
-                        cancel: ctx_cancel,
-                    })
-                    .await
-                }
-                Err(message) => spawn_failure(message),
-            }
+            job.run(JobContext {
+                id,
+                log,
+                cancel: ctx_cancel,
+            })
+            .await
         });
         self.running = Some(Running {
             id,

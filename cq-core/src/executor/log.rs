@@ -2,7 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -24,13 +24,50 @@ pub struct LogChunk {
     pub data: Bytes,
 }
 
+/// The file behind a sink: created with the first output, so that silent jobs cost no file.
+#[derive(Debug)]
+enum LogFile {
+    Dropped,
+    Open(File),
+    Unborn(PathBuf),
+}
+
+impl LogFile {
+    /// Writes `data`; after the first failure (logged once) output only goes to followers,
+    /// so that a full disk never makes the job itself fail.
+    fn write(&mut self, data: &[u8]) {
+        if let Self::Unborn(path) = self {
+            use std::os::unix::fs::OpenOptionsExt;
+            let created = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&*path);
+            *self = match created {
+                Ok(file) => Self::Open(file),
+                Err(e) => {
+                    tracing::warn!(log = %path.display(), error = %e, "cannot create a job's log; its output is dropped");
+                    Self::Dropped
+                }
+            };
+        }
+        if let Self::Open(file) = self
+            && let Err(e) = file.write_all(data)
+        {
+            tracing::warn!(error = %e, "cannot write a job's log; the rest of its output is dropped");
+            *self = Self::Dropped;
+        }
+    }
+}
+
 /// A job's output: appended to its log file up to a limit, and offered to live followers.
 ///
 /// The file holds exactly the chunks that were offered, in order, so a follower can read the
 /// file up to some offset and continue with the chunks after it.
 #[derive(Debug)]
 pub struct LogSink {
-    file: File,
+    file: LogFile,
     limit: u64,
     written: u64,
     truncated: bool,
@@ -38,36 +75,18 @@ pub struct LogSink {
 }
 
 impl LogSink {
-    /// Creates (or truncates) the log file at `path`, readable by the server's user only, that
-    /// keeps at most `limit` bytes of output.
-    ///
-    /// # Errors
-    ///
-    /// The operating system's error creating the file.
-    pub fn create(path: &Path, limit: u64) -> io::Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)?;
-        Ok(Self::new(file, limit))
+    /// A sink for the log file at `path`, which is created (mode 0600, replacing an old one)
+    /// with the first output, and keeps at most `limit` bytes of it.
+    pub fn create(path: &Path, limit: u64) -> Self {
+        Self::new(LogFile::Unborn(path.to_owned()), limit)
     }
 
-    /// A sink that throws output away (followers still see it).
-    ///
-    /// # Errors
-    ///
-    /// The operating system's error opening `/dev/null`.
-    pub fn discard() -> io::Result<Self> {
-        Ok(Self::new(
-            OpenOptions::new().write(true).open("/dev/null")?,
-            DEFAULT_LOG_LIMIT,
-        ))
+    /// A sink that keeps nothing (followers still see the output).
+    pub fn discard() -> Self {
+        Self::new(LogFile::Dropped, DEFAULT_LOG_LIMIT)
     }
 
-    fn new(file: File, limit: u64) -> Self {
+    fn new(file: LogFile, limit: u64) -> Self {
         let (live, _) = broadcast::channel(LIVE_CHUNKS);
         Self {
             file,
@@ -99,15 +118,11 @@ impl LogSink {
     }
 
     /// Appends output, dropping what goes past the limit after writing a marker once.
-    ///
-    /// # Errors
-    ///
-    /// The error writing the file.
-    pub fn append(&mut self, data: &[u8]) -> io::Result<()> {
+    pub fn append(&mut self, data: &[u8]) {
         let room = usize::try_from(self.limit.saturating_sub(self.written)).unwrap_or(usize::MAX);
         let keep = &data[..data.len().min(room)];
         if !keep.is_empty() {
-            self.emit(keep)?;
+            self.emit(keep);
         }
         if keep.len() < data.len() && !self.truncated {
             self.truncated = true;
@@ -115,13 +130,12 @@ impl LogSink {
                 "\n[cq: log truncated: it reached its limit of {} bytes]\n",
                 self.limit
             );
-            self.emit(marker.as_bytes())?;
+            self.emit(marker.as_bytes());
         }
-        Ok(())
     }
 
-    fn emit(&mut self, data: &[u8]) -> io::Result<()> {
-        self.file.write_all(data)?;
+    fn emit(&mut self, data: &[u8]) {
+        self.file.write(data);
         let chunk = LogChunk {
             offset: self.written,
             data: Bytes::copy_from_slice(data),
@@ -129,14 +143,13 @@ impl LogSink {
         self.written += data.len() as u64;
         // No follower is not an error.
         let _ = self.live.send(chunk);
-        Ok(())
     }
 
     /// Copies everything `output` yields into the log until it ends.
     ///
     /// # Errors
     ///
-    /// The first read or write error.
+    /// The first read error.
     pub async fn pump(&mut self, mut output: impl AsyncRead + Unpin) -> io::Result<()> {
         let mut buf = vec![0; 16 * 1024];
         loop {
@@ -144,24 +157,19 @@ impl LogSink {
             if n == 0 {
                 return Ok(());
             }
-            self.append(&buf[..n])?;
+            self.append(&buf[..n]);
         }
-    }
-
-    /// The underlying file.
-    pub fn into_file(self) -> File {
-        self.file
     }
 }
 
 impl Write for LogSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.append(buf)?;
+        self.append(buf);
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
+        Ok(())
     }
 }
 
@@ -173,11 +181,12 @@ mod tests {
     fn the_limit_keeps_the_start_and_marks_the_cut_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        let mut sink = LogSink::create(&path, 10).unwrap();
+        let mut sink = LogSink::create(&path, 10);
+        assert!(!path.exists(), "no output, no file");
         let mut live = sink.subscribe();
-        sink.append(b"0123456").unwrap();
-        sink.append(b"789abcdef").unwrap();
-        sink.append(b"more").unwrap();
+        sink.append(b"0123456");
+        sink.append(b"789abcdef");
+        sink.append(b"more");
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("0123456789\n[cq: log truncated"), "{text}");
         assert_eq!(text.matches("truncated").count(), 1);
@@ -189,5 +198,16 @@ mod tests {
             seen.extend_from_slice(&chunk.data);
         }
         assert_eq!(seen, text.as_bytes());
+    }
+
+    #[test]
+    fn an_unwritable_log_drops_output_without_failing() {
+        let mut sink = LogSink::create(Path::new("/nonexistent-dir/cq/1.log"), 100);
+        let mut live = sink.subscribe();
+        sink.append(b"still followed");
+        assert_eq!(
+            live.try_recv().unwrap().data,
+            Bytes::from_static(b"still followed")
+        );
     }
 }

@@ -251,7 +251,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let ctx = JobContext {
             id: JobId(7),
-            log: LogSink::create(log, 1 << 20).unwrap(),
+            log: LogSink::create(log, 1 << 20),
             cancel: cancel.clone(),
         };
         (ctx, cancel)
