@@ -83,13 +83,13 @@ fn main() -> anyhow::Result<()> {
         args.samples.min(100),
         work.path(),
     )?);
+    drop(server);
+    // A fresh server: memory freed by the runs above would hide the growth measured here.
+    let scale_work = tempfile::tempdir()?;
+    let server = server::Server::start(&bin_dir, scale_work.path())?;
     let runtime = tokio::runtime::Runtime::new()?;
-    report.scale = Some(runtime.block_on(measure::scale(
-        &server,
-        args.scale,
-        args.waiting,
-        work.path(),
-    ))?);
+    let scale = measure::scale(&server, args.scale, args.waiting, scale_work.path());
+    report.scale = Some(runtime.block_on(scale)?);
     drop(server);
 
     report

@@ -22,6 +22,9 @@ use crate::protocol::{
 };
 use crate::transport::{PeerInfo, PendingConnection, Stream};
 
+/// Initial read buffer of a connection.
+const READ_BUFFER: usize = 1024;
+
 /// Log bytes per `Output` frame: well below the frame limit.
 const LOG_CHUNK: usize = 64 * 1024;
 
@@ -96,7 +99,13 @@ where
         }
         let mut hello = [0; HELLO_LEN];
         let read = timeout(limit, stream.read_exact(&mut hello)).await;
-        self.framed = Some(Framed::new(stream, FrameCodec::new()));
+        // Requests are small and a waiting client costs its buffers for hours: start small
+        // (the buffer grows for a larger frame, up to the frame limit).
+        self.framed = Some(Framed::with_capacity(
+            stream,
+            FrameCodec::new(),
+            READ_BUFFER,
+        ));
         match read {
             Err(_) => {
                 return self
