@@ -6,6 +6,7 @@
 //!
 //! - `auth_args.rs`: `--auth munge|tls` and the TLS file options both binaries share.
 //! - `background.rs`: the detached waiter behind `cq_client --background`.
+//! - `client_run.rs`: what cq_client does once its arguments are parsed.
 //! - `cert_tool.rs`: `cq_server tls init|client`, the certificate tooling.
 //! - `env_args.rs`: `-E NAME[=VALUE]` parsing.
 //! - `listing.rs`: job tables and `--json` output for `--list`, `--status`, `--cancel`.
@@ -20,6 +21,7 @@
 pub mod auth_args;
 pub mod background;
 pub mod cert_tool;
+pub mod client_run;
 pub mod env_args;
 pub mod listing;
 pub mod paths;

@@ -1,0 +1,405 @@
+//! What `cq_client` does once its arguments are parsed: submit or pick up a job, wait for it
+//! across lost connections, answer queries, hand the wait to the background, run the post
+//! script, and turn all of it into an exit status.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser};
+use cq_auth::mtls::{TlsChannelCredentials, TlsServerAuthenticator};
+use cq_core::{
+    AuthError, Authenticator, Client, ClientError, CommandJob, Connector, CredentialSource, JobId,
+    JobPhase, Outcome, Reconnect,
+};
+use cq_transport_tls::{ClientTls, TlsConnector};
+
+use crate::auth_args::{AuthArgs, AuthKind};
+use crate::background::spawn_waiter;
+use crate::listing;
+use crate::paths::default_state_dir;
+use crate::post_script::run_post_script;
+use crate::report::{MUNGED_HINT, fail, say};
+use crate::units::parse_duration;
+
+/// Options that make no sense with a query (--list, --status, --cancel).
+const QUERY_CONFLICTS: [&str; 7] = [
+    "command",
+    "wait",
+    "detach",
+    "background",
+    "post_script",
+    "env",
+    "timeout",
+];
+
+/// Exit status for cq's own failures (connection, authentication, server errors, post
+/// script), as opposed to the job's status.
+pub const CQ_FAILURE: u8 = 255;
+
+/// Submits COMMAND to cq_server, waits until it has run, runs the post script, and exits with
+/// the job's exit status (128+N if a signal N killed it; 255 if cq itself failed).
+#[derive(Debug, Parser)]
+#[command(version, disable_help_flag = true)]
+pub struct Args {
+    /// Server host.
+    #[arg(short = 'h', long, default_value = "localhost")]
+    pub host: String,
+    /// Server port.
+    #[arg(short = 'p', long, default_value_t = 48005)]
+    pub port: u16,
+    /// Script run here when the job ended, with arguments INTERNAL_STATUS EXIT_STATUS and
+    /// CQ_* variables.
+    #[arg(short = 'P', long = "post-script", value_name = "SCRIPT")]
+    pub post_script: Option<PathBuf>,
+    /// Set NAME=VALUE for the job, or copy NAME from this environment; repeatable.
+    #[arg(short = 'E', long = "env", value_name = "VAR[=VALUE]")]
+    pub env: Vec<String>,
+    #[expect(
+        missing_docs,
+        reason = "clap would show a doc comment here as help; AuthArgs documents itself"
+    )]
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// With --auth munge: uid the server must run as for its replies to be believed;
+    /// repeatable [default: 0 and this user's uid].
+    #[arg(long, value_name = "UID")]
+    pub server_uid: Vec<u32>,
+    /// With --auth tls: the name the server's certificate must carry [default: the host].
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+    /// Print the job id once the job is accepted (it is then on the server's disk) and exit
+    /// without waiting.
+    #[arg(long, conflicts_with_all = ["post_script", "background", "wait"])]
+    pub detach: bool,
+    /// Wait for the existing job ID instead of submitting one, then behave as if it had been
+    /// submitted here (post script, exit status).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["env", "command", "background"])]
+    pub wait: Option<u64>,
+    /// Once the job is accepted, keep waiting in the background (detached from the terminal,
+    /// output to --background-log) and exit at once.
+    #[arg(long)]
+    pub background: bool,
+    /// Log of the background waiter [default: cq_client-job-ID.log in the state directory].
+    #[arg(long, value_name = "FILE", requires = "background")]
+    pub background_log: Option<PathBuf>,
+    /// Internal: start a new session first (used by the --background waiter).
+    #[arg(long, hide = true)]
+    pub new_session: bool,
+    /// Seconds to keep re-attaching to the job while the server is unreachable.
+    #[arg(long, value_name = "SECS", default_value_t = 3600.0)]
+    pub reconnect_timeout: f64,
+    /// Kill the job (its whole process group) if it runs longer than this (e.g. 90s, 2h); the
+    /// server may set a default and a maximum.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// List the running job, the queued ones in order and the recently finished ones.
+    #[arg(long, group = "query", conflicts_with_all = QUERY_CONFLICTS)]
+    pub list: bool,
+    /// Show one job.
+    #[arg(long, value_name = "ID", group = "query", conflicts_with_all = QUERY_CONFLICTS)]
+    pub status: Option<u64>,
+    /// Cancel a job: a queued one leaves the queue, a running one's process group gets SIGTERM,
+    /// then SIGKILL. Its owners and root may.
+    #[arg(long, value_name = "ID", group = "query", conflicts_with_all = QUERY_CONFLICTS)]
+    pub cancel: Option<u64>,
+    /// Print a job's output so far (its owners and root may).
+    #[arg(long, value_name = "ID", group = "query", conflicts_with_all = QUERY_CONFLICTS)]
+    pub log: Option<u64>,
+    /// While waiting, print the job's output as it comes (from its start).
+    #[arg(long, conflicts_with_all = ["detach", "background"])]
+    pub follow: bool,
+    /// Print --list, --status and --cancel answers as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing but errors.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// More log output (repeat for more); RUST_LOG overrides.
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Print help.
+    #[arg(long, action = ArgAction::Help)]
+    pub help: Option<bool>,
+    /// The command and its arguments.
+    #[arg(required_unless_present_any = ["wait", "list", "status", "cancel", "log"], last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+impl Args {
+    /// Whether this is `--list`, `--status`, `--cancel` or `--log` rather than a job.
+    pub fn is_query(&self) -> bool {
+        self.list || self.status.is_some() || self.cancel.is_some() || self.log.is_some()
+    }
+}
+
+/// Does what `args` ask, with `job` (ignored by queries and `--wait`).
+pub async fn run(args: Args, job: CommandJob) -> ExitCode {
+    match args.auth.auth {
+        AuthKind::Munge => submit_munge(args, job).await,
+        AuthKind::Tls => {
+            let files = args.auth.tls_files("client");
+            let server_name = args
+                .tls_server_name
+                .clone()
+                .unwrap_or_else(|| args.host.clone());
+            let connector = ClientTls::from_files(&files.ca, &files.cert, &files.key)
+                .map_err(|e| e.to_string())
+                .and_then(|tls| {
+                    TlsConnector::new(&args.host, args.port, &server_name, &tls)
+                        .map_err(|e| e.to_string())
+                });
+            match connector {
+                Ok(connector) => {
+                    let client =
+                        Client::new(connector, TlsChannelCredentials, TlsServerAuthenticator);
+                    follow(&client, &args, job).await
+                }
+                Err(e) => fail(
+                    "cq_client",
+                    e,
+                    Some("pass --tls-ca, --tls-cert and --tls-key"),
+                    CQ_FAILURE,
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(feature = "munge")]
+async fn submit_munge(args: Args, job: CommandJob) -> ExitCode {
+    use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
+    let socket = args
+        .auth
+        .munge_socket
+        .clone()
+        .map_or_else(MungeSocket::default_socket, MungeSocket::at);
+    let server_uids = if args.server_uid.is_empty() {
+        vec![0, nix::unistd::getuid().as_raw()]
+    } else {
+        args.server_uid.clone()
+    };
+    let client = Client::new(
+        cq_transport_tcp::TcpConnector::new(&args.host, args.port),
+        MungeCredentialSource::new(socket.clone()),
+        MungeAuthenticator::new(socket).allow_only_uids(server_uids),
+    );
+    follow(&client, &args, job).await
+}
+
+#[cfg(not(feature = "munge"))]
+async fn submit_munge(_: Args, _: CommandJob) -> ExitCode {
+    fail(
+        "cq_client",
+        "this cq_client was built without MUNGE support",
+        Some("use --auth tls"),
+        CQ_FAILURE,
+    )
+}
+
+/// Submits (or picks up) the job, waits for it across lost connections, reports, and runs
+/// the post script; the exit code says how it all went.
+async fn follow<C, S, A>(client: &Client<C, S, A>, args: &Args, job: CommandJob) -> ExitCode
+where
+    C: Connector,
+    S: CredentialSource,
+    A: Authenticator,
+{
+    if args.is_query() {
+        return query(client, args).await;
+    }
+    let (id, submission) = match args.wait {
+        Some(id) => (JobId(id), None),
+        None => {
+            let submission = match client.submit(job).await {
+                Ok(submission) => submission,
+                Err(e) => return fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
+            };
+            let id = submission.job;
+            if args.detach {
+                println!("{id}");
+                submission.close().await;
+                return ExitCode::SUCCESS;
+            }
+            if !args.quiet {
+                let what = if submission.merged {
+                    format!("merged into job {id}, which was already queued")
+                } else {
+                    format!(
+                        "job {id} queued on {} ({} ahead)",
+                        client.server_name(),
+                        submission.ahead
+                    )
+                };
+                say("cq_client", what);
+            }
+            if args.background {
+                submission.close().await;
+                return background(args, id);
+            }
+            (id, Some(submission))
+        }
+    };
+    let mut submission = submission;
+    let mut followed = None;
+    if args.follow {
+        if let Some(submission) = submission.take() {
+            submission.close().await;
+        }
+        let mut out = std::io::stdout().lock();
+        match client
+            .log(id, true, |data| {
+                drop(out.write_all(data).and_then(|()| out.flush()))
+            })
+            .await
+        {
+            Ok(result) => followed = result,
+            // The output stops; the wait goes on below, re-attaching as usual.
+            Err(e) if e.is_transient() => {}
+            Err(e) => return fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
+        }
+    }
+    let policy = Reconnect {
+        give_up_after: Duration::try_from_secs_f64(args.reconnect_timeout)
+            .unwrap_or(Duration::ZERO),
+        ..Reconnect::default()
+    };
+    let mut told = false;
+    let result = match followed {
+        Some(result) => Ok(result),
+        None => {
+            client
+                .follow(id, submission, &policy, |e, _| {
+                    if !told && !args.quiet {
+                        say(
+                            "cq_client",
+                            format_args!("lost the server ({e}); re-attaching to job {id}"),
+                        );
+                        told = true;
+                    }
+                })
+                .await
+        }
+    };
+    let result = match result {
+        Ok(result) => result,
+        Err(e) => return fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
+    };
+    match &result.outcome {
+        Outcome::Exited { code: 0 } => {}
+        Outcome::Exited { .. } if args.quiet => {}
+        outcome => say("cq_client", format_args!("job {id} {outcome}")),
+    }
+    if let Some(script) = &args.post_script
+        && let Err(e) = run_post_script(script, id, &result, &client.server_name()).await
+    {
+        return fail("cq_client", e, None, CQ_FAILURE);
+    }
+    ExitCode::from(result.outcome.exit_status())
+}
+
+/// Hands the wait for job `id` to a detached `cq_client --wait` and returns.
+fn background(args: &Args, id: JobId) -> ExitCode {
+    let mut wait = vec![
+        "-h".into(),
+        args.host.clone().into(),
+        "-p".into(),
+        args.port.to_string().into(),
+    ];
+    wait.extend(args.auth.to_args());
+    for uid in &args.server_uid {
+        wait.extend(["--server-uid".into(), uid.to_string().into()]);
+    }
+    if let Some(name) = &args.tls_server_name {
+        wait.extend(["--tls-server-name".into(), name.into()]);
+    }
+    if let Some(script) = &args.post_script {
+        wait.extend(["-P".into(), script.clone().into_os_string()]);
+    }
+    wait.extend([
+        "--reconnect-timeout".into(),
+        args.reconnect_timeout.to_string().into(),
+    ]);
+    wait.extend([
+        "--new-session".into(),
+        "--wait".into(),
+        id.to_string().into(),
+    ]);
+    let log = args
+        .background_log
+        .clone()
+        .unwrap_or_else(|| default_state_dir().join(format!("cq_client-job-{id}.log")));
+    match spawn_waiter(&wait, &log) {
+        Ok(()) => {
+            if !args.quiet {
+                say(
+                    "cq_client",
+                    format_args!(
+                        "waiting for job {id} in the background; log: {}",
+                        log.display()
+                    ),
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(
+            "cq_client",
+            format_args!("cannot wait in the background: {e}"),
+            Some("wait with --wait ID"),
+            CQ_FAILURE,
+        ),
+    }
+}
+
+/// `--list`, `--status ID`, `--cancel ID`.
+async fn query<C, S, A>(client: &Client<C, S, A>, args: &Args) -> ExitCode
+where
+    C: Connector,
+    S: CredentialSource,
+    A: Authenticator,
+{
+    if let Some(id) = args.log {
+        let mut out = std::io::stdout().lock();
+        return match client
+            .log(JobId(id), false, |data| drop(out.write_all(data)))
+            .await
+        {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
+        };
+    }
+    let answer = if let Some(id) = args.status {
+        client.status(JobId(id)).await.map(|job| vec![job])
+    } else if let Some(id) = args.cancel {
+        client.cancel(JobId(id)).await.map(|job| vec![job])
+    } else {
+        client.list().await
+    };
+    let jobs = match answer {
+        Ok(jobs) => jobs,
+        Err(e) => return fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
+    };
+    if args.json {
+        match (args.list, jobs.first()) {
+            (false, Some(job)) => println!("{}", listing::one_to_json(job)),
+            _ => println!("{}", listing::to_json(&jobs)),
+        }
+    } else if let (Some(id), Some(job), false) = (args.cancel, jobs.first(), args.quiet) {
+        let what = match job.phase {
+            JobPhase::Running => "is being stopped (its process group gets SIGTERM, then SIGKILL)",
+            _ => "was cancelled",
+        };
+        say("cq_client", format_args!("job {id} {what}"));
+    } else if !args.quiet || args.cancel.is_none() {
+        print!("{}", listing::to_table(&jobs));
+    }
+    ExitCode::SUCCESS
+}
+
+fn client_hint(e: &ClientError) -> Option<&'static str> {
+    match e {
+        ClientError::Credential(AuthError::Unavailable(_)) => Some(MUNGED_HINT),
+        other => other.hint(),
+    }
+}
