@@ -393,18 +393,8 @@ impl<S: Scheduler> Actor<S> {
                 live.waiters.push(info.owner.clone());
                 let added = self.store.add_waiter(into, info.owner, SystemTime::now());
                 let durable = live.durable.clone();
-                let ahead = self
-                    .scheduler
-                    .view()
-                    .all()
-                    .position(|j| j.id == into)
-                    .unwrap_or(0);
-                let ticket = JobTicket {
-                    id: into,
-                    ahead,
-                    merged: true,
-                    state: live.state.subscribe(),
-                };
+                let mut ticket = self.ticket(into, &self.jobs[&into]);
+                ticket.merged = true;
                 // The waiter is acknowledged once it is on disk too: it survives a restart.
                 tokio::spawn(async move {
                     let recorded = match durable.await {
@@ -421,20 +411,25 @@ impl<S: Scheduler> Actor<S> {
         }
     }
 
+    /// A ticket for live job `id`.
+    fn ticket(&self, id: JobId, live: &Live) -> JobTicket {
+        let ahead = self
+            .scheduler
+            .view()
+            .all()
+            .position(|j| j.id == id)
+            .unwrap_or(0);
+        JobTicket {
+            id,
+            ahead,
+            merged: false,
+            state: live.state.subscribe(),
+        }
+    }
+
     fn watch(&self, id: JobId, reply: oneshot::Sender<Result<JobTicket, SubmitError>>) {
         if let Some(live) = self.jobs.get(&id) {
-            let ahead = self
-                .scheduler
-                .view()
-                .all()
-                .position(|j| j.id == id)
-                .unwrap_or(0);
-            let ticket = JobTicket {
-                id,
-                ahead,
-                merged: false,
-                state: live.state.subscribe(),
-            };
+            let ticket = self.ticket(id, live);
             let durable = live.durable.clone();
             tokio::spawn(async move {
                 let _ = reply.send(durable.await.map(|()| ticket).map_err(SubmitError::Store));
@@ -527,18 +522,7 @@ impl<S: Scheduler> Actor<S> {
                 .as_ref()
                 .filter(|r| r.id == id)
                 .map(|r| r.live.subscribe());
-            let ahead = self
-                .scheduler
-                .view()
-                .all()
-                .position(|j| j.id == id)
-                .unwrap_or(0);
-            let ticket = JobTicket {
-                id,
-                ahead,
-                merged: false,
-                state: live.state.subscribe(),
-            };
+            let ticket = self.ticket(id, live);
             let _ = reply.send(Ok(LogAccess {
                 path,
                 live: feed,

@@ -304,15 +304,7 @@ where
         let mut access = match self.shared.engine.open_log(id, who.clone()).await {
             Ok(access) => access,
             Err(e) => {
-                return self
-                    .send(
-                        nonce,
-                        Event::Error {
-                            code: error_code(&e),
-                            message: e.to_string(),
-                        },
-                    )
-                    .await;
+                return self.refuse(nonce, &e).await;
             }
         };
         // A queued job has no output yet: when following, wait for it to start.
@@ -327,15 +319,7 @@ where
             access = match self.shared.engine.open_log(id, who).await {
                 Ok(access) => access,
                 Err(e) => {
-                    return self
-                        .send(
-                            nonce,
-                            Event::Error {
-                                code: error_code(&e),
-                                message: e.to_string(),
-                            },
-                        )
-                        .await;
+                    return self.refuse(nonce, &e).await;
                 }
             };
         }
@@ -435,6 +419,18 @@ where
         }
     }
 
+    /// Answers with the engine's refusal; the connection stays open for more requests.
+    async fn refuse(&mut self, nonce: Nonce, e: &SubmitError) -> ControlFlow<()> {
+        self.send(
+            nonce,
+            Event::Error {
+                code: error_code(e),
+                message: e.to_string(),
+            },
+        )
+        .await
+    }
+
     /// Answers a query with the jobs, or the error; the connection stays open for more.
     async fn answer(
         &mut self,
@@ -443,16 +439,7 @@ where
     ) -> ControlFlow<()> {
         match jobs {
             Ok(jobs) => self.send(nonce, Event::Jobs { jobs }).await,
-            Err(e) => {
-                self.send(
-                    nonce,
-                    Event::Error {
-                        code: error_code(&e),
-                        message: e.to_string(),
-                    },
-                )
-                .await
-            }
+            Err(e) => self.refuse(nonce, &e).await,
         }
     }
 
