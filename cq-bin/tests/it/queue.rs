@@ -1,9 +1,8 @@
 //! Seeing and steering the queue: duplicates, list, status, cancel, time limits.
 
-use std::ffi::OsString;
-
 use crate::durable::Gate;
 use crate::support::{LIMIT, Munged, TestServer, output, script, stderr};
+use crate::tls::Pki;
 
 fn json(out: &std::process::Output) -> serde_json::Value {
     assert!(out.status.success(), "{}", stderr(out));
@@ -209,38 +208,17 @@ async fn time_limits_kill_the_job_and_the_server_caps_them() {
 
 #[tokio::test]
 async fn only_owners_and_root_may_cancel() {
-    use cq_transport_tls::{init_ca_and_server, issue_client};
-    let pki = tempfile::tempdir().unwrap();
-    init_ca_and_server(pki.path(), &["127.0.0.1".into()], false).unwrap();
-    let root = issue_client(pki.path(), "root", pki.path(), false).unwrap();
-    let nobody = issue_client(pki.path(), "nobody", pki.path(), false).unwrap();
-    let tls = |files: &cq_transport_tls::ClientFiles| -> Vec<OsString> {
-        vec![
-            "--auth".into(),
-            "tls".into(),
-            "--tls-ca".into(),
-            pki.path().join("ca.pem").into(),
-            "--tls-cert".into(),
-            files.cert.clone().into(),
-            "--tls-key".into(),
-            files.key.clone().into(),
-        ]
-    };
-    let mut args: Vec<OsString> = vec!["--auth".into(), "tls".into()];
-    for (option, file) in [
-        ("--tls-ca", "ca.pem"),
-        ("--tls-cert", "server.pem"),
-        ("--tls-key", "server.key"),
-    ] {
-        args.extend([option.into(), pki.path().join(file).into()]);
-    }
+    let pki = Pki::new();
+    let root = pki.client("root");
+    let nobody = pki.client("nobody");
     // Clients of this fixture are "nobody" (uid 65534); root's certificate is used explicitly.
-    let server = TestServer::start_args(&args, tls(&nobody)).await;
+    let server =
+        TestServer::start_args(&pki.server_args(), pki.client_args(&nobody.0, &nobody.1)).await;
     let dir = tempfile::tempdir().unwrap();
     let gate = Gate::new(dir.path());
-    let submit = |files: &cq_transport_tls::ClientFiles, command: &str| {
+    let submit = |files: &(std::path::PathBuf, std::path::PathBuf), command: &str| {
         let mut cmd = crate::support::bare_client(server.addr);
-        cmd.args(tls(files))
+        cmd.args(pki.client_args(&files.0, &files.1))
             .args(["--detach", "--", "sh", "-c", command]);
         cmd
     };
@@ -268,7 +246,9 @@ async fn only_owners_and_root_may_cancel() {
     );
     // Root may cancel anybody's job; nobody may cancel its own.
     let mut as_root = crate::support::bare_client(server.addr);
-    as_root.args(tls(&root)).args(["--cancel", "1"]);
+    as_root
+        .args(pki.client_args(&root.0, &root.1))
+        .args(["--cancel", "1"]);
     let by_root = output(&mut as_root).await;
     assert!(by_root.status.success(), "{}", stderr(&by_root));
     let own = output(server.client().args(["--cancel", "2"])).await;

@@ -12,27 +12,27 @@ use tempfile::TempDir;
 use crate::support::{LIMIT, Munged, TestServer, bare_client, output, script, stderr};
 
 /// A CA with a server certificate for 127.0.0.1, in a temporary directory.
-struct Pki {
+pub(crate) struct Pki {
     dir: TempDir,
 }
 
 impl Pki {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         init_ca_and_server(dir.path(), &["127.0.0.1".into(), "localhost".into()], false).unwrap();
         Self { dir }
     }
 
-    fn path(&self, file: &str) -> PathBuf {
+    pub(crate) fn path(&self, file: &str) -> PathBuf {
         self.dir.path().join(file)
     }
 
-    fn client(&self, name: &str) -> (PathBuf, PathBuf) {
+    pub(crate) fn client(&self, name: &str) -> (PathBuf, PathBuf) {
         let files = issue_client(self.dir.path(), name, self.dir.path(), false).unwrap();
         (files.cert, files.key)
     }
 
-    fn server_args(&self) -> Vec<OsString> {
+    pub(crate) fn server_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["--auth".into(), "tls".into()];
         for (option, file) in [
             ("--tls-ca", "ca.pem"),
@@ -46,7 +46,7 @@ impl Pki {
     }
 
     /// Client options presenting `cert`/`key` and trusting this CA.
-    fn client_args(&self, cert: &Path, key: &Path) -> Vec<OsString> {
+    pub(crate) fn client_args(&self, cert: &Path, key: &Path) -> Vec<OsString> {
         vec![
             "--auth".into(),
             "tls".into(),
