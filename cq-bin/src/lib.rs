@@ -13,6 +13,7 @@
 //! - `post_script.rs`: checking and running the client's `-P` script.
 //! - `paths.rs`: the default state directory.
 //! - `units.rs`: durations (`90s`, `2h`) and sizes (`64M`) on the command line.
+//! - `state_lock.rs`: one server per state directory (a locked pid file).
 //! - `signals.rs`: SIGINT / SIGTERM for the server's graceful and forced shutdown.
 //! - `report.rs`: logging set-up and the one-line error messages.
 
@@ -28,4 +29,5 @@ pub mod paths;
 pub mod post_script;
 pub mod report;
 pub mod signals;
+pub mod state_lock;
 pub mod units;

@@ -13,6 +13,7 @@ use cq_bin::cert_tool::{self, TlsCommand};
 use cq_bin::paths::default_state_dir;
 use cq_bin::report::{fail, init_logging};
 use cq_bin::signals::ShutdownSignals;
+use cq_bin::state_lock::{StateLock, lock_state_dir};
 use cq_bin::units::{parse_duration, parse_size};
 use cq_core::engine::Reviver;
 use cq_core::executor::CommandRun;
@@ -167,6 +168,8 @@ struct Parts {
     dedup: Option<DuplicateJobs>,
     hook_program: Option<HookProgram>,
     shutdown_grace: Duration,
+    /// Held until the server has stopped and recorded everything.
+    _state_lock: StateLock,
 }
 
 async fn start(args: Args) -> anyhow::Result<()> {
@@ -185,6 +188,7 @@ async fn start(args: Args) -> anyhow::Result<()> {
     let log_dir = state_dir.join("logs");
     std::fs::create_dir_all(&log_dir)
         .map_err(|e| StartError::StateDir(format!("cannot create {}: {e}", log_dir.display())))?;
+    let lock = lock_state_dir(&state_dir).map_err(|e| StartError::StateDir(e.to_string()))?;
     let store = SqliteStore::open(&state_dir.join("cq.db"))
         .map_err(|e| StartError::StateDir(e.to_string()))?;
     let mut engine = EngineConfig::default().with_log_dir(&log_dir);
@@ -197,6 +201,7 @@ async fn start(args: Args) -> anyhow::Result<()> {
         Dedup::Running => Some(DuplicateJobs::new(DedupScope::QueuedOrRunning)),
     };
     let parts = Parts {
+        _state_lock: lock,
         config,
         executor,
         engine,

@@ -309,3 +309,25 @@ async fn an_unusable_state_directory_stops_the_start_with_a_clear_error() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_second_server_on_the_same_state_directory_refuses_to_start() {
+    let munged = Munged::start();
+    let server = TestServer::start(&munged).await;
+    let second = output(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_cq_server"))
+            .args(["-h", "127.0.0.1", "-p", "0", "--state-dir"])
+            .arg(server.state_dir.path())
+            .arg("--munge-socket")
+            .arg(munged.socket()),
+    )
+    .await;
+    assert_eq!(second.status.code(), Some(1));
+    let err = stderr(&second);
+    assert!(
+        err.contains("another cq_server (pid ") && err.contains("uses the state directory"),
+        "{err}"
+    );
+    assert!(!err.contains("listening on"), "{err}");
+    server.assert_serves().await;
+}

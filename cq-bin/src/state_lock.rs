@@ -1,0 +1,74 @@
+//! One server per state directory: a second one would recover the same queue and run its jobs
+//! again.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+
+/// Held for the server's whole life; the lock goes with the process, however it ends.
+#[derive(Debug)]
+pub struct StateLock {
+    _lock: Flock<File>,
+}
+
+/// Why the state directory cannot be taken.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateLockError {
+    /// Another server holds it.
+    #[error("another cq_server{} uses the state directory {dir}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Busy {
+        /// The directory.
+        dir: PathBuf,
+        /// The other server's pid, if it wrote one.
+        pid: Option<u32>,
+    },
+    /// The lock file cannot be used.
+    #[error("cannot lock {path}: {source}")]
+    Io {
+        /// The lock file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Takes `dir/cq_server.pid` (an exclusive, non-blocking `flock`) and writes our pid in it.
+///
+/// # Errors
+///
+/// [`StateLockError::Busy`] naming the other server's pid when one holds the directory.
+pub fn lock_state_dir(dir: &Path) -> Result<StateLock, StateLockError> {
+    let path = dir.join("cq_server.pid");
+    let io = |source| StateLockError::Io {
+        path: path.clone(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io)?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((mut file, Errno::EWOULDBLOCK)) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(StateLockError::Busy {
+                dir: dir.to_owned(),
+                pid: text.trim().parse().ok(),
+            });
+        }
+        Err((_, errno)) => return Err(io(std::io::Error::from(errno))),
+    };
+    lock.set_len(0).map_err(io)?;
+    lock.rewind().map_err(io)?;
+    writeln!(lock, "{}", std::process::id()).map_err(io)?;
+    Ok(StateLock { _lock: lock })
+}
