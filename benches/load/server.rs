@@ -31,6 +31,8 @@ impl Server {
                 "0",
                 "--max-connections",
                 "20000",
+                // The harness runs as whoever starts it, root included.
+                "--allow-root",
                 "--state-dir",
             ])
             .arg(work.join("state"))

@@ -34,6 +34,21 @@ const QUERY_CONFLICTS: [&str; 7] = [
     "timeout",
 ];
 
+/// Options the configuration file's [client] section may set: where the server is, how to
+/// authenticate, and how long to wait; never what to do.
+pub const CONFIG_OPTIONS: [&str; 10] = [
+    "host",
+    "port",
+    "auth",
+    "munge_socket",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+    "server_uid",
+    "tls_server_name",
+    "reconnect_timeout",
+];
+
 /// Exit status for cq's own failures (connection, authentication, server errors, post
 /// script), as opposed to the job's status.
 pub const CQ_FAILURE: u8 = 255;
@@ -41,8 +56,12 @@ pub const CQ_FAILURE: u8 = 255;
 /// Submits COMMAND to cq_server, waits until it has run, runs the post script, and exits with
 /// the job's exit status (128+N if a signal N killed it; 255 if cq itself failed).
 #[derive(Debug, Parser)]
-#[command(version, disable_help_flag = true)]
+#[command(name = "cq_client", version, disable_help_flag = true)]
 pub struct Args {
+    /// Configuration file; its [client] section sets defaults for the options that name a
+    /// server and how to reach it [default: /etc/cq/cq.toml if it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Server host.
     #[arg(short = 'h', long, default_value = "localhost")]
     pub host: String,

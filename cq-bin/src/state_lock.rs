@@ -19,10 +19,10 @@ pub struct StateLock {
 #[non_exhaustive]
 pub enum StateLockError {
     /// Another server holds it.
-    #[error("another cq_server{} uses the state directory {dir}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    #[error("another cq_server{} uses {what}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     Busy {
-        /// The directory.
-        dir: PathBuf,
+        /// What is taken: the state directory or the pid file.
+        what: String,
         /// The other server's pid, if it wrote one.
         pid: Option<u32>,
     },
@@ -43,7 +43,20 @@ pub enum StateLockError {
 ///
 /// [`StateLockError::Busy`] naming the other server's pid when one holds the directory.
 pub fn lock_state_dir(dir: &Path) -> Result<StateLock, StateLockError> {
-    let path = dir.join("cq_server.pid");
+    lock_pid_file(
+        &dir.join("cq_server.pid"),
+        format!("the state directory {}", dir.display()),
+    )
+}
+
+/// Takes the pid file `path` (exclusive, non-blocking `flock`) and writes our pid in it;
+/// `what` names what it protects, for the error.
+///
+/// # Errors
+///
+/// [`StateLockError::Busy`] naming the other server's pid when one holds the file.
+pub fn lock_pid_file(path: &Path, what: String) -> Result<StateLock, StateLockError> {
+    let path = path.to_owned();
     let io = |source| StateLockError::Io {
         path: path.clone(),
         source,
@@ -61,7 +74,7 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, StateLockError> {
             let mut text = String::new();
             let _ = file.read_to_string(&mut text);
             return Err(StateLockError::Busy {
-                dir: dir.to_owned(),
+                what,
                 pid: text.trim().parse().ok(),
             });
         }

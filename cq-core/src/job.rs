@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Identity;
 use crate::executor::LogSink;
 use crate::outcome::Outcome;
 
@@ -45,6 +46,8 @@ pub trait Job: Send + 'static {
 pub struct JobContext {
     /// The job's id.
     pub id: JobId,
+    /// Who submitted it: the user an executor may run it as.
+    pub owner: Identity,
     /// Where the job's output goes.
     pub log: LogSink,
     /// Fires when the job is to be stopped (cancel request or server shutdown).

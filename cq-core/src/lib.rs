@@ -15,6 +15,7 @@
 //!   ([`Engine`], [`EngineHandle`], [`JobTicket`]).
 //! - [`executor`]: runs a [`CommandJob`] as a process group ([`ProcessExecutor`]).
 //! - [`transport`]: [`Listener`] / [`Connector`] traits, [`PeerInfo`], an in-memory transport.
+//! - [`policy`]: who may submit what ([`SubmitPolicy`]); [`account`]: local users jobs run as.
 //! - [`auth`]: [`CredentialSource`] (makes credentials) and [`Authenticator`] (verifies them).
 //! - [`protocol`]: the wire format: hello, messages, framing.
 //! - [`store`]: the durable record of jobs ([`Store`], [`SqliteStore`], [`MemoryStore`]).
@@ -29,12 +30,14 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod account;
 pub mod auth;
 pub mod client;
 pub mod engine;
 pub mod executor;
 pub mod job;
 pub mod outcome;
+pub mod policy;
 pub mod protocol;
 pub mod scheduler;
 pub mod server;
@@ -46,9 +49,10 @@ pub use client::{Client, ClientError, JobEvent, Reconnect, Submission};
 pub use engine::{
     Engine, EngineConfig, EngineHandle, JobResult, JobState, JobTicket, ShutdownMode, SubmitError,
 };
-pub use executor::{Executor, LogSink, ProcessExecutor};
+pub use executor::{Executor, LogSink, ProcessExecutor, RunAs};
 pub use job::{CommandJob, InvalidJob, Job, JobContext, JobId, JobPhase, JobSummary};
 pub use outcome::{Outcome, SpawnFailure};
+pub use policy::{PolicyRefusal, SharedPolicy, SubmitPolicy};
 pub use scheduler::{
     Admission, Decision, JobInfo, QueueView, Scheduler, SerialScheduler, SubmitHook,
 };

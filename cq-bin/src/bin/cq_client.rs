@@ -1,22 +1,20 @@
 //! cq_client: submits a command to cq_server, waits for it, and runs a post script.
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
-use clap::Parser;
-use cq_bin::client_run::{Args, CQ_FAILURE, run};
+use clap::{CommandFactory, FromArgMatches};
+use cq_bin::client_run::{Args, CONFIG_OPTIONS, CQ_FAILURE, run};
+use cq_bin::config_file::{ConfigFile, Section};
 use cq_bin::env_args::resolve_env_args;
 use cq_bin::post_script::check_post_script;
 use cq_bin::report::{fail, init_logging};
 use cq_core::CommandJob;
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args = match parse_args() {
         Ok(args) => args,
-        Err(e) => {
-            // Usage errors are cq's failures too: keep them apart from the job's statuses.
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { CQ_FAILURE } else { 0 });
-        }
+        Err(code) => return code,
     };
     if args.new_session {
         // Leave the terminal's session, so that neither its hang-up nor its signals reach the
@@ -59,4 +57,35 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(args, job))
+}
+
+/// The command line, with defaults from the configuration file's [client] section.
+fn parse_args() -> Result<Args, ExitCode> {
+    // Usage errors are cq's failures too: keep them apart from the job's statuses.
+    let usage = |e: clap::Error| {
+        let _ = e.print();
+        ExitCode::from(if e.use_stderr() { CQ_FAILURE } else { 0 })
+    };
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let command = Args::command();
+    let given = command.clone().try_get_matches_from(&argv).map_err(usage)?;
+    let args = Args::from_arg_matches(&given).map_err(usage)?;
+    let file = ConfigFile::load(args.config.as_deref())
+        .map_err(|e| fail("cq_client", e, None, CQ_FAILURE))?;
+    let Some(file) = file else { return Ok(args) };
+    let from_file = file
+        .arguments(Section::Client, &command, &given, |id| {
+            CONFIG_OPTIONS.contains(&id)
+        })
+        .map_err(|e| fail("cq_client", e, None, CQ_FAILURE))?;
+    if from_file.is_empty() {
+        return Ok(args);
+    }
+    let merged = argv[..1]
+        .iter()
+        .cloned()
+        .chain(from_file)
+        .chain(argv[1..].iter().cloned());
+    let matches = command.try_get_matches_from(merged).map_err(usage)?;
+    Args::from_arg_matches(&matches).map_err(usage)
 }

@@ -10,9 +10,13 @@ use crate::support::{LIMIT, Munged, TestServer, output, script, stderr};
 pub(crate) struct Gate(PathBuf);
 
 impl Gate {
+    /// A gate in `dir`, usable by jobs that run as another user (the directory is opened up).
     pub(crate) fn new(dir: &Path) -> Self {
+        use std::os::unix::fs::PermissionsExt;
         let path = dir.join("gate");
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         Self(path)
     }
 

@@ -68,7 +68,15 @@ impl TestServer {
     }
 
     /// Starts cq_server with `args` (after host, port and state dir); clients get `client_args`.
+    /// The tests run as root, so root's jobs are allowed (`--allow-root`).
     pub(crate) async fn start_args(args: &[OsString], client_args: Vec<OsString>) -> Self {
+        let mut all = vec![OsString::from("--allow-root")];
+        all.extend(args.iter().cloned());
+        Self::start_exact(&all, client_args).await
+    }
+
+    /// [`start_args`](Self::start_args) without `--allow-root`.
+    pub(crate) async fn start_exact(args: &[OsString], client_args: Vec<OsString>) -> Self {
         Self::launch(tempfile::tempdir().unwrap(), 0, args.to_vec(), client_args).await
     }
 

@@ -613,6 +613,7 @@ impl<S: Scheduler> Actor<S> {
         };
         let feed = log.live();
         let ctx_cancel = cancel.clone();
+        let owner = live.info.owner.clone();
         let task = tokio::spawn(async move {
             // A job runs only once it is on disk: usually long done, since it waited its turn.
             if let Err(e) = durable.await {
@@ -620,6 +621,7 @@ impl<S: Scheduler> Actor<S> {
             }
             job.run(JobContext {
                 id,
+                owner,
                 log,
                 cancel: ctx_cancel,
             })

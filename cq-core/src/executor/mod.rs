@@ -7,4 +7,4 @@ mod process;
 
 pub use command::{CommandRun, Executor};
 pub use log::{DEFAULT_LOG_LIMIT, LogChunk, LogSink};
-pub use process::{DEFAULT_PATH, ProcessExecutor};
+pub use process::{DEFAULT_PATH, ProcessExecutor, RunAs};

@@ -14,6 +14,8 @@ use tokio::net::unix::pipe;
 use tokio::process::{Child, Command};
 
 use super::command::Executor;
+use crate::account::Account;
+use crate::auth::Identity;
 use crate::job::{CommandJob, JobContext, JobId};
 use crate::outcome::{Outcome, SpawnFailure};
 
@@ -35,6 +37,39 @@ pub struct ProcessExecutor {
     base_env: Vec<(String, String)>,
     cwd: PathBuf,
     kill_grace: Duration,
+    run_as: RunAs,
+}
+
+/// Whose rights a job runs with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RunAs {
+    /// The server's own user, whoever asked.
+    #[default]
+    Server,
+    /// The requester's uid, gid and supplementary groups, with its `HOME`, `USER` and
+    /// `LOGNAME`; needs a server running as root. The switch is made by util-linux's
+    /// `setpriv` (at this path) between fork and exec: it sets the groups, which the standard
+    /// library cannot do without `unsafe` code in the child.
+    Requester {
+        /// Path of the `setpriv` program.
+        setpriv: PathBuf,
+    },
+}
+
+impl RunAs {
+    /// Where `setpriv` is on this host, if anywhere in the usual places.
+    pub fn find_setpriv() -> Option<PathBuf> {
+        [
+            "/usr/bin/setpriv",
+            "/bin/setpriv",
+            "/usr/sbin/setpriv",
+            "/sbin/setpriv",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+    }
 }
 
 impl Default for ProcessExecutor {
@@ -43,6 +78,7 @@ impl Default for ProcessExecutor {
             base_env: vec![("PATH".to_owned(), DEFAULT_PATH.to_owned())],
             cwd: PathBuf::from("/"),
             kill_grace: Duration::from_secs(10),
+            run_as: RunAs::Server,
         }
     }
 }
@@ -75,7 +111,35 @@ impl ProcessExecutor {
         self
     }
 
-    fn spawn(&self, job: &CommandJob, id: JobId, output: PipeWriter) -> Result<Child, Outcome> {
+    /// Sets whose rights jobs run with.
+    #[must_use]
+    pub fn with_run_as(mut self, run_as: RunAs) -> Self {
+        self.run_as = run_as;
+        self
+    }
+
+    /// The account `owner`'s job switches to, or `None` when it runs as this process.
+    fn switch_to(&self, owner: &Identity) -> Result<Option<(Account, &Path)>, Outcome> {
+        let RunAs::Requester { setpriv } = &self.run_as else {
+            return Ok(None);
+        };
+        if owner.uid == nix::unistd::geteuid().as_raw() {
+            return Ok(None);
+        }
+        let account = Account::lookup(owner.uid, owner.gid).map_err(|e| Outcome::SpawnFailed {
+            reason: SpawnFailure::Other,
+            message: e.to_string(),
+        })?;
+        Ok(Some((account, setpriv)))
+    }
+
+    fn spawn(
+        &self,
+        job: &CommandJob,
+        id: JobId,
+        owner: &Identity,
+        output: PipeWriter,
+    ) -> Result<Child, Outcome> {
         let (program, args) = job.argv.split_first().ok_or_else(|| Outcome::SpawnFailed {
             reason: SpawnFailure::NotFound,
             message: "empty command".to_owned(),
@@ -93,13 +157,40 @@ impl ProcessExecutor {
         let err = output
             .try_clone()
             .map_err(|e| other_failure("cannot duplicate the output pipe", &e))?;
-        let mut command = Command::new(program);
+        let switch = self.switch_to(owner)?;
+        let mut command = match &switch {
+            None => Command::new(program),
+            Some((account, setpriv)) => {
+                // setpriv reports a missing program only as exit 127 in the log: look first,
+                // so that the client hears "command not found" as it would without a switch.
+                let path = self.job_path(job);
+                if !program.contains('/') && which::which_in(program, Some(path), cwd).is_err() {
+                    return Err(spawn_failure(program, &io::ErrorKind::NotFound.into()));
+                }
+                let mut command = Command::new(setpriv);
+                command
+                    .arg(format!("--reuid={}", account.uid))
+                    .arg(format!("--regid={}", account.gid))
+                    .arg(groups_option(&account.groups))
+                    .arg("--")
+                    .arg(program);
+                command
+            }
+        };
         command
             .args(args)
             .env_clear()
             .envs(self.base_env.iter().map(|(k, v)| (k, v)))
             .env("CQ_JOB_ID", id.to_string())
-            .envs(job.env.iter().map(|(k, v)| (k, v)))
+            .envs(job.env.iter().map(|(k, v)| (k, v)));
+        if let Some((account, _)) = &switch {
+            // Last, so that they name the user the job really runs as.
+            command
+                .env("HOME", &account.home)
+                .env("USER", &account.name)
+                .env("LOGNAME", &account.name);
+        }
+        command
             .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(output)
@@ -111,6 +202,17 @@ impl ProcessExecutor {
         let child = command.spawn().map_err(|e| spawn_failure(program, &e));
         drop(command);
         child
+    }
+
+    /// The `PATH` the job's program is looked up in.
+    fn job_path<'a>(&'a self, job: &'a CommandJob) -> &'a str {
+        // The last assignment wins, and the client's come after the base environment's.
+        job.env
+            .iter()
+            .rev()
+            .chain(self.base_env.iter().rev())
+            .find(|(name, _)| name == "PATH")
+            .map_or(DEFAULT_PATH, |(_, value)| value.as_str())
     }
 
     /// SIGTERM to the group, SIGKILL after the grace period, and reap the leader.
@@ -131,6 +233,7 @@ impl Executor for ProcessExecutor {
     async fn run(&self, job: &CommandJob, ctx: JobContext) -> Outcome {
         let JobContext {
             id,
+            owner,
             mut log,
             cancel,
         } = ctx;
@@ -140,7 +243,7 @@ impl Executor for ProcessExecutor {
             Ok(pipe) => pipe,
             Err(e) => return other_failure("cannot create the output pipe", &e),
         };
-        let mut child = match self.spawn(job, id, writer) {
+        let mut child = match self.spawn(job, id, &owner, writer) {
             Ok(child) => child,
             Err(outcome) => return outcome,
         };
@@ -197,6 +300,14 @@ impl Executor for ProcessExecutor {
     }
 }
 
+fn groups_option(groups: &[u32]) -> String {
+    if groups.is_empty() {
+        return "--clear-groups".to_owned();
+    }
+    let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+    format!("--groups={}", list.join(","))
+}
+
 fn signal_group(group: Pid, signal: Signal) {
     match killpg(group, signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
@@ -251,6 +362,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let ctx = JobContext {
             id: JobId(7),
+            owner: Identity::local(),
             log: LogSink::create(log, 1 << 20),
             cancel: cancel.clone(),
         };

@@ -244,6 +244,14 @@ where
                     .config
                     .time_limit(job.timeout())
                     .map(|t| t.as_millis() as u64);
+                if let Some(policy) = &self.shared.policy
+                    && let Err(refusal) = policy.current().review(&identity, &mut job)
+                {
+                    tracing::info!(who = %identity, command = %job.summary(), reason = %refusal, "refused by policy");
+                    self.fail(nonce, ErrorCode::NOT_PERMITTED, &refusal.to_string())
+                        .await;
+                    return ControlFlow::Break(());
+                }
                 let verdict = match &self.shared.hook_program {
                     Some(hook) => {
                         // The hook sees the queue as it is now; a merge into a job that has

@@ -13,6 +13,7 @@ use super::hook_program::HookProgram;
 use crate::auth::{Authenticator, CredentialSource};
 use crate::engine::EngineHandle;
 use crate::executor::Executor;
+use crate::policy::SharedPolicy;
 use crate::transport::Listener;
 
 /// Server settings.
@@ -65,6 +66,7 @@ pub(super) struct Shared<A, C, E> {
     pub(super) executor: Arc<E>,
     pub(super) config: ServerConfig,
     pub(super) hook_program: Option<HookProgram>,
+    pub(super) policy: Option<SharedPolicy>,
 }
 
 /// Serves the cq protocol on a listener, feeding one engine.
@@ -105,6 +107,7 @@ impl<A: Authenticator, C: CredentialSource, E: Executor> Server<A, C, E> {
         Self {
             shared: Arc::new(Shared {
                 hook_program: None,
+                policy: None,
                 engine,
                 authenticator,
                 signer,
@@ -119,6 +122,16 @@ impl<A: Authenticator, C: CredentialSource, E: Executor> Server<A, C, E> {
     pub fn with_hook_program(mut self, hook: HookProgram) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.hook_program = Some(hook);
+        }
+        self
+    }
+
+    /// Checks every submission against `policy` (replaceable while serving) before any hook;
+    /// without one, anybody authenticated may submit anything valid.
+    #[must_use]
+    pub fn with_policy(mut self, policy: SharedPolicy) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.policy = Some(policy);
         }
         self
     }

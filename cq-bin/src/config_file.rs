@@ -1,0 +1,399 @@
+//! `/etc/cq/cq.toml`: defaults for both programs and the server's policy.
+//!
+//! `[server]` and `[client]` hold the programs' long options, spelt with underscores
+//! (`state_dir = "/var/lib/cq"` is `--state-dir /var/lib/cq`). They become command-line
+//! arguments placed before the real ones, so they go through the very parsers and checks the
+//! options do, and an option given on the command line wins over the file. `[policy]` says who
+//! may submit what; `[jobs]` sets the base environment of every job.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches};
+use cq_core::SubmitPolicy;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Read when `--config` is not given (and skipped when it does not exist).
+pub const DEFAULT_CONFIG: &str = "/etc/cq/cq.toml";
+
+/// A parsed configuration file.
+#[derive(Debug)]
+pub struct ConfigFile {
+    path: PathBuf,
+    text: String,
+    raw: Raw,
+}
+
+/// Options of one program: option name → value, with where they are.
+type OptionTable = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default)]
+    server: OptionTable,
+    #[serde(default)]
+    client: OptionTable,
+    #[serde(default)]
+    policy: PolicySection,
+    #[serde(default)]
+    jobs: JobsSection,
+}
+
+/// `[policy]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicySection {
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    allow_root: bool,
+    env_deny: Option<Vec<String>>,
+    #[serde(default)]
+    env_allow: Vec<String>,
+    commands: Option<Vec<Spanned<PathBuf>>>,
+}
+
+/// `[jobs]`: what every job starts from.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsSection {
+    /// Base environment (`PATH` at least) [default: `PATH` only].
+    pub env: Option<BTreeMap<String, String>>,
+    /// Working directory of jobs that name none (or whose directory is not on the server).
+    pub cwd: Option<PathBuf>,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A value or key is wrong.
+    #[error("{path}:{line}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The key (with its section).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Which program's section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Section {
+    /// `[server]`, for cq_server.
+    Server,
+    /// `[client]`, for cq_client.
+    Client,
+}
+
+impl ConfigFile {
+    /// Loads `explicit`, or [`DEFAULT_CONFIG`] if it exists; `None` when neither applies.
+    ///
+    /// # Errors
+    ///
+    /// An unreadable file, or one that is not valid for cq, with the line and key.
+    pub fn load(explicit: Option<&Path>) -> Result<Option<Self>, ConfigError> {
+        let path = match explicit {
+            Some(path) => path.to_owned(),
+            None if Path::new(DEFAULT_CONFIG).exists() => PathBuf::from(DEFAULT_CONFIG),
+            None => return Ok(None),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::parse(path, text).map(Some)
+    }
+
+    /// Parses `text`, read from `path`.
+    ///
+    /// # Errors
+    ///
+    /// Syntax errors and unknown or mistyped keys, with the line and key.
+    pub fn parse(path: PathBuf, text: String) -> Result<Self, ConfigError> {
+        let raw: Raw = match toml::from_str(&text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let at = e.span().map_or(0, |s| s.start);
+                let (line, key) = locate(&text, at);
+                return Err(ConfigError::Invalid {
+                    path,
+                    line,
+                    key,
+                    message: e.message().trim().to_owned(),
+                });
+            }
+        };
+        let file = Self { path, text, raw };
+        if let Some(commands) = &file.raw.policy.commands
+            && let Some(relative) = commands.iter().find(|c| !c.get_ref().is_absolute())
+        {
+            return Err(file.invalid(
+                relative.span().start,
+                "policy.commands",
+                format!("{} is not an absolute path", relative.get_ref().display()),
+            ));
+        }
+        Ok(file)
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The submit policy of `[policy]`; `allow_root` is on if either the file or `allow_root`
+    /// (the command line) says so.
+    pub fn policy(&self, allow_root: bool) -> SubmitPolicy {
+        policy_from(&self.raw.policy, allow_root)
+    }
+
+    /// `[jobs]`.
+    pub fn jobs(&self) -> &JobsSection {
+        &self.raw.jobs
+    }
+
+    /// Command-line arguments for `section`'s options that `given` (the command line as
+    /// parsed) does not set itself. Only options `allowed` names may appear in the file.
+    ///
+    /// # Errors
+    ///
+    /// An unknown option or a value its parser refuses, with the line and key.
+    pub fn arguments(
+        &self,
+        section: Section,
+        command: &clap::Command,
+        given: &ArgMatches,
+        allowed: impl Fn(&str) -> bool,
+    ) -> Result<Vec<OsString>, ConfigError> {
+        let (table, name) = match section {
+            Section::Server => (&self.raw.server, "server"),
+            Section::Client => (&self.raw.client, "client"),
+        };
+        let mut arguments = Vec::new();
+        for (key, value) in table {
+            let at = key.span().start;
+            let qualified = format!("{name}.{}", key.get_ref());
+            let long = key.get_ref().replace('_', "-");
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long.as_str()))
+                .filter(|a| allowed(a.get_id().as_str()) && !a.is_hide_set());
+            let Some(arg) = arg else {
+                return Err(self.invalid(at, &qualified, "no such option here".into()));
+            };
+            let id = arg.get_id().as_str();
+            if given.value_source(id) == Some(ValueSource::CommandLine) {
+                continue;
+            }
+            let flag = matches!(arg.get_action(), ArgAction::SetTrue);
+            let mut these = Vec::new();
+            let values = match value.get_ref() {
+                toml::Value::Array(items) => items.iter().collect(),
+                one => vec![one],
+            };
+            for item in values {
+                let text = match item {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    toml::Value::Boolean(b) if flag => {
+                        if *b {
+                            these.push(OsString::from(format!("--{long}")));
+                        }
+                        continue;
+                    }
+                    toml::Value::Boolean(b) => b.to_string(),
+                    _ => {
+                        return Err(self.invalid(
+                            value.span().start,
+                            &qualified,
+                            "expected a string, number, boolean or a list of them".into(),
+                        ));
+                    }
+                };
+                if flag {
+                    return Err(self.invalid(
+                        value.span().start,
+                        &qualified,
+                        "expected true or false".into(),
+                    ));
+                }
+                these.push(OsString::from(format!("--{long}")));
+                these.push(OsString::from(text));
+            }
+            // Checked alone, so that a bad value is reported with its line, not as if it had
+            // been typed.
+            let mut alone = vec![OsString::from(command.get_name())];
+            alone.extend(these.iter().cloned());
+            if let Err(e) = command.clone().try_get_matches_from(alone)
+                && e.kind() != clap::error::ErrorKind::MissingRequiredArgument
+            {
+                return Err(self.invalid(value.span().start, &qualified, clap_reason(&e)));
+            }
+            arguments.extend(these);
+        }
+        Ok(arguments)
+    }
+
+    fn invalid(&self, at: usize, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            line: locate(&self.text, at).0,
+            key: key.to_owned(),
+            message,
+        }
+    }
+}
+
+/// The default policy when there is no file.
+pub fn default_policy(allow_root: bool) -> SubmitPolicy {
+    policy_from(&PolicySection::default(), allow_root)
+}
+
+fn policy_from(section: &PolicySection, allow_root: bool) -> SubmitPolicy {
+    let defaults = SubmitPolicy::default();
+    SubmitPolicy {
+        users: section.users.clone(),
+        groups: section.groups.clone(),
+        allow_root: allow_root || section.allow_root,
+        env_deny: section.env_deny.clone().unwrap_or(defaults.env_deny),
+        env_allow: section.env_allow.clone(),
+        commands: section
+            .commands
+            .as_ref()
+            .map(|c| c.iter().map(|p| p.get_ref().clone()).collect()),
+        ..defaults
+    }
+}
+
+/// The line (1-based) of byte `at` and the key written on it, if any.
+fn locate(text: &str, at: usize) -> (usize, String) {
+    let at = at.min(text.len());
+    let line = text[..at].matches('\n').count() + 1;
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let current = text[start..].lines().next().unwrap_or_default();
+    let key = match current.split_once('=') {
+        Some((key, _)) => key.trim().trim_matches('"').to_owned(),
+        None => current.trim().to_owned(),
+    };
+    (line, key)
+}
+
+/// clap's message without its "error: " prefix and usage lines.
+fn clap_reason(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    first.strip_prefix("error: ").unwrap_or(first).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    #[command(name = "prog")]
+    struct Prog {
+        #[arg(long, default_value_t = 1)]
+        port: u16,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long)]
+        requeue_lost: bool,
+        #[arg(long)]
+        uid: Vec<u32>,
+    }
+
+    fn file(text: &str) -> Result<ConfigFile, ConfigError> {
+        ConfigFile::parse(PathBuf::from("/etc/cq/cq.toml"), text.to_owned())
+    }
+
+    fn merged(text: &str, argv: &[&str]) -> Result<Prog, ConfigError> {
+        let command = Prog::command();
+        let given = command.clone().get_matches_from(argv);
+        let mut all: Vec<OsString> = vec!["prog".into()];
+        all.extend(file(text)?.arguments(Section::Server, &command, &given, |_| true)?);
+        all.extend(argv[1..].iter().map(OsString::from));
+        Ok(Prog::parse_from(all))
+    }
+
+    #[test]
+    fn options_come_from_the_file_and_the_command_line_wins() {
+        let text =
+            "[server]\nport = 7\nstate_dir = \"/srv/cq\"\nrequeue_lost = true\nuid = [1, 2]\n";
+        let from_file = merged(text, &["prog"]).unwrap();
+        assert_eq!(from_file.port, 7);
+        assert_eq!(from_file.state_dir, Some(PathBuf::from("/srv/cq")));
+        assert!(from_file.requeue_lost);
+        assert_eq!(from_file.uid, [1, 2]);
+        let overridden = merged(text, &["prog", "--port", "9", "--uid", "5"]).unwrap();
+        assert_eq!(overridden.port, 9);
+        assert_eq!(overridden.uid, [5]);
+    }
+
+    #[test]
+    fn errors_name_the_file_line_and_key() {
+        let err = merged("[server]\n\nport = \"many\"\n", &["prog"]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("/etc/cq/cq.toml:3: server.port: "),
+            "{text}"
+        );
+        assert!(text.contains("many"), "{text}");
+        let err = merged("[server]\nprot = 1\n", &["prog"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/etc/cq/cq.toml:2: server.prot: no such option here"
+        );
+        let err = file("[policy]\nusers = \"alice\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/etc/cq/cq.toml:2: users: "), "{err}");
+        let err = file("[policy]\nallow_root = true\nuserz = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/etc/cq/cq.toml:3: userz: "), "{err}");
+        let err = file("[server\n").unwrap_err().to_string();
+        assert!(err.starts_with("/etc/cq/cq.toml:1: "), "{err}");
+        let err = file("[policy]\ncommands = [\"/usr/bin/emerge\", \"emerge\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/etc/cq/cq.toml:2: policy.commands: emerge is not an absolute path"
+        );
+    }
+
+    #[test]
+    fn the_policy_section_becomes_the_submit_policy() {
+        let file =
+            file("[policy]\nusers = [\"alice\"]\nenv_allow = [\"LD_LIBRARY_PATH\"]\n").unwrap();
+        let policy = file.policy(false);
+        assert_eq!(policy.users, ["alice"]);
+        assert!(!policy.allow_root);
+        assert!(file.policy(true).allow_root);
+        assert_eq!(policy.env_allow, ["LD_LIBRARY_PATH"]);
+        assert_eq!(policy.env_deny, SubmitPolicy::default().env_deny);
+    }
+}

@@ -1,0 +1,273 @@
+//! Where cq_server logs: stderr, syslog, the journal, or a file that logrotate may move.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tracing::{Level, Metadata};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// `--log`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Standard error.
+    Stderr,
+    /// The local syslog daemon (`/dev/log`), facility daemon.
+    Syslog,
+    /// systemd's journal, with structured fields.
+    Journald,
+    /// A file, appended to and reopened on `SIGHUP`.
+    File(PathBuf),
+}
+
+impl LogTarget {
+    /// Parses `stderr`, `syslog`, `journald` or `file:PATH`.
+    ///
+    /// # Errors
+    ///
+    /// Anything else, with the accepted forms.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "stderr" => Ok(Self::Stderr),
+            "syslog" => Ok(Self::Syslog),
+            "journald" => Ok(Self::Journald),
+            _ => match text.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+                _ => Err(format!(
+                    "`{text}`: expected stderr, syslog, journald or file:PATH"
+                )),
+            },
+        }
+    }
+}
+
+/// The installed logger; [`reopen`](Self::reopen) is for `SIGHUP`.
+#[derive(Debug, Default)]
+pub struct LogHandle {
+    file: Option<ReopenableFile>,
+}
+
+impl LogHandle {
+    /// Reopens the log file (after logrotate moved it); nothing for other targets.
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be opened again; logging goes on to the old one.
+    pub fn reopen(&self) -> io::Result<()> {
+        match &self.file {
+            Some(file) => file.reopen(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Installs the global logger for `target` at INFO, one step more per `verbose`; `RUST_LOG`
+/// overrides.
+///
+/// # Errors
+///
+/// When the target cannot be opened (file, syslog socket, journal socket).
+pub fn install(target: &LogTarget, verbose: u8) -> io::Result<LogHandle> {
+    let level = [Level::INFO, Level::DEBUG, Level::TRACE][usize::from(verbose.min(2))];
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.as_str()));
+    let registry = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer;
+    let mut handle = LogHandle::default();
+    match target {
+        LogTarget::Stderr => {
+            let ansi = io::IsTerminal::is_terminal(&io::stderr());
+            registry
+                .with(fmt().with_writer(io::stderr).with_ansi(ansi))
+                .init();
+        }
+        LogTarget::File(path) => {
+            let file = ReopenableFile::open(path)?;
+            handle.file = Some(file.clone());
+            registry
+                .with(fmt().with_writer(file).with_ansi(false))
+                .init();
+        }
+        LogTarget::Syslog => {
+            let writer = SyslogWriter::connect()?;
+            // syslog stamps the time and host itself.
+            let layer = fmt()
+                .with_writer(writer)
+                .with_ansi(false)
+                .without_time()
+                .with_level(false)
+                .with_target(false);
+            registry.with(layer).init();
+        }
+        LogTarget::Journald => {
+            let layer = tracing_journald::layer()?.with_syslog_identifier("cq_server".into());
+            registry.with(layer).init();
+        }
+    }
+    Ok(handle)
+}
+
+/// An append-only log file that can be reopened under the same name.
+#[derive(Clone, Debug)]
+struct ReopenableFile {
+    path: PathBuf,
+    file: Arc<Mutex<File>>,
+}
+
+impl ReopenableFile {
+    fn open(path: &Path) -> io::Result<Self> {
+        Ok(Self {
+            path: path.to_owned(),
+            file: Arc::new(Mutex::new(Self::open_file(path)?)),
+        })
+    }
+
+    fn open_file(path: &Path) -> io::Result<File> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    }
+
+    fn reopen(&self) -> io::Result<()> {
+        let fresh = Self::open_file(&self.path)?;
+        *self.file.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
+        Ok(())
+    }
+}
+
+impl Write for &ReopenableFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // One event is one write_all of a whole line: O_APPEND keeps lines whole.
+        self.file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for ReopenableFile {
+    type Writer = &'a ReopenableFile;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self
+    }
+}
+
+type SyslogLogger = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
+
+/// Sends each formatted event to syslog at the severity of its level.
+#[derive(Clone)]
+struct SyslogWriter {
+    logger: Arc<Mutex<SyslogLogger>>,
+}
+
+impl SyslogWriter {
+    fn connect() -> io::Result<Self> {
+        let formatter = syslog::Formatter3164 {
+            facility: syslog::Facility::LOG_DAEMON,
+            hostname: None,
+            process: "cq_server".into(),
+            pid: std::process::id(),
+        };
+        let logger = syslog::unix(formatter).map_err(|e| {
+            io::Error::new(io::ErrorKind::NotFound, format!("cannot reach syslog: {e}"))
+        })?;
+        Ok(Self {
+            logger: Arc::new(Mutex::new(logger)),
+        })
+    }
+}
+
+/// One event on its way to syslog.
+struct SyslogEvent<'a> {
+    logger: &'a Mutex<SyslogLogger>,
+    level: Level,
+}
+
+impl Write for SyslogEvent<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let line = String::from_utf8_lossy(buf);
+        let line = line.trim_end();
+        let mut logger = self.logger.lock().unwrap_or_else(PoisonError::into_inner);
+        let sent = match self.level {
+            Level::ERROR => logger.err(line),
+            Level::WARN => logger.warning(line),
+            Level::INFO => logger.info(line),
+            _ => logger.debug(line),
+        };
+        sent.map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for SyslogWriter {
+    type Writer = SyslogEvent<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.make_writer_for(&INFO_METADATA)
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
+        SyslogEvent {
+            logger: &self.logger,
+            level: *meta.level(),
+        }
+    }
+}
+
+static INFO_CALLSITE: tracing::callsite::DefaultCallsite =
+    tracing::callsite::DefaultCallsite::new(&INFO_METADATA);
+static INFO_METADATA: Metadata<'static> = tracing::metadata!(
+    name: "cq_server",
+    target: "cq_server",
+    level: Level::INFO,
+    fields: &[],
+    callsite: &INFO_CALLSITE,
+    kind: tracing::metadata::Kind::EVENT,
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_and_bad_ones_say_what_is_accepted() {
+        assert_eq!(LogTarget::parse("syslog"), Ok(LogTarget::Syslog));
+        assert_eq!(
+            LogTarget::parse("file:/var/log/cq.log"),
+            Ok(LogTarget::File("/var/log/cq.log".into()))
+        );
+        let err = LogTarget::parse("file:").unwrap_err();
+        assert!(err.contains("file:PATH"), "{err}");
+        assert!(LogTarget::parse("splunk").is_err());
+    }
+
+    #[test]
+    fn a_reopened_file_gets_the_lines_after_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cq.log");
+        let file = ReopenableFile::open(&path).unwrap();
+        (&file).write_all(b"one\n").unwrap();
+        std::fs::rename(&path, dir.path().join("cq.log.1")).unwrap();
+        (&file).write_all(b"two\n").unwrap();
+        file.reopen().unwrap();
+        (&file).write_all(b"three\n").unwrap();
+        let rotated = std::fs::read_to_string(dir.path().join("cq.log.1")).unwrap();
+        assert_eq!(rotated, "one\ntwo\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "three\n");
+    }
+}

@@ -1,0 +1,164 @@
+//! cq_server's options (also the source of its man page and shell completions).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, Subcommand};
+
+use crate::auth_args::AuthArgs;
+use crate::cert_tool::TlsCommand;
+use crate::log_target::LogTarget;
+use crate::units::{parse_duration, parse_size};
+
+/// Runs the commands cq_client submits, strictly one at a time, in arrival order, and tells
+/// every client how its job ended.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cq_server",
+    version,
+    disable_help_flag = true,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Args {
+    #[expect(
+        missing_docs,
+        reason = "clap shows doc comments as help; the subcommands document themselves"
+    )]
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Configuration file: server options under [server], the policy under [policy], the
+    /// jobs' base environment under [jobs] [default: /etc/cq/cq.toml if it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(short = 'h', long, default_value = "0.0.0.0")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one; the log says which).
+    #[arg(short = 'p', long, default_value_t = 48005)]
+    pub port: u16,
+    /// Directory for the job database and logs [default: /var/lib/cq for root, else
+    /// ~/.local/state/cq].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[expect(
+        missing_docs,
+        reason = "clap shows doc comments as help; AuthArgs documents itself"
+    )]
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// With --auth tls: file mapping certificate names to local users [default: the
+    /// certificate name is the user name].
+    #[arg(long, value_name = "FILE")]
+    pub tls_user_map: Option<PathBuf>,
+    /// Accept jobs from root (uid 0); they run as root. Also `allow_root = true` in [policy].
+    #[arg(long)]
+    pub allow_root: bool,
+    /// Whose rights jobs run with [default: requester when cq_server runs as root, else server].
+    #[arg(long, value_enum, value_name = "WHO")]
+    pub run_as: Option<RunAsChoice>,
+    /// util-linux setpriv, which switches a job to its requester [default: found in /usr/bin,
+    /// /bin, /usr/sbin or /sbin].
+    #[arg(long, value_name = "PATH")]
+    pub setpriv: Option<PathBuf>,
+    /// Detach from the terminal and run in the background, once listening (errors before
+    /// that are printed and make the command fail). Logs go to --log (default syslog).
+    #[arg(long)]
+    pub daemon: bool,
+    /// Internal: the background process of --daemon.
+    #[arg(long, hide = true)]
+    pub daemon_child: bool,
+    /// Also write the server's pid to FILE, locked while it runs (the state directory always
+    /// has one: cq_server.pid).
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// Where the server logs: stderr, syslog, journald or file:PATH (reopened on SIGHUP)
+    /// [default: stderr; syslog with --daemon].
+    #[arg(long, value_name = "TARGET", value_parser = LogTarget::parse)]
+    pub log: Option<LogTarget>,
+    /// Seconds a new connection gets to say hello and send its request.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub handshake_timeout: f64,
+    /// Connections served at once; more are closed.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Seconds between SIGTERM and SIGKILL when a job is cancelled.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub kill_grace: f64,
+    /// Seconds the running job may still take after SIGTERM/SIGINT before it is cancelled.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub shutdown_grace: f64,
+    /// Days finished jobs (outcome and log) are kept for clients that ask late.
+    #[arg(long, value_name = "DAYS", default_value_t = 7.0)]
+    pub retention_days: f64,
+    /// Queue a job that was running when the server died again, instead of reporting it lost.
+    #[arg(long)]
+    pub requeue_lost: bool,
+    /// Merge a submission into an equal job (same command, environment, working directory and
+    /// user) that is queued, or queued or running; the submitter waits for that job instead.
+    #[arg(long, value_enum, default_value_t = Dedup::Queued)]
+    pub dedup: Dedup,
+    /// Program that decides about each submission (JSON on stdin and stdout; see README).
+    #[arg(long, value_name = "PATH")]
+    pub submit_hook: Option<PathBuf>,
+    /// Time the submit hook gets before it is killed and the fallback applies.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    pub submit_hook_timeout: Duration,
+    /// Decision when the submit hook fails, hangs or answers garbage.
+    #[arg(long, value_enum, default_value_t = Fallback::Accept)]
+    pub submit_hook_fallback: Fallback,
+    /// Output kept per job (e.g. 64M); past it the log is cut, with a marker.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
+    pub log_limit: u64,
+    /// Time limit of jobs that ask for none (e.g. 6h) [default: none].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub default_timeout: Option<Duration>,
+    /// Longest time limit a job may have; longer ones (and jobs without one) get this.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_timeout: Option<Duration>,
+    /// More log output (repeat for more); RUST_LOG overrides.
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Print help.
+    #[arg(long, action = ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+/// Options the configuration file may not set: they are about this one invocation.
+pub const NOT_IN_CONFIG: [&str; 5] = ["config", "daemon", "daemon_child", "verbose", "help"];
+
+/// `--run-as`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RunAsChoice {
+    /// The requesting user (uid, gid, groups, HOME); needs root.
+    Requester,
+    /// The user cq_server runs as.
+    Server,
+}
+
+/// `--submit-hook-fallback`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fallback {
+    /// Queue the job as if there were no hook.
+    Accept,
+    /// Refuse the job.
+    Reject,
+}
+
+/// `--dedup`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dedup {
+    /// Never merge.
+    Off,
+    /// Merge into queued jobs.
+    Queued,
+    /// Merge into queued jobs and the running one.
+    Running,
+}
+
+/// cq_server's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Certificate tooling for --auth tls.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}

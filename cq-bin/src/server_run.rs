@@ -1,0 +1,379 @@
+//! What `cq_server` does once its options are parsed: compose the store, engine, executor,
+//! policy, authentication and listener, serve until a signal, and shut down gracefully.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cq_auth::mtls::{TlsChannelCredentials, TlsClientAuthenticator, UserMap};
+use cq_core::engine::Reviver;
+use cq_core::executor::{CommandRun, DEFAULT_PATH};
+use cq_core::scheduler::{Decision, DedupScope, DuplicateJobs};
+use cq_core::server::HookProgram;
+use cq_core::{
+    Authenticator, CredentialSource, Engine, EngineConfig, Job, Listener, ProcessExecutor, RunAs,
+    Server, ServerConfig, SharedPolicy, ShutdownMode, SqliteStore, SubmitPolicy,
+};
+use cq_transport_tcp::TcpListener;
+use cq_transport_tls::{ServerTls, TlsListener};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::auth_args::AuthKind;
+use crate::config_file::{ConfigFile, default_policy};
+use crate::log_target::LogHandle;
+use crate::paths::default_state_dir;
+use crate::server_args::{Args, Dedup, Fallback, RunAsChoice};
+use crate::signals::ShutdownSignals;
+use crate::state_lock::{StateLock, lock_pid_file, lock_state_dir};
+
+/// Start-up failures that have a typical fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Cannot listen.
+    #[error("{0}")]
+    Listen(String),
+    /// munged unusable.
+    #[error("{0}")]
+    Munge(String),
+    /// State directory or pid file unusable.
+    #[error("state directory: {0}")]
+    StateDir(String),
+    /// TLS files unusable.
+    #[error("{0}")]
+    Tls(String),
+    /// Jobs cannot run as their requester.
+    #[error("{0}")]
+    RunAs(String),
+}
+
+impl StartError {
+    /// What to do about it.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            Self::Listen(_) => {
+                "is another cq_server running? choose another address with -h or port with -p"
+            }
+            Self::Munge(_) => crate::report::MUNGED_HINT,
+            Self::StateDir(_) => "choose a writable directory with --state-dir",
+            Self::Tls(_) => {
+                "create certificates with `cq_server tls init DIR --host NAME`, or pass --tls-ca/--tls-cert/--tls-key"
+            }
+            Self::RunAs(_) => {
+                "run cq_server as root, or pass --run-as server to run every job as cq_server's user"
+            }
+        }
+    }
+}
+
+/// What the server needs besides the parsed options.
+#[derive(Debug)]
+pub struct Context {
+    /// The configuration file read at start, if any.
+    pub config: Option<ConfigFile>,
+    /// The logger, reopened on SIGHUP.
+    pub log: LogHandle,
+    /// Called once the server listens (the `--daemon` hand-over).
+    pub on_ready: fn(),
+}
+
+/// Everything but the listener and authentication, which depend on `--auth`.
+struct Parts {
+    config: ServerConfig,
+    executor: Arc<ProcessExecutor>,
+    engine: EngineConfig,
+    store: Arc<SqliteStore>,
+    dedup: Option<DuplicateJobs>,
+    hook_program: Option<HookProgram>,
+    policy: SharedPolicy,
+    reload: Reload,
+    shutdown_grace: Duration,
+    on_ready: fn(),
+    /// Held until the server has stopped and recorded everything.
+    _locks: Vec<StateLock>,
+}
+
+/// How SIGHUP re-reads the policy and reopens the log.
+struct Reload {
+    config_path: Option<PathBuf>,
+    rules: PolicyRules,
+    log: LogHandle,
+}
+
+/// The parts of the policy that come from the command line and the process, not the file.
+#[derive(Clone, Debug)]
+struct PolicyRules {
+    allow_root: bool,
+    require_account: bool,
+    path: String,
+    /// A server that is not root accepts only its own user unless the file says otherwise.
+    own_user: Option<String>,
+}
+
+impl PolicyRules {
+    fn policy(&self, file: Option<&ConfigFile>) -> SubmitPolicy {
+        let mut policy = match file {
+            Some(file) => file.policy(self.allow_root),
+            None => default_policy(self.allow_root),
+        };
+        policy.require_account = self.require_account;
+        policy.path.clone_from(&self.path);
+        if let Some(own) = &self.own_user
+            && policy.users.is_empty()
+            && policy.groups.is_empty()
+        {
+            policy.users = vec![own.clone()];
+        }
+        policy
+    }
+}
+
+/// Runs the server until SIGTERM/SIGINT and a graceful stop.
+///
+/// # Errors
+///
+/// Start-up failures ([`StartError`] when there is a typical fix).
+pub async fn start(args: Args, context: Context) -> anyhow::Result<()> {
+    let seconds = |s: f64, what: &str| {
+        Duration::try_from_secs_f64(s)
+            .with_context(|| format!("--{what} {s}: not a duration in seconds"))
+    };
+    let mut config = ServerConfig::default();
+    config.handshake_timeout = seconds(args.handshake_timeout, "handshake-timeout")?;
+    config.max_connections = args.max_connections;
+    config.default_time_limit = args.default_timeout;
+    config.max_time_limit = args.max_timeout;
+
+    let root = nix::unistd::geteuid().is_root();
+    let run_as = match args.run_as {
+        Some(RunAsChoice::Requester) | None if root => {
+            let setpriv = args.setpriv.clone().or_else(RunAs::find_setpriv).ok_or_else(|| {
+                StartError::RunAs(
+                    "setpriv (util-linux) is needed to run jobs as their requester and was not found; pass --setpriv PATH".into(),
+                )
+            })?;
+            RunAs::Requester { setpriv }
+        }
+        Some(RunAsChoice::Requester) => {
+            return Err(StartError::RunAs(
+                "--run-as requester needs cq_server to run as root".into(),
+            )
+            .into());
+        }
+        Some(RunAsChoice::Server) | None => RunAs::Server,
+    };
+    let jobs = context
+        .config
+        .as_ref()
+        .map(|c| c.jobs().clone())
+        .unwrap_or_default();
+    let mut base_env: Vec<(String, String)> = jobs.env.unwrap_or_default().into_iter().collect();
+    if !base_env.iter().any(|(name, _)| name == "PATH") {
+        base_env.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    let path = base_env
+        .iter()
+        .find(|(name, _)| name == "PATH")
+        .map(|(_, value)| value.clone())
+        .unwrap_or_default();
+    let mut executor = ProcessExecutor::new()
+        .with_kill_grace(seconds(args.kill_grace, "kill-grace")?)
+        .with_base_env(base_env)
+        .with_run_as(run_as.clone());
+    if let Some(cwd) = jobs.cwd {
+        executor = executor.with_cwd(cwd);
+    }
+    let rules = PolicyRules {
+        allow_root: args.allow_root,
+        require_account: matches!(run_as, RunAs::Requester { .. }),
+        path,
+        own_user: (!root).then(|| {
+            let uid = nix::unistd::getuid();
+            nix::unistd::User::from_uid(uid)
+                .ok()
+                .flatten()
+                .map_or_else(|| format!("uid {uid}"), |u| u.name)
+        }),
+    };
+    let policy = SharedPolicy::new(rules.policy(context.config.as_ref()));
+    tracing::info!(run_as = ?run_as, policy = ?policy.current(), "policy");
+
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let log_dir = state_dir.join("logs");
+    std::fs::create_dir_all(&log_dir)
+        .map_err(|e| StartError::StateDir(format!("cannot create {}: {e}", log_dir.display())))?;
+    let mut locks =
+        vec![lock_state_dir(&state_dir).map_err(|e| StartError::StateDir(e.to_string()))?];
+    if let Some(pid_file) = &args.pid_file {
+        let what = format!("the pid file {}", pid_file.display());
+        locks.push(lock_pid_file(pid_file, what).map_err(|e| StartError::StateDir(e.to_string()))?);
+    }
+    let store = SqliteStore::open(&state_dir.join("cq.db"))
+        .map_err(|e| StartError::StateDir(e.to_string()))?;
+    let mut engine = EngineConfig::default().with_log_dir(&log_dir);
+    engine.retention = seconds(args.retention_days * 86400.0, "retention-days")?;
+    engine.requeue_running = args.requeue_lost;
+    engine.log_limit = args.log_limit;
+    let dedup = match args.dedup {
+        Dedup::Off => None,
+        Dedup::Queued => Some(DuplicateJobs::new(DedupScope::Queued)),
+        Dedup::Running => Some(DuplicateJobs::new(DedupScope::QueuedOrRunning)),
+    };
+    let parts = Parts {
+        _locks: locks,
+        config,
+        executor: Arc::new(executor),
+        engine,
+        store: Arc::new(store),
+        dedup,
+        hook_program: args.submit_hook.as_ref().map(|path| {
+            let fallback = match args.submit_hook_fallback {
+                Fallback::Accept => Decision::Accept,
+                Fallback::Reject => {
+                    Decision::Reject("the submit hook failed; ask the admin".to_owned())
+                }
+            };
+            HookProgram::new(path, args.submit_hook_timeout, fallback)
+        }),
+        policy,
+        reload: Reload {
+            config_path: context.config.as_ref().map(|c| c.path().to_owned()),
+            rules,
+            log: context.log,
+        },
+        shutdown_grace: seconds(args.shutdown_grace, "shutdown-grace")?,
+        on_ready: context.on_ready,
+    };
+
+    let bind = || async {
+        TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .map_err(|e| {
+                StartError::Listen(format!("cannot listen on {}:{}: {e}", args.host, args.port))
+            })
+    };
+    match args.auth.auth {
+        AuthKind::Munge => start_munge(&args, parts, bind().await?).await,
+        AuthKind::Tls => {
+            let files = args.auth.tls_files("server");
+            let tls = ServerTls::from_files(&files.ca, &files.cert, &files.key)
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+            let authenticator = match &args.tls_user_map {
+                Some(path) => TlsClientAuthenticator::with_user_map(UserMap::load(path)?),
+                None => TlsClientAuthenticator::new(),
+            };
+            tracing::info!(ca = %files.ca.display(), cert = %files.cert.display(), "mutual TLS");
+            serve(
+                TlsListener::new(bind().await?, &tls),
+                authenticator,
+                TlsChannelCredentials,
+                parts,
+            )
+            .await
+        }
+    }
+}
+
+#[cfg(feature = "munge")]
+async fn start_munge(args: &Args, parts: Parts, tcp: TcpListener) -> anyhow::Result<()> {
+    use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
+    let socket = args
+        .auth
+        .munge_socket
+        .clone()
+        .map_or_else(MungeSocket::default_socket, MungeSocket::at);
+    let signer = MungeCredentialSource::new(socket.clone());
+    // Refuse to start rather than serve requests nobody can authenticate.
+    signer
+        .probe()
+        .await
+        .map_err(|e| StartError::Munge(e.to_string()))?;
+    tracing::info!(socket = %socket.describe(), "MUNGE");
+    serve(tcp, MungeAuthenticator::new(socket), signer, parts).await
+}
+
+#[cfg(not(feature = "munge"))]
+async fn start_munge(_: &Args, _: Parts, _: TcpListener) -> anyhow::Result<()> {
+    Err(StartError::Munge("this cq_server was built without MUNGE support".into()).into())
+}
+
+async fn serve(
+    listener: impl Listener,
+    auth: impl Authenticator,
+    signer: impl CredentialSource,
+    parts: Parts,
+) -> anyhow::Result<()> {
+    let executor = parts.executor.clone();
+    let reviver: Reviver = Arc::new(move |command| {
+        Box::new(CommandRun::new(command, executor.clone())) as Box<dyn Job>
+    });
+    let log_dir = parts.engine.log_dir.clone().unwrap_or_default();
+    let mut engine = Engine::new(parts.engine).with_store(parts.store.clone(), reviver);
+    if let Some(dedup) = parts.dedup {
+        engine = engine.with_hook(dedup);
+    }
+    let engine = engine
+        .start()
+        .await
+        .map_err(|e| StartError::StateDir(e.to_string()))?;
+    let mut hangups = signal(SignalKind::hangup()).context("cannot install signal handlers")?;
+    let mut signals = ShutdownSignals::install().context("cannot install signal handlers")?;
+    let server = Server::with_config(engine.clone(), auth, signer, parts.executor, parts.config)
+        .with_policy(parts.policy.clone());
+    let server = match parts.hook_program {
+        Some(hook) => server.with_hook_program(hook),
+        None => server,
+    };
+    if let Some(addr) = listener.local_addr() {
+        tracing::info!(state = %parts.store.path().display(), log_dir = %log_dir.display(), "listening on {addr}");
+    }
+    (parts.on_ready)();
+    let (reload, policy) = (parts.reload, parts.policy);
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            reload.run(&policy);
+        }
+    });
+    let mut first = None;
+    server
+        .run(listener, async { first = Some(signals.next().await) })
+        .await;
+
+    let grace = parts.shutdown_grace;
+    tracing::info!(
+        signal = first.unwrap_or("?"),
+        grace_secs = grace.as_secs_f64(),
+        "shutting down: the running job may finish within the grace period; signal again to cancel it now"
+    );
+    tokio::select! {
+        () = engine.shutdown(ShutdownMode::FinishRunning) => {}
+        () = tokio::time::sleep(grace) => {
+            tracing::info!("grace period over: cancelling the running job");
+            engine.shutdown(ShutdownMode::CancelRunning).await;
+        }
+        signal = signals.next() => {
+            tracing::info!(signal, "cancelling the running job");
+            engine.shutdown(ShutdownMode::CancelRunning).await;
+        }
+    }
+    tracing::info!("stopped; queued jobs are kept for the next start");
+    Ok(())
+}
+
+impl Reload {
+    /// SIGHUP: reopen the log file, read the policy again (a broken file keeps the old one).
+    fn run(&self, policy: &SharedPolicy) {
+        if let Err(e) = self.log.reopen() {
+            tracing::error!(error = %e, "cannot reopen the log file; still writing to the old one");
+        }
+        match ConfigFile::load(self.config_path.as_deref()) {
+            Ok(file) => {
+                policy.replace(self.rules.policy(file.as_ref()));
+                tracing::info!(policy = ?policy.current(), "SIGHUP: log reopened, policy reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: the configuration is invalid; keeping the old policy");
+            }
+        }
+    }
+}
