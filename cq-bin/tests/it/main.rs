@@ -2,8 +2,10 @@
 
 mod auth;
 mod bad_input;
+mod daemon;
 mod durable;
 mod jobs;
+mod policy;
 mod queue;
 mod serial;
 mod support;

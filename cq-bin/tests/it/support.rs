@@ -244,6 +244,12 @@ impl TestServer {
             .unwrap()
     }
 
+    /// SIGHUP: reopen logs, reload the policy.
+    pub(crate) fn hang_up(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id().unwrap() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    }
+
     fn signal(&self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id().unwrap() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
