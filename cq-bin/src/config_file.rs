@@ -386,6 +386,45 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_accepted_by_both_programs() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/cq.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Every commented-out option too: uncommenting one must not break the file.
+        let uncommented: String = text
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if rest.contains(" = ") => rest.split(" # ").next().unwrap_or(rest),
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        for text in [text, uncommented] {
+            let file = ConfigFile::parse(path.clone(), text).unwrap();
+            for (section, command, argv) in [
+                (
+                    Section::Server,
+                    crate::server_args::Args::command(),
+                    vec!["cq_server"],
+                ),
+                (
+                    Section::Client,
+                    crate::client_run::Args::command(),
+                    vec!["cq_client", "--", "true"],
+                ),
+            ] {
+                let given = command.clone().get_matches_from(argv);
+                let allowed = |id: &str| match section {
+                    Section::Server => !crate::server_args::NOT_IN_CONFIG.contains(&id),
+                    Section::Client => crate::client_run::CONFIG_OPTIONS.contains(&id),
+                };
+                file.arguments(section, &command, &given, allowed)
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            assert!(file.jobs().env.as_ref().unwrap().contains_key("PATH"));
+        }
+    }
+
+    #[test]
     fn the_policy_section_becomes_the_submit_policy() {
         let file =
             file("[policy]\nusers = [\"alice\"]\nenv_allow = [\"LD_LIBRARY_PATH\"]\n").unwrap();

@@ -1,0 +1,81 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_cq_server_global_optspecs
+    string join \n config= h/host= p/port= state-dir= auth= munge-socket= tls-ca= tls-cert= tls-key= tls-user-map= allow-root run-as= setpriv= daemon daemon-child pid-file= log= handshake-timeout= max-connections= kill-grace= shutdown-grace= retention-days= requeue-lost dedup= submit-hook= submit-hook-timeout= submit-hook-fallback= log-limit= default-timeout= max-timeout= v/verbose help V/version
+end
+
+function __fish_cq_server_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_cq_server_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_cq_server_using_subcommand
+    set -l cmd (__fish_cq_server_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c cq_server -n "__fish_cq_server_needs_command" -l config -d 'Configuration file: server options under [server], the policy under [policy], the jobs\' base environment under [jobs] [default: /etc/cq/cq.toml if it exists]' -r -F
+complete -c cq_server -n "__fish_cq_server_needs_command" -s h -l host -d 'Address to listen on' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -s p -l port -d 'Port to listen on (0 picks a free one; the log says which)' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l state-dir -d 'Directory for the job database and logs [default: /var/lib/cq for root, else ~/.local/state/cq]' -r -F
+complete -c cq_server -n "__fish_cq_server_needs_command" -l auth -d 'Authentication method; both ends must use the same' -r -f -a "munge\t'MUNGE credentials (shared key on all hosts; needs munged)'
+tls\t'Mutual TLS (client certificates signed by the cq CA)'"
+complete -c cq_server -n "__fish_cq_server_needs_command" -l munge-socket -d 'munged\'s socket [default: libmunge\'s, usually /run/munge/munge.socket.2]' -r -F
+complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-ca -d 'CA certificate (PEM) for --auth tls [default: /etc/cq/tls/ca.pem]' -r -F
+complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-cert -d 'This end\'s certificate (PEM) for --auth tls [default: /etc/cq/tls/server.pem or /etc/cq/tls/client.pem]' -r -F
+complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-key -d 'This end\'s private key (PEM) for --auth tls [default: /etc/cq/tls/server.key or /etc/cq/tls/client.key]' -r -F
+complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-user-map -d 'With --auth tls: file mapping certificate names to local users [default: the certificate name is the user name]' -r -F
+complete -c cq_server -n "__fish_cq_server_needs_command" -l run-as -d 'Whose rights jobs run with [default: requester when cq_server runs as root, else server]' -r -f -a "requester\t'The requesting user (uid, gid, groups, HOME); needs root'
+server\t'The user cq_server runs as'"
+complete -c cq_server -n "__fish_cq_server_needs_command" -l setpriv -d 'util-linux setpriv, which switches a job to its requester [default: found in /usr/bin, /bin, /usr/sbin or /sbin]' -r -F
+complete -c cq_server -n "__fish_cq_server_needs_command" -l pid-file -d 'Also write the server\'s pid to FILE, locked while it runs (the state directory always has one: cq_server.pid)' -r -F
+complete -c cq_server -n "__fish_cq_server_needs_command" -l log -d 'Where the server logs: stderr, syslog, journald or file:PATH (reopened on SIGHUP) [default: stderr; syslog with --daemon]' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l handshake-timeout -d 'Seconds a new connection gets to say hello and send its request' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l max-connections -d 'Connections served at once; more are closed' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l kill-grace -d 'Seconds between SIGTERM and SIGKILL when a job is cancelled' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l shutdown-grace -d 'Seconds the running job may still take after SIGTERM/SIGINT before it is cancelled' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l retention-days -d 'Days finished jobs (outcome and log) are kept for clients that ask late' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l dedup -d 'Merge a submission into an equal job (same command, environment, working directory and user) that is queued, or queued or running; the submitter waits for that job instead' -r -f -a "off\t'Never merge'
+queued\t'Merge into queued jobs'
+running\t'Merge into queued jobs and the running one'"
+complete -c cq_server -n "__fish_cq_server_needs_command" -l submit-hook -d 'Program that decides about each submission (JSON on stdin and stdout; see README)' -r -F
+complete -c cq_server -n "__fish_cq_server_needs_command" -l submit-hook-timeout -d 'Time the submit hook gets before it is killed and the fallback applies' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l submit-hook-fallback -d 'Decision when the submit hook fails, hangs or answers garbage' -r -f -a "accept\t'Queue the job as if there were no hook'
+reject\t'Refuse the job'"
+complete -c cq_server -n "__fish_cq_server_needs_command" -l log-limit -d 'Output kept per job (e.g. 64M); past it the log is cut, with a marker' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l default-timeout -d 'Time limit of jobs that ask for none (e.g. 6h) [default: none]' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l max-timeout -d 'Longest time limit a job may have; longer ones (and jobs without one) get this' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l allow-root -d 'Accept jobs from root (uid 0); they run as root. Also `allow_root = true` in [policy]'
+complete -c cq_server -n "__fish_cq_server_needs_command" -l daemon -d 'Detach from the terminal and run in the background, once listening (errors before that are printed and make the command fail). Logs go to --log (default syslog)'
+complete -c cq_server -n "__fish_cq_server_needs_command" -l daemon-child -d 'Internal: the background process of --daemon'
+complete -c cq_server -n "__fish_cq_server_needs_command" -l requeue-lost -d 'Queue a job that was running when the server died again, instead of reporting it lost'
+complete -c cq_server -n "__fish_cq_server_needs_command" -s v -l verbose -d 'More log output (repeat for more); RUST_LOG overrides'
+complete -c cq_server -n "__fish_cq_server_needs_command" -l help -d 'Print help'
+complete -c cq_server -n "__fish_cq_server_needs_command" -s V -l version -d 'Print version'
+complete -c cq_server -n "__fish_cq_server_needs_command" -f -a "tls" -d 'Certificate tooling for --auth tls'
+complete -c cq_server -n "__fish_cq_server_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and not __fish_seen_subcommand_from init client help" -f -a "init" -d 'Create a CA and a server certificate in DIR (ca.pem, ca.key, server.pem, server.key)'
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and not __fish_seen_subcommand_from init client help" -f -a "client" -d 'Issue a client certificate for NAME (a local user name on the server, or a name the server\'s --tls-user-map maps to one), signed by the CA in --dir'
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and not __fish_seen_subcommand_from init client help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from init" -l host -d 'A name clients use to reach the server (DNS name or IP address); repeatable' -r
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from init" -l force -d 'Replace existing files'
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from client" -l dir -d 'Directory holding ca.pem and ca.key' -r -F
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from client" -l out -d 'Directory for NAME.pem and NAME.key [default: --dir]' -r -F
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from client" -l force -d 'Replace existing files'
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from help" -f -a "init" -d 'Create a CA and a server certificate in DIR (ca.pem, ca.key, server.pem, server.key)'
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from help" -f -a "client" -d 'Issue a client certificate for NAME (a local user name on the server, or a name the server\'s --tls-user-map maps to one), signed by the CA in --dir'
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c cq_server -n "__fish_cq_server_using_subcommand help; and not __fish_seen_subcommand_from tls help" -f -a "tls" -d 'Certificate tooling for --auth tls'
+complete -c cq_server -n "__fish_cq_server_using_subcommand help; and not __fish_seen_subcommand_from tls help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c cq_server -n "__fish_cq_server_using_subcommand help; and __fish_seen_subcommand_from tls" -f -a "init" -d 'Create a CA and a server certificate in DIR (ca.pem, ca.key, server.pem, server.key)'
+complete -c cq_server -n "__fish_cq_server_using_subcommand help; and __fish_seen_subcommand_from tls" -f -a "client" -d 'Issue a client certificate for NAME (a local user name on the server, or a name the server\'s --tls-user-map maps to one), signed by the CA in --dir'
