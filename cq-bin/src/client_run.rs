@@ -201,8 +201,11 @@ async fn submit_munge(args: Args, job: CommandJob) -> ExitCode {
     };
     let client = Client::new(
         cq_transport_tcp::TcpConnector::new(&args.host, args.port),
-        MungeCredentialSource::new(socket.clone()),
-        MungeAuthenticator::new(socket).allow_only_uids(server_uids),
+        MungeCredentialSource::new(socket.clone()).inline(),
+        MungeAuthenticator::new(socket)
+            .allow_only_uids(server_uids)
+            .without_user_names()
+            .inline(),
     );
     follow(&client, &args, job).await
 }

@@ -231,6 +231,21 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
                 during: "the hello",
                 source,
             })?;
+        // The credential is made while the server's hello is on its way: it needs only the
+        // address, and the hello is checked before anything is sent.
+        let nonce = Nonce::random();
+        let request = Request {
+            destination: peer.addr,
+            nonce,
+            action,
+        };
+        let body =
+            postcard::to_allocvec(&request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let credential = self
+            .signer
+            .credential_for(&body)
+            .await
+            .map_err(ClientError::Credential)?;
         let mut hello = [0; HELLO_LEN];
         match timeout(REPLY_TIMEOUT, stream.read_exact(&mut hello)).await {
             Err(_) => {
@@ -258,19 +273,6 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
                 client: PROTOCOL_VERSION,
             });
         }
-        let nonce = Nonce::random();
-        let request = Request {
-            destination: peer.addr,
-            nonce,
-            action,
-        };
-        let body =
-            postcard::to_allocvec(&request).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let credential = self
-            .signer
-            .credential_for(&body)
-            .await
-            .map_err(ClientError::Credential)?;
         let mut framed = Framed::new(stream, FrameCodec::<Envelope, Envelope>::new());
         framed
             .send(Envelope {

@@ -35,7 +35,8 @@ pub struct SubmitPolicy {
     pub commands: Option<Vec<PathBuf>>,
     /// `PATH` for that lookup when the client sets none: the executor's base `PATH`.
     pub path: String,
-    /// Refuse requesters without a local account (needed when jobs run as the requester).
+    /// Refuse requesters without a local account (needed when jobs run as the requester);
+    /// the server's own user is exempt, since its jobs need no switch.
     pub require_account: bool,
 }
 
@@ -91,8 +92,11 @@ impl SubmitPolicy {
     ///
     /// The first rule the submission breaks.
     pub fn review(&self, who: &Identity, job: &mut CommandJob) -> Result<(), PolicyRefusal> {
-        let needs_account =
-            self.require_account || !self.users.is_empty() || !self.groups.is_empty();
+        // The server's own user needs no switch, hence no account (and no lookup per job).
+        let switches = who.uid != nix::unistd::geteuid().as_raw();
+        let needs_account = (self.require_account && switches)
+            || !self.users.is_empty()
+            || !self.groups.is_empty();
         let account = if needs_account {
             Account::lookup(who.uid, who.gid)
         } else {
@@ -119,6 +123,7 @@ impl SubmitPolicy {
             return Err(PolicyRefusal::Root);
         }
         if self.require_account
+            && who.uid != nix::unistd::geteuid().as_raw()
             && let Err(e) = account
         {
             return Err(PolicyRefusal::NoAccount(e.clone()));

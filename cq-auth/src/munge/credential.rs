@@ -77,6 +77,21 @@ impl MungeSocket {
     }
 }
 
+/// Runs a libmunge call, which blocks on munged's socket: on tokio's blocking pool so that the
+/// async workers stay free, or in place when `inline` (a one-connection program such as
+/// cq_client has nothing else to run meanwhile, and saves a thread and two hand-overs).
+async fn blocking<T: Send + 'static>(
+    inline: bool,
+    call: impl FnOnce() -> Result<T, AuthError> + Send + 'static,
+) -> Result<T, AuthError> {
+    if inline {
+        return call();
+    }
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|e| AuthError::Unavailable(format!("the MUNGE worker failed: {e}")))?
+}
+
 fn payload_for(message: &[u8]) -> Vec<u8> {
     let mut hasher = Sha256::new();
     hasher.update(PAYLOAD_DOMAIN);
@@ -89,12 +104,25 @@ fn payload_for(message: &[u8]) -> Vec<u8> {
 pub struct MungeCredentialSource {
     socket: MungeSocket,
     ttl: Option<u32>,
+    inline: bool,
 }
 
 impl MungeCredentialSource {
     /// Uses munged at `socket`, with munged's default time to live.
     pub fn new(socket: MungeSocket) -> Self {
-        Self { socket, ttl: None }
+        Self {
+            socket,
+            ttl: None,
+            inline: false,
+        }
+    }
+
+    /// Calls munged in place, blocking the calling async task's thread: only for programs
+    /// with a single connection and nothing else to do meanwhile (cq_client).
+    #[must_use]
+    pub fn inline(mut self) -> Self {
+        self.inline = true;
+        self
     }
 
     /// Sets the credentials' time to live in seconds (munged clamps it to its maximum).
@@ -125,8 +153,7 @@ impl CredentialSource for MungeCredentialSource {
         let payload = payload_for(message);
         let socket = self.socket.clone();
         let ttl = self.ttl;
-        // libmunge blocks on munged's socket: keep it off the async workers.
-        tokio::task::spawn_blocking(move || {
+        blocking(self.inline, move || {
             let mut ctx = socket.context()?;
             if let Some(ttl) = ttl {
                 let ttl = c_int::try_from(ttl).unwrap_or(c_int::MAX);
@@ -137,7 +164,6 @@ impl CredentialSource for MungeCredentialSource {
                 .map_err(|e| socket.auth_error(e))
         })
         .await
-        .map_err(|e| AuthError::Unavailable(format!("the MUNGE worker failed: {e}")))?
     }
 }
 
@@ -147,6 +173,8 @@ impl CredentialSource for MungeCredentialSource {
 pub struct MungeAuthenticator {
     socket: MungeSocket,
     allowed_uids: Option<Vec<u32>>,
+    inline: bool,
+    user_names: bool,
 }
 
 impl MungeAuthenticator {
@@ -155,7 +183,24 @@ impl MungeAuthenticator {
         Self {
             socket,
             allowed_uids: None,
+            inline: false,
+            user_names: true,
         }
+    }
+
+    /// Calls munged in place (see [`MungeCredentialSource::inline`]).
+    #[must_use]
+    pub fn inline(mut self) -> Self {
+        self.inline = true;
+        self
+    }
+
+    /// Leaves [`Identity::user`] empty instead of looking the uid up in the user database:
+    /// for a client checking its server's replies, which needs only the uid.
+    #[must_use]
+    pub fn without_user_names(mut self) -> Self {
+        self.user_names = false;
+        self
     }
 
     /// Accepts only credentials made by one of `uids` (e.g. the uid cq_server runs as).
@@ -196,9 +241,17 @@ impl Authenticator for MungeAuthenticator {
         }
         let socket = self.socket.clone();
         let bytes = credential.0.clone();
-        let decoded = tokio::task::spawn_blocking(move || Self::decode_blocking(&socket, &bytes))
-            .await
-            .map_err(|e| AuthError::Unavailable(format!("the MUNGE worker failed: {e}")))??;
+        let user_names = self.user_names;
+        // The user database may be remote (LDAP): look the name up off the async workers too.
+        let (decoded, user) = blocking(self.inline, move || {
+            let decoded = Self::decode_blocking(&socket, &bytes)?;
+            let user = user_names
+                .then(|| nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(decoded.uid)))
+                .and_then(|found| found.ok().flatten())
+                .map(|u| u.name);
+            Ok((decoded, user))
+        })
+        .await?;
         if decoded.payload != payload_for(message) {
             return Err(AuthError::Mismatch(format!(
                 "the MUNGE credential of uid {} was made for another message",
@@ -215,10 +268,6 @@ impl Authenticator for MungeAuthenticator {
                 expected.join(" or ")
             )));
         }
-        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(decoded.uid))
-            .ok()
-            .flatten()
-            .map(|u| u.name);
         Ok(Identity {
             uid: decoded.uid,
             gid: decoded.gid,
