@@ -201,7 +201,9 @@ async fn submit_munge(args: Args, job: CommandJob) -> ExitCode {
     };
     let client = Client::new(
         cq_transport_tcp::TcpConnector::new(&args.host, args.port),
-        MungeCredentialSource::new(socket.clone()).inline(),
+        MungeCredentialSource::new(socket.clone())
+            .inline()
+            .seal_keys_for(server_uids.clone()),
         MungeAuthenticator::new(socket)
             .allow_only_uids(server_uids)
             .without_user_names()

@@ -13,6 +13,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use hmac::Mac as _;
 
 use crate::transport::PeerInfo;
 
@@ -88,6 +89,70 @@ pub enum AuthMethod {
     MutualTls,
 }
 
+/// A secret one request's client hands to the server inside its credential, so that the
+/// server's replies to that request are authenticated by a MAC (HMAC-SHA256) instead of one
+/// credential each: one round trip to the credential service per request instead of one per
+/// reply.
+///
+/// Only a source that can make the key readable by the server alone may carry it (MUNGE:
+/// the credential is encrypted and restricted to the server's uid), so a reply with a valid
+/// tag comes from a party the client would have believed anyway.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReplyKey([u8; 32]);
+
+/// Length of a reply's tag, and of a [`ReplyKey`].
+pub const REPLY_TAG_LEN: usize = 32;
+
+impl ReplyKey {
+    /// A fresh random key.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system has no randomness to give, which leaves nothing safe to do.
+    pub fn random() -> Self {
+        let mut key = [0; 32];
+        getrandom::fill(&mut key).expect("the operating system's random source failed");
+        Self(key)
+    }
+
+    /// The key in `bytes`, as a verifier recovers it from a credential.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The key's bytes, for a source to seal into its credential.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The tag of the `seq`-th reply (from 0) to the request, whose bytes are `body`.
+    pub fn tag(&self, seq: u64, body: &[u8]) -> [u8; REPLY_TAG_LEN] {
+        self.mac(seq, body).finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is the tag of the `seq`-th reply `body` (in constant time).
+    pub fn check(&self, seq: u64, body: &[u8], tag: &[u8]) -> bool {
+        self.mac(seq, body).verify_slice(tag).is_ok()
+    }
+
+    fn mac(&self, seq: u64, body: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0)
+            .expect("HMAC takes keys of any length");
+        // The sequence number makes each tag good for one position: a replayed or reordered
+        // reply does not verify.
+        mac.update(b"cq-reply-v1\0");
+        mac.update(&seq.to_be_bytes());
+        mac.update(body);
+        mac
+    }
+}
+
+impl fmt::Debug for ReplyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReplyKey(..)")
+    }
+}
+
 /// Makes credentials for outgoing messages.
 #[async_trait]
 pub trait CredentialSource: Send + Sync + 'static {
@@ -97,6 +162,23 @@ pub trait CredentialSource: Send + Sync + 'static {
     ///
     /// [`AuthError::Unavailable`] when the credential service cannot be reached.
     async fn credential_for(&self, message: &[u8]) -> Result<Credential, AuthError>;
+
+    /// Makes a credential bound to exactly `message` that also carries `key`, readable only
+    /// by a server running as `server_uid`; `None` when this source cannot (or will not, for
+    /// that uid) seal a key, and the replies are then checked one credential each.
+    ///
+    /// # Errors
+    ///
+    /// As [`credential_for`](Self::credential_for).
+    async fn credential_with_key(
+        &self,
+        message: &[u8],
+        key: &ReplyKey,
+        server_uid: u32,
+    ) -> Result<Option<Credential>, AuthError> {
+        let _ = (message, key, server_uid);
+        Ok(None)
+    }
 }
 
 /// Verifies credentials on incoming messages.
@@ -114,6 +196,23 @@ pub trait Authenticator: Send + Sync + 'static {
         credential: &Credential,
         peer: &PeerInfo,
     ) -> Result<Identity, AuthError>;
+
+    /// [`verify`](Self::verify), also returning the [`ReplyKey`] the credential carries, if
+    /// any.
+    ///
+    /// # Errors
+    ///
+    /// As [`verify`](Self::verify).
+    async fn verify_with_key(
+        &self,
+        message: &[u8],
+        credential: &Credential,
+        peer: &PeerInfo,
+    ) -> Result<(Identity, Option<ReplyKey>), AuthError> {
+        self.verify(message, credential, peer)
+            .await
+            .map(|identity| (identity, None))
+    }
 }
 
 #[async_trait]
@@ -121,12 +220,30 @@ impl<T: CredentialSource + ?Sized> CredentialSource for Arc<T> {
     async fn credential_for(&self, message: &[u8]) -> Result<Credential, AuthError> {
         (**self).credential_for(message).await
     }
+
+    async fn credential_with_key(
+        &self,
+        message: &[u8],
+        key: &ReplyKey,
+        server_uid: u32,
+    ) -> Result<Option<Credential>, AuthError> {
+        (**self).credential_with_key(message, key, server_uid).await
+    }
 }
 
 #[async_trait]
 impl<T: CredentialSource + ?Sized> CredentialSource for Box<T> {
     async fn credential_for(&self, message: &[u8]) -> Result<Credential, AuthError> {
         (**self).credential_for(message).await
+    }
+
+    async fn credential_with_key(
+        &self,
+        message: &[u8],
+        key: &ReplyKey,
+        server_uid: u32,
+    ) -> Result<Option<Credential>, AuthError> {
+        (**self).credential_with_key(message, key, server_uid).await
     }
 }
 
@@ -140,6 +257,15 @@ impl<T: Authenticator + ?Sized> Authenticator for Arc<T> {
     ) -> Result<Identity, AuthError> {
         (**self).verify(message, credential, peer).await
     }
+
+    async fn verify_with_key(
+        &self,
+        message: &[u8],
+        credential: &Credential,
+        peer: &PeerInfo,
+    ) -> Result<(Identity, Option<ReplyKey>), AuthError> {
+        (**self).verify_with_key(message, credential, peer).await
+    }
 }
 
 #[async_trait]
@@ -151,6 +277,15 @@ impl<T: Authenticator + ?Sized> Authenticator for Box<T> {
         peer: &PeerInfo,
     ) -> Result<Identity, AuthError> {
         (**self).verify(message, credential, peer).await
+    }
+
+    async fn verify_with_key(
+        &self,
+        message: &[u8],
+        credential: &Credential,
+        peer: &PeerInfo,
+    ) -> Result<(Identity, Option<ReplyKey>), AuthError> {
+        (**self).verify_with_key(message, credential, peer).await
     }
 }
 
@@ -179,4 +314,27 @@ pub enum AuthError {
     /// The credential service (e.g. munged) cannot be used.
     #[error("authentication service unavailable: {0}")]
     Unavailable(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tag_fits_one_body_at_one_position_under_one_key() {
+        let key = ReplyKey::random();
+        let tag = key.tag(3, b"finished");
+        assert!(key.check(3, b"finished", &tag));
+        assert!(!key.check(3, b"finishes", &tag), "another body");
+        assert!(
+            !key.check(2, b"finished", &tag),
+            "another position: a replay"
+        );
+        assert!(
+            !ReplyKey::random().check(3, b"finished", &tag),
+            "another key"
+        );
+        assert!(!key.check(3, b"finished", &tag[..31]), "a cut tag");
+        assert_eq!(format!("{key:?}"), "ReplyKey(..)");
+    }
 }

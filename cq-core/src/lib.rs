@@ -44,7 +44,9 @@ pub mod server;
 pub mod store;
 pub mod transport;
 
-pub use auth::{AuthError, AuthMethod, Authenticator, Credential, CredentialSource, Identity};
+pub use auth::{
+    AuthError, AuthMethod, Authenticator, Credential, CredentialSource, Identity, ReplyKey,
+};
 pub use client::{Client, ClientError, JobEvent, Reconnect, Submission};
 pub use engine::{
     Engine, EngineConfig, EngineHandle, JobResult, JobState, JobTicket, ShutdownMode, SubmitError,

@@ -94,9 +94,8 @@ impl SubmitPolicy {
     pub fn review(&self, who: &Identity, job: &mut CommandJob) -> Result<(), PolicyRefusal> {
         // The server's own user needs no switch, hence no account (and no lookup per job).
         let switches = who.uid != nix::unistd::geteuid().as_raw();
-        let needs_account = (self.require_account && switches)
-            || !self.users.is_empty()
-            || !self.groups.is_empty();
+        let needs_account =
+            (self.require_account && switches) || !self.users.is_empty() || !self.groups.is_empty();
         let account = if needs_account {
             Account::lookup(who.uid, who.gid)
         } else {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use cq_core::{
     AuthError, AuthMethod, Authenticator, Credential, CredentialSource, Identity, PeerInfo,
+    ReplyKey,
 };
 use sha2::{Digest, Sha256};
 
@@ -92,6 +93,8 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| AuthError::Unavailable(format!("the MUNGE worker failed: {e}")))?
 }
 
+/// The payload: the message's digest, then the reply key if one is sealed in. The payload is
+/// encrypted in the credential, and the credential's integrity covers both.
 fn payload_for(message: &[u8]) -> Vec<u8> {
     let mut hasher = Sha256::new();
     hasher.update(PAYLOAD_DOMAIN);
@@ -99,12 +102,15 @@ fn payload_for(message: &[u8]) -> Vec<u8> {
     hasher.finalize().to_vec()
 }
 
+const DIGEST_LEN: usize = 32;
+
 /// Makes MUNGE credentials whose payload is a digest of the message.
 #[derive(Clone, Debug, Default)]
 pub struct MungeCredentialSource {
     socket: MungeSocket,
     ttl: Option<u32>,
     inline: bool,
+    seal_for: Vec<u32>,
 }
 
 impl MungeCredentialSource {
@@ -114,7 +120,18 @@ impl MungeCredentialSource {
             socket,
             ttl: None,
             inline: false,
+            seal_for: Vec::new(),
         }
+    }
+
+    /// Seals reply keys into credentials for servers running as one of `uids` (the uids whose
+    /// replies the client believes anyway): the credential is then decodable only by that uid
+    /// (MUNGE's uid restriction), and the server tags its replies with the key instead of
+    /// making a credential for each. Without this, no key is sealed.
+    #[must_use]
+    pub fn seal_keys_for(mut self, uids: Vec<u32>) -> Self {
+        self.seal_for = uids;
+        self
     }
 
     /// Calls munged in place, blocking the calling async task's thread: only for programs
@@ -150,7 +167,30 @@ impl MungeCredentialSource {
 #[async_trait]
 impl CredentialSource for MungeCredentialSource {
     async fn credential_for(&self, message: &[u8]) -> Result<Credential, AuthError> {
-        let payload = payload_for(message);
+        self.encode(payload_for(message), None).await
+    }
+
+    async fn credential_with_key(
+        &self,
+        message: &[u8],
+        key: &ReplyKey,
+        server_uid: u32,
+    ) -> Result<Option<Credential>, AuthError> {
+        if !self.seal_for.contains(&server_uid) {
+            return Ok(None);
+        }
+        let mut payload = payload_for(message);
+        payload.extend_from_slice(key.as_bytes());
+        self.encode(payload, Some(server_uid)).await.map(Some)
+    }
+}
+
+impl MungeCredentialSource {
+    async fn encode(
+        &self,
+        payload: Vec<u8>,
+        only_uid: Option<u32>,
+    ) -> Result<Credential, AuthError> {
         let socket = self.socket.clone();
         let ttl = self.ttl;
         blocking(self.inline, move || {
@@ -158,6 +198,10 @@ impl CredentialSource for MungeCredentialSource {
             if let Some(ttl) = ttl {
                 let ttl = c_int::try_from(ttl).unwrap_or(c_int::MAX);
                 ctx.set_ttl(ttl).map_err(|e| socket.auth_error(e))?;
+            }
+            if let Some(uid) = only_uid {
+                ctx.set_uid_restriction(uid)
+                    .map_err(|e| socket.auth_error(e))?;
             }
             ctx.encode(&payload)
                 .map(Credential)
@@ -233,6 +277,17 @@ impl Authenticator for MungeAuthenticator {
         credential: &Credential,
         peer: &PeerInfo,
     ) -> Result<Identity, AuthError> {
+        self.verify_with_key(message, credential, peer)
+            .await
+            .map(|(identity, _)| identity)
+    }
+
+    async fn verify_with_key(
+        &self,
+        message: &[u8],
+        credential: &Credential,
+        peer: &PeerInfo,
+    ) -> Result<(Identity, Option<ReplyKey>), AuthError> {
         if credential.0.is_empty() {
             return Err(AuthError::Invalid(
                 "no MUNGE credential came with the message (is the peer set up for MUNGE?)"
@@ -252,7 +307,20 @@ impl Authenticator for MungeAuthenticator {
             Ok((decoded, user))
         })
         .await?;
-        if decoded.payload != payload_for(message) {
+        let (digest, sealed) = decoded
+            .payload
+            .split_at_checked(DIGEST_LEN)
+            .unwrap_or((&decoded.payload, &[]));
+        let key = match <[u8; 32]>::try_from(sealed) {
+            Ok(key) => Some(ReplyKey::from_bytes(key)),
+            Err(_) if sealed.is_empty() => None,
+            Err(_) => {
+                return Err(AuthError::Invalid(
+                    "the MUNGE credential's payload has an unknown layout".to_owned(),
+                ));
+            }
+        };
+        if digest != payload_for(message) {
             return Err(AuthError::Mismatch(format!(
                 "the MUNGE credential of uid {} was made for another message",
                 decoded.uid
@@ -268,12 +336,13 @@ impl Authenticator for MungeAuthenticator {
                 expected.join(" or ")
             )));
         }
-        Ok(Identity {
+        let identity = Identity {
             uid: decoded.uid,
             gid: decoded.gid,
             user,
             host: peer.host(),
             method: AuthMethod::Munge,
-        })
+        };
+        Ok((identity, key))
     }
 }

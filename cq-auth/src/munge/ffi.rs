@@ -97,6 +97,20 @@ impl Context {
         self.check(rc)
     }
 
+    /// Makes credentials this context encodes decodable only by processes running as `uid`.
+    pub(crate) fn set_uid_restriction(&mut self, uid: u32) -> Result<(), MungeError> {
+        // SAFETY: self.raw is a live context; MUNGE_OPT_UID_RESTRICTION takes exactly one
+        // `uid_t`, which is a 32-bit unsigned integer on the platforms libmunge supports.
+        let rc = unsafe {
+            sys::munge_ctx_set(
+                self.raw,
+                sys::munge_opt_MUNGE_OPT_UID_RESTRICTION as c_int,
+                uid as libc::uid_t,
+            )
+        };
+        self.check(rc)
+    }
+
     /// The socket this context talks to (libmunge's default unless set).
     pub(crate) fn socket(&self) -> Option<String> {
         let mut path: *const c_char = ptr::null();

@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 
 use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket, PrivateMunged};
-use cq_core::{AuthError, AuthMethod, Authenticator, CredentialSource, PeerInfo};
+use cq_core::{AuthError, AuthMethod, Authenticator, CredentialSource, PeerInfo, ReplyKey};
 use tempfile::TempDir;
 
 fn munged() -> (TempDir, PrivateMunged) {
@@ -127,4 +127,59 @@ async fn an_unreachable_munged_is_named_in_the_error() {
         matches!(&err, AuthError::Unavailable(m) if m.contains(&socket.display().to_string())),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_reply_key_is_sealed_only_for_the_allowed_server_uid_and_only_it_can_read_it() {
+    let (_dir, munged) = munged();
+    let me = nix::unistd::geteuid().as_raw();
+    let other = me.wrapping_add(4242);
+    let key = ReplyKey::random();
+    let verifier = MungeAuthenticator::new(munged.socket());
+
+    let plain = MungeCredentialSource::new(munged.socket());
+    let none = plain.credential_with_key(b"req", &key, me).await.unwrap();
+    assert!(none.is_none(), "no key is sealed unless asked for");
+
+    let source = MungeCredentialSource::new(munged.socket()).seal_keys_for(vec![me, other]);
+    let not_listed = source
+        .credential_with_key(b"req", &key, me.wrapping_add(1))
+        .await
+        .unwrap();
+    assert!(
+        not_listed.is_none(),
+        "a server uid the client does not trust gets no key"
+    );
+
+    let sealed = source
+        .credential_with_key(b"req", &key, me)
+        .await
+        .unwrap()
+        .unwrap();
+    let (identity, recovered) = verifier
+        .verify_with_key(b"req", &sealed, &peer())
+        .await
+        .unwrap();
+    assert_eq!(identity.uid, nix::unistd::getuid().as_raw());
+    assert_eq!(recovered, Some(key.clone()));
+
+    // Sealed for another uid: this process (even as root) cannot read it.
+    let theirs = source
+        .credential_with_key(b"req", &key, other)
+        .await
+        .unwrap()
+        .unwrap();
+    let refused = verifier
+        .verify_with_key(b"req", &theirs, &peer())
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, AuthError::Unauthorized(_)), "{refused}");
+
+    // A plain credential carries no key.
+    let unsealed = plain.credential_for(b"req").await.unwrap();
+    let (_, none) = verifier
+        .verify_with_key(b"req", &unsealed, &peer())
+        .await
+        .unwrap();
+    assert_eq!(none, None);
 }

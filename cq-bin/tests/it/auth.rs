@@ -2,11 +2,11 @@
 
 use std::path::Path;
 
-use cq_auth::munge::MungeCredentialSource;
+use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
 use cq_core::protocol::{
-    Envelope, Event, FrameCodec, HELLO_LEN, Hello, Nonce, Reply, Request, Role,
+    Envelope, Event, FrameCodec, HELLO_LEN, Nonce, Reply, Request, server_greeting,
 };
-use cq_core::{CredentialSource, JobId, Outcome};
+use cq_core::{Authenticator, Credential, CredentialSource, JobId, Outcome, PeerInfo, ReplyKey};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -57,30 +57,67 @@ async fn the_server_refuses_to_start_without_munged() {
     );
 }
 
+/// How the fake server authenticates its replies.
+enum Signing {
+    /// Not at all.
+    Unsigned,
+    /// A MUNGE credential per reply, from this source.
+    Credential(MungeCredentialSource),
+    /// Tags made with the key sealed in the request (read with munged at this socket), at
+    /// the positions given, or with a key of its own when `own_key`.
+    Tags {
+        socket: std::path::PathBuf,
+        positions: Vec<u64>,
+        own_key: bool,
+    },
+}
+
 /// A fake server that answers the hello, reads one request, and sends the replies that
-/// `replies` makes from the request's nonce, signed by `sign` (None: unsigned).
+/// `replies` makes from the request's nonce, authenticated as `sign` says.
 async fn fake_server(
-    sign: Option<MungeCredentialSource>,
+    sign: Signing,
     replies: impl Fn(Nonce) -> Vec<Reply> + Send + 'static,
 ) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
-        stream
-            .write_all(&Hello::new(Role::Server).encode())
-            .await
-            .unwrap();
+        stream.write_all(&server_greeting()).await.unwrap();
         let mut hello = [0; HELLO_LEN];
         stream.read_exact(&mut hello).await.unwrap();
         let mut framed = Framed::new(stream, FrameCodec::<Envelope, Envelope>::new());
-        let request = framed.next().await.unwrap().unwrap();
-        let request: Request = postcard::from_bytes(&request.body).unwrap();
-        for reply in replies(request.nonce) {
+        let envelope = framed.next().await.unwrap().unwrap();
+        let request: Request = postcard::from_bytes(&envelope.body).unwrap();
+        let sealed = match &sign {
+            Signing::Tags { socket, .. } => {
+                // The tests run as root, the uid the client seals its key for by default.
+                let (_, key) = MungeAuthenticator::new(MungeSocket::at(socket))
+                    .verify_with_key(
+                        &envelope.body,
+                        &Credential(envelope.credential),
+                        &PeerInfo::default(),
+                    )
+                    .await
+                    .unwrap();
+                Some(key.expect("the client seals a reply key for a root server"))
+            }
+            _ => None,
+        };
+        for (i, reply) in replies(request.nonce).into_iter().enumerate() {
             let body = postcard::to_allocvec(&reply).unwrap();
             let credential = match &sign {
-                Some(source) => source.credential_for(&body).await.unwrap().0,
-                None => Vec::new(),
+                Signing::Unsigned => Vec::new(),
+                Signing::Credential(source) => source.credential_for(&body).await.unwrap().0,
+                Signing::Tags {
+                    positions, own_key, ..
+                } => {
+                    let key = if *own_key {
+                        ReplyKey::random()
+                    } else {
+                        sealed.clone().unwrap()
+                    };
+                    key.tag(positions[i], &body).to_vec()
+                }
             };
             if framed.send(Envelope { body, credential }).await.is_err() {
                 break;
@@ -136,7 +173,7 @@ async fn run_against(
 async fn an_unsigned_finished_notice_is_not_believed() {
     let munged = Munged::start();
     let dir = tempfile::tempdir().unwrap();
-    let addr = fake_server(None, finished).await;
+    let addr = fake_server(Signing::Unsigned, finished).await;
     let out = run_against(addr, &munged, dir.path()).await;
     assert_eq!(out.status.code(), Some(255));
     assert!(
@@ -152,7 +189,7 @@ async fn a_notice_signed_by_another_key_is_not_believed() {
     let forger = Munged::start();
     let dir = tempfile::tempdir().unwrap();
     let addr = fake_server(
-        Some(MungeCredentialSource::new(forger.daemon.socket())),
+        Signing::Credential(MungeCredentialSource::new(forger.daemon.socket())),
         finished,
     )
     .await;
@@ -165,13 +202,60 @@ async fn a_notice_signed_by_another_key_is_not_believed() {
     );
 }
 
+/// Replies tagged with the key the client sealed into its request, at `positions`.
+async fn tagged(munged: &Munged, positions: Vec<u64>, own_key: bool) -> std::net::SocketAddr {
+    let sign = Signing::Tags {
+        socket: munged.socket(),
+        positions,
+        own_key,
+    };
+    fake_server(sign, finished).await
+}
+
+#[tokio::test]
+async fn replies_tagged_with_the_sealed_key_are_believed() {
+    let munged = Munged::start();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = tagged(&munged, vec![0, 1], false).await;
+    let marker = dir.path().join("installed");
+    let post = script(dir.path(), "post", &format!("touch {}", marker.display()));
+    let out = output(
+        client_for(addr, &munged.socket())
+            .arg("-P")
+            .arg(&post)
+            .args(["--", "true"]),
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(marker.exists(), "the post script ran");
+}
+
+#[tokio::test]
+async fn a_replayed_or_foreign_tag_is_not_believed() {
+    let munged = Munged::start();
+    // The acceptance's tag again for the notice: a replay of an earlier reply.
+    let replayed = tagged(&munged, vec![0, 0], false).await;
+    // Tags from a key the client never sent.
+    let foreign = tagged(&munged, vec![0, 1], true).await;
+    for addr in [replayed, foreign] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run_against(addr, &munged, dir.path()).await;
+        assert_eq!(out.status.code(), Some(255));
+        assert!(
+            stderr(&out).contains("could not be authenticated"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_genuine_notice_for_another_request_is_not_believed() {
     let munged = Munged::start();
     let dir = tempfile::tempdir().unwrap();
     // Signed with the right key, but replayed from another request (another nonce).
     let addr = fake_server(
-        Some(MungeCredentialSource::new(munged.daemon.socket())),
+        Signing::Credential(MungeCredentialSource::new(munged.daemon.socket())),
         |_| finished(Nonce([7; 16])),
     )
     .await;
@@ -209,7 +293,7 @@ async fn a_server_of_another_protocol_version_is_named() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
-        let mut newer = Hello::new(Role::Server).encode();
+        let mut newer = server_greeting();
         newer[4..6].copy_from_slice(&9u16.to_be_bytes());
         stream.write_all(&newer).await.unwrap();
         let mut rest = Vec::new();

@@ -6,7 +6,7 @@ use bytes::BytesMut;
 use cq_auth::munge::MungeCredentialSource;
 use cq_core::protocol::{
     Action, Envelope, ErrorCode, Event, FrameCodec, HELLO_LEN, Hello, Nonce, PROTOCOL_VERSION,
-    Reply, Request, Role,
+    Reply, Request, Role, SERVER_UID_LEN,
 };
 use cq_core::{CommandJob, CredentialSource};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,15 +17,20 @@ use crate::support::{LIMIT, Munged, TestServer};
 
 async fn connect(server: &TestServer) -> TcpStream {
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
-    let mut hello = [0; HELLO_LEN];
-    tokio::time::timeout(LIMIT, stream.read_exact(&mut hello))
+    let mut greeting = [0; HELLO_LEN + SERVER_UID_LEN];
+    tokio::time::timeout(LIMIT, stream.read_exact(&mut greeting))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
-        Hello::decode(&hello).unwrap(),
+        Hello::decode(&greeting[..HELLO_LEN].try_into().unwrap()).unwrap(),
         Hello::new(Role::Server),
         "the server greets first"
+    );
+    assert_eq!(
+        greeting[HELLO_LEN..],
+        nix::unistd::geteuid().as_raw().to_be_bytes(),
+        "then says which uid it runs as"
     );
     stream
 }

@@ -7,10 +7,16 @@ pub const MAGIC: [u8; 4] = *b"CQUE";
 ///
 /// 2: `List`, `Status`, `Cancel`, `Log` and the `Jobs`, `Output`, `LogEnd` events; job time
 /// limits in milliseconds.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: the server's hello is followed by its uid; a request's credential may carry a
+/// [`ReplyKey`](crate::auth::ReplyKey), and the replies are then tagged with it.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Length of an encoded [`Hello`].
 pub const HELLO_LEN: usize = 8;
+
+/// Length of the uid (u32, big endian) a server sends right after its hello, so that a
+/// client can make a credential only that uid can read.
+pub const SERVER_UID_LEN: usize = 4;
 
 /// Which end of the connection a peer is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +92,15 @@ impl Hello {
         };
         Ok(Self { version, role })
     }
+}
+
+/// What a server sends first: its hello, then the uid it runs as (the effective uid of this
+/// process).
+pub fn server_greeting() -> [u8; HELLO_LEN + SERVER_UID_LEN] {
+    let mut out = [0; HELLO_LEN + SERVER_UID_LEN];
+    out[..HELLO_LEN].copy_from_slice(&Hello::new(Role::Server).encode());
+    out[HELLO_LEN..].copy_from_slice(&nix::unistd::geteuid().as_raw().to_be_bytes());
+    out
 }
 
 /// Names the protocol a non-cq peer seems to speak, so that the error can say what to fix.

@@ -7,6 +7,7 @@
 //!    It is fixed-layout on purpose, so that an old or new peer, or something that is not cq
 //!    at all (a TLS client, a web browser), is recognised and told so in plain words. A
 //!    server that refuses a hello still sends its own hello, then one error frame, and closes.
+//!    A server follows its hello with the uid it runs as ([`SERVER_UID_LEN`] bytes).
 //! 2. **Frames.** Everything after the hello is a frame: a u32 big-endian length and a
 //!    [postcard](https://docs.rs/postcard) body of at most [`MAX_FRAME`] bytes. The length is
 //!    checked before anything is allocated. Every frame is an [`Envelope`]: a body and a
@@ -14,11 +15,14 @@
 //! 3. **Request.** The client sends one [`Request`]: the server address it dialled, a fresh
 //!    random [`Nonce`] and an [`Action`] (submit a job, or watch an existing one). Its
 //!    credential binds the whole request, so it cannot be attached to another request or
-//!    replayed to another server.
+//!    replayed to another server. It may also carry a [`ReplyKey`](crate::auth::ReplyKey)
+//!    that only the server's uid can read.
 //! 4. **Replies.** The server answers with [`Reply`]s that carry the request's nonce and an
 //!    [`Event`]: `Accepted`, then `Started`, then `Finished`, or an `Error` with a stable
-//!    [`ErrorCode`]. Each reply is signed by the server, so the client believes an outcome
-//!    only if the server really sent it for this request.
+//!    [`ErrorCode`]. Each reply is authenticated, so the client believes an outcome only if
+//!    the server really sent it for this request: with the request's reply key, the
+//!    credential field holds HMAC-SHA256 over the reply's position (0, 1, ...) and bytes;
+//!    otherwise it is the server's own credential for the reply.
 //! 5. The client may send another request on the same connection after `Finished`, or close.
 //!
 //! A dropped connection loses nothing on the server: the job keeps its place, and a client
@@ -33,6 +37,8 @@ mod message;
 mod refusal;
 
 pub use codec::{FrameCodec, FrameError, MAX_FRAME};
-pub use hello::{HELLO_LEN, Hello, HelloError, MAGIC, PROTOCOL_VERSION, Role};
+pub use hello::{
+    HELLO_LEN, Hello, HelloError, MAGIC, PROTOCOL_VERSION, Role, SERVER_UID_LEN, server_greeting,
+};
 pub use message::{Action, Envelope, ErrorCode, Event, Nonce, Reply, Request};
 pub use refusal::plain_refusal;

@@ -1,15 +1,15 @@
 //! A refusal a transport can send before the cq protocol proper starts.
 
 use super::codec::FrameCodec;
-use super::hello::{Hello, Role};
+use super::hello::server_greeting;
 use super::message::{Envelope, ErrorCode, Event, Nonce, Reply};
 
-/// The bytes of a server hello followed by one unsigned error frame: what a server sends to a
+/// The bytes of a server greeting followed by one unsigned error frame: what a server sends to a
 /// peer it will not serve at all, e.g. a plain-text cq client that reached a TLS port. The
 /// client shows the message (marked unverified) instead of a bare closed connection.
 pub fn plain_refusal(code: ErrorCode, message: &str) -> Vec<u8> {
     use tokio_util::codec::Encoder;
-    let mut out = bytes::BytesMut::from(&Hello::new(Role::Server).encode()[..]);
+    let mut out = bytes::BytesMut::from(&server_greeting()[..]);
     let reply = Reply {
         nonce: Nonce::NONE,
         event: Event::Error {

@@ -11,14 +11,13 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use super::serve::Shared;
-use crate::auth::Identity;
-use crate::auth::{Authenticator, Credential, CredentialSource};
+use crate::auth::{Authenticator, Credential, CredentialSource, Identity, ReplyKey};
 use crate::engine::{JobState, JobTicket, SubmitError};
 use crate::executor::{CommandRun, Executor};
 use crate::job::{JobId, JobSummary};
 use crate::protocol::{
     Action, Envelope, ErrorCode, Event, FrameCodec, FrameError, HELLO_LEN, Hello, Nonce,
-    PROTOCOL_VERSION, Reply, Request, Role,
+    PROTOCOL_VERSION, Reply, Request, Role, server_greeting,
 };
 use crate::transport::{PeerInfo, PendingConnection, Stream};
 
@@ -62,6 +61,7 @@ pub(super) async fn serve<P, A, C, E>(
         framed: None,
         peer,
         shared,
+        reply_key: None,
     };
     tokio::select! {
         () = conn.serve(stream) => conn.linger().await,
@@ -79,6 +79,8 @@ struct Connection<'a, S, A, C, E> {
     framed: Option<ServerFramed<S>>,
     peer: PeerInfo,
     shared: &'a Shared<A, C, E>,
+    /// The current request's reply key and the position of the next tagged reply.
+    reply_key: Option<(ReplyKey, u64)>,
 }
 
 impl<S, A, C, E> Connection<'_, S, A, C, E>
@@ -90,11 +92,7 @@ where
 {
     async fn serve(&mut self, mut stream: S) {
         let limit = self.shared.config.handshake_timeout;
-        if stream
-            .write_all(&Hello::new(Role::Server).encode())
-            .await
-            .is_err()
-        {
+        if stream.write_all(&server_greeting()).await.is_err() {
             return;
         }
         let mut hello = [0; HELLO_LEN];
@@ -190,14 +188,19 @@ where
     async fn request(&mut self, envelope: Envelope) -> ControlFlow<()> {
         let arrived = Instant::now();
         let credential = Credential(envelope.credential);
+        // Replies to what follows are for a new request: none may use the last one's key.
+        self.reply_key = None;
         // Verify before decoding: unauthenticated peers never reach the request decoder.
         let identity = match self
             .shared
             .authenticator
-            .verify(&envelope.body, &credential, &self.peer)
+            .verify_with_key(&envelope.body, &credential, &self.peer)
             .await
         {
-            Ok(identity) => identity,
+            Ok((identity, key)) => {
+                self.reply_key = key.map(|key| (key, 0));
+                identity
+            }
             Err(e) => {
                 tracing::warn!(peer = %self.peer.describe(), reason = %e, "rejected a request");
                 tokio::time::sleep_until(arrived + AUTH_REJECT_FLOOR).await;
@@ -538,13 +541,20 @@ where
                 return ControlFlow::Break(());
             }
         };
-        let credential = match self.shared.signer.credential_for(&body).await {
-            Ok(credential) => credential,
-            Err(e) => {
-                // The client will refuse the reply, and say why; there is no better answer.
-                tracing::error!(error = %e, "cannot sign a reply");
-                Credential::default()
+        let credential = match &mut self.reply_key {
+            Some((key, seq)) => {
+                let tag = key.tag(*seq, &body);
+                *seq += 1;
+                Credential(tag.to_vec())
             }
+            None => match self.shared.signer.credential_for(&body).await {
+                Ok(credential) => credential,
+                Err(e) => {
+                    // The client will refuse the reply, and say why; there is no better answer.
+                    tracing::error!(error = %e, "cannot sign a reply");
+                    Credential::default()
+                }
+            },
         };
         let Some(framed) = self.framed.as_mut() else {
             return ControlFlow::Break(());
