@@ -16,14 +16,15 @@ pub fn init_logging(default: tracing::Level, verbose: u8) {
     ];
     let start = LEVELS.iter().position(|l| *l == default).unwrap_or(2);
     let level = LEVELS[(start + usize::from(verbose)).min(LEVELS.len() - 1)];
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.as_str()));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+        .with_ansi(ansi);
+    // Parsing filter directives costs more than a short client run needs: only for RUST_LOG.
+    match EnvFilter::try_from_default_env() {
+        Ok(filter) => fmt.with_env_filter(filter).init(),
+        Err(_) => fmt.with_max_level(level).init(),
+    }
 }
 
 /// Prints `program: message` (and a hint) on one line of stderr and returns `code`.

@@ -67,12 +67,14 @@ fn parse_args() -> Result<Args, ExitCode> {
         ExitCode::from(if e.use_stderr() { CQ_FAILURE } else { 0 })
     };
     let argv: Vec<OsString> = std::env::args_os().collect();
-    let command = Args::command();
-    let given = command.clone().try_get_matches_from(&argv).map_err(usage)?;
+    // Building clap's command is a good part of cq_client's start: once unless a file has
+    // options too.
+    let given = Args::command().try_get_matches_from(&argv).map_err(usage)?;
     let args = Args::from_arg_matches(&given).map_err(usage)?;
     let file = ConfigFile::load(args.config.as_deref())
         .map_err(|e| fail("cq_client", e, None, CQ_FAILURE))?;
     let Some(file) = file else { return Ok(args) };
+    let command = Args::command();
     let from_file = file
         .arguments(Section::Client, &command, &given, |id| {
             CONFIG_OPTIONS.contains(&id)
