@@ -56,10 +56,6 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Used as a job and as a post script by the notification latency measurement.
-    if let Some(file) = std::env::var_os(measure::STAMP_VAR) {
-        return measure::stamp(&PathBuf::from(file));
-    }
     let args = Args::parse();
     let bin_dir = match args.bin_dir.clone() {
         Some(dir) => dir,

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
@@ -14,20 +14,8 @@ use cq_transport_tcp::TcpConnector;
 use crate::report::{Latency, Rate, Scale};
 use crate::server::{Server, memory_kib};
 
-/// Environment variable that makes cq-load append the current time to a file and exit.
-pub(crate) const STAMP_VAR: &str = "CQ_LOAD_STAMP";
-
-/// Appends the wall-clock time in nanoseconds to `file`.
-pub(crate) fn stamp(file: &Path) -> anyhow::Result<()> {
-    use std::io::Write;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
-    let mut out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(file)?;
-    writeln!(out, "{now}")?;
-    Ok(())
-}
+/// The variable naming the file cq-stamp appends the time to.
+const STAMP_VAR: &str = "CQ_LOAD_STAMP";
 
 /// N × fork+exec+wait of `/bin/true` from one process: the least any queue can cost.
 pub(crate) fn floor(jobs: usize) -> Rate {
@@ -94,14 +82,20 @@ pub(crate) fn submit_latency(server: &Server, samples: usize) -> anyhow::Result<
     ))
 }
 
-/// From the job's exit to the client's post script starting: both are cq-load itself,
-/// stamping the time into a file.
+/// From the job's exit to the client's post script starting: both are cq-stamp (next to
+/// cq-load), stamping the time into a file.
 pub(crate) fn notify_latency(
     server: &Server,
     samples: usize,
     work: &Path,
 ) -> anyhow::Result<Latency> {
-    let me = std::env::current_exe()?;
+    let me = std::env::current_exe()?.with_file_name("cq-stamp");
+    if !me.is_file() {
+        bail!(
+            "{} is missing: build it with `cargo build --release -p cq-benches --bins`",
+            me.display()
+        );
+    }
     let (job_file, post_file) = (work.join("job.stamps"), work.join("post.stamps"));
     for _ in 0..samples {
         let status = server

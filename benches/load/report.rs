@@ -146,14 +146,21 @@ impl Report {
                 }
             }
         }
+        // One fork+exec+wait of the floor is the unit: both latencies contain at least one
+        // process start (cq_client, or the post script), and the unit moves with the machine.
         let _ = writeln!(
             out,
-            "\n| latency | samples | median ms | p99 ms |\n|---|---:|---:|---:|"
+            "\n| latency | samples | median ms | p99 ms | median in floor jobs |\n|---|---:|---:|---:|---:|"
         );
         for latency in [&self.submit, &self.notify].into_iter().flatten() {
+            let in_floor_jobs = if self.floor.ms_per_job > 0.0 {
+                format!("{:.1}", latency.median_ms / self.floor.ms_per_job)
+            } else {
+                "-".to_owned()
+            };
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.2} | {:.2} |",
+                "| {} | {} | {:.2} | {:.2} | {in_floor_jobs} |",
                 latency.name, latency.samples, latency.median_ms, latency.p99_ms
             );
         }
