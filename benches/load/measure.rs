@@ -143,7 +143,8 @@ pub(crate) async fn scale(
     let me = nix::unistd::getuid().as_raw();
     let client = Arc::new(Client::new(
         TcpConnector::new("127.0.0.1", server.addr.port()),
-        MungeCredentialSource::new(socket.clone()),
+        // As cq_client does: replies are then tagged, not signed one by one.
+        MungeCredentialSource::new(socket.clone()).seal_keys_for(vec![0, me]),
         MungeAuthenticator::new(socket).allow_only_uids(vec![0, me]),
     ));
     // Block the queue: nothing below runs until the measurement is over.
@@ -187,7 +188,10 @@ pub(crate) async fn scale(
                     // Waits until the task is aborted: the queue is blocked.
                     let _ = submission.wait().await;
                 }
-                Err(_) => drop(accepted.send(false).await),
+                Err(e) => {
+                    eprintln!("cq-load: a waiting client was refused: {e}");
+                    let _ = accepted.send(false).await;
+                }
             }
         }));
     }

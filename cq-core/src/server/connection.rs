@@ -11,7 +11,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use super::serve::Shared;
-use crate::auth::{Authenticator, Credential, CredentialSource, Identity, ReplyKey};
+use crate::auth::{AuthError, Authenticator, Credential, CredentialSource, Identity, ReplyKey};
 use crate::engine::{JobState, JobTicket, SubmitError};
 use crate::executor::{CommandRun, Executor};
 use crate::job::{JobId, JobSummary};
@@ -23,6 +23,10 @@ use crate::transport::{PeerInfo, PendingConnection, Stream};
 
 /// Initial read buffer of a connection.
 const READ_BUFFER: usize = 1024;
+
+/// First and last pause before signing a reply again when the credential service is busy.
+const SIGN_RETRY_FIRST: Duration = Duration::from_millis(20);
+const SIGN_RETRY_LAST: Duration = Duration::from_millis(320);
 
 /// Log bytes per `Output` frame: well below the frame limit.
 const LOG_CHUNK: usize = 64 * 1024;
@@ -547,14 +551,7 @@ where
                 *seq += 1;
                 Credential(tag.to_vec())
             }
-            None => match self.shared.signer.credential_for(&body).await {
-                Ok(credential) => credential,
-                Err(e) => {
-                    // The client will refuse the reply, and say why; there is no better answer.
-                    tracing::error!(error = %e, "cannot sign a reply");
-                    Credential::default()
-                }
-            },
+            None => sign(self.shared, &body).await,
         };
         let Some(framed) = self.framed.as_mut() else {
             return ControlFlow::Break(());
@@ -568,6 +565,28 @@ where
         {
             Ok(()) => ControlFlow::Continue(()),
             Err(_) => ControlFlow::Break(()),
+        }
+    }
+}
+
+/// The server's credential for a reply. A credential service that is briefly
+/// overloaded (a thousand clients arriving at once fill munged's backlog) gets a few more
+/// tries before the reply goes out unsigned, which its client refuses.
+async fn sign<A, C: CredentialSource, E>(shared: &Shared<A, C, E>, body: &[u8]) -> Credential {
+    let mut delay = SIGN_RETRY_FIRST;
+    loop {
+        match shared.signer.credential_for(body).await {
+            Ok(credential) => return credential,
+            Err(AuthError::Unavailable(why)) if delay <= SIGN_RETRY_LAST => {
+                tracing::debug!(%why, retry_in_ms = delay.as_millis() as u64, "cannot sign a reply yet");
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+            }
+            Err(e) => {
+                // The client will refuse the reply, and say why; there is no better answer.
+                tracing::error!(error = %e, "cannot sign a reply");
+                return Credential::default();
+            }
         }
     }
 }

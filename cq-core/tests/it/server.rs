@@ -179,3 +179,45 @@ async fn jobs_stay_queued_when_the_server_stops_listening() {
         Outcome::Exited { code: 0 }
     );
 }
+
+/// Signs like [`CopyAuth`] once it has been "busy" `busy` times.
+struct BusySigner {
+    busy: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl CredentialSource for BusySigner {
+    async fn credential_for(&self, message: &[u8]) -> Result<Credential, AuthError> {
+        use std::sync::atomic::Ordering;
+        if self
+            .busy
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(AuthError::Unavailable("munged's backlog is full".into()));
+        }
+        CopyAuth.credential_for(message).await
+    }
+}
+
+#[tokio::test]
+async fn a_briefly_busy_credential_service_delays_a_reply_instead_of_spoiling_it() {
+    let engine = Engine::new(EngineConfig::default()).start().await.unwrap();
+    let (listener, connector) = memory_transport();
+    let executor = GatedExecutor::default();
+    let signer = BusySigner {
+        busy: std::sync::atomic::AtomicUsize::new(2),
+    };
+    let server = Server::new(engine, CopyAuth, signer, executor.clone());
+    let stop = CancellationToken::new();
+    let served = tokio::spawn(server.run(listener, stop.clone().cancelled_owned()));
+    let client = Client::new(connector, CopyAuth, CopyAuth);
+    let submission = tokio::time::timeout(LIMIT, client.submit(CommandJob::new(["true"])))
+        .await
+        .unwrap()
+        .expect("the acceptance arrives, signed, after the signer's busy spell");
+    assert_eq!(submission.job, JobId(1));
+    stop.cancel();
+    drop(submission);
+    let _ = tokio::time::timeout(LIMIT, served).await;
+}
