@@ -148,11 +148,12 @@ fn finished(nonce: Nonce) -> Vec<Reply> {
     ]
 }
 
-async fn run_against(
+/// Runs a job with a post script against `addr`; says whether the post script ran.
+async fn run_with_post_script(
     addr: std::net::SocketAddr,
     munged: &Munged,
     marker_dir: &Path,
-) -> std::process::Output {
+) -> (std::process::Output, bool) {
     let marker = marker_dir.join("installed");
     let post = script(marker_dir, "post", &format!("touch {}", marker.display()));
     let out = output(
@@ -162,8 +163,18 @@ async fn run_against(
             .args(["--", "true"]),
     )
     .await;
+    (out, marker.exists())
+}
+
+/// [`run_with_post_script`] against a server whose notice must not be believed.
+async fn run_against(
+    addr: std::net::SocketAddr,
+    munged: &Munged,
+    marker_dir: &Path,
+) -> std::process::Output {
+    let (out, ran) = run_with_post_script(addr, munged, marker_dir).await;
     assert!(
-        !marker.exists(),
+        !ran,
         "the post script must not run on an unauthenticated notice"
     );
     out
@@ -217,17 +228,9 @@ async fn replies_tagged_with_the_sealed_key_are_believed() {
     let munged = Munged::start();
     let dir = tempfile::tempdir().unwrap();
     let addr = tagged(&munged, vec![0, 1], false).await;
-    let marker = dir.path().join("installed");
-    let post = script(dir.path(), "post", &format!("touch {}", marker.display()));
-    let out = output(
-        client_for(addr, &munged.socket())
-            .arg("-P")
-            .arg(&post)
-            .args(["--", "true"]),
-    )
-    .await;
+    let (out, ran) = run_with_post_script(addr, &munged, dir.path()).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(marker.exists(), "the post script ran");
+    assert!(ran, "the post script ran");
 }
 
 #[tokio::test]
