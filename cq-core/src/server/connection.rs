@@ -1,4 +1,5 @@
-//! One client connection: hello, then requests, each answered with signed replies.
+//! One client connection: greeting, then requests, each answered with authenticated replies
+//! (tagged with the request's reply key, or signed by the server).
 
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
