@@ -16,8 +16,9 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 pub enum LogTarget {
     /// Standard error.
     Stderr,
-    /// The local syslog daemon (`/dev/log`), facility daemon.
-    Syslog,
+    /// The local syslog daemon, facility daemon: at `/dev/log` (or the other usual places)
+    /// unless a socket is named.
+    Syslog(Option<PathBuf>),
     /// systemd's journal, with structured fields.
     Journald,
     /// A file, appended to and reopened on `SIGHUP`.
@@ -25,7 +26,7 @@ pub enum LogTarget {
 }
 
 impl LogTarget {
-    /// Parses `stderr`, `syslog`, `journald` or `file:PATH`.
+    /// Parses `stderr`, `syslog`, `syslog:SOCKET`, `journald` or `file:PATH`.
     ///
     /// # Errors
     ///
@@ -33,14 +34,32 @@ impl LogTarget {
     pub fn parse(text: &str) -> Result<Self, String> {
         match text {
             "stderr" => Ok(Self::Stderr),
-            "syslog" => Ok(Self::Syslog),
+            "syslog" => Ok(Self::Syslog(None)),
             "journald" => Ok(Self::Journald),
-            _ => match text.strip_prefix("file:") {
-                Some(path) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
-                _ => Err(format!(
-                    "`{text}`: expected stderr, syslog, journald or file:PATH"
-                )),
-            },
+            _ => {
+                let (kind, path) = text.split_once(':').unwrap_or((text, ""));
+                match (kind, path) {
+                    ("file", path) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+                    ("syslog", path) if !path.is_empty() => {
+                        Ok(Self::Syslog(Some(PathBuf::from(path))))
+                    }
+                    _ => Err(format!(
+                        "`{text}`: expected stderr, syslog, syslog:SOCKET, journald or file:PATH"
+                    )),
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for LogTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stderr => f.write_str("stderr"),
+            Self::Syslog(None) => f.write_str("syslog"),
+            Self::Syslog(Some(path)) => write!(f, "syslog:{}", path.display()),
+            Self::Journald => f.write_str("journald"),
+            Self::File(path) => write!(f, "file:{}", path.display()),
         }
     }
 }
@@ -92,8 +111,8 @@ pub fn install(target: &LogTarget, verbose: u8) -> io::Result<LogHandle> {
                 .with(fmt().with_writer(file).with_ansi(false))
                 .init();
         }
-        LogTarget::Syslog => {
-            let writer = SyslogWriter::connect()?;
+        LogTarget::Syslog(socket) => {
+            let writer = SyslogWriter::connect(socket.as_deref())?;
             // syslog stamps the time and host itself.
             let layer = fmt()
                 .with_writer(writer)
@@ -172,14 +191,18 @@ struct SyslogWriter {
 }
 
 impl SyslogWriter {
-    fn connect() -> io::Result<Self> {
+    fn connect(socket: Option<&Path>) -> io::Result<Self> {
         let formatter = syslog::Formatter3164 {
             facility: syslog::Facility::LOG_DAEMON,
             hostname: None,
             process: "cq_server".into(),
             pid: std::process::id(),
         };
-        let logger = syslog::unix(formatter).map_err(|e| {
+        let logger = match socket {
+            Some(path) => syslog::unix_custom(formatter, path),
+            None => syslog::unix(formatter),
+        }
+        .map_err(|e| {
             io::Error::new(io::ErrorKind::NotFound, format!("cannot reach syslog: {e}"))
         })?;
         Ok(Self {
@@ -246,7 +269,11 @@ mod tests {
 
     #[test]
     fn targets_parse_and_bad_ones_say_what_is_accepted() {
-        assert_eq!(LogTarget::parse("syslog"), Ok(LogTarget::Syslog));
+        assert_eq!(LogTarget::parse("syslog"), Ok(LogTarget::Syslog(None)));
+        assert_eq!(
+            LogTarget::parse("syslog:/run/log"),
+            Ok(LogTarget::Syslog(Some("/run/log".into())))
+        );
         assert_eq!(
             LogTarget::parse("file:/var/log/cq.log"),
             Ok(LogTarget::File("/var/log/cq.log".into()))

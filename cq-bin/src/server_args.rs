@@ -71,8 +71,8 @@ pub struct Args {
     /// has one: cq_server.pid).
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
-    /// Where the server logs: stderr, syslog, journald or file:PATH (reopened on SIGHUP)
-    /// [default: stderr; syslog with --daemon].
+    /// Where the server logs: stderr, syslog (or syslog:SOCKET), journald or file:PATH
+    /// (reopened on SIGHUP) [default: stderr; syslog with --daemon].
     #[arg(long, value_name = "TARGET", value_parser = LogTarget::parse)]
     pub log: Option<LogTarget>,
     /// Seconds a new connection gets to say hello and send its request.

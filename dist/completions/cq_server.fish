@@ -39,7 +39,7 @@ complete -c cq_server -n "__fish_cq_server_needs_command" -l run-as -d 'Whose ri
 server\t'The user cq_server runs as'"
 complete -c cq_server -n "__fish_cq_server_needs_command" -l setpriv -d 'util-linux setpriv, which switches a job to its requester [default: found in /usr/bin, /bin, /usr/sbin or /sbin]' -r -F
 complete -c cq_server -n "__fish_cq_server_needs_command" -l pid-file -d 'Also write the server\'s pid to FILE, locked while it runs (the state directory always has one: cq_server.pid)' -r -F
-complete -c cq_server -n "__fish_cq_server_needs_command" -l log -d 'Where the server logs: stderr, syslog, journald or file:PATH (reopened on SIGHUP) [default: stderr; syslog with --daemon]' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l log -d 'Where the server logs: stderr, syslog (or syslog:SOCKET), journald or file:PATH (reopened on SIGHUP) [default: stderr; syslog with --daemon]' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l handshake-timeout -d 'Seconds a new connection gets to say hello and send its request' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l max-connections -d 'Connections served at once; more are closed' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l kill-grace -d 'Seconds between SIGTERM and SIGKILL when a job is cancelled' -r

@@ -60,7 +60,7 @@ fn main() -> ExitCode {
             );
         }
         (Some(target), _) => target.clone(),
-        (None, true) => LogTarget::Syslog,
+        (None, true) => LogTarget::Syslog(None),
         (None, false) => LogTarget::Stderr,
     };
     let log = match log_target::install(&target, args.verbose) {
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
         Err(e) => {
             return fail(
                 "cq_server",
-                format!("cannot log to {target:?}: {e}"),
+                format!("cannot log to {target}: {e}"),
                 Some("choose another --log"),
                 1,
             );

@@ -147,3 +147,48 @@ async fn daemon_start_up_errors_reach_the_caller() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("state directory"), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn a_daemon_logs_to_syslog_as_the_daemon_facility() {
+    let munged = Munged::start();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("log");
+    let syslog = tokio::net::UnixDatagram::bind(&socket).unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cq_server"));
+    cmd.args(["--daemon", "-h", "127.0.0.1", "-p", "0", "--allow-root"])
+        .arg("--munge-socket")
+        .arg(munged.socket())
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg(format!("--log=syslog:{}", socket.display()))
+        .stdin(std::process::Stdio::null());
+    let started = output(&mut cmd).await;
+    assert!(started.status.success(), "{}", stderr(&started));
+    let pid: i32 = String::from_utf8_lossy(&started.stdout)
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let _daemon = Daemon(Pid::from_raw(pid));
+    // Written before the daemon said it was ready, so it is already in the socket's queue.
+    let mut buf = vec![0; 4096];
+    let listening = tokio::time::timeout(LIMIT, async {
+        loop {
+            let n = syslog.recv(&mut buf).await.unwrap();
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if message.contains("listening on") {
+                return message;
+            }
+        }
+    })
+    .await
+    .expect("the daemon logs where it listens to syslog");
+    // RFC 3164: facility daemon (3), severity info (6) = priority 30, then the process tag.
+    assert!(listening.starts_with("<30>"), "{listening}");
+    assert!(
+        listening.contains(&format!("cq_server[{pid}]: ")),
+        "{listening}"
+    );
+}
