@@ -1,23 +1,30 @@
 //! The network client: submit a job or re-attach to one, and follow it to its end.
+//!
+//! [`Client`] connects and sends requests; a [`Submission`] reads one request's replies and
+//! checks each; [`ClientError`] says what went wrong and whether trying again may help.
+
+mod error;
+mod submission;
+
+pub use error::ClientError;
+pub use submission::{JobEvent, Submission};
 
 use std::io;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_util::codec::Framed;
 
-use crate::auth::{
-    AuthError, Authenticator, Credential, CredentialSource, REPLY_TAG_LEN, ReplyKey,
-};
+use crate::auth::{Authenticator, CredentialSource, ReplyKey};
 use crate::engine::JobResult;
 use crate::job::{CommandJob, JobId, JobSummary};
 use crate::protocol::{
-    Action, Envelope, ErrorCode, Event, FrameCodec, FrameError, HELLO_LEN, Hello, HelloError,
-    Nonce, PROTOCOL_VERSION, Reply, Request, Role, SERVER_UID_LEN,
+    Action, Envelope, Event, FrameCodec, HELLO_LEN, Hello, Nonce, PROTOCOL_VERSION, Request, Role,
+    SERVER_UID_LEN,
 };
-use crate::transport::{Connector, PeerInfo, Stream, TransportError};
+use crate::transport::{Connector, Stream};
 
 /// How long the client waits for the server's hello and for the acceptance of a request.
 /// Waiting for the job itself has no limit.
@@ -279,17 +286,13 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
             })
             .await
             .map_err(ClientError::Frame)?;
-        Ok(Submission {
+        Ok(Submission::new(
             framed,
             nonce,
             peer,
             reply_key,
-            next_seq: 0,
-            verifier: &self.verifier,
-            job: JobId(0),
-            ahead: 0,
-            merged: false,
-        })
+            &self.verifier,
+        ))
     }
 }
 
@@ -327,256 +330,6 @@ impl Default for Reconnect {
             first_delay: Duration::from_millis(50),
             max_delay: Duration::from_secs(2),
             give_up_after: Duration::from_secs(3600),
-        }
-    }
-}
-
-/// A job the server has accepted for this client, and the connection its events come on.
-#[derive(Debug)]
-pub struct Submission<'a, St, A> {
-    framed: Framed<St, FrameCodec<Envelope, Envelope>>,
-    nonce: Nonce,
-    peer: PeerInfo,
-    /// The key the request's credential carried: replies tagged with it need no credential.
-    reply_key: Option<ReplyKey>,
-    /// Position of the next tagged reply.
-    next_seq: u64,
-    verifier: &'a A,
-    /// The job's id on the server.
-    pub job: JobId,
-    /// Jobs ahead of it when it was accepted, including the running one.
-    pub ahead: u32,
-    /// Whether the request was merged into an existing equal job.
-    pub merged: bool,
-}
-
-/// Something that happened to a submitted job.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum JobEvent {
-    /// It started.
-    Started,
-    /// It ended.
-    Finished(JobResult),
-}
-
-impl<St: crate::transport::Stream, A: Authenticator> Submission<'_, St, A> {
-    /// The next event of the job.
-    ///
-    /// # Errors
-    ///
-    /// A [`ClientError`] when the connection breaks, a reply is not authentic, or the server
-    /// reports an error.
-    pub async fn next_event(&mut self) -> Result<JobEvent, ClientError> {
-        match self.next_reply().await? {
-            Event::Started { .. } => Ok(JobEvent::Started),
-            Event::Finished {
-                outcome,
-                runtime_ms,
-                ..
-            } => Ok(JobEvent::Finished(JobResult {
-                outcome,
-                runtime: Duration::from_millis(runtime_ms),
-            })),
-            other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
-        }
-    }
-
-    /// Waits for the job to end.
-    ///
-    /// # Errors
-    ///
-    /// As [`next_event`](Self::next_event).
-    pub async fn wait(mut self) -> Result<JobResult, ClientError> {
-        loop {
-            if let JobEvent::Finished(result) = self.next_event().await? {
-                let _ = self.framed.close().await;
-                return Ok(result);
-            }
-        }
-    }
-
-    /// Closes the connection cleanly (over TLS: with close_notify), so that the server sees
-    /// an orderly end rather than a cut connection.
-    pub async fn close(mut self) {
-        let _ = self.framed.close().await;
-    }
-
-    /// Reads one reply, checks that the server made it for this request, and turns error
-    /// replies into errors.
-    async fn next_reply(&mut self) -> Result<Event, ClientError> {
-        let envelope = match self.framed.next().await {
-            None => {
-                return Err(ClientError::Closed {
-                    during: "the wait for the job",
-                });
-            }
-            Some(Err(e)) => return Err(ClientError::Frame(e)),
-            Some(Ok(envelope)) => envelope,
-        };
-        let verified = match &self.reply_key {
-            // A credential is far longer than a tag: a tag-sized one must be the tag.
-            Some(key) if envelope.credential.len() == REPLY_TAG_LEN => {
-                if key.check(self.next_seq, &envelope.body, &envelope.credential) {
-                    self.next_seq += 1;
-                    Ok(())
-                } else {
-                    Err(AuthError::Mismatch(
-                        "the reply's tag is not the one the request's key makes".to_owned(),
-                    ))
-                }
-            }
-            _ => self
-                .verifier
-                .verify(&envelope.body, &Credential(envelope.credential), &self.peer)
-                .await
-                .map(drop),
-        };
-        let reply = match (verified, postcard::from_bytes::<Reply>(&envelope.body)) {
-            (Ok(_), Ok(reply)) => reply,
-            (Ok(_), Err(e)) => return Err(ClientError::Protocol(e.to_string())),
-            // An error reply triggers nothing, so its text is worth showing even unverified:
-            // it usually says why (e.g. the server refused our credential for the same reason).
-            (
-                Err(why),
-                Ok(Reply {
-                    event: Event::Error { code, message },
-                    ..
-                }),
-            ) => {
-                let message = format!("{message}; the reply itself is unverified: {why}");
-                return Err(ClientError::Server { code, message });
-            }
-            (Err(why), _) => return Err(ClientError::ReplyNotAuthentic(why)),
-        };
-        let for_us = reply.nonce == self.nonce
-            || (reply.nonce == Nonce::NONE && matches!(reply.event, Event::Error { .. }));
-        if !for_us {
-            return Err(ClientError::ReplyNotAuthentic(AuthError::Mismatch(
-                "the reply answers another request".to_owned(),
-            )));
-        }
-        match reply.event {
-            Event::Error { code, message } => Err(ClientError::Server { code, message }),
-            event => Ok(event),
-        }
-    }
-}
-
-/// Why the client could not get its answer.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// The server closed the connection.
-    #[error("the server closed the connection during {during}")]
-    Closed {
-        /// What the client was waiting for.
-        during: &'static str,
-    },
-    /// The client could not make its credential.
-    #[error("cannot make a credential: {0}")]
-    Credential(#[source] AuthError),
-    /// Reading or writing a frame failed.
-    #[error("{0}")]
-    Frame(#[source] FrameError),
-    /// A connection error outside frames.
-    #[error("connection error during {during}: {source}")]
-    Io {
-        /// What the client was doing.
-        during: &'static str,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
-    /// The peer is not a cq server.
-    #[error("{0}")]
-    NotCq(#[source] HelloError),
-    /// The server sent something the protocol does not allow here.
-    #[error("unexpected reply from the server: {0}")]
-    Protocol(String),
-    /// A reply did not come from the server, or not for this request.
-    #[error("the server's reply could not be authenticated: {0}")]
-    ReplyNotAuthentic(#[source] AuthError),
-    /// The server refused the request or failed.
-    #[error("{message} [{code}]")]
-    Server {
-        /// The stable error code.
-        code: ErrorCode,
-        /// The server's explanation.
-        message: String,
-    },
-    /// The server did not answer in time.
-    #[error("the server did not answer in time during {during}")]
-    Timeout {
-        /// What the client was waiting for.
-        during: &'static str,
-    },
-    /// No connection could be made.
-    #[error(transparent)]
-    Transport(#[from] TransportError),
-    /// Client and server speak different protocol versions.
-    #[error("the server speaks cq protocol {server}, this client speaks {client}: upgrade the {}", if server > client { "client (cq_client)" } else { "server (cq_server)" })]
-    VersionMismatch {
-        /// The server's version.
-        server: u16,
-        /// Ours.
-        client: u16,
-    },
-}
-
-impl ClientError {
-    /// Whether trying again later may succeed: the connection was lost or refused, or the
-    /// server was shutting down. Refusals and authentication failures are not transient.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Self::Closed { .. }
-            | Self::Timeout { .. }
-            | Self::Frame(FrameError::Truncated { .. }) => true,
-            Self::Transport(TransportError::Connect { .. }) => true,
-            // A refused TLS certificate also shows as an I/O error (invalid data): only a lost
-            // connection is worth retrying.
-            Self::Io { source, .. } | Self::Frame(FrameError::Io(source)) => matches!(
-                source.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::UnexpectedEof
-                    | io::ErrorKind::NotConnected
-                    | io::ErrorKind::TimedOut
-            ),
-            Self::Server { code, .. } => *code == ErrorCode::SHUTTING_DOWN,
-            _ => false,
-        }
-    }
-
-    /// A hint for the user on what to do, when there is a typical fix.
-    pub fn hint(&self) -> Option<&'static str> {
-        match self {
-            Self::Transport(TransportError::Connect { .. }) => {
-                Some("is cq_server running there, and are host and port right?")
-            }
-            Self::Io {
-                during: "the hello",
-                source,
-            } if source.to_string().contains("alert") => Some(
-                "the server refused this client's TLS certificate: it must be signed by the server's CA, \
-                 unexpired, and given with --tls-cert/--tls-key",
-            ),
-            Self::NotCq(HelloError::NotCq { looks_like }) if looks_like.contains("TLS") => {
-                Some("the server expects TLS: use the same --auth as the server")
-            }
-            Self::NotCq(_) => {
-                Some("check host and port: something other than cq_server answers there")
-            }
-            Self::Closed {
-                during: "the hello",
-            } => Some(
-                "the server may be at its connection limit, or expect another transport (--auth)",
-            ),
-            Self::ReplyNotAuthentic(_) => Some(
-                "something other than the expected cq_server answered; do not trust this result",
-            ),
-            _ => None,
         }
     }
 }
