@@ -12,15 +12,17 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use super::serve::Shared;
-use crate::auth::{AuthError, Authenticator, Credential, CredentialSource, Identity, ReplyKey};
+use crate::auth::{AuthError, Authenticator, Credential, CredentialSource, ReplyKey};
 use crate::engine::{JobState, JobTicket, SubmitError};
 use crate::executor::{CommandRun, Executor};
-use crate::job::{JobId, JobSummary};
+use crate::job::JobSummary;
 use crate::protocol::{
     Action, Envelope, ErrorCode, Event, FrameCodec, FrameError, HELLO_LEN, Hello, Nonce,
     PROTOCOL_VERSION, Reply, Request, Role, server_greeting,
 };
 use crate::transport::{PeerInfo, PendingConnection, Stream};
+
+mod log_stream;
 
 /// Initial read buffer of a connection.
 const READ_BUFFER: usize = 1024;
@@ -28,9 +30,6 @@ const READ_BUFFER: usize = 1024;
 /// First and last pause before signing a reply again when the credential service is busy.
 const SIGN_RETRY_FIRST: Duration = Duration::from_millis(20);
 const SIGN_RETRY_LAST: Duration = Duration::from_millis(320);
-
-/// Log bytes per `Output` frame: well below the frame limit.
-const LOG_CHUNK: usize = 64 * 1024;
 
 /// Rejected credentials are answered no sooner than this after they arrived, so that the
 /// time to answer does not tell which check failed.
@@ -303,134 +302,6 @@ where
             Err(e) => {
                 self.fail(nonce, error_code(&e), &e.to_string()).await;
                 ControlFlow::Break(())
-            }
-        }
-    }
-
-    /// Sends job `id`'s output from the start; with `follow`, goes on live until the job ends
-    /// and then reports how it ended. The file is the authority: live chunks only say that
-    /// there is more, and where.
-    async fn stream_log(
-        &mut self,
-        nonce: Nonce,
-        id: JobId,
-        follow: bool,
-        who: Identity,
-    ) -> ControlFlow<()> {
-        let mut access = match self.shared.engine.open_log(id, who.clone()).await {
-            Ok(access) => access,
-            Err(e) => {
-                return self.refuse(nonce, &e).await;
-            }
-        };
-        // A queued job has no output yet: when following, wait for it to start.
-        if follow
-            && access.live.is_none()
-            && let Some(mut ticket) = access.ticket.take()
-        {
-            let Some(framed) = self.framed.as_mut() else {
-                return ControlFlow::Break(());
-            };
-            let _ = watch_client(framed, ticket.started()).await?;
-            access = match self.shared.engine.open_log(id, who).await {
-                Ok(access) => access,
-                Err(e) => {
-                    return self.refuse(nonce, &e).await;
-                }
-            };
-        }
-        let path = access.path.clone();
-        let mut sent = self.send_file(nonce, id, path.as_deref(), 0).await?;
-        let (Some(mut ticket), true) = (access.ticket, follow) else {
-            return self.send(nonce, Event::LogEnd { job: id }).await;
-        };
-        let mut live = access.live;
-        loop {
-            let Some(framed) = self.framed.as_mut() else {
-                return ControlFlow::Break(());
-            };
-            let more = async {
-                match live.as_mut() {
-                    Some(feed) => feed
-                        .recv()
-                        .await
-                        .map(|chunk| chunk.offset + chunk.data.len() as u64)
-                        .ok(),
-                    None => std::future::pending().await,
-                }
-            };
-            let event = tokio::select! {
-                end = more => end.map(Ok),
-                result = ticket.finished() => Some(Err(result)),
-                _ = framed.next() => return ControlFlow::Break(()),
-            };
-            match event {
-                Some(Ok(end)) if end > sent => {
-                    sent = self.send_file(nonce, id, path.as_deref(), sent).await?
-                }
-                Some(Ok(_)) => {}
-                // The feed lagged or closed: the file has it all.
-                None => {
-                    live = None;
-                    sent = self.send_file(nonce, id, path.as_deref(), sent).await?;
-                }
-                Some(Err(result)) => {
-                    self.send_file(nonce, id, path.as_deref(), sent).await?;
-                    return match result {
-                        Ok(result) => {
-                            let runtime_ms =
-                                u64::try_from(result.runtime.as_millis()).unwrap_or(u64::MAX);
-                            self.send(
-                                nonce,
-                                Event::Finished {
-                                    job: id,
-                                    outcome: result.outcome,
-                                    runtime_ms,
-                                },
-                            )
-                            .await
-                        }
-                        Err(_) => self.send(nonce, Event::LogEnd { job: id }).await,
-                    };
-                }
-            }
-        }
-    }
-
-    /// Sends the log file from byte `from` to its current end; returns the new end.
-    async fn send_file(
-        &mut self,
-        nonce: Nonce,
-        id: JobId,
-        path: Option<&std::path::Path>,
-        from: u64,
-    ) -> ControlFlow<(), u64> {
-        use tokio::io::AsyncSeekExt;
-        let Some(path) = path else {
-            return ControlFlow::Continue(from);
-        };
-        let Ok(mut file) = tokio::fs::File::open(path).await else {
-            return ControlFlow::Continue(from);
-        };
-        if file.seek(std::io::SeekFrom::Start(from)).await.is_err() {
-            return ControlFlow::Continue(from);
-        }
-        let mut at = from;
-        let mut buf = vec![0; LOG_CHUNK];
-        loop {
-            match file.read(&mut buf).await {
-                Ok(0) | Err(_) => return ControlFlow::Continue(at),
-                Ok(n) => {
-                    self.send(
-                        nonce,
-                        Event::Output {
-                            job: id,
-                            data: buf[..n].to_vec(),
-                        },
-                    )
-                    .await?;
-                    at += n as u64;
-                }
             }
         }
     }
