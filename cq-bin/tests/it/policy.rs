@@ -286,3 +286,79 @@ async fn run_server(args: &[&str]) -> std::process::Output {
     cmd.args(args).stdin(std::process::Stdio::null());
     output(&mut cmd).await
 }
+
+/// Copies of the two programs in a directory every user may enter (the build's own directory
+/// may not be).
+fn public_binaries() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, from) in [
+        ("cq_server", env!("CARGO_BIN_EXE_cq_server")),
+        ("cq_client", env!("CARGO_BIN_EXE_cq_client")),
+    ] {
+        let to = dir.path().join(name);
+        std::fs::copy(from, &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+/// `setpriv` arguments that become `user`, then `program`.
+fn as_user(user: &User, program: &std::path::Path) -> Vec<OsString> {
+    vec![
+        "setpriv".into(),
+        format!("--reuid={}", user.uid).into(),
+        format!("--regid={}", user.gid).into(),
+        "--init-groups".into(),
+        "--".into(),
+        program.into(),
+    ]
+}
+
+#[tokio::test]
+async fn a_server_not_run_as_root_runs_jobs_as_itself_and_admits_only_its_user() {
+    let (uid, _) = test_user();
+    let user = User::from_uid(uid.into()).unwrap().unwrap();
+    let munged = Munged::start();
+    let bin = public_binaries();
+    let state = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(state.path(), Some(uid), Some(user.gid.as_raw())).unwrap();
+    let auth: Vec<OsString> = vec!["--munge-socket".into(), munged.socket().into()];
+    let server = TestServer::start_program(
+        as_user(&user, &bin.path().join("cq_server")),
+        state,
+        &auth,
+        auth.clone(),
+    )
+    .await;
+
+    let root = output(server.client().args(["--", "true"])).await;
+    assert_eq!(root.status.code(), Some(255));
+    assert!(
+        stderr(&root).contains("refuses jobs from root"),
+        "{}",
+        stderr(&root)
+    );
+
+    let client_as = |who: &User| {
+        let mut cmd = tokio::process::Command::new("setpriv");
+        cmd.args(&as_user(who, &bin.path().join("cq_client"))[1..])
+            .args(["-h", "127.0.0.1", "-p", &server.addr.port().to_string()])
+            .args(&auth)
+            .current_dir("/")
+            .stdin(std::process::Stdio::null());
+        cmd
+    };
+    let own = output(client_as(&user).args(["--follow", "--", "id", "-u"])).await;
+    assert!(own.status.success(), "{}", stderr(&own));
+    assert_eq!(stdout(&own).trim(), uid.to_string());
+
+    let nobody = User::from_name("nobody").unwrap().expect("a nobody user");
+    let other = output(client_as(&nobody).args(["--", "true"])).await;
+    assert_eq!(other.status.code(), Some(255));
+    assert!(
+        stderr(&other).contains("nobody(65534)") && stderr(&other).contains("may not submit"),
+        "{}",
+        stderr(&other)
+    );
+}

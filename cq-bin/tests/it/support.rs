@@ -51,6 +51,8 @@ pub(crate) struct TestServer {
     client_args: Vec<OsString>,
     /// The options it was started with, to restart it alike.
     args: Vec<OsString>,
+    /// The program and what comes before the options (e.g. a setpriv prefix).
+    program: Vec<OsString>,
     child: Child,
     log: Arc<ServerLog>,
 }
@@ -77,16 +79,32 @@ impl TestServer {
 
     /// [`start_args`](Self::start_args) without `--allow-root`.
     pub(crate) async fn start_exact(args: &[OsString], client_args: Vec<OsString>) -> Self {
-        Self::launch(tempfile::tempdir().unwrap(), 0, args.to_vec(), client_args).await
+        let program = vec![OsString::from(env!("CARGO_BIN_EXE_cq_server"))];
+        let state_dir = tempfile::tempdir().unwrap();
+        Self::launch(program, state_dir, 0, args.to_vec(), client_args).await
+    }
+
+    /// Starts `program` (cq_server, perhaps behind a prefix such as setpriv) with `args`,
+    /// keeping its state in `state_dir`.
+    pub(crate) async fn start_program(
+        program: Vec<OsString>,
+        state_dir: TempDir,
+        args: &[OsString],
+        client_args: Vec<OsString>,
+    ) -> Self {
+        Self::launch(program, state_dir, 0, args.to_vec(), client_args).await
     }
 
     async fn launch(
+        program: Vec<OsString>,
         state_dir: TempDir,
         port: u16,
         args: Vec<OsString>,
         client_args: Vec<OsString>,
     ) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cq_server"))
+        let (exe, prefix) = program.split_first().expect("a program");
+        let mut child = Command::new(exe)
+            .args(prefix)
             .args([
                 "-h",
                 "127.0.0.1",
@@ -118,6 +136,7 @@ impl TestServer {
             state_dir,
             client_args,
             args,
+            program,
             child,
             log,
         };
@@ -149,9 +168,10 @@ impl TestServer {
             state_dir,
             client_args,
             args,
+            program,
             ..
         } = self;
-        Self::launch(state_dir, addr.port(), args, client_args).await
+        Self::launch(program, state_dir, addr.port(), args, client_args).await
     }
 
     /// Waits (bounded) until the server logged a line containing `needle`; returns the line.
