@@ -10,7 +10,7 @@ use cq_core::{
 };
 use sha2::{Digest, Sha256};
 
-use super::ffi::{Context, Decoded, MungeError, MungeErrorKind, socket_cstring};
+use super::ffi::{Cipher, Context, Decoded, MungeError, MungeErrorKind, socket_cstring};
 
 /// Separates cq's payloads from anything else signed with the same key.
 const PAYLOAD_DOMAIN: &[u8] = b"cq-munge-payload-v1\0";
@@ -200,7 +200,11 @@ impl MungeCredentialSource {
                 ctx.set_ttl(ttl).map_err(|e| socket.auth_error(e))?;
             }
             if let Some(uid) = only_uid {
+                // The payload then holds a reply key: readable by that uid alone, never in
+                // the clear (a munged may be set up without encryption by default).
                 ctx.set_uid_restriction(uid)
+                    .map_err(|e| socket.auth_error(e))?;
+                ctx.set_cipher(Cipher::Aes128)
                     .map_err(|e| socket.auth_error(e))?;
             }
             ctx.encode(&payload)
@@ -312,6 +316,9 @@ impl Authenticator for MungeAuthenticator {
             .split_at_checked(DIGEST_LEN)
             .unwrap_or((&decoded.payload, &[]));
         let key = match <[u8; 32]>::try_from(sealed) {
+            // A key that crossed the network in the clear may be known to others: the replies
+            // are then signed one by one, as if none had been sent.
+            Ok(_) if !decoded.encrypted => None,
             Ok(key) => Some(ReplyKey::from_bytes(key)),
             Err(_) if sealed.is_empty() => None,
             Err(_) => {
@@ -344,5 +351,46 @@ impl Authenticator for MungeAuthenticator {
             method: AuthMethod::Munge,
         };
         Ok((identity, key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::munge::PrivateMunged;
+
+    #[tokio::test]
+    async fn a_reply_key_sent_in_the_clear_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let munged = PrivateMunged::start_in(dir.path()).unwrap();
+        let socket = MungeSocket::at(munged.socket_path());
+        let me = nix::unistd::geteuid().as_raw();
+        let key = ReplyKey::random();
+        let mut payload = payload_for(b"req");
+        payload.extend_from_slice(key.as_bytes());
+        let clear = {
+            let mut ctx = socket.context().unwrap();
+            ctx.set_uid_restriction(me).unwrap();
+            ctx.set_cipher(Cipher::None).unwrap();
+            Credential(ctx.encode(&payload).unwrap())
+        };
+        let verifier = MungeAuthenticator::new(socket.clone());
+        let (_, found) = verifier
+            .verify_with_key(b"req", &clear, &PeerInfo::default())
+            .await
+            .unwrap();
+        assert_eq!(found, None, "a key anybody on the wire could read");
+
+        let source = MungeCredentialSource::new(socket).seal_keys_for(vec![me]);
+        let sealed = source
+            .credential_with_key(b"req", &key, me)
+            .await
+            .unwrap()
+            .unwrap();
+        let (_, found) = verifier
+            .verify_with_key(b"req", &sealed, &PeerInfo::default())
+            .await
+            .unwrap();
+        assert_eq!(found, Some(key), "our own sealing encrypts");
     }
 }

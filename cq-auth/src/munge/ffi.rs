@@ -57,6 +57,18 @@ pub(crate) struct Decoded {
     pub(crate) uid: u32,
     pub(crate) gid: u32,
     pub(crate) payload: Vec<u8>,
+    /// Whether the payload crossed the network encrypted.
+    pub(crate) encrypted: bool,
+}
+
+/// Ciphers cq asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cipher {
+    /// None: only for tests of what a verifier does with a clear payload.
+    #[cfg_attr(not(test), allow(dead_code))]
+    None,
+    /// AES-128, which every munged supports.
+    Aes128,
 }
 
 /// One libmunge context.
@@ -95,6 +107,40 @@ impl Context {
         let rc =
             unsafe { sys::munge_ctx_set(self.raw, sys::munge_opt_MUNGE_OPT_TTL as c_int, seconds) };
         self.check(rc)
+    }
+
+    /// Sets the cipher of credentials this context encodes, whatever munged's default.
+    pub(crate) fn set_cipher(&mut self, cipher: Cipher) -> Result<(), MungeError> {
+        let value = match cipher {
+            Cipher::None => sys::munge_cipher_MUNGE_CIPHER_NONE,
+            Cipher::Aes128 => sys::munge_cipher_MUNGE_CIPHER_AES128,
+        };
+        // SAFETY: self.raw is a live context; MUNGE_OPT_CIPHER_TYPE takes exactly one `int`
+        // (a munge_cipher_t value).
+        let rc = unsafe {
+            sys::munge_ctx_set(
+                self.raw,
+                sys::munge_opt_MUNGE_OPT_CIPHER_TYPE as c_int,
+                value as c_int,
+            )
+        };
+        self.check(rc)
+    }
+
+    /// Whether the credential this context last decoded was encrypted.
+    fn decoded_encrypted(&self) -> bool {
+        let mut cipher: c_int = sys::munge_cipher_MUNGE_CIPHER_NONE as c_int;
+        // SAFETY: self.raw is a live context; MUNGE_OPT_CIPHER_TYPE with get takes exactly one
+        // `int *`, which points to a live local.
+        let rc = unsafe {
+            sys::munge_ctx_get(
+                self.raw,
+                sys::munge_opt_MUNGE_OPT_CIPHER_TYPE as c_int,
+                &mut cipher as *mut c_int,
+            )
+        };
+        rc == sys::munge_err_EMUNGE_SUCCESS
+            && cipher != sys::munge_cipher_MUNGE_CIPHER_NONE as c_int
     }
 
     /// Makes credentials this context encodes decodable only by processes running as `uid`.
@@ -205,6 +251,7 @@ impl Context {
             uid,
             gid,
             payload: bytes,
+            encrypted: self.decoded_encrypted(),
         })
     }
 
