@@ -6,14 +6,19 @@
 //!
 //! - `auth_args.rs`: `--auth munge|tls` and the TLS file options both binaries share.
 //! - `background.rs`: the detached waiter behind `cq_client --background`.
-//! - `client_run.rs`: what cq_client does once its arguments are parsed.
+//! - `client_run.rs`: cq_client's options, and what it does once they are parsed.
+//! - `server_args.rs`: cq_server's options (also the source of its man page and completions).
+//! - `server_run.rs`: cq_server's composition: store, engine, executor, policy, auth, listener.
+//! - `config_file.rs`: `/etc/cq/cq.toml`, turned into options and the submit policy.
+//! - `log_target.rs`: `--log stderr|syslog|journald|file:PATH`, reopened on SIGHUP.
+//! - `daemon.rs`: `cq_server --daemon`.
 //! - `cert_tool.rs`: `cq_server tls init|client`, the certificate tooling.
 //! - `env_args.rs`: `-E NAME[=VALUE]` parsing.
 //! - `listing.rs`: job tables and `--json` output for `--list`, `--status`, `--cancel`.
 //! - `post_script.rs`: checking and running the client's `-P` script.
 //! - `paths.rs`: the default state directory.
 //! - `units.rs`: durations (`90s`, `2h`) and sizes (`64M`) on the command line.
-//! - `state_lock.rs`: one server per state directory (a locked pid file).
+//! - `state_lock.rs`: one server per state directory (a locked pid file), and `--pid-file`.
 //! - `signals.rs`: SIGINT / SIGTERM for the server's graceful and forced shutdown.
 //! - `report.rs`: logging set-up and the one-line error messages.
 
