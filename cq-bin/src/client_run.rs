@@ -34,7 +34,7 @@ const QUERY_CONFLICTS: [&str; 7] = [
     "timeout",
 ];
 
-/// Options the configuration file's [client] section may set: where the server is, how to
+/// Options the configuration file's `[client]` section may set: where the server is, how to
 /// authenticate, and how long to wait; never what to do.
 pub const CONFIG_OPTIONS: [&str; 10] = [
     "host",
@@ -58,9 +58,13 @@ pub const CQ_FAILURE: u8 = 255;
 #[derive(Debug, Parser)]
 #[command(name = "cq_client", version, disable_help_flag = true)]
 pub struct Args {
-    /// Configuration file; its [client] section sets defaults for the options that name a
-    /// server and how to reach it [default: /etc/cq/cq.toml if it exists].
-    #[arg(long, value_name = "FILE")]
+    #[expect(missing_docs, reason = "the help text is the documentation")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        help = "Configuration file; its [client] section sets defaults for the options that name a \
+                server and how to reach it [default: /etc/cq/cq.toml if it exists]"
+    )]
     pub config: Option<PathBuf>,
     /// Server host.
     #[arg(short = 'h', long, default_value = "localhost")]

@@ -26,9 +26,13 @@ pub struct Args {
     )]
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Configuration file: server options under [server], the policy under [policy], the
-    /// jobs' base environment under [jobs] [default: /etc/cq/cq.toml if it exists].
-    #[arg(long, value_name = "FILE")]
+    #[expect(missing_docs, reason = "the help text is the documentation")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        help = "Configuration file: server options under [server], the policy under [policy], the \
+                jobs' base environment under [jobs] [default: /etc/cq/cq.toml if it exists]"
+    )]
     pub config: Option<PathBuf>,
     /// Address to listen on.
     #[arg(short = 'h', long, default_value = "0.0.0.0")]
@@ -50,8 +54,11 @@ pub struct Args {
     /// certificate name is the user name].
     #[arg(long, value_name = "FILE")]
     pub tls_user_map: Option<PathBuf>,
-    /// Accept jobs from root (uid 0); they run as root. Also `allow_root = true` in [policy].
-    #[arg(long)]
+    #[expect(missing_docs, reason = "the help text is the documentation")]
+    #[arg(
+        long,
+        help = "Accept jobs from root (uid 0); they run as root. Also `allow_root = true` in [policy]"
+    )]
     pub allow_root: bool,
     /// Whose rights jobs run with [default: requester when cq_server runs as root, else server].
     #[arg(long, value_enum, value_name = "WHO")]

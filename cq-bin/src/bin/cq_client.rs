@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     runtime.block_on(run(args, job))
 }
 
-/// The command line, with defaults from the configuration file's [client] section.
+/// The command line, with defaults from the configuration file's `[client]` section.
 fn parse_args() -> Result<Args, ExitCode> {
     // Usage errors are cq's failures too: keep them apart from the job's statuses.
     let usage = |e: clap::Error| {

@@ -70,7 +70,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
     ///
     /// # Errors
     ///
-    /// As [`submit`](Self::submit); [`ErrorCode::UNKNOWN_JOB`] when the server does not know it.
+    /// As [`submit`](Self::submit); [`ErrorCode::UNKNOWN_JOB`](crate::protocol::ErrorCode::UNKNOWN_JOB) when the server does not know it.
     pub async fn watch(&self, id: JobId) -> Result<Submission<'_, C::Stream, A>, ClientError> {
         self.request(Action::Watch { job: id }).await
     }
@@ -135,7 +135,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
     ///
     /// # Errors
     ///
-    /// As [`submit`](Self::submit); [`ErrorCode::UNKNOWN_JOB`] when the server does not know it.
+    /// As [`submit`](Self::submit); [`ErrorCode::UNKNOWN_JOB`](crate::protocol::ErrorCode::UNKNOWN_JOB) when the server does not know it.
     pub async fn status(&self, id: JobId) -> Result<JobSummary, ClientError> {
         self.query(Action::Status { job: id })
             .await?
@@ -148,7 +148,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
     ///
     /// # Errors
     ///
-    /// As [`submit`](Self::submit); [`ErrorCode::NOT_PERMITTED`] for someone else's job.
+    /// As [`submit`](Self::submit); [`ErrorCode::NOT_PERMITTED`](crate::protocol::ErrorCode::NOT_PERMITTED) for someone else's job.
     pub async fn cancel(&self, id: JobId) -> Result<JobSummary, ClientError> {
         self.query(Action::Cancel { job: id })
             .await?
@@ -162,7 +162,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
     ///
     /// # Errors
     ///
-    /// As [`submit`](Self::submit); [`ErrorCode::NOT_PERMITTED`] for someone else's job.
+    /// As [`submit`](Self::submit); [`ErrorCode::NOT_PERMITTED`](crate::protocol::ErrorCode::NOT_PERMITTED) for someone else's job.
     pub async fn log(
         &self,
         id: JobId,
