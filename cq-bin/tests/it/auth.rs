@@ -166,51 +166,36 @@ async fn run_with_post_script(
     (out, marker.exists())
 }
 
-/// [`run_with_post_script`] against a server whose notice must not be believed.
-async fn run_against(
-    addr: std::net::SocketAddr,
-    munged: &Munged,
-    marker_dir: &Path,
-) -> std::process::Output {
-    let (out, ran) = run_with_post_script(addr, munged, marker_dir).await;
+/// Runs a job against `addr`, whose notice must not be believed: cq_client fails saying
+/// `why`, and the post script does not run.
+async fn assert_not_believed(addr: std::net::SocketAddr, munged: &Munged, why: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, ran) = run_with_post_script(addr, munged, dir.path()).await;
     assert!(
         !ran,
         "the post script must not run on an unauthenticated notice"
     );
-    out
+    assert_eq!(out.status.code(), Some(255));
+    assert!(stderr(&out).contains(why), "{}", stderr(&out));
 }
 
 #[tokio::test]
 async fn an_unsigned_finished_notice_is_not_believed() {
     let munged = Munged::start();
-    let dir = tempfile::tempdir().unwrap();
     let addr = fake_server(Signing::Unsigned, finished).await;
-    let out = run_against(addr, &munged, dir.path()).await;
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr(&out).contains("could not be authenticated"),
-        "{}",
-        stderr(&out)
-    );
+    assert_not_believed(addr, &munged, "could not be authenticated").await;
 }
 
 #[tokio::test]
 async fn a_notice_signed_by_another_key_is_not_believed() {
     let munged = Munged::start();
     let forger = Munged::start();
-    let dir = tempfile::tempdir().unwrap();
     let addr = fake_server(
         Signing::Credential(MungeCredentialSource::new(forger.daemon.socket())),
         finished,
     )
     .await;
-    let out = run_against(addr, &munged, dir.path()).await;
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        stderr(&out).contains("another MUNGE key"),
-        "{}",
-        stderr(&out)
-    );
+    assert_not_believed(addr, &munged, "another MUNGE key").await;
 }
 
 /// Replies tagged with the key the client sealed into its request, at `positions`.
@@ -241,30 +226,20 @@ async fn a_replayed_or_foreign_tag_is_not_believed() {
     // Tags from a key the client never sent.
     let foreign = tagged(&munged, vec![0, 1], true).await;
     for addr in [replayed, foreign] {
-        let dir = tempfile::tempdir().unwrap();
-        let out = run_against(addr, &munged, dir.path()).await;
-        assert_eq!(out.status.code(), Some(255));
-        assert!(
-            stderr(&out).contains("could not be authenticated"),
-            "{}",
-            stderr(&out)
-        );
+        assert_not_believed(addr, &munged, "could not be authenticated").await;
     }
 }
 
 #[tokio::test]
 async fn a_genuine_notice_for_another_request_is_not_believed() {
     let munged = Munged::start();
-    let dir = tempfile::tempdir().unwrap();
     // Signed with the right key, but replayed from another request (another nonce).
     let addr = fake_server(
         Signing::Credential(MungeCredentialSource::new(munged.daemon.socket())),
         |_| finished(Nonce([7; 16])),
     )
     .await;
-    let out = run_against(addr, &munged, dir.path()).await;
-    assert_eq!(out.status.code(), Some(255));
-    assert!(stderr(&out).contains("another request"), "{}", stderr(&out));
+    assert_not_believed(addr, &munged, "another request").await;
 }
 
 #[tokio::test]
