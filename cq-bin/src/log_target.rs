@@ -241,7 +241,11 @@ impl<'a> MakeWriter<'a> for SyslogWriter {
     type Writer = SyslogEvent<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        self.make_writer_for(&INFO_METADATA)
+        // Only for writes without an event; the formatter always says which event it writes.
+        SyslogEvent {
+            logger: &self.logger,
+            level: Level::INFO,
+        }
     }
 
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
@@ -251,17 +255,6 @@ impl<'a> MakeWriter<'a> for SyslogWriter {
         }
     }
 }
-
-static INFO_CALLSITE: tracing::callsite::DefaultCallsite =
-    tracing::callsite::DefaultCallsite::new(&INFO_METADATA);
-static INFO_METADATA: Metadata<'static> = tracing::metadata!(
-    name: "cq_server",
-    target: "cq_server",
-    level: Level::INFO,
-    fields: &[],
-    callsite: &INFO_CALLSITE,
-    kind: tracing::metadata::Kind::EVENT,
-);
 
 #[cfg(test)]
 mod tests {
