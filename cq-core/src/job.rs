@@ -1,6 +1,7 @@
 //! What can be queued: the [`Job`] trait and the network's kind of job, [`CommandJob`].
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -96,6 +97,26 @@ impl CommandJob {
     pub fn with_cwd(mut self, cwd: impl Into<String>) -> Self {
         self.cwd = Some(cwd.into());
         self
+    }
+
+    /// The program `argv[0]` names, found as `execvp` would find it: a name with a slash
+    /// relative to the job's working directory (`default_cwd` if it names none), a bare name
+    /// in the job's `PATH`, or `base_path` when the client set none.
+    pub fn find_program(&self, base_path: &str, default_cwd: &Path) -> Option<PathBuf> {
+        let program = self.argv.first()?;
+        let cwd = self.cwd.as_deref().map_or(default_cwd, Path::new);
+        if program.contains('/') {
+            let path = cwd.join(program);
+            return path.is_file().then_some(path);
+        }
+        // The last assignment wins, as it does in the job's environment.
+        let path = self
+            .env
+            .iter()
+            .rev()
+            .find(|(name, _)| name == "PATH")
+            .map_or(base_path, |(_, value)| value.as_str());
+        which::which_in(program, Some(path), cwd).ok()
     }
 
     /// The job's time limit, if any.

@@ -147,7 +147,9 @@ impl SubmitPolicy {
             return Err(PolicyRefusal::Environment(name.clone()));
         }
         if let Some(allowed) = &self.commands {
-            let found = self.resolve(job)?;
+            let found = job
+                .find_program(&self.path, Path::new("/"))
+                .ok_or_else(|| PolicyRefusal::CommandNotFound(job.argv[0].clone()))?;
             if !allowed.iter().any(|entry| same_file(entry, &found)) {
                 return Err(PolicyRefusal::Command(job.argv[0].clone()));
             }
@@ -162,28 +164,6 @@ impl SubmitPolicy {
             None => name == pattern,
         };
         self.env_deny.iter().any(matches) && !self.env_allow.iter().any(matches)
-    }
-
-    /// The program `job` would run, found as `execvp` would find it.
-    fn resolve(&self, job: &CommandJob) -> Result<PathBuf, PolicyRefusal> {
-        let program = job.argv.first().map(String::as_str).unwrap_or_default();
-        let not_found = || PolicyRefusal::CommandNotFound(program.to_owned());
-        let cwd = Path::new(job.cwd.as_deref().unwrap_or("/"));
-        if program.contains('/') {
-            let path = cwd.join(program);
-            return if path.is_file() {
-                Ok(path)
-            } else {
-                Err(not_found())
-            };
-        }
-        let path = job
-            .env
-            .iter()
-            .rev()
-            .find(|(name, _)| name == "PATH")
-            .map_or(self.path.as_str(), |(_, value)| value.as_str());
-        which::which_in(program, Some(path), cwd).map_err(|_| not_found())
     }
 }
 

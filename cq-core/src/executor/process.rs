@@ -163,8 +163,7 @@ impl ProcessExecutor {
             Some((account, setpriv)) => {
                 // setpriv reports a missing program only as exit 127 in the log: look first,
                 // so that the client hears "command not found" as it would without a switch.
-                let path = self.job_path(job);
-                if !program.contains('/') && which::which_in(program, Some(path), cwd).is_err() {
+                if job.find_program(self.base_path(), &self.cwd).is_none() {
                     return Err(spawn_failure(program, &io::ErrorKind::NotFound.into()));
                 }
                 let mut command = Command::new(setpriv);
@@ -204,13 +203,11 @@ impl ProcessExecutor {
         child
     }
 
-    /// The `PATH` the job's program is looked up in.
-    fn job_path<'a>(&'a self, job: &'a CommandJob) -> &'a str {
-        // The last assignment wins, and the client's come after the base environment's.
-        job.env
+    /// The base environment's `PATH`.
+    fn base_path(&self) -> &str {
+        self.base_env
             .iter()
             .rev()
-            .chain(self.base_env.iter().rev())
             .find(|(name, _)| name == "PATH")
             .map_or(DEFAULT_PATH, |(_, value)| value.as_str())
     }
