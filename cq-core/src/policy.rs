@@ -92,10 +92,8 @@ impl SubmitPolicy {
     ///
     /// The first rule the submission breaks.
     pub fn review(&self, who: &Identity, job: &mut CommandJob) -> Result<(), PolicyRefusal> {
-        // The server's own user needs no switch, hence no account (and no lookup per job).
-        let switches = who.uid != nix::unistd::geteuid().as_raw();
         let needs_account =
-            (self.require_account && switches) || !self.users.is_empty() || !self.groups.is_empty();
+            self.account_required(who) || !self.users.is_empty() || !self.groups.is_empty();
         let account = if needs_account {
             Account::lookup(who.uid, who.gid)
         } else {
@@ -121,8 +119,7 @@ impl SubmitPolicy {
         if who.uid == 0 && !self.allow_root {
             return Err(PolicyRefusal::Root);
         }
-        if self.require_account
-            && who.uid != nix::unistd::geteuid().as_raw()
+        if self.account_required(who)
             && let Err(e) = account
         {
             return Err(PolicyRefusal::NoAccount(e.clone()));
@@ -156,6 +153,12 @@ impl SubmitPolicy {
             job.argv[0] = found.to_string_lossy().into_owned();
         }
         Ok(())
+    }
+
+    /// Whether `who` must have an account here: jobs switch users, and `who` is not the
+    /// server's own user (whose jobs need no switch, hence no lookup per job).
+    fn account_required(&self, who: &Identity) -> bool {
+        self.require_account && who.uid != nix::unistd::geteuid().as_raw()
     }
 
     fn denies(&self, name: &str) -> bool {
