@@ -28,7 +28,10 @@ fn frames(c: &mut Criterion) {
     let request = Request {
         destination: Some("192.0.2.10:48005".parse().unwrap()),
         nonce: Nonce::random(),
-        action: Action::Submit { job: emerge() },
+        action: Action::Submit {
+            job: emerge(),
+            key: cq_core::SubmitKey::random(),
+        },
     };
     let replies = [
         (
@@ -56,7 +59,7 @@ fn frames(c: &mut Criterion) {
         messages.push((
             name,
             postcard::to_allocvec(&Reply {
-                nonce: request.nonce,
+                request: cq_core::protocol::RequestDigest::of(b"request", &credential),
                 event,
             })
             .unwrap(),
@@ -149,6 +152,7 @@ fn store(c: &mut Criterion) {
             owner: owner.clone(),
             summary: "emerge".into(),
             command: Some(emerge()),
+            key: None,
             accepted_at: std::time::SystemTime::now(),
             waiters: Vec::new(),
         }

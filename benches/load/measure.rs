@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
-use cq_core::{Client, CommandJob};
+use cq_core::{Client, CommandJob, SubmitKey};
 use cq_transport_tcp::TcpConnector;
 
 use crate::report::{Latency, Rate, Scale};
@@ -151,7 +151,10 @@ pub(crate) async fn scale(
     let gate = work.join("gate");
     Command::new("mkfifo").arg(&gate).status()?;
     client
-        .submit(CommandJob::new(["cat", gate.to_str().context("path")?]))
+        .submit(
+            CommandJob::new(["cat", gate.to_str().context("path")?]),
+            SubmitKey::random(),
+        )
         .await?
         .close()
         .await;
@@ -166,7 +169,7 @@ pub(crate) async fn scale(
             last_start = Instant::now();
         }
         client
-            .submit(CommandJob::new(["/bin/true"]))
+            .submit(CommandJob::new(["/bin/true"]), SubmitKey::random())
             .await?
             .close()
             .await;
@@ -182,7 +185,10 @@ pub(crate) async fn scale(
     for _ in 0..waiting {
         let (client, accepted) = (client.clone(), accepted_tx.clone());
         holders.push(tokio::spawn(async move {
-            match client.submit(CommandJob::new(["/bin/true"])).await {
+            match client
+                .submit(CommandJob::new(["/bin/true"]), SubmitKey::random())
+                .await
+            {
                 Ok(submission) => {
                     let _ = accepted.send(true).await;
                     // Waits until the task is aborted: the queue is blocked.

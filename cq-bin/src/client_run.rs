@@ -237,10 +237,29 @@ where
     if args.is_query() {
         return query(client, args).await;
     }
+    let policy = Reconnect {
+        give_up_after: Duration::try_from_secs_f64(args.reconnect_timeout)
+            .unwrap_or(Duration::ZERO),
+        ..Reconnect::default()
+    };
     let (id, submission) = match args.wait {
         Some(id) => (JobId(id), None),
         None => {
-            let submission = match client.submit(job).await {
+            // Retried with the same key: a submission the server took before the
+            // connection broke is found again, never queued twice.
+            let mut told = false;
+            let submitted = client
+                .submit_retrying(job, &policy, |e, _| {
+                    if !told && !args.quiet {
+                        say(
+                            "cq_client",
+                            format_args!("cannot reach the server yet ({e}); trying again"),
+                        );
+                        told = true;
+                    }
+                })
+                .await;
+            let submission = match submitted {
                 Ok(submission) => submission,
                 Err(e) => return fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
             };
@@ -288,11 +307,6 @@ where
             Err(e) => return fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
         }
     }
-    let policy = Reconnect {
-        give_up_after: Duration::try_from_secs_f64(args.reconnect_timeout)
-            .unwrap_or(Duration::ZERO),
-        ..Reconnect::default()
-    };
     let mut told = false;
     let result = match followed {
         Some(result) => Ok(result),
@@ -400,7 +414,21 @@ where
     let answer = if let Some(id) = args.status {
         client.status(JobId(id)).await.map(|job| vec![job])
     } else if let Some(id) = args.cancel {
-        client.cancel(JobId(id)).await.map(|job| vec![job])
+        match client.cancel(JobId(id)).await {
+            Ok(Some(job)) => Ok(vec![job]),
+            Ok(None) => {
+                if !args.quiet {
+                    say(
+                        "cq_client",
+                        format_args!(
+                            "you no longer wait for job {id}: it was another user's job, which goes on for its owner"
+                        ),
+                    );
+                }
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => Err(e),
+        }
     } else {
         client.list().await
     };

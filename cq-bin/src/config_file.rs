@@ -52,11 +52,16 @@ struct PolicySection {
     #[serde(default)]
     groups: Vec<String>,
     #[serde(default)]
+    admins: Vec<String>,
+    #[serde(default)]
     allow_root: bool,
-    env_deny: Option<Vec<String>>,
+    #[serde(default)]
+    env_deny: Vec<String>,
     #[serde(default)]
     env_allow: Vec<String>,
     commands: Option<Vec<Spanned<PathBuf>>>,
+    #[serde(default)]
+    merge_across_users: bool,
 }
 
 /// `[jobs]`: what every job starts from.
@@ -271,18 +276,20 @@ pub fn default_policy(allow_root: bool) -> SubmitPolicy {
 }
 
 fn policy_from(section: &PolicySection, allow_root: bool) -> SubmitPolicy {
-    let defaults = SubmitPolicy::default();
     SubmitPolicy {
         users: section.users.clone(),
         groups: section.groups.clone(),
+        admins: section.admins.clone(),
         allow_root: allow_root || section.allow_root,
-        env_deny: section.env_deny.clone().unwrap_or(defaults.env_deny),
+        // Adds to the built-in list (the loader's variables), never replaces it.
+        env_deny: section.env_deny.clone(),
         env_allow: section.env_allow.clone(),
         commands: section
             .commands
             .as_ref()
             .map(|c| c.iter().map(|p| p.get_ref().clone()).collect()),
-        ..defaults
+        merge_across_users: section.merge_across_users,
+        ..SubmitPolicy::default()
     }
 }
 
@@ -426,13 +433,35 @@ mod tests {
 
     #[test]
     fn the_policy_section_becomes_the_submit_policy() {
-        let file =
-            file("[policy]\nusers = [\"alice\"]\nenv_allow = [\"LD_LIBRARY_PATH\"]\n").unwrap();
+        let file = file(
+            "[policy]\nusers = [\"alice\"]\nadmins = [\"carol\"]\nenv_allow = [\"LD_LIBRARY_PATH\"]\n",
+        )
+        .unwrap();
         let policy = file.policy(false);
         assert_eq!(policy.users, ["alice"]);
+        assert_eq!(policy.admins, ["carol"]);
         assert!(!policy.allow_root);
+        assert!(!policy.merge_across_users);
         assert!(file.policy(true).allow_root);
         assert_eq!(policy.env_allow, ["LD_LIBRARY_PATH"]);
-        assert_eq!(policy.env_deny, SubmitPolicy::default().env_deny);
+    }
+
+    #[test]
+    fn a_configured_deny_list_adds_to_the_loader_variables() {
+        use cq_core::{AuthMethod, CommandJob, Identity};
+        let policy = file("[policy]\nenv_deny = [\"PYTHON*\"]\n")
+            .unwrap()
+            .policy(false);
+        let who = Identity {
+            uid: 1000,
+            gid: 1000,
+            user: Some("alice".into()),
+            host: None,
+            method: AuthMethod::Local,
+        };
+        for name in ["LD_PRELOAD", "PYTHONPATH"] {
+            let job = CommandJob::new(["true"]).with_env(name, "x");
+            assert!(policy.check_job(&who, &job).is_err(), "{name} passed");
+        }
     }
 }

@@ -19,6 +19,7 @@
 //! - `paths.rs`: the default state directory.
 //! - `units.rs`: durations (`90s`, `2h`) and sizes (`64M`) on the command line.
 //! - `state_lock.rs`: one server per state directory (a locked pid file), and `--pid-file`.
+//! - `state_dir.rs`: the state directory, private to the server's user.
 //! - `signals.rs`: SIGINT / SIGTERM for the server's graceful and forced shutdown.
 //! - `report.rs`: logging set-up and the one-line error messages.
 
@@ -39,5 +40,6 @@ pub mod report;
 pub mod server_args;
 pub mod server_run;
 pub mod signals;
+pub mod state_dir;
 pub mod state_lock;
 pub mod units;

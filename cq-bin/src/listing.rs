@@ -3,7 +3,8 @@
 
 use std::fmt::Write as _;
 
-use cq_core::{JobSummary, Outcome};
+use cq_core::printable::printable;
+use cq_core::{CommandJob, JobSummary, Outcome};
 use serde::Serialize;
 
 /// One job in `--json` output. Field names are stable; new fields may be added.
@@ -87,12 +88,14 @@ pub fn to_table(jobs: &[JobSummary]) -> String {
             "{:>6}  {:<8}  {:<24}  {:<19}  {:>8}  {:<13}  {:>3}  {}",
             job.id.0,
             job.phase.word(),
-            job.owner,
+            printable(&job.owner),
             utc(job.accepted_ms),
             runtime,
             outcome,
             job.waiters,
-            job.command.join(" ")
+            // Quoted where a shell would split, control characters escaped: what the
+            // server sends never reaches the terminal raw.
+            CommandJob::new(job.command.iter().cloned()).summary()
         );
     }
     out

@@ -145,10 +145,16 @@ impl ReopenableFile {
         })
     }
 
+    /// Opens the log for appending: created 0600 if missing, never through a symlink (a
+    /// symlink planted where the log goes would make root write into any file). It holds
+    /// every user's command lines, so it is private to the server's user.
     fn open_file(path: &Path) -> io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
         OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
     }

@@ -38,22 +38,35 @@ pub enum PostScriptError {
     },
 }
 
-/// Checks that `path` is an executable file, so that a mistake is reported before a job is
-/// submitted rather than hours later.
+/// Finds the post script as a shell would (a name with a slash is a path, a bare name is
+/// looked up in `PATH`) and checks that it is an executable file, so that a mistake is
+/// reported before a job is submitted rather than hours later. Returns its absolute path:
+/// what runs later is exactly the file checked now, whatever the directory then.
 ///
 /// # Errors
 ///
 /// [`PostScriptError::Unusable`] saying what is wrong.
-pub fn check_post_script(path: &Path) -> Result<(), PostScriptError> {
+pub fn check_post_script(path: &Path) -> Result<PathBuf, PostScriptError> {
     let unusable = |reason: String| PostScriptError::Unusable {
         path: path.to_owned(),
         reason,
     };
-    let meta = std::fs::metadata(path).map_err(|e| unusable(e.to_string().to_lowercase()))?;
+    let found = if path.as_os_str().as_encoded_bytes().contains(&b'/') {
+        path.to_owned()
+    } else {
+        let dirs = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&dirs)
+            .map(|dir| dir.join(path))
+            .find(|candidate| candidate.is_file() && access(candidate, AccessFlags::X_OK).is_ok())
+            .ok_or_else(|| unusable("not found in PATH (give a path, e.g. ./script)".to_owned()))?
+    };
+    let meta = std::fs::metadata(&found).map_err(|e| unusable(e.to_string().to_lowercase()))?;
     if !meta.is_file() {
         return Err(unusable("not a regular file".to_owned()));
     }
-    access(path, AccessFlags::X_OK).map_err(|_| unusable("not executable (chmod +x it)".to_owned()))
+    access(&found, AccessFlags::X_OK)
+        .map_err(|_| unusable("not executable (chmod +x it)".to_owned()))?;
+    std::path::absolute(&found).map_err(|e| unusable(e.to_string()))
 }
 
 /// Runs the post script with the two classic arguments (internal status, exit status) and

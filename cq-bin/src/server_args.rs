@@ -60,13 +60,11 @@ pub struct Args {
         help = "Accept jobs from root (uid 0); they run as root. Also `allow_root = true` in [policy]"
     )]
     pub allow_root: bool,
-    /// Whose rights jobs run with [default: requester when cq_server runs as root, else server].
+    /// Whose rights jobs run with [default: requester when cq_server runs as root, else
+    /// server]. With server, only cq_server's own user may submit unless the policy names
+    /// others (whose jobs then run with cq_server's rights).
     #[arg(long, value_enum, value_name = "WHO")]
     pub run_as: Option<RunAsChoice>,
-    /// util-linux setpriv, which switches a job to its requester [default: found in /usr/bin,
-    /// /bin, /usr/sbin or /sbin].
-    #[arg(long, value_name = "PATH")]
-    pub setpriv: Option<PathBuf>,
     /// Detach from the terminal and run in the background, once listening (errors before
     /// that are printed and make the command fail). Logs go to --log (default syslog).
     #[arg(long)]
@@ -88,6 +86,18 @@ pub struct Args {
     /// Connections served at once; more are closed.
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_connections: usize,
+    /// Connections served at once from one address; more are closed.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_connections_per_host: usize,
+    /// Jobs one user may have queued or running (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub max_queued_jobs: usize,
+    /// Bytes of arguments and environment one user's queued jobs may hold (0: no limit).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
+    pub max_queued_bytes: u64,
+    /// Bytes of job logs one user may have kept until they are pruned (0: no limit).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "4G")]
+    pub max_log_bytes: u64,
     /// Seconds between SIGTERM and SIGKILL when a job is cancelled.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub kill_grace: f64,
@@ -110,9 +120,14 @@ pub struct Args {
     /// Time the submit hook gets before it is killed and the fallback applies.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
     pub submit_hook_timeout: Duration,
-    /// Decision when the submit hook fails, hangs or answers garbage.
-    #[arg(long, value_enum, default_value_t = Fallback::Accept)]
+    /// Decision when the submit hook fails, hangs or answers garbage (a hook is a policy:
+    /// by default it fails closed).
+    #[arg(long, value_enum, default_value_t = Fallback::Reject)]
     pub submit_hook_fallback: Fallback,
+    /// User the submit hook runs as [default: nobody when cq_server runs as root, else
+    /// cq_server's own user].
+    #[arg(long, value_name = "USER")]
+    pub submit_hook_user: Option<String>,
     /// Output kept per job (e.g. 64M); past it the log is cut, with a marker.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
     pub log_limit: u64,
@@ -136,7 +151,7 @@ pub const NOT_IN_CONFIG: [&str; 5] = ["config", "daemon", "daemon_child", "verbo
 /// `--run-as`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum RunAsChoice {
-    /// The requesting user (uid, gid, groups, HOME); needs root.
+    /// The requesting user (uid, and the groups and home of its account here); needs root.
     Requester,
     /// The user cq_server runs as.
     Server,

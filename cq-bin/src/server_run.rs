@@ -7,17 +7,20 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cq_auth::mtls::{TlsChannelCredentials, TlsClientAuthenticator, UserMap};
+use cq_core::account::Account;
 use cq_core::engine::Reviver;
 use cq_core::executor::{CommandRun, DEFAULT_PATH};
 use cq_core::scheduler::{Decision, DedupScope, DuplicateJobs};
 use cq_core::server::HookProgram;
 use cq_core::{
-    Authenticator, CredentialSource, Engine, EngineConfig, Job, Listener, ProcessExecutor, RunAs,
-    Server, ServerConfig, SharedPolicy, ShutdownMode, SqliteStore, SubmitPolicy,
+    Authenticator, Containment, CredentialSource, Engine, EngineConfig, Job, Listener,
+    ProcessExecutor, Server, ServerConfig, SharedPolicy, ShutdownMode, SqliteStore, SubmitPolicy,
+    UserLimits,
 };
 use cq_transport_tcp::TcpListener;
 use cq_transport_tls::{ServerTls, TlsListener};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::Signal;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth_args::AuthKind;
 use crate::config_file::{ConfigFile, default_policy};
@@ -39,6 +42,9 @@ pub enum StartError {
     /// State directory or pid file unusable.
     #[error("state directory: {0}")]
     StateDir(String),
+    /// Another server uses the state directory.
+    #[error("{0}")]
+    Busy(String),
     /// TLS files unusable.
     #[error("{0}")]
     Tls(String),
@@ -55,7 +61,10 @@ impl StartError {
                 "is another cq_server running? choose another address with -h or port with -p"
             }
             Self::Munge(_) => crate::report::MUNGED_HINT,
-            Self::StateDir(_) => "choose a writable directory with --state-dir",
+            Self::StateDir(_) => {
+                "fix it, or choose another directory with --state-dir (owned by cq_server's user, in parents only root can change)"
+            }
+            Self::Busy(_) => "stop the other server, or give this one its own --state-dir",
             Self::Tls(_) => {
                 "create certificates with `cq_server tls init DIR --host NAME`, or pass --tls-ca/--tls-cert/--tls-key"
             }
@@ -77,6 +86,29 @@ pub struct Context {
     pub on_ready: fn(),
 }
 
+/// The signal handlers, installed before anything else can take time: a SIGHUP or SIGTERM
+/// during start-up is handled (after start-up), never fatal.
+#[derive(Debug)]
+pub struct Signals {
+    hangup: Signal,
+    shutdown: ShutdownSignals,
+}
+
+impl Signals {
+    /// Installs the handlers.
+    ///
+    /// # Errors
+    ///
+    /// When the runtime cannot register them.
+    pub fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            hangup: signal(SignalKind::hangup())?,
+            shutdown: ShutdownSignals::install()?,
+        })
+    }
+}
+
 /// Everything but the listener and authentication, which depend on `--auth`.
 struct Parts {
     config: ServerConfig,
@@ -89,6 +121,7 @@ struct Parts {
     reload: Reload,
     shutdown_grace: Duration,
     on_ready: fn(),
+    signals: Signals,
     /// Held until the server has stopped and recorded everything.
     _locks: Vec<StateLock>,
 }
@@ -104,9 +137,10 @@ struct Reload {
 #[derive(Clone, Debug)]
 struct PolicyRules {
     allow_root: bool,
-    require_account: bool,
-    path: String,
-    /// A server that is not root accepts only its own user unless the file says otherwise.
+    switch_user: bool,
+    first_regular_uid: u32,
+    /// A server that runs jobs as itself accepts only its own user unless the file says
+    /// otherwise.
     own_user: Option<String>,
 }
 
@@ -116,8 +150,8 @@ impl PolicyRules {
             Some(file) => file.policy(self.allow_root),
             None => default_policy(self.allow_root),
         };
-        policy.require_account = self.require_account;
-        policy.path.clone_from(&self.path);
+        policy.switch_user = self.switch_user;
+        policy.first_regular_uid = self.first_regular_uid;
         if let Some(own) = &self.own_user
             && policy.users.is_empty()
             && policy.groups.is_empty()
@@ -128,39 +162,76 @@ impl PolicyRules {
     }
 }
 
+/// One line for admins: who may submit, and with whose rights their jobs run.
+fn describe_policy(policy: &SubmitPolicy) -> String {
+    let who = match (policy.users.is_empty(), policy.groups.is_empty()) {
+        (true, true) => "any authenticated user but service accounts".to_owned(),
+        _ => format!(
+            "users [{}] and members of groups [{}]",
+            policy.users.join(", "),
+            policy.groups.join(", ")
+        ),
+    };
+    let root = if policy.allow_root {
+        "root too"
+    } else {
+        "not root"
+    };
+    let rights = if policy.switch_user {
+        "jobs run as their requester"
+    } else {
+        "jobs run as cq_server's own user"
+    };
+    let commands = match &policy.commands {
+        Some(list) => format!(
+            "only {}",
+            list.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => "any command".to_owned(),
+    };
+    format!(
+        "admits {who} ({root}); {rights}; {commands}; admins [{}]",
+        policy.admins.join(", ")
+    )
+}
+
+fn optional<T: PartialEq + Default>(value: T) -> Option<T> {
+    (value != T::default()).then_some(value)
+}
+
 /// Runs the server until SIGTERM/SIGINT and a graceful stop.
 ///
 /// # Errors
 ///
 /// Start-up failures ([`StartError`] when there is a typical fix).
-pub async fn start(args: Args, context: Context) -> anyhow::Result<()> {
+pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Result<()> {
     let seconds = |s: f64, what: &str| {
         Duration::try_from_secs_f64(s)
             .with_context(|| format!("--{what} {s}: not a duration in seconds"))
     };
+    // Everything the server creates (database, logs, pid files) is its own: jobs and hooks
+    // set their own mask.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let mut config = ServerConfig::default();
     config.handshake_timeout = seconds(args.handshake_timeout, "handshake-timeout")?;
     config.max_connections = args.max_connections;
+    config.max_connections_per_host = args.max_connections_per_host;
     config.default_time_limit = args.default_timeout;
     config.max_time_limit = args.max_timeout;
 
     let root = nix::unistd::geteuid().is_root();
-    let run_as = match args.run_as {
-        Some(RunAsChoice::Requester) | None if root => {
-            let setpriv = args.setpriv.clone().or_else(RunAs::find_setpriv).ok_or_else(|| {
-                StartError::RunAs(
-                    "setpriv (util-linux) is needed to run jobs as their requester and was not found; pass --setpriv PATH".into(),
-                )
-            })?;
-            RunAs::Requester { setpriv }
-        }
+    let switch_user = match args.run_as {
+        Some(RunAsChoice::Requester) | None if root => true,
         Some(RunAsChoice::Requester) => {
             return Err(StartError::RunAs(
                 "--run-as requester needs cq_server to run as root".into(),
             )
             .into());
         }
-        Some(RunAsChoice::Server) | None => RunAs::Server,
+        Some(RunAsChoice::Server) | None => false,
     };
     let jobs = context
         .config
@@ -171,42 +242,44 @@ pub async fn start(args: Args, context: Context) -> anyhow::Result<()> {
     if !base_env.iter().any(|(name, _)| name == "PATH") {
         base_env.push(("PATH".into(), DEFAULT_PATH.into()));
     }
-    let path = base_env
-        .iter()
-        .find(|(name, _)| name == "PATH")
-        .map(|(_, value)| value.clone())
-        .unwrap_or_default();
+    let (containment, no_cgroups) = Containment::detect();
+    match &no_cgroups {
+        None => tracing::info!(containment = %containment.describe(), "jobs are contained"),
+        Some(why) => tracing::warn!(
+            reason = %why,
+            "cgroups cannot be used: each job gets a session and process group instead, which a process that starts its own session escapes"
+        ),
+    }
     let mut executor = ProcessExecutor::new()
         .with_kill_grace(seconds(args.kill_grace, "kill-grace")?)
         .with_base_env(base_env)
-        .with_run_as(run_as.clone());
+        .with_containment(containment);
     if let Some(cwd) = jobs.cwd {
         executor = executor.with_cwd(cwd);
     }
+    let own_name = {
+        let uid = nix::unistd::geteuid();
+        nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .map_or_else(|| format!("uid {uid}"), |u| u.name)
+    };
     let rules = PolicyRules {
         allow_root: args.allow_root,
-        require_account: matches!(run_as, RunAs::Requester { .. }),
-        path,
-        own_user: (!root).then(|| {
-            let uid = nix::unistd::getuid();
-            nix::unistd::User::from_uid(uid)
-                .ok()
-                .flatten()
-                .map_or_else(|| format!("uid {uid}"), |u| u.name)
-        }),
+        switch_user,
+        first_regular_uid: Account::first_regular_uid(),
+        own_user: (!switch_user).then(|| own_name.clone()),
     };
     let policy = SharedPolicy::new(rules.policy(context.config.as_ref()));
-    tracing::info!(run_as = ?run_as, policy = ?policy.current(), "policy");
+    log_policy(&policy.current(), root);
 
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    crate::state_dir::prepare(&state_dir).map_err(StartError::StateDir)?;
     let log_dir = state_dir.join("logs");
-    std::fs::create_dir_all(&log_dir)
-        .map_err(|e| StartError::StateDir(format!("cannot create {}: {e}", log_dir.display())))?;
-    let mut locks =
-        vec![lock_state_dir(&state_dir).map_err(|e| StartError::StateDir(e.to_string()))?];
+    let mut locks = vec![lock_state_dir(&state_dir).map_err(|e| StartError::Busy(e.to_string()))?];
     if let Some(pid_file) = &args.pid_file {
         let what = format!("the pid file {}", pid_file.display());
-        locks.push(lock_pid_file(pid_file, what).map_err(|e| StartError::StateDir(e.to_string()))?);
+        locks.push(lock_pid_file(pid_file, what).map_err(|e| StartError::Busy(e.to_string()))?);
     }
     let store = SqliteStore::open(&state_dir.join("cq.db"))
         .map_err(|e| StartError::StateDir(e.to_string()))?;
@@ -214,10 +287,18 @@ pub async fn start(args: Args, context: Context) -> anyhow::Result<()> {
     engine.retention = seconds(args.retention_days * 86400.0, "retention-days")?;
     engine.requeue_running = args.requeue_lost;
     engine.log_limit = args.log_limit;
+    engine.limits = UserLimits::unlimited();
+    engine.limits.queued_jobs = optional(args.max_queued_jobs);
+    engine.limits.queued_bytes = optional(args.max_queued_bytes);
+    engine.limits.log_bytes = optional(args.max_log_bytes);
     let dedup = match args.dedup {
         Dedup::Off => None,
         Dedup::Queued => Some(DuplicateJobs::new(DedupScope::Queued)),
         Dedup::Running => Some(DuplicateJobs::new(DedupScope::QueuedOrRunning)),
+    };
+    let hook_program = match &args.submit_hook {
+        Some(path) => Some(hook_program(&args, path, root)?),
+        None => None,
     };
     let parts = Parts {
         _locks: locks,
@@ -226,15 +307,7 @@ pub async fn start(args: Args, context: Context) -> anyhow::Result<()> {
         engine,
         store: Arc::new(store),
         dedup,
-        hook_program: args.submit_hook.as_ref().map(|path| {
-            let fallback = match args.submit_hook_fallback {
-                Fallback::Accept => Decision::Accept,
-                Fallback::Reject => {
-                    Decision::Reject("the submit hook failed; ask the admin".to_owned())
-                }
-            };
-            HookProgram::new(path, args.submit_hook_timeout, fallback)
-        }),
+        hook_program,
         policy,
         reload: Reload {
             config_path: context.config.as_ref().map(|c| c.path().to_owned()),
@@ -243,6 +316,7 @@ pub async fn start(args: Args, context: Context) -> anyhow::Result<()> {
         },
         shutdown_grace: seconds(args.shutdown_grace, "shutdown-grace")?,
         on_ready: context.on_ready,
+        signals,
     };
 
     let bind = || async {
@@ -272,6 +346,47 @@ pub async fn start(args: Args, context: Context) -> anyhow::Result<()> {
             .await
         }
     }
+}
+
+/// Says at start-up whom the server admits, and warns where that gives others root's rights.
+fn log_policy(policy: &SubmitPolicy, root: bool) {
+    tracing::info!("policy: {}", describe_policy(policy));
+    if root
+        && !policy.switch_user
+        && (!policy.users.iter().all(|u| u == "root") || !policy.groups.is_empty())
+    {
+        tracing::warn!(
+            "cq_server runs as root and runs every job as itself (--run-as server): everybody the policy admits gets root's rights on this host"
+        );
+    }
+}
+
+/// The submit hook program: fails closed unless told otherwise, runs with few rights.
+fn hook_program(args: &Args, path: &std::path::Path, root: bool) -> anyhow::Result<HookProgram> {
+    let fallback = match args.submit_hook_fallback {
+        Fallback::Accept => Decision::Accept,
+        Fallback::Reject => Decision::Reject("the submit hook failed; ask the admin".to_owned()),
+    };
+    let mut hook = HookProgram::new(path, args.submit_hook_timeout, fallback);
+    let user = match (&args.submit_hook_user, root) {
+        (Some(user), _) => Some(user.clone()),
+        (None, true) => Some("nobody".to_owned()),
+        (None, false) => None,
+    };
+    if let Some(user) = user {
+        let account = nix::unistd::User::from_name(&user)
+            .ok()
+            .flatten()
+            .and_then(|u| Account::lookup(u.uid.as_raw()).ok())
+            .ok_or_else(|| {
+                StartError::RunAs(format!(
+                    "the submit hook's user {user} does not exist (--submit-hook-user)"
+                ))
+            })?;
+        tracing::info!(hook = %path.display(), user = %account, "submit hook");
+        hook = hook.run_as(account);
+    }
+    Ok(hook)
 }
 
 #[cfg(feature = "munge")]
@@ -308,7 +423,9 @@ async fn serve(
         Box::new(CommandRun::new(command, executor.clone())) as Box<dyn Job>
     });
     let log_dir = parts.engine.log_dir.clone().unwrap_or_default();
-    let mut engine = Engine::new(parts.engine).with_store(parts.store.clone(), reviver);
+    let mut engine = Engine::new(parts.engine)
+        .with_store(parts.store.clone(), reviver)
+        .with_start_check(Arc::new(parts.policy.clone()));
     if let Some(dedup) = parts.dedup {
         engine = engine.with_hook(dedup);
     }
@@ -316,8 +433,10 @@ async fn serve(
         .start()
         .await
         .map_err(|e| StartError::StateDir(e.to_string()))?;
-    let mut hangups = signal(SignalKind::hangup()).context("cannot install signal handlers")?;
-    let mut signals = ShutdownSignals::install().context("cannot install signal handlers")?;
+    let Signals {
+        mut hangup,
+        shutdown: mut signals,
+    } = parts.signals;
     let server = Server::with_config(engine.clone(), auth, signer, parts.executor, parts.config)
         .with_policy(parts.policy.clone());
     let server = match parts.hook_program {
@@ -330,23 +449,22 @@ async fn serve(
     (parts.on_ready)();
     let (reload, policy) = (parts.reload, parts.policy);
     tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
+        while hangup.recv().await.is_some() {
             reload.run(&policy);
         }
     });
-    let mut first = None;
-    server
-        .run(listener, async { first = Some(signals.next().await) })
-        .await;
-
+    let stop_accepting = CancellationToken::new();
+    let serving = tokio::spawn(server.run(listener, stop_accepting.clone().cancelled_owned()));
+    let first = signals.next().await;
     let grace = parts.shutdown_grace;
     tracing::info!(
-        signal = first.unwrap_or("?"),
+        signal = first,
         grace_secs = grace.as_secs_f64(),
-        "shutting down: the running job may finish within the grace period; signal again to cancel it now"
+        "shutting down: the running job may finish within the grace period (its waiters hear its outcome); signal again to cancel it now"
     );
+    stop_accepting.cancel();
     tokio::select! {
-        () = engine.shutdown(ShutdownMode::FinishRunning) => {}
+        () = engine.stopped() => {}
         () = tokio::time::sleep(grace) => {
             tracing::info!("grace period over: cancelling the running job");
             engine.shutdown(ShutdownMode::CancelRunning).await;
@@ -355,6 +473,9 @@ async fn serve(
             tracing::info!(signal, "cancelling the running job");
             engine.shutdown(ShutdownMode::CancelRunning).await;
         }
+    }
+    if let Err(e) = serving.await {
+        tracing::error!(error = %e, "the server task failed");
     }
     tracing::info!("stopped; queued jobs are kept for the next start");
     Ok(())
@@ -369,7 +490,10 @@ impl Reload {
         match ConfigFile::load(self.config_path.as_deref()) {
             Ok(file) => {
                 policy.replace(self.rules.policy(file.as_ref()));
-                tracing::info!(policy = ?policy.current(), "SIGHUP: log reopened, policy reloaded");
+                tracing::info!(
+                    "SIGHUP: log reopened, policy reloaded: {}",
+                    describe_policy(&policy.current())
+                );
             }
             Err(e) => {
                 tracing::error!(error = %e, "SIGHUP: the configuration is invalid; keeping the old policy");

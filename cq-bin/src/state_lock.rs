@@ -8,10 +8,20 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-/// Held for the server's whole life; the lock goes with the process, however it ends.
+/// Held for the server's whole life; the lock goes with the process, however it ends. A
+/// clean stop removes the file, so that no stale pid is left for others to signal.
 #[derive(Debug)]
 pub struct StateLock {
-    _lock: Flock<File>,
+    lock: Option<Flock<File>>,
+    path: PathBuf,
+}
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        // Removed while still locked: nobody can take it over between the two.
+        let _ = std::fs::remove_file(&self.path);
+        drop(self.lock.take());
+    }
 }
 
 /// Why the state directory cannot be taken.
@@ -61,11 +71,15 @@ pub fn lock_pid_file(path: &Path, what: String) -> Result<StateLock, StateLockEr
         path: path.clone(),
         source,
     };
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never through a symlink: a planted one would make the server truncate another file.
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(io)?;
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -83,5 +97,8 @@ pub fn lock_pid_file(path: &Path, what: String) -> Result<StateLock, StateLockEr
     lock.set_len(0).map_err(io)?;
     lock.rewind().map_err(io)?;
     writeln!(lock, "{}", std::process::id()).map_err(io)?;
-    Ok(StateLock { _lock: lock })
+    Ok(StateLock {
+        lock: Some(lock),
+        path,
+    })
 }

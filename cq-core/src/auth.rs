@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use hmac::Mac as _;
@@ -65,11 +66,12 @@ impl Identity {
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.user {
-            Some(user) => write!(f, "{user}({})", self.uid)?,
+            // A certificate name is whatever its holder asked for: never raw in a log line.
+            Some(user) => write!(f, "{}({})", crate::printable::printable(user), self.uid)?,
             None => write!(f, "uid {}", self.uid)?,
         }
         if let Some(host) = &self.host {
-            write!(f, "@{host}")?;
+            write!(f, "@{}", crate::printable::printable(host))?;
         }
         Ok(())
     }
@@ -153,6 +155,32 @@ impl fmt::Debug for ReplyKey {
     }
 }
 
+/// What a verified request credential tells the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Verified {
+    /// Who made the request.
+    pub identity: Identity,
+    /// The key the credential carries for authenticating the replies, if any.
+    pub reply_key: Option<ReplyKey>,
+    /// Until when the same credential would pass this authenticator again (a credential
+    /// service's own replay check may not survive its restart): the server refuses the same
+    /// request as a replay until then. `None` when replay is impossible anyway (the transport
+    /// authenticates each connection, as mutual TLS does).
+    pub replayable_until: Option<SystemTime>,
+}
+
+impl Verified {
+    /// A verified `identity` with no reply key, whose credential cannot be replayed.
+    pub fn new(identity: Identity) -> Self {
+        Self {
+            identity,
+            reply_key: None,
+            replayable_until: None,
+        }
+    }
+}
+
 /// Makes credentials for outgoing messages.
 #[async_trait]
 pub trait CredentialSource: Send + Sync + 'static {
@@ -197,21 +225,23 @@ pub trait Authenticator: Send + Sync + 'static {
         peer: &PeerInfo,
     ) -> Result<Identity, AuthError>;
 
-    /// [`verify`](Self::verify), also returning the [`ReplyKey`] the credential carries, if
-    /// any.
+    /// [`verify`](Self::verify) for a request, also returning the [`ReplyKey`] the credential
+    /// carries and how long it could be replayed. The default (no key, no replay) suits
+    /// authenticators whose credentials cannot be presented twice; one whose credentials
+    /// can must say until when, or implement its own replay protection.
     ///
     /// # Errors
     ///
     /// As [`verify`](Self::verify).
-    async fn verify_with_key(
+    async fn verify_request(
         &self,
         message: &[u8],
         credential: &Credential,
         peer: &PeerInfo,
-    ) -> Result<(Identity, Option<ReplyKey>), AuthError> {
+    ) -> Result<Verified, AuthError> {
         self.verify(message, credential, peer)
             .await
-            .map(|identity| (identity, None))
+            .map(Verified::new)
     }
 }
 
@@ -258,13 +288,13 @@ impl<T: Authenticator + ?Sized> Authenticator for Arc<T> {
         (**self).verify(message, credential, peer).await
     }
 
-    async fn verify_with_key(
+    async fn verify_request(
         &self,
         message: &[u8],
         credential: &Credential,
         peer: &PeerInfo,
-    ) -> Result<(Identity, Option<ReplyKey>), AuthError> {
-        (**self).verify_with_key(message, credential, peer).await
+    ) -> Result<Verified, AuthError> {
+        (**self).verify_request(message, credential, peer).await
     }
 }
 
@@ -279,13 +309,13 @@ impl<T: Authenticator + ?Sized> Authenticator for Box<T> {
         (**self).verify(message, credential, peer).await
     }
 
-    async fn verify_with_key(
+    async fn verify_request(
         &self,
         message: &[u8],
         credential: &Credential,
         peer: &PeerInfo,
-    ) -> Result<(Identity, Option<ReplyKey>), AuthError> {
-        (**self).verify_with_key(message, credential, peer).await
+    ) -> Result<Verified, AuthError> {
+        (**self).verify_request(message, credential, peer).await
     }
 }
 

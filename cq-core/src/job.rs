@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::account::Account;
 use crate::auth::Identity;
 use crate::executor::LogSink;
 use crate::outcome::Outcome;
@@ -19,6 +20,25 @@ pub struct JobId(pub u64);
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+/// A submission's idempotency key: random, chosen once per job a client submits and sent
+/// again with every retry of that submission, so that a retry after a lost acknowledgement
+/// re-attaches to the job instead of queueing it twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SubmitKey(pub [u8; 16]);
+
+impl SubmitKey {
+    /// A fresh key from the operating system's random source.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system has no random source, which no supported system lacks.
+    pub fn random() -> Self {
+        let mut bytes = [0; 16];
+        getrandom::fill(&mut bytes).expect("the OS random source works");
+        Self(bytes)
     }
 }
 
@@ -47,12 +67,25 @@ pub trait Job: Send + 'static {
 pub struct JobContext {
     /// The job's id.
     pub id: JobId,
-    /// Who submitted it: the user an executor may run it as.
+    /// Who submitted it.
     pub owner: Identity,
+    /// What the start check allowed it: whose rights, which programs.
+    pub clearance: Clearance,
     /// Where the job's output goes.
     pub log: LogSink,
     /// Fires when the job is to be stopped (cancel request or server shutdown).
     pub cancel: CancellationToken,
+}
+
+/// What a command job was cleared to do when it came to start (see
+/// [`StartCheck`](crate::policy::StartCheck)): whose rights it runs with and which programs
+/// it may run. The default runs anything as the server's own user.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Clearance {
+    /// The account whose rights the job gets; `None` keeps the server's own user.
+    pub run_as: Option<Account>,
+    /// The only programs the job may run (absolute paths); `None` allows any.
+    pub commands: Option<Vec<PathBuf>>,
 }
 
 /// A command sent by a client: the program and its arguments, extra environment, where to run.
@@ -99,15 +132,16 @@ impl CommandJob {
         self
     }
 
-    /// The program `argv[0]` names, found as `execvp` would find it: a name with a slash
-    /// relative to the job's working directory (`default_cwd` if it names none), a bare name
-    /// in the job's `PATH`, or `base_path` when the client set none.
-    pub fn find_program(&self, base_path: &str, default_cwd: &Path) -> Option<PathBuf> {
-        let program = self.argv.first()?;
-        let cwd = self.cwd.as_deref().map_or(default_cwd, Path::new);
+    /// Where the program `argv[0]` names may be, in the order `execvp` tries them: a name
+    /// with a slash as it is (relative to the job's working directory), a bare name in each
+    /// directory of the job's `PATH` (`base_path` when the client set none). Nothing is looked
+    /// up here: that happens in the job's process, with the requester's rights.
+    pub fn program_candidates(&self, base_path: &str) -> Vec<PathBuf> {
+        let Some(program) = self.argv.first() else {
+            return Vec::new();
+        };
         if program.contains('/') {
-            let path = cwd.join(program);
-            return path.is_file().then_some(path);
+            return vec![PathBuf::from(program)];
         }
         // The last assignment wins, as it does in the job's environment.
         let path = self
@@ -116,7 +150,24 @@ impl CommandJob {
             .rev()
             .find(|(name, _)| name == "PATH")
             .map_or(base_path, |(_, value)| value.as_str());
-        which::which_in(program, Some(path), cwd).ok()
+        path.split(':')
+            .map(|dir| if dir.is_empty() { "." } else { dir })
+            .map(|dir| Path::new(dir).join(program))
+            .collect()
+    }
+
+    /// Bytes of the job's strings (arguments, environment, working directory, tags): what it
+    /// costs to keep queued.
+    pub fn byte_size(&self) -> u64 {
+        let strings = self.argv.iter().map(String::len).sum::<usize>()
+            + self
+                .env
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 1)
+                .sum::<usize>()
+            + self.cwd.as_ref().map_or(0, String::len)
+            + self.tags.iter().map(String::len).sum::<usize>();
+        strings as u64
     }
 
     /// The job's time limit, if any.
@@ -134,6 +185,10 @@ impl CommandJob {
         let Some(program) = self.argv.first() else {
             return Err(InvalidJob::EmptyCommand);
         };
+        let size = self.byte_size();
+        if size > MAX_JOB_BYTES {
+            return Err(InvalidJob::TooLarge { size });
+        }
         if program.is_empty() {
             return Err(InvalidJob::EmptyCommand);
         }
@@ -158,7 +213,8 @@ impl CommandJob {
         Ok(())
     }
 
-    /// The command line as one shell-like line, for logs.
+    /// The command line as one shell-like line, for logs: quoted where a shell would split,
+    /// control characters escaped (a newline in an argument never starts a log line).
     pub fn summary(&self) -> String {
         let mut line = String::new();
         for arg in &self.argv {
@@ -173,7 +229,7 @@ impl CommandJob {
                 line.push_str(arg);
             } else {
                 line.push('\'');
-                line.push_str(&arg.replace('\'', r"'\''"));
+                line.push_str(&crate::printable::printable(&arg.replace('\'', r"'\''")));
                 line.push('\'');
             }
         }
@@ -222,6 +278,20 @@ pub struct JobSummary {
     pub waiters: u32,
 }
 
+impl JobSummary {
+    /// What others than its owners and the admins see of a job: who, when, in which state,
+    /// and the program's name, never its arguments or environment.
+    pub fn limited(mut self) -> Self {
+        let program = self
+            .command
+            .first()
+            .map(|p| p.rsplit('/').next().unwrap_or(p).to_owned())
+            .unwrap_or_default();
+        self.command = vec![program];
+        self
+    }
+}
+
 /// A job's phase in a [`JobSummary`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -251,6 +321,10 @@ pub fn epoch_ms(at: std::time::SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The most bytes a [`CommandJob`] may hold (arguments, environment, working directory,
+/// tags): far more than any real command line, little enough to keep many queued.
+pub const MAX_JOB_BYTES: u64 = 256 * 1024;
+
 /// Why a [`CommandJob`] cannot be run.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -266,6 +340,14 @@ pub enum InvalidJob {
     /// There is no program to run.
     #[error("empty command: give the program to run after '--'")]
     EmptyCommand,
+    /// The job holds more than [`MAX_JOB_BYTES`].
+    #[error(
+        "the job is too large: {size} bytes of arguments, environment and working directory, and the server takes at most {MAX_JOB_BYTES}"
+    )]
+    TooLarge {
+        /// Its size.
+        size: u64,
+    },
     /// A string that becomes a C string holds a NUL byte.
     #[error("{what} contains a NUL byte")]
     NulByte {
@@ -318,6 +400,11 @@ mod tests {
         assert_eq!(
             job.summary(),
             r"emerge --buildpkgonly =dev-lang/rust-1.95 'a b' 'it'\''s'"
+        );
+        let forged = CommandJob::new(["true", "x\nINFO accepted job=1 owner=root", "\x1b[2J"]);
+        assert_eq!(
+            forged.summary(),
+            r"true 'x\nINFO accepted job=1 owner=root' '\x1b[2J'"
         );
     }
 }

@@ -16,6 +16,7 @@
 //! - [`executor`]: runs a [`CommandJob`] as a process group ([`ProcessExecutor`]).
 //! - [`transport`]: [`Listener`] / [`Connector`] traits, [`PeerInfo`], an in-memory transport.
 //! - [`policy`]: who may submit what ([`SubmitPolicy`]); [`account`]: local users jobs run as.
+//! - [`printable`]: text from the network made safe for terminals and logs.
 //! - [`auth`]: [`CredentialSource`] (makes credentials) and [`Authenticator`] (verifies them).
 //! - [`protocol`]: the wire format: hello, messages, framing.
 //! - [`store`]: the durable record of jobs ([`Store`], [`SqliteStore`], [`MemoryStore`]).
@@ -38,6 +39,7 @@ pub mod executor;
 pub mod job;
 pub mod outcome;
 pub mod policy;
+pub mod printable;
 pub mod protocol;
 pub mod scheduler;
 pub mod server;
@@ -46,15 +48,19 @@ pub mod transport;
 
 pub use auth::{
     AuthError, AuthMethod, Authenticator, Credential, CredentialSource, Identity, ReplyKey,
+    Verified,
 };
 pub use client::{Client, ClientError, JobEvent, Reconnect, Submission};
 pub use engine::{
-    Engine, EngineConfig, EngineHandle, JobResult, JobState, JobTicket, ShutdownMode, SubmitError,
+    Caller, Cancelled, Engine, EngineConfig, EngineHandle, JobResult, JobState, JobTicket,
+    ShutdownMode, SubmitError, SubmitOptions, UserLimits,
 };
-pub use executor::{Executor, LogSink, ProcessExecutor, RunAs};
-pub use job::{CommandJob, InvalidJob, Job, JobContext, JobId, JobPhase, JobSummary};
+pub use executor::{Containment, Executor, LogSink, ProcessExecutor};
+pub use job::{
+    Clearance, CommandJob, InvalidJob, Job, JobContext, JobId, JobPhase, JobSummary, SubmitKey,
+};
 pub use outcome::{Outcome, SpawnFailure};
-pub use policy::{PolicyRefusal, SharedPolicy, SubmitPolicy};
+pub use policy::{PolicyRefusal, SharedPolicy, StartCheck, SubmitPolicy};
 pub use scheduler::{
     Admission, Decision, JobInfo, QueueView, Scheduler, SerialScheduler, SubmitHook,
 };

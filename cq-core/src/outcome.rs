@@ -47,6 +47,8 @@ pub enum Outcome {
 }
 
 /// Why a command could not be started.
+///
+/// Serialised by position (on the wire and in the store): variants are only ever appended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum SpawnFailure {
@@ -56,6 +58,10 @@ pub enum SpawnFailure {
     Other,
     /// The program exists but may not be executed.
     PermissionDenied,
+    /// The server's policy refused the job when it came to start (the program is not an
+    /// allowed command, the requester's account changed, was locked or expired, or its
+    /// credential was revoked).
+    NotPermitted,
 }
 
 impl Outcome {
@@ -157,5 +163,47 @@ mod tests {
         };
         assert_eq!((missing.internal_status(), missing.exit_status()), (1, 127));
         assert_eq!(missing.word(), "spawn-failed");
+    }
+
+    /// Outcomes are stored (SQLite) and sent (wire) as postcard, which encodes variants by
+    /// position: these bytes must never change.
+    #[test]
+    fn the_stored_and_wire_form_is_pinned() {
+        let cases = [
+            (Outcome::Cancelled, vec![0]),
+            (Outcome::Exited { code: 3 }, vec![1, 6]),
+            (Outcome::Lost, vec![2]),
+            (
+                Outcome::Signaled {
+                    signal: 9,
+                    core_dumped: true,
+                },
+                vec![3, 18, 1],
+            ),
+            (
+                Outcome::SpawnFailed {
+                    reason: SpawnFailure::NotPermitted,
+                    message: "m".into(),
+                },
+                vec![4, 3, 1, b'm'],
+            ),
+            (Outcome::TimedOut, vec![5]),
+        ];
+        for (outcome, bytes) in cases {
+            assert_eq!(
+                postcard::to_allocvec(&outcome).unwrap(),
+                bytes,
+                "{outcome:?}"
+            );
+            assert_eq!(postcard::from_bytes::<Outcome>(&bytes).unwrap(), outcome);
+        }
+        for (reason, byte) in [
+            (SpawnFailure::NotFound, 0),
+            (SpawnFailure::Other, 1),
+            (SpawnFailure::PermissionDenied, 2),
+            (SpawnFailure::NotPermitted, 3),
+        ] {
+            assert_eq!(postcard::to_allocvec(&reason).unwrap(), vec![byte]);
+        }
     }
 }

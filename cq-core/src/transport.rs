@@ -106,6 +106,12 @@ pub trait PendingConnection: Send + 'static {
     ///
     /// [`TransportError::Handshake`] when the peer fails the transport's own checks.
     async fn establish(self) -> Result<(Self::Stream, PeerInfo), TransportError>;
+
+    /// The peer's address, known before any set-up: the server limits connections per
+    /// address with it. `None` when the transport has no addresses.
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        None
+    }
 }
 
 /// Opens connections to one server.

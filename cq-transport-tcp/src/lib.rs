@@ -75,6 +75,10 @@ impl PendingConnection for TcpPending {
         let local = self.stream.local_addr().map_err(handshake)?;
         Ok((self.stream, PeerInfo::socket(self.peer, local)))
     }
+
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        Some(self.peer)
+    }
 }
 
 /// Connects to one server by host name (or address) and port.

@@ -87,6 +87,10 @@ impl PendingConnection for TlsPending {
         let peer = crate::peer_chain(stream.get_ref().1);
         Ok((stream, info.with_tls(peer)))
     }
+
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        self.tcp.peer_addr()
+    }
 }
 
 /// A TLS client starts with a handshake record (0x16); a cq client that does not use TLS

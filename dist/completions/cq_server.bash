@@ -59,7 +59,7 @@ _cq_server() {
 
     case "${cmd}" in
         cq_server)
-            opts="-h -p -v -V --config --host --port --state-dir --auth --munge-socket --tls-ca --tls-cert --tls-key --tls-user-map --allow-root --run-as --setpriv --daemon --daemon-child --pid-file --log --handshake-timeout --max-connections --kill-grace --shutdown-grace --retention-days --requeue-lost --dedup --submit-hook --submit-hook-timeout --submit-hook-fallback --log-limit --default-timeout --max-timeout --verbose --help --version tls help"
+            opts="-h -p -v -V --config --host --port --state-dir --auth --munge-socket --tls-ca --tls-cert --tls-key --tls-user-map --allow-root --run-as --daemon --daemon-child --pid-file --log --handshake-timeout --max-connections --max-connections-per-host --max-queued-jobs --max-queued-bytes --max-log-bytes --kill-grace --shutdown-grace --retention-days --requeue-lost --dedup --submit-hook --submit-hook-timeout --submit-hook-fallback --submit-hook-user --log-limit --default-timeout --max-timeout --verbose --help --version tls help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -117,10 +117,6 @@ _cq_server() {
                     COMPREPLY=($(compgen -W "requester server" -- "${cur}"))
                     return 0
                     ;;
-                --setpriv)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --pid-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -134,6 +130,22 @@ _cq_server() {
                     return 0
                     ;;
                 --max-connections)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-connections-per-host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-queued-jobs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-queued-bytes)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-log-bytes)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -163,6 +175,10 @@ _cq_server() {
                     ;;
                 --submit-hook-fallback)
                     COMPREPLY=($(compgen -W "accept reject" -- "${cur}"))
+                    return 0
+                    ;;
+                --submit-hook-user)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --log-limit)

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_cq_server_global_optspecs
-    string join \n config= h/host= p/port= state-dir= auth= munge-socket= tls-ca= tls-cert= tls-key= tls-user-map= allow-root run-as= setpriv= daemon daemon-child pid-file= log= handshake-timeout= max-connections= kill-grace= shutdown-grace= retention-days= requeue-lost dedup= submit-hook= submit-hook-timeout= submit-hook-fallback= log-limit= default-timeout= max-timeout= v/verbose help V/version
+    string join \n config= h/host= p/port= state-dir= auth= munge-socket= tls-ca= tls-cert= tls-key= tls-user-map= allow-root run-as= daemon daemon-child pid-file= log= handshake-timeout= max-connections= max-connections-per-host= max-queued-jobs= max-queued-bytes= max-log-bytes= kill-grace= shutdown-grace= retention-days= requeue-lost dedup= submit-hook= submit-hook-timeout= submit-hook-fallback= submit-hook-user= log-limit= default-timeout= max-timeout= v/verbose help V/version
 end
 
 function __fish_cq_server_needs_command
@@ -35,13 +35,16 @@ complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-ca -d 'CA certi
 complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-cert -d 'This end\'s certificate (PEM) for --auth tls [default: /etc/cq/tls/server.pem or /etc/cq/tls/client.pem]' -r -F
 complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-key -d 'This end\'s private key (PEM) for --auth tls [default: /etc/cq/tls/server.key or /etc/cq/tls/client.key]' -r -F
 complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-user-map -d 'With --auth tls: file mapping certificate names to local users [default: the certificate name is the user name]' -r -F
-complete -c cq_server -n "__fish_cq_server_needs_command" -l run-as -d 'Whose rights jobs run with [default: requester when cq_server runs as root, else server]' -r -f -a "requester\t'The requesting user (uid, gid, groups, HOME); needs root'
+complete -c cq_server -n "__fish_cq_server_needs_command" -l run-as -d 'Whose rights jobs run with [default: requester when cq_server runs as root, else server]. With server, only cq_server\'s own user may submit unless the policy names others (whose jobs then run with cq_server\'s rights)' -r -f -a "requester\t'The requesting user (uid, and the groups and home of its account here); needs root'
 server\t'The user cq_server runs as'"
-complete -c cq_server -n "__fish_cq_server_needs_command" -l setpriv -d 'util-linux setpriv, which switches a job to its requester [default: found in /usr/bin, /bin, /usr/sbin or /sbin]' -r -F
 complete -c cq_server -n "__fish_cq_server_needs_command" -l pid-file -d 'Also write the server\'s pid to FILE, locked while it runs (the state directory always has one: cq_server.pid)' -r -F
 complete -c cq_server -n "__fish_cq_server_needs_command" -l log -d 'Where the server logs: stderr, syslog (or syslog:SOCKET), journald or file:PATH (reopened on SIGHUP) [default: stderr; syslog with --daemon]' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l handshake-timeout -d 'Seconds a new connection gets to say hello and send its request' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l max-connections -d 'Connections served at once; more are closed' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l max-connections-per-host -d 'Connections served at once from one address; more are closed' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l max-queued-jobs -d 'Jobs one user may have queued or running (0: no limit)' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l max-queued-bytes -d 'Bytes of arguments and environment one user\'s queued jobs may hold (0: no limit)' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l max-log-bytes -d 'Bytes of job logs one user may have kept until they are pruned (0: no limit)' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l kill-grace -d 'Seconds between SIGTERM and SIGKILL when a job is cancelled' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l shutdown-grace -d 'Seconds the running job may still take after SIGTERM/SIGINT before it is cancelled' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l retention-days -d 'Days finished jobs (outcome and log) are kept for clients that ask late' -r
@@ -50,8 +53,9 @@ queued\t'Merge into queued jobs'
 running\t'Merge into queued jobs and the running one'"
 complete -c cq_server -n "__fish_cq_server_needs_command" -l submit-hook -d 'Program that decides about each submission (JSON on stdin and stdout; see README)' -r -F
 complete -c cq_server -n "__fish_cq_server_needs_command" -l submit-hook-timeout -d 'Time the submit hook gets before it is killed and the fallback applies' -r
-complete -c cq_server -n "__fish_cq_server_needs_command" -l submit-hook-fallback -d 'Decision when the submit hook fails, hangs or answers garbage' -r -f -a "accept\t'Queue the job as if there were no hook'
+complete -c cq_server -n "__fish_cq_server_needs_command" -l submit-hook-fallback -d 'Decision when the submit hook fails, hangs or answers garbage (a hook is a policy: by default it fails closed)' -r -f -a "accept\t'Queue the job as if there were no hook'
 reject\t'Refuse the job'"
+complete -c cq_server -n "__fish_cq_server_needs_command" -l submit-hook-user -d 'User the submit hook runs as [default: nobody when cq_server runs as root, else cq_server\'s own user]' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l log-limit -d 'Output kept per job (e.g. 64M); past it the log is cut, with a marker' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l default-timeout -d 'Time limit of jobs that ask for none (e.g. 6h) [default: none]' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l max-timeout -d 'Longest time limit a job may have; longer ones (and jobs without one) get this' -r

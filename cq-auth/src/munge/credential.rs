@@ -2,11 +2,12 @@
 
 use std::ffi::{CString, c_int};
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use cq_core::{
     AuthError, AuthMethod, Authenticator, Credential, CredentialSource, Identity, PeerInfo,
-    ReplyKey,
+    ReplyKey, Verified,
 };
 use sha2::{Digest, Sha256};
 
@@ -281,21 +282,27 @@ impl Authenticator for MungeAuthenticator {
         credential: &Credential,
         peer: &PeerInfo,
     ) -> Result<Identity, AuthError> {
-        self.verify_with_key(message, credential, peer)
+        self.verify_request(message, credential, peer)
             .await
-            .map(|(identity, _)| identity)
+            .map(|verified| verified.identity)
     }
 
-    async fn verify_with_key(
+    async fn verify_request(
         &self,
         message: &[u8],
         credential: &Credential,
         peer: &PeerInfo,
-    ) -> Result<(Identity, Option<ReplyKey>), AuthError> {
+    ) -> Result<Verified, AuthError> {
         if credential.0.is_empty() {
             return Err(AuthError::Invalid(
                 "no MUNGE credential came with the message (is the peer set up for MUNGE?)"
                     .to_owned(),
+            ));
+        }
+        // Garbage costs munged nothing: only what looks like a credential is decoded.
+        if !looks_like_a_credential(&credential.0) {
+            return Err(AuthError::Invalid(
+                "what came as a MUNGE credential is not one".to_owned(),
             ));
         }
         let socket = self.socket.clone();
@@ -350,8 +357,46 @@ impl Authenticator for MungeAuthenticator {
             host: peer.host(),
             method: AuthMethod::Munge,
         };
-        Ok((identity, key))
+        // munged remembers decoded credentials only until it restarts; the server keeps its
+        // own record until the credential expires (or for munged's longest lifetime when
+        // libmunge does not say).
+        let until = match decoded.lifetime {
+            Some((encoded, ttl)) => {
+                let secs = u64::try_from(encoded.saturating_add(i64::from(ttl))).unwrap_or(0);
+                UNIX_EPOCH + Duration::from_secs(secs) + CLOCK_SLACK
+            }
+            None => SystemTime::now() + MAX_TTL + CLOCK_SLACK,
+        };
+        let mut verified = Verified::new(identity);
+        verified.reply_key = key;
+        verified.replayable_until = Some(until);
+        Ok(verified)
     }
+}
+
+/// A little more than munged's clock tolerance, so that a credential is remembered for as
+/// long as any munged could still accept it.
+const CLOCK_SLACK: Duration = Duration::from_secs(5);
+
+/// munged's default `--max-ttl`.
+const MAX_TTL: Duration = Duration::from_secs(3600);
+
+/// The longest credential cq accepts: far more than one for a 1 MiB payload.
+const MAX_CREDENTIAL: usize = 8192;
+
+/// Whether `bytes` have the form of a MUNGE credential: `MUNGE:`, base64, `:`.
+fn looks_like_a_credential(bytes: &[u8]) -> bool {
+    let Some(inner) = bytes
+        .strip_prefix(b"MUNGE:")
+        .and_then(|rest| rest.strip_suffix(b":"))
+    else {
+        return false;
+    };
+    bytes.len() <= MAX_CREDENTIAL
+        && !inner.is_empty()
+        && inner
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
 }
 
 #[cfg(test)]
@@ -375,10 +420,11 @@ mod tests {
             Credential(ctx.encode(&payload).unwrap())
         };
         let verifier = MungeAuthenticator::new(socket.clone());
-        let (_, found) = verifier
-            .verify_with_key(b"req", &clear, &PeerInfo::default())
+        let found = verifier
+            .verify_request(b"req", &clear, &PeerInfo::default())
             .await
-            .unwrap();
+            .unwrap()
+            .reply_key;
         assert_eq!(found, None, "a key anybody on the wire could read");
 
         let source = MungeCredentialSource::new(socket).seal_keys_for(vec![me]);
@@ -387,10 +433,32 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let (_, found) = verifier
-            .verify_with_key(b"req", &sealed, &PeerInfo::default())
+        let verified = verifier
+            .verify_request(b"req", &sealed, &PeerInfo::default())
             .await
             .unwrap();
-        assert_eq!(found, Some(key), "our own sealing encrypts");
+        assert_eq!(verified.reply_key, Some(key), "our own sealing encrypts");
+        let until = verified
+            .replayable_until
+            .expect("MUNGE credentials can be replayed");
+        let left = until.duration_since(SystemTime::now()).unwrap();
+        assert!(
+            left > Duration::from_secs(200) && left < Duration::from_secs(400),
+            "remembered for the credential's lifetime (munged's default 300 s): {left:?}"
+        );
+    }
+
+    #[test]
+    fn only_what_looks_like_a_credential_goes_to_munged() {
+        assert!(looks_like_a_credential(b"MUNGE:AwQDAACm9fq+/=:"));
+        for garbage in [
+            &b""[..],
+            b"MUNGE::",
+            b"munge:abc:",
+            b"MUNGE:ab c:",
+            b"MUNGE:abc",
+        ] {
+            assert!(!looks_like_a_credential(garbage), "{garbage:?}");
+        }
     }
 }

@@ -59,6 +59,9 @@ pub(crate) struct Decoded {
     pub(crate) payload: Vec<u8>,
     /// Whether the payload crossed the network encrypted.
     pub(crate) encrypted: bool,
+    /// When it was made (seconds since the epoch, the encoding host's clock) and for how
+    /// many seconds it is valid, when libmunge says.
+    pub(crate) lifetime: Option<(i64, u32)>,
 }
 
 /// Ciphers cq asks for.
@@ -141,6 +144,30 @@ impl Context {
         };
         rc == sys::munge_err_EMUNGE_SUCCESS
             && cipher != sys::munge_cipher_MUNGE_CIPHER_NONE as c_int
+    }
+
+    /// The encode time and time to live of the credential this context last decoded.
+    fn decoded_lifetime(&self) -> Option<(i64, u32)> {
+        let mut encoded: libc::time_t = 0;
+        let mut ttl: c_int = 0;
+        // SAFETY: self.raw is a live context; with get, MUNGE_OPT_ENCODE_TIME takes exactly one
+        // `time_t *` and MUNGE_OPT_TTL exactly one `int *`, each pointing to a live local.
+        let (rc_time, rc_ttl) = unsafe {
+            (
+                sys::munge_ctx_get(
+                    self.raw,
+                    sys::munge_opt_MUNGE_OPT_ENCODE_TIME as c_int,
+                    &mut encoded as *mut libc::time_t,
+                ),
+                sys::munge_ctx_get(
+                    self.raw,
+                    sys::munge_opt_MUNGE_OPT_TTL as c_int,
+                    &mut ttl as *mut c_int,
+                ),
+            )
+        };
+        (rc_time == sys::munge_err_EMUNGE_SUCCESS && rc_ttl == sys::munge_err_EMUNGE_SUCCESS)
+            .then(|| (encoded, u32::try_from(ttl).unwrap_or(0)))
     }
 
     /// Makes credentials this context encodes decodable only by processes running as `uid`.
@@ -252,6 +279,7 @@ impl Context {
             gid,
             payload: bytes,
             encrypted: self.decoded_encrypted(),
+            lifetime: self.decoded_lifetime(),
         })
     }
 

@@ -156,12 +156,12 @@ async fn a_reply_key_is_sealed_only_for_the_allowed_server_uid_and_only_it_can_r
         .await
         .unwrap()
         .unwrap();
-    let (identity, recovered) = verifier
-        .verify_with_key(b"req", &sealed, &peer())
+    let verified = verifier
+        .verify_request(b"req", &sealed, &peer())
         .await
         .unwrap();
-    assert_eq!(identity.uid, nix::unistd::getuid().as_raw());
-    assert_eq!(recovered, Some(key.clone()));
+    assert_eq!(verified.identity.uid, nix::unistd::getuid().as_raw());
+    assert_eq!(verified.reply_key, Some(key.clone()));
 
     // Sealed for another uid: this process (even as root) cannot read it.
     let theirs = source
@@ -170,16 +170,17 @@ async fn a_reply_key_is_sealed_only_for_the_allowed_server_uid_and_only_it_can_r
         .unwrap()
         .unwrap();
     let refused = verifier
-        .verify_with_key(b"req", &theirs, &peer())
+        .verify_request(b"req", &theirs, &peer())
         .await
         .unwrap_err();
     assert!(matches!(refused, AuthError::Unauthorized(_)), "{refused}");
 
     // A plain credential carries no key.
     let unsealed = plain.credential_for(b"req").await.unwrap();
-    let (_, none) = verifier
-        .verify_with_key(b"req", &unsealed, &peer())
+    let none = verifier
+        .verify_request(b"req", &unsealed, &peer())
         .await
-        .unwrap();
+        .unwrap()
+        .reply_key;
     assert_eq!(none, None);
 }

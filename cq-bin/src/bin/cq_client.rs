@@ -12,7 +12,7 @@ use cq_bin::report::{fail, init_logging};
 use cq_core::CommandJob;
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
+    let mut args = match parse_args() {
         Ok(args) => args,
         Err(code) => return code,
     };
@@ -26,10 +26,11 @@ fn main() -> ExitCode {
         Ok(env) => env,
         Err(e) => return fail("cq_client", e, None, CQ_FAILURE),
     };
-    if let Some(script) = &args.post_script
-        && let Err(e) = check_post_script(script)
-    {
-        return fail("cq_client", e, None, CQ_FAILURE);
+    if let Some(script) = &args.post_script {
+        match check_post_script(script) {
+            Ok(found) => args.post_script = Some(found),
+            Err(e) => return fail("cq_client", e, None, CQ_FAILURE),
+        }
     }
     let mut job = CommandJob::new(args.command.iter().cloned());
     job.env = env;

@@ -3,6 +3,7 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{CommandFactory, FromArgMatches};
 use cq_bin::cert_tool;
 use cq_bin::config_file::{ConfigFile, Section};
@@ -10,9 +11,17 @@ use cq_bin::daemon;
 use cq_bin::log_target::{self, LogTarget};
 use cq_bin::report::fail;
 use cq_bin::server_args::{Args, Command, NOT_IN_CONFIG};
-use cq_bin::server_run::{Context, StartError, start};
+use cq_bin::server_run::{Context, Signals, StartError, start};
+use nix::sys::signal::{SigSet, Signal};
 
 fn main() -> ExitCode {
+    // Until the handlers are in place, SIGHUP, SIGINT and SIGTERM wait (blocked, in this
+    // thread and every thread started from it) instead of killing a server that is starting.
+    let mut held = SigSet::empty();
+    for signal in [Signal::SIGHUP, Signal::SIGINT, Signal::SIGTERM] {
+        held.add(signal);
+    }
+    let _ = held.thread_block();
     let argv: Vec<OsString> = std::env::args_os().collect();
     let command = Args::command();
     let given = command.clone().get_matches_from(&argv);
@@ -95,7 +104,13 @@ fn main() -> ExitCode {
         log,
         on_ready,
     };
-    match runtime.block_on(start(args, context)) {
+    let started = runtime.block_on(async {
+        let signals = Signals::install().context("cannot install signal handlers")?;
+        // Delivered from now on, to this thread only: the handlers just queue them.
+        let _ = held.thread_unblock();
+        start(args, context, signals).await
+    });
+    match started {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let hint = e.downcast_ref::<StartError>().map(StartError::hint);

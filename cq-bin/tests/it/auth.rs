@@ -4,7 +4,7 @@ use std::path::Path;
 
 use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
 use cq_core::protocol::{
-    Envelope, Event, FrameCodec, HELLO_LEN, Nonce, Reply, Request, server_greeting,
+    Envelope, Event, FrameCodec, HELLO_LEN, Reply, RequestDigest, server_greeting,
 };
 use cq_core::{Authenticator, Credential, CredentialSource, JobId, Outcome, PeerInfo, ReplyKey};
 use futures_util::{SinkExt, StreamExt};
@@ -73,37 +73,47 @@ enum Signing {
 }
 
 /// A fake server that answers the hello, reads one request, and sends the replies that
-/// `replies` makes from the request's nonce, authenticated as `sign` says.
+/// `replies` makes from the request's digest, authenticated as `sign` says.
 async fn fake_server(
     sign: Signing,
-    replies: impl Fn(Nonce) -> Vec<Reply> + Send + 'static,
+    replies: impl Fn(RequestDigest) -> Vec<Reply> + Send + 'static,
+) -> std::net::SocketAddr {
+    fake_server_as(server_greeting(), sign, replies).await
+}
+
+/// [`fake_server`] with its own greeting (e.g. naming another server uid).
+async fn fake_server_as(
+    greeting: [u8; HELLO_LEN + 4],
+    sign: Signing,
+    replies: impl Fn(RequestDigest) -> Vec<Reply> + Send + 'static,
 ) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
-        stream.write_all(&server_greeting()).await.unwrap();
+        stream.write_all(&greeting).await.unwrap();
         let mut hello = [0; HELLO_LEN];
         stream.read_exact(&mut hello).await.unwrap();
         let mut framed = Framed::new(stream, FrameCodec::<Envelope, Envelope>::new());
         let envelope = framed.next().await.unwrap().unwrap();
-        let request: Request = postcard::from_bytes(&envelope.body).unwrap();
+        let digest = RequestDigest::of(&envelope.body, &envelope.credential);
         let sealed = match &sign {
             Signing::Tags { socket, .. } => {
                 // The tests run as root, the uid the client seals its key for by default.
-                let (_, key) = MungeAuthenticator::new(MungeSocket::at(socket))
-                    .verify_with_key(
+                let key = MungeAuthenticator::new(MungeSocket::at(socket))
+                    .verify_request(
                         &envelope.body,
                         &Credential(envelope.credential),
                         &PeerInfo::default(),
                     )
                     .await
-                    .unwrap();
+                    .unwrap()
+                    .reply_key;
                 Some(key.expect("the client seals a reply key for a root server"))
             }
             _ => None,
         };
-        for (i, reply) in replies(request.nonce).into_iter().enumerate() {
+        for (i, reply) in replies(digest).into_iter().enumerate() {
             let body = postcard::to_allocvec(&reply).unwrap();
             let credential = match &sign {
                 Signing::Unsigned => Vec::new(),
@@ -127,20 +137,25 @@ async fn fake_server(
     addr
 }
 
-fn finished(nonce: Nonce) -> Vec<Reply> {
+fn finished(request: RequestDigest) -> Vec<Reply> {
+    finished_job(request, JobId(1), JobId(1))
+}
+
+/// An acceptance of job `accepted` and a notice that job `ended` exited 0.
+fn finished_job(request: RequestDigest, accepted: JobId, ended: JobId) -> Vec<Reply> {
     vec![
         Reply {
-            nonce,
+            request,
             event: Event::Accepted {
-                job: JobId(1),
+                job: accepted,
                 ahead: 0,
                 merged: false,
             },
         },
         Reply {
-            nonce,
+            request,
             event: Event::Finished {
-                job: JobId(1),
+                job: ended,
                 outcome: Outcome::Exited { code: 0 },
                 runtime_ms: 1,
             },
@@ -190,7 +205,8 @@ async fn an_unsigned_finished_notice_is_not_believed() {
 async fn a_notice_signed_by_another_key_is_not_believed() {
     let munged = Munged::start();
     let forger = Munged::start();
-    let addr = fake_server(
+    let addr = fake_server_as(
+        greeting_of_an_untrusted_uid(),
         Signing::Credential(MungeCredentialSource::new(forger.daemon.socket())),
         finished,
     )
@@ -230,16 +246,106 @@ async fn a_replayed_or_foreign_tag_is_not_believed() {
     }
 }
 
+/// A greeting that names a server uid the client does not seal keys for: its replies are
+/// then checked one credential each.
+fn greeting_of_an_untrusted_uid() -> [u8; HELLO_LEN + 4] {
+    let mut greeting = server_greeting();
+    greeting[HELLO_LEN..].copy_from_slice(&4242u32.to_be_bytes());
+    greeting
+}
+
 #[tokio::test]
 async fn a_genuine_notice_for_another_request_is_not_believed() {
     let munged = Munged::start();
-    // Signed with the right key, but replayed from another request (another nonce).
-    let addr = fake_server(
+    // Signed with the right key, but made for another request.
+    let addr = fake_server_as(
+        greeting_of_an_untrusted_uid(),
         Signing::Credential(MungeCredentialSource::new(munged.daemon.socket())),
-        |_| finished(Nonce([7; 16])),
+        |_| finished(RequestDigest([7; 32])),
     )
     .await;
     assert_not_believed(addr, &munged, "another request").await;
+}
+
+#[tokio::test]
+async fn a_notice_about_another_job_is_not_believed() {
+    let munged = Munged::start();
+    // Bound to the request, but the job that "finished" is not the one accepted.
+    let addr = fake_server_as(
+        greeting_of_an_untrusted_uid(),
+        Signing::Credential(MungeCredentialSource::new(munged.daemon.socket())),
+        |request| finished_job(request, JobId(1), JobId(2)),
+    )
+    .await;
+    assert_not_believed(addr, &munged, "about job 2, not job 1").await;
+}
+
+#[tokio::test]
+async fn once_a_key_is_sealed_a_signed_notice_is_not_enough() {
+    let munged = Munged::start();
+    // The server named root, so the client sealed a key: a notice with a credential (which
+    // any user can make the real server produce) instead of the key's tag is refused, even
+    // bound to the right request.
+    let addr = fake_server(
+        Signing::Credential(MungeCredentialSource::new(munged.daemon.socket())),
+        finished,
+    )
+    .await;
+    assert_not_believed(addr, &munged, "could not be authenticated").await;
+}
+
+/// The attack of a server the victim dials (or a relay on its path) that hands it replies
+/// the genuine server signed for a request of the attacker's own: before replies were bound
+/// to the request's digest, the attacker chose the nonce they carried.
+#[tokio::test]
+async fn the_genuine_servers_replies_to_someone_elses_request_are_not_believed() {
+    let munged = Munged::start();
+    let genuine = TestServer::start(&munged).await;
+    let socket = munged.socket();
+    let genuine_addr = genuine.addr;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut victim, _) = listener.accept().await.unwrap();
+        victim
+            .write_all(&greeting_of_an_untrusted_uid())
+            .await
+            .unwrap();
+        let mut hello = [0; HELLO_LEN];
+        victim.read_exact(&mut hello).await.unwrap();
+        let mut victim = Framed::new(victim, FrameCodec::<Envelope, Envelope>::new());
+        let _victims_request = victim.next().await.unwrap().unwrap();
+        // The attacker's own request to the genuine server, for a job that succeeds.
+        let mut upstream = tokio::net::TcpStream::connect(genuine_addr).await.unwrap();
+        let mut greeting = [0; HELLO_LEN + 4];
+        upstream.read_exact(&mut greeting).await.unwrap();
+        upstream
+            .write_all(&cq_core::protocol::Hello::new(cq_core::protocol::Role::Client).encode())
+            .await
+            .unwrap();
+        let request = cq_core::protocol::Request {
+            destination: Some(genuine_addr),
+            nonce: cq_core::protocol::Nonce::random(),
+            action: cq_core::protocol::Action::Submit {
+                job: cq_core::CommandJob::new(["true"]),
+                key: cq_core::SubmitKey::random(),
+            },
+        };
+        let body = postcard::to_allocvec(&request).unwrap();
+        let credential = MungeCredentialSource::new(MungeSocket::at(&socket))
+            .credential_for(&body)
+            .await
+            .unwrap()
+            .0;
+        let mut upstream = Framed::new(upstream, FrameCodec::<Envelope, Envelope>::new());
+        upstream.send(Envelope { body, credential }).await.unwrap();
+        while let Some(Ok(reply)) = upstream.next().await {
+            if victim.send(reply).await.is_err() {
+                break;
+            }
+        }
+    });
+    assert_not_believed(relay, &munged, "another request").await;
 }
 
 #[tokio::test]

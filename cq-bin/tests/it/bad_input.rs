@@ -8,7 +8,7 @@ use cq_core::protocol::{
     Action, Envelope, ErrorCode, Event, FrameCodec, HELLO_LEN, Hello, Nonce, PROTOCOL_VERSION,
     Reply, Request, Role, SERVER_UID_LEN,
 };
-use cq_core::{CommandJob, CredentialSource};
+use cq_core::{CommandJob, CredentialSource, SubmitKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
@@ -88,6 +88,7 @@ fn request(destination: SocketAddr, argv: &[&str]) -> Vec<u8> {
         nonce: Nonce::random(),
         action: Action::Submit {
             job: CommandJob::new(argv.iter().copied()),
+            key: SubmitKey::random(),
         },
     };
     postcard::to_allocvec(&request).unwrap()

@@ -278,20 +278,45 @@ async fn sigterm_waits_out_the_grace_then_cancels_and_queued_jobs_survive() {
     assert_eq!(std::fs::read_to_string(&record).unwrap(), "ran\n");
 }
 
+/// A 12 KiB tmpfs, unmounted on drop.
+struct TinyFileSystem(std::path::PathBuf);
+
+impl TinyFileSystem {
+    fn mount(at: &std::path::Path) -> Self {
+        std::fs::create_dir(at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=40k,mode=0700", "cq-test-full"])
+            .arg(at)
+            .status()
+            .expect("run mount (the tests run as root)");
+        assert!(status.success(), "mount a tmpfs: {status}");
+        Self(at.to_owned())
+    }
+}
+
+impl Drop for TinyFileSystem {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
 #[tokio::test]
 async fn an_unusable_state_directory_stops_the_start_with_a_clear_error() {
     let munged = Munged::start();
     let dir = tempfile::tempdir().unwrap();
     let a_file = dir.path().join("file");
     std::fs::write(&a_file, "").unwrap();
-    let full = dir.path().join("full");
-    std::fs::create_dir(&full).unwrap();
-    // SQLite writing to /dev/full sees exactly what a full disk gives it.
-    std::os::unix::fs::symlink("/dev/full", full.join("cq.db")).unwrap();
+    // A full disk: a tiny file system of its own.
+    let full = TinyFileSystem::mount(&dir.path().join("full"));
+    // A database planted as a symlink (here to /dev/full) is never written through.
+    let planted = dir.path().join("planted");
+    std::fs::create_dir(&planted).unwrap();
+    std::os::unix::fs::symlink("/dev/full", planted.join("cq.db")).unwrap();
 
     for (state_dir, expected) in [
-        (&a_file, "Not a directory"),
-        (&full, "database or disk is full"),
+        (&a_file, "is not a directory"),
+        (&full.0, "database or disk is full"),
+        (&planted, "not a regular file (a symlink?)"),
     ] {
         let out = output(
             tokio::process::Command::new(env!("CARGO_BIN_EXE_cq_server"))

@@ -10,3 +10,4 @@ mod queue;
 mod serial;
 mod support;
 mod tls;
+mod users;

@@ -3,6 +3,7 @@
 use crate::durable::Gate;
 use crate::support::{LIMIT, Munged, TestServer, output, script, stderr};
 use crate::tls::Pki;
+use crate::users::{ALICE, BOB, shared_dir, users};
 
 fn json(out: &std::process::Output) -> serde_json::Value {
     assert!(out.status.success(), "{}", stderr(out));
@@ -206,57 +207,75 @@ async fn time_limits_kill_the_job_and_the_server_caps_them() {
     assert_eq!(bad.status.code(), Some(255));
 }
 
+/// The rule of SECURITY.md: a job's owner (and the admins the policy names) may see it in
+/// full, read its log and cancel it; everybody else sees its owner, state and program name.
+/// Root is no admin by uid alone: with MUNGE, root on any client host can claim uid 0.
 #[tokio::test]
-async fn only_owners_and_root_may_cancel() {
+async fn only_the_owner_and_named_admins_may_read_or_cancel_a_job() {
     let pki = Pki::new();
+    let alice = pki.client(ALICE);
+    let bob = pki.client(BOB);
     let root = pki.client("root");
-    let nobody = pki.client("nobody");
-    // Clients of this fixture are "nobody" (uid 65534); root's certificate is used explicitly.
-    let server =
-        TestServer::start_args(&pki.server_args(), pki.client_args(&nobody.0, &nobody.1)).await;
+    let _ = users();
     let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cq.toml");
+    std::fs::write(&config, "[policy]\nallow_root = true\n").unwrap();
+    let mut args = pki.server_args();
+    args.extend(["--config".into(), config.clone().into()]);
+    let server = TestServer::start_exact(&args, pki.client_args(&alice.0, &alice.1)).await;
     let gate = Gate::new(dir.path());
-    let submit = |files: &(std::path::PathBuf, std::path::PathBuf), command: &str| {
+    let as_who = |files: &(std::path::PathBuf, std::path::PathBuf)| {
         let mut cmd = crate::support::bare_client(server.addr);
-        cmd.args(pki.client_args(&files.0, &files.1))
-            .args(["--detach", "--", "sh", "-c", command]);
+        cmd.args(pki.client_args(&files.0, &files.1));
         cmd
     };
-    assert!(
-        output(&mut submit(&nobody, &gate.wait()))
-            .await
-            .status
-            .success()
-    );
-    assert!(output(&mut submit(&root, "true")).await.status.success());
+    let secret = "SECRET_TOKEN=hunter2";
+    let submitted = output(as_who(&alice).args([
+        "--detach",
+        "-E",
+        secret,
+        "--",
+        "sh",
+        "-c",
+        &format!("echo $SECRET_TOKEN; {}", gate.wait()),
+    ]))
+    .await;
+    assert!(submitted.status.success(), "{}", stderr(&submitted));
 
-    let unreadable = output(server.client().args(["--log", "2"])).await;
-    assert_eq!(unreadable.status.code(), Some(255));
-    assert!(
-        stderr(&unreadable).contains("only its owners and root may read the log of it"),
-        "{}",
-        stderr(&unreadable)
-    );
-    let refused = output(server.client().args(["--cancel", "2"])).await;
-    assert_eq!(refused.status.code(), Some(255));
-    assert!(
-        stderr(&refused).contains("only its owners and root may cancel it"),
-        "{}",
-        stderr(&refused)
-    );
-    // Root may cancel anybody's job; nobody may cancel its own.
-    let mut as_root = crate::support::bare_client(server.addr);
-    as_root
-        .args(pki.client_args(&root.0, &root.1))
-        .args(["--cancel", "1"]);
-    let by_root = output(&mut as_root).await;
-    assert!(by_root.status.success(), "{}", stderr(&by_root));
-    let own = output(server.client().args(["--cancel", "2"])).await;
-    assert_eq!(
-        own.status.code(),
-        Some(255),
-        "job 2 is root's, and it may have run already"
-    );
+    for (who, files) in [("bob", &bob), ("root", &root)] {
+        for query in [["--log", "1"], ["--cancel", "1"], ["--wait", "1"]] {
+            let refused = output(as_who(files).args(query)).await;
+            assert_eq!(refused.status.code(), Some(255), "{who} {query:?}");
+            assert!(
+                stderr(&refused).contains("only its owner and the server's admins may"),
+                "{who} {query:?}: {}",
+                stderr(&refused)
+            );
+        }
+        let listed = output(as_who(files).args(["--list", "--json"])).await;
+        let text = String::from_utf8_lossy(&listed.stdout);
+        assert!(listed.status.success(), "{}", stderr(&listed));
+        assert!(text.contains("\"sh\""), "{who} sees the program: {text}");
+        assert!(
+            !text.contains("echo") && !text.contains("hunter2"),
+            "{who} sees no arguments or environment: {text}"
+        );
+    }
+    let own = output(server.client().args(["--status", "1", "--json"])).await;
+    assert!(String::from_utf8_lossy(&own.stdout).contains("SECRET_TOKEN"));
+
+    // Named as an admin (SIGHUP reloads the policy), root may cancel anybody's job.
+    std::fs::write(
+        &config,
+        "[policy]\nallow_root = true\nadmins = [\"root\"]\n",
+    )
+    .unwrap();
+    server.hang_up();
+    server.wait_for_log("policy reloaded").await;
+    let by_admin = output(as_who(&root).args(["--cancel", "1"])).await;
+    assert!(by_admin.status.success(), "{}", stderr(&by_admin));
+    let waited = output(server.client().args(["--wait", "1"])).await;
+    assert_eq!(waited.status.code(), Some(125), "{}", stderr(&waited));
 }
 
 #[tokio::test]
@@ -334,21 +353,29 @@ async fn a_log_past_its_limit_is_cut_with_a_marker() {
     assert!(on_disk < 200, "the file stays small: {on_disk} bytes");
 }
 
-/// Starts a server whose submit hook is the shell script `body`.
-async fn server_with_hook(munged: &Munged, dir: &std::path::Path, body: &str) -> TestServer {
+/// Starts a server whose submit hook is the shell script `body` (in `dir`, which the hook's
+/// user, nobody, must be able to reach: see [`shared_dir`]), with `extra` options.
+async fn server_with_hook_and(
+    munged: &Munged,
+    dir: &std::path::Path,
+    body: &str,
+    extra: &[&str],
+) -> TestServer {
     let hook = script(dir, "hook", body);
     let hook = hook.to_str().unwrap().to_owned();
-    TestServer::start_with(
-        munged,
-        &["--submit-hook", &hook, "--submit-hook-timeout", "500ms"],
-    )
-    .await
+    let mut args = vec!["--submit-hook", &hook, "--submit-hook-timeout", "500ms"];
+    args.extend_from_slice(extra);
+    TestServer::start_with(munged, &args).await
+}
+
+async fn server_with_hook(munged: &Munged, dir: &std::path::Path, body: &str) -> TestServer {
+    server_with_hook_and(munged, dir, body, &[]).await
 }
 
 #[tokio::test]
 async fn an_external_hook_rejects_with_its_reason_and_sees_the_job() {
     let munged = Munged::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = shared_dir();
     let seen = dir.path().join("seen.json");
     let body = format!(
         "cat > {}\nif grep -q forbidden {}; then echo '{{\"decision\": \"reject\", \"reason\": \"no forbidden builds\"}}'; else echo '{{\"decision\": \"accept\"}}'; fi",
@@ -381,7 +408,7 @@ async fn an_external_hook_rejects_with_its_reason_and_sees_the_job() {
 #[tokio::test]
 async fn an_external_hook_can_merge() {
     let munged = Munged::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = shared_dir();
     let gate = Gate::new(dir.path());
     // Merge everything into the first job in the queue, if there is one.
     let body = "id=$(cat | tr ',' '\\n' | grep -m1 '\"id\"' | tr -dc '0-9')\n\
@@ -408,22 +435,41 @@ async fn an_external_hook_can_merge() {
 }
 
 #[tokio::test]
-async fn a_crashing_hanging_or_babbling_hook_falls_back_and_is_logged() {
+async fn a_crashing_hanging_or_babbling_hook_fails_closed_and_is_logged() {
     let munged = Munged::start();
     for (body, reason) in [
         ("exit 3", "exit status: 3"),
         ("sleep 30", "no answer within"),
         ("echo hello", "unreadable answer"),
     ] {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = shared_dir();
         let server = server_with_hook(&munged, dir.path(), body).await;
         let out = output(server.client().args(["--", "true"])).await;
+        assert_eq!(
+            out.status.code(),
+            Some(255),
+            "a hook is a policy: it fails closed"
+        );
         assert!(
-            out.status.success(),
-            "the fallback accepts: {}",
+            stderr(&out).contains("the submit hook failed"),
+            "{}",
             stderr(&out)
         );
         let logged = server.wait_for_log("submit hook failed").await;
         assert!(logged.contains(reason), "{logged}");
     }
+    let dir = shared_dir();
+    let open = server_with_hook_and(
+        &munged,
+        dir.path(),
+        "exit 3",
+        &["--submit-hook-fallback", "accept"],
+    )
+    .await;
+    let out = output(open.client().args(["--", "true"])).await;
+    assert!(
+        out.status.success(),
+        "an admin may choose to fail open: {}",
+        stderr(&out)
+    );
 }

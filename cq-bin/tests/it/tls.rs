@@ -111,10 +111,13 @@ async fn a_client_without_a_certificate_is_refused() {
     let tls = ClientTls::without_identity(&pki.path("ca.pem")).unwrap();
     let connector = TlsConnector::new("127.0.0.1", server.addr.port(), "127.0.0.1", &tls).unwrap();
     let client = Client::new(connector, TlsChannelCredentials, TlsServerAuthenticator);
-    let err = tokio::time::timeout(LIMIT, client.submit(CommandJob::new(["true"])))
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = tokio::time::timeout(
+        LIMIT,
+        client.submit(CommandJob::new(["true"]), cq_core::SubmitKey::random()),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
     // TLS 1.3: the handshake looks fine to the client; the refusal arrives on the first read.
     assert!(err.to_string().contains("CertificateRequired"), "{err}");
     assert!(

@@ -41,7 +41,7 @@ pub enum ClientError {
     #[error("the server's reply could not be authenticated: {0}")]
     ReplyNotAuthentic(#[source] AuthError),
     /// The server refused the request or failed.
-    #[error("{message} [{code}]")]
+    #[error("{} [{code}]", crate::printable::printable(message))]
     Server {
         /// The stable error code.
         code: ErrorCode,
@@ -87,7 +87,9 @@ impl ClientError {
                     | io::ErrorKind::NotConnected
                     | io::ErrorKind::TimedOut
             ),
-            Self::Server { code, .. } => *code == ErrorCode::SHUTTING_DOWN,
+            Self::Server { code, .. } => {
+                *code == ErrorCode::SHUTTING_DOWN || *code == ErrorCode::BUSY
+            }
             _ => false,
         }
     }

@@ -19,10 +19,10 @@ use tokio_util::codec::Framed;
 
 use crate::auth::{Authenticator, CredentialSource, ReplyKey};
 use crate::engine::JobResult;
-use crate::job::{CommandJob, JobId, JobSummary};
+use crate::job::{CommandJob, JobId, JobSummary, SubmitKey};
 use crate::protocol::{
-    Action, Envelope, Event, FrameCodec, HELLO_LEN, Hello, Nonce, PROTOCOL_VERSION, Request, Role,
-    SERVER_UID_LEN,
+    Action, Envelope, Event, FrameCodec, HELLO_LEN, Hello, Nonce, PROTOCOL_VERSION, Request,
+    RequestDigest, Role, SERVER_UID_LEN,
 };
 use crate::transport::{Connector, Stream};
 
@@ -54,7 +54,9 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
         self.connector.server_name()
     }
 
-    /// Submits `job`; returns once the server has accepted it.
+    /// Submits `job` once, with idempotency key `key`; returns once the server has accepted
+    /// it. Sending the same job again with the same key re-attaches to the job the first
+    /// attempt queued, if it did.
     ///
     /// # Errors
     ///
@@ -62,8 +64,39 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
     pub async fn submit(
         &self,
         job: CommandJob,
+        key: SubmitKey,
     ) -> Result<Submission<'_, C::Stream, A>, ClientError> {
-        self.request(Action::Submit { job }).await
+        self.request(Action::Submit { job, key }, None).await
+    }
+
+    /// Submits `job` until the server has accepted it, trying again (with the same key, so
+    /// that nothing runs twice) while the server cannot be reached or cuts the connection
+    /// before acknowledging; `on_retry` hears of each failed attempt and the delay before
+    /// the next. Gives up after `policy.give_up_after` without an answer.
+    ///
+    /// # Errors
+    ///
+    /// The last error when giving up, or the first one that retrying cannot mend.
+    pub async fn submit_retrying(
+        &self,
+        job: CommandJob,
+        policy: &Reconnect,
+        mut on_retry: impl FnMut(&ClientError, Duration),
+    ) -> Result<Submission<'_, C::Stream, A>, ClientError> {
+        let key = SubmitKey::random();
+        let started = tokio::time::Instant::now();
+        let mut delay = policy.first_delay;
+        loop {
+            match self.submit(job.clone(), key).await {
+                Ok(submission) => return Ok(submission),
+                Err(e) if e.is_transient() && started.elapsed() < policy.give_up_after => {
+                    on_retry(&e, delay);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(policy.max_delay);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Re-attaches to job `id` (queued, running or recently finished).
@@ -72,7 +105,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
     ///
     /// As [`submit`](Self::submit); [`ErrorCode::UNKNOWN_JOB`](crate::protocol::ErrorCode::UNKNOWN_JOB) when the server does not know it.
     pub async fn watch(&self, id: JobId) -> Result<Submission<'_, C::Stream, A>, ClientError> {
-        self.request(Action::Watch { job: id }).await
+        self.request(Action::Watch { job: id }, Some(id)).await
     }
 
     /// Follows job `id` to its end, starting with `submission` if there is one, and
@@ -143,17 +176,31 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
             .ok_or(ClientError::Protocol("empty status".into()))
     }
 
-    /// Cancels job `id` (its owners and root may); returns the job as it is afterwards (a
-    /// running job shows `running` until its processes are gone).
+    /// Cancels job `id` (its owner and admins may); returns the job as it is afterwards (a
+    /// running job shows `running` until its processes are gone), or `None` when this user
+    /// was a waiter merged into the job and withdrew instead.
     ///
     /// # Errors
     ///
     /// As [`submit`](Self::submit); [`ErrorCode::NOT_PERMITTED`](crate::protocol::ErrorCode::NOT_PERMITTED) for someone else's job.
-    pub async fn cancel(&self, id: JobId) -> Result<JobSummary, ClientError> {
-        self.query(Action::Cancel { job: id })
-            .await?
-            .pop()
-            .ok_or(ClientError::Protocol("empty answer".into()))
+    pub async fn cancel(&self, id: JobId) -> Result<Option<JobSummary>, ClientError> {
+        let mut channel = self.open(Action::Cancel { job: id }, Some(id)).await?;
+        let answer = match timeout(REPLY_TIMEOUT, channel.next_reply()).await {
+            Err(_) => Err(ClientError::Timeout {
+                during: "the answer",
+            }),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Event::Withdrawn { .. })) => Ok(None),
+            Ok(Ok(Event::Jobs { mut jobs, .. })) => jobs
+                .pop()
+                .map(Some)
+                .ok_or(ClientError::Protocol("empty answer".into())),
+            Ok(Ok(other)) => Err(ClientError::Protocol(format!(
+                "expected the cancelled job, got {other:?}"
+            ))),
+        };
+        channel.close().await;
+        answer
     }
 
     /// Job `id`'s output from the start, handed to `output` piece by piece. With `follow` it
@@ -169,7 +216,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
         follow: bool,
         mut output: impl FnMut(&[u8]),
     ) -> Result<Option<JobResult>, ClientError> {
-        let mut channel = self.open(Action::Log { job: id, follow }).await?;
+        let mut channel = self.open(Action::Log { job: id, follow }, Some(id)).await?;
         let result = loop {
             match channel.next_reply().await? {
                 Event::Output { data, .. } => output(&data),
@@ -195,24 +242,41 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
         Ok(result)
     }
 
+    /// Sends `action` and reads the job list it is answered with, page by page.
     async fn query(&self, action: Action) -> Result<Vec<JobSummary>, ClientError> {
-        let mut channel = self.open(action).await?;
-        let answer = match timeout(REPLY_TIMEOUT, channel.next_reply()).await {
-            Err(_) => Err(ClientError::Timeout {
-                during: "the answer",
-            }),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(Event::Jobs { jobs })) => Ok(jobs),
-            Ok(Ok(other)) => Err(ClientError::Protocol(format!(
-                "expected a job list, got {other:?}"
-            ))),
+        let mut channel = self.open(action, None).await?;
+        let mut all = Vec::new();
+        let answer = loop {
+            match timeout(REPLY_TIMEOUT, channel.next_reply()).await {
+                Err(_) => {
+                    break Err(ClientError::Timeout {
+                        during: "the answer",
+                    });
+                }
+                Ok(Err(e)) => break Err(e),
+                Ok(Ok(Event::Jobs { jobs, more })) => {
+                    all.extend(jobs);
+                    if !more {
+                        break Ok(all);
+                    }
+                }
+                Ok(Ok(other)) => {
+                    break Err(ClientError::Protocol(format!(
+                        "expected a job list, got {other:?}"
+                    )));
+                }
+            }
         };
         channel.close().await;
         answer
     }
 
-    async fn request(&self, action: Action) -> Result<Submission<'_, C::Stream, A>, ClientError> {
-        let mut submission = self.open(action).await?;
+    async fn request(
+        &self,
+        action: Action,
+        expected: Option<JobId>,
+    ) -> Result<Submission<'_, C::Stream, A>, ClientError> {
+        let mut submission = self.open(action, expected).await?;
         match timeout(REPLY_TIMEOUT, submission.next_reply()).await {
             Err(_) => Err(ClientError::Timeout {
                 during: "the acceptance of the request",
@@ -222,6 +286,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
                 submission.job = job;
                 submission.ahead = ahead;
                 submission.merged = merged;
+                submission.expect_job(job);
                 Ok(submission)
             }
             Ok(Ok(other)) => Err(ClientError::Protocol(format!(
@@ -230,8 +295,13 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
         }
     }
 
-    /// Connects, exchanges hellos and sends `action`; the replies are the caller's to read.
-    async fn open(&self, action: Action) -> Result<Submission<'_, C::Stream, A>, ClientError> {
+    /// Connects, exchanges hellos and sends `action`; the replies (about job `expected`, when
+    /// the action names one) are the caller's to read.
+    async fn open(
+        &self,
+        action: Action,
+        expected: Option<JobId>,
+    ) -> Result<Submission<'_, C::Stream, A>, ClientError> {
         let (mut stream, peer) = self.connector.connect().await?;
         stream
             .write_all(&Hello::new(Role::Client).encode())
@@ -278,6 +348,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
                 None,
             ),
         };
+        let digest = RequestDigest::of(&body, &credential.0);
         let mut framed = Framed::new(stream, FrameCodec::<Envelope, Envelope>::new());
         framed
             .send(Envelope {
@@ -288,10 +359,11 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
             .map_err(ClientError::Frame)?;
         Ok(Submission::new(
             framed,
-            nonce,
+            digest,
             peer,
             reply_key,
             &self.verifier,
+            expected,
         ))
     }
 }

@@ -1,25 +1,28 @@
-//! One request's replies: each checked (tag or credential, nonce), errors turned into errors.
+//! One request's replies: each checked (tag or credential, request digest, job), errors
+//! turned into errors.
 
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_util::codec::Framed;
 
-use crate::auth::{AuthError, Authenticator, Credential, REPLY_TAG_LEN, ReplyKey};
+use crate::auth::{AuthError, Authenticator, Credential, ReplyKey};
 use crate::engine::JobResult;
 use crate::job::JobId;
-use crate::protocol::{Envelope, Event, FrameCodec, Nonce, Reply};
+use crate::protocol::{Envelope, Event, FrameCodec, Reply, RequestDigest};
 use crate::transport::PeerInfo;
 
 use super::ClientError;
 
-/// A job the server has accepted for this client, and the connection its events come on.
+/// A request sent, and the connection its replies come on.
 #[derive(Debug)]
 pub struct Submission<'a, St, A> {
     framed: Framed<St, FrameCodec<Envelope, Envelope>>,
-    nonce: Nonce,
+    /// The request the replies must name.
+    request: RequestDigest,
     peer: PeerInfo,
-    /// The key the request's credential carried: replies tagged with it need no credential.
+    /// The key the request's credential carried: replies must then carry its tags, and
+    /// nothing weaker is believed.
     reply_key: Option<ReplyKey>,
     /// Position of the next tagged reply.
     next_seq: u64,
@@ -30,6 +33,8 @@ pub struct Submission<'a, St, A> {
     pub ahead: u32,
     /// Whether the request was merged into an existing equal job.
     pub merged: bool,
+    /// The job every event must be about, once known.
+    expected: Option<JobId>,
 }
 
 /// Something that happened to a submitted job.
@@ -43,25 +48,33 @@ pub enum JobEvent {
 }
 
 impl<'a, St: crate::transport::Stream, A: Authenticator> Submission<'a, St, A> {
-    /// The replies to the request with `nonce` just sent on `framed`.
+    /// The replies to the request named `request`, just sent on `framed`; `expected` is the
+    /// job it is about, when the request names one.
     pub(super) fn new(
         framed: Framed<St, FrameCodec<Envelope, Envelope>>,
-        nonce: Nonce,
+        request: RequestDigest,
         peer: PeerInfo,
         reply_key: Option<ReplyKey>,
         verifier: &'a A,
+        expected: Option<JobId>,
     ) -> Self {
         Self {
             framed,
-            nonce,
+            request,
             peer,
             reply_key,
             next_seq: 0,
             verifier,
-            job: JobId(0),
+            job: expected.unwrap_or(JobId(0)),
             ahead: 0,
             merged: false,
+            expected,
         }
+    }
+
+    /// From now on, every event must be about `job`.
+    pub(super) fn expect_job(&mut self, job: JobId) {
+        self.expected = Some(job);
     }
 
     /// The next event of the job.
@@ -105,8 +118,8 @@ impl<'a, St: crate::transport::Stream, A: Authenticator> Submission<'a, St, A> {
         let _ = self.framed.close().await;
     }
 
-    /// Reads one reply, checks that the server made it for this request, and turns error
-    /// replies into errors.
+    /// Reads one reply, checks that the server made it for this very request (and, once the
+    /// job is known, about this job), and turns error replies into errors.
     pub(super) async fn next_reply(&mut self) -> Result<Event, ClientError> {
         let envelope = match self.framed.next().await {
             None => {
@@ -118,26 +131,27 @@ impl<'a, St: crate::transport::Stream, A: Authenticator> Submission<'a, St, A> {
             Some(Ok(envelope)) => envelope,
         };
         let verified = match &self.reply_key {
-            // A credential is far longer than a tag: a tag-sized one must be the tag.
-            Some(key) if envelope.credential.len() == REPLY_TAG_LEN => {
+            // A request that sealed a key believes its tags and nothing else: a credential
+            // per reply is something any user can make the server produce.
+            Some(key) => {
                 if key.check(self.next_seq, &envelope.body, &envelope.credential) {
                     self.next_seq += 1;
                     Ok(())
                 } else {
                     Err(AuthError::Mismatch(
-                        "the reply's tag is not the one the request's key makes".to_owned(),
+                        "the reply does not carry the tag the request's key makes".to_owned(),
                     ))
                 }
             }
-            _ => self
+            None => self
                 .verifier
                 .verify(&envelope.body, &Credential(envelope.credential), &self.peer)
                 .await
                 .map(drop),
         };
         let reply = match (verified, postcard::from_bytes::<Reply>(&envelope.body)) {
-            (Ok(_), Ok(reply)) => reply,
-            (Ok(_), Err(e)) => return Err(ClientError::Protocol(e.to_string())),
+            (Ok(()), Ok(reply)) => reply,
+            (Ok(()), Err(e)) => return Err(ClientError::Protocol(e.to_string())),
             // An error reply triggers nothing, so its text is worth showing even unverified:
             // it usually says why (e.g. the server refused our credential for the same reason).
             (
@@ -152,11 +166,20 @@ impl<'a, St: crate::transport::Stream, A: Authenticator> Submission<'a, St, A> {
             }
             (Err(why), _) => return Err(ClientError::ReplyNotAuthentic(why)),
         };
-        let for_us = reply.nonce == self.nonce
-            || (reply.nonce == Nonce::NONE && matches!(reply.event, Event::Error { .. }));
-        if !for_us {
+        // An error the server sent before it could authenticate the request names none; it
+        // triggers nothing, so it is shown for what it says.
+        let unattributed_error =
+            reply.request == RequestDigest::NONE && matches!(reply.event, Event::Error { .. });
+        if reply.request != self.request && !unattributed_error {
             return Err(ClientError::ReplyNotAuthentic(AuthError::Mismatch(
                 "the reply answers another request".to_owned(),
+            )));
+        }
+        if let (Some(expected), Some(about)) = (self.expected, reply.event.job())
+            && expected != about
+        {
+            return Err(ClientError::ReplyNotAuthentic(AuthError::Mismatch(
+                format!("the reply is about job {about}, not job {expected}"),
             )));
         }
         match reply.event {

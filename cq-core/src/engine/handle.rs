@@ -1,14 +1,13 @@
 //! The engine's public face: handles, tickets and job states.
 
-use std::time::Duration;
-
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::auth::Identity;
 use crate::executor::LogChunk;
-use crate::job::{Job, JobId, JobSummary};
+use crate::job::{Job, JobId, JobSummary, SubmitKey};
 use crate::outcome::Outcome;
 use crate::scheduler::Decision;
 use crate::store::StoreError;
@@ -47,12 +46,12 @@ pub(super) enum Command {
     Submit {
         job: Box<dyn Job>,
         owner: Identity,
-        /// A decision made before the engine's own hooks (by an external hook program).
-        verdict: Option<Decision>,
+        options: SubmitOptions,
         reply: oneshot::Sender<Result<JobTicket, SubmitError>>,
     },
     Watch {
         id: JobId,
+        by: Caller,
         reply: oneshot::Sender<Result<JobTicket, SubmitError>>,
     },
     Shutdown {
@@ -60,22 +59,115 @@ pub(super) enum Command {
         done: oneshot::Sender<()>,
     },
     List {
+        by: Caller,
         reply: oneshot::Sender<Result<Vec<JobSummary>, SubmitError>>,
     },
     Status {
         id: JobId,
+        by: Caller,
         reply: oneshot::Sender<Result<Vec<JobSummary>, SubmitError>>,
     },
     Cancel {
         id: JobId,
-        by: Identity,
-        reply: oneshot::Sender<Result<Vec<JobSummary>, SubmitError>>,
+        by: Caller,
+        reply: oneshot::Sender<Result<Cancelled, SubmitError>>,
     },
     OpenLog {
         id: JobId,
-        by: Identity,
+        by: Caller,
         reply: oneshot::Sender<Result<LogAccess, SubmitError>>,
     },
+    RememberRequest {
+        digest: [u8; 32],
+        until: SystemTime,
+        reply: oneshot::Sender<Result<(), SubmitError>>,
+    },
+}
+
+/// Who asks the engine, and with which rights over others' jobs.
+///
+/// A job's owner (its submitter) may watch it, see it in full, read its log and cancel it
+/// for everybody; a waiter merged into it may watch it (learn its outcome) and withdraw;
+/// everybody else sees its owner, state and program name only. An admin is the owner of
+/// every job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// Who asks.
+    pub identity: Identity,
+    /// Whether they have an admin's rights.
+    pub admin: bool,
+}
+
+impl Caller {
+    /// A caller with a user's rights.
+    pub fn user(identity: Identity) -> Self {
+        Self {
+            identity,
+            admin: false,
+        }
+    }
+
+    /// A caller with an admin's rights (e.g. the embedding daemon itself).
+    pub fn admin(identity: Identity) -> Self {
+        Self {
+            identity,
+            admin: true,
+        }
+    }
+}
+
+/// How a submission is to be treated besides the job itself.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct SubmitOptions {
+    /// The submission's idempotency key: a submission with a key the same uid used before
+    /// re-attaches to that job instead of queueing another.
+    pub key: Option<SubmitKey>,
+    /// A decision made before the engine's own hooks (by an external hook program): `Reject`
+    /// refuses the job, `Merge` merges it (if that job still waits), `Accept` leaves the
+    /// decision to the engine's hooks.
+    pub verdict: Option<Decision>,
+    /// Whether a merge into another user's job is allowed (it is refused otherwise).
+    pub merge_across_users: bool,
+}
+
+impl SubmitOptions {
+    /// No key, no outside verdict, no merges across users.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the idempotency key.
+    #[must_use]
+    pub fn with_key(mut self, key: SubmitKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Sets a decision made outside the engine.
+    #[must_use]
+    pub fn with_verdict(mut self, verdict: Decision) -> Self {
+        self.verdict = Some(verdict);
+        self
+    }
+
+    /// Allows (or not) merging into another user's job.
+    #[must_use]
+    pub fn merging_across_users(mut self, allowed: bool) -> Self {
+        self.merge_across_users = allowed;
+        self
+    }
+}
+
+/// What a cancel request did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Cancelled {
+    /// The job is cancelled for everybody (asked by its owner or an admin); it is shown as
+    /// it is now (a running job until its processes are gone).
+    Job(JobSummary),
+    /// A merged waiter withdrew: it no longer waits for the job, which goes on for its owner.
+    Withdrawn(JobSummary),
 }
 
 /// Access to a job's output, as [`EngineHandle::open_log`] grants it.
@@ -97,48 +189,35 @@ pub struct EngineHandle {
 
 impl EngineHandle {
     /// Submits a job on behalf of `owner`. Returns once the job is queued (or merged into an
-    /// equal job), with a ticket to follow it.
+    /// equal job) and on record, with a ticket to follow it.
     ///
     /// # Errors
     ///
-    /// [`SubmitError::Rejected`] when a submit hook refuses it, [`SubmitError::ShuttingDown`]
-    /// or [`SubmitError::Stopped`] when the engine no longer takes jobs.
+    /// [`SubmitError::Rejected`] when a submit hook refuses it, [`SubmitError::OverQuota`]
+    /// when `owner` has too much queued or kept, [`SubmitError::ShuttingDown`] or
+    /// [`SubmitError::Stopped`] when the engine no longer takes jobs.
     pub async fn submit(&self, job: impl Job, owner: Identity) -> Result<JobTicket, SubmitError> {
-        self.submit_boxed(Box::new(job), owner).await
+        self.submit_with(Box::new(job), owner, SubmitOptions::new())
+            .await
     }
 
-    /// [`submit`](Self::submit) for a job that is already boxed.
+    /// [`submit`](Self::submit) for a boxed job, with [`SubmitOptions`].
     ///
     /// # Errors
     ///
     /// As [`submit`](Self::submit).
-    pub async fn submit_boxed(
+    pub async fn submit_with(
         &self,
         job: Box<dyn Job>,
         owner: Identity,
-    ) -> Result<JobTicket, SubmitError> {
-        self.submit_reviewed(job, owner, None).await
-    }
-
-    /// [`submit_boxed`](Self::submit_boxed) with a decision already made about the job by a
-    /// reviewer outside the engine: `Reject` refuses it, `Merge` merges it (if that job still
-    /// waits), `Accept` leaves the decision to the engine's own hooks.
-    ///
-    /// # Errors
-    ///
-    /// As [`submit`](Self::submit).
-    pub async fn submit_reviewed(
-        &self,
-        job: Box<dyn Job>,
-        owner: Identity,
-        verdict: Option<Decision>,
+        options: SubmitOptions,
     ) -> Result<JobTicket, SubmitError> {
         let (reply, answer) = oneshot::channel();
         self.request(
             Command::Submit {
                 job,
                 owner,
-                verdict,
+                options,
                 reply,
             },
             answer,
@@ -146,14 +225,40 @@ impl EngineHandle {
         .await
     }
 
-    /// A ticket for an existing job, queued, running or recently finished.
+    /// Records that a request with `digest` is being served, so that the same request is
+    /// refused until `until` (when its credential expires), across restarts. The record is
+    /// written before anything the request changes.
     ///
     /// # Errors
     ///
-    /// [`SubmitError::UnknownJob`] when the engine has no record of it.
-    pub async fn watch(&self, id: JobId) -> Result<JobTicket, SubmitError> {
+    /// [`SubmitError::Replayed`] when the digest was seen and has not expired.
+    pub async fn remember_request(
+        &self,
+        digest: [u8; 32],
+        until: SystemTime,
+    ) -> Result<(), SubmitError> {
         let (reply, answer) = oneshot::channel();
-        self.request(Command::Watch { id, reply }, answer).await
+        self.request(
+            Command::RememberRequest {
+                digest,
+                until,
+                reply,
+            },
+            answer,
+        )
+        .await
+    }
+
+    /// A ticket for an existing job, queued, running or recently finished, for its owner, a
+    /// waiter merged into it, or an admin.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::UnknownJob`] when the engine has no record of it,
+    /// [`SubmitError::NotPermitted`] for someone else's job.
+    pub async fn watch(&self, id: JobId, by: Caller) -> Result<JobTicket, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.request(Command::Watch { id, by, reply }, answer).await
     }
 
     /// Stops taking jobs, deals with the running job as `mode` says, and returns once the
@@ -172,54 +277,61 @@ impl EngineHandle {
         }
     }
 
-    /// The running job, the queued ones in order, and the most recently finished ones.
+    /// The running job, the queued ones in order, and the most recently finished ones, as
+    /// `by` may see them (others' jobs limited to owner, state and program name).
     ///
     /// # Errors
     ///
     /// [`SubmitError::Stopped`] when the engine has stopped; [`SubmitError::Store`] when the
     /// store cannot be read.
-    pub async fn list(&self) -> Result<Vec<JobSummary>, SubmitError> {
+    pub async fn list(&self, by: Caller) -> Result<Vec<JobSummary>, SubmitError> {
         let (reply, answer) = oneshot::channel();
-        self.request(Command::List { reply }, answer).await
+        self.request(Command::List { by, reply }, answer).await
     }
 
-    /// What the engine knows about job `id`.
+    /// What the engine knows about job `id`, as `by` may see it.
     ///
     /// # Errors
     ///
     /// [`SubmitError::UnknownJob`] when it has no record of it.
-    pub async fn status(&self, id: JobId) -> Result<JobSummary, SubmitError> {
+    pub async fn status(&self, id: JobId, by: Caller) -> Result<JobSummary, SubmitError> {
         let (reply, answer) = oneshot::channel();
-        let mut found = self.request(Command::Status { id, reply }, answer).await?;
+        let mut found = self
+            .request(Command::Status { id, by, reply }, answer)
+            .await?;
         found.pop().ok_or(SubmitError::UnknownJob(id))
     }
 
-    /// Cancels job `id` on behalf of `by`, who must be one of its owners (the submitter or a
-    /// merged waiter) or root. A queued job is taken out of the queue and ends `cancelled` at
-    /// once; a running one is stopped and ends `cancelled` when its processes are gone.
-    /// Returns the job as it is after the request.
+    /// Cancels job `id` on behalf of `by`. Its owner or an admin cancels it for everybody: a
+    /// queued job leaves the queue and ends `cancelled` at once, a running one is stopped and
+    /// ends `cancelled` when its processes are gone. A waiter merged into it withdraws
+    /// instead: the job goes on for the others.
     ///
     /// # Errors
     ///
     /// [`SubmitError::NotPermitted`], [`SubmitError::UnknownJob`], or
     /// [`SubmitError::AlreadyFinished`].
-    pub async fn cancel(&self, id: JobId, by: Identity) -> Result<JobSummary, SubmitError> {
+    pub async fn cancel(&self, id: JobId, by: Caller) -> Result<Cancelled, SubmitError> {
         let (reply, answer) = oneshot::channel();
-        let mut found = self
-            .request(Command::Cancel { id, by, reply }, answer)
-            .await?;
-        found.pop().ok_or(SubmitError::UnknownJob(id))
+        self.request(Command::Cancel { id, by, reply }, answer)
+            .await
     }
 
-    /// Opens job `id`'s output for `by`, who must be one of its owners or root.
+    /// Opens job `id`'s output for `by`, who must be its owner or an admin.
     ///
     /// # Errors
     ///
     /// [`SubmitError::NotPermitted`] or [`SubmitError::UnknownJob`].
-    pub async fn open_log(&self, id: JobId, by: Identity) -> Result<LogAccess, SubmitError> {
+    pub async fn open_log(&self, id: JobId, by: Caller) -> Result<LogAccess, SubmitError> {
         let (reply, answer) = oneshot::channel();
         self.request(Command::OpenLog { id, by, reply }, answer)
             .await
+    }
+
+    /// Resolves once the engine has stopped (after [`shutdown`](Self::shutdown), or when it
+    /// failed).
+    pub async fn stopped(&self) {
+        self.commands.closed().await;
     }
 
     async fn request<T>(
@@ -315,8 +427,19 @@ pub enum SubmitError {
         reason: String,
     },
     /// The job could not be recorded in the store, so it was not accepted.
-    #[error("the job could not be recorded: {0}")]
-    Store(#[source] StoreError),
+    #[error("the job store failed: {0}")]
+    Store(StoreError),
+    /// The requester has too much queued or kept on this server.
+    #[error("over quota: {reason}")]
+    OverQuota {
+        /// Which limit, and what to do.
+        reason: String,
+    },
+    /// The same request (the same credential) was already served.
+    #[error(
+        "this exact request was already received once: a replayed request is never served twice"
+    )]
+    Replayed,
     /// No job with this id is queued, running or remembered.
     #[error("no job {0} on this server (it may have finished long ago)")]
     UnknownJob(JobId),

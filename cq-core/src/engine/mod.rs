@@ -8,8 +8,8 @@
 mod actor;
 mod handle;
 
-pub use actor::{Engine, EngineConfig, Reviver};
+pub use actor::{Engine, EngineConfig, Reviver, UserLimits};
 pub use handle::{
-    EngineHandle, EngineStopped, JobResult, JobState, JobTicket, LogAccess, ShutdownMode,
-    SubmitError,
+    Caller, Cancelled, EngineHandle, EngineStopped, JobResult, JobState, JobTicket, LogAccess,
+    ShutdownMode, SubmitError, SubmitOptions,
 };

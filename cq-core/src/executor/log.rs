@@ -38,11 +38,13 @@ impl LogFile {
     fn write(&mut self, data: &[u8]) {
         if let Self::Unborn(path) = self {
             use std::os::unix::fs::OpenOptionsExt;
+            // A new file, never an existing one or a symlink: job ids are never reused, so
+            // anything already there was put there by someone else.
             let created = OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&*path);
             *self = match created {
                 Ok(file) => Self::Open(file),
@@ -75,8 +77,9 @@ pub struct LogSink {
 }
 
 impl LogSink {
-    /// A sink for the log file at `path`, which is created (mode 0600, replacing an old one)
-    /// with the first output, and keeps at most `limit` bytes of it.
+    /// A sink for the log file at `path`, which is created with the first output (mode 0600;
+    /// never over an existing file or through a symlink: output is then dropped, with a
+    /// warning), and keeps at most `limit` bytes of it.
     pub fn create(path: &Path, limit: u64) -> Self {
         Self::new(LogFile::Unborn(path.to_owned()), limit)
     }

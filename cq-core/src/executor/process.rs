@@ -1,9 +1,11 @@
-//! Runs commands as local processes, each in its own process group.
+//! Runs commands as local processes, each in its own cgroup (or process group) and session.
 
+use std::collections::BTreeMap;
 use std::io::{self, PipeWriter};
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,12 +13,12 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::net::unix::pipe;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
+use super::cgroup::{CgroupTree, JobCgroup};
+use super::child::{AllowedFile, ChildFailure, ChildSpec, Step, UserSwitch};
 use super::command::Executor;
-use crate::account::Account;
-use crate::auth::Identity;
-use crate::job::{CommandJob, JobContext, JobId};
+use crate::job::{Clearance, CommandJob, JobContext, JobId};
 use crate::outcome::{Outcome, SpawnFailure};
 
 /// How long the log is still copied after the job's processes ended.
@@ -25,51 +27,58 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 /// `PATH` of the base environment when none is configured.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Runs each command as a process-group leader with stdin from `/dev/null`, stdout and
-/// stderr to the job's log, and an environment of a small base (at least `PATH`) plus
+/// The file mode creation mask jobs start with.
+pub const DEFAULT_JOB_UMASK: u32 = 0o022;
+
+/// How jobs are kept together so that nothing of one outlives it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Containment {
+    /// Each job in a cgroup v2 of its own: a job has ended when its cgroup is empty, and
+    /// cancel, timeout and the end of its main process kill the whole cgroup.
+    Cgroup(Arc<CgroupTree>),
+    /// Each job in a session and process group of its own; a process that starts a new
+    /// session escapes.
+    ProcessGroup,
+}
+
+impl Containment {
+    /// Cgroups where this process may make them, process groups otherwise (saying why).
+    pub fn detect() -> (Self, Option<String>) {
+        match CgroupTree::create() {
+            Ok(tree) => (Self::Cgroup(Arc::new(tree)), None),
+            Err(why) => (Self::ProcessGroup, Some(why.to_string())),
+        }
+    }
+
+    /// One line for the start-up log.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Cgroup(tree) => format!("a cgroup per job, in {}", tree.path().display()),
+            Self::ProcessGroup => "a session and process group per job".to_owned(),
+        }
+    }
+}
+
+/// Runs each command as the leader of a new session (no controlling terminal) in its own
+/// cgroup where possible, with only descriptors 0, 1 and 2 (stdin from `/dev/null`, stdout and
+/// stderr to the job's log), and an environment of a small base (at least `PATH`) plus
 /// `CQ_JOB_ID` plus the client's variables.
 ///
-/// The job ends when its main process exits; anything still running in its process group
-/// is then killed, so that a job cannot overlap the next one. On cancel or timeout the group
-/// gets `SIGTERM`, then `SIGKILL` after the grace period.
+/// What a job may do comes with it, in its [`Clearance`]: switched to the account named
+/// there, the process enters the working directory, looks the program up and checks it
+/// against the allowed commands with that account's rights only.
+///
+/// The job ends when its main process exits; anything still running in its cgroup (or
+/// process group) is then killed, so that a job cannot overlap the next one. On cancel or
+/// timeout it gets `SIGTERM`, then `SIGKILL` after the grace period.
 #[derive(Clone, Debug)]
 pub struct ProcessExecutor {
     base_env: Vec<(String, String)>,
     cwd: PathBuf,
     kill_grace: Duration,
-    run_as: RunAs,
-}
-
-/// Whose rights a job runs with.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RunAs {
-    /// The server's own user, whoever asked.
-    #[default]
-    Server,
-    /// The requester's uid, gid and supplementary groups, with its `HOME`, `USER` and
-    /// `LOGNAME`; needs a server running as root. The switch is made by util-linux's
-    /// `setpriv` (at this path) between fork and exec: it sets the groups, which the standard
-    /// library cannot do without `unsafe` code in the child.
-    Requester {
-        /// Path of the `setpriv` program.
-        setpriv: PathBuf,
-    },
-}
-
-impl RunAs {
-    /// Where `setpriv` is on this host, if anywhere in the usual places.
-    pub fn find_setpriv() -> Option<PathBuf> {
-        [
-            "/usr/bin/setpriv",
-            "/bin/setpriv",
-            "/usr/sbin/setpriv",
-            "/sbin/setpriv",
-        ]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-    }
+    umask: u32,
+    containment: Containment,
 }
 
 impl Default for ProcessExecutor {
@@ -78,14 +87,15 @@ impl Default for ProcessExecutor {
             base_env: vec![("PATH".to_owned(), DEFAULT_PATH.to_owned())],
             cwd: PathBuf::from("/"),
             kill_grace: Duration::from_secs(10),
-            run_as: RunAs::Server,
+            umask: DEFAULT_JOB_UMASK,
+            containment: Containment::ProcessGroup,
         }
     }
 }
 
 impl ProcessExecutor {
-    /// An executor with base environment `PATH=`[`DEFAULT_PATH`], working directory `/`
-    /// and a 10 s kill grace period.
+    /// An executor with base environment `PATH=`[`DEFAULT_PATH`], working directory `/`,
+    /// a 10 s kill grace period and process-group containment.
     pub fn new() -> Self {
         Self::default()
     }
@@ -111,100 +121,20 @@ impl ProcessExecutor {
         self
     }
 
-    /// Sets whose rights jobs run with.
+    /// Sets how jobs are contained (see [`Containment::detect`]).
     #[must_use]
-    pub fn with_run_as(mut self, run_as: RunAs) -> Self {
-        self.run_as = run_as;
+    pub fn with_containment(mut self, containment: Containment) -> Self {
+        self.containment = containment;
         self
     }
 
-    /// The account `owner`'s job switches to, or `None` when it runs as this process.
-    fn switch_to(&self, owner: &Identity) -> Result<Option<(Account, &Path)>, Outcome> {
-        let RunAs::Requester { setpriv } = &self.run_as else {
-            return Ok(None);
-        };
-        if owner.uid == nix::unistd::geteuid().as_raw() {
-            return Ok(None);
-        }
-        let account = Account::lookup(owner.uid, owner.gid).map_err(|e| Outcome::SpawnFailed {
-            reason: SpawnFailure::Other,
-            message: e.to_string(),
-        })?;
-        Ok(Some((account, setpriv)))
-    }
-
-    fn spawn(
-        &self,
-        job: &CommandJob,
-        id: JobId,
-        owner: &Identity,
-        output: PipeWriter,
-    ) -> Result<Child, Outcome> {
-        let (program, args) = job.argv.split_first().ok_or_else(|| Outcome::SpawnFailed {
-            reason: SpawnFailure::NotFound,
-            message: "empty command".to_owned(),
-        })?;
-        let cwd = job.cwd.as_deref().map_or(self.cwd.as_path(), Path::new);
-        if !cwd.is_dir() {
-            return Err(Outcome::SpawnFailed {
-                reason: SpawnFailure::NotFound,
-                message: format!(
-                    "working directory {} does not exist on the server",
-                    cwd.display()
-                ),
-            });
-        }
-        let err = output
-            .try_clone()
-            .map_err(|e| other_failure("cannot duplicate the output pipe", &e))?;
-        let switch = self.switch_to(owner)?;
-        let mut command = match &switch {
-            None => Command::new(program),
-            Some((account, setpriv)) => {
-                // setpriv reports a missing program only as exit 127 in the log: look first,
-                // so that the client hears "command not found" as it would without a switch.
-                if job.find_program(self.base_path(), &self.cwd).is_none() {
-                    return Err(spawn_failure(program, &io::ErrorKind::NotFound.into()));
-                }
-                let mut command = Command::new(setpriv);
-                command
-                    .arg(format!("--reuid={}", account.uid))
-                    .arg(format!("--regid={}", account.gid))
-                    .arg(groups_option(&account.groups))
-                    .arg("--")
-                    .arg(program);
-                command
-            }
-        };
-        command
-            .args(args)
-            .env_clear()
-            .envs(self.base_env.iter().map(|(k, v)| (k, v)))
-            .env("CQ_JOB_ID", id.to_string())
-            .envs(job.env.iter().map(|(k, v)| (k, v)));
-        if let Some((account, _)) = &switch {
-            // Last, so that they name the user the job really runs as.
-            command
-                .env("HOME", &account.home)
-                .env("USER", &account.name)
-                .env("LOGNAME", &account.name);
-        }
-        command
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(output)
-            .stderr(err)
-            .process_group(0)
-            .kill_on_drop(true);
-        // Spawning consumes nothing: the command keeps our copies of the pipe's write end,
-        // which must be gone for the log to see end-of-file when the job's processes end.
-        let child = command.spawn().map_err(|e| spawn_failure(program, &e));
-        drop(command);
-        child
+    /// The containment in force.
+    pub fn containment(&self) -> &Containment {
+        &self.containment
     }
 
     /// The base environment's `PATH`.
-    fn base_path(&self) -> &str {
+    pub fn base_path(&self) -> &str {
         self.base_env
             .iter()
             .rev()
@@ -212,15 +142,110 @@ impl ProcessExecutor {
             .map_or(DEFAULT_PATH, |(_, value)| value.as_str())
     }
 
-    /// SIGTERM to the group, SIGKILL after the grace period, and reap the leader.
-    async fn stop(&self, child: &mut Child, group: Pid) {
+    /// The job's whole environment: the base, `CQ_JOB_ID`, the client's variables, and last
+    /// the account's `HOME`, `USER` and `LOGNAME`, so that they name the user the job runs as.
+    fn environment(
+        &self,
+        job: &CommandJob,
+        id: JobId,
+        clearance: &Clearance,
+    ) -> Vec<(String, String)> {
+        let mut env: BTreeMap<&str, &str> = BTreeMap::new();
+        let id = id.to_string();
+        env.extend(self.base_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        env.insert("CQ_JOB_ID", &id);
+        env.extend(job.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let home;
+        if let Some(account) = &clearance.run_as {
+            home = account.home.to_string_lossy();
+            env.insert("HOME", &home);
+            env.insert("USER", &account.name);
+            env.insert("LOGNAME", &account.name);
+        }
+        env.into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    fn spawn(
+        &self,
+        job: &CommandJob,
+        id: JobId,
+        clearance: &Clearance,
+        cgroup: Option<&JobCgroup>,
+        output: PipeWriter,
+    ) -> Result<Child, Outcome> {
+        let program = job.argv.first().cloned().unwrap_or_default();
+        let allowed = clearance.commands.as_deref().map(allowed_files);
+        let cgroup_procs = match cgroup.map(JobCgroup::procs_for_child).transpose() {
+            Ok(fd) => fd,
+            Err(e) => return Err(other_failure("cannot open the job's cgroup", &e)),
+        };
+        let spec = ChildSpec {
+            argv: job.argv.clone(),
+            env: self.environment(job, id, clearance),
+            candidates: job.program_candidates(self.base_path()),
+            allowed,
+            cwd: job
+                .cwd
+                .as_ref()
+                .map_or_else(|| self.cwd.clone(), PathBuf::from),
+            user: clearance.run_as.as_ref().map(|a| UserSwitch {
+                uid: a.uid,
+                gid: a.gid,
+                groups: a.groups.clone(),
+            }),
+            cgroup_procs,
+            umask: self.umask,
+        };
+        let cwd = spec.cwd.clone();
+        let err = output
+            .try_clone()
+            .map_err(|e| other_failure("cannot duplicate the output pipe", &e))?;
+        let mut command = spec
+            .into_command()
+            .map_err(|e| other_failure("cannot prepare the job", &e))?;
+        command
+            .stdin(Stdio::null())
+            .stdout(output)
+            .stderr(err)
+            .kill_on_drop(true);
+        // Spawning consumes nothing: the command keeps our copies of the pipe's write end,
+        // which must be gone for the log to see end-of-file when the job's processes end.
+        let child = command
+            .spawn()
+            .map_err(|e| spawn_failure(&program, &cwd, &e));
+        drop(command);
+        child
+    }
+
+    /// Ends the job: `SIGTERM` to all of it, `SIGKILL` after the grace period, and reaps the
+    /// leader.
+    async fn stop(&self, child: &mut Child, group: Pid, cgroup: Option<&JobCgroup>) {
         signal_group(group, Signal::SIGTERM);
-        if tokio::time::timeout(self.kill_grace, child.wait())
+        if let Some(cgroup) = cgroup {
+            cgroup.signal(Signal::SIGTERM);
+        }
+        let everything_gone = async {
+            let _ = child.wait().await;
+            if let Some(cgroup) = cgroup {
+                let _ = cgroup.emptied().await;
+            }
+        };
+        if tokio::time::timeout(self.kill_grace, everything_gone)
             .await
             .is_err()
         {
-            signal_group(group, Signal::SIGKILL);
+            self.kill_rest(group, cgroup);
             let _ = child.wait().await;
+        }
+    }
+
+    /// Kills whatever is left of the job.
+    fn kill_rest(&self, group: Pid, cgroup: Option<&JobCgroup>) {
+        signal_group(group, Signal::SIGKILL);
+        if let Some(cgroup) = cgroup {
+            cgroup.kill();
         }
     }
 }
@@ -230,17 +255,25 @@ impl Executor for ProcessExecutor {
     async fn run(&self, job: &CommandJob, ctx: JobContext) -> Outcome {
         let JobContext {
             id,
-            owner,
+            clearance,
             mut log,
             cancel,
+            ..
         } = ctx;
+        let cgroup = match &self.containment {
+            Containment::Cgroup(tree) => match tree.job(id) {
+                Ok(cgroup) => Some(cgroup),
+                Err(e) => return other_failure("cannot create the job's cgroup", &e),
+            },
+            Containment::ProcessGroup => None,
+        };
         // Output goes through a pipe, not straight to the file, so that the log can be capped
         // and followed live.
         let (reader, writer) = match std::io::pipe() {
             Ok(pipe) => pipe,
             Err(e) => return other_failure("cannot create the output pipe", &e),
         };
-        let mut child = match self.spawn(job, id, &owner, writer) {
+        let mut child = match self.spawn(job, id, &clearance, cgroup.as_ref(), writer) {
             Ok(child) => child,
             Err(outcome) => return outcome,
         };
@@ -271,25 +304,29 @@ impl Executor for ProcessExecutor {
                 Err(e) => other_failure("cannot wait for the job's process", &e),
             },
             () = cancel.cancelled() => {
-                self.stop(&mut child, group).await;
+                self.stop(&mut child, group, cgroup.as_ref()).await;
                 Outcome::Cancelled
             }
             () = time_limit => {
-                self.stop(&mut child, group).await;
+                self.stop(&mut child, group, cgroup.as_ref()).await;
                 Outcome::TimedOut
             }
         };
-        // The leader is reaped; whatever it left behind in its group must not run into the
-        // next job.
-        signal_group(group, Signal::SIGKILL);
-        // Copy what is still in the pipe. A process that left the group (setsid) may hold it
-        // open: its output is not waited for.
+        // The leader is reaped; whatever it left behind must not run into the next job.
+        self.kill_rest(group, cgroup.as_ref());
+        if let Some(cgroup) = &cgroup
+            && let Err(e) = cgroup.emptied().await
+        {
+            tracing::warn!(job = %id, error = %e, "cannot wait for the job's cgroup to empty");
+        }
+        // Copy what is still in the pipe. Without a cgroup, a process that left the group
+        // (setsid) may hold it open: its output is not waited for.
         match tokio::time::timeout(OUTPUT_DRAIN, &mut copying).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::warn!(job = %id, error = %e, "cannot write the job's log"),
             Ok(Err(e)) => tracing::warn!(job = %id, error = %e, "the log copier failed"),
             Err(_) => {
-                tracing::info!(job = %id, "a process that left the job's group still holds its output; log closed");
+                tracing::info!(job = %id, "a process that left the job still holds its output; log closed");
                 copying.abort();
             }
         }
@@ -297,17 +334,27 @@ impl Executor for ProcessExecutor {
     }
 }
 
-fn groups_option(groups: &[u32]) -> String {
-    if groups.is_empty() {
-        return "--clear-groups".to_owned();
-    }
-    let list: Vec<String> = groups.iter().map(u32::to_string).collect();
-    format!("--groups={}", list.join(","))
+/// The allowed commands as the child compares them: by device and inode, run by their own
+/// (canonical) path. Entries that do not exist (now) allow nothing.
+fn allowed_files(commands: &[PathBuf]) -> Vec<AllowedFile> {
+    use std::os::unix::fs::MetadataExt;
+    commands
+        .iter()
+        .filter_map(|path| {
+            let canonical = path.canonicalize().ok()?;
+            let meta = std::fs::metadata(&canonical).ok()?;
+            Some(AllowedFile {
+                dev: meta.dev(),
+                ino: meta.ino(),
+                path: canonical,
+            })
+        })
+        .collect()
 }
 
 fn signal_group(group: Pid, signal: Signal) {
     match killpg(group, signal) {
-        Ok(()) | Err(Errno::ESRCH) => {}
+        Ok(()) | Err(Errno::ESRCH | Errno::EPERM) => {}
         Err(e) => {
             tracing::warn!(%group, ?signal, error = %e, "cannot signal the job's process group")
         }
@@ -326,17 +373,44 @@ fn exit_outcome(status: ExitStatus) -> Outcome {
     }
 }
 
-fn spawn_failure(program: &str, err: &io::Error) -> Outcome {
+/// What a failed spawn tells the client. The child did everything as the requester, so the
+/// messages say only what the requester could have found out itself.
+fn spawn_failure(program: &str, cwd: &std::path::Path, err: &io::Error) -> Outcome {
+    let Some(failure) = ChildFailure::from_spawn_error(err) else {
+        return other_failure(&format!("cannot start {program}"), err);
+    };
+    let os = failure.error();
+    let (reason, message) = match failure.step {
+        Step::WorkingDirectory => (
+            kind_of(&os),
+            format!("cannot enter the working directory {}: {os}", cwd.display()),
+        ),
+        Step::Lookup if os.kind() == io::ErrorKind::NotFound => (
+            SpawnFailure::NotFound,
+            format!("command not found: {program}"),
+        ),
+        Step::Lookup | Step::Exec => (kind_of(&os), format!("cannot run {program}: {os}")),
+        Step::NotAllowed => (
+            SpawnFailure::NotPermitted,
+            format!("{program} is not among the commands this server runs (policy commands)"),
+        ),
+        Step::User => (
+            SpawnFailure::Other,
+            format!("cannot switch to the requester's account: {os}"),
+        ),
+        Step::Session | Step::Cgroup | Step::Descriptors => (
+            SpawnFailure::Other,
+            format!("cannot set up the job's process: {os}"),
+        ),
+    };
+    Outcome::SpawnFailed { reason, message }
+}
+
+fn kind_of(err: &io::Error) -> SpawnFailure {
     match err.kind() {
-        io::ErrorKind::NotFound => Outcome::SpawnFailed {
-            reason: SpawnFailure::NotFound,
-            message: format!("command not found: {program}"),
-        },
-        io::ErrorKind::PermissionDenied => Outcome::SpawnFailed {
-            reason: SpawnFailure::PermissionDenied,
-            message: format!("permission denied: {program}"),
-        },
-        _ => other_failure(&format!("cannot start {program}"), err),
+        io::ErrorKind::NotFound => SpawnFailure::NotFound,
+        io::ErrorKind::PermissionDenied => SpawnFailure::PermissionDenied,
+        _ => SpawnFailure::Other,
     }
 }
 
@@ -355,11 +429,12 @@ mod tests {
     use crate::executor::LogSink;
     use crate::job::JobId;
 
-    fn ctx(log: &Path) -> (JobContext, CancellationToken) {
+    fn ctx(log: &std::path::Path) -> (JobContext, CancellationToken) {
         let cancel = CancellationToken::new();
         let ctx = JobContext {
             id: JobId(7),
-            owner: Identity::local(),
+            owner: crate::auth::Identity::local(),
+            clearance: Clearance::default(),
             log: LogSink::create(log, 1 << 20),
             cancel: cancel.clone(),
         };

@@ -2,10 +2,12 @@
 
 use std::io;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::length_delimited::LengthDelimitedCodecError;
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
@@ -14,10 +16,39 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 /// allocate per connection.
 pub const MAX_FRAME: usize = 1024 * 1024;
 
+/// How much a server buffers for frames it has not authenticated yet: frames up to `free`
+/// bytes cost nothing, larger ones draw their announced length from one pool that all
+/// connections share, before anything is allocated. A peer that announces a large frame and
+/// sends it slowly holds its share of the pool, never more; when the pool is spent, large
+/// frames are refused ([`FrameError::Busy`]) until shares come back.
+#[derive(Clone, Debug)]
+pub struct ReadBudget {
+    free: usize,
+    pool: Arc<Semaphore>,
+}
+
+impl ReadBudget {
+    /// Frames up to `free` bytes are free; larger ones share `pool` bytes.
+    pub fn new(free: usize, pool: usize) -> Self {
+        Self {
+            free,
+            pool: Arc::new(Semaphore::new(pool.min(Semaphore::MAX_PERMITS))),
+        }
+    }
+
+    /// Bytes of the pool not held now.
+    pub fn available(&self) -> usize {
+        self.pool.available_permits()
+    }
+}
+
 /// Decodes frames into `In` and encodes `Out` into frames.
 #[derive(Debug)]
 pub struct FrameCodec<In, Out> {
     length: LengthDelimitedCodec,
+    budget: Option<ReadBudget>,
+    /// The share of the budget the frame being read holds.
+    held: Option<OwnedSemaphorePermit>,
     types: PhantomData<fn(Out) -> In>,
 }
 
@@ -35,7 +66,37 @@ impl<In, Out> FrameCodec<In, Out> {
             .new_codec();
         Self {
             length,
+            budget: None,
+            held: None,
             types: PhantomData,
+        }
+    }
+
+    /// Reads large frames only within `budget`.
+    #[must_use]
+    pub fn with_budget(mut self, budget: ReadBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Before the length codec reserves a large frame's announced length, takes that much
+    /// from the budget.
+    fn reserve_budget(&mut self, src: &BytesMut) -> Result<(), FrameError> {
+        let (Some(budget), None, Some(header)) = (&self.budget, &self.held, src.get(..4)) else {
+            return Ok(());
+        };
+        let announced = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if announced <= budget.free || announced > self.max_frame() {
+            // Free, or refused by the length codec below.
+            return Ok(());
+        }
+        let share = u32::try_from(announced).unwrap_or(u32::MAX);
+        match budget.pool.clone().try_acquire_many_owned(share) {
+            Ok(permit) => {
+                self.held = Some(permit);
+                Ok(())
+            }
+            Err(_) => Err(FrameError::Busy),
         }
     }
 
@@ -69,10 +130,14 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
+        self.reserve_budget(src)?;
         match self.length.decode(src) {
-            Ok(Some(frame)) => postcard::from_bytes(&frame)
-                .map(Some)
-                .map_err(FrameError::Malformed),
+            Ok(Some(frame)) => {
+                let item = postcard::from_bytes(&frame).map_err(FrameError::Malformed);
+                drop(frame);
+                self.held = None;
+                item.map(Some)
+            }
             Ok(None) => Ok(None),
             Err(err) => Err(self.map_length_error(err)),
         }
@@ -122,6 +187,9 @@ pub enum FrameError {
     /// Reading or writing the connection failed.
     #[error("connection error: {0}")]
     Io(#[from] io::Error),
+    /// The server has no room for a frame this large now; try again later.
+    #[error("the server is busy reading other large requests; try again later")]
+    Busy,
 }
 
 #[cfg(test)]
@@ -129,9 +197,10 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::job::SubmitKey;
     use crate::job::{CommandJob, JobId};
     use crate::outcome::{Outcome, SpawnFailure};
-    use crate::protocol::{Action, ErrorCode, Event, Nonce, Reply, Request};
+    use crate::protocol::{Action, ErrorCode, Event, Nonce, Reply, Request, RequestDigest};
 
     fn encode<T: Serialize + Clone>(items: &[T]) -> BytesMut {
         let mut codec = FrameCodec::<(), T>::new();
@@ -190,7 +259,10 @@ mod tests {
                 timeout_ms,
             });
         let action = prop_oneof![
-            job.prop_map(|job| Action::Submit { job }),
+            (job, any::<[u8; 16]>()).prop_map(|(job, key)| Action::Submit {
+                job,
+                key: SubmitKey(key)
+            }),
             any::<u64>().prop_map(|id| Action::Watch { job: JobId(id) }),
         ];
         // Only address and port travel: serde drops IPv6 flow info and scope id.
@@ -226,9 +298,10 @@ mod tests {
                 }
             }),
             any::<u64>().prop_map(|id| Event::Started { job: JobId(id) }),
+            any::<u64>().prop_map(|id| Event::Withdrawn { job: JobId(id) }),
         ];
-        (any::<[u8; 16]>(), event).prop_map(|(nonce, event)| Reply {
-            nonce: Nonce(nonce),
+        (any::<[u8; 32]>(), event).prop_map(|(digest, event)| Reply {
+            request: RequestDigest(digest),
             event,
         })
     }
@@ -271,6 +344,33 @@ mod tests {
         assert!(
             buf.capacity() < 1024,
             "the codec must not reserve the announced length"
+        );
+    }
+
+    #[test]
+    fn large_frames_draw_on_a_shared_budget_before_anything_is_reserved() {
+        let budget = ReadBudget::new(100, 1000);
+        let mut first = FrameCodec::<Request, ()>::new().with_budget(budget.clone());
+        let mut second = FrameCodec::<Request, ()>::new().with_budget(budget.clone());
+        let mut small = FrameCodec::<Request, ()>::new().with_budget(budget.clone());
+        let header = |n: u32| BytesMut::from(&n.to_be_bytes()[..]);
+        assert!(first.decode(&mut header(800)).unwrap().is_none());
+        assert_eq!(budget.available(), 200, "the announced length is held");
+        let mut refused = header(800);
+        assert!(matches!(second.decode(&mut refused), Err(FrameError::Busy)));
+        assert!(
+            refused.capacity() < 800,
+            "nothing reserved for a refused frame"
+        );
+        assert!(
+            small.decode(&mut header(50)).unwrap().is_none(),
+            "small frames are free"
+        );
+        drop(first);
+        assert_eq!(
+            budget.available(),
+            1000,
+            "a connection that goes returns its share"
         );
     }
 

@@ -9,7 +9,10 @@ pub const MAGIC: [u8; 4] = *b"CQUE";
 /// limits in milliseconds.
 /// 3: the server's hello is followed by its uid; a request's credential may carry a
 /// [`ReplyKey`](crate::auth::ReplyKey), and the replies are then tagged with it.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: replies name the [`RequestDigest`](super::RequestDigest) of the request they answer
+/// (not a nonce the client chose); `Submit` carries an idempotency key; `Jobs` comes in
+/// pages; `Withdrawn`; error codes `over-quota` and `replayed`.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Length of an encoded [`Hello`].
 pub const HELLO_LEN: usize = 8;

@@ -4,8 +4,9 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
-use crate::job::{CommandJob, JobId, JobSummary};
+use crate::job::{CommandJob, JobId, JobSummary, SubmitKey};
 use crate::outcome::Outcome;
 
 /// Every frame after the hello: a signed body.
@@ -38,13 +39,35 @@ impl Nonce {
     }
 }
 
+/// Names one request exactly: a SHA-256 digest of its body and of the credential that came
+/// with it. Every reply carries the digest of the request it answers, so that a reply made
+/// for another request (another user's, or an earlier one of the same user) is refused: even
+/// the same body sent again with another credential is another request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestDigest(pub [u8; 32]);
+
+impl RequestDigest {
+    /// The digest of replies that answer no request the server could authenticate.
+    pub const NONE: RequestDigest = RequestDigest([0; 32]);
+
+    /// The digest of the request made of `body` and `credential`.
+    pub fn of(body: &[u8], credential: &[u8]) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(b"cq-request-v1\0");
+        hasher.update((body.len() as u64).to_be_bytes());
+        hasher.update(body);
+        hasher.update(credential);
+        Self(hasher.finalize().into())
+    }
+}
+
 /// A client's request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     /// The server address the client dialled; a server refuses requests meant for another.
     /// Only the address and port travel (IPv6 flow info and scope id do not).
     pub destination: Option<SocketAddr>,
-    /// Fresh per request; echoed in every reply.
+    /// Fresh per request, so that no two requests are alike.
     pub nonce: Nonce,
     /// What the client wants.
     pub action: Action,
@@ -57,8 +80,12 @@ pub enum Action {
     Submit {
         /// The command.
         job: CommandJob,
+        /// The submission's idempotency key, the same for every retry of it: a retry after a
+        /// lost acknowledgement re-attaches to the job the first attempt queued.
+        key: SubmitKey,
     },
-    /// Report the events of an existing job (re-attach after a dropped connection).
+    /// Report the events of an existing job (re-attach after a dropped connection). Its owner,
+    /// waiters merged into it and admins may.
     Watch {
         /// The job.
         job: JobId,
@@ -70,14 +97,14 @@ pub enum Action {
         /// The job.
         job: JobId,
     },
-    /// Cancel a job: a queued one is removed, a running one is stopped (its process group gets
-    /// SIGTERM, then SIGKILL). Its owners and root may do this.
+    /// Cancel a job: a queued one is removed, a running one is stopped (all its processes get
+    /// SIGTERM, then SIGKILL). Its owner and admins may; a merged waiter withdraws instead.
     Cancel {
         /// The job.
         job: JobId,
     },
     /// Send the job's output from the start; with `follow`, go on live until the job ends.
-    /// Its owners and root may.
+    /// Its owner and admins may.
     Log {
         /// The job.
         job: JobId,
@@ -90,8 +117,9 @@ pub enum Action {
 /// A server's reply to one request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
-    /// The nonce of the request this answers, or [`Nonce::NONE`].
-    pub nonce: Nonce,
+    /// The request this answers, or [`RequestDigest::NONE`] (an error before the request
+    /// could be authenticated: it triggers nothing).
+    pub request: RequestDigest,
     /// What happened.
     pub event: Event,
 }
@@ -129,10 +157,12 @@ pub enum Event {
         /// The job.
         job: JobId,
     },
-    /// The answer to `List`, `Status` and `Cancel`.
+    /// The answer to `List`, `Status` and `Cancel`, in pages that each fit a frame.
     Jobs {
         /// The jobs: running first, then queued in order, then finished, newest first.
         jobs: Vec<JobSummary>,
+        /// Whether another page follows.
+        more: bool,
     },
     /// A piece of the job's output (answer to `Log`), in order.
     Output {
@@ -146,6 +176,27 @@ pub enum Event {
         /// The job.
         job: JobId,
     },
+    /// The answer to `Cancel` by a waiter merged into the job: it no longer waits for it;
+    /// the job goes on for its owner.
+    Withdrawn {
+        /// The job.
+        job: JobId,
+    },
+}
+
+impl Event {
+    /// The job the event is about, for events that are about one.
+    pub fn job(&self) -> Option<JobId> {
+        match self {
+            Self::Accepted { job, .. }
+            | Self::Finished { job, .. }
+            | Self::Started { job }
+            | Self::Output { job, .. }
+            | Self::LogEnd { job }
+            | Self::Withdrawn { job } => Some(*job),
+            Self::Error { .. } | Self::Jobs { .. } => None,
+        }
+    }
 }
 
 /// A stable error code on the wire. Codes are never reused; unknown codes from newer servers
@@ -176,12 +227,17 @@ impl ErrorCode {
     pub const SHUTTING_DOWN: Self = Self(10);
     /// The peer sent nothing in time.
     pub const TIMEOUT: Self = Self(11);
-    /// A request arrived while another was still being answered.
+    /// The server cannot take this request now (e.g. no room for a large request); trying
+    /// again later may succeed.
     pub const BUSY: Self = Self(12);
     /// The server failed internally; its log says more.
     pub const INTERNAL: Self = Self(13);
     /// The requester may not do this to this job.
     pub const NOT_PERMITTED: Self = Self(14);
+    /// The requester has too much queued or kept on the server.
+    pub const OVER_QUOTA: Self = Self(15);
+    /// The request was already received once.
+    pub const REPLAYED: Self = Self(16);
 
     /// A short name for the code.
     pub fn name(self) -> &'static str {
@@ -200,6 +256,8 @@ impl ErrorCode {
             12 => "busy",
             13 => "internal",
             14 => "not-permitted",
+            15 => "over-quota",
+            16 => "replayed",
             _ => "unknown-error",
         }
     }

@@ -13,16 +13,20 @@
 //!    checked before anything is allocated. Every frame is an [`Envelope`]: a body and a
 //!    credential made for exactly those body bytes.
 //! 3. **Request.** The client sends one [`Request`]: the server address it dialled, a fresh
-//!    random [`Nonce`] and an [`Action`] (submit a job, or watch an existing one). Its
-//!    credential binds the whole request, so it cannot be attached to another request or
-//!    replayed to another server. It may also carry a [`ReplyKey`](crate::auth::ReplyKey)
-//!    that only the server's uid can read.
-//! 4. **Replies.** The server answers with [`Reply`]s that carry the request's nonce and an
-//!    [`Event`]: `Accepted`, then `Started`, then `Finished`, or an `Error` with a stable
-//!    [`ErrorCode`]. Each reply is authenticated, so the client believes an outcome only if
-//!    the server really sent it for this request: with the request's reply key, the
-//!    credential field holds HMAC-SHA256 over the reply's position (0, 1, ...) and bytes;
-//!    otherwise it is the server's own credential for the reply.
+//!    random [`Nonce`] and an [`Action`] (submit a job with its idempotency key, watch an
+//!    existing one, ...). Its credential binds the whole request, so it cannot be attached
+//!    to another request or replayed to another server; the server also refuses the same
+//!    request (the same credential) a second time, across restarts, until the credential
+//!    expires. The credential may carry a [`ReplyKey`](crate::auth::ReplyKey) that only the
+//!    server's uid can read.
+//! 4. **Replies.** The server answers with [`Reply`]s that carry the [`RequestDigest`] of
+//!    the request they answer (its body and credential) and an [`Event`]: `Accepted`, then
+//!    `Started`, then `Finished`, or an `Error` with a stable [`ErrorCode`]. Each reply is
+//!    authenticated, so the client believes an outcome only if the server really sent it
+//!    for this very request, about its own job: with the request's reply key, the
+//!    credential field holds HMAC-SHA256 over the reply's position (0, 1, ...) and bytes,
+//!    and nothing else is accepted; otherwise it is the server's own credential for the
+//!    reply.
 //! 5. The client may send another request on the same connection after `Finished`, or close.
 //!
 //! A dropped connection loses nothing on the server: the job keeps its place, and a client
@@ -36,9 +40,9 @@ mod hello;
 mod message;
 mod refusal;
 
-pub use codec::{FrameCodec, FrameError, MAX_FRAME};
+pub use codec::{FrameCodec, FrameError, MAX_FRAME, ReadBudget};
 pub use hello::{
     HELLO_LEN, Hello, HelloError, MAGIC, PROTOCOL_VERSION, Role, SERVER_UID_LEN, server_greeting,
 };
-pub use message::{Action, Envelope, ErrorCode, Event, Nonce, Reply, Request};
+pub use message::{Action, Envelope, ErrorCode, Event, Nonce, Reply, Request, RequestDigest};
 pub use refusal::plain_refusal;

@@ -2,7 +2,7 @@
 
 use super::codec::FrameCodec;
 use super::hello::server_greeting;
-use super::message::{Envelope, ErrorCode, Event, Nonce, Reply};
+use super::message::{Envelope, ErrorCode, Event, Reply, RequestDigest};
 
 /// The bytes of a server greeting followed by one unsigned error frame: what a server sends to a
 /// peer it will not serve at all, e.g. a plain-text cq client that reached a TLS port. The
@@ -11,7 +11,7 @@ pub fn plain_refusal(code: ErrorCode, message: &str) -> Vec<u8> {
     use tokio_util::codec::Encoder;
     let mut out = bytes::BytesMut::from(&server_greeting()[..]);
     let reply = Reply {
-        nonce: Nonce::NONE,
+        request: RequestDigest::NONE,
         event: Event::Error {
             code,
             message: message.to_owned(),

@@ -24,12 +24,12 @@ pub struct JobInfo {
 impl JobInfo {
     /// Whether `other` does the same work: the same command line, working directory and
     /// environment (as a set: order and repeated names do not matter, the last value wins),
-    /// for the same user and group. In-process jobs never do the same work as anything.
+    /// for the same user (its groups come from the account database, so the uid decides).
+    /// In-process jobs never do the same work as anything.
     pub fn same_work(&self, other: &JobInfo) -> bool {
         match (&self.command, &other.command) {
             (Some(a), Some(b)) => {
                 self.owner.uid == other.owner.uid
-                    && self.owner.gid == other.owner.gid
                     && a.argv == b.argv
                     && a.cwd == b.cwd
                     && environment(a) == environment(b)
@@ -45,7 +45,6 @@ impl JobInfo {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (
             self.owner.uid,
-            self.owner.gid,
             &command.argv,
             &command.cwd,
             environment(command),

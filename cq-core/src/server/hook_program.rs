@@ -15,22 +15,33 @@
 //!
 //! A program that fails, exceeds its time limit (it is then killed) or answers anything else
 //! gets the fallback decision instead, and the reason is logged: a broken hook never wedges
-//! the server.
+//! the server. A configured hook is a policy, so the fallback an admin should choose is to
+//! reject. Only a few hooks run at once (more submissions wait for a turn, within the same
+//! time limit), each in a new session with only descriptors 0–2, a clean environment, and,
+//! when given one, an unprivileged account's rights.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
 
+use crate::account::Account;
 use crate::auth::Identity;
+use crate::executor::child::{ChildSpec, UserSwitch};
+use crate::executor::{DEFAULT_JOB_UMASK, DEFAULT_PATH};
 use crate::job::{CommandJob, JobId, JobPhase, JobSummary};
 use crate::scheduler::Decision;
 
 /// Most bytes read from a hook's answer.
 const ANSWER_LIMIT: u64 = 64 * 1024;
+
+/// Hooks that run at once unless set otherwise.
+pub const DEFAULT_HOOK_CONCURRENCY: usize = 4;
 
 /// Runs an external program on every submission.
 #[derive(Clone, Debug)]
@@ -38,6 +49,8 @@ pub struct HookProgram {
     path: PathBuf,
     time_limit: Duration,
     fallback: Decision,
+    run_as: Option<Account>,
+    turns: Arc<Semaphore>,
 }
 
 #[derive(Serialize)]
@@ -75,13 +88,31 @@ enum HookAnswer {
 }
 
 impl HookProgram {
-    /// Runs `path` with a time limit; `fallback` is the decision when it fails.
+    /// Runs `path` with a time limit; `fallback` is the decision when it fails. It runs as
+    /// this process's user unless [`run_as`](Self::run_as) says otherwise, and at most
+    /// [`DEFAULT_HOOK_CONCURRENCY`] at once.
     pub fn new(path: impl Into<PathBuf>, time_limit: Duration, fallback: Decision) -> Self {
         Self {
             path: path.into(),
             time_limit,
             fallback,
+            run_as: None,
+            turns: Arc::new(Semaphore::new(DEFAULT_HOOK_CONCURRENCY)),
         }
+    }
+
+    /// Runs the hook with `account`'s rights (e.g. `nobody`), not the server's.
+    #[must_use]
+    pub fn run_as(mut self, account: Account) -> Self {
+        self.run_as = Some(account);
+        self
+    }
+
+    /// Runs at most `hooks` at once.
+    #[must_use]
+    pub fn with_concurrency(mut self, hooks: usize) -> Self {
+        self.turns = Arc::new(Semaphore::new(hooks.max(1)));
+        self
     }
 
     /// Asks the program about `job`, submitted by `owner`, given the `queue` (jobs that are
@@ -92,7 +123,17 @@ impl HookProgram {
         owner: &Identity,
         queue: &[JobSummary],
     ) -> Decision {
-        match self.ask(job, owner, queue).await {
+        // Waiting for a turn counts against the time limit too: under a flood, submissions
+        // get the fallback rather than an unbounded wait (or an unbounded number of hooks).
+        let deadline = tokio::time::Instant::now() + self.time_limit;
+        let asked = match tokio::time::timeout_at(deadline, self.turns.acquire()).await {
+            Ok(Ok(_turn)) => self.ask(job, owner, queue, deadline).await,
+            _ => Err(format!(
+                "no turn within {:?}: other submissions' hooks were running",
+                self.time_limit
+            )),
+        };
+        match asked {
             Ok(decision) => decision,
             Err(why) => {
                 tracing::warn!(hook = %self.path.display(), reason = %why, fallback = ?self.fallback, "submit hook failed");
@@ -106,6 +147,7 @@ impl HookProgram {
         job: &CommandJob,
         owner: &Identity,
         queue: &[JobSummary],
+        deadline: tokio::time::Instant,
     ) -> Result<Decision, String> {
         let input = HookInput {
             job: HookJob {
@@ -135,11 +177,26 @@ impl HookProgram {
         };
         let input =
             serde_json::to_vec(&input).map_err(|e| format!("cannot encode its input: {e}"))?;
-        let mut child = tokio::process::Command::new(&self.path)
+        let spec = ChildSpec {
+            argv: vec![self.path.to_string_lossy().into_owned()],
+            env: vec![("PATH".to_owned(), DEFAULT_PATH.to_owned())],
+            candidates: vec![self.path.clone()],
+            allowed: None,
+            cwd: PathBuf::from("/"),
+            user: self.run_as.as_ref().map(|a| UserSwitch {
+                uid: a.uid,
+                gid: a.gid,
+                groups: a.groups.clone(),
+            }),
+            cgroup_procs: None,
+            umask: DEFAULT_JOB_UMASK,
+        };
+        let mut child = spec
+            .into_command()
+            .map_err(|e| format!("cannot prepare it: {e}"))?
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot run it: {e}"))?;
@@ -162,7 +219,7 @@ impl HookProgram {
             let status = child.wait().await.map_err(|e| e.to_string())?;
             Ok::<_, String>((status, answer))
         };
-        let (status, answer) = match tokio::time::timeout(self.time_limit, conversation).await {
+        let (status, answer) = match tokio::time::timeout_at(deadline, conversation).await {
             Ok(done) => done?,
             Err(_) => {
                 // The whole group: a shell script's children too.

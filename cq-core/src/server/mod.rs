@@ -5,7 +5,8 @@
 
 mod connection;
 mod hook_program;
+mod log_limit;
 mod serve;
 
-pub use hook_program::HookProgram;
+pub use hook_program::{DEFAULT_HOOK_CONCURRENCY, HookProgram};
 pub use serve::{Server, ServerConfig};

@@ -1,7 +1,9 @@
 //! The accept loop and server-wide settings.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -10,23 +12,32 @@ use tokio_util::task::TaskTracker;
 
 use super::connection;
 use super::hook_program::HookProgram;
+use super::log_limit::LogLimiter;
 use crate::auth::{Authenticator, CredentialSource};
-use crate::engine::EngineHandle;
+use crate::engine::{EngineHandle, ShutdownMode};
 use crate::executor::Executor;
 use crate::policy::SharedPolicy;
-use crate::transport::Listener;
+use crate::protocol::ReadBudget;
+use crate::transport::{Listener, PendingConnection};
 
 /// Server settings.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerConfig {
-    /// Time a new connection gets to finish its transport set-up, hello and first request.
+    /// Time a new connection gets, in all, to finish its transport set-up, say hello and
+    /// send its first request.
     pub handshake_timeout: Duration,
     /// Time an idle connection is kept between requests.
     pub idle_timeout: Duration,
     /// Connections served at once; more are closed at once (each costs memory, no thread).
     pub max_connections: usize,
-    /// Time connection tasks get to end after shutdown begins.
+    /// Connections served at once from one peer address.
+    pub max_connections_per_host: usize,
+    /// Frames up to this size cost a connection nothing before it is authenticated.
+    pub free_frame: usize,
+    /// Bytes all unauthenticated frames larger than `free_frame` may hold at once.
+    pub preauth_pool: usize,
+    /// Time connection tasks get to end after the engine stopped.
     pub shutdown_deadline: Duration,
     /// Time limit of jobs that ask for none.
     pub default_time_limit: Option<Duration>,
@@ -51,6 +62,9 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 4096,
+            max_connections_per_host: 256,
+            free_frame: 16 * 1024,
+            preauth_pool: 32 * 1024 * 1024,
             shutdown_deadline: Duration::from_secs(5),
             default_time_limit: None,
             max_time_limit: None,
@@ -67,11 +81,15 @@ pub(super) struct Shared<A, C, E> {
     pub(super) config: ServerConfig,
     pub(super) hook_program: Option<HookProgram>,
     pub(super) policy: Option<SharedPolicy>,
+    pub(super) budget: ReadBudget,
+    /// Log lines about peers that fail before they are authenticated: a flood must not
+    /// flood the log too.
+    pub(super) garbage_log: LogLimiter,
 }
 
 /// Serves the cq protocol on a listener, feeding one engine.
 pub struct Server<A, C, E> {
-    shared: Arc<Shared<A, C, E>>,
+    shared: Shared<A, C, E>,
 }
 
 impl<A, C, E> std::fmt::Debug for Server<A, C, E> {
@@ -103,47 +121,51 @@ impl<A: Authenticator, C: CredentialSource, E: Executor> Server<A, C, E> {
         executor: E,
         config: ServerConfig,
     ) -> Self {
-        let executor = Arc::new(executor);
+        let budget = ReadBudget::new(config.free_frame, config.preauth_pool);
         Self {
-            shared: Arc::new(Shared {
+            shared: Shared {
                 hook_program: None,
                 policy: None,
                 engine,
                 authenticator,
                 signer,
-                executor,
+                executor: Arc::new(executor),
+                budget,
+                garbage_log: LogLimiter::new(),
                 config,
-            }),
+            },
         }
     }
 
     /// Runs `hook` on every submission before the engine's own hooks.
     #[must_use]
     pub fn with_hook_program(mut self, hook: HookProgram) -> Self {
-        if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.hook_program = Some(hook);
-        }
+        self.shared.hook_program = Some(hook);
         self
     }
 
-    /// Checks every submission against `policy` (replaceable while serving) before any hook;
-    /// without one, anybody authenticated may submit anything valid.
+    /// Checks every request against `policy` (replaceable while serving): who may use the
+    /// server, who is an admin, what jobs may hold. Without one, anybody authenticated may
+    /// submit anything valid, and nobody is an admin.
     #[must_use]
     pub fn with_policy(mut self, policy: SharedPolicy) -> Self {
-        if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.policy = Some(policy);
-        }
+        self.shared.policy = Some(policy);
         self
     }
 
-    /// Accepts and serves connections until `shutdown` resolves, then stops accepting,
-    /// closes connections (jobs stay queued in the engine) and returns once every
-    /// connection task has ended or the shutdown deadline passed.
+    /// Accepts and serves connections until `shutdown` resolves. Then it stops accepting,
+    /// asks the engine to stop (the running job may finish: stop it sooner with
+    /// [`EngineHandle::shutdown`] and [`ShutdownMode::CancelRunning`]) and keeps serving the
+    /// connections meanwhile, so that the running job's waiters hear its outcome and the
+    /// others are told the server is stopping. Returns once the engine has stopped and every
+    /// connection task has ended (or the shutdown deadline passed).
     pub async fn run<L: Listener>(self, listener: L, shutdown: impl Future<Output = ()>) {
-        let config = &self.shared.config;
+        let shared = Arc::new(self.shared);
+        let config = &shared.config;
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(config.max_connections));
+        let per_host = Arc::new(HostCounts::default());
         let mut backoff = Duration::ZERO;
         tokio::pin!(shutdown);
         loop {
@@ -154,18 +176,33 @@ impl<A: Authenticator, C: CredentialSource, E: Executor> Server<A, C, E> {
             match accepted {
                 Ok(pending) => {
                     backoff = Duration::ZERO;
-                    let Ok(permit) = permits.clone().try_acquire_owned() else {
-                        tracing::warn!(
-                            limit = config.max_connections,
-                            "connection limit reached; closing a new connection"
-                        );
+                    let host = pending.peer_addr().map(|a| a.ip().to_canonical());
+                    let Some(host_slot) = per_host.enter(host, config.max_connections_per_host)
+                    else {
+                        if shared.garbage_log.allow() {
+                            tracing::warn!(
+                                peer = %host.map_or_else(String::new, |h| h.to_string()),
+                                limit = config.max_connections_per_host,
+                                "too many connections from one address; closing a new one"
+                            );
+                        }
                         continue;
                     };
-                    let shared = self.shared.clone();
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        if shared.garbage_log.allow() {
+                            tracing::warn!(
+                                limit = config.max_connections,
+                                "connection limit reached; closing a new connection"
+                            );
+                        }
+                        continue;
+                    };
+                    let shared = shared.clone();
                     let token = token.clone();
                     tracker.spawn(async move {
                         connection::serve(pending, &shared, &token).await;
                         drop(permit);
+                        drop(host_slot);
                     });
                 }
                 Err(e) => {
@@ -178,6 +215,7 @@ impl<A: Authenticator, C: CredentialSource, E: Executor> Server<A, C, E> {
             }
         }
         drop(listener);
+        shared.engine.shutdown(ShutdownMode::FinishRunning).await;
         token.cancel();
         tracker.close();
         if tokio::time::timeout(config.shutdown_deadline, tracker.wait())
@@ -188,6 +226,47 @@ impl<A: Authenticator, C: CredentialSource, E: Executor> Server<A, C, E> {
                 remaining = tracker.len(),
                 "connections still open at the shutdown deadline"
             );
+        }
+    }
+}
+
+/// Connections per peer address.
+#[derive(Debug, Default)]
+struct HostCounts(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection's place in [`HostCounts`], given back on drop.
+struct HostSlot {
+    counts: Arc<HostCounts>,
+    host: IpAddr,
+}
+
+impl HostCounts {
+    /// A slot for one more connection from `host`, if it has fewer than `limit`.
+    fn enter(self: &Arc<Self>, host: Option<IpAddr>, limit: usize) -> Option<Option<HostSlot>> {
+        let Some(host) = host else {
+            return Some(None);
+        };
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(host).or_default();
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(Some(HostSlot {
+            counts: self.clone(),
+            host,
+        }))
+    }
+}
+
+impl Drop for HostSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.host) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.host);
+            }
         }
     }
 }

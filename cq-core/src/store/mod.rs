@@ -12,5 +12,5 @@ mod sqlite;
 
 pub use memory::MemoryStore;
 pub use pending::Pending;
-pub use record::{Recovered, Store, StoreError, StoredJob};
+pub use record::{JobRecord, KnownKey, PrunedJob, Recovered, Store, StoreError, StoredJob};
 pub use sqlite::SqliteStore;

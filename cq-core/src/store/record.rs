@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use crate::auth::Identity;
 use crate::engine::JobResult;
-use crate::job::{CommandJob, JobId, JobSummary};
+use crate::job::{CommandJob, JobId, JobSummary, SubmitKey};
 
 use super::pending::Pending;
 
@@ -19,10 +19,46 @@ pub struct StoredJob {
     pub summary: String,
     /// The command; `None` for in-process jobs, which cannot be run again after a restart.
     pub command: Option<CommandJob>,
+    /// The submission's idempotency key: a retry with the same key (by the same uid)
+    /// re-attaches to this job instead of queueing another.
+    pub key: Option<SubmitKey>,
     /// When it was accepted.
     pub accepted_at: SystemTime,
     /// Submitters merged into it, who wait for it too (filled by recovery).
     pub waiters: Vec<Identity>,
+}
+
+/// A job as the store describes it: its summary, and who besides its owner waits for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRecord {
+    /// The job as listings show it.
+    pub summary: JobSummary,
+    /// The uids of the submitters merged into it.
+    pub waiter_uids: Vec<u32>,
+}
+
+/// A submission's idempotency key as the store recovers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnownKey {
+    /// The submitter.
+    pub uid: u32,
+    /// Its key.
+    pub key: SubmitKey,
+    /// The job it created or was merged into.
+    pub job: JobId,
+    /// Whether it was merged into another submission's job.
+    pub merged: bool,
+}
+
+/// A finished job the store forgot (see [`Store::prune`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrunedJob {
+    /// The job.
+    pub id: JobId,
+    /// Its owner.
+    pub owner_uid: u32,
+    /// The size of the log it kept.
+    pub log_bytes: u64,
 }
 
 /// What a store holds when the server starts.
@@ -34,8 +70,14 @@ pub struct Recovered {
     pub lost: Vec<JobId>,
     /// Jobs that were running and were put back in the queue instead (first in `queued`).
     pub requeued: Vec<JobId>,
-    /// The smallest id never handed out.
+    /// The smallest id never handed out (ids are never reused, even after pruning).
     pub next_id: u64,
+    /// The idempotency keys of the jobs it holds.
+    pub keys: Vec<KnownKey>,
+    /// Digests of requests seen whose credentials have not expired, and until when.
+    pub requests: Vec<([u8; 32], SystemTime)>,
+    /// Bytes of kept logs per owner uid.
+    pub log_bytes: Vec<(u32, u64)>,
 }
 
 /// Durable record of jobs and outcomes. Operations are applied in the order they are called.
@@ -44,26 +86,49 @@ pub trait Store: Send + Sync + 'static {
     /// lost, or put back in the queue when `requeue_running` is set.
     fn recover(&self, requeue_running: bool) -> Pending<Recovered>;
 
-    /// Records an accepted job.
+    /// Records an accepted job (and that its id is used, for good).
     fn insert(&self, job: StoredJob) -> Pending<()>;
 
     /// Records that a job started.
     fn record_start(&self, id: JobId, at: SystemTime) -> Pending<()>;
 
-    /// Records how a job ended.
-    fn record_finish(&self, id: JobId, result: JobResult, at: SystemTime) -> Pending<()>;
+    /// Records how a job ended and how much log it left.
+    fn record_finish(
+        &self,
+        id: JobId,
+        result: JobResult,
+        log_bytes: u64,
+        at: SystemTime,
+    ) -> Pending<()>;
 
-    /// Records one more submitter waiting for job `id` (a merged duplicate).
-    fn add_waiter(&self, id: JobId, waiter: Identity, at: SystemTime) -> Pending<()>;
+    /// Records one more submitter waiting for job `id` (a merged duplicate), with the key of
+    /// its submission.
+    fn add_waiter(
+        &self,
+        id: JobId,
+        waiter: Identity,
+        key: Option<SubmitKey>,
+        at: SystemTime,
+    ) -> Pending<()>;
+
+    /// Forgets the waiters of job `id` with uid `uid` (they withdrew).
+    fn remove_waiter(&self, id: JobId, uid: u32) -> Pending<()>;
 
     /// What the store knows about job `id`, if it still has it.
-    fn describe(&self, id: JobId) -> Pending<Option<JobSummary>>;
+    fn describe(&self, id: JobId) -> Pending<Option<JobRecord>>;
 
     /// The `limit` most recently finished jobs, newest first.
-    fn recent(&self, limit: usize) -> Pending<Vec<JobSummary>>;
+    fn recent(&self, limit: usize) -> Pending<Vec<JobRecord>>;
 
-    /// Forgets jobs that finished before `before`; returns their ids (to delete their logs).
-    fn prune(&self, before: SystemTime) -> Pending<Vec<JobId>>;
+    /// Forgets jobs that finished before `before`; says which (to delete their logs).
+    fn prune(&self, before: SystemTime) -> Pending<Vec<PrunedJob>>;
+
+    /// Records that a request with this digest was served; it is refused as a replay until
+    /// `until` (when its credential expires), across restarts.
+    fn remember_request(&self, digest: [u8; 32], until: SystemTime) -> Pending<()>;
+
+    /// Forgets request digests that expired before `before`.
+    fn forget_requests(&self, before: SystemTime) -> Pending<()>;
 
     /// Resolves once everything enqueued before it is committed.
     fn flush(&self) -> Pending<()>;

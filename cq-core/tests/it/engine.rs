@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use cq_core::scheduler::{Decision, JobInfo, QueueView, SubmitHook};
 use cq_core::{
-    Engine, EngineConfig, Identity, Job, JobContext, JobId, JobState, Outcome, ShutdownMode,
-    SubmitError,
+    Caller, Engine, EngineConfig, Identity, Job, JobContext, JobId, JobState, Outcome,
+    ShutdownMode, SubmitError,
 };
 use tokio::sync::{Mutex, Notify};
 
@@ -110,14 +110,20 @@ async fn finished_jobs_can_still_be_watched_and_unknown_ones_are_named() {
         .unwrap()
         .unwrap();
 
-    let mut late = engine.watch(ticket.id).await.unwrap();
+    let mut late = engine
+        .watch(ticket.id, Caller::user(Identity::local()))
+        .await
+        .unwrap();
     assert_eq!(
         late.finished().await.unwrap(),
         result,
         "a late watcher gets the same outcome"
     );
     assert_eq!(
-        engine.watch(JobId(99)).await.unwrap_err(),
+        engine
+            .watch(JobId(99), Caller::user(Identity::local()))
+            .await
+            .unwrap_err(),
         SubmitError::UnknownJob(JobId(99))
     );
 }

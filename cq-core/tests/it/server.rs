@@ -5,8 +5,8 @@ use cq_core::protocol::ErrorCode;
 use cq_core::scheduler::{Decision, JobInfo, QueueView, SubmitHook};
 use cq_core::transport::{MemoryConnector, memory_transport};
 use cq_core::{
-    AuthError, Client, ClientError, CommandJob, Credential, CredentialSource, Engine, EngineConfig,
-    EngineHandle, JobEvent, JobId, Outcome, Server,
+    AuthError, Caller, Client, ClientError, CommandJob, Credential, CredentialSource, Engine,
+    EngineConfig, EngineHandle, Identity, JobEvent, JobId, Outcome, Server, SubmitKey,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +43,10 @@ async fn a_dropped_client_reattaches_by_id_and_gets_the_outcome() {
     let server = start(Engine::new(EngineConfig::default()).start().await.unwrap());
     server.executor.gate("build");
     let client = client(&server);
-    let mut submission = client.submit(CommandJob::new(["build"])).await.unwrap();
+    let mut submission = client
+        .submit(CommandJob::new(["build"]), SubmitKey::random())
+        .await
+        .unwrap();
     assert_eq!(
         (submission.job, submission.ahead, submission.merged),
         (JobId(1), 0, false)
@@ -114,11 +117,19 @@ async fn refusals_carry_a_code_and_a_reason() {
     );
     let client = client(&server);
 
-    let (code, message) = server_error(client.submit(CommandJob::new(["reboot"])).await);
+    let (code, message) = server_error(
+        client
+            .submit(CommandJob::new(["reboot"]), SubmitKey::random())
+            .await,
+    );
     assert_eq!(code, ErrorCode::REJECTED);
     assert!(message.contains("no reboots during builds"), "{message}");
 
-    let (code, _) = server_error(client.submit(CommandJob::default()).await);
+    let (code, _) = server_error(
+        client
+            .submit(CommandJob::default(), SubmitKey::random())
+            .await,
+    );
     assert_eq!(code, ErrorCode::INVALID_JOB);
 
     let (code, message) = server_error(client.watch(JobId(77)).await);
@@ -141,16 +152,22 @@ impl CredentialSource for WrongSigner {
 async fn a_request_with_a_credential_for_something_else_is_refused() {
     let server = start(Engine::new(EngineConfig::default()).start().await.unwrap());
     let bad = Client::new(server.connector.clone(), WrongSigner, CopyAuth);
-    let (code, _) = server_error(bad.submit(CommandJob::new(["true"])).await);
+    let (code, _) = server_error(
+        bad.submit(CommandJob::new(["true"]), SubmitKey::random())
+            .await,
+    );
     assert_eq!(code, ErrorCode::AUTH_FAILED);
     // The next, honest client is served.
     let honest = client(&server);
-    let ok = honest.submit(CommandJob::new(["true"])).await.unwrap();
+    let ok = honest
+        .submit(CommandJob::new(["true"]), SubmitKey::random())
+        .await
+        .unwrap();
     assert_eq!(ok.job, JobId(1), "the refused request was never queued");
 }
 
 #[tokio::test]
-async fn jobs_stay_queued_when_the_server_stops_listening() {
+async fn a_stopping_server_tells_the_running_jobs_waiter_its_outcome_and_the_others_to_come_back() {
     let engine = Engine::new(EngineConfig::default())
         .start()
         .await
@@ -158,25 +175,40 @@ async fn jobs_stay_queued_when_the_server_stops_listening() {
     let server = start(engine.clone());
     server.executor.gate("long");
     let client = client(&server);
-    let submission = client.submit(CommandJob::new(["long"])).await.unwrap();
+    let running = client
+        .submit(CommandJob::new(["long"]), SubmitKey::random())
+        .await
+        .unwrap();
     let end = server.executor.running("long").await;
+    let queued = client
+        .submit(CommandJob::new(["next"]), SubmitKey::random())
+        .await
+        .unwrap();
     server.stop.cancel();
+    // The queued job's waiter hears at once that the server stops, and may come back.
+    let err = tokio::time::timeout(LIMIT, queued.wait())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("stopping"), "{err}");
+    // The running job's waiter keeps its connection until the outcome is recorded.
+    end.send(Outcome::Exited { code: 0 }).unwrap();
+    let result = tokio::time::timeout(LIMIT, running.wait())
+        .await
+        .unwrap()
+        .expect("the outcome reaches the waiter before the server stops");
+    assert_eq!(result.outcome, Outcome::Exited { code: 0 });
     tokio::time::timeout(LIMIT, server.served)
         .await
         .unwrap()
         .unwrap();
-    let err = tokio::time::timeout(LIMIT, submission.wait())
-        .await
-        .unwrap()
-        .unwrap_err();
-    assert!(matches!(err, ClientError::Closed { .. }), "{err}");
-
-    // The engine still has the job, and finishes it.
-    let mut ticket = engine.watch(JobId(1)).await.unwrap();
-    end.send(Outcome::Exited { code: 0 }).unwrap();
-    assert_eq!(
-        ticket.finished().await.unwrap().outcome,
-        Outcome::Exited { code: 0 }
+    assert!(
+        engine
+            .watch(JobId(2), Caller::user(Identity::local()))
+            .await
+            .is_err(),
+        "the engine has stopped"
     );
 }
 
@@ -212,10 +244,13 @@ async fn a_briefly_busy_credential_service_delays_a_reply_instead_of_spoiling_it
     let stop = CancellationToken::new();
     let served = tokio::spawn(server.run(listener, stop.clone().cancelled_owned()));
     let client = Client::new(connector, CopyAuth, CopyAuth);
-    let submission = tokio::time::timeout(LIMIT, client.submit(CommandJob::new(["true"])))
-        .await
-        .unwrap()
-        .expect("the acceptance arrives, signed, after the signer's busy spell");
+    let submission = tokio::time::timeout(
+        LIMIT,
+        client.submit(CommandJob::new(["true"]), SubmitKey::random()),
+    )
+    .await
+    .unwrap()
+    .expect("the acceptance arrives, signed, after the signer's busy spell");
     assert_eq!(submission.job, JobId(1));
     stop.cancel();
     drop(submission);

@@ -1,7 +1,11 @@
-//! The engine task.
+//! The engine task: the builder, the state it owns, and its loop.
+//!
+//! - `submit.rs`: admission of a submission (idempotency keys, hooks, merges, quotas);
+//! - `lifecycle.rs`: starting, finishing, cancelling and pruning jobs;
+//! - `queries.rs`: what it answers without changing anything.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -10,20 +14,20 @@ use futures_util::future::Shared;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::handle::{
-    Command, EngineHandle, JobResult, JobState, JobTicket, ShutdownMode, SubmitError,
-};
+use super::handle::{Caller, Command, EngineHandle, JobState, ShutdownMode};
 use crate::auth::Identity;
-use crate::executor::{DEFAULT_LOG_LIMIT, LogChunk, LogSink};
-use crate::job::{CommandJob, Job, JobContext, JobId, JobPhase, JobSummary, epoch_ms};
-use crate::outcome::{Outcome, SpawnFailure};
-use crate::scheduler::{
-    AcceptAll, Admission, Decision, JobInfo, Scheduler, SerialScheduler, SubmitHook,
-};
-use crate::store::{MemoryStore, Pending, Store, StoreError, StoredJob};
+use crate::executor::{DEFAULT_LOG_LIMIT, LogChunk};
+use crate::job::{CommandJob, Job, JobId, JobPhase, JobSummary, SubmitKey, epoch_ms};
+use crate::outcome::Outcome;
+use crate::policy::StartCheck;
+use crate::scheduler::{AcceptAll, JobInfo, Scheduler, SerialScheduler, SubmitHook};
+use crate::store::{MemoryStore, Pending, PrunedJob, Store, StoreError, StoredJob};
 
+mod lifecycle;
 mod queries;
+mod submit;
 
 /// How many submissions may wait for the engine's attention before submitters wait too.
 const COMMAND_QUEUE: usize = 1024;
@@ -31,8 +35,46 @@ const COMMAND_QUEUE: usize = 1024;
 /// How often finished jobs past their retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
+/// How often expired request digests are forgotten.
+const FORGET_REQUESTS_EVERY: Duration = Duration::from_secs(60);
+
 /// Turns a recovered command back into a runnable job (binds it to an executor).
 pub type Reviver = Arc<dyn Fn(CommandJob) -> Box<dyn Job> + Send + Sync>;
+
+/// What one user may have on the server at once, so that nobody starves the others (or the
+/// disk). `None` is no limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UserLimits {
+    /// Jobs queued or running.
+    pub queued_jobs: Option<usize>,
+    /// Bytes of those jobs (arguments, environment, working directory).
+    pub queued_bytes: Option<u64>,
+    /// Bytes of output kept in the logs of its jobs (until they are pruned).
+    pub log_bytes: Option<u64>,
+}
+
+impl Default for UserLimits {
+    /// 1000 jobs, 64 MiB of jobs, 4 GiB of logs per user.
+    fn default() -> Self {
+        Self {
+            queued_jobs: Some(1000),
+            queued_bytes: Some(64 << 20),
+            log_bytes: Some(4 << 30),
+        }
+    }
+}
+
+impl UserLimits {
+    /// No limits at all.
+    pub fn unlimited() -> Self {
+        Self {
+            queued_jobs: None,
+            queued_bytes: None,
+            log_bytes: None,
+        }
+    }
+}
 
 /// Settings of an [`Engine`].
 #[derive(Clone, Debug)]
@@ -47,6 +89,8 @@ pub struct EngineConfig {
     pub requeue_running: bool,
     /// Bytes of output kept per job; the rest is dropped after a marker.
     pub log_limit: u64,
+    /// What one user may have at once.
+    pub limits: UserLimits,
 }
 
 impl Default for EngineConfig {
@@ -56,6 +100,7 @@ impl Default for EngineConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             requeue_running: false,
             log_limit: DEFAULT_LOG_LIMIT,
+            limits: UserLimits::default(),
         }
     }
 }
@@ -76,6 +121,7 @@ pub struct Engine<S = SerialScheduler> {
     config: EngineConfig,
     store: Arc<dyn Store>,
     reviver: Option<Reviver>,
+    start_check: Option<Arc<dyn StartCheck>>,
 }
 
 impl Engine<SerialScheduler> {
@@ -94,6 +140,7 @@ impl<S: Scheduler> Engine<S> {
             config,
             store: Arc::new(MemoryStore::new()),
             reviver: None,
+            start_check: None,
         }
     }
 
@@ -114,6 +161,15 @@ impl<S: Scheduler> Engine<S> {
         self
     }
 
+    /// Checks every command job again when it comes to start (the policy and accounts may
+    /// have changed since it was queued), and runs it with the [`Clearance`](crate::Clearance)
+    /// the check gives. Without one, command jobs run as this process, with any program.
+    #[must_use]
+    pub fn with_start_check(mut self, check: Arc<dyn StartCheck>) -> Self {
+        self.start_check = Some(check);
+        self
+    }
+
     /// Recovers the queue from the store and starts the engine on the current tokio runtime.
     ///
     /// # Errors
@@ -126,26 +182,52 @@ impl<S: Scheduler> Engine<S> {
     pub async fn start(self) -> Result<EngineHandle, StoreError> {
         let recovered = self.store.recover(self.config.requeue_running).await?;
         let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
+        // A log left by a job the store forgot (a damaged or replaced database) must never
+        // be served as a new job's: ids start past every log there is.
+        let past_logs = self
+            .config
+            .log_dir
+            .as_deref()
+            .map_or(0, highest_log_id)
+            .saturating_add(1);
+        let (internal, internal_inbox) = mpsc::unbounded_channel();
         let mut actor = Actor {
-            next_id: recovered.next_id.max(1),
+            next_id: recovered.next_id.max(past_logs).max(1),
             scheduler: self.scheduler,
             hook: self.hook,
             config: self.config,
             store: self.store,
+            start_check: self.start_check,
             jobs: HashMap::new(),
             running: None,
             stopping: None,
+            keys: recovered
+                .keys
+                .iter()
+                .map(|k| ((k.uid, k.key), (k.job, k.merged)))
+                .collect(),
+            seen: recovered.requests.iter().copied().collect(),
+            usage: HashMap::new(),
+            publishing: TaskTracker::new(),
+            internal,
         };
+        for (uid, bytes) in &recovered.log_bytes {
+            actor.usage.entry(*uid).or_default().log_bytes = *bytes;
+        }
         for id in &recovered.lost {
             tracing::warn!(job = %id, "the job was running when the server stopped: recorded as lost");
         }
         for id in &recovered.requeued {
             tracing::warn!(job = %id, "the job was running when the server stopped: queued again");
+            // Its new run writes a new log.
+            if let Some(dir) = &actor.config.log_dir {
+                let _ = std::fs::remove_file(dir.join(format!("{id}.log")));
+            }
         }
         for stored in recovered.queued {
             actor.restore(stored, self.reviver.as_ref());
         }
-        tokio::spawn(actor.run(inbox));
+        tokio::spawn(actor.run(inbox, internal_inbox));
         Ok(EngineHandle { commands })
     }
 }
@@ -156,6 +238,24 @@ impl<S> std::fmt::Debug for Engine<S> {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
+}
+
+/// The highest `<id>.log` in `dir` (0 when there is none).
+fn highest_log_id(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()?
+                .strip_suffix(".log")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Resolves when the job's record is committed.
@@ -171,6 +271,39 @@ struct Live {
     started_at: Option<SystemTime>,
     /// Submitters merged into this job.
     waiters: Vec<Identity>,
+    /// What it counts against its owner's queued bytes.
+    size: u64,
+}
+
+/// What a caller is to a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Relation {
+    /// Its submitter, or an admin.
+    Owner,
+    /// A submitter merged into it.
+    Waiter,
+    /// Anybody else.
+    Other,
+}
+
+impl Relation {
+    fn of(by: &Caller, owner_uid: u32, waiter_uids: impl IntoIterator<Item = u32>) -> Self {
+        if by.admin || by.identity.uid == owner_uid {
+            Self::Owner
+        } else if waiter_uids.into_iter().any(|uid| uid == by.identity.uid) {
+            Self::Waiter
+        } else {
+            Self::Other
+        }
+    }
+
+    /// The summary as this caller may see it.
+    fn view(self, summary: JobSummary) -> JobSummary {
+        match self {
+            Self::Owner => summary,
+            Self::Waiter | Self::Other => summary.limited(),
+        }
+    }
 }
 
 impl Live {
@@ -198,11 +331,8 @@ impl Live {
         }
     }
 
-    /// Owners (the submitter and merged waiters) and root may act on a job.
-    fn permits(&self, who: &Identity) -> bool {
-        who.uid == 0
-            || who.uid == self.info.owner.uid
-            || self.waiters.iter().any(|w| w.uid == who.uid)
+    fn relation(&self, by: &Caller) -> Relation {
+        Relation::of(by, self.info.owner.uid, self.waiters.iter().map(|w| w.uid))
     }
 }
 
@@ -212,7 +342,21 @@ struct Running {
     live: broadcast::Sender<LogChunk>,
     started: Instant,
     cancel: CancellationToken,
-    task: JoinHandle<Outcome>,
+    /// Resolves to the outcome and the size of the log it left.
+    task: JoinHandle<(Outcome, u64)>,
+}
+
+/// What one user has on the server now.
+#[derive(Clone, Copy, Debug, Default)]
+struct Usage {
+    live_jobs: usize,
+    live_bytes: u64,
+    log_bytes: u64,
+}
+
+/// What the engine's own background work reports back.
+enum Internal {
+    Pruned(Vec<PrunedJob>),
 }
 
 struct Actor<S> {
@@ -220,40 +364,92 @@ struct Actor<S> {
     hook: Box<dyn SubmitHook>,
     config: EngineConfig,
     store: Arc<dyn Store>,
+    start_check: Option<Arc<dyn StartCheck>>,
     next_id: u64,
     jobs: HashMap<JobId, Live>,
     running: Option<Running>,
     /// Set once shutdown was asked for: who waits for the engine to stop.
     stopping: Option<Vec<oneshot::Sender<()>>>,
+    /// Idempotency keys of the jobs the store holds: (uid, key) → (job, merged).
+    keys: HashMap<(u32, SubmitKey), (JobId, bool)>,
+    /// Digests of requests served, until their credentials expire.
+    seen: HashMap<[u8; 32], SystemTime>,
+    usage: HashMap<u32, Usage>,
+    /// Outcomes waiting for their commit before waiters hear of them.
+    publishing: TaskTracker,
+    internal: mpsc::UnboundedSender<Internal>,
 }
 
 impl<S: Scheduler> Actor<S> {
-    async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Command>,
+        mut internal: mpsc::UnboundedReceiver<Internal>,
+    ) {
         let mut prune = tokio::time::interval(PRUNE_EVERY);
+        let mut forget = tokio::time::interval(FORGET_REQUESTS_EVERY);
+        let mut inbox_open = true;
         loop {
             if self.stopping.is_some() && self.running.is_none() {
                 break;
             }
             self.start_next();
             tokio::select! {
-                command = inbox.recv() => match command {
+                command = inbox.recv(), if inbox_open => match command {
                     Some(command) => self.handle(command),
                     // Nobody can submit or watch any more: finish the running job and stop.
-                    None => self.begin_shutdown(ShutdownMode::FinishRunning, None),
+                    None => {
+                        inbox_open = false;
+                        self.begin_shutdown(ShutdownMode::FinishRunning, None);
+                    }
                 },
-                (id, outcome) = wait_running(&mut self.running) => self.finish(id, outcome),
+                (id, outcome, log_bytes) = wait_running(&mut self.running) => {
+                    self.finish(id, outcome, log_bytes);
+                }
+                Some(message) = internal.recv() => match message {
+                    Internal::Pruned(jobs) => self.forget_pruned(&jobs),
+                },
                 _ = prune.tick() => self.prune(),
+                _ = forget.tick() => self.forget_requests(),
             }
         }
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "the job store could not record everything before stopping");
         }
+        // Every outcome reaches its waiters before the engine says it stopped.
+        self.publishing.close();
+        self.publishing.wait().await;
         for done in self.stopping.take().unwrap_or_default() {
             let _ = done.send(());
         }
         tracing::debug!(queued = self.jobs.len(), "engine stopped");
     }
 
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Submit {
+                job,
+                owner,
+                options,
+                reply,
+            } => self.submit(job, owner, options, reply),
+            Command::Watch { id, by, reply } => self.watch(id, &by, reply),
+            Command::Shutdown { mode, done } => self.begin_shutdown(mode, Some(done)),
+            Command::List { by, reply } => self.list(&by, reply),
+            Command::Status { id, by, reply } => self.status(id, &by, reply),
+            Command::Cancel { id, by, reply } => self.cancel(id, &by, reply),
+            Command::OpenLog { id, by, reply } => self.open_log(id, &by, reply),
+            Command::RememberRequest {
+                digest,
+                until,
+                reply,
+            } => {
+                let _ = reply.send(self.remember_request(digest, until));
+            }
+        }
+    }
+
+    /// Takes the restored job back into the queue.
     fn restore(&mut self, stored: StoredJob, reviver: Option<&Reviver>) {
         let id = stored.id;
         let Some(job) = stored
@@ -262,15 +458,16 @@ impl<S: Scheduler> Actor<S> {
             .and_then(|command| reviver.map(|revive| revive(command)))
         else {
             tracing::warn!(job = %id, "an in-process job cannot run again after a restart: recorded as lost");
-            let lost = JobResult {
+            let lost = super::JobResult {
                 outcome: Outcome::Lost,
                 runtime: Duration::ZERO,
             };
             self.store
-                .record_finish(id, lost, SystemTime::now())
+                .record_finish(id, lost, 0, SystemTime::now())
                 .log_failure("record a lost job");
             return;
         };
+        let size = job_size(job.as_ref());
         let info = JobInfo {
             id,
             owner: stored.owner,
@@ -278,328 +475,41 @@ impl<S: Scheduler> Actor<S> {
             command: stored.command,
         };
         self.scheduler.submit(info.clone(), &AcceptAll);
+        let usage = self.usage.entry(info.owner.uid).or_default();
+        usage.live_jobs += 1;
+        usage.live_bytes += size;
         let (state, _) = watch::channel(JobState::Queued);
-        let durable = Pending::ready(Ok(())).shared();
         let live = Live {
             job: Some(job),
             info,
             state,
-            durable,
+            durable: Pending::ready(Ok(())).shared(),
             accepted_at: stored.accepted_at,
             started_at: None,
             waiters: stored.waiters,
+            size,
         };
         self.jobs.insert(id, live);
     }
-
-    fn handle(&mut self, command: Command) {
-        match command {
-            Command::Submit {
-                job,
-                owner,
-                verdict,
-                reply,
-            } => self.submit(job, owner, verdict, reply),
-            Command::Watch { id, reply } => self.watch(id, reply),
-            Command::Shutdown { mode, done } => self.begin_shutdown(mode, Some(done)),
-            Command::List { reply } => self.list(reply),
-            Command::Status { id, reply } => self.status(id, reply),
-            Command::Cancel { id, by, reply } if self.jobs.contains_key(&id) => {
-                let _ = reply.send(self.cancel(id, &by));
-            }
-            Command::OpenLog { id, by, reply } => self.open_log(id, &by, reply),
-            Command::Cancel { id, reply, .. } => {
-                // Finished long ago, or never existed: the store says which.
-                let described = self.store.describe(id);
-                tokio::spawn(async move {
-                    let answer = match described.await {
-                        Ok(Some(_)) => Err(SubmitError::AlreadyFinished(id)),
-                        Ok(None) => Err(SubmitError::UnknownJob(id)),
-                        Err(e) => Err(SubmitError::Store(e)),
-                    };
-                    let _ = reply.send(answer);
-                });
-            }
-        }
-    }
-
-    fn submit(
-        &mut self,
-        job: Box<dyn Job>,
-        owner: Identity,
-        verdict: Option<Decision>,
-        reply: oneshot::Sender<Result<JobTicket, SubmitError>>,
-    ) {
-        if self.stopping.is_some() {
-            let _ = reply.send(Err(SubmitError::ShuttingDown));
-            return;
-        }
-        let id = JobId(self.next_id);
-        let info = JobInfo {
-            id,
-            owner,
-            summary: job.summary(),
-            command: job.command().cloned(),
-        };
-        let admission = match verdict {
-            Some(Decision::Accept) | None => {
-                self.scheduler.submit(info.clone(), self.hook.as_ref())
-            }
-            Some(decided) => self.scheduler.submit(info.clone(), &Decided(decided)),
-        };
-        match admission {
-            Admission::Accepted { ahead } => {
-                self.next_id += 1;
-                let accepted_at = SystemTime::now();
-                let stored = StoredJob {
-                    id,
-                    owner: info.owner.clone(),
-                    summary: info.summary.clone(),
-                    command: info.command.clone(),
-                    accepted_at,
-                    waiters: Vec::new(),
-                };
-                let durable = self.store.insert(stored).shared();
-                let (state, receiver) = watch::channel(JobState::Queued);
-                let ticket = JobTicket {
-                    id,
-                    ahead,
-                    merged: false,
-                    state: receiver,
-                };
-                tracing::info!(job = %id, owner = %info.owner, ahead, command = %info.summary, "accepted");
-                let live = Live {
-                    job: Some(job),
-                    info,
-                    state,
-                    durable: durable.clone(),
-                    accepted_at,
-                    started_at: None,
-                    waiters: Vec::new(),
-                };
-                self.jobs.insert(id, live);
-                // Acknowledge only once the job is on disk; meanwhile keep serving others.
-                tokio::spawn(async move {
-                    let _ = reply.send(durable.await.map(|()| ticket).map_err(SubmitError::Store));
-                });
-            }
-            Admission::Merged { into } => {
-                let Some(live) = self.jobs.get_mut(&into) else {
-                    let _ = reply.send(Err(SubmitError::UnknownJob(into)));
-                    return;
-                };
-                tracing::info!(job = %into, owner = %info.owner, command = %info.summary, "merged into an equal job");
-                live.waiters.push(info.owner.clone());
-                let added = self.store.add_waiter(into, info.owner, SystemTime::now());
-                let durable = live.durable.clone();
-                let mut ticket = self.ticket(into, &self.jobs[&into]);
-                ticket.merged = true;
-                // The waiter is acknowledged once it is on disk too: it survives a restart.
-                tokio::spawn(async move {
-                    let recorded = match durable.await {
-                        Ok(()) => added.await,
-                        Err(e) => Err(e),
-                    };
-                    let _ = reply.send(recorded.map(|()| ticket).map_err(SubmitError::Store));
-                });
-            }
-            Admission::Rejected { reason } => {
-                tracing::info!(owner = %info.owner, command = %info.summary, %reason, "rejected");
-                let _ = reply.send(Err(SubmitError::Rejected { reason }));
-            }
-        }
-    }
-
-    /// A ticket for live job `id`.
-    fn ticket(&self, id: JobId, live: &Live) -> JobTicket {
-        let ahead = self
-            .scheduler
-            .view()
-            .all()
-            .position(|j| j.id == id)
-            .unwrap_or(0);
-        JobTicket {
-            id,
-            ahead,
-            merged: false,
-            state: live.state.subscribe(),
-        }
-    }
-
-    fn cancel(&mut self, id: JobId, by: &Identity) -> Result<Vec<JobSummary>, SubmitError> {
-        let Some(live) = self.jobs.get(&id) else {
-            return Err(SubmitError::AlreadyFinished(id));
-        };
-        if !live.permits(by) {
-            return Err(not_permitted(id, &live.info.owner, "cancel"));
-        }
-        tracing::info!(job = %id, by = %by, "cancel requested");
-        if self.running.as_ref().is_some_and(|r| r.id == id) {
-            if let Some(running) = &self.running {
-                running.cancel.cancel();
-            }
-            return Ok(vec![live.summary()]);
-        }
-        self.scheduler.remove(id);
-        let mut summary = live.summary();
-        self.finish(id, Outcome::Cancelled);
-        summary.phase = JobPhase::Finished;
-        summary.outcome = Some(Outcome::Cancelled);
-        summary.finished_ms = Some(epoch_ms(SystemTime::now()));
-        Ok(vec![summary])
-    }
-
-    fn begin_shutdown(&mut self, mode: ShutdownMode, done: Option<oneshot::Sender<()>>) {
-        let waiters = self.stopping.get_or_insert_with(Vec::new);
-        waiters.extend(done);
-        if mode == ShutdownMode::CancelRunning
-            && let Some(running) = &self.running
-        {
-            tracing::info!(job = %running.id, "cancelling the running job for shutdown");
-            running.cancel.cancel();
-        }
-    }
-
-    fn start_next(&mut self) {
-        if self.running.is_some() || self.stopping.is_some() {
-            return;
-        }
-        let Some(id) = self.scheduler.next() else {
-            return;
-        };
-        let Some(live) = self.jobs.get_mut(&id) else {
-            tracing::error!(job = %id, "scheduler chose a job the engine does not hold");
-            self.scheduler.finish(id, &Outcome::Lost);
-            return;
-        };
-        let Some(job) = live.job.take() else { return };
-        tracing::info!(job = %id, owner = %live.info.owner, command = %live.info.summary, "started");
-        live.state.send_replace(JobState::Running);
-        live.started_at = Some(SystemTime::now());
-        self.store
-            .record_start(id, SystemTime::now())
-            .log_failure("record a start");
-        let cancel = CancellationToken::new();
-        let durable = live.durable.clone();
-        let log = match &self.config.log_dir {
-            Some(dir) => LogSink::create(&dir.join(format!("{id}.log")), self.config.log_limit),
-            None => LogSink::discard(),
-        };
-        let feed = log.live();
-        let ctx_cancel = cancel.clone();
-        let owner = live.info.owner.clone();
-        let task = tokio::spawn(async move {
-            // A job runs only once it is on disk: usually long done, since it waited its turn.
-            if let Err(e) = durable.await {
-                return spawn_failure(format!("the job could not be recorded: {e}"));
-            }
-            job.run(JobContext {
-                id,
-                owner,
-                log,
-                cancel: ctx_cancel,
-            })
-            .await
-        });
-        self.running = Some(Running {
-            id,
-            live: feed,
-            started: Instant::now(),
-            cancel,
-            task,
-        });
-    }
-
-    fn finish(&mut self, id: JobId, outcome: Outcome) {
-        // Only the running job has a run time (a cancelled queued job has none); whole
-        // milliseconds, as the store and the wire keep it, so every reader sees the same.
-        let runtime = match self.running.take_if(|r| r.id == id) {
-            Some(running) => Duration::from_millis(
-                u64::try_from(running.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            ),
-            None => Duration::ZERO,
-        };
-        self.scheduler.finish(id, &outcome);
-        let result = JobResult { outcome, runtime };
-        self.store
-            .record_finish(id, result.clone(), SystemTime::now())
-            .log_failure("record an outcome");
-        if let Some(live) = self.jobs.remove(&id) {
-            tracing::info!(
-                job = %id,
-                owner = %live.info.owner,
-                command = %live.info.summary,
-                outcome = %result.outcome,
-                runtime_ms = runtime.as_millis() as u64,
-                "finished"
-            );
-            live.state.send_replace(JobState::Finished(result));
-        }
-    }
-
-    /// Forgets finished jobs past their retention, and deletes their logs.
-    fn prune(&self) {
-        let Some(before) = SystemTime::now().checked_sub(self.config.retention) else {
-            return;
-        };
-        let pruned = self.store.prune(before);
-        let log_dir = self.config.log_dir.clone();
-        tokio::spawn(async move {
-            match pruned.await {
-                Ok(ids) if !ids.is_empty() => {
-                    tracing::info!(
-                        jobs = ids.len(),
-                        "pruned finished jobs past their retention"
-                    );
-                    if let Some(dir) = log_dir {
-                        let _ = tokio::task::spawn_blocking(move || {
-                            for id in ids {
-                                let _ = std::fs::remove_file(dir.join(format!("{id}.log")));
-                            }
-                        })
-                        .await;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "cannot prune old jobs"),
-            }
-        });
-    }
 }
 
-/// A decision made outside the engine, standing in for its hooks.
-struct Decided(Decision);
-
-impl SubmitHook for Decided {
-    fn review(&self, _job: &JobInfo, _queue: &crate::scheduler::QueueView<'_>) -> Decision {
-        self.0.clone()
-    }
-}
-
-fn not_permitted(id: JobId, owner: &Identity, what: &str) -> SubmitError {
-    SubmitError::NotPermitted {
-        reason: format!("job {id} belongs to {owner}; only its owners and root may {what} it"),
-    }
-}
-
-fn spawn_failure(message: String) -> Outcome {
-    Outcome::SpawnFailed {
-        reason: SpawnFailure::Other,
-        message,
-    }
+/// What a job counts against its owner's queued bytes.
+fn job_size(job: &dyn Job) -> u64 {
+    job.command()
+        .map_or_else(|| job.summary().len() as u64, CommandJob::byte_size)
 }
 
 /// Resolves when the running job ends; never while nothing runs.
-async fn wait_running(running: &mut Option<Running>) -> (JobId, Outcome) {
+async fn wait_running(running: &mut Option<Running>) -> (JobId, Outcome, u64) {
     let Some(run) = running else {
         return std::future::pending().await;
     };
-    let outcome = match (&mut run.task).await {
-        Ok(outcome) => outcome,
+    let (outcome, log_bytes) = match (&mut run.task).await {
+        Ok(ended) => ended,
         Err(e) => {
             tracing::error!(job = %run.id, error = %e, "the job's task failed");
-            Outcome::Lost
+            (Outcome::Lost, 0)
         }
     };
-    (run.id, outcome)
+    (run.id, outcome, log_bytes)
 }

@@ -1,22 +1,64 @@
 //! What the engine answers without changing anything: watching a job, listings, one job's
-//! status, access to its log. Live jobs are answered from memory, others from the store.
+//! status, access to its log, each as the caller may see it. Live jobs are answered from
+//! memory, others from the store.
 
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
-use super::{Actor, Live, not_permitted};
-use crate::auth::Identity;
-use crate::engine::handle::{JobResult, JobState, JobTicket, LogAccess, SubmitError};
+use super::lifecycle::not_permitted;
+use super::{Actor, Relation};
+use crate::engine::handle::{Caller, JobResult, JobState, JobTicket, LogAccess, SubmitError};
 use crate::job::{JobId, JobPhase, JobSummary};
 use crate::scheduler::Scheduler;
+use crate::store::JobRecord;
 
 /// How many finished jobs a listing shows after the live ones.
 const RECENT_IN_LISTS: usize = 20;
 
+/// A ticket for a job that finished, from what the store describes.
+pub(super) fn finished_ticket(id: JobId, summary: &JobSummary) -> Option<JobTicket> {
+    let (JobPhase::Finished, Some(outcome)) = (summary.phase, &summary.outcome) else {
+        return None;
+    };
+    let runtime = Duration::from_millis(summary.runtime_ms.unwrap_or(0));
+    // A closed watch channel still yields its last value.
+    let (_, state) = watch::channel(JobState::Finished(JobResult {
+        outcome: outcome.clone(),
+        runtime,
+    }));
+    Some(JobTicket {
+        id,
+        ahead: 0,
+        merged: false,
+        state,
+    })
+}
+
+fn relation_to(record: &JobRecord, by: &Caller) -> Relation {
+    Relation::of(
+        by,
+        record.summary.owner_uid,
+        record.waiter_uids.iter().copied(),
+    )
+}
+
 impl<S: Scheduler> Actor<S> {
-    pub(super) fn watch(&self, id: JobId, reply: oneshot::Sender<Result<JobTicket, SubmitError>>) {
+    pub(super) fn watch(
+        &self,
+        id: JobId,
+        by: &Caller,
+        reply: oneshot::Sender<Result<JobTicket, SubmitError>>,
+    ) {
         if let Some(live) = self.jobs.get(&id) {
+            if live.relation(by) == Relation::Other {
+                let _ = reply.send(Err(not_permitted(
+                    id,
+                    &live.info.owner.to_string(),
+                    "wait for",
+                )));
+                return;
+            }
             let ticket = self.ticket(id, live);
             let durable = live.durable.clone();
             tokio::spawn(async move {
@@ -26,47 +68,46 @@ impl<S: Scheduler> Actor<S> {
         }
         // Enqueued now, so it is answered after any outcome recorded before this moment.
         let described = self.store.describe(id);
+        let by = by.clone();
         tokio::spawn(async move {
             let ticket = match described.await {
-                Ok(Some(JobSummary {
-                    phase: JobPhase::Finished,
-                    outcome: Some(outcome),
-                    runtime_ms,
-                    ..
-                })) => {
-                    let runtime = Duration::from_millis(runtime_ms.unwrap_or(0));
-                    // A closed watch channel still yields its last value.
-                    let (_, state) =
-                        watch::channel(JobState::Finished(JobResult { outcome, runtime }));
-                    Ok(JobTicket {
-                        id,
-                        ahead: 0,
-                        merged: false,
-                        state,
-                    })
+                Ok(Some(record)) if relation_to(&record, &by) == Relation::Other => {
+                    Err(not_permitted(id, &record.summary.owner, "wait for"))
                 }
-                Ok(_) => Err(SubmitError::UnknownJob(id)),
+                Ok(Some(record)) => {
+                    finished_ticket(id, &record.summary).ok_or(SubmitError::UnknownJob(id))
+                }
+                Ok(None) => Err(SubmitError::UnknownJob(id)),
                 Err(e) => Err(SubmitError::Store(e)),
             };
             let _ = reply.send(ticket);
         });
     }
 
-    /// The running job, then the queued ones in order.
-    fn live_summaries(&self) -> Vec<JobSummary> {
+    /// The running job, then the queued ones in order, as `by` may see them.
+    fn live_summaries(&self, by: &Caller) -> Vec<JobSummary> {
         let view = self.scheduler.view();
         view.all()
             .filter_map(|info| self.jobs.get(&info.id))
-            .map(Live::summary)
+            .map(|live| live.relation(by).view(live.summary()))
             .collect()
     }
 
-    pub(super) fn list(&self, reply: oneshot::Sender<Result<Vec<JobSummary>, SubmitError>>) {
-        let mut jobs = self.live_summaries();
+    pub(super) fn list(
+        &self,
+        by: &Caller,
+        reply: oneshot::Sender<Result<Vec<JobSummary>, SubmitError>>,
+    ) {
+        let mut jobs = self.live_summaries(by);
         let recent = self.store.recent(RECENT_IN_LISTS);
+        let by = by.clone();
         tokio::spawn(async move {
             let listed = recent.await.map_err(SubmitError::Store).map(|finished| {
-                jobs.extend(finished);
+                jobs.extend(
+                    finished
+                        .into_iter()
+                        .map(|record| relation_to(&record, &by).view(record.summary)),
+                );
                 jobs
             });
             let _ = reply.send(listed);
@@ -76,16 +117,18 @@ impl<S: Scheduler> Actor<S> {
     pub(super) fn status(
         &self,
         id: JobId,
+        by: &Caller,
         reply: oneshot::Sender<Result<Vec<JobSummary>, SubmitError>>,
     ) {
         if let Some(live) = self.jobs.get(&id) {
-            let _ = reply.send(Ok(vec![live.summary()]));
+            let _ = reply.send(Ok(vec![live.relation(by).view(live.summary())]));
             return;
         }
         let described = self.store.describe(id);
+        let by = by.clone();
         tokio::spawn(async move {
             let found = match described.await {
-                Ok(Some(summary)) => Ok(vec![summary]),
+                Ok(Some(record)) => Ok(vec![relation_to(&record, &by).view(record.summary)]),
                 Ok(None) => Err(SubmitError::UnknownJob(id)),
                 Err(e) => Err(SubmitError::Store(e)),
             };
@@ -96,7 +139,7 @@ impl<S: Scheduler> Actor<S> {
     pub(super) fn open_log(
         &self,
         id: JobId,
-        by: &Identity,
+        by: &Caller,
         reply: oneshot::Sender<Result<LogAccess, SubmitError>>,
     ) {
         let path = self
@@ -105,8 +148,12 @@ impl<S: Scheduler> Actor<S> {
             .as_ref()
             .map(|dir| dir.join(format!("{id}.log")));
         if let Some(live) = self.jobs.get(&id) {
-            if !live.permits(by) {
-                let _ = reply.send(Err(not_permitted(id, &live.info.owner, "read the log of")));
+            if live.relation(by) != Relation::Owner {
+                let _ = reply.send(Err(not_permitted(
+                    id,
+                    &live.info.owner.to_string(),
+                    "read the log of",
+                )));
                 return;
             }
             let feed = self
@@ -126,17 +173,14 @@ impl<S: Scheduler> Actor<S> {
         let by = by.clone();
         tokio::spawn(async move {
             let access = match described.await {
-                Ok(Some(job)) if by.uid == 0 || by.uid == job.owner_uid => Ok(LogAccess {
+                Ok(Some(record)) if relation_to(&record, &by) == Relation::Owner => Ok(LogAccess {
                     path,
                     live: None,
                     ticket: None,
                 }),
-                Ok(Some(job)) => Err(SubmitError::NotPermitted {
-                    reason: format!(
-                        "job {id} belongs to {}; only its owners and root may read the log of it",
-                        job.owner
-                    ),
-                }),
+                Ok(Some(record)) => {
+                    Err(not_permitted(id, &record.summary.owner, "read the log of"))
+                }
                 Ok(None) => Err(SubmitError::UnknownJob(id)),
                 Err(e) => Err(SubmitError::Store(e)),
             };

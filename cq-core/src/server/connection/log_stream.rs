@@ -6,10 +6,11 @@ use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
 
 use super::{Connection, watch_client};
-use crate::auth::{Authenticator, CredentialSource, Identity};
+use crate::auth::{Authenticator, CredentialSource};
+use crate::engine::Caller;
 use crate::executor::Executor;
 use crate::job::JobId;
-use crate::protocol::{Event, Nonce};
+use crate::protocol::Event;
 use crate::transport::Stream;
 
 /// Log bytes per `Output` frame: well below the frame limit.
@@ -27,15 +28,14 @@ where
     /// there is more, and where.
     pub(super) async fn stream_log(
         &mut self,
-        nonce: Nonce,
         id: JobId,
         follow: bool,
-        who: Identity,
+        who: Caller,
     ) -> ControlFlow<()> {
         let mut access = match self.shared.engine.open_log(id, who.clone()).await {
             Ok(access) => access,
             Err(e) => {
-                return self.refuse(nonce, &e).await;
+                return self.refuse(&e).await;
             }
         };
         // A queued job has no output yet: when following, wait for it to start.
@@ -50,14 +50,14 @@ where
             access = match self.shared.engine.open_log(id, who).await {
                 Ok(access) => access,
                 Err(e) => {
-                    return self.refuse(nonce, &e).await;
+                    return self.refuse(&e).await;
                 }
             };
         }
         let path = access.path.clone();
-        let mut sent = self.send_file(nonce, id, path.as_deref(), 0).await?;
+        let mut sent = self.send_file(id, path.as_deref(), 0).await?;
         let (Some(mut ticket), true) = (access.ticket, follow) else {
-            return self.send(nonce, Event::LogEnd { job: id }).await;
+            return self.send(Event::LogEnd { job: id }).await;
         };
         let mut live = access.live;
         loop {
@@ -81,31 +81,28 @@ where
             };
             match event {
                 Some(Ok(end)) if end > sent => {
-                    sent = self.send_file(nonce, id, path.as_deref(), sent).await?
+                    sent = self.send_file(id, path.as_deref(), sent).await?
                 }
                 Some(Ok(_)) => {}
                 // The feed lagged or closed: the file has it all.
                 None => {
                     live = None;
-                    sent = self.send_file(nonce, id, path.as_deref(), sent).await?;
+                    sent = self.send_file(id, path.as_deref(), sent).await?;
                 }
                 Some(Err(result)) => {
-                    self.send_file(nonce, id, path.as_deref(), sent).await?;
+                    self.send_file(id, path.as_deref(), sent).await?;
                     return match result {
                         Ok(result) => {
                             let runtime_ms =
                                 u64::try_from(result.runtime.as_millis()).unwrap_or(u64::MAX);
-                            self.send(
-                                nonce,
-                                Event::Finished {
-                                    job: id,
-                                    outcome: result.outcome,
-                                    runtime_ms,
-                                },
-                            )
+                            self.send(Event::Finished {
+                                job: id,
+                                outcome: result.outcome,
+                                runtime_ms,
+                            })
                             .await
                         }
-                        Err(_) => self.send(nonce, Event::LogEnd { job: id }).await,
+                        Err(_) => self.send(Event::LogEnd { job: id }).await,
                     };
                 }
             }
@@ -115,7 +112,6 @@ where
     /// Sends the log file from byte `from` to its current end; returns the new end.
     async fn send_file(
         &mut self,
-        nonce: Nonce,
         id: JobId,
         path: Option<&std::path::Path>,
         from: u64,
@@ -136,13 +132,10 @@ where
             match file.read(&mut buf).await {
                 Ok(0) | Err(_) => return ControlFlow::Continue(at),
                 Ok(n) => {
-                    self.send(
-                        nonce,
-                        Event::Output {
-                            job: id,
-                            data: buf[..n].to_vec(),
-                        },
-                    )
+                    self.send(Event::Output {
+                        job: id,
+                        data: buf[..n].to_vec(),
+                    })
                     .await?;
                     at += n as u64;
                 }

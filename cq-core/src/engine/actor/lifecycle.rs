@@ -1,0 +1,298 @@
+//! A job's life after admission: start (after the start check), finish (waiters hear the
+//! outcome only once it is committed), cancel or withdraw, and pruning once it is old.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::{Actor, Internal, Relation, Running};
+use crate::engine::handle::{Caller, Cancelled, JobResult, JobState, ShutdownMode, SubmitError};
+use crate::executor::LogSink;
+use crate::job::{Clearance, JobContext, JobId, JobPhase, epoch_ms};
+use crate::outcome::{Outcome, SpawnFailure};
+use crate::scheduler::Scheduler;
+use crate::store::PrunedJob;
+
+impl<S: Scheduler> Actor<S> {
+    pub(super) fn begin_shutdown(&mut self, mode: ShutdownMode, done: Option<oneshot::Sender<()>>) {
+        let first = self.stopping.is_none();
+        let waiters = self.stopping.get_or_insert_with(Vec::new);
+        waiters.extend(done);
+        if first {
+            // Queued jobs do not start before the restart: their waiters hear it now (their
+            // channel closes) and come back later, instead of waiting for the running job.
+            for live in self.jobs.values_mut().filter(|live| live.job.is_some()) {
+                live.state = tokio::sync::watch::channel(JobState::Queued).0;
+            }
+        }
+        if mode == ShutdownMode::CancelRunning
+            && let Some(running) = &self.running
+        {
+            tracing::info!(job = %running.id, "cancelling the running job for shutdown");
+            running.cancel.cancel();
+        }
+    }
+
+    pub(super) fn start_next(&mut self) {
+        if self.running.is_some() || self.stopping.is_some() {
+            return;
+        }
+        let Some(id) = self.scheduler.next() else {
+            return;
+        };
+        let Some(live) = self.jobs.get_mut(&id) else {
+            tracing::error!(job = %id, "scheduler chose a job the engine does not hold");
+            self.scheduler.finish(id, &Outcome::Lost);
+            return;
+        };
+        let Some(job) = live.job.take() else {
+            // Cannot happen: a job is taken only here, once. End it rather than leave the
+            // scheduler believing it runs.
+            tracing::error!(job = %id, "the job to start was already started");
+            self.finish(id, Outcome::Lost, 0);
+            return;
+        };
+        tracing::info!(job = %id, owner = %live.info.owner, command = %live.info.summary, "started");
+        live.state.send_replace(JobState::Running);
+        live.started_at = Some(SystemTime::now());
+        self.store
+            .record_start(id, SystemTime::now())
+            .log_failure("record a start");
+        let cancel = CancellationToken::new();
+        let durable = live.durable.clone();
+        let log_path = self
+            .config
+            .log_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{id}.log")));
+        let log = match &log_path {
+            Some(path) => LogSink::create(path, self.config.log_limit),
+            None => LogSink::discard(),
+        };
+        let feed = log.live();
+        let ctx_cancel = cancel.clone();
+        let owner = live.info.owner.clone();
+        let check = self.start_check.clone();
+        let command = live.info.command.clone();
+        let task = tokio::spawn(async move {
+            // A job runs only once it is on disk: usually long done, since it waited its turn.
+            if let Err(e) = durable.await {
+                return (
+                    spawn_failure(
+                        SpawnFailure::Other,
+                        format!("the job could not be recorded: {e}"),
+                    ),
+                    0,
+                );
+            }
+            let clearance = match (check, command) {
+                (Some(check), Some(command)) => {
+                    let who = owner.clone();
+                    match tokio::task::spawn_blocking(move || check.clear(&who, &command)).await {
+                        Ok(Ok(clearance)) => clearance,
+                        Ok(Err(refusal)) => {
+                            tracing::info!(job = %id, %owner, reason = %refusal, "refused at start");
+                            return (
+                                spawn_failure(SpawnFailure::NotPermitted, refusal.to_string()),
+                                0,
+                            );
+                        }
+                        Err(e) => {
+                            return (
+                                spawn_failure(
+                                    SpawnFailure::Other,
+                                    format!("the start check failed: {e}"),
+                                ),
+                                0,
+                            );
+                        }
+                    }
+                }
+                _ => Clearance::default(),
+            };
+            let outcome = job
+                .run(JobContext {
+                    id,
+                    owner,
+                    clearance,
+                    log,
+                    cancel: ctx_cancel,
+                })
+                .await;
+            let log_bytes = match log_path {
+                Some(path) => tokio::fs::metadata(path).await.map_or(0, |m| m.len()),
+                None => 0,
+            };
+            (outcome, log_bytes)
+        });
+        self.running = Some(Running {
+            id,
+            live: feed,
+            started: Instant::now(),
+            cancel,
+            task,
+        });
+    }
+
+    /// Records how job `id` ended; its waiters hear of it once that is committed, so that
+    /// nobody acts on an outcome a crash could still turn into `lost`.
+    pub(super) fn finish(&mut self, id: JobId, outcome: Outcome, log_bytes: u64) {
+        // Only the running job has a run time (a cancelled queued job has none); whole
+        // milliseconds, as the store and the wire keep it, so every reader sees the same.
+        let runtime = match self.running.take_if(|r| r.id == id) {
+            Some(running) => Duration::from_millis(
+                u64::try_from(running.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            ),
+            None => Duration::ZERO,
+        };
+        self.scheduler.finish(id, &outcome);
+        let result = JobResult { outcome, runtime };
+        let committed = self
+            .store
+            .record_finish(id, result.clone(), log_bytes, SystemTime::now());
+        let Some(live) = self.jobs.remove(&id) else {
+            return;
+        };
+        let usage = self.usage.entry(live.info.owner.uid).or_default();
+        usage.live_jobs = usage.live_jobs.saturating_sub(1);
+        usage.live_bytes = usage.live_bytes.saturating_sub(live.size);
+        usage.log_bytes += log_bytes;
+        tracing::info!(
+            job = %id,
+            owner = %live.info.owner,
+            command = %live.info.summary,
+            outcome = %result.outcome,
+            runtime_ms = runtime.as_millis() as u64,
+            "finished"
+        );
+        let state = live.state;
+        self.publishing.spawn(async move {
+            match committed.await {
+                Ok(()) => {
+                    state.send_replace(JobState::Finished(result));
+                }
+                // The waiters see the engine give up on the job, re-attach, and read what
+                // the store has.
+                Err(e) => tracing::error!(job = %id, error = %e, "the outcome could not be recorded; its waiters are not told"),
+            }
+        });
+    }
+
+    pub(super) fn cancel(
+        &mut self,
+        id: JobId,
+        by: &Caller,
+        reply: oneshot::Sender<Result<Cancelled, SubmitError>>,
+    ) {
+        let Some(live) = self.jobs.get_mut(&id) else {
+            // Finished, or never existed: the store says which.
+            let described = self.store.describe(id);
+            tokio::spawn(async move {
+                let answer = match described.await {
+                    Ok(Some(_)) => Err(SubmitError::AlreadyFinished(id)),
+                    Ok(None) => Err(SubmitError::UnknownJob(id)),
+                    Err(e) => Err(SubmitError::Store(e)),
+                };
+                let _ = reply.send(answer);
+            });
+            return;
+        };
+        match live.relation(by) {
+            Relation::Other => {
+                let _ = reply.send(Err(not_permitted(
+                    id,
+                    &live.info.owner.to_string(),
+                    "cancel",
+                )));
+            }
+            Relation::Waiter => {
+                let uid = by.identity.uid;
+                live.waiters.retain(|w| w.uid != uid);
+                self.keys.retain(|(key_uid, _), (job, merged)| {
+                    !(*key_uid == uid && *job == id && *merged)
+                });
+                let summary = live.summary().limited();
+                tracing::info!(job = %id, by = %by.identity, "a waiter withdrew");
+                let removed = self.store.remove_waiter(id, uid);
+                tokio::spawn(async move {
+                    let _ = reply.send(
+                        removed
+                            .await
+                            .map(|()| Cancelled::Withdrawn(summary))
+                            .map_err(SubmitError::Store),
+                    );
+                });
+            }
+            Relation::Owner => {
+                tracing::info!(job = %id, by = %by.identity, "cancel requested");
+                if let Some(running) = self.running.as_ref().filter(|r| r.id == id) {
+                    running.cancel.cancel();
+                    let _ = reply.send(Ok(Cancelled::Job(live.summary())));
+                    return;
+                }
+                self.scheduler.remove(id);
+                let mut summary = live.summary();
+                self.finish(id, Outcome::Cancelled, 0);
+                summary.phase = JobPhase::Finished;
+                summary.outcome = Some(Outcome::Cancelled);
+                summary.finished_ms = Some(epoch_ms(SystemTime::now()));
+                let _ = reply.send(Ok(Cancelled::Job(summary)));
+            }
+        }
+    }
+
+    /// Forgets finished jobs past their retention, and deletes their logs.
+    pub(super) fn prune(&self) {
+        let Some(before) = SystemTime::now().checked_sub(self.config.retention) else {
+            return;
+        };
+        let pruned = self.store.prune(before);
+        let log_dir = self.config.log_dir.clone();
+        let internal = self.internal.clone();
+        tokio::spawn(async move {
+            match pruned.await {
+                Ok(jobs) if !jobs.is_empty() => {
+                    tracing::info!(
+                        jobs = jobs.len(),
+                        "pruned finished jobs past their retention"
+                    );
+                    if let Some(dir) = log_dir {
+                        let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            for id in ids {
+                                let _ = std::fs::remove_file(dir.join(format!("{id}.log")));
+                            }
+                        })
+                        .await;
+                    }
+                    let _ = internal.send(Internal::Pruned(jobs));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "cannot prune old jobs"),
+            }
+        });
+    }
+
+    /// Drops what the engine kept about pruned jobs: their keys and log bytes.
+    pub(super) fn forget_pruned(&mut self, jobs: &[PrunedJob]) {
+        let ids: std::collections::HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
+        self.keys.retain(|_, (job, _)| !ids.contains(job));
+        for job in jobs {
+            let usage = self.usage.entry(job.owner_uid).or_default();
+            usage.log_bytes = usage.log_bytes.saturating_sub(job.log_bytes);
+        }
+    }
+}
+
+pub(super) fn not_permitted(id: JobId, owner: &str, what: &str) -> SubmitError {
+    SubmitError::NotPermitted {
+        reason: format!(
+            "job {id} belongs to {owner}; only its owner and the server's admins may {what} it"
+        ),
+    }
+}
+
+fn spawn_failure(reason: SpawnFailure, message: String) -> Outcome {
+    Outcome::SpawnFailed { reason, message }
+}

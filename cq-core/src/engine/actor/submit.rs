@@ -1,0 +1,268 @@
+//! Admission of a submission: a known idempotency key re-attaches, then the hooks decide
+//! (accept, merge, reject), merges across users are refused unless allowed, and the owner's
+//! limits are checked. A job is acknowledged only once it is on record.
+
+use std::time::SystemTime;
+
+use futures_util::FutureExt;
+use tokio::sync::{oneshot, watch};
+
+use super::{Actor, Live, job_size};
+use crate::auth::Identity;
+use crate::engine::handle::{JobState, JobTicket, SubmitError, SubmitOptions};
+use crate::job::{Job, JobId, SubmitKey};
+use crate::scheduler::{Admission, Decision, JobInfo, QueueView, Scheduler, SubmitHook};
+use crate::store::StoredJob;
+
+type TicketReply = oneshot::Sender<Result<JobTicket, SubmitError>>;
+
+impl<S: Scheduler> Actor<S> {
+    pub(super) fn submit(
+        &mut self,
+        job: Box<dyn Job>,
+        owner: Identity,
+        options: SubmitOptions,
+        reply: TicketReply,
+    ) {
+        if self.stopping.is_some() {
+            let _ = reply.send(Err(SubmitError::ShuttingDown));
+            return;
+        }
+        if let Some(key) = options.key
+            && let Some(&(id, merged)) = self.keys.get(&(owner.uid, key))
+        {
+            tracing::info!(job = %id, owner = %owner, "a submission came again (a retry): re-attached");
+            return self.reattach(id, merged, reply);
+        }
+        let id = JobId(self.next_id);
+        let size = job_size(job.as_ref());
+        let info = JobInfo {
+            id,
+            owner,
+            summary: job.summary(),
+            command: job.command().cloned(),
+        };
+        let admission = match options.verdict.clone() {
+            Some(Decision::Accept) | None => {
+                self.scheduler.submit(info.clone(), self.hook.as_ref())
+            }
+            Some(decided) => self.scheduler.submit(info.clone(), &Decided(decided)),
+        };
+        match admission {
+            Admission::Accepted { ahead } => {
+                if let Err(reason) = self.within_limits(info.owner.uid, size) {
+                    self.scheduler.remove(id);
+                    tracing::info!(owner = %info.owner, command = %info.summary, %reason, "over quota");
+                    let _ = reply.send(Err(SubmitError::OverQuota { reason }));
+                    return;
+                }
+                self.accept(job, info, size, ahead, options.key, reply);
+            }
+            Admission::Merged { into } => self.merge(info, into, &options, reply),
+            Admission::Rejected { reason } => {
+                tracing::info!(owner = %info.owner, command = %info.summary, %reason, "rejected");
+                let _ = reply.send(Err(SubmitError::Rejected { reason }));
+            }
+        }
+    }
+
+    fn accept(
+        &mut self,
+        job: Box<dyn Job>,
+        info: JobInfo,
+        size: u64,
+        ahead: usize,
+        key: Option<SubmitKey>,
+        reply: TicketReply,
+    ) {
+        let id = info.id;
+        self.next_id += 1;
+        let accepted_at = SystemTime::now();
+        let stored = StoredJob {
+            id,
+            owner: info.owner.clone(),
+            summary: info.summary.clone(),
+            command: info.command.clone(),
+            key,
+            accepted_at,
+            waiters: Vec::new(),
+        };
+        let durable = self.store.insert(stored).shared();
+        if let Some(key) = key {
+            self.keys.insert((info.owner.uid, key), (id, false));
+        }
+        let usage = self.usage.entry(info.owner.uid).or_default();
+        usage.live_jobs += 1;
+        usage.live_bytes += size;
+        let (state, receiver) = watch::channel(JobState::Queued);
+        let ticket = JobTicket {
+            id,
+            ahead,
+            merged: false,
+            state: receiver,
+        };
+        tracing::info!(job = %id, owner = %info.owner, ahead, command = %info.summary, "accepted");
+        let live = Live {
+            job: Some(job),
+            info,
+            state,
+            durable: durable.clone(),
+            accepted_at,
+            started_at: None,
+            waiters: Vec::new(),
+            size,
+        };
+        self.jobs.insert(id, live);
+        // Acknowledge only once the job is on disk; meanwhile keep serving others.
+        tokio::spawn(async move {
+            let _ = reply.send(durable.await.map(|()| ticket).map_err(SubmitError::Store));
+        });
+    }
+
+    fn merge(&mut self, info: JobInfo, into: JobId, options: &SubmitOptions, reply: TicketReply) {
+        let Some(live) = self.jobs.get_mut(&into) else {
+            let _ = reply.send(Err(SubmitError::UnknownJob(into)));
+            return;
+        };
+        if live.info.owner.uid != info.owner.uid && !options.merge_across_users {
+            // A waiter learns the outcome of a job built with someone else's environment:
+            // only where the policy says users may share builds.
+            let reason = format!(
+                "the submit hook would merge this job into job {into} of another user, and the server's policy does not allow merges across users"
+            );
+            tracing::info!(owner = %info.owner, command = %info.summary, %reason, "rejected");
+            let _ = reply.send(Err(SubmitError::Rejected { reason }));
+            return;
+        }
+        tracing::info!(job = %into, owner = %info.owner, command = %info.summary, "merged into an equal job");
+        live.waiters.push(info.owner.clone());
+        let added = self
+            .store
+            .add_waiter(into, info.owner.clone(), options.key, SystemTime::now());
+        if let Some(key) = options.key {
+            self.keys.insert((info.owner.uid, key), (into, true));
+        }
+        let durable = live.durable.clone();
+        let mut ticket = self.ticket(into, &self.jobs[&into]);
+        ticket.merged = true;
+        // The waiter is acknowledged once it is on disk too: it survives a restart.
+        tokio::spawn(async move {
+            let recorded = match durable.await {
+                Ok(()) => added.await,
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(recorded.map(|()| ticket).map_err(SubmitError::Store));
+        });
+    }
+
+    /// Answers a submission that came again (same uid, same key) with the job it made.
+    fn reattach(&self, id: JobId, merged: bool, reply: TicketReply) {
+        if let Some(live) = self.jobs.get(&id) {
+            let mut ticket = self.ticket(id, live);
+            ticket.merged = merged;
+            let durable = live.durable.clone();
+            tokio::spawn(async move {
+                let _ = reply.send(durable.await.map(|()| ticket).map_err(SubmitError::Store));
+            });
+            return;
+        }
+        let described = self.store.describe(id);
+        tokio::spawn(async move {
+            let ticket = match described.await {
+                Ok(Some(record)) => super::queries::finished_ticket(id, &record.summary)
+                    .map(|mut ticket| {
+                        ticket.merged = merged;
+                        ticket
+                    })
+                    .ok_or(SubmitError::UnknownJob(id)),
+                Ok(None) => Err(SubmitError::UnknownJob(id)),
+                Err(e) => Err(SubmitError::Store(e)),
+            };
+            let _ = reply.send(ticket);
+        });
+    }
+
+    /// Whether `uid` may have one more job of `size` bytes.
+    fn within_limits(&self, uid: u32, size: u64) -> Result<(), String> {
+        let limits = &self.config.limits;
+        let usage = self.usage.get(&uid).copied().unwrap_or_default();
+        if let Some(max) = limits.queued_jobs
+            && usage.live_jobs >= max
+        {
+            return Err(format!(
+                "you have {} jobs queued or running here, the most the server allows per user; wait for some to finish",
+                usage.live_jobs
+            ));
+        }
+        if let Some(max) = limits.queued_bytes
+            && usage.live_bytes + size > max
+        {
+            return Err(format!(
+                "your queued jobs would hold {} bytes of arguments and environment, more than the {max} the server allows per user; wait for some to finish",
+                usage.live_bytes + size
+            ));
+        }
+        if let Some(max) = limits.log_bytes
+            && usage.log_bytes >= max
+        {
+            return Err(format!(
+                "the logs of your jobs kept here hold {} bytes, the most the server allows per user; they are freed as finished jobs pass their retention",
+                usage.log_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// A ticket for live job `id`.
+    pub(super) fn ticket(&self, id: JobId, live: &Live) -> JobTicket {
+        let ahead = self
+            .scheduler
+            .view()
+            .all()
+            .position(|j| j.id == id)
+            .unwrap_or(0);
+        JobTicket {
+            id,
+            ahead,
+            merged: false,
+            state: live.state.subscribe(),
+        }
+    }
+
+    /// Records a request's digest; refuses one seen before that has not expired.
+    pub(super) fn remember_request(
+        &mut self,
+        digest: [u8; 32],
+        until: SystemTime,
+    ) -> Result<(), SubmitError> {
+        let now = SystemTime::now();
+        if self.seen.get(&digest).is_some_and(|seen| *seen >= now) {
+            return Err(SubmitError::Replayed);
+        }
+        self.seen.insert(digest, until);
+        // Not awaited: whatever the request changes is written after this, in order, so it
+        // is never on record without its digest.
+        self.store
+            .remember_request(digest, until)
+            .log_failure("remember a request");
+        Ok(())
+    }
+
+    /// Forgets digests of requests whose credentials have expired.
+    pub(super) fn forget_requests(&mut self) {
+        let now = SystemTime::now();
+        self.seen.retain(|_, until| *until >= now);
+        self.store
+            .forget_requests(now)
+            .log_failure("forget expired requests");
+    }
+}
+
+/// A decision made outside the engine, standing in for its hooks.
+struct Decided(Decision);
+
+impl SubmitHook for Decided {
+    fn review(&self, _job: &JobInfo, _queue: &QueueView<'_>) -> Decision {
+        self.0.clone()
+    }
+}

@@ -1,0 +1,187 @@
+//! Job containment with cgroup v2: each job runs in a cgroup of its own, so that everything
+//! it started (even a daemon that left its session) can be found, killed and waited for.
+//!
+//! The executor makes one directory below its own cgroup (`cq-PID-N`) and one cgroup per job
+//! inside it (`job-ID`). Both unified (`/sys/fs/cgroup`) and hybrid (`/sys/fs/cgroup/unified`)
+//! mounts work, as with systemd and Slurm's `proctrack/cgroup`. No controller is enabled:
+//! the cgroup is used for grouping, `cgroup.kill` and the `populated` event only. Under
+//! systemd the service needs `Delegate=yes` (the unit in `dist/` has it).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::signal::Signal;
+
+use crate::job::JobId;
+
+/// Distinguishes several executors in one process (tests run many).
+static NEXT_TREE: AtomicU64 = AtomicU64::new(0);
+
+/// The executor's own directory of job cgroups, removed when the last handle goes.
+#[derive(Debug)]
+pub struct CgroupTree {
+    dir: PathBuf,
+}
+
+/// Why cgroups cannot be used here; the executor then falls back to process groups.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Unavailable(String);
+
+impl CgroupTree {
+    /// Finds this process's cgroup v2 directory and makes the executor's own directory in it.
+    ///
+    /// # Errors
+    ///
+    /// [`Unavailable`] saying why (no cgroup v2 mount, no permission, no `cgroup.kill`).
+    pub(crate) fn create() -> Result<Self, Unavailable> {
+        let mount = cgroup2_mount()
+            .ok_or_else(|| Unavailable("no cgroup v2 file system is mounted".into()))?;
+        let own = own_cgroup().ok_or_else(|| {
+            Unavailable("this process is not in a cgroup v2 hierarchy (/proc/self/cgroup)".into())
+        })?;
+        let parent = mount.join(own.trim_start_matches('/'));
+        let n = NEXT_TREE.fetch_add(1, Ordering::Relaxed);
+        let dir = parent.join(format!("cq-{}-{n}", std::process::id()));
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(Unavailable(format!("cannot create {}: {e}", dir.display())));
+            }
+        }
+        if !dir.join("cgroup.kill").exists() {
+            let _ = fs::remove_dir(&dir);
+            return Err(Unavailable(
+                "the kernel has no cgroup.kill (Linux 5.14 or newer needed)".into(),
+            ));
+        }
+        Ok(Self { dir })
+    }
+
+    /// The directory, for messages.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Makes job `id`'s cgroup (a stale one of the same name is emptied and reused).
+    ///
+    /// # Errors
+    ///
+    /// When the directory or its `cgroup.procs` cannot be made or opened.
+    pub(crate) fn job(&self, id: JobId) -> io::Result<JobCgroup> {
+        let dir = self.dir.join(format!("job-{id}"));
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        Ok(JobCgroup { dir })
+    }
+}
+
+impl Drop for CgroupTree {
+    fn drop(&mut self) {
+        // Only succeeds once every job cgroup is gone, which is when nothing runs.
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// One job's cgroup.
+#[derive(Debug)]
+pub(crate) struct JobCgroup {
+    dir: PathBuf,
+}
+
+impl JobCgroup {
+    /// `cgroup.procs`, open for the child to move itself in.
+    pub(crate) fn procs_for_child(&self) -> io::Result<OwnedFd> {
+        OpenOptions::new()
+            .write(true)
+            .open(self.dir.join("cgroup.procs"))
+            .map(OwnedFd::from)
+    }
+
+    /// Sends `signal` to every process in the cgroup now.
+    pub(crate) fn signal(&self, signal: Signal) {
+        for pid in self.pids() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    }
+
+    /// Kills every process in the cgroup, and those that fork meanwhile (`cgroup.kill`).
+    pub(crate) fn kill(&self) {
+        if let Err(e) = fs::write(self.dir.join("cgroup.kill"), b"1") {
+            tracing::warn!(cgroup = %self.dir.display(), error = %e, "cannot kill a job's cgroup");
+            self.signal(Signal::SIGKILL);
+        }
+    }
+
+    /// Waits until no process is left. The kernel reports each change of `cgroup.events` to
+    /// inotify; a blocking thread waits for those (tokio cannot watch inotify safely).
+    ///
+    /// # Errors
+    ///
+    /// When the events cannot be watched or read.
+    pub(crate) async fn emptied(&self) -> io::Result<()> {
+        let events = self.dir.join("cgroup.events");
+        tokio::task::spawn_blocking(move || {
+            let inotify = Inotify::init(InitFlags::IN_CLOEXEC)?;
+            inotify.add_watch(&events, AddWatchFlags::IN_MODIFY)?;
+            // Checked after the watch is in place, so that no change goes unseen.
+            while populated(&events)? {
+                inotify.read_events()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        fs::read_to_string(self.dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for JobCgroup {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir(&self.dir) {
+            tracing::warn!(cgroup = %self.dir.display(), error = %e, "cannot remove a job's cgroup");
+        }
+    }
+}
+
+/// Whether processes remain in the cgroup whose `cgroup.events` is `events`.
+fn populated(events: &Path) -> io::Result<bool> {
+    let mut text = String::new();
+    File::open(events)?.read_to_string(&mut text)?;
+    Ok(text.lines().any(|line| line == "populated 1"))
+}
+
+/// Where the cgroup v2 hierarchy is mounted (unified or hybrid).
+fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|line| {
+        // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS ... - FSTYPE SOURCE SUPER"
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (fstype == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// This process's cgroup v2 path (`0::/path` in `/proc/self/cgroup`).
+fn own_cgroup() -> Option<String> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(str::to_owned)
+}

@@ -1,0 +1,453 @@
+//! The durable store: SQLite (WAL, synchronous=FULL) on one writer thread with group commit.
+//!
+//! - `schema.rs`: the file (created exclusively, recognised as cq's) and its migrations;
+//! - `writer.rs`: the writer thread and the operations it batches;
+//! - `rows.rs`: the SQL of each operation.
+
+mod rows;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use tokio::sync::mpsc;
+
+use super::pending::Pending;
+use super::record::{JobRecord, PrunedJob, Recovered, Store, StoreError, StoredJob};
+use crate::auth::Identity;
+use crate::engine::JobResult;
+use crate::job::{JobId, SubmitKey};
+use writer::{Op, Reply};
+
+/// Jobs in an SQLite database, written by one dedicated thread.
+///
+/// Each batch of operations that queued up while the previous commit was on disk is applied
+/// in one transaction: one fsync for the whole batch.
+#[derive(Debug)]
+pub struct SqliteStore {
+    ops: mpsc::UnboundedSender<Op>,
+    path: PathBuf,
+    commits: Arc<AtomicU64>,
+}
+
+impl SqliteStore {
+    /// Opens the database at `path`, or creates it (mode 0600, never through a symlink), and
+    /// applies pending schema migrations. An existing file must belong to this user and be a
+    /// cq database: an empty or foreign file is refused rather than replaced by an empty
+    /// queue.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Open`] naming the file and the reason (missing directory, read-only
+    /// file system, disk full, not a cq database, a newer schema).
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = schema::open(path).map_err(|reason| StoreError::Open {
+            path: path.display().to_string(),
+            reason,
+        })?;
+        let (ops, inbox) = mpsc::unbounded_channel();
+        let commits = Arc::new(AtomicU64::new(0));
+        let counter = commits.clone();
+        std::thread::Builder::new()
+            .name("cq-store".to_owned())
+            .spawn(move || writer::run(conn, inbox, &counter))
+            .map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                reason: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok(Self {
+            ops,
+            path: path.to_owned(),
+            commits,
+        })
+    }
+
+    /// How many transactions have been committed since opening (for monitoring and tests:
+    /// fewer commits than operations means operations shared commits).
+    pub fn commit_count(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn send<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Pending<T> {
+        let (reply, pending) = Pending::channel();
+        // If the writer is gone, the reply is dropped and the pending result says Closed.
+        let _ = self.ops.send(make(reply));
+        pending
+    }
+}
+
+impl Store for SqliteStore {
+    fn recover(&self, requeue_running: bool) -> Pending<Recovered> {
+        self.send(|reply| Op::Recover {
+            requeue_running,
+            reply,
+        })
+    }
+
+    fn insert(&self, job: StoredJob) -> Pending<()> {
+        self.send(|reply| Op::Insert {
+            job: Box::new(job),
+            reply,
+        })
+    }
+
+    fn record_start(&self, id: JobId, at: SystemTime) -> Pending<()> {
+        self.send(|reply| Op::Start { id, at, reply })
+    }
+
+    fn record_finish(
+        &self,
+        id: JobId,
+        result: JobResult,
+        log_bytes: u64,
+        at: SystemTime,
+    ) -> Pending<()> {
+        self.send(|reply| Op::Finish {
+            id,
+            result,
+            log_bytes,
+            at,
+            reply,
+        })
+    }
+
+    fn add_waiter(
+        &self,
+        id: JobId,
+        waiter: Identity,
+        key: Option<SubmitKey>,
+        at: SystemTime,
+    ) -> Pending<()> {
+        self.send(|reply| Op::AddWaiter {
+            id,
+            waiter: Box::new(waiter),
+            key,
+            at,
+            reply,
+        })
+    }
+
+    fn remove_waiter(&self, id: JobId, uid: u32) -> Pending<()> {
+        self.send(|reply| Op::RemoveWaiter { id, uid, reply })
+    }
+
+    fn describe(&self, id: JobId) -> Pending<Option<JobRecord>> {
+        self.send(|reply| Op::Describe { id, reply })
+    }
+
+    fn recent(&self, limit: usize) -> Pending<Vec<JobRecord>> {
+        self.send(|reply| Op::Recent { limit, reply })
+    }
+
+    fn prune(&self, before: SystemTime) -> Pending<Vec<PrunedJob>> {
+        self.send(|reply| Op::Prune { before, reply })
+    }
+
+    fn remember_request(&self, digest: [u8; 32], until: SystemTime) -> Pending<()> {
+        self.send(|reply| Op::RememberRequest {
+            digest,
+            until,
+            reply,
+        })
+    }
+
+    fn forget_requests(&self, before: SystemTime) -> Pending<()> {
+        self.send(|reply| Op::ForgetRequests { before, reply })
+    }
+
+    fn flush(&self) -> Pending<()> {
+        self.send(|reply| Op::Flush { reply })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use rusqlite::Connection;
+
+    use super::*;
+    use crate::job::{CommandJob, JobPhase};
+    use crate::outcome::Outcome;
+    use crate::store::KnownKey;
+
+    fn job(id: u64) -> StoredJob {
+        StoredJob {
+            id: JobId(id),
+            owner: Identity::local(),
+            summary: format!("job {id}"),
+            command: Some(CommandJob::new(["true", &id.to_string()])),
+            key: Some(SubmitKey([id as u8; 16])),
+            accepted_at: SystemTime::now(),
+            waiters: Vec::new(),
+        }
+    }
+
+    fn exited(code: i32) -> JobResult {
+        JobResult {
+            outcome: Outcome::Exited { code },
+            runtime: Duration::from_millis(12),
+        }
+    }
+
+    #[tokio::test]
+    async fn jobs_survive_reopening_and_running_ones_are_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cq.db");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            for id in 1..=4 {
+                store.insert(job(id)).await.unwrap();
+            }
+            store
+                .record_start(JobId(1), SystemTime::now())
+                .await
+                .unwrap();
+            store
+                .record_finish(JobId(1), exited(3), 42, SystemTime::now())
+                .await
+                .unwrap();
+            store
+                .record_start(JobId(2), SystemTime::now())
+                .await
+                .unwrap();
+            let key = SubmitKey([9; 16]);
+            store
+                .add_waiter(JobId(3), Identity::local(), Some(key), SystemTime::now())
+                .await
+                .unwrap();
+            let described = store.describe(JobId(1)).await.unwrap().unwrap().summary;
+            assert_eq!(described.phase, JobPhase::Finished);
+            assert_eq!(
+                (described.outcome, described.runtime_ms),
+                (Some(exited(3).outcome), Some(12))
+            );
+            assert_eq!(described.command, vec!["true".to_owned(), "1".to_owned()]);
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let recovered = store.recover(false).await.unwrap();
+        assert_eq!(recovered.lost, vec![JobId(2)]);
+        assert_eq!(
+            recovered.queued.iter().map(|j| j.id).collect::<Vec<_>>(),
+            vec![JobId(3), JobId(4)]
+        );
+        let mut expected = job(3);
+        expected.accepted_at = recovered.queued[0].accepted_at;
+        expected.waiters = vec![Identity::local()];
+        assert_eq!(
+            recovered.queued[0], expected,
+            "the waiter survives the restart"
+        );
+        let me = Identity::local().uid;
+        assert!(recovered.keys.contains(&KnownKey {
+            uid: me,
+            key: SubmitKey([9; 16]),
+            job: JobId(3),
+            merged: true
+        }));
+        assert!(recovered.keys.contains(&KnownKey {
+            uid: me,
+            key: SubmitKey([4; 16]),
+            job: JobId(4),
+            merged: false
+        }));
+        assert_eq!(recovered.log_bytes, vec![(me, 42)]);
+        let record = store.describe(JobId(3)).await.unwrap().unwrap();
+        assert_eq!((record.summary.waiters, record.waiter_uids), (1, vec![me]));
+        assert_eq!(recovered.next_id, 5);
+        let lost = store.describe(JobId(2)).await.unwrap().unwrap().summary;
+        assert_eq!(
+            (lost.phase, lost.outcome),
+            (JobPhase::Finished, Some(Outcome::Lost))
+        );
+    }
+
+    #[tokio::test]
+    async fn running_jobs_can_be_requeued_instead() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("cq.db")).unwrap();
+        store.insert(job(1)).await.unwrap();
+        store.insert(job(2)).await.unwrap();
+        store
+            .record_start(JobId(1), SystemTime::now())
+            .await
+            .unwrap();
+        let recovered = store.recover(true).await.unwrap();
+        assert_eq!(recovered.requeued, vec![JobId(1)]);
+        assert_eq!(
+            recovered.queued.iter().map(|j| j.id).collect::<Vec<_>>(),
+            vec![JobId(1), JobId(2)]
+        );
+    }
+
+    #[tokio::test]
+    async fn prune_forgets_old_results_only_and_never_frees_their_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cq.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let long_ago = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        for id in 1..=3 {
+            store.insert(job(id)).await.unwrap();
+        }
+        store
+            .record_finish(JobId(1), exited(0), 7, long_ago)
+            .await
+            .unwrap();
+        store
+            .record_finish(JobId(2), exited(0), 0, SystemTime::now())
+            .await
+            .unwrap();
+        store
+            .record_finish(JobId(3), exited(0), 0, long_ago)
+            .await
+            .unwrap();
+        let pruned = store
+            .prune(SystemTime::now() - Duration::from_secs(3600))
+            .await
+            .unwrap();
+        let me = Identity::local().uid;
+        assert_eq!(
+            pruned,
+            vec![
+                PrunedJob {
+                    id: JobId(1),
+                    owner_uid: me,
+                    log_bytes: 7
+                },
+                PrunedJob {
+                    id: JobId(3),
+                    owner_uid: me,
+                    log_bytes: 0
+                }
+            ]
+        );
+        assert_eq!(store.describe(JobId(1)).await.unwrap(), None);
+        let recent: Vec<JobId> = store
+            .recent(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.summary.id)
+            .collect();
+        assert_eq!(
+            recent,
+            vec![JobId(2)],
+            "only finished jobs, and not the pruned ones"
+        );
+        drop(store);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            store.recover(false).await.unwrap().next_id,
+            4,
+            "id 3 is not handed out again"
+        );
+    }
+
+    #[tokio::test]
+    async fn request_digests_are_kept_until_they_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cq.db");
+        let later = SystemTime::now() + Duration::from_secs(300);
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            store.remember_request([1; 32], later).await.unwrap();
+            store
+                .remember_request([2; 32], SystemTime::now() - Duration::from_secs(1))
+                .await
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let recovered = store.recover(false).await.unwrap();
+        assert_eq!(recovered.requests.len(), 1);
+        assert_eq!(recovered.requests[0].0, [1; 32]);
+        store
+            .forget_requests(later + Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(store.recover(false).await.unwrap().requests.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_cq_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.db");
+        std::fs::write(&empty, b"").unwrap();
+        let err = SqliteStore::open(&empty).unwrap_err().to_string();
+        assert!(
+            err.contains("not a cq database") && err.contains("move it away"),
+            "{err}"
+        );
+        let foreign = dir.path().join("foreign.db");
+        Connection::open(&foreign)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        assert!(SqliteStore::open(&foreign).is_err());
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(dir.path().join("cq-real.db"), &link).unwrap();
+        let err = SqliteStore::open(&link).unwrap_err().to_string();
+        assert!(err.contains("symlink"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_database_is_private_to_the_server() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cq.db");
+        let store = SqliteStore::open(&path).unwrap();
+        store.insert(job(1)).await.unwrap();
+        for name in ["cq.db", "cq.db-wal", "cq.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{name} is {mode:o}");
+        }
+        drop(store);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(SqliteStore::open(&path).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "an existing database is made private");
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused_with_a_clear_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cq.db");
+        drop(SqliteStore::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let err = SqliteStore::open(&path).unwrap_err();
+        assert!(
+            err.to_string().contains("newer than this cq_server knows"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_inserts_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("cq.db")).unwrap();
+        let before = store.commit_count();
+        let pending: Vec<_> = (1..=200).map(|id| store.insert(job(id))).collect();
+        for p in pending {
+            p.await.unwrap();
+        }
+        let commits = store.commit_count() - before;
+        assert!(
+            commits < 200,
+            "200 concurrent inserts took {commits} commits"
+        );
+        assert_eq!(store.recover(false).await.unwrap().queued.len(), 200);
+    }
+}

@@ -1,0 +1,346 @@
+//! The SQL of each operation, inside the writer's transaction.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use crate::auth::{AuthMethod, Identity};
+use crate::engine::JobResult;
+use crate::job::{CommandJob, JobId, JobPhase, JobSummary, SubmitKey};
+use crate::outcome::Outcome;
+use crate::store::record::{JobRecord, KnownKey, PrunedJob, Recovered, StoredJob};
+
+pub(super) fn millis(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+fn method_name(method: AuthMethod) -> &'static str {
+    match method {
+        AuthMethod::Custom(name) => name,
+        AuthMethod::Local => "local",
+        AuthMethod::Munge => "munge",
+        AuthMethod::MutualTls => "tls",
+    }
+}
+
+fn method_from(name: &str) -> AuthMethod {
+    match name {
+        "local" => AuthMethod::Local,
+        "munge" => AuthMethod::Munge,
+        "tls" => AuthMethod::MutualTls,
+        _ => AuthMethod::Custom("restored"),
+    }
+}
+
+fn key_bytes(key: Option<SubmitKey>) -> Option<Vec<u8>> {
+    key.map(|k| k.0.to_vec())
+}
+
+fn key_from(bytes: Option<Vec<u8>>) -> Option<SubmitKey> {
+    bytes
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+        .map(SubmitKey)
+}
+
+pub(super) fn insert(tx: &Transaction<'_>, job: &StoredJob) -> rusqlite::Result<()> {
+    let command = job
+        .command
+        .as_ref()
+        .map(|c| postcard::to_allocvec(c).unwrap_or_default());
+    tx.execute(
+        "INSERT INTO jobs (id, owner_uid, owner_gid, owner_user, owner_host, auth_method, summary, command, state, accepted_ms, submit_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10)",
+        params![
+            job.id.0 as i64,
+            job.owner.uid,
+            job.owner.gid,
+            job.owner.user,
+            job.owner.host,
+            method_name(job.owner.method),
+            job.summary,
+            command,
+            millis(job.accepted_at),
+            key_bytes(job.key),
+        ],
+    )?;
+    // The counter only grows: pruning old jobs never frees their ids.
+    tx.execute(
+        "UPDATE meta SET value = max(value, ?1) WHERE name = 'next_id'",
+        params![job.id.0 as i64 + 1],
+    )
+    .map(drop)
+}
+
+pub(super) fn record_start(
+    tx: &Transaction<'_>,
+    id: JobId,
+    at: SystemTime,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE jobs SET state = 'running', started_ms = ?2 WHERE id = ?1",
+        params![id.0 as i64, millis(at)],
+    )
+    .map(drop)
+}
+
+pub(super) fn record_finish(
+    tx: &Transaction<'_>,
+    id: JobId,
+    result: &JobResult,
+    log_bytes: u64,
+    at: SystemTime,
+) -> rusqlite::Result<()> {
+    let outcome = postcard::to_allocvec(&result.outcome).unwrap_or_default();
+    tx.execute(
+        "UPDATE jobs SET state = 'finished', finished_ms = ?2, outcome = ?3, outcome_word = ?4, runtime_ms = ?5, log_bytes = ?6
+         WHERE id = ?1",
+        params![
+            id.0 as i64,
+            millis(at),
+            outcome,
+            result.outcome.word(),
+            i64::try_from(result.runtime.as_millis()).unwrap_or(i64::MAX),
+            i64::try_from(log_bytes).unwrap_or(i64::MAX),
+        ],
+    )
+    .map(drop)
+}
+
+pub(super) fn add_waiter(
+    tx: &Transaction<'_>,
+    id: JobId,
+    waiter: &Identity,
+    key: Option<SubmitKey>,
+    at: SystemTime,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO waiters (job_id, uid, gid, user, host, auth_method, added_ms, submit_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            id.0 as i64,
+            waiter.uid,
+            waiter.gid,
+            waiter.user,
+            waiter.host,
+            method_name(waiter.method),
+            millis(at),
+            key_bytes(key)
+        ],
+    )
+    .map(drop)
+}
+
+pub(super) fn remove_waiter(tx: &Transaction<'_>, id: JobId, uid: u32) -> rusqlite::Result<()> {
+    tx.execute(
+        "DELETE FROM waiters WHERE job_id = ?1 AND uid = ?2",
+        params![id.0 as i64, uid],
+    )
+    .map(drop)
+}
+
+pub(super) fn remember_request(
+    tx: &Transaction<'_>,
+    digest: &[u8; 32],
+    until: SystemTime,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO seen_requests (digest, until_ms) VALUES (?1, ?2)
+         ON CONFLICT (digest) DO UPDATE SET until_ms = max(until_ms, excluded.until_ms)",
+        params![&digest[..], millis(until)],
+    )
+    .map(drop)
+}
+
+pub(super) fn forget_requests(tx: &Transaction<'_>, before: SystemTime) -> rusqlite::Result<()> {
+    tx.execute(
+        "DELETE FROM seen_requests WHERE until_ms < ?1",
+        params![millis(before)],
+    )
+    .map(drop)
+}
+
+fn identity_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Identity> {
+    let method: String = row.get(first + 4)?;
+    Ok(Identity {
+        uid: row.get(first)?,
+        gid: row.get(first + 1)?,
+        user: row.get(first + 2)?,
+        host: row.get(first + 3)?,
+        method: method_from(&method),
+    })
+}
+
+fn waiters_of(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<Vec<Identity>> {
+    tx.prepare_cached(
+        "SELECT uid, gid, user, host, auth_method FROM waiters WHERE job_id = ?1 ORDER BY added_ms",
+    )?
+    .query_map(params![id], |row| identity_at(row, 0))?
+    .collect()
+}
+
+fn ms_to_u64(ms: Option<i64>) -> Option<u64> {
+    ms.map(|ms| u64::try_from(ms).unwrap_or(0))
+}
+
+/// Job records for the rows a `WHERE ... [ORDER BY ...] [LIMIT ...]` clause selects.
+pub(super) fn records(
+    tx: &Transaction<'_>,
+    clause: &str,
+    args: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<JobRecord>> {
+    let sql = format!(
+        "SELECT id, owner_uid, owner_gid, owner_user, owner_host, auth_method, summary, command, state,
+                accepted_ms, started_ms, finished_ms, outcome, runtime_ms,
+                (SELECT group_concat(uid) FROM waiters WHERE job_id = jobs.id)
+         FROM jobs {clause}"
+    );
+    let mut statement = tx.prepare(&sql)?;
+    let rows = statement.query_map(args, |row| {
+        let owner = identity_at(row, 1)?;
+        let summary: String = row.get(6)?;
+        let command: Option<Vec<u8>> = row.get(7)?;
+        let state: String = row.get(8)?;
+        let outcome: Option<Vec<u8>> = row.get(12)?;
+        let waiter_uids: Vec<u32> = row
+            .get::<_, Option<String>>(14)?
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|uid| uid.parse().ok())
+            .collect();
+        Ok(JobRecord {
+            summary: JobSummary {
+                id: JobId(row.get::<_, i64>(0)? as u64),
+                owner: owner.to_string(),
+                owner_uid: owner.uid,
+                command: command
+                    .and_then(|bytes| postcard::from_bytes::<CommandJob>(&bytes).ok())
+                    .map_or_else(|| vec![summary], |c| c.argv),
+                phase: match state.as_str() {
+                    "queued" => JobPhase::Queued,
+                    "running" => JobPhase::Running,
+                    _ => JobPhase::Finished,
+                },
+                accepted_ms: ms_to_u64(Some(row.get(9)?)).unwrap_or(0),
+                started_ms: ms_to_u64(row.get(10)?),
+                finished_ms: ms_to_u64(row.get(11)?),
+                // A row this build cannot read is reported as lost rather than failing the
+                // reader.
+                outcome: outcome.map(|bytes| postcard::from_bytes(&bytes).unwrap_or(Outcome::Lost)),
+                runtime_ms: ms_to_u64(row.get(13)?),
+                waiters: u32::try_from(waiter_uids.len()).unwrap_or(u32::MAX),
+            },
+            waiter_uids,
+        })
+    })?;
+    rows.collect()
+}
+
+pub(super) fn recover(tx: &Transaction<'_>, requeue_running: bool) -> rusqlite::Result<Recovered> {
+    let now = millis(SystemTime::now());
+    let mut recovered = Recovered::default();
+    let running: Vec<(i64, bool)> = tx
+        .prepare("SELECT id, command IS NOT NULL FROM jobs WHERE state = 'running' ORDER BY id")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let lost = postcard::to_allocvec(&Outcome::Lost).unwrap_or_default();
+    for (id, has_command) in running {
+        if requeue_running && has_command {
+            tx.execute(
+                "UPDATE jobs SET state = 'queued', started_ms = NULL WHERE id = ?1",
+                params![id],
+            )?;
+            recovered.requeued.push(JobId(id as u64));
+        } else {
+            tx.execute(
+                "UPDATE jobs SET state = 'finished', finished_ms = ?2, outcome = ?3, outcome_word = 'lost', runtime_ms = 0
+                 WHERE id = ?1",
+                params![id, now, lost],
+            )?;
+            recovered.lost.push(JobId(id as u64));
+        }
+    }
+    let mut statement = tx.prepare(
+        "SELECT id, owner_uid, owner_gid, owner_user, owner_host, auth_method, summary, command, accepted_ms, submit_key
+         FROM jobs WHERE state = 'queued' ORDER BY id",
+    )?;
+    let rows = statement.query_map([], |row| {
+        let command: Option<Vec<u8>> = row.get(7)?;
+        Ok(StoredJob {
+            id: JobId(row.get::<_, i64>(0)? as u64),
+            owner: identity_at(row, 1)?,
+            summary: row.get(6)?,
+            command: command.and_then(|bytes| postcard::from_bytes::<CommandJob>(&bytes).ok()),
+            key: key_from(row.get(9)?),
+            accepted_at: from_millis(row.get(8)?),
+            waiters: Vec::new(),
+        })
+    })?;
+    recovered.queued = rows.collect::<rusqlite::Result<_>>()?;
+    for job in &mut recovered.queued {
+        job.waiters = waiters_of(tx, job.id.0 as i64)?;
+    }
+    recovered.keys = tx
+        .prepare(
+            "SELECT owner_uid, submit_key, id, 0 FROM jobs WHERE submit_key IS NOT NULL
+             UNION ALL
+             SELECT uid, submit_key, job_id, 1 FROM waiters WHERE submit_key IS NOT NULL",
+        )?
+        .query_map([], |row| {
+            let uid: u32 = row.get(0)?;
+            let job = JobId(row.get::<_, i64>(2)? as u64);
+            let merged: bool = row.get(3)?;
+            Ok(key_from(row.get(1)?).map(|key| KnownKey {
+                uid,
+                key,
+                job,
+                merged,
+            }))
+        })?
+        .filter_map(Result::transpose)
+        .collect::<rusqlite::Result<_>>()?;
+    recovered.requests = tx
+        .prepare("SELECT digest, until_ms FROM seen_requests WHERE until_ms >= ?1")?
+        .query_map(params![now], |row| {
+            let digest: Vec<u8> = row.get(0)?;
+            let until = from_millis(row.get(1)?);
+            Ok(<[u8; 32]>::try_from(digest).ok().map(|d| (d, until)))
+        })?
+        .filter_map(Result::transpose)
+        .collect::<rusqlite::Result<_>>()?;
+    recovered.log_bytes = tx
+        .prepare("SELECT owner_uid, sum(log_bytes) FROM jobs GROUP BY owner_uid HAVING sum(log_bytes) > 0")?
+        .query_map([], |row| {
+            Ok((row.get(0)?, u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0)))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let counter: Option<i64> = tx
+        .query_row("SELECT value FROM meta WHERE name = 'next_id'", [], |row| {
+            row.get(0)
+        })
+        .optional()?;
+    let max: Option<i64> = tx.query_row("SELECT max(id) FROM jobs", [], |row| row.get(0))?;
+    recovered.next_id = counter
+        .unwrap_or(1)
+        .max(max.map_or(1, |m| m + 1))
+        .try_into()
+        .unwrap_or(1);
+    Ok(recovered)
+}
+
+pub(super) fn prune(tx: &Transaction<'_>, before: SystemTime) -> rusqlite::Result<Vec<PrunedJob>> {
+    tx.prepare(
+        "DELETE FROM jobs WHERE state = 'finished' AND finished_ms < ?1 RETURNING id, owner_uid, log_bytes",
+    )?
+    .query_map(params![millis(before)], |row| {
+        Ok(PrunedJob {
+            id: JobId(row.get::<_, i64>(0)? as u64),
+            owner_uid: row.get(1)?,
+            log_bytes: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+        })
+    })?
+    .collect()
+}

@@ -1,0 +1,221 @@
+//! The one thread that writes: operations that queue up while a commit is on disk share the
+//! next transaction (group commit).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use rusqlite::{Connection, Transaction, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::rows;
+use crate::auth::Identity;
+use crate::engine::JobResult;
+use crate::job::{JobId, SubmitKey};
+use crate::store::record::{JobRecord, PrunedJob, Recovered, StoreError, StoredJob};
+
+/// At most this many operations share one commit, so that one commit stays short.
+const MAX_BATCH: usize = 1024;
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+pub(super) enum Op {
+    Recover {
+        requeue_running: bool,
+        reply: Reply<Recovered>,
+    },
+    Insert {
+        job: Box<StoredJob>,
+        reply: Reply<()>,
+    },
+    Start {
+        id: JobId,
+        at: SystemTime,
+        reply: Reply<()>,
+    },
+    Finish {
+        id: JobId,
+        result: JobResult,
+        log_bytes: u64,
+        at: SystemTime,
+        reply: Reply<()>,
+    },
+    AddWaiter {
+        id: JobId,
+        waiter: Box<Identity>,
+        key: Option<SubmitKey>,
+        at: SystemTime,
+        reply: Reply<()>,
+    },
+    RemoveWaiter {
+        id: JobId,
+        uid: u32,
+        reply: Reply<()>,
+    },
+    Describe {
+        id: JobId,
+        reply: Reply<Option<JobRecord>>,
+    },
+    Recent {
+        limit: usize,
+        reply: Reply<Vec<JobRecord>>,
+    },
+    Prune {
+        before: SystemTime,
+        reply: Reply<Vec<PrunedJob>>,
+    },
+    RememberRequest {
+        digest: [u8; 32],
+        until: SystemTime,
+        reply: Reply<()>,
+    },
+    ForgetRequests {
+        before: SystemTime,
+        reply: Reply<()>,
+    },
+    Flush {
+        reply: Reply<()>,
+    },
+}
+
+/// A finished operation waiting for its commit before its reply is sent.
+type Done = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
+pub(super) fn run(
+    mut conn: Connection,
+    mut inbox: mpsc::UnboundedReceiver<Op>,
+    commits: &AtomicU64,
+) {
+    while let Some(first) = inbox.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match inbox.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let tx = match conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => {
+                let error = StoreError::Database {
+                    what: "begin",
+                    reason: e.to_string(),
+                };
+                for op in batch {
+                    fail(op, &error);
+                }
+                continue;
+            }
+        };
+        let done: Vec<Done> = batch.into_iter().map(|op| apply(&tx, op)).collect();
+        let commit = tx.commit().err().map(|e| StoreError::Database {
+            what: "commit",
+            reason: e.to_string(),
+        });
+        commits.fetch_add(1, Ordering::Relaxed);
+        for reply in done {
+            reply(commit.as_ref());
+        }
+    }
+}
+
+/// Applies one operation inside the batch's transaction; the returned closure replies after
+/// the commit (with the commit's error, if it failed).
+fn apply(tx: &Transaction<'_>, op: Op) -> Done {
+    fn finish<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> Done {
+        Box::new(move |commit: Option<&StoreError>| {
+            let _ = reply.send(match commit {
+                Some(e) => Err(e.clone()),
+                None => result,
+            });
+        })
+    }
+    let db = |what: &'static str| {
+        move |e: rusqlite::Error| StoreError::Database {
+            what,
+            reason: e.to_string(),
+        }
+    };
+    match op {
+        Op::Recover {
+            requeue_running,
+            reply,
+        } => finish(
+            reply,
+            rows::recover(tx, requeue_running).map_err(db("recover")),
+        ),
+        Op::Insert { job, reply } => finish(reply, rows::insert(tx, &job).map_err(db("insert"))),
+        Op::Start { id, at, reply } => finish(
+            reply,
+            rows::record_start(tx, id, at).map_err(db("record start")),
+        ),
+        Op::Finish {
+            id,
+            result,
+            log_bytes,
+            at,
+            reply,
+        } => finish(
+            reply,
+            rows::record_finish(tx, id, &result, log_bytes, at).map_err(db("record finish")),
+        ),
+        Op::AddWaiter {
+            id,
+            waiter,
+            key,
+            at,
+            reply,
+        } => finish(
+            reply,
+            rows::add_waiter(tx, id, &waiter, key, at).map_err(db("add a waiter")),
+        ),
+        Op::RemoveWaiter { id, uid, reply } => finish(
+            reply,
+            rows::remove_waiter(tx, id, uid).map_err(db("remove a waiter")),
+        ),
+        Op::Describe { id, reply } => {
+            let found =
+                rows::records(tx, "WHERE id = ?1", params![id.0 as i64]).map(|mut v| v.pop());
+            finish(reply, found.map_err(db("describe")))
+        }
+        Op::Recent { limit, reply } => {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let clause = "WHERE state = 'finished' ORDER BY finished_ms DESC, id DESC LIMIT ?1";
+            finish(
+                reply,
+                rows::records(tx, clause, params![limit]).map_err(db("list recent jobs")),
+            )
+        }
+        Op::Prune { before, reply } => finish(reply, rows::prune(tx, before).map_err(db("prune"))),
+        Op::RememberRequest {
+            digest,
+            until,
+            reply,
+        } => finish(
+            reply,
+            rows::remember_request(tx, &digest, until).map_err(db("remember a request")),
+        ),
+        Op::ForgetRequests { before, reply } => finish(
+            reply,
+            rows::forget_requests(tx, before).map_err(db("forget old requests")),
+        ),
+        Op::Flush { reply } => finish(reply, Ok(())),
+    }
+}
+
+fn fail(op: Op, error: &StoreError) {
+    let e = Err(error.clone());
+    match op {
+        Op::Recover { reply, .. } => drop(reply.send(e.map(|()| Recovered::default()))),
+        Op::Insert { reply, .. }
+        | Op::Start { reply, .. }
+        | Op::Finish { reply, .. }
+        | Op::AddWaiter { reply, .. }
+        | Op::RemoveWaiter { reply, .. }
+        | Op::RememberRequest { reply, .. }
+        | Op::ForgetRequests { reply, .. }
+        | Op::Flush { reply } => drop(reply.send(e)),
+        Op::Describe { reply, .. } => drop(reply.send(e.map(|()| None))),
+        Op::Recent { reply, .. } => drop(reply.send(e.map(|()| Vec::new()))),
+        Op::Prune { reply, .. } => drop(reply.send(e.map(|()| Vec::new()))),
+    }
+}
