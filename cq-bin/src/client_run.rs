@@ -24,7 +24,7 @@ use crate::report::{MUNGED_HINT, fail, say};
 use crate::units::parse_duration;
 
 /// Options that make no sense with a query (--list, --status, --cancel).
-const QUERY_CONFLICTS: [&str; 7] = [
+const QUERY_CONFLICTS: [&str; 8] = [
     "command",
     "wait",
     "detach",
@@ -32,6 +32,7 @@ const QUERY_CONFLICTS: [&str; 7] = [
     "post_script",
     "env",
     "timeout",
+    "cwd",
 ];
 
 /// Options the configuration file's `[client]` section may set: where the server is, how to
@@ -113,7 +114,11 @@ pub struct Args {
     /// Seconds to keep re-attaching to the job while the server is unreachable.
     #[arg(long, value_name = "SECS", default_value_t = 3600.0)]
     pub reconnect_timeout: f64,
-    /// Kill the job (its whole process group) if it runs longer than this (e.g. 90s, 2h); the
+    /// Working directory of the job on the server (entered with your rights there) [default:
+    /// the server's, usually /].
+    #[arg(long, value_name = "DIR", conflicts_with = "wait")]
+    pub cwd: Option<String>,
+    /// Kill the job (all its processes) if it runs longer than this (e.g. 90s, 2h); the
     /// server may set a default and a maximum.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,

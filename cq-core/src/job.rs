@@ -279,12 +279,14 @@ pub struct JobSummary {
 }
 
 impl JobSummary {
-    /// What others than its owners and the admins see of a job: who, when, in which state,
-    /// and the program's name, never its arguments or environment.
+    /// What others than its owner and the admins see of a job: who, when, in which state,
+    /// and the program's name (the file name of its first word), never its arguments or
+    /// environment.
     pub fn limited(mut self) -> Self {
         let program = self
             .command
             .first()
+            .and_then(|p| p.split_whitespace().next())
             .map(|p| p.rsplit('/').next().unwrap_or(p).to_owned())
             .unwrap_or_default();
         self.command = vec![program];

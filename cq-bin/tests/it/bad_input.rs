@@ -15,7 +15,7 @@ use tokio_util::codec::Decoder;
 
 use crate::support::{LIMIT, Munged, TestServer};
 
-async fn connect(server: &TestServer) -> TcpStream {
+pub(crate) async fn connect(server: &TestServer) -> TcpStream {
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     let mut greeting = [0; HELLO_LEN + SERVER_UID_LEN];
     tokio::time::timeout(LIMIT, stream.read_exact(&mut greeting))
@@ -36,7 +36,7 @@ async fn connect(server: &TestServer) -> TcpStream {
 }
 
 /// Reads until the server closes the connection and returns the replies it sent.
-async fn replies(mut stream: TcpStream) -> Vec<Reply> {
+pub(crate) async fn replies(mut stream: TcpStream) -> Vec<Reply> {
     let mut bytes = Vec::new();
     tokio::time::timeout(LIMIT, stream.read_to_end(&mut bytes))
         .await
@@ -52,7 +52,7 @@ async fn replies(mut stream: TcpStream) -> Vec<Reply> {
 }
 
 /// The one error the server sent before closing.
-async fn error(stream: TcpStream) -> (ErrorCode, String) {
+pub(crate) async fn error(stream: TcpStream) -> (ErrorCode, String) {
     let replies = replies(stream).await;
     match replies.as_slice() {
         [
@@ -66,13 +66,13 @@ async fn error(stream: TcpStream) -> (ErrorCode, String) {
     }
 }
 
-fn frame(body: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(body: &[u8]) -> Vec<u8> {
     let mut out = (body.len() as u32).to_be_bytes().to_vec();
     out.extend_from_slice(body);
     out
 }
 
-async fn hello_and(server: &TestServer, bytes: &[u8]) -> TcpStream {
+pub(crate) async fn hello_and(server: &TestServer, bytes: &[u8]) -> TcpStream {
     let mut stream = connect(server).await;
     stream
         .write_all(&Hello::new(Role::Client).encode())
@@ -82,7 +82,7 @@ async fn hello_and(server: &TestServer, bytes: &[u8]) -> TcpStream {
     stream
 }
 
-fn request(destination: SocketAddr, argv: &[&str]) -> Vec<u8> {
+pub(crate) fn request(destination: SocketAddr, argv: &[&str]) -> Vec<u8> {
     let request = Request {
         destination: Some(destination),
         nonce: Nonce::random(),
@@ -94,7 +94,7 @@ fn request(destination: SocketAddr, argv: &[&str]) -> Vec<u8> {
     postcard::to_allocvec(&request).unwrap()
 }
 
-async fn signed(munged: &Munged, body: Vec<u8>) -> Vec<u8> {
+pub(crate) async fn signed(munged: &Munged, body: Vec<u8>) -> Vec<u8> {
     let credential = MungeCredentialSource::new(munged.daemon.socket())
         .credential_for(&body)
         .await

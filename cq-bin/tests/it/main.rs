@@ -1,9 +1,11 @@
 //! End-to-end tests: the real cq_server and cq_client binaries, a private munged, loopback.
 
 mod auth;
+mod authorization;
 mod bad_input;
 mod daemon;
 mod durable;
+mod integrity;
 mod jobs;
 mod policy;
 mod queue;

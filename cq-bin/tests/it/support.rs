@@ -14,6 +14,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 
+use crate::users::{PublicBinaries, as_user};
+use nix::unistd::User;
+
 /// The longest any single step of a test may take before it fails.
 pub(crate) const LIMIT: Duration = Duration::from_secs(60);
 
@@ -31,6 +34,15 @@ impl Munged {
         Self { daemon, _dir: dir }
     }
 
+    /// A munged with the given key: two with one key accept each other's credentials, and
+    /// each has its own replay cache (as a restarted munged has an empty one).
+    pub(crate) fn with_key(key: &[u8]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon =
+            PrivateMunged::start_with_key(dir.path(), key).expect("start a private munged");
+        Self { daemon, _dir: dir }
+    }
+
     pub(crate) fn socket(&self) -> PathBuf {
         self.daemon.socket_path()
     }
@@ -41,6 +53,8 @@ impl Munged {
 struct ServerLog {
     lines: Mutex<Vec<String>>,
     grew: Notify,
+    /// Set when the server closed its stderr (it exited): nothing more will come.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// A running cq_server.
@@ -130,6 +144,8 @@ impl TestServer {
                 sink.lines.lock().unwrap().push(line);
                 sink.grew.notify_waiters();
             }
+            sink.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+            sink.grew.notify_waiters();
         });
         let mut server = Self {
             addr: "0.0.0.0:0".parse().unwrap(),
@@ -187,18 +203,26 @@ impl TestServer {
                     .iter()
                     .find(|l| l.contains(needle))
                 {
-                    return line.clone();
+                    return Some(line.clone());
+                }
+                if self.log.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                    return None;
                 }
                 notified.await;
             }
         })
         .await;
-        found.unwrap_or_else(|_| {
-            panic!(
+        match found {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!(
+                "the server exited without logging {needle:?}; log:\n{}",
+                self.log_text()
+            ),
+            Err(_) => panic!(
                 "the server never logged {needle:?}; log:\n{}",
                 self.log_text()
-            )
-        })
+            ),
+        }
     }
 
     /// Waits (bounded) until the server logged `count` lines containing `needle`.
@@ -243,6 +267,58 @@ impl TestServer {
         );
     }
 
+    /// A cq_client command for this server, run as `user` (with its groups).
+    pub(crate) fn client_as(&self, bins: &PublicBinaries, user: &User) -> Command {
+        self.client_via(&as_user(user, &bins.client()))
+    }
+
+    /// A cq_client command for this server, started through `prefix` (a program and its
+    /// arguments, ending with cq_client's path), from `/`.
+    pub(crate) fn client_via(&self, prefix: &[OsString]) -> Command {
+        let (exe, rest) = prefix.split_first().expect("a program");
+        let mut cmd = Command::new(exe);
+        cmd.args(rest)
+            .args([
+                "-h",
+                &self.addr.ip().to_string(),
+                "-p",
+                &self.addr.port().to_string(),
+            ])
+            .args(&self.client_args)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// The server's pid.
+    pub(crate) fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id().expect("the server runs") as i32)
+    }
+
+    /// Starts the server again on the same port and state directory, with `args` instead
+    /// of its old options.
+    pub(crate) async fn restart_with(self, args: Vec<OsString>) -> Self {
+        let Self {
+            addr,
+            state_dir,
+            client_args,
+            program,
+            ..
+        } = self;
+        Self::launch(program, state_dir, addr.port(), args, client_args).await
+    }
+
+    /// Starts cq_server (with `--allow-root`) on `port`, which something may already be
+    /// dialling.
+    pub(crate) async fn start_on_port(munged: &Munged, port: u16) -> Self {
+        let auth: Vec<OsString> = vec!["--munge-socket".into(), munged.socket().into()];
+        let mut args = vec![OsString::from("--allow-root")];
+        args.extend(auth.iter().cloned());
+        let program = vec![OsString::from(env!("CARGO_BIN_EXE_cq_server"))];
+        Self::launch(program, tempfile::tempdir().unwrap(), port, args, auth).await
+    }
+
     /// A cq_client command aimed at this server.
     pub(crate) fn client(&self) -> Command {
         let mut cmd = bare_client(self.addr);
@@ -271,8 +347,21 @@ impl TestServer {
     }
 
     fn signal(&self) {
+        self.signal_term();
+    }
+
+    /// SIGTERM, without waiting.
+    pub(crate) fn signal_term(&self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id().unwrap() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    }
+
+    /// Waits (bounded) for the server to exit, and returns how.
+    pub(crate) async fn wait_exit(&mut self) -> ExitStatus {
+        tokio::time::timeout(LIMIT, self.child.wait())
+            .await
+            .expect("cq_server stops")
+            .unwrap()
     }
 }
 

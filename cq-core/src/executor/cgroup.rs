@@ -45,6 +45,7 @@ impl CgroupTree {
             Unavailable("this process is not in a cgroup v2 hierarchy (/proc/self/cgroup)".into())
         })?;
         let parent = mount.join(own.trim_start_matches('/'));
+        remove_stale(&parent);
         let n = NEXT_TREE.fetch_add(1, Ordering::Relaxed);
         let dir = parent.join(format!("cq-{}-{n}", std::process::id()));
         match fs::create_dir(&dir) {
@@ -156,6 +157,36 @@ impl Drop for JobCgroup {
         if let Err(e) = fs::remove_dir(&self.dir) {
             tracing::warn!(cgroup = %self.dir.display(), error = %e, "cannot remove a job's cgroup");
         }
+    }
+}
+
+/// Removes what executors of processes that are gone left in `parent` (after a crash):
+/// empty job cgroups and their directory. A cgroup that still holds processes (a job that
+/// outlived its server) stays, and so does its directory.
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("cq-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        let dir = entry.path();
+        for job in fs::read_dir(&dir).into_iter().flatten().filter_map(Result::ok) {
+            if job.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = fs::remove_dir(job.path());
+            }
+        }
+        let _ = fs::remove_dir(&dir);
     }
 }
 

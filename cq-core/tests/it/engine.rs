@@ -5,9 +5,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use cq_core::scheduler::{Decision, JobInfo, QueueView, SubmitHook};
+use std::time::SystemTime;
+
+use cq_core::store::{JobRecord, Pending, PrunedJob, Recovered, StoredJob};
 use cq_core::{
-    Caller, Engine, EngineConfig, Identity, Job, JobContext, JobId, JobState, Outcome,
-    ShutdownMode, SubmitError,
+    Caller, Cancelled, Engine, EngineConfig, Identity, Job, JobContext, JobId, JobResult,
+    JobState, MemoryStore, Outcome, ShutdownMode, Store, SubmitError, SubmitKey, SubmitOptions,
+    UserLimits,
 };
 use tokio::sync::{Mutex, Notify};
 
@@ -229,4 +233,186 @@ async fn job_output_lands_in_the_log_dir() {
         std::fs::read_to_string(dir.path().join("1.log")).unwrap(),
         "hello from job 1\n"
     );
+}
+
+/// A store whose commits of outcomes wait until the test lets them through.
+struct SlowOutcomes {
+    inner: MemoryStore,
+    release: Arc<Notify>,
+}
+
+impl Store for SlowOutcomes {
+    fn recover(&self, requeue_running: bool) -> Pending<Recovered> {
+        self.inner.recover(requeue_running)
+    }
+    fn insert(&self, job: StoredJob) -> Pending<()> {
+        self.inner.insert(job)
+    }
+    fn record_start(&self, id: JobId, at: SystemTime) -> Pending<()> {
+        self.inner.record_start(id, at)
+    }
+    fn record_finish(&self, id: JobId, result: JobResult, log: u64, at: SystemTime) -> Pending<()> {
+        let done = self.inner.record_finish(id, result, log, at);
+        let release = self.release.clone();
+        let (tx, pending) = Pending::channel();
+        tokio::spawn(async move {
+            release.notified().await;
+            let _ = tx.send(done.await);
+        });
+        pending
+    }
+    fn add_waiter(&self, id: JobId, who: Identity, key: Option<SubmitKey>, at: SystemTime) -> Pending<()> {
+        self.inner.add_waiter(id, who, key, at)
+    }
+    fn remove_waiter(&self, id: JobId, uid: u32) -> Pending<()> {
+        self.inner.remove_waiter(id, uid)
+    }
+    fn describe(&self, id: JobId) -> Pending<Option<JobRecord>> {
+        self.inner.describe(id)
+    }
+    fn recent(&self, limit: usize) -> Pending<Vec<JobRecord>> {
+        self.inner.recent(limit)
+    }
+    fn prune(&self, before: SystemTime) -> Pending<Vec<PrunedJob>> {
+        self.inner.prune(before)
+    }
+    fn remember_request(&self, digest: [u8; 32], until: SystemTime) -> Pending<()> {
+        self.inner.remember_request(digest, until)
+    }
+    fn forget_requests(&self, before: SystemTime) -> Pending<()> {
+        self.inner.forget_requests(before)
+    }
+    fn flush(&self) -> Pending<()> {
+        self.inner.flush()
+    }
+}
+
+/// Security II, finding 10: the outcome reached waiters before it was committed, so a crash
+/// in between could show one waiter "exited 0" and the others `lost`.
+#[tokio::test]
+async fn waiters_hear_an_outcome_only_once_it_is_committed() {
+    let release = Arc::new(Notify::new());
+    let store = Arc::new(SlowOutcomes {
+        inner: MemoryStore::new(),
+        release: release.clone(),
+    });
+    let reviver: cq_core::engine::Reviver = Arc::new(|_| unreachable!("nothing to revive"));
+    let engine = Engine::new(EngineConfig::default())
+        .with_store(store, reviver)
+        .start()
+        .await
+        .unwrap();
+    let held = Arc::new(Notify::new());
+    let mut ticket = engine
+        .submit(Held(held.clone()), Identity::local())
+        .await
+        .unwrap();
+    tokio::time::timeout(LIMIT, ticket.started()).await.unwrap().unwrap();
+    held.notify_one();
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), ticket.finished()).await;
+    assert!(early.is_err(), "the outcome was published before its commit");
+    release.notify_one();
+    let result = tokio::time::timeout(LIMIT, ticket.finished()).await.unwrap().unwrap();
+    assert_eq!(result.outcome, Outcome::Exited { code: 0 });
+}
+
+/// Security II, finding 3: a submission retried with its key after a lost acknowledgement
+/// re-attaches to the job it made, instead of queueing it twice.
+#[tokio::test]
+async fn a_submission_with_a_known_key_reattaches() {
+    let engine = Engine::new(EngineConfig::default()).start().await.unwrap();
+    let probe = Arc::new(Probe::default());
+    let key = SubmitKey::random();
+    let first = engine
+        .submit_with(Box::new(Probed(probe.clone())), Identity::local(), SubmitOptions::new().with_key(key))
+        .await
+        .unwrap();
+    let mut again = engine
+        .submit_with(Box::new(Probed(probe.clone())), Identity::local(), SubmitOptions::new().with_key(key))
+        .await
+        .unwrap();
+    assert_eq!(again.id, first.id);
+    again.finished().await.unwrap();
+    let mut later = engine
+        .submit_with(Box::new(Probed(probe.clone())), Identity::local(), SubmitOptions::new().with_key(key))
+        .await
+        .unwrap();
+    assert_eq!(later.id, first.id, "after the job ended too");
+    later.finished().await.unwrap();
+    assert_eq!(probe.order.lock().await.len(), 1, "the job ran once");
+    let mut other = Identity::local();
+    other.uid += 1;
+    let theirs = engine
+        .submit_with(Box::new(Probed(probe.clone())), other, SubmitOptions::new().with_key(key))
+        .await
+        .unwrap();
+    assert_ne!(theirs.id, first.id, "another user's key is another key");
+}
+
+/// Security III, finding 5: per-user limits, with a reason the user can act on.
+#[tokio::test]
+async fn a_user_over_its_limits_is_refused_and_others_are_not() {
+    let mut config = EngineConfig::default();
+    config.limits = UserLimits::unlimited();
+    config.limits.queued_jobs = Some(2);
+    let engine = Engine::new(config).start().await.unwrap();
+    let hold = Arc::new(Notify::new());
+    let alice = Identity::local();
+    let mut bob = Identity::local();
+    bob.uid += 1;
+    for _ in 0..2 {
+        engine.submit(Held(hold.clone()), alice.clone()).await.unwrap();
+    }
+    let refused = engine.submit(Held(hold.clone()), alice.clone()).await.unwrap_err();
+    assert!(
+        matches!(&refused, SubmitError::OverQuota { reason } if reason.contains("2 jobs queued or running")),
+        "{refused}"
+    );
+    engine.submit(Held(hold.clone()), bob).await.unwrap();
+}
+
+/// The rule of SECURITY.md in the engine: owners and admins see jobs in full and may cancel;
+/// others see the program only and may neither wait for nor cancel them.
+#[tokio::test]
+async fn callers_see_and_do_what_their_relation_to_a_job_allows() {
+    let engine = Engine::new(EngineConfig::default()).start().await.unwrap();
+    let alice = Identity::local();
+    let mut bob = Identity::local();
+    bob.uid += 1;
+    struct Secret(Arc<Notify>);
+    #[async_trait]
+    impl Job for Secret {
+        fn summary(&self) -> String {
+            "build --token=s3cret".into()
+        }
+        async fn run(self: Box<Self>, ctx: JobContext) -> Outcome {
+            tokio::select! {
+                () = self.0.notified() => Outcome::Exited { code: 0 },
+                () = ctx.cancel.cancelled() => Outcome::Cancelled,
+            }
+        }
+    }
+    let ticket = engine
+        .submit(Secret(Arc::new(Notify::new())), alice.clone())
+        .await
+        .unwrap();
+    let seen_by_bob = engine.status(ticket.id, Caller::user(bob.clone())).await.unwrap();
+    let seen_by_alice = engine.status(ticket.id, Caller::user(alice)).await.unwrap();
+    assert_eq!(seen_by_alice.command, ["build --token=s3cret"]);
+    assert_eq!(seen_by_bob.command, ["build"], "others see the program's name only");
+    assert_eq!(seen_by_bob.owner_uid, seen_by_alice.owner_uid);
+    assert!(matches!(
+        engine.watch(ticket.id, Caller::user(bob.clone())).await,
+        Err(SubmitError::NotPermitted { .. })
+    ));
+    assert!(matches!(
+        engine.cancel(ticket.id, Caller::user(bob.clone())).await,
+        Err(SubmitError::NotPermitted { .. })
+    ));
+    assert!(matches!(
+        engine.open_log(ticket.id, Caller::user(bob.clone())).await,
+        Err(SubmitError::NotPermitted { .. })
+    ));
+    let by_admin = engine.cancel(ticket.id, Caller::admin(bob)).await.unwrap();
+    assert!(matches!(by_admin, Cancelled::Job(_)), "{by_admin:?}");
 }
