@@ -6,9 +6,15 @@
 //! (or, without one, its first DNS subject alternative name) is a local user name, or is
 //! looked up in a [`UserMap`]. A certificate whose name maps to no local user is refused.
 //! Messages carry no credential of their own ([`TlsChannelCredentials`]).
+//!
+//! What the server trusts can change while it runs (SIGHUP): the user map, and the serial
+//! numbers its revocation list revokes. Each identity remembers its certificate's name and
+//! serial, so that a job queued with a certificate revoked since, or a name mapped elsewhere
+//! since, is refused when it comes to start ([`Authenticator::still_valid`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use cq_core::{
@@ -46,6 +52,21 @@ pub fn certificate_name(der: &[u8]) -> Result<String, AuthError> {
     dns.ok_or_else(|| {
         AuthError::Invalid("the certificate has neither a common name nor a DNS name".to_owned())
     })
+}
+
+/// The certificate's serial number (its bytes, as a revocation list names it).
+///
+/// # Errors
+///
+/// [`AuthError::Invalid`] when the certificate cannot be parsed.
+pub fn certificate_serial(der: &[u8]) -> Result<Vec<u8>, AuthError> {
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| AuthError::Invalid(format!("cannot parse the peer certificate: {e}")))?;
+    Ok(cert.raw_serial().to_vec())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn leaf(peer: &PeerInfo) -> Result<&[u8], AuthError> {
@@ -93,6 +114,19 @@ pub enum UserMapError {
         /// The line.
         text: String,
     },
+    /// A certificate name is listed twice: which line would win is a guess nobody should
+    /// have to make.
+    #[error("{path}:{line}: {name:?} is already mapped on line {first}")]
+    Duplicate {
+        /// The file.
+        path: PathBuf,
+        /// The line number of the second entry, from 1.
+        line: usize,
+        /// The line number of the first.
+        first: usize,
+        /// The certificate name.
+        name: String,
+    },
 }
 
 impl UserMap {
@@ -116,6 +150,7 @@ impl UserMap {
     /// [`UserMapError::Syntax`] for the first bad line.
     pub fn parse(text: &str, path: &Path) -> Result<Self, UserMapError> {
         let mut names = HashMap::new();
+        let mut first_line: HashMap<String, usize> = HashMap::new();
         for (number, line) in text.lines().enumerate() {
             let trimmed = line.trim();
             if trimmed.is_empty() || trimmed.starts_with('#') {
@@ -124,6 +159,15 @@ impl UserMap {
             let mut words = trimmed.split_whitespace();
             match (words.next(), words.next(), words.next()) {
                 (Some(cert), Some(user), None) => {
+                    if let Some(first) = first_line.get(cert) {
+                        return Err(UserMapError::Duplicate {
+                            path: path.to_owned(),
+                            line: number + 1,
+                            first: *first,
+                            name: cert.to_owned(),
+                        });
+                    }
+                    first_line.insert(cert.to_owned(), number + 1);
                     names.insert(cert.to_owned(), user.to_owned());
                 }
                 _ => {
@@ -142,10 +186,33 @@ impl UserMap {
     }
 }
 
-/// Server side: identifies clients by their verified certificate.
+/// What the server trusts now: the user map (if any) and the revoked serial numbers.
+#[derive(Clone, Debug, Default)]
+struct Trust {
+    users: Option<UserMap>,
+    revoked: HashSet<Vec<u8>>,
+}
+
+impl Trust {
+    /// The local user `name` maps to.
+    fn user_for(&self, name: &str) -> Result<String, String> {
+        match &self.users {
+            Some(map) => map.names.get(name).cloned().ok_or_else(|| {
+                format!(
+                    "certificate name {name:?} is not in the TLS user map {}",
+                    map.path.display()
+                )
+            }),
+            None => Ok(name.to_owned()),
+        }
+    }
+}
+
+/// Server side: identifies clients by their verified certificate. Clones share what they
+/// trust, so that [`reload`](Self::reload) reaches every one.
 #[derive(Clone, Debug, Default)]
 pub struct TlsClientAuthenticator {
-    users: Option<UserMap>,
+    trust: Arc<RwLock<Trust>>,
 }
 
 impl TlsClientAuthenticator {
@@ -156,7 +223,21 @@ impl TlsClientAuthenticator {
 
     /// Certificate names are looked up in `users`.
     pub fn with_user_map(users: UserMap) -> Self {
-        Self { users: Some(users) }
+        let auth = Self::new();
+        auth.reload(Some(users), Vec::new());
+        auth
+    }
+
+    /// Puts a new user map and list of revoked serial numbers in force (e.g. on SIGHUP).
+    pub fn reload(&self, users: Option<UserMap>, revoked: Vec<Vec<u8>>) {
+        *self.trust.write().unwrap_or_else(|e| e.into_inner()) = Trust {
+            users,
+            revoked: revoked.into_iter().collect(),
+        };
+    }
+
+    fn trust(&self) -> Trust {
+        self.trust.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -168,16 +249,17 @@ impl Authenticator for TlsClientAuthenticator {
         _: &Credential,
         peer: &PeerInfo,
     ) -> Result<Identity, AuthError> {
-        let name = certificate_name(leaf(peer)?)?;
-        let user = match &self.users {
-            Some(map) => map.names.get(&name).cloned().ok_or_else(|| {
-                AuthError::Unauthorized(format!(
-                    "certificate name {name:?} is not in the TLS user map {}",
-                    map.path.display()
-                ))
-            })?,
-            None => name.clone(),
-        };
+        let der = leaf(peer)?;
+        let name = certificate_name(der)?;
+        let serial = certificate_serial(der)?;
+        let trust = self.trust();
+        if trust.revoked.contains(&serial) {
+            return Err(AuthError::Unauthorized(format!(
+                "the certificate {name:?} (serial {}) has been revoked",
+                hex(&serial)
+            )));
+        }
+        let user = trust.user_for(&name).map_err(AuthError::Unauthorized)?;
         let account = nix::unistd::User::from_name(&user).ok().flatten().ok_or_else(|| {
             AuthError::Unauthorized(format!(
                 "certificate name {name:?} maps to no local user ({user:?} does not exist on the server)"
@@ -189,7 +271,31 @@ impl Authenticator for TlsClientAuthenticator {
             user: Some(account.name),
             host: peer.host(),
             method: AuthMethod::MutualTls,
+            principal: Some(format!("{name}#{}", hex(&serial))),
         })
+    }
+
+    fn still_valid(&self, identity: &Identity) -> Result<(), String> {
+        let Some((name, serial)) = identity
+            .principal
+            .as_deref()
+            .and_then(|p| p.rsplit_once('#'))
+        else {
+            return Ok(());
+        };
+        let trust = self.trust();
+        if trust.revoked.iter().any(|revoked| hex(revoked) == serial) {
+            return Err(format!(
+                "the certificate {name:?} (serial {serial}) has been revoked"
+            ));
+        }
+        let user = trust.user_for(name)?;
+        if identity.user.as_deref() != Some(user.as_str()) {
+            return Err(format!(
+                "certificate name {name:?} now maps to {user:?}, not to the job's user"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -214,6 +320,7 @@ impl Authenticator for TlsServerAuthenticator {
             user: Some(name),
             host: peer.host(),
             method: AuthMethod::MutualTls,
+            principal: None,
         })
     }
 }
@@ -250,6 +357,12 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "/etc/cq/users:2: expected `CERT_NAME LOCAL_USER`, found \"three words here\""
+        );
+        let twice =
+            UserMap::parse("vm1 portage\n# x\nvm1 root\n", Path::new("/etc/cq/users")).unwrap_err();
+        assert_eq!(
+            twice.to_string(),
+            "/etc/cq/users:3: \"vm1\" is already mapped on line 1"
         );
     }
 }

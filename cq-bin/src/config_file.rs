@@ -458,6 +458,7 @@ mod tests {
             user: Some("alice".into()),
             host: None,
             method: AuthMethod::Local,
+            principal: None,
         };
         for name in ["LD_PRELOAD", "PYTHONPATH"] {
             let job = CommandJob::new(["true"]).with_env(name, "x");

@@ -54,6 +54,11 @@ pub struct Args {
     /// certificate name is the user name].
     #[arg(long, value_name = "FILE")]
     pub tls_user_map: Option<PathBuf>,
+    /// With --auth tls: a certificate revocation list (PEM, signed by the CA, e.g. from
+    /// `cq_server tls revoke`); revoked client certificates are refused, and so are the
+    /// queued jobs submitted with them. Read again, with the user map, on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub tls_crl: Option<PathBuf>,
     #[expect(missing_docs, reason = "the help text is the documentation")]
     #[arg(
         long,

@@ -10,6 +10,7 @@ use cq_auth::mtls::{TlsChannelCredentials, TlsClientAuthenticator, UserMap};
 use cq_core::account::Account;
 use cq_core::engine::Reviver;
 use cq_core::executor::{CommandRun, DEFAULT_PATH};
+use cq_core::policy::{PolicyRefusal, StartCheck};
 use cq_core::scheduler::{Decision, DedupScope, DuplicateJobs};
 use cq_core::server::HookProgram;
 use cq_core::{
@@ -17,8 +18,9 @@ use cq_core::{
     ProcessExecutor, Server, ServerConfig, SharedPolicy, ShutdownMode, SqliteStore, SubmitPolicy,
     UserLimits,
 };
+use cq_core::{Clearance, CommandJob, Identity};
 use cq_transport_tcp::TcpListener;
-use cq_transport_tls::{ServerTls, TlsListener};
+use cq_transport_tls::{ServerTls, TlsListener, TlsReloader, revoked_serials};
 use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +30,7 @@ use crate::log_target::LogHandle;
 use crate::paths::default_state_dir;
 use crate::server_args::{Args, Dedup, Fallback, RunAsChoice};
 use crate::signals::ShutdownSignals;
-use crate::state_lock::{StateLock, lock_pid_file, lock_state_dir};
+use crate::state_lock::{StateLock, StateLockError, lock_pid_file, lock_state_dir};
 
 /// Start-up failures that have a typical fix.
 #[derive(Debug, thiserror::Error)]
@@ -126,11 +128,58 @@ struct Parts {
     _locks: Vec<StateLock>,
 }
 
-/// How SIGHUP re-reads the policy and reopens the log.
+/// How SIGHUP re-reads the policy and reopens the log (and, with TLS, re-reads the user map
+/// and the revocation list).
 struct Reload {
     config_path: Option<PathBuf>,
     rules: PolicyRules,
     log: LogHandle,
+    tls: Option<TlsReload>,
+}
+
+/// What SIGHUP re-reads with TLS.
+struct TlsReload {
+    authenticator: TlsClientAuthenticator,
+    listener: TlsReloader,
+    files: crate::auth_args::TlsFiles,
+    crl: Option<PathBuf>,
+    user_map: Option<PathBuf>,
+}
+
+impl TlsReload {
+    /// Reads the user map and the revocation list, and puts them in force.
+    fn run(&self) -> anyhow::Result<()> {
+        let users = self.user_map.as_deref().map(UserMap::load).transpose()?;
+        let revoked = match &self.crl {
+            Some(crl) => revoked_serials(crl)?,
+            None => Vec::new(),
+        };
+        let tls = ServerTls::with_crl(
+            &self.files.ca,
+            &self.files.cert,
+            &self.files.key,
+            self.crl.as_deref(),
+        )?;
+        self.authenticator.reload(users, revoked);
+        self.listener.replace(&tls);
+        Ok(())
+    }
+}
+
+/// Checks a queued job when it comes to start: the credential it was submitted with still
+/// holds (the authenticator says), and the policy still admits it.
+struct ServerStartCheck<A> {
+    policy: SharedPolicy,
+    authenticator: A,
+}
+
+impl<A: Authenticator> StartCheck for ServerStartCheck<A> {
+    fn clear(&self, owner: &Identity, job: &CommandJob) -> Result<Clearance, PolicyRefusal> {
+        self.authenticator
+            .still_valid(owner)
+            .map_err(PolicyRefusal::Revoked)?;
+        self.policy.clear(owner, job)
+    }
 }
 
 /// The parts of the policy that come from the command line and the process, not the file.
@@ -276,10 +325,14 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
     crate::state_dir::prepare(&state_dir).map_err(StartError::StateDir)?;
     let log_dir = state_dir.join("logs");
-    let mut locks = vec![lock_state_dir(&state_dir).map_err(|e| StartError::Busy(e.to_string()))?];
+    let lock_error = |e: StateLockError| match e {
+        StateLockError::Busy { .. } => StartError::Busy(e.to_string()),
+        _ => StartError::StateDir(e.to_string()),
+    };
+    let mut locks = vec![lock_state_dir(&state_dir).map_err(lock_error)?];
     if let Some(pid_file) = &args.pid_file {
         let what = format!("the pid file {}", pid_file.display());
-        locks.push(lock_pid_file(pid_file, what).map_err(|e| StartError::Busy(e.to_string()))?);
+        locks.push(lock_pid_file(pid_file, what).map_err(lock_error)?);
     }
     let store = SqliteStore::open(&state_dir.join("cq.db"))
         .map_err(|e| StartError::StateDir(e.to_string()))?;
@@ -313,6 +366,7 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
             config_path: context.config.as_ref().map(|c| c.path().to_owned()),
             rules,
             log: context.log,
+            tls: None,
         },
         shutdown_grace: seconds(args.shutdown_grace, "shutdown-grace")?,
         on_ready: context.on_ready,
@@ -329,21 +383,26 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
     match args.auth.auth {
         AuthKind::Munge => start_munge(&args, parts, bind().await?).await,
         AuthKind::Tls => {
+            let mut parts = parts;
             let files = args.auth.tls_files("server");
-            let tls = ServerTls::from_files(&files.ca, &files.cert, &files.key)
-                .map_err(|e| StartError::Tls(e.to_string()))?;
-            let authenticator = match &args.tls_user_map {
-                Some(path) => TlsClientAuthenticator::with_user_map(UserMap::load(path)?),
-                None => TlsClientAuthenticator::new(),
+            let tls =
+                ServerTls::with_crl(&files.ca, &files.cert, &files.key, args.tls_crl.as_deref())
+                    .map_err(|e| StartError::Tls(e.to_string()))?;
+            let authenticator = TlsClientAuthenticator::new();
+            let listener = TlsListener::new(bind().await?, &tls);
+            let reload = TlsReload {
+                authenticator: authenticator.clone(),
+                listener: listener.reloader(),
+                files: files.clone(),
+                crl: args.tls_crl.clone(),
+                user_map: args.tls_user_map.clone(),
             };
-            tracing::info!(ca = %files.ca.display(), cert = %files.cert.display(), "mutual TLS");
-            serve(
-                TlsListener::new(bind().await?, &tls),
-                authenticator,
-                TlsChannelCredentials,
-                parts,
-            )
-            .await
+            reload
+                .run()
+                .map_err(|e| StartError::Tls(format!("{e:#}")))?;
+            parts.reload.tls = Some(reload);
+            tracing::info!(ca = %files.ca.display(), cert = %files.cert.display(), crl = ?args.tls_crl, "mutual TLS");
+            serve(listener, authenticator, TlsChannelCredentials, parts).await
         }
     }
 }
@@ -414,7 +473,7 @@ async fn start_munge(_: &Args, _: Parts, _: TcpListener) -> anyhow::Result<()> {
 
 async fn serve(
     listener: impl Listener,
-    auth: impl Authenticator,
+    auth: impl Authenticator + Clone,
     signer: impl CredentialSource,
     parts: Parts,
 ) -> anyhow::Result<()> {
@@ -423,9 +482,13 @@ async fn serve(
         Box::new(CommandRun::new(command, executor.clone())) as Box<dyn Job>
     });
     let log_dir = parts.engine.log_dir.clone().unwrap_or_default();
+    let start_check = ServerStartCheck {
+        policy: parts.policy.clone(),
+        authenticator: auth.clone(),
+    };
     let mut engine = Engine::new(parts.engine)
         .with_store(parts.store.clone(), reviver)
-        .with_start_check(Arc::new(parts.policy.clone()));
+        .with_start_check(Arc::new(start_check));
     if let Some(dedup) = parts.dedup {
         engine = engine.with_hook(dedup);
     }
@@ -486,6 +549,15 @@ impl Reload {
     fn run(&self, policy: &SharedPolicy) {
         if let Err(e) = self.log.reopen() {
             tracing::error!(error = %e, "cannot reopen the log file; still writing to the old one");
+        }
+        if let Some(tls) = &self.tls {
+            match tls.run() {
+                Ok(()) => tracing::info!("SIGHUP: TLS user map and revocation list reloaded"),
+                Err(e) => tracing::error!(
+                    error = format!("{e:#}"),
+                    "SIGHUP: cannot reload the TLS user map or revocation list; keeping the old ones"
+                ),
+            }
         }
         match ConfigFile::load(self.config_path.as_deref()) {
             Ok(file) => {

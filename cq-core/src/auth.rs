@@ -43,6 +43,11 @@ pub struct Identity {
     pub host: Option<String>,
     /// How the identity was established.
     pub method: AuthMethod,
+    /// What the credential named beyond the uid, for authenticators whose credentials can
+    /// be withdrawn later (for a certificate: its name and serial number), so that they can
+    /// tell whether it still holds when a job queued with it comes to start
+    /// ([`Authenticator::still_valid`]).
+    pub principal: Option<String>,
 }
 
 impl Identity {
@@ -59,6 +64,7 @@ impl Identity {
             user,
             host: None,
             method: AuthMethod::Local,
+            principal: None,
         }
     }
 }
@@ -243,6 +249,18 @@ pub trait Authenticator: Send + Sync + 'static {
             .await
             .map(Verified::new)
     }
+
+    /// Whether the credential behind `identity`, accepted earlier, still holds now (e.g. its
+    /// certificate was not revoked since): the server asks before it starts a job queued with
+    /// it. The default says yes, for credentials that cannot be withdrawn.
+    ///
+    /// # Errors
+    ///
+    /// Why it no longer holds.
+    fn still_valid(&self, identity: &Identity) -> Result<(), String> {
+        let _ = identity;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -296,6 +314,10 @@ impl<T: Authenticator + ?Sized> Authenticator for Arc<T> {
     ) -> Result<Verified, AuthError> {
         (**self).verify_request(message, credential, peer).await
     }
+
+    fn still_valid(&self, identity: &Identity) -> Result<(), String> {
+        (**self).still_valid(identity)
+    }
 }
 
 #[async_trait]
@@ -316,6 +338,10 @@ impl<T: Authenticator + ?Sized> Authenticator for Box<T> {
         peer: &PeerInfo,
     ) -> Result<Verified, AuthError> {
         (**self).verify_request(message, credential, peer).await
+    }
+
+    fn still_valid(&self, identity: &Identity) -> Result<(), String> {
+        (**self).still_valid(identity)
     }
 }
 

@@ -116,8 +116,9 @@ pub enum PolicyRefusal {
     /// The program is not in `commands`.
     #[error("{0} is not among the commands this server runs (policy commands)")]
     Command(String),
-    /// The requester's credential was revoked since it submitted.
-    #[error("the credential of {0} has been revoked")]
+    /// The credential the job was submitted with no longer holds (revoked, or its name now
+    /// maps to another user).
+    #[error("{0}")]
     Revoked(String),
 }
 
@@ -317,6 +318,7 @@ mod tests {
             user: Some(user.to_owned()),
             host: None,
             method: AuthMethod::Local,
+            principal: None,
         }
     }
 

@@ -7,7 +7,7 @@ use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -84,7 +84,38 @@ impl ServerTls {
     ///
     /// [`TlsConfigError`] naming the file that could not be used.
     pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsConfigError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider())
+        Self::with_crl(ca, cert, key, None)
+    }
+
+    /// [`from_files`](Self::from_files), refusing client certificates that the revocation
+    /// list in `crl` (PEM, signed by the CA) revokes.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsConfigError`] naming the file that could not be used.
+    pub fn with_crl(
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        crl: Option<&Path>,
+    ) -> Result<Self, TlsConfigError> {
+        let mut builder = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider());
+        if let Some(path) = crl {
+            let fail = |reason: String| TlsConfigError::File {
+                what: "a certificate revocation list",
+                path: path.to_owned(),
+                reason,
+            };
+            let crls = CertificateRevocationListDer::pem_file_iter(path)
+                .map_err(|e| fail(e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| fail(e.to_string()))?;
+            if crls.is_empty() {
+                return Err(fail("no PEM revocation list in the file".to_owned()));
+            }
+            builder = builder.with_crls(crls);
+        }
+        let verifier = builder
             .build()
             .map_err(|e| TlsConfigError::Rustls(e.to_string()))?;
         let config = rustls::ServerConfig::builder_with_provider(provider())

@@ -14,7 +14,8 @@
 //! - `server.rs`: [`TlsListener`], whose pending connections do their handshake in the
 //!   connection's own task.
 //! - `client.rs`: [`TlsConnector`].
-//! - `certs.rs`: certificate tooling (a CA, server and client certificates) with rcgen.
+//! - `certs.rs`: certificate tooling (a CA, server and client certificates, revocation) with
+//!   rcgen, writing keys only as new files in private directories.
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -23,10 +24,13 @@ mod client;
 mod config;
 mod server;
 
-pub use certs::{CertError, ClientFiles, ServerFiles, init_ca_and_server, issue_client};
+pub use certs::{
+    CRL_FILE, CertError, ClientFiles, Existing, ServerFiles, check_name, init_ca_and_server,
+    issue_client, revoke_client, revoked_serials,
+};
 pub use client::TlsConnector;
 pub use config::{ClientTls, ServerTls, TlsConfigError};
-pub use server::{TlsListener, TlsPending};
+pub use server::{TlsListener, TlsPending, TlsReloader};
 
 /// The verified certificate chain of the other end, as cq-core wants it.
 fn peer_chain(connection: &rustls::CommonState) -> cq_core::TlsPeer {

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use cq_core::protocol::{ErrorCode, HELLO_LEN, MAGIC, plain_refusal};
@@ -18,7 +19,25 @@ use crate::config::ServerTls;
 /// by the configured CA.
 pub struct TlsListener {
     tcp: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: Arc<RwLock<TlsAcceptor>>,
+}
+
+/// Puts a new TLS configuration in force for the connections a [`TlsListener`] accepts from
+/// then on (e.g. a new revocation list, on SIGHUP).
+#[derive(Clone)]
+pub struct TlsReloader(Arc<RwLock<TlsAcceptor>>);
+
+impl std::fmt::Debug for TlsReloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsReloader")
+    }
+}
+
+impl TlsReloader {
+    /// Uses `tls` for every connection accepted from now on.
+    pub fn replace(&self, tls: &ServerTls) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = TlsAcceptor::from(tls.config());
+    }
 }
 
 impl std::fmt::Debug for TlsListener {
@@ -42,8 +61,13 @@ impl TlsListener {
     pub fn new(tcp: TcpListener, tls: &ServerTls) -> Self {
         Self {
             tcp,
-            acceptor: TlsAcceptor::from(tls.config()),
+            acceptor: Arc::new(RwLock::new(TlsAcceptor::from(tls.config()))),
         }
+    }
+
+    /// A handle that changes the configuration while the listener runs.
+    pub fn reloader(&self) -> TlsReloader {
+        TlsReloader(self.acceptor.clone())
     }
 }
 
@@ -58,10 +82,13 @@ impl Listener for TlsListener {
     type Pending = TlsPending;
 
     async fn accept(&self) -> io::Result<TlsPending> {
-        Ok(TlsPending {
-            tcp: self.tcp.accept().await?,
-            acceptor: self.acceptor.clone(),
-        })
+        let tcp = self.tcp.accept().await?;
+        let acceptor = self
+            .acceptor
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Ok(TlsPending { tcp, acceptor })
     }
 
     fn local_addr(&self) -> Option<SocketAddr> {

@@ -14,7 +14,8 @@ complete -c cq_client -l tls-server-name -d 'With --auth tls: the name the serve
 complete -c cq_client -l wait -d 'Wait for the existing job ID instead of submitting one, then behave as if it had been submitted here (post script, exit status)' -r
 complete -c cq_client -l background-log -d 'Log of the background waiter [default: cq_client-job-ID.log in the state directory]' -r -F
 complete -c cq_client -l reconnect-timeout -d 'Seconds to keep re-attaching to the job while the server is unreachable' -r
-complete -c cq_client -l timeout -d 'Kill the job (its whole process group) if it runs longer than this (e.g. 90s, 2h); the server may set a default and a maximum' -r
+complete -c cq_client -l cwd -d 'Working directory of the job on the server (entered with your rights there) [default: the server\'s, usually /]' -r
+complete -c cq_client -l timeout -d 'Kill the job (all its processes) if it runs longer than this (e.g. 90s, 2h); the server may set a default and a maximum' -r
 complete -c cq_client -l status -d 'Show one job' -r
 complete -c cq_client -l cancel -d 'Cancel a job: a queued one leaves the queue, a running one\'s process group gets SIGTERM, then SIGKILL. Its owners and root may' -r
 complete -c cq_client -l log -d 'Print a job\'s output so far (its owners and root may)' -r

@@ -34,6 +34,9 @@ _cq_server() {
             cq_server__subcmd__help__subcmd__tls,init)
                 cmd="cq_server__subcmd__help__subcmd__tls__subcmd__init"
                 ;;
+            cq_server__subcmd__help__subcmd__tls,revoke)
+                cmd="cq_server__subcmd__help__subcmd__tls__subcmd__revoke"
+                ;;
             cq_server__subcmd__tls,client)
                 cmd="cq_server__subcmd__tls__subcmd__client"
                 ;;
@@ -42,6 +45,9 @@ _cq_server() {
                 ;;
             cq_server__subcmd__tls,init)
                 cmd="cq_server__subcmd__tls__subcmd__init"
+                ;;
+            cq_server__subcmd__tls,revoke)
+                cmd="cq_server__subcmd__tls__subcmd__revoke"
                 ;;
             cq_server__subcmd__tls__subcmd__help,client)
                 cmd="cq_server__subcmd__tls__subcmd__help__subcmd__client"
@@ -52,6 +58,9 @@ _cq_server() {
             cq_server__subcmd__tls__subcmd__help,init)
                 cmd="cq_server__subcmd__tls__subcmd__help__subcmd__init"
                 ;;
+            cq_server__subcmd__tls__subcmd__help,revoke)
+                cmd="cq_server__subcmd__tls__subcmd__help__subcmd__revoke"
+                ;;
             *)
                 ;;
         esac
@@ -59,7 +68,7 @@ _cq_server() {
 
     case "${cmd}" in
         cq_server)
-            opts="-h -p -v -V --config --host --port --state-dir --auth --munge-socket --tls-ca --tls-cert --tls-key --tls-user-map --allow-root --run-as --daemon --daemon-child --pid-file --log --handshake-timeout --max-connections --max-connections-per-host --max-queued-jobs --max-queued-bytes --max-log-bytes --kill-grace --shutdown-grace --retention-days --requeue-lost --dedup --submit-hook --submit-hook-timeout --submit-hook-fallback --submit-hook-user --log-limit --default-timeout --max-timeout --verbose --help --version tls help"
+            opts="-h -p -v -V --config --host --port --state-dir --auth --munge-socket --tls-ca --tls-cert --tls-key --tls-user-map --tls-crl --allow-root --run-as --daemon --daemon-child --pid-file --log --handshake-timeout --max-connections --max-connections-per-host --max-queued-jobs --max-queued-bytes --max-log-bytes --kill-grace --shutdown-grace --retention-days --requeue-lost --dedup --submit-hook --submit-hook-timeout --submit-hook-fallback --submit-hook-user --log-limit --default-timeout --max-timeout --verbose --help --version tls help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -110,6 +119,10 @@ _cq_server() {
                     return 0
                     ;;
                 --tls-user-map)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-crl)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -229,7 +242,7 @@ _cq_server() {
             return 0
             ;;
         cq_server__subcmd__help__subcmd__tls)
-            opts="init client"
+            opts="init client revoke"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -270,8 +283,22 @@ _cq_server() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        cq_server__subcmd__help__subcmd__tls__subcmd__revoke)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         cq_server__subcmd__tls)
-            opts="init client help"
+            opts="init client revoke help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -307,7 +334,7 @@ _cq_server() {
             return 0
             ;;
         cq_server__subcmd__tls__subcmd__help)
-            opts="init client help"
+            opts="init client revoke help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -362,14 +389,46 @@ _cq_server() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        cq_server__subcmd__tls__subcmd__help__subcmd__revoke)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         cq_server__subcmd__tls__subcmd__init)
-            opts="--host --force"
+            opts="--host --force --new-ca"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        cq_server__subcmd__tls__subcmd__revoke)
+            opts="--dir"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_cq_server_global_optspecs
-    string join \n config= h/host= p/port= state-dir= auth= munge-socket= tls-ca= tls-cert= tls-key= tls-user-map= allow-root run-as= daemon daemon-child pid-file= log= handshake-timeout= max-connections= max-connections-per-host= max-queued-jobs= max-queued-bytes= max-log-bytes= kill-grace= shutdown-grace= retention-days= requeue-lost dedup= submit-hook= submit-hook-timeout= submit-hook-fallback= submit-hook-user= log-limit= default-timeout= max-timeout= v/verbose help V/version
+    string join \n config= h/host= p/port= state-dir= auth= munge-socket= tls-ca= tls-cert= tls-key= tls-user-map= tls-crl= allow-root run-as= daemon daemon-child pid-file= log= handshake-timeout= max-connections= max-connections-per-host= max-queued-jobs= max-queued-bytes= max-log-bytes= kill-grace= shutdown-grace= retention-days= requeue-lost dedup= submit-hook= submit-hook-timeout= submit-hook-fallback= submit-hook-user= log-limit= default-timeout= max-timeout= v/verbose help V/version
 end
 
 function __fish_cq_server_needs_command
@@ -35,6 +35,7 @@ complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-ca -d 'CA certi
 complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-cert -d 'This end\'s certificate (PEM) for --auth tls [default: /etc/cq/tls/server.pem or /etc/cq/tls/client.pem]' -r -F
 complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-key -d 'This end\'s private key (PEM) for --auth tls [default: /etc/cq/tls/server.key or /etc/cq/tls/client.key]' -r -F
 complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-user-map -d 'With --auth tls: file mapping certificate names to local users [default: the certificate name is the user name]' -r -F
+complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-crl -d 'With --auth tls: a certificate revocation list (PEM, signed by the CA, e.g. from `cq_server tls revoke`); revoked client certificates are refused, and so are the queued jobs submitted with them. Read again, with the user map, on SIGHUP' -r -F
 complete -c cq_server -n "__fish_cq_server_needs_command" -l run-as -d 'Whose rights jobs run with [default: requester when cq_server runs as root, else server]. With server, only cq_server\'s own user may submit unless the policy names others (whose jobs then run with cq_server\'s rights)' -r -f -a "requester\t'The requesting user (uid, and the groups and home of its account here); needs root'
 server\t'The user cq_server runs as'"
 complete -c cq_server -n "__fish_cq_server_needs_command" -l pid-file -d 'Also write the server\'s pid to FILE, locked while it runs (the state directory always has one: cq_server.pid)' -r -F
@@ -68,18 +69,23 @@ complete -c cq_server -n "__fish_cq_server_needs_command" -l help -d 'Print help
 complete -c cq_server -n "__fish_cq_server_needs_command" -s V -l version -d 'Print version'
 complete -c cq_server -n "__fish_cq_server_needs_command" -f -a "tls" -d 'Certificate tooling for --auth tls'
 complete -c cq_server -n "__fish_cq_server_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and not __fish_seen_subcommand_from init client help" -f -a "init" -d 'Create a CA and a server certificate in DIR (ca.pem, ca.key, server.pem, server.key)'
-complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and not __fish_seen_subcommand_from init client help" -f -a "client" -d 'Issue a client certificate for NAME (a local user name on the server, or a name the server\'s --tls-user-map maps to one), signed by the CA in --dir'
-complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and not __fish_seen_subcommand_from init client help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and not __fish_seen_subcommand_from init client revoke help" -f -a "init" -d 'Create a CA and a server certificate in DIR (ca.pem, ca.key, server.pem, server.key)'
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and not __fish_seen_subcommand_from init client revoke help" -f -a "client" -d 'Issue a client certificate for NAME (a local user name on the server, or a name the server\'s --tls-user-map maps to one), signed by the CA in --dir'
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and not __fish_seen_subcommand_from init client revoke help" -f -a "revoke" -d 'Revoke a client certificate: add it to the revocation list DIR/crl.pem, which cq_server --tls-crl reads (again on SIGHUP)'
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and not __fish_seen_subcommand_from init client revoke help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from init" -l host -d 'A name clients use to reach the server (DNS name or IP address); repeatable' -r
-complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from init" -l force -d 'Replace existing files'
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from init" -l force -d 'Replace the server\'s certificate and key; an existing CA is kept (the client certificates it signed stay valid)'
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from init" -l new-ca -d 'With --force: make a new CA too (every client certificate must then be issued again)'
 complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from client" -l dir -d 'Directory holding ca.pem and ca.key' -r -F
-complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from client" -l out -d 'Directory for NAME.pem and NAME.key [default: --dir]' -r -F
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from client" -l out -d 'Directory for NAME.pem and NAME.key [default: --dir] (created mode 0700; an existing one must be yours and writable by nobody else)' -r -F
 complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from client" -l force -d 'Replace existing files'
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from revoke" -l dir -d 'Directory holding ca.pem and ca.key (and crl.pem)' -r -F
 complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from help" -f -a "init" -d 'Create a CA and a server certificate in DIR (ca.pem, ca.key, server.pem, server.key)'
 complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from help" -f -a "client" -d 'Issue a client certificate for NAME (a local user name on the server, or a name the server\'s --tls-user-map maps to one), signed by the CA in --dir'
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from help" -f -a "revoke" -d 'Revoke a client certificate: add it to the revocation list DIR/crl.pem, which cq_server --tls-crl reads (again on SIGHUP)'
 complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c cq_server -n "__fish_cq_server_using_subcommand help; and not __fish_seen_subcommand_from tls help" -f -a "tls" -d 'Certificate tooling for --auth tls'
 complete -c cq_server -n "__fish_cq_server_using_subcommand help; and not __fish_seen_subcommand_from tls help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c cq_server -n "__fish_cq_server_using_subcommand help; and __fish_seen_subcommand_from tls" -f -a "init" -d 'Create a CA and a server certificate in DIR (ca.pem, ca.key, server.pem, server.key)'
 complete -c cq_server -n "__fish_cq_server_using_subcommand help; and __fish_seen_subcommand_from tls" -f -a "client" -d 'Issue a client certificate for NAME (a local user name on the server, or a name the server\'s --tls-user-map maps to one), signed by the CA in --dir'
+complete -c cq_server -n "__fish_cq_server_using_subcommand help; and __fish_seen_subcommand_from tls" -f -a "revoke" -d 'Revoke a client certificate: add it to the revocation list DIR/crl.pem, which cq_server --tls-crl reads (again on SIGHUP)'

@@ -356,6 +356,7 @@ impl Authenticator for MungeAuthenticator {
             user,
             host: peer.host(),
             method: AuthMethod::Munge,
+            principal: None,
         };
         // munged remembers decoded credentials only until it restarts; the server keeps its
         // own record until the credential expires (or for munged's longest lifetime when

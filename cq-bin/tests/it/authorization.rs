@@ -21,7 +21,11 @@ fn munge_args(munged: &Munged) -> Vec<OsString> {
 }
 
 /// A server (root) with `config` as its configuration file, plus `extra` options.
-async fn server_with_config(munged: &Munged, config: &str, extra: &[&str]) -> (TestServer, tempfile::TempDir) {
+async fn server_with_config(
+    munged: &Munged,
+    config: &str,
+    extra: &[&str],
+) -> (TestServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cq.toml");
     std::fs::write(&path, config).unwrap();
@@ -57,7 +61,11 @@ async fn a_root_server_that_runs_jobs_as_itself_admits_only_root() {
     assert!(!stdout(&alice).contains('0'), "a user's job ran as root");
     // Root itself still needs allow_root.
     let root = output(server.client().args(["--", "true"])).await;
-    assert!(stderr(&root).contains("refuses jobs from root"), "{}", stderr(&root));
+    assert!(
+        stderr(&root).contains("refuses jobs from root"),
+        "{}",
+        stderr(&root)
+    );
 }
 
 /// Finding 2: the job's group came from the MUNGE credential, which root on a client host
@@ -87,7 +95,12 @@ async fn a_group_claimed_in_the_credential_is_never_the_jobs() {
     .await;
     let text = stdout(&out);
     let mut lines = text.lines();
-    assert_eq!(lines.next(), Some(alice.gid.to_string().as_str()), "{text}{}", stderr(&out));
+    assert_eq!(
+        lines.next(),
+        Some(alice.gid.to_string().as_str()),
+        "{text}{}",
+        stderr(&out)
+    );
     let groups: Vec<u32> = lines
         .next()
         .unwrap_or_default()
@@ -95,14 +108,22 @@ async fn a_group_claimed_in_the_credential_is_never_the_jobs() {
         .map(|g| g.parse().unwrap())
         .collect();
     assert!(!groups.contains(&shadow.gid.as_raw()), "{groups:?}");
-    assert!(groups.contains(&users().extra.gid.as_raw()), "the account's own groups: {groups:?}");
+    assert!(
+        groups.contains(&users().extra.gid.as_raw()),
+        "the account's own groups: {groups:?}"
+    );
     assert_eq!(lines.next(), Some("no-shadow"));
 
     // Nor does the claimed group pass a policy of groups.
-    let (strict, _config) = server_with_config(&munged, "[policy]\ngroups = [\"shadow\"]\n", &[]).await;
+    let (strict, _config) =
+        server_with_config(&munged, "[policy]\ngroups = [\"shadow\"]\n", &[]).await;
     let refused = output(strict.client_via(&forged).args(["--", "true"])).await;
     assert_eq!(refused.status.code(), Some(255));
-    assert!(stderr(&refused).contains("may not use this server"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("may not use this server"),
+        "{}",
+        stderr(&refused)
+    );
 }
 
 /// Finding 3a: the allow list checked the program through a symlink and ran the symlink:
@@ -123,11 +144,20 @@ async fn a_symlink_swapped_after_the_check_runs_nothing_else() {
     let alice = || server.client_as(&bins, &users().alice);
 
     let honest = output(alice().args(["--", "./true"])).await;
-    assert!(honest.status.success(), "the link to an allowed file runs: {}", stderr(&honest));
+    assert!(
+        honest.status.success(),
+        "the link to an allowed file runs: {}",
+        stderr(&honest)
+    );
 
     let gate_dir = shared_dir();
     let gate = Gate::new(gate_dir.path());
-    let blocker = output(alice().args(["--detach", "--", "cat"]).arg(gate_dir.path().join("gate"))).await;
+    let blocker = output(
+        alice()
+            .args(["--detach", "--", "cat"])
+            .arg(gate_dir.path().join("gate")),
+    )
+    .await;
     assert!(blocker.status.success(), "{}", stderr(&blocker));
     let queued = output(alice().args(["--detach", "--", "./true"]).arg(&marker)).await;
     assert!(queued.status.success(), "{}", stderr(&queued));
@@ -159,14 +189,18 @@ async fn a_relative_program_is_checked_where_it_runs() {
         shared.path().display()
     );
     let (server, _config) = server_with_config(&munged, &config, &[]).await;
-    let out = output(
-        server
-            .client_as(&bins, &users().alice)
-            .args(["--follow", "--", "./build.sh"]),
-    )
-    .await;
+    let out =
+        output(
+            server
+                .client_as(&bins, &users().alice)
+                .args(["--follow", "--", "./build.sh"]),
+        )
+        .await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(stdout(&out).trim(), format!("built in {}", shared.path().display()));
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("built in {}", shared.path().display())
+    );
 }
 
 /// Finding 3c: no deny list names every variable that makes an interpreter run code of the
@@ -193,11 +227,14 @@ async fn with_a_command_list_only_allowed_variables_reach_the_job() {
         ("IFS", "x"),
         ("ENV", "/tmp/evil"),
     ] {
-        let out = output(
-            server
-                .client_as(&bins, &users().alice)
-                .args(["-E", &format!("{name}={value}"), "--", "sh", "-c", "true"]),
-        )
+        let out = output(server.client_as(&bins, &users().alice).args([
+            "-E",
+            &format!("{name}={value}"),
+            "--",
+            "sh",
+            "-c",
+            "true",
+        ]))
         .await;
         assert_eq!(out.status.code(), Some(255), "{name} passed");
         assert!(
@@ -207,11 +244,15 @@ async fn with_a_command_list_only_allowed_variables_reach_the_job() {
         );
     }
     assert!(!marker.exists());
-    let fine = output(
-        server
-            .client_as(&bins, &users().alice)
-            .args(["-E", "USE=X", "--follow", "--", "sh", "-c", "echo $USE"]),
-    )
+    let fine = output(server.client_as(&bins, &users().alice).args([
+        "-E",
+        "USE=X",
+        "--follow",
+        "--",
+        "sh",
+        "-c",
+        "echo $USE",
+    ]))
     .await;
     assert_eq!(stdout(&fine).trim(), "X", "{}", stderr(&fine));
 }
@@ -229,8 +270,11 @@ async fn the_working_directory_is_entered_with_the_requesters_rights_only() {
     std::fs::create_dir_all(&public).unwrap();
     std::fs::write(public.join("secret"), "bob's secret\n").unwrap();
     std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(public.join("secret"), std::fs::Permissions::from_mode(0o644))
-        .unwrap();
+    std::fs::set_permissions(
+        public.join("secret"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     std::os::unix::fs::chown(&home, Some(u.bob.uid.as_raw()), Some(u.bob.gid.as_raw())).unwrap();
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
     let server = TestServer::start(&munged).await;
@@ -243,10 +287,16 @@ async fn the_working_directory_is_entered_with_the_requesters_rights_only() {
             .args(["--follow", "--", "cat", "secret"]),
     )
     .await;
-    assert!(!stdout(&reading).contains("bob's secret"), "alice read bob's file");
+    assert!(
+        !stdout(&reading).contains("bob's secret"),
+        "alice read bob's file"
+    );
     assert_ne!(reading.status.code(), Some(0));
     let existing = stderr(&reading);
-    assert!(existing.contains("cannot enter the working directory"), "{existing}");
+    assert!(
+        existing.contains("cannot enter the working directory"),
+        "{existing}"
+    );
     assert!(existing.contains("Permission denied"), "{existing}");
 
     let probing = output(
@@ -285,7 +335,12 @@ fn mode(path: &Path) -> u32 {
 async fn the_state_is_readable_by_the_server_alone() {
     let munged = Munged::start();
     let server = TestServer::start(&munged).await;
-    let out = output(server.client().args(["-E", "TOKEN=s3cret", "--", "sh", "-c", "echo logged"])).await;
+    let out = output(
+        server
+            .client()
+            .args(["-E", "TOKEN=s3cret", "--", "sh", "-c", "echo logged"]),
+    )
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
     let state = server.state_dir.path();
     assert_eq!(mode(state), 0o700);
@@ -347,24 +402,43 @@ async fn a_merged_waiters_cancel_withdraws_it_and_the_job_goes_on() {
     let u = users();
     let gate_dir = shared_dir();
     let gate = Gate::new(gate_dir.path());
-    let first = output(
-        server
-            .client_as(&bins, &u.alice)
-            .args(["--detach", "--", "sh", "-c", &gate.wait()]),
-    )
+    let first = output(server.client_as(&bins, &u.alice).args([
+        "--detach",
+        "--",
+        "sh",
+        "-c",
+        &gate.wait(),
+    ]))
     .await;
     assert!(first.status.success(), "{}", stderr(&first));
-    let merged = output(server.client_as(&bins, &u.bob).args(["--detach", "--", "true"])).await;
+    let merged = output(
+        server
+            .client_as(&bins, &u.bob)
+            .args(["--detach", "--", "true"]),
+    )
+    .await;
     assert!(merged.status.success(), "{}", stderr(&merged));
-    assert_eq!(stdout(&merged).trim(), "1", "bob's submission merged into alice's job");
+    assert_eq!(
+        stdout(&merged).trim(),
+        "1",
+        "bob's submission merged into alice's job"
+    );
 
     // Bob learns the outcome but may not read the log of another user's job.
     let log = output(server.client_as(&bins, &u.bob).args(["--log", "1"])).await;
     assert_eq!(log.status.code(), Some(255), "{}", stderr(&log));
     let withdrawn = output(server.client_as(&bins, &u.bob).args(["--cancel", "1"])).await;
     assert!(withdrawn.status.success(), "{}", stderr(&withdrawn));
-    assert!(stderr(&withdrawn).contains("no longer wait for job 1"), "{}", stderr(&withdrawn));
+    assert!(
+        stderr(&withdrawn).contains("no longer wait for job 1"),
+        "{}",
+        stderr(&withdrawn)
+    );
     gate.open().await;
     let alice = output(server.client_as(&bins, &u.alice).args(["--wait", "1"])).await;
-    assert!(alice.status.success(), "the job went on for its owner: {}", stderr(&alice));
+    assert!(
+        alice.status.success(),
+        "the job went on for its owner: {}",
+        stderr(&alice)
+    );
 }

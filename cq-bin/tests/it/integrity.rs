@@ -64,7 +64,10 @@ async fn a_captured_request_never_runs_twice_whatever_restarts() {
     );
     // Again at once: munged's own replay cache catches it.
     let again = send_and_read(&server, &captured).await;
-    assert!(matches!(again.last(), Some(Event::Error { .. })), "{again:?}");
+    assert!(
+        matches!(again.last(), Some(Event::Error { .. })),
+        "{again:?}"
+    );
 
     // Both restarted: a new munged with the same key has never seen the credential.
     let mut server = server;
@@ -199,7 +202,9 @@ async fn idle_connections_from_one_address_do_not_lock_others_out() {
         let out = tokio::time::timeout(LIMIT, client).await.unwrap().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
     }
-    server.wait_for_log("too many connections from one address").await;
+    server
+        .wait_for_log("too many connections from one address")
+        .await;
     drop(idle);
 }
 
@@ -282,12 +287,23 @@ async fn long_lists_come_in_pages_and_huge_jobs_are_refused_with_the_limit() {
     let server = TestServer::start_with(&munged, &["--dedup", "off"]).await;
     let dir = shared_dir();
     let gate = Gate::new(dir.path());
-    let blocker = output(server.client().args(["--detach", "--", "sh", "-c", &gate.wait()])).await;
+    let blocker = output(
+        server
+            .client()
+            .args(["--detach", "--", "sh", "-c", &gate.wait()]),
+    )
+    .await;
     assert!(blocker.status.success(), "{}", stderr(&blocker));
     // One argument may be 128 KiB at most (the kernel's limit): two make a 200 KiB job.
     let half = "y".repeat(100 * 1024);
     for i in 0..8 {
-        let out = output(server.client().args(["--detach", "--", "echo", &half, &half, &i.to_string()])).await;
+        let out =
+            output(
+                server
+                    .client()
+                    .args(["--detach", "--", "echo", &half, &half, &i.to_string()]),
+            )
+            .await;
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let listed = output(server.client().args(["--list", "--json"])).await;
@@ -296,7 +312,11 @@ async fn long_lists_come_in_pages_and_huge_jobs_are_refused_with_the_limit() {
     assert_eq!(jobs.as_array().unwrap().len(), 9);
     let refused = output(server.client().args(["--", "echo", &half, &half, &half])).await;
     assert_eq!(refused.status.code(), Some(255));
-    assert!(stderr(&refused).contains("too large"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("too large"),
+        "{}",
+        stderr(&refused)
+    );
     gate.open().await;
 }
 
@@ -311,8 +331,8 @@ fn daemonizing_job(pid_file: &std::path::Path, then: &str) -> String {
 /// Whether the process named in `pid_file` still runs (a zombie, dead but not yet reaped
 /// by whoever adopted it, runs nothing).
 fn alive(pid_file: &std::path::Path) -> bool {
-    let pid = std::fs::read_to_string(pid_file)
-        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
+    let pid =
+        std::fs::read_to_string(pid_file).unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) else {
         return false;
     };
@@ -331,7 +351,12 @@ async fn nothing_a_job_started_outlives_it() {
     let dir = shared_dir();
 
     let ended = dir.path().join("ended.pid");
-    let out = output(server.client().args(["--", "sh", "-c", &daemonizing_job(&ended, "true")])).await;
+    let out = output(
+        server
+            .client()
+            .args(["--", "sh", "-c", &daemonizing_job(&ended, "true")]),
+    )
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!alive(&ended), "the daemon outlived its job");
 
@@ -357,7 +382,11 @@ async fn nothing_a_job_started_outlives_it() {
     let waiting = tokio::spawn(async move { output(&mut waiter).await });
     // The job says when its daemon runs.
     let told = tokio::task::spawn_blocking(move || std::fs::read_to_string(ready));
-    tokio::time::timeout(LIMIT, told).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(LIMIT, told)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let cancel = output(server.client().args(["--cancel", "3"])).await;
     assert!(cancel.status.success(), "{}", stderr(&cancel));
     let out = tokio::time::timeout(LIMIT, waiting).await.unwrap().unwrap();
@@ -371,7 +400,12 @@ async fn nothing_a_job_started_outlives_it() {
 async fn job_ids_are_never_reused() {
     let munged = Munged::start();
     let mut server = TestServer::start_with(&munged, &["--retention-days", "0"]).await;
-    let first = output(server.client().args(["--detach", "--", "echo", "old secret"])).await;
+    let first = output(
+        server
+            .client()
+            .args(["--detach", "--", "echo", "old secret"]),
+    )
+    .await;
     assert_eq!(stdout(&first).trim(), "1");
     let waited = output(server.client().args(["--wait", "1"])).await;
     assert!(waited.status.success());
@@ -405,7 +439,11 @@ async fn job_ids_are_never_reused() {
     );
     // Moved away as the message says: the new queue's ids start past every old log.
     std::fs::remove_file(&db).unwrap();
-    std::fs::write(server.state_dir.path().join("logs/7.log"), "someone's old output\n").unwrap();
+    std::fs::write(
+        server.state_dir.path().join("logs/7.log"),
+        "someone's old output\n",
+    )
+    .unwrap();
     let server = server.restart().await;
     let fresh = output(server.client().args(["--detach", "--", "true"])).await;
     assert_eq!(stdout(&fresh).trim(), "8", "{}", stderr(&fresh));
@@ -422,11 +460,18 @@ async fn text_from_the_network_is_escaped_in_terminals_and_logs() {
     assert!(out.status.success(), "{}", stderr(&out));
     server.wait_for_log("finished").await;
     assert!(
-        !server.log_text().lines().any(|l| l.starts_with("INFO forged-line")),
+        !server
+            .log_text()
+            .lines()
+            .any(|l| l.starts_with("INFO forged-line")),
         "{}",
         server.log_text()
     );
-    assert!(server.log_text().contains(r"x\nINFO forged-line"), "{}", server.log_text());
+    assert!(
+        server.log_text().contains(r"x\nINFO forged-line"),
+        "{}",
+        server.log_text()
+    );
 
     // A server's error text with terminal escapes, printed by the client.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -458,9 +503,16 @@ async fn a_graceful_stop_tells_the_running_jobs_waiter_and_the_queued_ones_come_
     let dir = shared_dir();
     let gate = Gate::new(dir.path());
     let post_out = dir.path().join("post.out");
-    let post = script(dir.path(), "post", &format!("echo \"$1 $2\" >> {}", post_out.display()));
+    let post = script(
+        dir.path(),
+        "post",
+        &format!("echo \"$1 $2\" >> {}", post_out.display()),
+    );
     let mut running = server.client();
-    running.arg("-P").arg(&post).args(["--", "sh", "-c", &gate.wait()]);
+    running
+        .arg("-P")
+        .arg(&post)
+        .args(["--", "sh", "-c", &gate.wait()]);
     let running = tokio::spawn(async move { output(&mut running).await });
     server.wait_for_log("started").await;
     let mut queued = server.client();
@@ -472,7 +524,11 @@ async fn a_graceful_stop_tells_the_running_jobs_waiter_and_the_queued_ones_come_
     server.wait_for_log("shutting down").await;
     gate.open().await;
     let out = tokio::time::timeout(LIMIT, running).await.unwrap().unwrap();
-    assert!(out.status.success(), "the running job's waiter heard its outcome: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "the running job's waiter heard its outcome: {}",
+        stderr(&out)
+    );
     assert_eq!(std::fs::read_to_string(&post_out).unwrap(), "0 0\n");
     let status = server.wait_exit().await;
     assert!(status.success(), "{status}");

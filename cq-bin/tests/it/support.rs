@@ -116,6 +116,18 @@ impl TestServer {
         args: Vec<OsString>,
         client_args: Vec<OsString>,
     ) -> Self {
+        Self::launch_with_stdin(program, state_dir, port, args, client_args, Stdio::null()).await
+    }
+
+    /// Starts `program` (cq_server, perhaps behind a prefix) with `stdin` (e.g. a terminal).
+    pub(crate) async fn launch_with_stdin(
+        program: Vec<OsString>,
+        state_dir: TempDir,
+        port: u16,
+        args: Vec<OsString>,
+        client_args: Vec<OsString>,
+        stdin: Stdio,
+    ) -> Self {
         let (exe, prefix) = program.split_first().expect("a program");
         let mut child = Command::new(exe)
             .args(prefix)
@@ -131,7 +143,7 @@ impl TestServer {
             .arg(state_dir.path())
             .args(&args)
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -223,6 +235,26 @@ impl TestServer {
                 self.log_text()
             ),
         }
+    }
+
+    /// Waits (bounded) until the server logged a line that `matches`; returns it.
+    pub(crate) async fn wait_for_log_matching(&self, matches: impl Fn(&str) -> bool) -> String {
+        let found = tokio::time::timeout(LIMIT, async {
+            loop {
+                let notified = self.log.grew.notified();
+                if let Some(line) = self.log.lines.lock().unwrap().iter().find(|l| matches(l)) {
+                    return line.clone();
+                }
+                notified.await;
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| {
+            panic!(
+                "the server never logged such a line; log:\n{}",
+                self.log_text()
+            )
+        })
     }
 
     /// Waits (bounded) until the server logged `count` lines containing `needle`.

@@ -19,7 +19,12 @@ pub(crate) struct Pki {
 impl Pki {
     pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        init_ca_and_server(dir.path(), &["127.0.0.1".into(), "localhost".into()], false).unwrap();
+        init_ca_and_server(
+            dir.path(),
+            &["127.0.0.1".into(), "localhost".into()],
+            cq_transport_tls::Existing::Refuse,
+        )
+        .unwrap();
         Self { dir }
     }
 

@@ -181,7 +181,11 @@ fn remove_stale(parent: &Path) {
             continue;
         }
         let dir = entry.path();
-        for job in fs::read_dir(&dir).into_iter().flatten().filter_map(Result::ok) {
+        for job in fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+        {
             if job.file_type().is_ok_and(|t| t.is_dir()) {
                 let _ = fs::remove_dir(job.path());
             }

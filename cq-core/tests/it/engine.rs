@@ -9,9 +9,8 @@ use std::time::SystemTime;
 
 use cq_core::store::{JobRecord, Pending, PrunedJob, Recovered, StoredJob};
 use cq_core::{
-    Caller, Cancelled, Engine, EngineConfig, Identity, Job, JobContext, JobId, JobResult,
-    JobState, MemoryStore, Outcome, ShutdownMode, Store, SubmitError, SubmitKey, SubmitOptions,
-    UserLimits,
+    Caller, Cancelled, Engine, EngineConfig, Identity, Job, JobContext, JobId, JobResult, JobState,
+    MemoryStore, Outcome, ShutdownMode, Store, SubmitError, SubmitKey, SubmitOptions, UserLimits,
 };
 use tokio::sync::{Mutex, Notify};
 
@@ -261,7 +260,13 @@ impl Store for SlowOutcomes {
         });
         pending
     }
-    fn add_waiter(&self, id: JobId, who: Identity, key: Option<SubmitKey>, at: SystemTime) -> Pending<()> {
+    fn add_waiter(
+        &self,
+        id: JobId,
+        who: Identity,
+        key: Option<SubmitKey>,
+        at: SystemTime,
+    ) -> Pending<()> {
         self.inner.add_waiter(id, who, key, at)
     }
     fn remove_waiter(&self, id: JobId, uid: u32) -> Pending<()> {
@@ -307,12 +312,22 @@ async fn waiters_hear_an_outcome_only_once_it_is_committed() {
         .submit(Held(held.clone()), Identity::local())
         .await
         .unwrap();
-    tokio::time::timeout(LIMIT, ticket.started()).await.unwrap().unwrap();
+    tokio::time::timeout(LIMIT, ticket.started())
+        .await
+        .unwrap()
+        .unwrap();
     held.notify_one();
-    let early = tokio::time::timeout(std::time::Duration::from_millis(300), ticket.finished()).await;
-    assert!(early.is_err(), "the outcome was published before its commit");
+    let early =
+        tokio::time::timeout(std::time::Duration::from_millis(300), ticket.finished()).await;
+    assert!(
+        early.is_err(),
+        "the outcome was published before its commit"
+    );
     release.notify_one();
-    let result = tokio::time::timeout(LIMIT, ticket.finished()).await.unwrap().unwrap();
+    let result = tokio::time::timeout(LIMIT, ticket.finished())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(result.outcome, Outcome::Exited { code: 0 });
 }
 
@@ -324,17 +339,29 @@ async fn a_submission_with_a_known_key_reattaches() {
     let probe = Arc::new(Probe::default());
     let key = SubmitKey::random();
     let first = engine
-        .submit_with(Box::new(Probed(probe.clone())), Identity::local(), SubmitOptions::new().with_key(key))
+        .submit_with(
+            Box::new(Probed(probe.clone())),
+            Identity::local(),
+            SubmitOptions::new().with_key(key),
+        )
         .await
         .unwrap();
     let mut again = engine
-        .submit_with(Box::new(Probed(probe.clone())), Identity::local(), SubmitOptions::new().with_key(key))
+        .submit_with(
+            Box::new(Probed(probe.clone())),
+            Identity::local(),
+            SubmitOptions::new().with_key(key),
+        )
         .await
         .unwrap();
     assert_eq!(again.id, first.id);
     again.finished().await.unwrap();
     let mut later = engine
-        .submit_with(Box::new(Probed(probe.clone())), Identity::local(), SubmitOptions::new().with_key(key))
+        .submit_with(
+            Box::new(Probed(probe.clone())),
+            Identity::local(),
+            SubmitOptions::new().with_key(key),
+        )
         .await
         .unwrap();
     assert_eq!(later.id, first.id, "after the job ended too");
@@ -343,7 +370,11 @@ async fn a_submission_with_a_known_key_reattaches() {
     let mut other = Identity::local();
     other.uid += 1;
     let theirs = engine
-        .submit_with(Box::new(Probed(probe.clone())), other, SubmitOptions::new().with_key(key))
+        .submit_with(
+            Box::new(Probed(probe.clone())),
+            other,
+            SubmitOptions::new().with_key(key),
+        )
         .await
         .unwrap();
     assert_ne!(theirs.id, first.id, "another user's key is another key");
@@ -361,9 +392,15 @@ async fn a_user_over_its_limits_is_refused_and_others_are_not() {
     let mut bob = Identity::local();
     bob.uid += 1;
     for _ in 0..2 {
-        engine.submit(Held(hold.clone()), alice.clone()).await.unwrap();
+        engine
+            .submit(Held(hold.clone()), alice.clone())
+            .await
+            .unwrap();
     }
-    let refused = engine.submit(Held(hold.clone()), alice.clone()).await.unwrap_err();
+    let refused = engine
+        .submit(Held(hold.clone()), alice.clone())
+        .await
+        .unwrap_err();
     assert!(
         matches!(&refused, SubmitError::OverQuota { reason } if reason.contains("2 jobs queued or running")),
         "{refused}"
@@ -396,10 +433,17 @@ async fn callers_see_and_do_what_their_relation_to_a_job_allows() {
         .submit(Secret(Arc::new(Notify::new())), alice.clone())
         .await
         .unwrap();
-    let seen_by_bob = engine.status(ticket.id, Caller::user(bob.clone())).await.unwrap();
+    let seen_by_bob = engine
+        .status(ticket.id, Caller::user(bob.clone()))
+        .await
+        .unwrap();
     let seen_by_alice = engine.status(ticket.id, Caller::user(alice)).await.unwrap();
     assert_eq!(seen_by_alice.command, ["build --token=s3cret"]);
-    assert_eq!(seen_by_bob.command, ["build"], "others see the program's name only");
+    assert_eq!(
+        seen_by_bob.command,
+        ["build"],
+        "others see the program's name only"
+    );
     assert_eq!(seen_by_bob.owner_uid, seen_by_alice.owner_uid);
     assert!(matches!(
         engine.watch(ticket.id, Caller::user(bob.clone())).await,

@@ -41,6 +41,7 @@ impl Authenticator for CopyAuth {
             user: Some("tester".into()),
             host: None,
             method: AuthMethod::Custom("copy"),
+            principal: None,
         })
     }
 }

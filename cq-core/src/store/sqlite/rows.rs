@@ -53,8 +53,8 @@ pub(super) fn insert(tx: &Transaction<'_>, job: &StoredJob) -> rusqlite::Result<
         .as_ref()
         .map(|c| postcard::to_allocvec(c).unwrap_or_default());
     tx.execute(
-        "INSERT INTO jobs (id, owner_uid, owner_gid, owner_user, owner_host, auth_method, summary, command, state, accepted_ms, submit_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10)",
+        "INSERT INTO jobs (id, owner_uid, owner_gid, owner_user, owner_host, auth_method, summary, command, state, accepted_ms, submit_key, owner_principal)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?11)",
         params![
             job.id.0 as i64,
             job.owner.uid,
@@ -66,6 +66,7 @@ pub(super) fn insert(tx: &Transaction<'_>, job: &StoredJob) -> rusqlite::Result<
             command,
             millis(job.accepted_at),
             key_bytes(job.key),
+            job.owner.principal,
         ],
     )?;
     // The counter only grows: pruning old jobs never frees their ids.
@@ -119,7 +120,7 @@ pub(super) fn add_waiter(
     at: SystemTime,
 ) -> rusqlite::Result<()> {
     tx.execute(
-        "INSERT INTO waiters (job_id, uid, gid, user, host, auth_method, added_ms, submit_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO waiters (job_id, uid, gid, user, host, auth_method, added_ms, submit_key, principal) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             id.0 as i64,
             waiter.uid,
@@ -128,7 +129,8 @@ pub(super) fn add_waiter(
             waiter.host,
             method_name(waiter.method),
             millis(at),
-            key_bytes(key)
+            key_bytes(key),
+            waiter.principal
         ],
     )
     .map(drop)
@@ -163,6 +165,8 @@ pub(super) fn forget_requests(tx: &Transaction<'_>, before: SystemTime) -> rusql
     .map(drop)
 }
 
+/// The identity in the five columns from `first` (uid, gid, user, host, method); the
+/// principal, which not every query needs, is filled in by those that do.
 fn identity_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Identity> {
     let method: String = row.get(first + 4)?;
     Ok(Identity {
@@ -171,14 +175,19 @@ fn identity_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Identi
         user: row.get(first + 2)?,
         host: row.get(first + 3)?,
         method: method_from(&method),
+        principal: None,
     })
 }
 
 fn waiters_of(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<Vec<Identity>> {
     tx.prepare_cached(
-        "SELECT uid, gid, user, host, auth_method FROM waiters WHERE job_id = ?1 ORDER BY added_ms",
+        "SELECT uid, gid, user, host, auth_method, principal FROM waiters WHERE job_id = ?1 ORDER BY added_ms",
     )?
-    .query_map(params![id], |row| identity_at(row, 0))?
+    .query_map(params![id], |row| {
+        let mut waiter = identity_at(row, 0)?;
+        waiter.principal = row.get(5)?;
+        Ok(waiter)
+    })?
     .collect()
 }
 
@@ -264,14 +273,16 @@ pub(super) fn recover(tx: &Transaction<'_>, requeue_running: bool) -> rusqlite::
         }
     }
     let mut statement = tx.prepare(
-        "SELECT id, owner_uid, owner_gid, owner_user, owner_host, auth_method, summary, command, accepted_ms, submit_key
+        "SELECT id, owner_uid, owner_gid, owner_user, owner_host, auth_method, summary, command, accepted_ms, submit_key, owner_principal
          FROM jobs WHERE state = 'queued' ORDER BY id",
     )?;
     let rows = statement.query_map([], |row| {
         let command: Option<Vec<u8>> = row.get(7)?;
+        let mut owner = identity_at(row, 1)?;
+        owner.principal = row.get(10)?;
         Ok(StoredJob {
             id: JobId(row.get::<_, i64>(0)? as u64),
-            owner: identity_at(row, 1)?,
+            owner,
             summary: row.get(6)?,
             command: command.and_then(|bytes| postcard::from_bytes::<CommandJob>(&bytes).ok()),
             key: key_from(row.get(9)?),

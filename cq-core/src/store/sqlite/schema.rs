@@ -51,7 +51,9 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE jobs ADD COLUMN submit_key BLOB;
     ALTER TABLE jobs ADD COLUMN log_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN owner_principal TEXT;
     ALTER TABLE waiters ADD COLUMN submit_key BLOB;
+    ALTER TABLE waiters ADD COLUMN principal TEXT;
     CREATE UNIQUE INDEX jobs_by_key ON jobs (owner_uid, submit_key) WHERE submit_key IS NOT NULL;
     CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     INSERT INTO meta (name, value) SELECT 'next_id', coalesce(max(id), 0) + 1 FROM jobs;
