@@ -99,11 +99,13 @@ pub(crate) struct JobCgroup {
 }
 
 impl JobCgroup {
-    /// `cgroup.procs`, open for the child to move itself in.
-    pub(crate) fn procs_for_child(&self) -> io::Result<OwnedFd> {
+    /// The cgroup's directory, open for the child to be created in.
+    pub(crate) fn dir_for_child(&self) -> io::Result<OwnedFd> {
+        use std::os::unix::fs::OpenOptionsExt;
         OpenOptions::new()
-            .write(true)
-            .open(self.dir.join("cgroup.procs"))
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&self.dir)
             .map(OwnedFd::from)
     }
 

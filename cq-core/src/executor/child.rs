@@ -1,29 +1,44 @@
-//! The one place where a forked child is prepared for its job before `exec`.
+//! The one place where a child process is made and prepared for its job before `exec`.
 //!
-//! Everything the child does between `fork` and `exec` runs in a copy of a multi-threaded
-//! process, where only async-signal-safe calls are allowed: no allocation, no locks, no
-//! formatting. So the parent prepares everything ([`ChildSpec::into_command`] turns strings
-//! into C strings and pointer arrays), and the child only makes system calls, in this order:
+//! The child is created with `clone3` directly in the job's cgroup (`CLONE_INTO_CGROUP`:
+//! moving a process into a cgroup afterwards waits for an RCU grace period, ~16 ms here, and
+//! leaves a moment outside it) and with a pidfd to wait on. It starts as a copy of a
+//! multi-threaded process, where only async-signal-safe calls are allowed: no allocation, no
+//! locks, no formatting. So the parent prepares everything ([`ChildSpec::spawn`] turns
+//! strings into C strings and pointer arrays), and the child only makes system calls, in this
+//! order:
 //!
-//! 1. reset the signal mask, start a new session (no controlling terminal, its own process
-//!    group), join the job's cgroup;
+//! 1. block signals and reset every handler to the default (the parent's handlers must never
+//!    run in the child), put the standard descriptors in place, start a new session (no
+//!    controlling terminal, its own process group);
 //! 2. mark every descriptor but 0, 1 and 2 close-on-exec, so that nothing the server holds
 //!    crosses into the job;
 //! 3. switch to the requester: supplementary groups, then group, then user (real, effective
 //!    and saved), and set the umask;
 //! 4. with the requester's rights only: enter the working directory, look the program up
 //!    (and, with an allow list, check that the file found is one of the allowed files, by
-//!    device and inode), and `execve` it.
+//!    device and inode), unblock signals, and `execve` it.
 //!
-//! A failure is returned to the parent as an OS error whose number says which step failed
-//! ([`ChildFailure::from_spawn_error`]), so that the client hears "working directory not
-//! found" rather than an errno.
+//! Where `clone3` is refused (`ENOSYS`: older kernels, and container seccomp profiles that
+//! make glibc fall back), the child is made with `clone` and joins its cgroup itself, first
+//! thing, by writing to the cgroup's `cgroup.procs`.
+//!
+//! A failure is written to a close-on-exec pipe as the step and the OS error, and the child
+//! exits; the parent reads the pipe asynchronously, so that a child stopped before its `exec`
+//! (its user may stop it) never holds up a server thread.
 
 use std::ffi::{CString, c_char, c_int};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::sync::watch;
 
 /// A user to switch to: ids and supplementary groups, all from the account database.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,19 +72,27 @@ pub(crate) struct ChildSpec {
     pub(crate) cwd: PathBuf,
     /// The user to become; `None` keeps this process's.
     pub(crate) user: Option<UserSwitch>,
-    /// The job's `cgroup.procs`, open for writing; the child moves itself there.
-    pub(crate) cgroup_procs: Option<OwnedFd>,
+    /// The job's cgroup directory, which the child is created in.
+    pub(crate) cgroup: Option<OwnedFd>,
     /// The job's file mode creation mask.
     pub(crate) umask: u32,
+}
+
+/// The child's standard input, output and error.
+#[derive(Debug)]
+pub(crate) struct ChildStdio {
+    pub(crate) stdin: OwnedFd,
+    pub(crate) stdout: OwnedFd,
+    pub(crate) stderr: OwnedFd,
 }
 
 /// Which step of the child's set-up failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum Step {
-    /// Resetting signals or starting a session.
+    /// Signals, standard descriptors, the new session.
     Session = 1,
-    /// Joining the job's cgroup.
+    /// Joining the job's cgroup (only where `clone3` is refused).
     Cgroup = 2,
     /// Closing inherited descriptors.
     Descriptors = 3,
@@ -85,36 +108,16 @@ pub(crate) enum Step {
     Exec = 8,
 }
 
-/// A child's failure, decoded in the parent.
+/// A child's failure before `exec`, as the parent reads it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ChildFailure {
     pub(crate) step: Step,
     pub(crate) errno: i32,
 }
 
-/// Marks our encoded failures among the OS errors a spawn can return ('C' for cq).
-const FAILURE_TAG: i32 = 0x43 << 24;
-
-/// `close_range` flag: mark close-on-exec instead of closing (Linux 5.11); the standard
-/// library's own error pipe must stay open until `exec`.
-const CLOSE_RANGE_CLOEXEC: c_int = 4;
-
-/// Highest descriptor marked one by one when `close_range` is unavailable.
-const FD_SWEEP_LIMIT: libc::rlim_t = 65536;
-
 impl ChildFailure {
-    fn encode(step: Step, errno: i32) -> io::Error {
-        io::Error::from_raw_os_error(FAILURE_TAG | (i32::from(step as u8) << 16) | (errno & 0xffff))
-    }
-
-    /// The failure a spawn error carries, if it came from this module's set-up.
-    pub(crate) fn from_spawn_error(e: &io::Error) -> Option<Self> {
-        let raw = e.raw_os_error()?;
-        if raw & (0xff << 24) != FAILURE_TAG {
-            return None;
-        }
-        let step = match (raw >> 16) & 0xff {
-            1 => Step::Session,
+    fn decode(bytes: [u8; 8]) -> Self {
+        let step = match bytes[0] {
             2 => Step::Cgroup,
             3 => Step::Descriptors,
             4 => Step::User,
@@ -122,12 +125,12 @@ impl ChildFailure {
             6 => Step::Lookup,
             7 => Step::NotAllowed,
             8 => Step::Exec,
-            _ => return None,
+            _ => Step::Session,
         };
-        Some(Self {
+        Self {
             step,
-            errno: raw & 0xffff,
-        })
+            errno: i32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+        }
     }
 
     /// The OS error the step failed with.
@@ -136,19 +139,39 @@ impl ChildFailure {
     }
 }
 
+/// `close_range` flag: mark close-on-exec instead of closing (Linux 5.11); the failure pipe
+/// must stay open until `exec`.
+const CLOSE_RANGE_CLOEXEC: c_int = 4;
+
+/// Highest descriptor marked one by one when `close_range` is unavailable.
+const FD_SWEEP_LIMIT: libc::rlim_t = 65536;
+
+/// `clone3` flags (linux/sched.h).
+const CLONE_PIDFD: u64 = 0x1000;
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` (linux/sched.h), version 2 (with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
 /// Owned C strings and the null-terminated pointer array `execve` wants.
 struct CStringArray {
     _strings: Vec<CString>,
     pointers: Vec<*const c_char>,
 }
-
-// SAFETY: the pointers point into `_strings`, which this value owns and never changes after
-// construction; sharing or sending the whole is as safe as sharing the `CString`s.
-#[expect(unsafe_code, reason = "raw pointers into owned C strings, read-only")]
-unsafe impl Send for CStringArray {}
-// SAFETY: as above; nothing mutates through the pointers.
-#[expect(unsafe_code, reason = "raw pointers into owned C strings, read-only")]
-unsafe impl Sync for CStringArray {}
 
 impl CStringArray {
     fn new(strings: Vec<CString>) -> Self {
@@ -183,7 +206,18 @@ fn c_path(path: &Path, what: &str) -> io::Result<CString> {
     c_string(path.as_os_str().as_bytes(), what)
 }
 
-/// What the child holds: only C data, ready for system calls.
+/// Which system call makes the child: `clone3`, falling back to `clone` where refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CloneCall {
+    Clone3,
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "chosen by tests; else a fallback")
+    )]
+    Clone,
+}
+
+/// What the child holds: only C data and descriptor numbers, ready for system calls.
 struct Prepared {
     argv: CStringArray,
     envp: CStringArray,
@@ -191,20 +225,26 @@ struct Prepared {
     allowed: Option<Vec<(u64, u64, CString)>>,
     cwd: CString,
     user: Option<UserSwitch>,
-    cgroup_procs: Option<OwnedFd>,
     umask: libc::mode_t,
+    stdin: RawFd,
+    stdout: RawFd,
+    stderr: RawFd,
+    report: RawFd,
 }
 
 impl ChildSpec {
-    /// A command that runs this spec: its `pre_exec` does all the work described in the
-    /// module docs and `exec`s the program itself, so the program given to `Command::new` is
-    /// only a name for error messages. Standard input, output and error are the caller's to
-    /// set.
+    /// Makes the child and lets it set itself up and `exec` (see the module docs). Returns at
+    /// once: [`Started::exec`] says how the set-up ended.
     ///
     /// # Errors
     ///
-    /// A string that cannot become a C string (it holds a NUL byte).
-    pub(crate) fn into_command(self) -> io::Result<tokio::process::Command> {
+    /// A string that cannot become a C string (it holds a NUL byte), or the system refusing
+    /// a pipe or a process.
+    pub(crate) fn spawn(self, stdio: ChildStdio) -> io::Result<Started> {
+        self.spawn_by(stdio, CloneCall::Clone3)
+    }
+
+    fn spawn_by(self, stdio: ChildStdio, call: CloneCall) -> io::Result<Started> {
         let argv = self
             .argv
             .iter()
@@ -228,6 +268,7 @@ impl ChildSpec {
             ),
             None => None,
         };
+        let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let prepared = Prepared {
             argv: CStringArray::new(argv),
             envp: CStringArray::new(envp),
@@ -235,47 +276,159 @@ impl ChildSpec {
             allowed,
             cwd: c_path(&self.cwd, "the working directory")?,
             user: self.user,
-            cgroup_procs: self.cgroup_procs,
             umask: self.umask as libc::mode_t,
+            stdin: stdio.stdin.as_raw_fd(),
+            stdout: stdio.stdout.as_raw_fd(),
+            stderr: stdio.stderr.as_raw_fd(),
+            report: report_write.as_raw_fd(),
         };
-        let name = self.argv.first().cloned().unwrap_or_default();
-        let mut command = tokio::process::Command::new(name);
-        // SAFETY: the closure only makes async-signal-safe system calls on data prepared
-        // above (no allocation, no locks; see `Prepared::run`), which is what `pre_exec`
-        // requires of code running in the forked child of a multi-threaded process.
-        #[expect(unsafe_code, reason = "the user switch between fork and exec")]
-        unsafe {
-            command.pre_exec(move || Err(prepared.run()));
-        }
-        Ok(command)
+        let cgroup = self.cgroup.as_ref().map(AsRawFd::as_raw_fd);
+        let (pid, pidfd) = match call {
+            CloneCall::Clone3 => prepared.clone_child(cgroup)?,
+            CloneCall::Clone => prepared.clone_child_legacy(cgroup)?,
+        };
+        // The child has its own copies now: ours must go, so that output and the failure
+        // pipe see their end when the child's do.
+        drop(stdio);
+        drop(report_write);
+        let report = pipe::Receiver::from_owned_fd(report_read)?;
+        let (status_tx, status) = watch::channel(None);
+        let waited = pidfd.try_clone()?;
+        // Reaps the child when it ends (one blocking thread per running child).
+        tokio::task::spawn_blocking(move || {
+            let ended = nix::sys::wait::waitid(Id::PIDFd(waited.as_fd()), WaitPidFlag::WEXITED);
+            let _ = status_tx.send(Some(ended.map_err(io::Error::from)));
+        });
+        Ok(Started {
+            pid,
+            _pidfd: pidfd,
+            report: Some(report),
+            status,
+        })
     }
 }
 
 impl Prepared {
-    /// Runs in the child. Returns only on failure (success is `execve` not returning).
-    #[expect(unsafe_code, reason = "raw system calls between fork and exec")]
-    fn run(&self) -> io::Error {
-        // SAFETY (for every block below): each call is a system call (or a libc wrapper
-        // documented as async-signal-safe) on pointers to data owned by `self`, which lives
-        // in the child's copy of the parent's memory until `execve` replaces it; nothing
-        // allocates or takes a lock.
+    /// Creates the child (in the cgroup whose directory is `cgroup`, if any), which sets
+    /// itself up and execs; returns its pid and pidfd.
+    #[expect(
+        unsafe_code,
+        reason = "clone3 and the child's system calls before exec"
+    )]
+    fn clone_child(&self, cgroup: Option<RawFd>) -> io::Result<(Pid, OwnedFd)> {
+        let mut pidfd: c_int = -1;
+        let mut args = CloneArgs {
+            flags: CLONE_PIDFD,
+            pidfd: std::ptr::addr_of_mut!(pidfd) as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            ..CloneArgs::default()
+        };
+        if let Some(dir) = cgroup {
+            args.flags |= CLONE_INTO_CGROUP;
+            args.cgroup = dir as u64;
+        }
+        // SAFETY: clone3 without CLONE_VM and without a stack gives the child a copy of this
+        // process, as fork does; `args` is a valid, initialised clone_args of the size
+        // passed, and `pidfd` outlives the call. In the child (return value 0) only
+        // `child_main` runs, which makes async-signal-safe system calls on `self` (copied
+        // memory) and never returns.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                std::ptr::addr_of!(args),
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        match pid {
+            0 => self.child_main(None),
+            -1 if io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) => {
+                self.clone_child_legacy(cgroup)
+            }
+            -1 => Err(io::Error::last_os_error()),
+            pid => {
+                // SAFETY: CLONE_PIDFD made the kernel store a new descriptor in `pidfd`,
+                // owned by nobody else.
+                let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+                Ok((Pid::from_raw(pid as i32), pidfd))
+            }
+        }
+    }
+
+    /// `clone_child` with `clone`, for systems that refuse `clone3`: the child joins the
+    /// cgroup itself.
+    #[expect(unsafe_code, reason = "clone and the child's system calls before exec")]
+    fn clone_child_legacy(&self, cgroup: Option<RawFd>) -> io::Result<(Pid, OwnedFd)> {
+        let mut pidfd: c_int = -1;
+        // SAFETY: as in `clone_child`: no CLONE_VM, no new stack, so the child is a copy of
+        // this process, and only `child_main` runs in it. With CLONE_PIDFD, the kernel
+        // stores the pidfd through the third argument (parent_tid), which is valid for the
+        // call; the remaining arguments are unused without their flags.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                (CLONE_PIDFD as libc::c_ulong) | libc::SIGCHLD as libc::c_ulong,
+                0usize,
+                std::ptr::addr_of_mut!(pidfd),
+                0usize,
+                0usize,
+            )
+        };
+        match pid {
+            0 => self.child_main(cgroup),
+            -1 => Err(io::Error::last_os_error()),
+            pid => {
+                // SAFETY: CLONE_PIDFD made the kernel store a new descriptor in `pidfd`,
+                // owned by nobody else.
+                let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+                Ok((Pid::from_raw(pid as i32), pidfd))
+            }
+        }
+    }
+
+    /// Runs in the child: joins `join_cgroup` (a cgroup directory) if given, sets up and
+    /// execs, or reports the failure and exits.
+    #[expect(unsafe_code, reason = "system calls between clone and exec")]
+    fn child_main(&self, join_cgroup: Option<RawFd>) -> ! {
+        let (step, errno) = match join_cgroup.map(join_cgroup_now) {
+            Some(Err(errno)) => (Step::Cgroup, errno),
+            _ => self.run(),
+        };
+        let mut bytes = [0u8; 8];
+        bytes[0] = step as u8;
+        bytes[4..].copy_from_slice(&errno.to_ne_bytes());
+        // SAFETY: write and _exit are async-signal-safe system calls; `bytes` lives on this
+        // stack.
         unsafe {
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            if libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
-                return ChildFailure::encode(Step::Session, errno());
-            }
-            if libc::setsid() < 0 {
-                return ChildFailure::encode(Step::Session, errno());
-            }
-            if let Some(procs) = &self.cgroup_procs {
-                // Writing "0" moves the writing process itself.
-                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
-                    return ChildFailure::encode(Step::Cgroup, errno());
+            libc::write(self.report, bytes.as_ptr().cast(), bytes.len());
+            libc::_exit(127)
+        }
+    }
+
+    /// The child's work; returns only on failure.
+    #[expect(unsafe_code, reason = "raw system calls between clone and exec")]
+    fn run(&self) -> (Step, i32) {
+        // SAFETY (for every block below): each call is a system call (or a libc wrapper
+        // documented as async-signal-safe) on data owned by `self`, which lives in the child's
+        // copy of the parent's memory until `execve` replaces it; nothing allocates or takes a
+        // lock.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+            for signal in 1..=64 {
+                if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                    libc::signal(signal, libc::SIG_DFL);
                 }
             }
+            if libc::dup2(self.stdin, 0) < 0
+                || libc::dup2(self.stdout, 1) < 0
+                || libc::dup2(self.stderr, 2) < 0
+                || libc::setsid() < 0
+            {
+                return (Step::Session, errno());
+            }
             if let Err(e) = mark_inherited_cloexec() {
-                return ChildFailure::encode(Step::Descriptors, e);
+                return (Step::Descriptors, e);
             }
             if let Some(user) = &self.user {
                 // Raw system calls: they change this (only) thread, with no library state.
@@ -284,13 +437,16 @@ impl Prepared {
                     || libc::syscall(libc::SYS_setresgid, user.gid, user.gid, user.gid) != 0
                     || libc::syscall(libc::SYS_setresuid, user.uid, user.uid, user.uid) != 0
                 {
-                    return ChildFailure::encode(Step::User, errno());
+                    return (Step::User, errno());
                 }
             }
             libc::umask(self.umask);
             if libc::chdir(self.cwd.as_ptr()) != 0 {
-                return ChildFailure::encode(Step::WorkingDirectory, errno());
+                return (Step::WorkingDirectory, errno());
             }
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             match &self.allowed {
                 Some(allowed) => self.exec_allowed(allowed),
                 None => self.exec_first(),
@@ -299,8 +455,8 @@ impl Prepared {
     }
 
     /// Tries each candidate in turn, as `execvp` does.
-    #[expect(unsafe_code, reason = "execve between fork and exec")]
-    fn exec_first(&self) -> io::Error {
+    #[expect(unsafe_code, reason = "execve between clone and exec")]
+    fn exec_first(&self) -> (Step, i32) {
         let mut denied = false;
         for &candidate in self.candidates.entries() {
             // SAFETY: see `run`.
@@ -310,18 +466,18 @@ impl Prepared {
             match errno() {
                 libc::ENOENT | libc::ENOTDIR => {}
                 libc::EACCES => denied = true,
-                other => return ChildFailure::encode(Step::Exec, other),
+                other => return (Step::Exec, other),
             }
         }
         let errno = if denied { libc::EACCES } else { libc::ENOENT };
-        ChildFailure::encode(Step::Lookup, errno)
+        (Step::Lookup, errno)
     }
 
     /// Finds the first candidate that is an executable file, checks it is one of the allowed
     /// files, and runs the allowed file's own path: what runs is what was checked, whatever
     /// happens meanwhile to the (requester-controlled) path that led to it.
-    #[expect(unsafe_code, reason = "stat, access and execve between fork and exec")]
-    fn exec_allowed(&self, allowed: &[(u64, u64, CString)]) -> io::Error {
+    #[expect(unsafe_code, reason = "stat, access and execve between clone and exec")]
+    fn exec_allowed(&self, allowed: &[(u64, u64, CString)]) -> (Step, i32) {
         let mut denied = false;
         for &candidate in self.candidates.entries() {
             // SAFETY: see `run`; `found` is plain old data filled by the kernel.
@@ -334,7 +490,7 @@ impl Prepared {
                             denied = true;
                             continue;
                         }
-                        other => return ChildFailure::encode(Step::Lookup, other),
+                        other => return (Step::Lookup, other),
                     }
                 }
                 if found.st_mode & libc::S_IFMT != libc::S_IFREG
@@ -349,21 +505,42 @@ impl Prepared {
                 .iter()
                 .find(|(dev, ino, _)| *dev == found.st_dev && *ino == found.st_ino)
             else {
-                return ChildFailure::encode(Step::NotAllowed, libc::EPERM);
+                return (Step::NotAllowed, libc::EPERM);
             };
             // SAFETY: see `run`.
             unsafe {
                 libc::execve(path.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr());
             }
-            return ChildFailure::encode(Step::Exec, errno());
+            return (Step::Exec, errno());
         }
         let errno = if denied { libc::EACCES } else { libc::ENOENT };
-        ChildFailure::encode(Step::Lookup, errno)
+        (Step::Lookup, errno)
+    }
+}
+
+/// Moves the calling process into the cgroup whose directory is `dir` (writing "0" to
+/// `cgroup.procs` moves the writer).
+#[expect(unsafe_code, reason = "system calls between clone and exec")]
+fn join_cgroup_now(dir: RawFd) -> Result<(), i32> {
+    // SAFETY: openat, write and close are system calls; the strings are static.
+    unsafe {
+        let procs = libc::openat(
+            dir,
+            c"cgroup.procs".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if procs < 0 {
+            return Err(errno());
+        }
+        let written = libc::write(procs, c"0".as_ptr().cast(), 1);
+        let failed = errno();
+        libc::close(procs);
+        if written == 1 { Ok(()) } else { Err(failed) }
     }
 }
 
 /// Marks every descriptor above 2 close-on-exec.
-#[expect(unsafe_code, reason = "system calls between fork and exec")]
+#[expect(unsafe_code, reason = "system calls between clone and exec")]
 fn mark_inherited_cloexec() -> Result<(), i32> {
     // SAFETY: plain system calls with integer arguments.
     unsafe {
@@ -399,21 +576,166 @@ fn errno() -> i32 {
         .unwrap_or(libc::EINVAL)
 }
 
+/// How a child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal { signal: i32, core_dumped: bool },
+}
+
+/// A child that was made: its pid, whether its `exec` worked, and its end.
+#[derive(Debug)]
+pub(crate) struct Started {
+    /// Its pid, which is also its process group and session (it is their leader).
+    pub(crate) pid: Pid,
+    /// Names the child whatever happens to its pid (the reaper holds its own copy).
+    _pidfd: OwnedFd,
+    report: Option<pipe::Receiver>,
+    status: watch::Receiver<Option<io::Result<WaitStatus>>>,
+}
+
+impl Started {
+    /// Resolves once the child has exec'd (`Ok`), or failed to set itself up (`Err`).
+    /// Cancellable: a child stopped before its `exec` keeps it waiting, nothing else.
+    pub(crate) async fn exec(&mut self) -> Result<(), ChildFailure> {
+        let Some(report) = self.report.as_mut() else {
+            return Ok(());
+        };
+        let mut bytes = [0u8; 8];
+        let mut read = 0;
+        while read < bytes.len() {
+            match report.read(&mut bytes[read..]).await {
+                Ok(0) => break,
+                Ok(n) => read += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.report = None;
+        if read == bytes.len() {
+            Err(ChildFailure::decode(bytes))
+        } else {
+            // The pipe closed at exec (close-on-exec): the program runs.
+            Ok(())
+        }
+    }
+
+    /// Waits for the child to end (it is reaped then).
+    ///
+    /// # Errors
+    ///
+    /// When it cannot be waited for.
+    pub(crate) async fn wait(&self) -> io::Result<Exit> {
+        let mut status = self.status.clone();
+        let ended = status
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| io::Error::other("the child's reaper stopped"))?;
+        match ended.as_ref() {
+            Some(Ok(WaitStatus::Exited(_, code))) => Ok(Exit::Code(*code)),
+            Some(Ok(WaitStatus::Signaled(_, signal, core_dumped))) => Ok(Exit::Signal {
+                signal: *signal as i32,
+                core_dumped: *core_dumped,
+            }),
+            Some(Ok(other)) => Err(io::Error::other(format!("unexpected end: {other:?}"))),
+            Some(Err(e)) => Err(io::Error::new(e.kind(), e.to_string())),
+            None => Err(io::Error::other("no status")),
+        }
+    }
+
+    /// Sends `signal` to the child's process group (all it started, unless something left
+    /// its session), and to the child itself (before its `setsid` it leads no group).
+    pub(crate) fn signal_group(&self, signal: Signal) {
+        match nix::sys::signal::killpg(self.pid, signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH | nix::errno::Errno::EPERM) => {}
+            Err(e) => {
+                tracing::warn!(pid = %self.pid, ?signal, error = %e, "cannot signal a process group")
+            }
+        }
+        self.signal(signal);
+    }
+
+    /// Sends `signal` to the child through its pidfd: never to another process that got its
+    /// pid after it was reaped.
+    #[expect(unsafe_code, reason = "pidfd_send_signal has no safe wrapper")]
+    fn signal(&self, signal: Signal) {
+        // SAFETY: a system call on a descriptor this value owns, with no pointer passed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self._pidfd.as_raw_fd(),
+                signal as c_int,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
+        }
+    }
+
+    fn reaped(&self) -> bool {
+        self.status.borrow().is_some()
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        // Dropped while it runs (the job's task was aborted): it must not run on unsupervised.
+        if !self.reaped() {
+            self.signal_group(Signal::SIGKILL);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::executor::cgroup::CgroupTree;
+    use crate::job::JobId;
 
-    #[test]
-    fn failures_survive_the_trip_through_an_os_error() {
-        let e = ChildFailure::encode(Step::WorkingDirectory, libc::EACCES);
-        assert_eq!(
-            ChildFailure::from_spawn_error(&e),
-            Some(ChildFailure {
-                step: Step::WorkingDirectory,
-                errno: libc::EACCES
-            })
-        );
-        let plain = io::Error::from_raw_os_error(libc::ENOENT);
-        assert_eq!(ChildFailure::from_spawn_error(&plain), None);
+    /// Runs `cat /proc/self/cgroup` in a fresh job cgroup, made by `call`, and returns what
+    /// it printed and the cgroup's path below the mount.
+    async fn cgroup_seen_by_child(call: CloneCall) -> (String, String) {
+        let tree = CgroupTree::create().expect("cgroup v2 with delegation (as CI has)");
+        let job = tree.job(JobId(call as u64 + 1)).unwrap();
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let null = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let spec = ChildSpec {
+            argv: vec!["cat".into(), "/proc/self/cgroup".into()],
+            env: Vec::new(),
+            candidates: vec!["/bin/cat".into()],
+            allowed: None,
+            cwd: "/".into(),
+            user: None,
+            cgroup: Some(job.dir_for_child().unwrap()),
+            umask: 0o077,
+        };
+        let stdio = ChildStdio {
+            stdin: null(),
+            stdout: write,
+            stderr: null(),
+        };
+        let mut started = spec.spawn_by(stdio, call).unwrap();
+        started.exec().await.unwrap();
+        assert_eq!(started.wait().await.unwrap(), Exit::Code(0));
+        let mut printed = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(read), &mut printed).unwrap();
+        let dir = tree.path().join(format!("job-{}", call as u64 + 1));
+        let below_mount = dir
+            .to_str()
+            .unwrap()
+            .split_once("/cq-")
+            .map(|(_, rest)| format!("/cq-{rest}"))
+            .unwrap();
+        (printed, below_mount)
+    }
+
+    #[tokio::test]
+    async fn the_child_starts_in_its_job_cgroup_with_clone3_and_with_the_fallback() {
+        for call in [CloneCall::Clone3, CloneCall::Clone] {
+            let (printed, job) = cgroup_seen_by_child(call).await;
+            let line = printed.lines().find(|l| l.starts_with("0::")).unwrap();
+            assert!(line.ends_with(&job), "{call:?}: {line} is not in {job}");
+        }
     }
 }

@@ -4,19 +4,18 @@ use std::collections::BTreeMap;
 use std::io::{self, PipeWriter};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nix::errno::Errno;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::net::unix::pipe;
-use tokio::process::Child;
 
 use super::cgroup::{CgroupTree, JobCgroup};
-use super::child::{AllowedFile, ChildFailure, ChildSpec, Step, UserSwitch};
+use super::child::{
+    AllowedFile, ChildFailure, ChildSpec, ChildStdio, Exit, Started, Step, UserSwitch,
+};
 use super::command::Executor;
 use crate::job::{Clearance, CommandJob, JobContext, JobId};
 use crate::outcome::{Outcome, SpawnFailure};
@@ -174,10 +173,9 @@ impl ProcessExecutor {
         clearance: &Clearance,
         cgroup: Option<&JobCgroup>,
         output: PipeWriter,
-    ) -> Result<Child, Outcome> {
-        let program = job.argv.first().cloned().unwrap_or_default();
+    ) -> Result<Started, Outcome> {
         let allowed = clearance.commands.as_deref().map(allowed_files);
-        let cgroup_procs = match cgroup.map(JobCgroup::procs_for_child).transpose() {
+        let cgroup = match cgroup.map(JobCgroup::dir_for_child).transpose() {
             Ok(fd) => fd,
             Err(e) => return Err(other_failure("cannot open the job's cgroup", &e)),
         };
@@ -195,34 +193,29 @@ impl ProcessExecutor {
                 gid: a.gid,
                 groups: a.groups.clone(),
             }),
-            cgroup_procs,
+            cgroup,
             umask: self.umask,
         };
-        let cwd = spec.cwd.clone();
-        let err = output
-            .try_clone()
-            .map_err(|e| other_failure("cannot duplicate the output pipe", &e))?;
-        let mut command = spec
-            .into_command()
-            .map_err(|e| other_failure("cannot prepare the job", &e))?;
-        command
-            .stdin(Stdio::null())
-            .stdout(output)
-            .stderr(err)
-            .kill_on_drop(true);
-        // Spawning consumes nothing: the command keeps our copies of the pipe's write end,
-        // which must be gone for the log to see end-of-file when the job's processes end.
-        let child = command
-            .spawn()
-            .map_err(|e| spawn_failure(&program, &cwd, &e));
-        drop(command);
-        child
+        let stdio = std::fs::File::open("/dev/null")
+            .map(OwnedFd::from)
+            .and_then(|stdin| {
+                let stdout = OwnedFd::from(output);
+                let stderr = stdout.try_clone()?;
+                Ok(ChildStdio {
+                    stdin,
+                    stdout,
+                    stderr,
+                })
+            })
+            .map_err(|e| other_failure("cannot set up the job's input and output", &e))?;
+        spec.spawn(stdio)
+            .map_err(|e| other_failure("cannot start the job's process", &e))
     }
 
-    /// Ends the job: `SIGTERM` to all of it, `SIGKILL` after the grace period, and reaps the
-    /// leader.
-    async fn stop(&self, child: &mut Child, group: Pid, cgroup: Option<&JobCgroup>) {
-        signal_group(group, Signal::SIGTERM);
+    /// Ends the job: `SIGTERM` to all of it, `SIGKILL` after the grace period; returns once
+    /// its main process is reaped.
+    async fn stop(&self, child: &Started, cgroup: Option<&JobCgroup>) {
+        child.signal_group(Signal::SIGTERM);
         if let Some(cgroup) = cgroup {
             cgroup.signal(Signal::SIGTERM);
         }
@@ -236,14 +229,14 @@ impl ProcessExecutor {
             .await
             .is_err()
         {
-            self.kill_rest(group, cgroup);
+            self.kill_rest(child, cgroup);
             let _ = child.wait().await;
         }
     }
 
     /// Kills whatever is left of the job.
-    fn kill_rest(&self, group: Pid, cgroup: Option<&JobCgroup>) {
-        signal_group(group, Signal::SIGKILL);
+    fn kill_rest(&self, child: &Started, cgroup: Option<&JobCgroup>) {
+        child.signal_group(Signal::SIGKILL);
         if let Some(cgroup) = cgroup {
             cgroup.kill();
         }
@@ -280,17 +273,10 @@ impl Executor for ProcessExecutor {
         let mut copying = match pipe::Receiver::from_owned_fd(OwnedFd::from(reader)) {
             Ok(output) => tokio::spawn(async move { log.pump(output).await }),
             Err(e) => {
-                let _ = child.start_kill();
+                self.kill_rest(&child, cgroup.as_ref());
+                let _ = child.wait().await;
                 return other_failure("cannot read the output pipe", &e);
             }
-        };
-        let Some(group) = child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .map(Pid::from_raw)
-        else {
-            // Already reaped, which only happens if it exited and was waited for.
-            return Outcome::Lost;
         };
         let time_limit = async {
             match job.timeout() {
@@ -298,22 +284,39 @@ impl Executor for ProcessExecutor {
                 None => std::future::pending().await,
             }
         };
+        let program = job.argv.first().map_or("", String::as_str);
+        let cwd = job
+            .cwd
+            .as_ref()
+            .map_or_else(|| self.cwd.clone(), PathBuf::from);
+        // Set up (as the requester), exec, run: cancel and the time limit apply throughout,
+        // also to a child its user stopped before its exec.
+        let ran = async {
+            match child.exec().await {
+                Ok(()) => Ok(child.wait().await),
+                Err(failure) => Err(failure),
+            }
+        };
         let outcome = tokio::select! {
-            status = child.wait() => match status {
-                Ok(status) => exit_outcome(status),
-                Err(e) => other_failure("cannot wait for the job's process", &e),
+            ran = ran => match ran {
+                Ok(Ok(exit)) => exit_outcome(exit),
+                Ok(Err(e)) => other_failure("cannot wait for the job's process", &e),
+                Err(failure) => {
+                    let _ = child.wait().await;
+                    spawn_failure(program, &cwd, failure)
+                }
             },
             () = cancel.cancelled() => {
-                self.stop(&mut child, group, cgroup.as_ref()).await;
+                self.stop(&child, cgroup.as_ref()).await;
                 Outcome::Cancelled
             }
             () = time_limit => {
-                self.stop(&mut child, group, cgroup.as_ref()).await;
+                self.stop(&child, cgroup.as_ref()).await;
                 Outcome::TimedOut
             }
         };
         // The leader is reaped; whatever it left behind must not run into the next job.
-        self.kill_rest(group, cgroup.as_ref());
+        self.kill_rest(&child, cgroup.as_ref());
         if let Some(cgroup) = &cgroup
             && let Err(e) = cgroup.emptied().await
         {
@@ -352,33 +355,22 @@ fn allowed_files(commands: &[PathBuf]) -> Vec<AllowedFile> {
         .collect()
 }
 
-fn signal_group(group: Pid, signal: Signal) {
-    match killpg(group, signal) {
-        Ok(()) | Err(Errno::ESRCH | Errno::EPERM) => {}
-        Err(e) => {
-            tracing::warn!(%group, ?signal, error = %e, "cannot signal the job's process group")
-        }
-    }
-}
-
-fn exit_outcome(status: ExitStatus) -> Outcome {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => Outcome::Exited { code },
-        (None, Some(signal)) => Outcome::Signaled {
+fn exit_outcome(exit: Exit) -> Outcome {
+    match exit {
+        Exit::Code(code) => Outcome::Exited { code },
+        Exit::Signal {
             signal,
-            core_dumped: status.core_dumped(),
+            core_dumped,
+        } => Outcome::Signaled {
+            signal,
+            core_dumped,
         },
-        (None, None) => Outcome::Lost,
     }
 }
 
-/// What a failed spawn tells the client. The child did everything as the requester, so the
+/// What a failed start tells the client. The child did everything as the requester, so the
 /// messages say only what the requester could have found out itself.
-fn spawn_failure(program: &str, cwd: &std::path::Path, err: &io::Error) -> Outcome {
-    let Some(failure) = ChildFailure::from_spawn_error(err) else {
-        return other_failure(&format!("cannot start {program}"), err);
-    };
+fn spawn_failure(program: &str, cwd: &std::path::Path, failure: ChildFailure) -> Outcome {
     let os = failure.error();
     let (reason, message) = match failure.step {
         Step::WorkingDirectory => (
@@ -398,7 +390,11 @@ fn spawn_failure(program: &str, cwd: &std::path::Path, err: &io::Error) -> Outco
             SpawnFailure::Other,
             format!("cannot switch to the requester's account: {os}"),
         ),
-        Step::Session | Step::Cgroup | Step::Descriptors => (
+        Step::Cgroup => (
+            SpawnFailure::Other,
+            format!("cannot put the job's process in its cgroup: {os}"),
+        ),
+        Step::Session | Step::Descriptors => (
             SpawnFailure::Other,
             format!("cannot set up the job's process: {os}"),
         ),

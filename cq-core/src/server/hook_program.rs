@@ -21,18 +21,20 @@
 //! when given one, an unprivileged account's rights.
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
 use tokio::sync::Semaphore;
 
 use crate::account::Account;
 use crate::auth::Identity;
-use crate::executor::child::{ChildSpec, UserSwitch};
+use crate::executor::child::{ChildSpec, ChildStdio, Exit, UserSwitch};
 use crate::executor::{DEFAULT_JOB_UMASK, DEFAULT_PATH};
 use crate::job::{CommandJob, JobId, JobPhase, JobSummary};
 use crate::scheduler::Decision;
@@ -188,25 +190,31 @@ impl HookProgram {
                 gid: a.gid,
                 groups: a.groups.clone(),
             }),
-            cgroup_procs: None,
+            cgroup: None,
             umask: DEFAULT_JOB_UMASK,
         };
-        let mut child = spec
-            .into_command()
-            .map_err(|e| format!("cannot prepare it: {e}"))?
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot run it: {e}"))?;
-        let group = child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .map(nix::unistd::Pid::from_raw);
-        let mut stdin = child.stdin.take().ok_or("no stdin")?;
-        let mut stdout = child.stdout.take().ok_or("no stdout")?;
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |e: std::io::Error| format!("cannot {what}: {e}")
+        };
+        let (stdin_read, stdin_write) = std::io::pipe().map_err(io("make its input pipe"))?;
+        let (stdout_read, stdout_write) = std::io::pipe().map_err(io("make its output pipe"))?;
+        let stdio = ChildStdio {
+            stdin: OwnedFd::from(stdin_read),
+            stdout: OwnedFd::from(stdout_write),
+            stderr: std::fs::File::open("/dev/null")
+                .map(OwnedFd::from)
+                .map_err(io("open /dev/null"))?,
+        };
+        let mut child = spec.spawn(stdio).map_err(io("run it"))?;
+        let mut stdin = pipe::Sender::from_owned_fd(OwnedFd::from(stdin_write))
+            .map_err(io("write its input"))?;
+        let mut stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(stdout_read))
+            .map_err(io("read its answer"))?;
         let conversation = async {
+            if let Err(failure) = child.exec().await {
+                return Err(format!("cannot run it: {}", failure.error()));
+            }
             // A hook that does not read its input must not block us: ignore write errors.
             let _ = stdin.write_all(&input).await;
             drop(stdin);
@@ -216,21 +224,21 @@ impl HookProgram {
                 .read_to_end(&mut answer)
                 .await
                 .map_err(|e| e.to_string())?;
-            let status = child.wait().await.map_err(|e| e.to_string())?;
-            Ok::<_, String>((status, answer))
+            let exit = child.wait().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((exit, answer))
         };
-        let (status, answer) = match tokio::time::timeout_at(deadline, conversation).await {
+        let (exit, answer) = match tokio::time::timeout_at(deadline, conversation).await {
             Ok(done) => done?,
             Err(_) => {
                 // The whole group: a shell script's children too.
-                if let Some(group) = group {
-                    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-                }
+                child.signal_group(Signal::SIGKILL);
                 return Err(format!("no answer within {:?}; killed", self.time_limit));
             }
         };
-        if !status.success() {
-            return Err(format!("it {status}"));
+        match exit {
+            Exit::Code(0) => {}
+            Exit::Code(code) => return Err(format!("it failed with exit status: {code}")),
+            Exit::Signal { signal, .. } => return Err(format!("it was killed by signal {signal}")),
         }
         match serde_json::from_slice::<HookAnswer>(&answer) {
             Ok(HookAnswer::Accept) => Ok(Decision::Accept),
