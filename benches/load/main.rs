@@ -1,10 +1,13 @@
 //! cq-load: the end-to-end load harness.
 //!
 //! Starts a real cq_server (MUNGE with a private munged, durable SQLite store) on loopback and
-//! measures, in one run: throughput of N trivial jobs from C concurrent clients against the
-//! floor of bare fork+exec+wait of `/bin/true`; submit latency; notification latency; enqueue
-//! cost and memory as the queue grows; memory per waiting client; and the same N jobs through
-//! task-spooler, nq and pueue when they are installed. It never asserts timings.
+//! measures, in one run: throughput of N distinct trivial jobs from C concurrent clients
+//! against the floor of bare fork+exec+wait of the same job; submit latency; notification
+//! latency; what duplicate elimination does with N identical submissions; enqueue cost and
+//! memory as the queue grows; memory per waiting client; and the same N jobs through
+//! task-spooler, nq and pueue when they are installed. Every job is `cq-stamp TAG`: each run
+//! checks from the stamps that each of its jobs ran exactly once, and fails rather than print
+//! a figure when not. It never asserts timings.
 //!
 //! ```text
 //! cargo build --release -p cq-bin -p cq-benches
@@ -70,13 +73,24 @@ fn main() -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     let mut report = report::Report::new(&args.jobs, &args.clients);
 
-    report.floor = measure::floor(args.jobs);
+    report.floor = measure::floor(args.jobs, work.path())?;
     let server = server::Server::start(&bin_dir, work.path())?;
-    report.cq = Some(measure::throughput(&server, args.jobs, args.clients)?);
-    report.submit = Some(measure::submit_latency(&server, args.samples)?);
+    report.cq = Some(measure::throughput(
+        &server,
+        args.jobs,
+        args.clients,
+        work.path(),
+    )?);
+    report.submit = Some(measure::submit_latency(&server, args.samples, work.path())?);
     report.notify = Some(measure::notify_latency(
         &server,
         args.samples.min(100),
+        work.path(),
+    )?);
+    report.merging = Some(measure::merging(
+        &server,
+        args.jobs.min(400),
+        args.clients,
         work.path(),
     )?);
     drop(server);

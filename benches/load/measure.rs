@@ -1,6 +1,7 @@
 //! The measurements against cq.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,35 +12,130 @@ use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
 use cq_core::{Client, CommandJob, SubmitKey};
 use cq_transport_tcp::TcpConnector;
 
-use crate::report::{Latency, Rate, Scale};
+use crate::report::{Latency, Merging, Rate, Scale};
 use crate::server::{Server, memory_kib};
 
 /// The variable naming the file cq-stamp appends the time to.
-const STAMP_VAR: &str = "CQ_LOAD_STAMP";
+pub(crate) const STAMP_VAR: &str = "CQ_LOAD_STAMP";
 
-/// N × fork+exec+wait of `/bin/true` from one process: the least any queue can cost.
-pub(crate) fn floor(jobs: usize) -> Rate {
-    let start = Instant::now();
-    for _ in 0..jobs {
-        let _ = Command::new("/bin/true").status();
-    }
-    Rate::new("fork+exec /bin/true (floor)", jobs, start.elapsed())
+/// The job of a measured run: `cq-stamp TAG`, a distinct tag per job, stamping into a file of
+/// the run's own. Every run checks from the stamps that each job ran exactly once: a figure
+/// that counted merged or lost submissions would not be printed.
+pub(crate) struct Work {
+    program: PathBuf,
+    pub(crate) file: PathBuf,
 }
 
-/// N trivial jobs through cq from C concurrent `cq_client` processes, first submit to last
+impl Work {
+    /// A run's job, stamping into `work/NAME.stamps`.
+    pub(crate) fn new(work: &Path, name: &str) -> anyhow::Result<Self> {
+        let program = std::env::current_exe()?.with_file_name("cq-stamp");
+        if !program.is_file() {
+            bail!(
+                "{} is missing: build it with `cargo build --release -p cq-benches --bins`",
+                program.display()
+            );
+        }
+        Ok(Self {
+            program,
+            file: work.join(format!("{name}.stamps")),
+        })
+    }
+
+    /// The job's program.
+    pub(crate) fn program(&self) -> &Path {
+        &self.program
+    }
+
+    /// A command that runs job `tag` directly.
+    pub(crate) fn command(&self, tag: usize) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.arg(tag.to_string()).env(STAMP_VAR, &self.file);
+        cmd
+    }
+
+    /// How many times each tag ran.
+    fn tally(&self) -> anyhow::Result<BTreeMap<usize, usize>> {
+        let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+        let mut runs = BTreeMap::new();
+        for line in text.lines() {
+            let tag = line
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.parse().ok())
+                .with_context(|| format!("a stamp without a tag: {line:?}"))?;
+            *runs.entry(tag).or_default() += 1;
+        }
+        Ok(runs)
+    }
+
+    /// Checks that jobs `0..jobs` each ran exactly once; returns how many ran.
+    pub(crate) fn verify(&self, jobs: usize) -> anyhow::Result<usize> {
+        let runs = self.tally()?;
+        if let Some((tag, n)) = runs.iter().find(|(_, n)| **n != 1) {
+            bail!("job {tag} ran {n} times");
+        }
+        if let Some(missing) = (0..jobs).find(|t| !runs.contains_key(t)) {
+            bail!("job {missing} never ran ({} of {jobs} ran)", runs.len());
+        }
+        if runs.len() != jobs {
+            bail!("{} jobs ran, {jobs} were submitted", runs.len());
+        }
+        Ok(runs.len())
+    }
+
+    /// How many runs there were in all.
+    pub(crate) fn runs(&self) -> anyhow::Result<usize> {
+        Ok(self.tally()?.values().sum())
+    }
+}
+
+/// N × fork+exec+wait of the job from one process: the least any queue can cost.
+pub(crate) fn floor(jobs: usize, work: &Path) -> anyhow::Result<Rate> {
+    let job = Work::new(work, "floor")?;
+    let start = Instant::now();
+    for tag in 0..jobs {
+        let _ = job.command(tag).status();
+    }
+    let elapsed = start.elapsed();
+    let ran = job.verify(jobs)?;
+    Ok(Rate::new(
+        "fork+exec of the job (floor)",
+        jobs,
+        ran,
+        elapsed,
+    ))
+}
+
+/// N distinct jobs through cq from C concurrent `cq_client` processes, first submit to last
 /// notification.
-pub(crate) fn throughput(server: &Server, jobs: usize, clients: usize) -> anyhow::Result<Rate> {
+pub(crate) fn throughput(
+    server: &Server,
+    jobs: usize,
+    clients: usize,
+    work: &Path,
+) -> anyhow::Result<Rate> {
+    let job = Work::new(work, "throughput")?;
     let next = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..clients {
-            let (next, failed) = (next.clone(), failed.clone());
+            let (next, failed, job) = (next.clone(), failed.clone(), &job);
             scope.spawn(move || {
-                while next.fetch_add(1, Ordering::Relaxed) < jobs {
+                loop {
+                    let tag = next.fetch_add(1, Ordering::Relaxed);
+                    if tag >= jobs {
+                        break;
+                    }
                     let ok = server
                         .client()
-                        .args(["-q", "--", "/bin/true"])
+                        .arg("-q")
+                        .arg("-E")
+                        .arg(format!("{STAMP_VAR}={}", job.file.display()))
+                        .arg("--")
+                        .arg(job.program())
+                        .arg(tag.to_string())
                         .status()
                         .is_ok_and(|s| s.success());
                     if !ok {
@@ -54,21 +150,93 @@ pub(crate) fn throughput(server: &Server, jobs: usize, clients: usize) -> anyhow
     if failed > 0 {
         bail!("{failed} of {jobs} cq_client runs failed");
     }
+    let ran = job.verify(jobs)?;
     Ok(Rate::new(
         &format!("cq, {clients} concurrent clients (MUNGE, durable)"),
         jobs,
+        ran,
         elapsed,
     ))
 }
 
+/// N identical submissions at once: duplicate elimination merges those that find an equal
+/// job still queued. Counts what ran.
+pub(crate) fn merging(
+    server: &Server,
+    submissions: usize,
+    clients: usize,
+    work: &Path,
+) -> anyhow::Result<Merging> {
+    let job = Work::new(work, "merging")?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let merged = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..clients.min(submissions) {
+            let (next, merged, failed, job) = (next.clone(), merged.clone(), failed.clone(), &job);
+            scope.spawn(move || {
+                while next.fetch_add(1, Ordering::Relaxed) < submissions {
+                    let out = server
+                        .client()
+                        .arg("-E")
+                        .arg(format!("{STAMP_VAR}={}", job.file.display()))
+                        .arg("--")
+                        .arg(job.program())
+                        .arg("0")
+                        .stderr(Stdio::piped())
+                        .output();
+                    match out {
+                        Ok(out) if out.status.success() => {
+                            if String::from_utf8_lossy(&out.stderr).contains("merged into job") {
+                                merged.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let elapsed = start.elapsed();
+    if failed.load(Ordering::Relaxed) > 0 {
+        bail!(
+            "{} identical submissions failed",
+            failed.load(Ordering::Relaxed)
+        );
+    }
+    let ran = job.runs()?;
+    let merged = merged.load(Ordering::Relaxed);
+    if ran + merged != submissions {
+        bail!("{submissions} identical submissions: {ran} ran and {merged} merged");
+    }
+    Ok(Merging {
+        submissions,
+        ran,
+        merged,
+        seconds: elapsed.as_secs_f64(),
+    })
+}
+
 /// `cq_client --detach` of one job on an idle server: client start to durable acknowledgement.
-pub(crate) fn submit_latency(server: &Server, samples: usize) -> anyhow::Result<Latency> {
+pub(crate) fn submit_latency(
+    server: &Server,
+    samples: usize,
+    work: &Path,
+) -> anyhow::Result<Latency> {
+    let job = Work::new(work, "submit")?;
     let mut times = Vec::with_capacity(samples);
-    for _ in 0..samples {
+    for tag in 0..samples {
         let start = Instant::now();
         let out = server
             .client()
-            .args(["-q", "--detach", "--", "/bin/true"])
+            .args(["-q", "--detach", "-E"])
+            .arg(format!("{STAMP_VAR}={}", job.file.display()))
+            .arg("--")
+            .arg(job.program())
+            .arg(tag.to_string())
             .stdout(Stdio::null())
             .status()?;
         times.push(start.elapsed());
@@ -113,10 +281,12 @@ pub(crate) fn notify_latency(
             bail!("a notification latency run failed");
         }
     }
+    // The time is a stamp's last word (the post script is given arguments, which it writes
+    // before it).
     let read = |file: &Path| -> anyhow::Result<Vec<u128>> {
         std::fs::read_to_string(file)?
             .lines()
-            .map(|l| Ok(l.parse()?))
+            .map(|l| Ok(l.split_whitespace().last().unwrap_or_default().parse()?))
             .collect()
     };
     let (jobs, posts) = (read(&job_file)?, read(&post_file)?);
@@ -168,11 +338,17 @@ pub(crate) async fn scale(
         if i + batch == count {
             last_start = Instant::now();
         }
-        client
-            .submit(CommandJob::new(["/bin/true"]), SubmitKey::random())
-            .await?
-            .close()
-            .await;
+        // Distinct jobs: equal ones would be merged, and a merge costs no queue space.
+        let submission = client
+            .submit(
+                CommandJob::new(["/bin/true", &i.to_string()]),
+                SubmitKey::random(),
+            )
+            .await?;
+        if submission.merged {
+            bail!("queued job {i} was merged into job {}", submission.job);
+        }
+        submission.close().await;
         if i + 1 == batch {
             first = start.elapsed();
         }
@@ -182,13 +358,11 @@ pub(crate) async fn scale(
 
     let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::channel(waiting.max(1));
     let mut holders = Vec::new();
-    for _ in 0..waiting {
+    for i in 0..waiting {
         let (client, accepted) = (client.clone(), accepted_tx.clone());
         holders.push(tokio::spawn(async move {
-            match client
-                .submit(CommandJob::new(["/bin/true"]), SubmitKey::random())
-                .await
-            {
+            let job = CommandJob::new(["/bin/true", "waiting", &i.to_string()]);
+            match client.submit(job, SubmitKey::random()).await {
                 Ok(submission) => {
                     let _ = accepted.send(true).await;
                     // Waits until the task is aborted: the queue is blocked.

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use crate::measure::{STAMP_VAR, Work};
 use crate::report::{Peer, Rate};
 
 /// Installs task-spooler and nq (Debian packages) and pueue 4.0.4 (crates.io).
@@ -36,11 +37,14 @@ fn on_path(program: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
+/// Runs a peer (if installed) on the job, `jobs` times, and checks from the stamps that each
+/// ran exactly once.
 fn peer(
     name: &str,
     program: &str,
     jobs: usize,
-    run: impl FnOnce() -> anyhow::Result<Duration>,
+    work: &Path,
+    run: impl FnOnce(&Work) -> anyhow::Result<Duration>,
 ) -> Peer {
     if !on_path(program) {
         return Peer {
@@ -49,10 +53,15 @@ fn peer(
             note: Some(format!("{program} not installed (--install-peers)")),
         };
     }
-    match run() {
-        Ok(elapsed) => Peer {
+    let measured = Work::new(work, program).and_then(|job| {
+        let elapsed = run(&job)?;
+        let ran = job.verify(jobs)?;
+        Ok((elapsed, ran))
+    });
+    match measured {
+        Ok((elapsed, ran)) => Peer {
             name: name.to_owned(),
-            rate: Some(Rate::new(name, jobs, elapsed)),
+            rate: Some(Rate::new(name, jobs, ran, elapsed)),
             note: None,
         },
         Err(e) => Peer {
@@ -71,21 +80,28 @@ fn check(status: std::io::Result<std::process::ExitStatus>, what: &str) -> anyho
     }
 }
 
-/// task-spooler: `tsp /bin/true` N times, then `tsp -w` for the last one.
+/// The job's program and its tag as arguments.
+fn job_args(job: &Work, tag: usize) -> [String; 2] {
+    [job.program().display().to_string(), tag.to_string()]
+}
+
+/// task-spooler: `tsp JOB` N times, then `tsp -w` for the last one.
 pub(crate) fn task_spooler(jobs: usize, work: &Path) -> Peer {
-    peer("task-spooler (tsp)", "tsp", jobs, || {
+    peer("task-spooler (tsp)", "tsp", jobs, work, |job| {
         let socket = work.join("tsp.socket");
         let tsp = |args: &[&str]| {
             let mut cmd = Command::new("tsp");
             cmd.args(args)
                 .env("TS_SOCKET", &socket)
                 .env("TS_MAXFINISHED", (jobs + 10).to_string())
+                .env(STAMP_VAR, &job.file)
                 .stdout(Stdio::null());
             cmd
         };
         let start = Instant::now();
-        for _ in 0..jobs {
-            check(tsp(&["/bin/true"]).status(), "tsp /bin/true")?;
+        for tag in 0..jobs {
+            let [program, tag] = job_args(job, tag);
+            check(tsp(&[&program, &tag]).status(), "tsp JOB")?;
         }
         check(tsp(&["-w"]).status(), "tsp -w")?;
         let elapsed = start.elapsed();
@@ -94,31 +110,33 @@ pub(crate) fn task_spooler(jobs: usize, work: &Path) -> Peer {
     })
 }
 
-/// nq: `nq /bin/true` N times, then `nq -w` for all of them.
+/// nq: `nq JOB` N times, then `nq -w` for all of them.
 pub(crate) fn nq(jobs: usize, work: &Path) -> Peer {
-    peer("nq", "nq", jobs, || {
+    peer("nq", "nq", jobs, work, |job| {
         let dir = work.join("nq");
         std::fs::create_dir_all(&dir)?;
         let nq = |args: &[&str]| {
             let mut cmd = Command::new("nq");
             cmd.args(args)
                 .env("NQDIR", &dir)
+                .env(STAMP_VAR, &job.file)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
             cmd
         };
         let start = Instant::now();
-        for _ in 0..jobs {
-            check(nq(&["/bin/true"]).status(), "nq /bin/true")?;
+        for tag in 0..jobs {
+            let [program, tag] = job_args(job, tag);
+            check(nq(&[&program, &tag]).status(), "nq JOB")?;
         }
         check(nq(&["-w"]).status(), "nq -w")?;
         Ok(start.elapsed())
     })
 }
 
-/// pueue: a private pueued, `pueue add -- /bin/true` N times, then `pueue wait`.
+/// pueue: a private pueued, `pueue add -- JOB` N times, then `pueue wait`.
 pub(crate) fn pueue(jobs: usize, work: &Path) -> Peer {
-    peer("pueue", "pueued", jobs, || {
+    peer("pueue", "pueued", jobs, work, |job| {
         let dir = work.join("pueue");
         std::fs::create_dir_all(&dir)?;
         let config = dir.join("pueue.yml");
@@ -132,6 +150,7 @@ pub(crate) fn pueue(jobs: usize, work: &Path) -> Peer {
         let mut daemon = Command::new("pueued")
             .arg("-c")
             .arg(&config)
+            .env(STAMP_VAR, &job.file)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
@@ -158,8 +177,9 @@ pub(crate) fn pueue(jobs: usize, work: &Path) -> Peer {
                 bail!("pueued did not start");
             }
             let start = Instant::now();
-            for _ in 0..jobs {
-                check(pueue(&["add", "--", "/bin/true"]).status(), "pueue add")?;
+            for tag in 0..jobs {
+                let [program, tag] = job_args(job, tag);
+                check(pueue(&["add", "--", &program, &tag]).status(), "pueue add")?;
             }
             check(pueue(&["wait"]).status(), "pueue wait")?;
             Ok(start.elapsed())

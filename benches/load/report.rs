@@ -12,17 +12,20 @@ use crate::percentiles;
 pub(crate) struct Rate {
     pub(crate) name: String,
     pub(crate) jobs: usize,
+    /// Jobs that ran, each exactly once (checked from their stamps).
+    pub(crate) ran: usize,
     pub(crate) seconds: f64,
     pub(crate) jobs_per_second: f64,
     pub(crate) ms_per_job: f64,
 }
 
 impl Rate {
-    pub(crate) fn new(name: &str, jobs: usize, elapsed: Duration) -> Self {
+    pub(crate) fn new(name: &str, jobs: usize, ran: usize, elapsed: Duration) -> Self {
         let seconds = elapsed.as_secs_f64();
         Self {
             name: name.to_owned(),
             jobs,
+            ran,
             seconds,
             jobs_per_second: jobs as f64 / seconds.max(f64::MIN_POSITIVE),
             ms_per_job: seconds * 1000.0 / jobs.max(1) as f64,
@@ -68,6 +71,15 @@ pub(crate) struct Scale {
     pub(crate) waiting_client_pss_kib: u64,
 }
 
+/// Identical submissions on purpose: how many ran, how many were merged.
+#[derive(Debug, Serialize)]
+pub(crate) struct Merging {
+    pub(crate) submissions: usize,
+    pub(crate) ran: usize,
+    pub(crate) merged: usize,
+    pub(crate) seconds: f64,
+}
+
 /// A peer's run, or why there is none.
 #[derive(Debug, Serialize)]
 pub(crate) struct Peer {
@@ -87,6 +99,7 @@ pub(crate) struct Report {
     pub(crate) submit: Option<Latency>,
     pub(crate) notify: Option<Latency>,
     pub(crate) scale: Option<Scale>,
+    pub(crate) merging: Option<Merging>,
     pub(crate) peers: Vec<Peer>,
 }
 
@@ -97,11 +110,12 @@ impl Report {
             machine: String::new(),
             jobs: *jobs,
             clients: *clients,
-            floor: Rate::new("", 0, Duration::ZERO),
+            floor: Rate::new("", 0, 0, Duration::ZERO),
             cq: None,
             submit: None,
             notify: None,
             scale: None,
+            merging: None,
             peers: Vec::new(),
         }
     }
@@ -111,18 +125,19 @@ impl Report {
         let _ = writeln!(out, "cq-load, {} on {}", self.date, self.machine);
         let _ = writeln!(
             out,
-            "\n| run | jobs | jobs/s | ms/job | vs floor | cq vs it |"
+            "\n| run (distinct jobs, each checked to run once) | jobs | ran | jobs/s | ms/job | vs floor | cq vs it |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
         let cq_rate = self.cq.as_ref().map_or(0.0, |r| r.jobs_per_second);
         let floor = self.floor.jobs_per_second.max(f64::MIN_POSITIVE);
         let row = |out: &mut String, rate: &Rate| {
             let vs_floor = rate.jobs_per_second / floor;
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.2} | {:.2}x | {:.2}x |",
+                "| {} | {} | {} | {:.0} | {:.2} | {:.2}x | {:.2}x |",
                 rate.name,
                 rate.jobs,
+                rate.ran,
                 rate.jobs_per_second,
                 rate.ms_per_job,
                 vs_floor,
@@ -139,7 +154,7 @@ impl Report {
                 (None, note) => {
                     let _ = writeln!(
                         out,
-                        "| {} | skipped: {} | | | | |",
+                        "| {} | skipped: {} | | | | | |",
                         peer.name,
                         note.as_deref().unwrap_or("?")
                     );
@@ -162,6 +177,13 @@ impl Report {
                 out,
                 "| {} | {} | {:.2} | {:.2} | {in_floor_jobs} |",
                 latency.name, latency.samples, latency.median_ms, latency.p99_ms
+            );
+        }
+        if let Some(m) = &self.merging {
+            let _ = writeln!(
+                out,
+                "\n| duplicate elimination (identical submissions at once) | value |\n|---|---:|\n| submissions | {} |\n| ran | {} |\n| merged into an equal queued job | {} |",
+                m.submissions, m.ran, m.merged
             );
         }
         if let Some(s) = &self.scale {

@@ -31,6 +31,16 @@ impl Server {
                 "0",
                 "--max-connections",
                 "20000",
+                // One user from one address submits everything: no per-user or per-address
+                // limits here.
+                "--max-connections-per-host",
+                "20000",
+                "--max-queued-jobs",
+                "0",
+                "--max-queued-bytes",
+                "0",
+                "--max-log-bytes",
+                "0",
                 // The harness runs as whoever starts it, root included.
                 "--allow-root",
                 "--state-dir",
