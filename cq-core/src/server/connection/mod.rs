@@ -84,9 +84,12 @@ pub(super) async fn serve<P, A, C, E>(
         request: RequestDigest::NONE,
         signing: Signing::Unsigned,
     };
-    tokio::select! {
-        () = conn.serve(stream, deadline) => conn.linger().await,
-        () = token.cancelled() => {}
+    // At shutdown, a connection between requests closes at once; one answering a request
+    // finishes it (a waiter hears the outcome the engine published as it stopped). The
+    // server's shutdown deadline bounds both.
+    conn.serve(stream, deadline, token).await;
+    if !token.is_cancelled() {
+        conn.linger().await;
     }
 }
 
@@ -123,12 +126,15 @@ where
     C: CredentialSource,
     E: Executor,
 {
-    async fn serve(&mut self, mut stream: S, deadline: Instant) {
+    async fn serve(&mut self, mut stream: S, deadline: Instant, stopping: &CancellationToken) {
         if stream.write_all(&server_greeting()).await.is_err() {
             return;
         }
         let mut hello = [0; HELLO_LEN];
-        let read = timeout_at(deadline, stream.read_exact(&mut hello)).await;
+        let read = tokio::select! {
+            read = timeout_at(deadline, stream.read_exact(&mut hello)) => read,
+            () = stopping.cancelled() => return,
+        };
         // Requests are small and a waiting client costs its buffers for hours: start small
         // (the buffer grows for a larger frame, within the read budget).
         let codec = FrameCodec::new().with_budget(self.shared.budget.clone());
@@ -169,7 +175,11 @@ where
             let Some(framed) = self.framed.as_mut() else {
                 return;
             };
-            let envelope = match timeout_at(wait_until, framed.next()).await {
+            let next = tokio::select! {
+                next = timeout_at(wait_until, framed.next()) => next,
+                () = stopping.cancelled() => return,
+            };
+            let envelope = match next {
                 Err(_) => {
                     return self
                         .fail(ErrorCode::TIMEOUT, "no request received in time")
