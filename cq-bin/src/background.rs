@@ -20,7 +20,14 @@ pub fn spawn_waiter(args: &[OsString], log: &Path) -> io::Result<()> {
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let out = OpenOptions::new().create(true).append(true).open(log)?;
+    // Private (it holds the job's output) and never through a link someone else planted.
+    use std::os::unix::fs::OpenOptionsExt;
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(log)?;
     let err = out.try_clone()?;
     Command::new(std::env::current_exe()?)
         .args(args)

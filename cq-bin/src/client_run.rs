@@ -129,15 +129,20 @@ pub struct Args {
     #[arg(long, value_name = "ID", group = "query", conflicts_with_all = QUERY_CONFLICTS)]
     pub status: Option<u64>,
     /// Cancel a job: a queued one leaves the queue, a running one's process group gets SIGTERM,
-    /// then SIGKILL. Its owners and root may.
+    /// then SIGKILL. Its owner and the admins may.
     #[arg(long, value_name = "ID", group = "query", conflicts_with_all = QUERY_CONFLICTS)]
     pub cancel: Option<u64>,
-    /// Print a job's output so far (its owners and root may).
+    /// Print a job's output so far (its owner and the admins may).
     #[arg(long, value_name = "ID", group = "query", conflicts_with_all = QUERY_CONFLICTS)]
     pub log: Option<u64>,
     /// While waiting, print the job's output as it comes (from its start).
     #[arg(long, conflicts_with_all = ["detach", "background"])]
     pub follow: bool,
+    /// With --log and --follow: pass control characters to the terminal as they are (by
+    /// default, when standard output is a terminal, all but newline and tab are shown
+    /// escaped, so that a job's output cannot rewrite your screen).
+    #[arg(long)]
+    pub raw: bool,
     /// Print --list, --status and --cancel answers as JSON.
     #[arg(long)]
     pub json: bool,
@@ -299,13 +304,8 @@ where
         if let Some(submission) = submission.take() {
             submission.close().await;
         }
-        let mut out = std::io::stdout().lock();
-        match client
-            .log(id, true, |data| {
-                drop(out.write_all(data).and_then(|()| out.flush()))
-            })
-            .await
-        {
+        let mut out = OutputPrinter::new(args.raw);
+        match client.log(id, true, |data| out.print(data, true)).await {
             Ok(result) => followed = result,
             // The output stops; the wait goes on below, re-attaching as usual.
             Err(e) if e.is_transient() => {}
@@ -399,6 +399,48 @@ fn background(args: &Args, id: JobId) -> ExitCode {
     }
 }
 
+/// Prints a job's output to standard output, escaped for a terminal unless `--raw`.
+struct OutputPrinter {
+    out: std::io::StdoutLock<'static>,
+    escaper: Option<cq_core::printable::TerminalEscaper>,
+    buffer: Vec<u8>,
+}
+
+impl OutputPrinter {
+    fn new(raw: bool) -> Self {
+        let out = std::io::stdout().lock();
+        let escape = !raw && std::io::IsTerminal::is_terminal(&out);
+        Self {
+            out,
+            escaper: escape.then(cq_core::printable::TerminalEscaper::new),
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Prints `data`; `flush` for output that must show at once (following a job).
+    fn print(&mut self, data: &[u8], flush: bool) {
+        let written = match &mut self.escaper {
+            Some(escaper) => {
+                self.buffer.clear();
+                escaper.escape(data, &mut self.buffer);
+                self.out.write_all(&self.buffer)
+            }
+            None => self.out.write_all(data),
+        };
+        drop(written.and_then(|()| if flush { self.out.flush() } else { Ok(()) }));
+    }
+}
+
+impl Drop for OutputPrinter {
+    fn drop(&mut self) {
+        if let Some(escaper) = &mut self.escaper {
+            self.buffer.clear();
+            escaper.finish(&mut self.buffer);
+            drop(self.out.write_all(&self.buffer));
+        }
+    }
+}
+
 /// `--list`, `--status ID`, `--cancel ID`.
 async fn query<C, S, A>(client: &Client<C, S, A>, args: &Args) -> ExitCode
 where
@@ -407,9 +449,9 @@ where
     A: Authenticator,
 {
     if let Some(id) = args.log {
-        let mut out = std::io::stdout().lock();
+        let mut out = OutputPrinter::new(args.raw);
         return match client
-            .log(JobId(id), false, |data| drop(out.write_all(data)))
+            .log(JobId(id), false, |data| out.print(data, false))
             .await
         {
             Ok(_) => ExitCode::SUCCESS,

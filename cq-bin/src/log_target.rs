@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::MakeExt as _;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::FormatFields;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -95,7 +97,7 @@ pub fn install(target: &LogTarget, verbose: u8) -> io::Result<LogHandle> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.as_str()));
     let registry = tracing_subscriber::registry().with(filter);
-    let fmt = tracing_subscriber::fmt::layer;
+    let fmt = || tracing_subscriber::fmt::layer().fmt_fields(escaped_fields());
     let mut handle = LogHandle::default();
     match target {
         LogTarget::Stderr => {
@@ -128,6 +130,23 @@ pub fn install(target: &LogTarget, verbose: u8) -> io::Result<LogHandle> {
         }
     }
     Ok(handle)
+}
+
+/// Field formatting for text logs that escapes control characters in every value: names,
+/// commands, reasons and messages come from the network, and a newline or an escape
+/// sequence in one must neither forge a log line nor reach an admin's terminal. (The
+/// journal keeps fields apart by itself.)
+fn escaped_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        let text = cq_core::printable::printable(&text);
+        if field.name() == "message" {
+            write!(writer, "{text}")
+        } else {
+            write!(writer, "{field}={text}")
+        }
+    })
+    .delimited(" ")
 }
 
 /// An append-only log file that can be reopened under the same name.
@@ -280,6 +299,44 @@ mod tests {
         let err = LogTarget::parse("file:").unwrap_err();
         assert!(err.contains("file:PATH"), "{err}");
         assert!(LogTarget::parse("splunk").is_err());
+    }
+
+    #[test]
+    fn a_value_with_newlines_and_escapes_stays_on_one_escaped_line() {
+        let buffer = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = buffer.clone();
+        let writer = move || SharedBuffer(sink.clone());
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .fmt_fields(escaped_fields())
+                .with_writer(writer)
+                .with_ansi(false),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let reason = "bad\n2026-11-29T00:00:00Z  INFO forged line\x1b[2J";
+            tracing::info!(%reason, "refused by policy");
+        });
+        let text = String::from_utf8(buffer.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(!text.contains('\x1b'), "{text}");
+        assert!(
+            text.contains(r"reason=bad\n2026-11-29T00:00:00Z  INFO forged line\x1b[2J"),
+            "{text}"
+        );
+        assert!(text.contains("refused by policy"), "{text}");
+    }
+
+    struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for SharedBuffer {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
     }
 
     #[test]

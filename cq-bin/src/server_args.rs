@@ -91,10 +91,11 @@ pub struct Args {
     /// Connections served at once; more are closed.
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_connections: usize,
-    /// Connections served at once from one address; more are closed.
+    /// Connections served at once from one host (an IPv4 address, an IPv6 /64, all of the
+    /// loopback); more are closed.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub max_connections_per_host: usize,
-    /// Jobs one user may have queued or running (0: no limit).
+    /// Jobs one user may have queued, running or waited for (a merge waits) (0: no limit).
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub max_queued_jobs: usize,
     /// Bytes of arguments and environment one user's queued jobs may hold (0: no limit).

@@ -323,7 +323,7 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
     log_policy(&policy.current(), root);
 
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
-    crate::state_dir::prepare(&state_dir).map_err(StartError::StateDir)?;
+    let state_dir = crate::state_dir::prepare(&state_dir).map_err(StartError::StateDir)?;
     let log_dir = state_dir.join("logs");
     let lock_error = |e: StateLockError| match e {
         StateLockError::Busy { .. } => StartError::Busy(e.to_string()),

@@ -3,20 +3,25 @@
 
 use std::fs::{DirBuilder, Permissions};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Creates `dir` (mode 0700) if it is missing, and checks the one that is there: owned by
 /// the server's user (a group or others' access is taken away, and said so), and in parent
 /// directories that only root or that user can change. Does the same for `dir/logs`.
 ///
+/// Returns the directory's canonical path, which the server must use from then on: the
+/// checks are of that path, and a symbolic link on the way to `dir` may be changed later
+/// by whoever owns it.
+///
 /// # Errors
 ///
 /// What is wrong, in words for the admin.
-pub fn prepare(dir: &Path) -> Result<(), String> {
+pub fn prepare(dir: &Path) -> Result<PathBuf, String> {
     private_dir(dir)?;
     let canonical = dir
         .canonicalize()
         .map_err(|e| format!("cannot resolve {}: {e}", dir.display()))?;
+    private_dir(&canonical)?;
     let me = nix::unistd::geteuid().as_raw();
     for ancestor in canonical.ancestors().skip(1) {
         let meta = ancestor
@@ -37,7 +42,8 @@ pub fn prepare(dir: &Path) -> Result<(), String> {
             ));
         }
     }
-    private_dir(&dir.join("logs"))
+    private_dir(&canonical.join("logs"))?;
+    Ok(canonical)
 }
 
 fn private_dir(dir: &Path) -> Result<(), String> {
@@ -99,5 +105,17 @@ mod tests {
         std::fs::set_permissions(top.path(), Permissions::from_mode(0o777)).unwrap();
         let err = prepare(&top.path().join("state")).unwrap_err();
         assert!(err.contains("can be written by others"), "{err}");
+    }
+
+    #[test]
+    fn a_state_directory_reached_through_a_link_is_used_by_its_real_path() {
+        let top = tempfile::tempdir().unwrap();
+        let real = top.path().join("real");
+        let link = top.path().join("link");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let used = prepare(&link).unwrap();
+        assert_eq!(used, real.canonicalize().unwrap());
+        assert!(used.join("logs").is_dir());
     }
 }

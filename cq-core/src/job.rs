@@ -280,9 +280,12 @@ pub struct JobSummary {
 
 impl JobSummary {
     /// What others than its owner and the admins see of a job: who, when, in which state,
-    /// and the program's name (the file name of its first word), never its arguments or
-    /// environment.
+    /// how it ended, and the program's name (the file name of its first word); never its
+    /// arguments, environment, or why it could not start (which names its paths).
     pub fn limited(mut self) -> Self {
+        if let Some(Outcome::SpawnFailed { message, .. }) = &mut self.outcome {
+            "(the details are for its owner)".clone_into(message);
+        }
         let program = self
             .command
             .first()
@@ -361,6 +364,34 @@ pub enum InvalidJob {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcome::SpawnFailure;
+
+    #[test]
+    fn the_limited_view_keeps_neither_arguments_nor_paths_of_a_failed_start() {
+        let full = JobSummary {
+            id: JobId(3),
+            owner: "alice(1000)".into(),
+            owner_uid: 1000,
+            command: vec!["/home/alice/bin/build".into(), "--token=s3cret".into()],
+            phase: JobPhase::Finished,
+            accepted_ms: 1,
+            started_ms: Some(2),
+            finished_ms: Some(3),
+            outcome: Some(Outcome::SpawnFailed {
+                reason: SpawnFailure::NotFound,
+                message: "cannot enter the working directory /home/alice/secret-project".into(),
+            }),
+            runtime_ms: Some(1),
+            waiters: 0,
+        };
+        let seen = full.limited();
+        assert_eq!(seen.command, ["build"]);
+        let Some(Outcome::SpawnFailed { reason, message }) = &seen.outcome else {
+            panic!("{seen:?}");
+        };
+        assert_eq!(*reason, SpawnFailure::NotFound);
+        assert!(!message.contains("alice"), "{message}");
+    }
 
     #[test]
     fn validate_refuses_what_exec_cannot_take() {

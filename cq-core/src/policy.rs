@@ -140,6 +140,15 @@ impl SubmitPolicy {
             .map(|a| a.name.clone())
             .or_else(|| who.user.clone());
         let named = |list: &[String]| name.as_ref().is_some_and(|n| list.contains(n));
+        // A locked or expired account is nobody's, an admin's included.
+        if let Ok(account) = account {
+            if account.locked {
+                return Err(PolicyRefusal::Disabled(account.to_string(), "locked"));
+            }
+            if account.expired {
+                return Err(PolicyRefusal::Disabled(account.to_string(), "expired"));
+            }
+        }
         if named(&self.admins) {
             return Ok(true);
         }
@@ -159,16 +168,11 @@ impl SubmitPolicy {
                     .any(|group| self.groups.contains(group))
         };
         let listed = named(&self.users) || account.is_ok_and(by_group);
-        if let Ok(account) = account {
-            if account.locked {
-                return Err(PolicyRefusal::Disabled(account.to_string(), "locked"));
-            }
-            if account.expired {
-                return Err(PolicyRefusal::Disabled(account.to_string(), "expired"));
-            }
-            if account.is_service(self.first_regular_uid) && !listed {
-                return Err(PolicyRefusal::ServiceAccount(account.to_string()));
-            }
+        if let Ok(account) = account
+            && account.is_service(self.first_regular_uid)
+            && !listed
+        {
+            return Err(PolicyRefusal::ServiceAccount(account.to_string()));
         }
         if (!self.users.is_empty() || !self.groups.is_empty()) && !listed {
             return Err(PolicyRefusal::NotAllowed(who.to_string()));
@@ -425,6 +429,26 @@ mod tests {
         assert_eq!(
             policy.check_requester(&who(1002, "carol"), Ok(&account(1002, "carol", vec![1002]))),
             Ok(true)
+        );
+    }
+
+    #[test]
+    fn a_locked_or_expired_admin_is_refused_like_anyone() {
+        let policy = SubmitPolicy {
+            admins: vec!["carol".into()],
+            ..SubmitPolicy::default()
+        };
+        let mut locked = account(1002, "carol", vec![1002]);
+        locked.locked = true;
+        assert_eq!(
+            policy.check_requester(&who(1002, "carol"), Ok(&locked)),
+            Err(PolicyRefusal::Disabled("carol(1002)".into(), "locked"))
+        );
+        let mut expired = account(1002, "carol", vec![1002]);
+        expired.expired = true;
+        assert_eq!(
+            policy.check_requester(&who(1002, "carol"), Ok(&expired)),
+            Err(PolicyRefusal::Disabled("carol(1002)".into(), "expired"))
         );
     }
 

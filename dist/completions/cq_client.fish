@@ -17,13 +17,14 @@ complete -c cq_client -l reconnect-timeout -d 'Seconds to keep re-attaching to t
 complete -c cq_client -l cwd -d 'Working directory of the job on the server (entered with your rights there) [default: the server\'s, usually /]' -r
 complete -c cq_client -l timeout -d 'Kill the job (all its processes) if it runs longer than this (e.g. 90s, 2h); the server may set a default and a maximum' -r
 complete -c cq_client -l status -d 'Show one job' -r
-complete -c cq_client -l cancel -d 'Cancel a job: a queued one leaves the queue, a running one\'s process group gets SIGTERM, then SIGKILL. Its owners and root may' -r
-complete -c cq_client -l log -d 'Print a job\'s output so far (its owners and root may)' -r
+complete -c cq_client -l cancel -d 'Cancel a job: a queued one leaves the queue, a running one\'s process group gets SIGTERM, then SIGKILL. Its owner and the admins may' -r
+complete -c cq_client -l log -d 'Print a job\'s output so far (its owner and the admins may)' -r
 complete -c cq_client -l detach -d 'Print the job id once the job is accepted (it is then on the server\'s disk) and exit without waiting'
 complete -c cq_client -l background -d 'Once the job is accepted, keep waiting in the background (detached from the terminal, output to --background-log) and exit at once'
 complete -c cq_client -l new-session -d 'Internal: start a new session first (used by the --background waiter)'
 complete -c cq_client -l list -d 'List the running job, the queued ones in order and the recently finished ones'
 complete -c cq_client -l follow -d 'While waiting, print the job\'s output as it comes (from its start)'
+complete -c cq_client -l raw -d 'With --log and --follow: pass control characters to the terminal as they are (by default, when standard output is a terminal, all but newline and tab are shown escaped, so that a job\'s output cannot rewrite your screen)'
 complete -c cq_client -l json -d 'Print --list, --status and --cancel answers as JSON'
 complete -c cq_client -s q -l quiet -d 'Print nothing but errors'
 complete -c cq_client -s v -l verbose -d 'More log output (repeat for more); RUST_LOG overrides'

@@ -509,7 +509,8 @@ async fn per_user_limits_refuse_with_a_reason() {
     let over = output(server.client().args(["--", "echo", "three"])).await;
     assert_eq!(over.status.code(), Some(255));
     assert!(
-        stderr(&over).contains("3 jobs queued or running") && stderr(&over).contains("over-quota"),
+        stderr(&over).contains("3 jobs queued, running or waited for")
+            && stderr(&over).contains("over-quota"),
         "{}",
         stderr(&over)
     );
@@ -667,4 +668,87 @@ async fn the_post_script_that_runs_is_the_one_checked() {
     let out = output(&mut local).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "local\n");
+}
+
+/// What `cq_client ARGS` writes to a terminal (its standard output is a pseudo-terminal),
+/// with the terminal's own newline translation undone.
+async fn printed_to_a_terminal(mut client: tokio::process::Command) -> Vec<u8> {
+    use std::io::Read;
+    let pty = nix::pty::openpty(None, None).expect("a pseudo-terminal");
+    let status = tokio::time::timeout(
+        LIMIT,
+        client
+            .stdout(Stdio::from(pty.slave))
+            .stdin(Stdio::null())
+            .status(),
+    )
+    .await
+    .expect("cq_client ended")
+    .unwrap();
+    assert!(status.success());
+    // The command holds its copy of the slave until dropped; the master reads end-of-file
+    // (EIO) only once every copy is closed.
+    drop(client);
+    let mut master = std::fs::File::from(pty.master);
+    let read = tokio::task::spawn_blocking(move || {
+        let mut printed = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = master.read(&mut chunk) {
+            printed.extend_from_slice(&chunk[..n]);
+        }
+        printed
+    });
+    let printed = tokio::time::timeout(LIMIT, read)
+        .await
+        .expect("the terminal's output ended")
+        .unwrap();
+    String::from_utf8_lossy(&printed)
+        .replace("\r\n", "\n")
+        .into_bytes()
+}
+
+/// Red team of Security III: a job's output went raw to the terminal of whoever read its
+/// log (an admin's included): escape sequences could retitle the window, clear the screen
+/// or rewrite lines. On a terminal it is shown escaped; `--raw` passes it as it is.
+#[tokio::test]
+async fn a_jobs_output_cannot_drive_the_terminal_of_whoever_reads_it() {
+    let munged = Munged::start();
+    let server = TestServer::start(&munged).await;
+    let hostile = r"printf 'built\n\033]0;owned\007\033[2Jfine\rFAKE\n'";
+    let out = output(
+        server
+            .client()
+            .args(["--detach", "--", "sh", "-c", hostile]),
+    )
+    .await;
+    let id = stdout(&out).trim().to_owned();
+    let waited = output(server.client().args(["--wait", &id])).await;
+    assert!(waited.status.success(), "{}", stderr(&waited));
+
+    let mut log = server.client();
+    log.args(["--log", &id]);
+    let shown = printed_to_a_terminal(log).await;
+    assert_eq!(
+        String::from_utf8_lossy(&shown),
+        r"built
+\x1b]0;owned\x07\x1b[2Jfine\rFAKE
+"
+    );
+    let mut follow = server.client();
+    follow.args(["--follow", "--wait", &id]);
+    let followed = printed_to_a_terminal(follow).await;
+    assert!(
+        String::from_utf8_lossy(&followed).contains(r"\x1b]0;owned\x07"),
+        "{}",
+        String::from_utf8_lossy(&followed)
+    );
+
+    let mut raw = server.client();
+    raw.args(["--log", &id, "--raw"]);
+    let passed = printed_to_a_terminal(raw).await;
+    assert!(
+        passed.windows(3).any(|w| w == b"\x1b]0"),
+        "{}",
+        String::from_utf8_lossy(&passed)
+    );
 }

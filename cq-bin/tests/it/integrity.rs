@@ -177,23 +177,34 @@ async fn unauthenticated_large_frames_cost_a_bounded_amount_of_memory() {
 }
 
 /// Finding 4: thousands of idle connections from one address made legitimate submissions
-/// fail. One address gets its share; the others are served meanwhile.
+/// fail. One host gets its share; the others are served meanwhile. Red team of Security III:
+/// several loopback addresses (or an IPv6 network's many) are one host. The flood comes from
+/// eight IPv4 loopback addresses; the clients come over IPv6 (::1), another host to the
+/// server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_connections_from_one_address_do_not_lock_others_out() {
+async fn idle_connections_from_one_host_do_not_lock_others_out() {
     let munged = Munged::start();
-    let server = TestServer::start(&munged).await;
+    let server = TestServer::start_with(&munged, &["-h", "::"]).await;
+    let port = server.addr.port();
+    let v4: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let v6: std::net::SocketAddr = format!("[::1]:{port}").parse().unwrap();
     let mut idle = Vec::new();
-    for _ in 0..4600 {
+    'flood: for n in 0..4600 {
         let socket = TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-        match tokio::time::timeout(LIMIT, socket.connect(server.addr)).await {
+        // Eight loopback addresses, which used to get eight shares.
+        let from = format!("127.0.0.{}:0", 2 + n % 8);
+        socket.bind(from.parse().unwrap()).unwrap();
+        match tokio::time::timeout(LIMIT, socket.connect(v4)).await {
             Ok(Ok(stream)) => idle.push(stream),
-            _ => break,
+            _ => break 'flood,
         }
     }
+    server
+        .wait_for_log("too many connections from one host")
+        .await;
     let clients: Vec<_> = (0..12)
         .map(|i| {
-            let mut cmd = server.client();
+            let mut cmd = crate::support::client_for(v6, &munged.socket());
             cmd.args(["--", "echo", &i.to_string()]);
             tokio::spawn(async move { output(&mut cmd).await })
         })
@@ -202,9 +213,22 @@ async fn idle_connections_from_one_address_do_not_lock_others_out() {
         let out = tokio::time::timeout(LIMIT, client).await.unwrap().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
     }
-    server
-        .wait_for_log("too many connections from one address")
-        .await;
+    // The flood's host is at its share: one more from yet another loopback address is
+    // closed at once.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.77:0".parse().unwrap()).unwrap();
+    let mut late = tokio::time::timeout(LIMIT, socket.connect(v4))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(LIMIT, late.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "a connection over the host's share was served: {read:?}"
+    );
     drop(idle);
 }
 

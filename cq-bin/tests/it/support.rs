@@ -129,16 +129,16 @@ impl TestServer {
         stdin: Stdio,
     ) -> Self {
         let (exe, prefix) = program.split_first().expect("a program");
+        // Loopback unless the test names an address itself.
+        let host = if args.iter().any(|a| a == "-h" || a == "--host") {
+            None
+        } else {
+            Some(["-h", "127.0.0.1"])
+        };
         let mut child = Command::new(exe)
             .args(prefix)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "--kill-grace",
-                "5",
-            ])
+            .args(host.iter().flatten())
+            .args(["-p", &port.to_string(), "--kill-grace", "5"])
             .arg("--state-dir")
             .arg(state_dir.path())
             .args(&args)

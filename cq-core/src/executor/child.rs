@@ -739,3 +739,66 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod stopped_before_exec {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::executor::cgroup::CgroupTree;
+    use crate::job::JobId;
+
+    /// Red team of Security III: a requester can stop its own child between the switch and
+    /// `exec` (it is the requester's process then), which held a server thread. The wait
+    /// for `exec` must hold nothing but the job: on a single-threaded runtime, timers still
+    /// fire meanwhile. (The child is made in a frozen cgroup, so that it is held before its
+    /// `exec` for certain, as a stop would hold it.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_child_held_before_its_exec_blocks_no_thread() {
+        let tree = CgroupTree::create().expect("cgroup v2 with delegation (as CI has)");
+        let job = tree.job(JobId(99)).unwrap();
+        let freeze = tree.path().join("job-99/cgroup.freeze");
+        std::fs::write(&freeze, "1").unwrap();
+        let null = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let spec = ChildSpec {
+            argv: vec!["true".into()],
+            env: Vec::new(),
+            candidates: vec!["/bin/true".into()],
+            allowed: None,
+            cwd: "/".into(),
+            user: None,
+            cgroup: Some(job.dir_for_child().unwrap()),
+            umask: 0o077,
+        };
+        let stdio = ChildStdio {
+            stdin: null(),
+            stdout: null(),
+            stderr: null(),
+        };
+        let mut started = spec.spawn(stdio).unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), started.exec())
+                .await
+                .is_err(),
+            "no exec while held, and the runtime's timer fired meanwhile"
+        );
+        assert_eq!(
+            std::fs::read_link(format!("/proc/{}/exe", started.pid)).unwrap(),
+            std::env::current_exe().unwrap(),
+            "the child is held before its exec (else this test proves nothing)"
+        );
+        std::fs::write(&freeze, "0").unwrap();
+        let limit = Duration::from_secs(30);
+        tokio::time::timeout(limit, started.exec())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            tokio::time::timeout(limit, started.wait())
+                .await
+                .unwrap()
+                .unwrap(),
+            Exit::Code(0)
+        );
+    }
+}

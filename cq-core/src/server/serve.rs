@@ -176,14 +176,14 @@ impl<A: Authenticator, C: CredentialSource, E: Executor> Server<A, C, E> {
             match accepted {
                 Ok(pending) => {
                     backoff = Duration::ZERO;
-                    let host = pending.peer_addr().map(|a| a.ip().to_canonical());
+                    let host = pending.peer_addr().map(|a| host_of(a.ip()));
                     let Some(host_slot) = per_host.enter(host, config.max_connections_per_host)
                     else {
                         if shared.garbage_log.allow() {
                             tracing::warn!(
                                 peer = %host.map_or_else(String::new, |h| h.to_string()),
                                 limit = config.max_connections_per_host,
-                                "too many connections from one address; closing a new one"
+                                "too many connections from one host; closing a new one"
                             );
                         }
                         continue;
@@ -240,6 +240,20 @@ struct HostSlot {
     host: IpAddr,
 }
 
+/// What counts as one host for the per-host limit: an IPv4 address, an IPv6 /64 (what one
+/// site or machine is usually given: anyone with one has 2^64 addresses), and the whole
+/// loopback network (every address in it is this machine).
+fn host_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) if v4.is_loopback() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+    }
+}
+
 impl HostCounts {
     /// A slot for one more connection from `host`, if it has fewer than `limit`.
     fn enter(self: &Arc<Self>, host: Option<IpAddr>, limit: usize) -> Option<Option<HostSlot>> {
@@ -268,5 +282,29 @@ impl Drop for HostSlot {
                 counts.remove(&self.host);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(text: &str) -> IpAddr {
+        host_of(text.parse().unwrap())
+    }
+
+    /// Red team of Security III: 17 loopback addresses, or the many addresses of one IPv6
+    /// network, each got their own share of the connection limit.
+    #[test]
+    fn one_host_is_an_ipv4_address_an_ipv6_network_or_the_loopback() {
+        assert_eq!(host("127.0.0.2"), host("127.0.0.1"));
+        assert_eq!(host("127.9.8.7"), host("::ffff:127.0.0.1"));
+        assert_ne!(host("192.0.2.1"), host("192.0.2.2"));
+        assert_eq!(host("::ffff:192.0.2.1"), host("192.0.2.1"));
+        assert_eq!(
+            host("2001:db8:1:2::1"),
+            host("2001:db8:1:2:ffff:ffff:ffff:ffff")
+        );
+        assert_ne!(host("2001:db8:1:2::1"), host("2001:db8:1:3::1"));
     }
 }

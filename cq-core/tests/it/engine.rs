@@ -402,9 +402,74 @@ async fn a_user_over_its_limits_is_refused_and_others_are_not() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&refused, SubmitError::OverQuota { reason } if reason.contains("2 jobs queued or running")),
+        matches!(&refused, SubmitError::OverQuota { reason } if reason.contains("2 jobs queued, running or waited for")),
         "{refused}"
     );
+    engine.submit(Held(hold.clone()), bob).await.unwrap();
+}
+
+/// Red team of Security III: merging into someone's job must not be a way round the limit
+/// (each wait is a record); withdrawing gives the wait back.
+#[tokio::test]
+async fn waits_count_towards_the_limit_and_a_withdrawal_frees_one() {
+    let mut config = EngineConfig::default();
+    config.limits = UserLimits::unlimited();
+    config.limits.queued_jobs = Some(2);
+    let engine = Engine::new(config).start().await.unwrap();
+    let hold = Arc::new(Notify::new());
+    let alice = Identity::local();
+    let target = engine
+        .submit(Held(hold.clone()), alice.clone())
+        .await
+        .unwrap();
+    let merge = || SubmitOptions::new().with_verdict(Decision::Merge(target.id));
+    let waited = engine
+        .submit_with(Box::new(Held(hold.clone())), alice.clone(), merge())
+        .await
+        .unwrap();
+    assert!(waited.merged);
+    let refused = engine
+        .submit_with(Box::new(Held(hold.clone())), alice.clone(), merge())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, SubmitError::OverQuota { .. }),
+        "{refused}"
+    );
+    // Withdrawing (a waiter's cancel) hands the wait back.
+    let mut bob = Identity::local();
+    bob.uid += 1;
+    engine
+        .submit(Held(hold.clone()), bob.clone())
+        .await
+        .unwrap();
+    let mut options = merge();
+    options.merge_across_users = true;
+    let bobs = engine
+        .submit(Held(hold.clone()), bob.clone())
+        .await
+        .unwrap();
+    let refused = engine
+        .submit_with(Box::new(Held(hold.clone())), bob.clone(), options.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, SubmitError::OverQuota { .. }),
+        "{refused}"
+    );
+    engine
+        .cancel(bobs.id, Caller::user(bob.clone()))
+        .await
+        .unwrap();
+    let waiting = engine
+        .submit_with(Box::new(Held(hold.clone())), bob.clone(), options)
+        .await
+        .unwrap();
+    assert!(waiting.merged);
+    engine
+        .cancel(target.id, Caller::user(bob.clone()))
+        .await
+        .unwrap();
     engine.submit(Held(hold.clone()), bob).await.unwrap();
 }
 

@@ -158,6 +158,10 @@ impl<S: Scheduler> Actor<S> {
         usage.live_jobs = usage.live_jobs.saturating_sub(1);
         usage.live_bytes = usage.live_bytes.saturating_sub(live.size);
         usage.log_bytes += log_bytes;
+        for waiter in &live.waiters {
+            let usage = self.usage.entry(waiter.uid).or_default();
+            usage.live_jobs = usage.live_jobs.saturating_sub(1);
+        }
         tracing::info!(
             job = %id,
             owner = %live.info.owner,
@@ -208,7 +212,10 @@ impl<S: Scheduler> Actor<S> {
             }
             Relation::Waiter => {
                 let uid = by.identity.uid;
+                let before = live.waiters.len();
                 live.waiters.retain(|w| w.uid != uid);
+                let usage = self.usage.entry(uid).or_default();
+                usage.live_jobs = usage.live_jobs.saturating_sub(before - live.waiters.len());
                 self.keys.retain(|(key_uid, _), (job, merged)| {
                     !(*key_uid == uid && *job == id && *merged)
                 });

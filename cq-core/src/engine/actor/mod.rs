@@ -478,6 +478,9 @@ impl<S: Scheduler> Actor<S> {
         let usage = self.usage.entry(info.owner.uid).or_default();
         usage.live_jobs += 1;
         usage.live_bytes += size;
+        for waiter in &stored.waiters {
+            self.usage.entry(waiter.uid).or_default().live_jobs += 1;
+        }
         let (state, _) = watch::channel(JobState::Queued);
         let live = Live {
             job: Some(job),

@@ -50,7 +50,7 @@ impl<S: Scheduler> Actor<S> {
         };
         match admission {
             Admission::Accepted { ahead } => {
-                if let Err(reason) = self.within_limits(info.owner.uid, size) {
+                if let Err(reason) = self.within_limits(info.owner.uid, Some(size)) {
                     self.scheduler.remove(id);
                     tracing::info!(owner = %info.owner, command = %info.summary, %reason, "over quota");
                     let _ = reply.send(Err(SubmitError::OverQuota { reason }));
@@ -134,8 +134,19 @@ impl<S: Scheduler> Actor<S> {
             let _ = reply.send(Err(SubmitError::Rejected { reason }));
             return;
         }
+        // A wait costs a record like a job does, so it counts as one of the waiter's jobs.
+        if let Err(reason) = self.within_limits(info.owner.uid, None) {
+            tracing::info!(owner = %info.owner, command = %info.summary, %reason, "over quota");
+            let _ = reply.send(Err(SubmitError::OverQuota { reason }));
+            return;
+        }
+        let Some(live) = self.jobs.get_mut(&into) else {
+            let _ = reply.send(Err(SubmitError::UnknownJob(into)));
+            return;
+        };
         tracing::info!(job = %into, owner = %info.owner, command = %info.summary, "merged into an equal job");
         live.waiters.push(info.owner.clone());
+        self.usage.entry(info.owner.uid).or_default().live_jobs += 1;
         let added = self
             .store
             .add_waiter(into, info.owner.clone(), options.key, SystemTime::now());
@@ -182,18 +193,22 @@ impl<S: Scheduler> Actor<S> {
         });
     }
 
-    /// Whether `uid` may have one more job of `size` bytes.
-    fn within_limits(&self, uid: u32, size: u64) -> Result<(), String> {
+    /// Whether `uid` may have one more job of `size` bytes (`None`: one more wait for
+    /// someone's job, which holds neither a command nor a log of its own).
+    fn within_limits(&self, uid: u32, size: Option<u64>) -> Result<(), String> {
         let limits = &self.config.limits;
         let usage = self.usage.get(&uid).copied().unwrap_or_default();
         if let Some(max) = limits.queued_jobs
             && usage.live_jobs >= max
         {
             return Err(format!(
-                "you have {} jobs queued or running here, the most the server allows per user; wait for some to finish",
+                "you have {} jobs queued, running or waited for here, the most the server allows per user; wait for some to finish",
                 usage.live_jobs
             ));
         }
+        let Some(size) = size else {
+            return Ok(());
+        };
         if let Some(max) = limits.queued_bytes
             && usage.live_bytes + size > max
         {

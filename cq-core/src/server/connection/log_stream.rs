@@ -120,7 +120,13 @@ where
         let Some(path) = path else {
             return ControlFlow::Continue(from);
         };
-        let Ok(mut file) = tokio::fs::File::open(path).await else {
+        // The log directory is the server's own, but a link there is never followed.
+        let Ok(mut file) = tokio::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .await
+        else {
             return ControlFlow::Continue(from);
         };
         if file.seek(std::io::SeekFrom::Start(from)).await.is_err() {
