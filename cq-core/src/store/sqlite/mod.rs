@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use tokio::sync::mpsc;
+use std::sync::mpsc;
 
 use super::pending::Pending;
 use super::record::{JobRecord, PrunedJob, Recovered, Store, StoreError, StoredJob};
@@ -28,7 +28,7 @@ use writer::{Op, Reply};
 /// in one transaction: one fsync for the whole batch.
 #[derive(Debug)]
 pub struct SqliteStore {
-    ops: mpsc::UnboundedSender<Op>,
+    ops: mpsc::Sender<Op>,
     path: PathBuf,
     commits: Arc<AtomicU64>,
 }
@@ -48,7 +48,7 @@ impl SqliteStore {
             path: path.display().to_string(),
             reason,
         })?;
-        let (ops, inbox) = mpsc::unbounded_channel();
+        let (ops, inbox) = mpsc::channel();
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
         std::thread::Builder::new()
