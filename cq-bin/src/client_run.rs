@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 use cq_auth::mtls::{TlsChannelCredentials, TlsServerAuthenticator};
+use cq_core::protocol::ErrorCode;
 use cq_core::{
     AuthError, Authenticator, Client, ClientError, CommandJob, Connector, CredentialSource, JobId,
     JobPhase, Outcome, Reconnect,
@@ -309,6 +310,17 @@ where
             Ok(result) => followed = result,
             // The output stops; the wait goes on below, re-attaching as usual.
             Err(e) if e.is_transient() => {}
+            // A waiter merged into someone else's job may wait for it, not read its output.
+            Err(ClientError::Server {
+                code: ErrorCode::NOT_PERMITTED,
+                ..
+            }) => {
+                if !args.quiet {
+                    eprintln!(
+                        "cq_client: job {id}'s output is for its owner; waiting for it without"
+                    );
+                }
+            }
             Err(e) => return fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
         }
     }

@@ -61,12 +61,39 @@ impl<'a> From<&'a JobSummary> for JobJson<'a> {
 /// Jobs as a JSON array.
 pub fn to_json(jobs: &[JobSummary]) -> String {
     let jobs: Vec<JobJson<'_>> = jobs.iter().map(JobJson::from).collect();
-    serde_json::to_string_pretty(&jobs).unwrap_or_else(|_| "[]".to_owned())
+    terminal_safe_json(serde_json::to_string_pretty(&jobs).unwrap_or_else(|_| "[]".to_owned()))
 }
 
 /// One job as a JSON object.
 pub fn one_to_json(job: &JobSummary) -> String {
-    serde_json::to_string_pretty(&JobJson::from(job)).unwrap_or_else(|_| "{}".to_owned())
+    terminal_safe_json(
+        serde_json::to_string_pretty(&JobJson::from(job)).unwrap_or_else(|_| "{}".to_owned()),
+    )
+}
+
+/// `json` with the characters JSON allows raw but a terminal acts on (DEL, C1 controls,
+/// bidirectional and invisible formatting characters) written as `\u` escapes, which every
+/// JSON reader decodes back. (serde_json escapes only U+0000 to U+001F; such characters
+/// occur only inside strings.)
+fn terminal_safe_json(json: String) -> String {
+    use std::fmt::Write as _;
+    // Raw newlines and tabs can only be the layout between values.
+    let unsafe_char =
+        |c: char| cq_core::printable::is_unsafe(c) && !matches!(c, '\n' | '\t' | '\r');
+    if !json.chars().any(unsafe_char) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if unsafe_char(c) {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                let _ = write!(out, "\\u{unit:04x}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Jobs as a table, one line each.
@@ -114,4 +141,25 @@ fn utc(ms: u64) -> String {
         at.minute(),
         at.second()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Red team of Security III: `--list --json` passed C1 controls and DEL raw.
+    #[test]
+    fn json_holds_no_character_a_terminal_acts_on_and_still_parses() {
+        let text = "{\n  \"command\": \"prog\u{9b}2J\u{7f}\u{202e}x\u{e0001}\"\n}".to_owned();
+        let safe = terminal_safe_json(text.clone());
+        assert!(
+            !safe
+                .chars()
+                .any(|c| cq_core::printable::is_unsafe(c) && c != '\n'),
+            "{safe}"
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        let original: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed, original);
+    }
 }

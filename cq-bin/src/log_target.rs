@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::field::MakeExt as _;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::FormatFields;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -132,21 +131,88 @@ pub fn install(target: &LogTarget, verbose: u8) -> io::Result<LogHandle> {
     Ok(handle)
 }
 
-/// Field formatting for text logs that escapes control characters in every value: names,
-/// commands, reasons and messages come from the network, and a newline or an escape
-/// sequence in one must neither forge a log line nor reach an admin's terminal. (The
-/// journal keeps fields apart by itself.)
-fn escaped_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
-    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
-        let text = format!("{value:?}");
-        let text = cq_core::printable::printable(&text);
-        if field.name() == "message" {
-            write!(writer, "{text}")
-        } else {
-            write!(writer, "{field}={text}")
+/// The most of one field's value a text log line holds: a longer one (a job's arguments)
+/// is cut, so that a line always fits a syslog datagram and no reader splits it.
+const FIELD_CAP: usize = 4096;
+
+/// Field formatting for text logs. Names, commands, reasons and messages come from the
+/// network, so every value is escaped (control and formatting characters, backslashes; see
+/// [`cq_core::printable::printable`]), quoted when it holds a space, `=` or `"` (so that a
+/// value cannot pose as more fields), and cut at [`FIELD_CAP`] bytes. (The journal keeps
+/// fields apart by itself.)
+fn escaped_fields() -> EscapedFields {
+    EscapedFields
+}
+
+/// See [`escaped_fields`].
+struct EscapedFields;
+
+impl<'w> FormatFields<'w> for EscapedFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: tracing_subscriber::fmt::format::Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = EscapingVisitor {
+            writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct EscapingVisitor<'w> {
+    writer: tracing_subscriber::fmt::format::Writer<'w>,
+    first: bool,
+    result: std::fmt::Result,
+}
+
+impl EscapingVisitor<'_> {
+    fn field(&mut self, field: &tracing::field::Field, text: &str) {
+        if self.result.is_err() {
+            return;
         }
-    })
-    .delimited(" ")
+        let separator = if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            " "
+        };
+        self.result = if field.name() == "message" {
+            write!(self.writer, "{separator}{}", log_value(text, false))
+        } else {
+            write!(self.writer, "{separator}{field}={}", log_value(text, true))
+        };
+    }
+}
+
+impl tracing::field::Visit for EscapingVisitor<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.field(field, value);
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.field(field, &format!("{value:?}"));
+    }
+}
+
+/// `text` escaped, cut at [`FIELD_CAP`], and (if `quote`) quoted where needed.
+fn log_value(text: &str, quote: bool) -> String {
+    let mut value = cq_core::printable::printable(text).into_owned();
+    if value.len() > FIELD_CAP {
+        let mut end = FIELD_CAP;
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        let whole = value.len();
+        value.truncate(end);
+        value.push_str(&format!("...({whole} bytes)"));
+    }
+    if quote && (value.is_empty() || value.contains([' ', '=', '"'])) {
+        value = format!("\"{}\"", value.replace('"', "\\\""));
+    }
+    value
 }
 
 /// An append-only log file that can be reopened under the same name.
@@ -253,7 +319,16 @@ impl Write for SyslogEvent<'_> {
             Level::INFO => logger.info(line),
             _ => logger.debug(line),
         };
-        sent.map_err(|e| io::Error::other(e.to_string()))?;
+        if let Err(e) = sent {
+            // Say that something was lost rather than lose it silently.
+            let note = format!(
+                "a log line of {} bytes could not be sent to syslog: {e}",
+                line.len()
+            );
+            logger
+                .err(&note)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        }
         Ok(buf.len())
     }
 
@@ -320,10 +395,26 @@ mod tests {
         assert_eq!(text.lines().count(), 1, "{text}");
         assert!(!text.contains('\x1b'), "{text}");
         assert!(
-            text.contains(r"reason=bad\n2026-11-29T00:00:00Z  INFO forged line\x1b[2J"),
+            text.contains(r#"reason="bad\n2026-11-29T00:00:00Z  INFO forged line\x1b[2J""#),
             "{text}"
         );
         assert!(text.contains("refused by policy"), "{text}");
+    }
+
+    /// Red team of Security III: a value with spaces and `=` posed as more fields; a huge
+    /// one made syslog drop the whole line.
+    #[test]
+    fn values_cannot_pose_as_fields_and_are_cut_to_a_bounded_length() {
+        assert_eq!(
+            log_value("/x runtime_ms=0 owner=root(0)", true),
+            r#""/x runtime_ms=0 owner=root(0)""#
+        );
+        assert_eq!(log_value(r#"say "hi""#, true), r#""say \"hi\"""#);
+        assert_eq!(log_value("plain", true), "plain");
+        assert_eq!(log_value(r"a\nb", true), r"a\\nb");
+        let huge = log_value(&"x".repeat(100_000), true);
+        assert!(huge.len() < FIELD_CAP + 32, "{}", huge.len());
+        assert!(huge.ends_with("...(100000 bytes)\""), "{huge:.40}");
     }
 
     struct SharedBuffer(Arc<Mutex<Vec<u8>>>);

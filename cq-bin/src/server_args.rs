@@ -91,8 +91,8 @@ pub struct Args {
     /// Connections served at once; more are closed.
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_connections: usize,
-    /// Connections served at once from one host (an IPv4 address, an IPv6 /64, all of the
-    /// loopback); more are closed.
+    /// Connections served at once from one host (an address; all of the loopback is one
+    /// host; an IPv6 /64 gets 8 hosts' share); more are closed.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub max_connections_per_host: usize,
     /// Jobs one user may have queued, running or waited for (a merge waits) (0: no limit).

@@ -17,33 +17,75 @@ use std::path::{Path, PathBuf};
 ///
 /// What is wrong, in words for the admin.
 pub fn prepare(dir: &Path) -> Result<PathBuf, String> {
-    private_dir(dir)?;
-    let canonical = dir
+    let me = nix::unistd::geteuid().as_raw();
+    let given =
+        std::path::absolute(dir).map_err(|e| format!("cannot resolve {}: {e}", dir.display()))?;
+    // Nothing is created or changed before the way there is known to be safe: a link
+    // someone else controls would make the server create, chmod and fill any directory.
+    check_way(&given, me)?;
+    private_dir(&given)?;
+    let canonical = given
         .canonicalize()
         .map_err(|e| format!("cannot resolve {}: {e}", dir.display()))?;
-    private_dir(&canonical)?;
-    let me = nix::unistd::geteuid().as_raw();
     for ancestor in canonical.ancestors().skip(1) {
         let meta = ancestor
             .metadata()
             .map_err(|e| format!("cannot inspect {}: {e}", ancestor.display()))?;
-        let sticky = meta.mode() & 0o1000 != 0;
-        if meta.uid() != 0 && meta.uid() != me {
-            return Err(format!(
-                "{} (a parent of the state directory) belongs to uid {}, who could replace the state directory",
-                ancestor.display(),
-                meta.uid()
-            ));
-        }
-        if meta.mode() & 0o022 != 0 && !sticky {
-            return Err(format!(
-                "{} (a parent of the state directory) can be written by others, who could replace the state directory",
-                ancestor.display()
-            ));
-        }
+        trusted_parent(ancestor, &meta, me)?;
     }
+    private_dir(&canonical)?;
     private_dir(&canonical.join("logs"))?;
     Ok(canonical)
+}
+
+/// Checks each existing entry on the way to `path`, as given: directories must be ones only
+/// root or `me` can change, and a symbolic link must be root's or `me`'s (its target is
+/// checked as the way goes on through it).
+fn check_way(path: &Path, me: u32) -> Result<(), String> {
+    let mut at = PathBuf::new();
+    let count = path.components().count();
+    for (i, component) in path.components().enumerate() {
+        at.push(component);
+        let meta = match std::fs::symlink_metadata(&at) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("cannot inspect {}: {e}", at.display())),
+        };
+        if meta.file_type().is_symlink() {
+            if meta.uid() != 0 && meta.uid() != me {
+                return Err(format!(
+                    "{} (on the way to the state directory) is a symbolic link of uid {}, who could point it elsewhere",
+                    at.display(),
+                    meta.uid()
+                ));
+            }
+            continue;
+        }
+        if i + 1 < count {
+            trusted_parent(&at, &meta, me)?;
+        }
+    }
+    Ok(())
+}
+
+/// A directory above the state directory: only root or `me` may change it (others may
+/// write only where the sticky bit keeps them from renaming what is not theirs).
+fn trusted_parent(dir: &Path, meta: &std::fs::Metadata, me: u32) -> Result<(), String> {
+    let sticky = meta.mode() & 0o1000 != 0;
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(format!(
+            "{} (a parent of the state directory) belongs to uid {}, who could replace the state directory",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 && !sticky {
+        return Err(format!(
+            "{} (a parent of the state directory) can be written by others, who could replace the state directory",
+            dir.display()
+        ));
+    }
+    Ok(())
 }
 
 fn private_dir(dir: &Path) -> Result<(), String> {
@@ -105,6 +147,24 @@ mod tests {
         std::fs::set_permissions(top.path(), Permissions::from_mode(0o777)).unwrap();
         let err = prepare(&top.path().join("state")).unwrap_err();
         assert!(err.contains("can be written by others"), "{err}");
+    }
+
+    /// Red team of Security III: a link in a directory others may write led the server to
+    /// chmod and fill whatever it pointed at.
+    #[test]
+    fn a_link_in_a_directory_others_can_write_is_refused_before_anything_changes() {
+        let top = tempfile::tempdir().unwrap();
+        let shared = top.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, Permissions::from_mode(0o2775)).unwrap();
+        let victim = top.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::set_permissions(&victim, Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink(&victim, shared.join("state")).unwrap();
+        let err = prepare(&shared.join("state")).unwrap_err();
+        assert!(err.contains("can be written by others"), "{err}");
+        assert_eq!(victim.metadata().unwrap().mode() & 0o777, 0o755);
+        assert!(!victim.join("logs").exists());
     }
 
     #[test]

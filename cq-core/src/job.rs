@@ -229,7 +229,7 @@ impl CommandJob {
                 line.push_str(arg);
             } else {
                 line.push('\'');
-                line.push_str(&crate::printable::printable(&arg.replace('\'', r"'\''")));
+                line.push_str(&crate::printable::printable(arg).replace('\'', r"'\''"));
                 line.push('\'');
             }
         }
@@ -283,15 +283,16 @@ impl JobSummary {
     /// how it ended, and the program's name (the file name of its first word); never its
     /// arguments, environment, or why it could not start (which names its paths).
     pub fn limited(mut self) -> Self {
-        if let Some(Outcome::SpawnFailed { message, .. }) = &mut self.outcome {
-            "(the details are for its owner)".clone_into(message);
-        }
+        self.outcome = self.outcome.map(Outcome::limited);
         let program = self
             .command
             .first()
-            .and_then(|p| p.split_whitespace().next())
-            .map(|p| p.rsplit('/').next().unwrap_or(p).to_owned())
-            .unwrap_or_default();
+            // The file name first: a directory on the way may hold a space. (An in-process
+            // job's one-line summary then keeps its first word.)
+            .map(|p| p.rsplit('/').next().unwrap_or(p))
+            .and_then(|name| name.split_whitespace().next())
+            .unwrap_or_default()
+            .to_owned();
         self.command = vec![program];
         self
     }
@@ -372,7 +373,10 @@ mod tests {
             id: JobId(3),
             owner: "alice(1000)".into(),
             owner_uid: 1000,
-            command: vec!["/home/alice/bin/build".into(), "--token=s3cret".into()],
+            command: vec![
+                "/home/alice/acme merger/bin/build".into(),
+                "--token=s3cret".into(),
+            ],
             phase: JobPhase::Finished,
             accepted_ms: 1,
             started_ms: Some(2),

@@ -65,6 +65,19 @@ pub enum SpawnFailure {
 }
 
 impl Outcome {
+    /// What others than the job's owner learn of its end: all but the message of a failed
+    /// start, which names the owner's paths.
+    #[must_use]
+    pub fn limited(self) -> Self {
+        match self {
+            Self::SpawnFailed { reason, .. } => Self::SpawnFailed {
+                reason,
+                message: "(the details are for its owner)".to_owned(),
+            },
+            other => other,
+        }
+    }
+
     /// The word scripts see in `CQ_OUTCOME`.
     pub fn word(&self) -> &'static str {
         match self {
@@ -136,7 +149,11 @@ impl fmt::Display for Outcome {
                 }
                 Ok(())
             }
-            Self::SpawnFailed { message, .. } => write!(f, "could not be started: {message}"),
+            Self::SpawnFailed { message, .. } => write!(
+                f,
+                "could not be started: {}",
+                crate::printable::printable(message)
+            ),
             Self::TimedOut => f.write_str("timed out and was killed"),
         }
     }

@@ -150,6 +150,13 @@ impl SubmitPolicy {
             }
         }
         if named(&self.admins) {
+            // An admin is a person: a service account (or one given a nologin shell to
+            // disable it) is not one.
+            if let Ok(account) = account
+                && account.is_service(self.first_regular_uid)
+            {
+                return Err(PolicyRefusal::ServiceAccount(account.to_string()));
+            }
             return Ok(true);
         }
         if who.uid == 0 && !self.allow_root {
@@ -433,7 +440,7 @@ mod tests {
     }
 
     #[test]
-    fn a_locked_or_expired_admin_is_refused_like_anyone() {
+    fn a_locked_expired_or_nologin_admin_is_refused_like_anyone() {
         let policy = SubmitPolicy {
             admins: vec!["carol".into()],
             ..SubmitPolicy::default()
@@ -449,6 +456,12 @@ mod tests {
         assert_eq!(
             policy.check_requester(&who(1002, "carol"), Ok(&expired)),
             Err(PolicyRefusal::Disabled("carol(1002)".into(), "expired"))
+        );
+        let mut nologin = account(1002, "carol", vec![1002]);
+        nologin.shell = PathBuf::from("/usr/sbin/nologin");
+        assert_eq!(
+            policy.check_requester(&who(1002, "carol"), Ok(&nologin)),
+            Err(PolicyRefusal::ServiceAccount("carol(1002)".into()))
         );
     }
 

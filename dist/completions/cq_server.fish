@@ -42,7 +42,7 @@ complete -c cq_server -n "__fish_cq_server_needs_command" -l pid-file -d 'Also w
 complete -c cq_server -n "__fish_cq_server_needs_command" -l log -d 'Where the server logs: stderr, syslog (or syslog:SOCKET), journald or file:PATH (reopened on SIGHUP) [default: stderr; syslog with --daemon]' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l handshake-timeout -d 'Seconds a new connection gets to say hello and send its request' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l max-connections -d 'Connections served at once; more are closed' -r
-complete -c cq_server -n "__fish_cq_server_needs_command" -l max-connections-per-host -d 'Connections served at once from one host (an IPv4 address, an IPv6 /64, all of the loopback); more are closed' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l max-connections-per-host -d 'Connections served at once from one host (an address; all of the loopback is one host; an IPv6 /64 gets 8 hosts\' share); more are closed' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l max-queued-jobs -d 'Jobs one user may have queued, running or waited for (a merge waits) (0: no limit)' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l max-queued-bytes -d 'Bytes of arguments and environment one user\'s queued jobs may hold (0: no limit)' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l max-log-bytes -d 'Bytes of job logs one user may have kept until they are pruned (0: no limit)' -r

@@ -8,6 +8,7 @@ mod durable;
 mod host;
 mod integrity;
 mod jobs;
+mod netns;
 mod policy;
 mod queue;
 mod serial;

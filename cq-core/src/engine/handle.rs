@@ -357,6 +357,9 @@ pub struct JobTicket {
     /// Whether the submission was merged into an existing equal job.
     pub merged: bool,
     pub(super) state: watch::Receiver<JobState>,
+    /// For someone other than the owner (a waiter merged into another user's job): the
+    /// outcome comes limited ([`Outcome::limited`]).
+    pub(super) limited: bool,
 }
 
 impl JobTicket {
@@ -390,6 +393,10 @@ impl JobTicket {
             .await
             .map_err(|_| EngineStopped)?;
         match &*state {
+            JobState::Finished(result) if self.limited => Ok(JobResult {
+                outcome: result.outcome.clone().limited(),
+                runtime: result.runtime,
+            }),
             JobState::Finished(result) => Ok(result.clone()),
             _ => unreachable!("wait_for returned a state that fails its predicate"),
         }

@@ -85,7 +85,7 @@ impl CgroupTree {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        Ok(JobCgroup { dir })
+        Ok(JobCgroup { dir, left: false })
     }
 }
 
@@ -100,9 +100,21 @@ impl Drop for CgroupTree {
 #[derive(Debug)]
 pub(crate) struct JobCgroup {
     dir: PathBuf,
+    /// Left in place when dropped (processes that cannot be killed are still in it).
+    left: bool,
 }
 
 impl JobCgroup {
+    /// The cgroup's directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Gives the cgroup up without removing it: it still holds processes.
+    pub(crate) fn leave(mut self) {
+        self.left = true;
+    }
+
     /// The cgroup's directory, open for the child to be created in.
     pub(crate) fn dir_for_child(&self) -> io::Result<OwnedFd> {
         use std::os::unix::fs::OpenOptionsExt;
@@ -174,6 +186,9 @@ impl JobCgroup {
 
 impl Drop for JobCgroup {
     fn drop(&mut self) {
+        if self.left {
+            return;
+        }
         if let Err(e) = fs::remove_dir(&self.dir) {
             tracing::warn!(cgroup = %self.dir.display(), error = %e, "cannot remove a job's cgroup");
         }

@@ -230,7 +230,14 @@ impl ProcessExecutor {
             .is_err()
         {
             self.kill_rest(child, cgroup);
-            let _ = child.wait().await;
+            // A process in uninterruptible sleep (a hung FUSE or NFS file system) dies only
+            // once its system call returns: the queue must not wait for that.
+            if tokio::time::timeout(self.kill_grace, child.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(pid = %child.pid, "the job's process survived SIGKILL (uninterruptible sleep?); the queue goes on without it");
+            }
         }
     }
 
@@ -253,7 +260,7 @@ impl Executor for ProcessExecutor {
             cancel,
             ..
         } = ctx;
-        let cgroup = match &self.containment {
+        let mut cgroup = match &self.containment {
             Containment::Cgroup(tree) => match tree.job(id) {
                 Ok(cgroup) => Some(cgroup),
                 Err(e) => return other_failure("cannot create the job's cgroup", &e),
@@ -317,10 +324,22 @@ impl Executor for ProcessExecutor {
         };
         // The leader is reaped; whatever it left behind must not run into the next job.
         self.kill_rest(&child, cgroup.as_ref());
-        if let Some(cgroup) = &cgroup
-            && let Err(e) = cgroup.emptied().await
-        {
-            tracing::warn!(job = %id, error = %e, "cannot wait for the job's cgroup to empty");
+        let mut survivors = false;
+        if let Some(job_cgroup) = &cgroup {
+            match tokio::time::timeout(self.kill_grace, job_cgroup.emptied()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(job = %id, error = %e, "cannot wait for the job's cgroup to empty");
+                }
+                // Killed, but not gone: in uninterruptible sleep, as above.
+                Err(_) => {
+                    tracing::warn!(job = %id, cgroup = %job_cgroup.path().display(), "processes of the job survived SIGKILL (uninterruptible sleep?) and stay in its cgroup; the queue goes on without them");
+                    survivors = true;
+                }
+            }
+        }
+        if survivors && let Some(job_cgroup) = cgroup.take() {
+            job_cgroup.leave();
         }
         // Copy what is still in the pipe. Without a cgroup, a process that left the group
         // (setsid) may hold it open: its output is not waited for.

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -176,12 +176,12 @@ impl<A: Authenticator, C: CredentialSource, E: Executor> Server<A, C, E> {
             match accepted {
                 Ok(pending) => {
                     backoff = Duration::ZERO;
-                    let host = pending.peer_addr().map(|a| host_of(a.ip()));
-                    let Some(host_slot) = per_host.enter(host, config.max_connections_per_host)
+                    let peer = pending.peer_addr();
+                    let Some(host_slot) = per_host.enter(peer, config.max_connections_per_host)
                     else {
                         if shared.garbage_log.allow() {
                             tracing::warn!(
-                                peer = %host.map_or_else(String::new, |h| h.to_string()),
+                                peer = %peer.map_or_else(String::new, |p| p.ip().to_string()),
                                 limit = config.max_connections_per_host,
                                 "too many connections from one host; closing a new one"
                             );
@@ -232,43 +232,78 @@ impl<A: Authenticator, C: CredentialSource, E: Executor> Server<A, C, E> {
 
 /// Connections per peer address.
 #[derive(Debug, Default)]
-struct HostCounts(Mutex<HashMap<IpAddr, usize>>);
+struct HostCounts(Mutex<HashMap<HostKey, usize>>);
 
 /// One connection's place in [`HostCounts`], given back on drop.
 struct HostSlot {
     counts: Arc<HostCounts>,
-    host: IpAddr,
+    keys: Vec<HostKey>,
 }
 
-/// What counts as one host for the per-host limit: an IPv4 address, an IPv6 /64 (what one
-/// site or machine is usually given: anyone with one has 2^64 addresses), and the whole
-/// loopback network (every address in it is this machine).
-fn host_of(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) if v4.is_loopback() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-        IpAddr::V4(v4) => IpAddr::V4(v4),
+/// Who a connection counts against for the per-host limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum HostKey {
+    /// This machine: all of 127.0.0.0/8 and ::1.
+    Loopback,
+    /// One IPv4 address.
+    V4(std::net::Ipv4Addr),
+    /// One IPv6 address (with its interface, for link-local ones).
+    V6(std::net::Ipv6Addr, u32),
+    /// An IPv6 /64 (with its interface, for link-local ones): a site or a machine usually
+    /// has one, and with it 2^64 addresses.
+    V6Network(u64, u32),
+}
+
+/// How many connections one IPv6 /64 may hold, in per-host limits: several machines (VMs on
+/// one bridge) often share a /64, so it gets more than one host's share, but not 2^64.
+const NETWORK_SHARES: usize = 8;
+
+/// The keys a connection from `peer` counts against, with each key's limit.
+fn host_keys(peer: SocketAddr, per_host: usize) -> Vec<(HostKey, usize)> {
+    let scope = match peer {
+        SocketAddr::V6(v6) => v6.scope_id(),
+        SocketAddr::V4(_) => 0,
+    };
+    match peer.ip().to_canonical() {
+        ip if ip.is_loopback() => vec![(HostKey::Loopback, per_host)],
+        IpAddr::V4(v4) => vec![(HostKey::V4(v4), per_host)],
         IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+            let network = (u128::from(v6) >> 64) as u64;
+            vec![
+                (HostKey::V6(v6, scope), per_host),
+                (
+                    HostKey::V6Network(network, scope),
+                    per_host.saturating_mul(NETWORK_SHARES),
+                ),
+            ]
         }
     }
 }
 
 impl HostCounts {
-    /// A slot for one more connection from `host`, if it has fewer than `limit`.
-    fn enter(self: &Arc<Self>, host: Option<IpAddr>, limit: usize) -> Option<Option<HostSlot>> {
-        let Some(host) = host else {
+    /// A slot for one more connection from `peer`, if each of its keys is under its limit.
+    fn enter(
+        self: &Arc<Self>,
+        peer: Option<SocketAddr>,
+        per_host: usize,
+    ) -> Option<Option<HostSlot>> {
+        let Some(peer) = peer else {
             return Some(None);
         };
+        let keys = host_keys(peer, per_host);
         let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(host).or_default();
-        if *count >= limit {
+        if keys
+            .iter()
+            .any(|(key, limit)| counts.get(key).copied().unwrap_or(0) >= *limit)
+        {
             return None;
         }
-        *count += 1;
+        for (key, _) in &keys {
+            *counts.entry(*key).or_default() += 1;
+        }
         Some(Some(HostSlot {
             counts: self.clone(),
-            host,
+            keys: keys.into_iter().map(|(key, _)| key).collect(),
         }))
     }
 }
@@ -276,10 +311,12 @@ impl HostCounts {
 impl Drop for HostSlot {
     fn drop(&mut self) {
         let mut counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&self.host) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.host);
+        for key in &self.keys {
+            if let Some(count) = counts.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(key);
+                }
             }
         }
     }
@@ -289,22 +326,53 @@ impl Drop for HostSlot {
 mod tests {
     use super::*;
 
-    fn host(text: &str) -> IpAddr {
-        host_of(text.parse().unwrap())
+    fn keys(text: &str) -> Vec<HostKey> {
+        host_keys(text.parse().unwrap(), 10)
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect()
     }
 
     /// Red team of Security III: 17 loopback addresses, or the many addresses of one IPv6
-    /// network, each got their own share of the connection limit.
+    /// network, each got their own share of the connection limit; then one /64 shared one
+    /// host's share, so one neighbour locked out its whole LAN.
     #[test]
-    fn one_host_is_an_ipv4_address_an_ipv6_network_or_the_loopback() {
-        assert_eq!(host("127.0.0.2"), host("127.0.0.1"));
-        assert_eq!(host("127.9.8.7"), host("::ffff:127.0.0.1"));
-        assert_ne!(host("192.0.2.1"), host("192.0.2.2"));
-        assert_eq!(host("::ffff:192.0.2.1"), host("192.0.2.1"));
-        assert_eq!(
-            host("2001:db8:1:2::1"),
-            host("2001:db8:1:2:ffff:ffff:ffff:ffff")
+    fn hosts_are_addresses_the_loopback_is_one_and_an_ipv6_network_has_a_larger_share() {
+        assert_eq!(keys("127.0.0.2:1"), keys("127.0.0.1:2"));
+        assert_eq!(keys("127.9.8.7:1"), keys("[::1]:1"));
+        assert_eq!(keys("[::ffff:127.0.0.1]:1"), keys("127.0.0.1:1"));
+        assert_ne!(keys("192.0.2.1:1"), keys("192.0.2.2:1"));
+        assert_eq!(keys("[::ffff:192.0.2.1]:1"), keys("192.0.2.1:1"));
+        let a = keys("[2001:db8:1:2::1]:1");
+        let b = keys("[2001:db8:1:2::2]:1");
+        assert_ne!(a[0], b[0], "two addresses");
+        assert_eq!(a[1], b[1], "one network");
+        assert_ne!(
+            keys("[fe80::1%2]:1"),
+            keys("[fe80::1%3]:1"),
+            "link-local per interface"
         );
-        assert_ne!(host("2001:db8:1:2::1"), host("2001:db8:1:3::1"));
+        let limits: Vec<usize> = host_keys("[2001:db8::1]:1".parse().unwrap(), 10)
+            .into_iter()
+            .map(|(_, limit)| limit)
+            .collect();
+        assert_eq!(limits, [10, 10 * NETWORK_SHARES]);
+    }
+
+    #[test]
+    fn a_host_over_its_share_is_refused_and_its_slots_come_back() {
+        let counts = Arc::new(HostCounts::default());
+        let neighbour: SocketAddr = "[2001:db8::66]:1".parse().unwrap();
+        let other: SocketAddr = "[2001:db8::2]:1".parse().unwrap();
+        let held: Vec<_> = (0..2)
+            .map(|_| counts.enter(Some(neighbour), 2).unwrap())
+            .collect();
+        assert!(counts.enter(Some(neighbour), 2).is_none());
+        assert!(
+            counts.enter(Some(other), 2).is_some(),
+            "a neighbour on the same /64"
+        );
+        drop(held);
+        assert!(counts.enter(Some(neighbour), 2).is_some());
     }
 }

@@ -10,7 +10,8 @@ use std::time::SystemTime;
 use cq_core::store::{JobRecord, Pending, PrunedJob, Recovered, StoredJob};
 use cq_core::{
     Caller, Cancelled, Engine, EngineConfig, Identity, Job, JobContext, JobId, JobResult, JobState,
-    MemoryStore, Outcome, ShutdownMode, Store, SubmitError, SubmitKey, SubmitOptions, UserLimits,
+    MemoryStore, Outcome, ShutdownMode, SpawnFailure, Store, SubmitError, SubmitKey, SubmitOptions,
+    UserLimits,
 };
 use tokio::sync::{Mutex, Notify};
 
@@ -524,4 +525,58 @@ async fn callers_see_and_do_what_their_relation_to_a_job_allows() {
     ));
     let by_admin = engine.cancel(ticket.id, Caller::admin(bob)).await.unwrap();
     assert!(matches!(by_admin, Cancelled::Job(_)), "{by_admin:?}");
+}
+
+/// Red team of Security III: the message of a failed start (it names the owner's paths)
+/// reached a waiter merged into another user's job, and whoever watched it afterwards.
+#[tokio::test]
+async fn a_waiter_of_someone_elses_job_gets_its_outcome_without_the_owners_paths() {
+    struct FailsToStart(Arc<Notify>);
+    #[async_trait]
+    impl Job for FailsToStart {
+        fn summary(&self) -> String {
+            "build".into()
+        }
+        async fn run(self: Box<Self>, _ctx: JobContext) -> Outcome {
+            self.0.notified().await;
+            Outcome::SpawnFailed {
+                reason: SpawnFailure::NotFound,
+                message: "cannot enter the working directory /home/alice/secret-project".into(),
+            }
+        }
+    }
+    let engine = Engine::new(EngineConfig::default()).start().await.unwrap();
+    let go = Arc::new(Notify::new());
+    let alice = Identity::local();
+    let mut bob = Identity::local();
+    bob.uid += 1;
+    let mut owners = engine
+        .submit(FailsToStart(go.clone()), alice.clone())
+        .await
+        .unwrap();
+    let mut merge = SubmitOptions::new().with_verdict(Decision::Merge(owners.id));
+    merge.merge_across_users = true;
+    let mut bobs = engine
+        .submit_with(Box::new(FailsToStart(go.clone())), bob.clone(), merge)
+        .await
+        .unwrap();
+    go.notify_one();
+    let full = owners.finished().await.unwrap().outcome;
+    assert!(full.to_string().contains("secret-project"), "{full}");
+    for seen in [
+        bobs.finished().await.unwrap().outcome,
+        engine
+            .watch(owners.id, Caller::user(bob))
+            .await
+            .unwrap()
+            .finished()
+            .await
+            .unwrap()
+            .outcome,
+    ] {
+        assert!(
+            matches!(&seen, Outcome::SpawnFailed { reason: SpawnFailure::NotFound, message } if !message.contains("alice")),
+            "{seen:?}"
+        );
+    }
 }

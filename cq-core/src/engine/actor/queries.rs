@@ -17,7 +17,7 @@ use crate::store::JobRecord;
 const RECENT_IN_LISTS: usize = 20;
 
 /// A ticket for a job that finished, from what the store describes.
-pub(super) fn finished_ticket(id: JobId, summary: &JobSummary) -> Option<JobTicket> {
+pub(super) fn finished_ticket(id: JobId, summary: &JobSummary, full: bool) -> Option<JobTicket> {
     let (JobPhase::Finished, Some(outcome)) = (summary.phase, &summary.outcome) else {
         return None;
     };
@@ -32,6 +32,7 @@ pub(super) fn finished_ticket(id: JobId, summary: &JobSummary) -> Option<JobTick
         ahead: 0,
         merged: false,
         state,
+        limited: !full,
     })
 }
 
@@ -59,7 +60,7 @@ impl<S: Scheduler> Actor<S> {
                 )));
                 return;
             }
-            let ticket = self.ticket(id, live);
+            let ticket = self.ticket(id, live, live.relation(by) == Relation::Owner);
             let durable = live.durable.clone();
             tokio::spawn(async move {
                 let _ = reply.send(durable.await.map(|()| ticket).map_err(SubmitError::Store));
@@ -75,7 +76,8 @@ impl<S: Scheduler> Actor<S> {
                     Err(not_permitted(id, &record.summary.owner, "wait for"))
                 }
                 Ok(Some(record)) => {
-                    finished_ticket(id, &record.summary).ok_or(SubmitError::UnknownJob(id))
+                    let full = relation_to(&record, &by) == Relation::Owner;
+                    finished_ticket(id, &record.summary, full).ok_or(SubmitError::UnknownJob(id))
                 }
                 Ok(None) => Err(SubmitError::UnknownJob(id)),
                 Err(e) => Err(SubmitError::Store(e)),
@@ -161,7 +163,7 @@ impl<S: Scheduler> Actor<S> {
                 .as_ref()
                 .filter(|r| r.id == id)
                 .map(|r| r.live.subscribe());
-            let ticket = self.ticket(id, live);
+            let ticket = self.ticket(id, live, true);
             let _ = reply.send(Ok(LogAccess {
                 path,
                 live: feed,

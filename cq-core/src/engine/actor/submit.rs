@@ -32,7 +32,7 @@ impl<S: Scheduler> Actor<S> {
             && let Some(&(id, merged)) = self.keys.get(&(owner.uid, key))
         {
             tracing::info!(job = %id, owner = %owner, "a submission came again (a retry): re-attached");
-            return self.reattach(id, merged, reply);
+            return self.reattach(id, merged, owner.uid, reply);
         }
         let id = JobId(self.next_id);
         let size = job_size(job.as_ref());
@@ -100,6 +100,7 @@ impl<S: Scheduler> Actor<S> {
             ahead,
             merged: false,
             state: receiver,
+            limited: false,
         };
         tracing::info!(job = %id, owner = %info.owner, ahead, command = %info.summary, "accepted");
         let live = Live {
@@ -154,7 +155,8 @@ impl<S: Scheduler> Actor<S> {
             self.keys.insert((info.owner.uid, key), (into, true));
         }
         let durable = live.durable.clone();
-        let mut ticket = self.ticket(into, &self.jobs[&into]);
+        let target = &self.jobs[&into];
+        let mut ticket = self.ticket(into, target, target.info.owner.uid == info.owner.uid);
         ticket.merged = true;
         // The waiter is acknowledged once it is on disk too: it survives a restart.
         tokio::spawn(async move {
@@ -167,9 +169,9 @@ impl<S: Scheduler> Actor<S> {
     }
 
     /// Answers a submission that came again (same uid, same key) with the job it made.
-    fn reattach(&self, id: JobId, merged: bool, reply: TicketReply) {
+    fn reattach(&self, id: JobId, merged: bool, uid: u32, reply: TicketReply) {
         if let Some(live) = self.jobs.get(&id) {
-            let mut ticket = self.ticket(id, live);
+            let mut ticket = self.ticket(id, live, live.info.owner.uid == uid);
             ticket.merged = merged;
             let durable = live.durable.clone();
             tokio::spawn(async move {
@@ -180,12 +182,16 @@ impl<S: Scheduler> Actor<S> {
         let described = self.store.describe(id);
         tokio::spawn(async move {
             let ticket = match described.await {
-                Ok(Some(record)) => super::queries::finished_ticket(id, &record.summary)
-                    .map(|mut ticket| {
-                        ticket.merged = merged;
-                        ticket
-                    })
-                    .ok_or(SubmitError::UnknownJob(id)),
+                Ok(Some(record)) => super::queries::finished_ticket(
+                    id,
+                    &record.summary,
+                    record.summary.owner_uid == uid,
+                )
+                .map(|mut ticket| {
+                    ticket.merged = merged;
+                    ticket
+                })
+                .ok_or(SubmitError::UnknownJob(id)),
                 Ok(None) => Err(SubmitError::UnknownJob(id)),
                 Err(e) => Err(SubmitError::Store(e)),
             };
@@ -228,8 +234,9 @@ impl<S: Scheduler> Actor<S> {
         Ok(())
     }
 
-    /// A ticket for live job `id`.
-    pub(super) fn ticket(&self, id: JobId, live: &Live) -> JobTicket {
+    /// A ticket for live job `id`; `full` for its owner or an admin, else its outcome comes
+    /// limited.
+    pub(super) fn ticket(&self, id: JobId, live: &Live, full: bool) -> JobTicket {
         let ahead = self
             .scheduler
             .view()
@@ -241,6 +248,7 @@ impl<S: Scheduler> Actor<S> {
             ahead,
             merged: false,
             state: live.state.subscribe(),
+            limited: !full,
         }
     }
 
