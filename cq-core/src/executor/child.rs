@@ -33,12 +33,15 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use nix::sys::signal::Signal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 /// A user to switch to: ids and supplementary groups, all from the account database.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +93,8 @@ pub(crate) struct ChildStdio {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum Step {
+    /// Making the process at all (in this process, not the child).
+    Clone = 9,
     /// Signals, standard descriptors, the new session.
     Session = 1,
     /// Joining the job's cgroup (only where `clone3` is refused).
@@ -125,6 +130,7 @@ impl ChildFailure {
             6 => Step::Lookup,
             7 => Step::NotAllowed,
             8 => Step::Exec,
+            9 => Step::Clone,
             _ => Step::Session,
         };
         Self {
@@ -147,7 +153,10 @@ const CLOSE_RANGE_CLOEXEC: c_int = 4;
 const FD_SWEEP_LIMIT: libc::rlim_t = 65536;
 
 /// `clone3` flags (linux/sched.h).
+const CLONE_VM: u64 = 0x100;
 const CLONE_PIDFD: u64 = 0x1000;
+const CLONE_VFORK: u64 = 0x4000;
+const CLONE_PARENT_SETTID: u64 = 0x0010_0000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// `struct clone_args` (linux/sched.h), version 2 (with `cgroup`).
@@ -206,15 +215,28 @@ fn c_path(path: &Path, what: &str) -> io::Result<CString> {
     c_string(path.as_os_str().as_bytes(), what)
 }
 
-/// Which system call makes the child: `clone3`, falling back to `clone` where refused.
+/// Which system call makes the child.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum CloneCall {
-    Clone3,
+    /// `clone3` with `CLONE_VM | CLONE_VFORK`: the child borrows this process's memory until
+    /// its exec (x86_64; elsewhere `Fork`).
+    Vfork,
+    /// `clone3` like `fork`.
+    Fork,
+    /// `clone` like `fork`, where `clone3` is refused; the child joins its cgroup itself.
     #[cfg_attr(
         not(test),
         expect(dead_code, reason = "chosen by tests; else a fallback")
     )]
-    Clone,
+    Legacy,
+}
+
+impl CloneCall {
+    const PREFERRED: Self = if cfg!(target_arch = "x86_64") {
+        Self::Vfork
+    } else {
+        Self::Fork
+    };
 }
 
 /// What the child holds: only C data and descriptor numbers, ready for system calls.
@@ -234,14 +256,15 @@ struct Prepared {
 
 impl ChildSpec {
     /// Makes the child and lets it set itself up and `exec` (see the module docs). Returns at
-    /// once: [`Started::exec`] says how the set-up ended.
+    /// once: the child is made on a blocking thread, which then waits for its end; the
+    /// [`Started`] says when it has exec'd (or failed to) and when it ends.
     ///
     /// # Errors
     ///
     /// A string that cannot become a C string (it holds a NUL byte), or the system refusing
-    /// a pipe or a process.
+    /// a pipe. (The system refusing the process comes from [`Started::exec`].)
     pub(crate) fn spawn(self, stdio: ChildStdio) -> io::Result<Started> {
-        self.spawn_by(stdio, CloneCall::Clone3)
+        self.spawn_by(stdio, CloneCall::PREFERRED)
     }
 
     fn spawn_by(self, stdio: ChildStdio, call: CloneCall) -> io::Result<Started> {
@@ -282,40 +305,191 @@ impl ChildSpec {
             stderr: stdio.stderr.as_raw_fd(),
             report: report_write.as_raw_fd(),
         };
-        let cgroup = self.cgroup.as_ref().map(AsRawFd::as_raw_fd);
-        let (pid, pidfd) = match call {
-            CloneCall::Clone3 => prepared.clone_child(cgroup)?,
-            CloneCall::Clone => prepared.clone_child_legacy(cgroup)?,
-        };
-        // The child has its own copies now: ours must go, so that output and the failure
-        // pipe see their end when the child's do.
-        drop(stdio);
-        drop(report_write);
         let report = pipe::Receiver::from_owned_fd(report_read)?;
+        let pid = Arc::new(AtomicI32::new(0));
+        let (made_tx, made) = oneshot::channel();
         let (status_tx, status) = watch::channel(None);
-        let waited = pidfd.try_clone()?;
-        // Reaps the child when it ends (one blocking thread per running child).
-        tokio::task::spawn_blocking(move || {
-            let ended = nix::sys::wait::waitid(Id::PIDFd(waited.as_fd()), WaitPidFlag::WEXITED);
-            let _ = status_tx.send(Some(ended.map_err(io::Error::from)));
-        });
+        let maker = Maker {
+            prepared,
+            _stdio: stdio,
+            _report: report_write,
+            cgroup: self.cgroup,
+        };
+        let slot = pid.clone();
+        tokio::task::spawn_blocking(move || maker.run(call, &slot, made_tx, &status_tx));
         Ok(Started {
             pid,
-            _pidfd: pidfd,
+            handover: std::sync::Mutex::new(Handover {
+                made: Some(made),
+                pidfd: None,
+            }),
             report: Some(report),
             status,
         })
     }
 }
 
+/// What the blocking thread that makes (and then reaps) a child owns: the child's data, and
+/// the descriptors it inherits, which this process closes once the child has its copies.
+struct Maker {
+    prepared: Prepared,
+    _stdio: ChildStdio,
+    _report: OwnedFd,
+    cgroup: Option<OwnedFd>,
+}
+
+/// The raw pointers in `Prepared` point into the `CString`s it owns, which move with it, so
+/// it may move to the thread that makes the child.
+#[expect(
+    unsafe_code,
+    reason = "Send for a struct of owned C strings and their pointers"
+)]
+// SAFETY: see above; nothing in it is shared with another thread.
+unsafe impl Send for Maker {}
+
+impl Maker {
+    /// On a blocking thread: makes the child (with every signal blocked on this thread, so
+    /// that the child starts with them blocked and no handler of ours ever runs in it),
+    /// hands its pidfd over, and reaps it when it ends. A child nobody took over is killed.
+    fn run(
+        self,
+        call: CloneCall,
+        pid: &AtomicI32,
+        made: oneshot::Sender<io::Result<OwnedFd>>,
+        status: &watch::Sender<Option<io::Result<WaitStatus>>>,
+    ) {
+        let cgroup = self.cgroup.as_ref().map(AsRawFd::as_raw_fd);
+        let mut old = SigSet::empty();
+        let blocked = pthread_sigmask(
+            SigmaskHow::SIG_SETMASK,
+            Some(&SigSet::all()),
+            Some(&mut old),
+        );
+        let result = self.prepared.make(call, cgroup, pid);
+        if blocked.is_ok() {
+            let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+        }
+        // The child has its own copies of its descriptors now (and, made with CLONE_VM, has
+        // exec'd or exited): ours go, so that output and the failure pipe see their end when
+        // the child's do.
+        drop(self);
+        let pidfd = match result {
+            Ok(pidfd) => pidfd,
+            Err(e) => {
+                let kind = e.kind();
+                let _ = made.send(Err(e));
+                let _ = status.send(Some(Err(io::Error::new(kind, "the child was not made"))));
+                return;
+            }
+        };
+        let waited = pidfd.try_clone();
+        if made.send(Ok(pidfd)).is_err() {
+            // Nobody supervises it: it must not run on.
+            let child = Pid::from_raw(pid.load(Ordering::Acquire));
+            let _ = nix::sys::signal::killpg(child, Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+        }
+        let ended = match &waited {
+            Ok(fd) => nix::sys::wait::waitid(Id::PIDFd(fd.as_fd()), WaitPidFlag::WEXITED),
+            Err(_) => nix::sys::wait::waitid(
+                Id::Pid(Pid::from_raw(pid.load(Ordering::Acquire))),
+                WaitPidFlag::WEXITED,
+            ),
+        };
+        let _ = status.send(Some(ended.map_err(io::Error::from)));
+    }
+}
+
 impl Prepared {
-    /// Creates the child (in the cgroup whose directory is `cgroup`, if any), which sets
-    /// itself up and execs; returns its pid and pidfd.
+    /// Makes the child with `call`, falling back to `clone` where the kernel (or a seccomp
+    /// filter) refuses `clone3` or one of its flags. Stores the child's pid in `pid` (before
+    /// the child runs, where the kernel can) and returns its pidfd.
+    fn make(&self, call: CloneCall, cgroup: Option<RawFd>, pid: &AtomicI32) -> io::Result<OwnedFd> {
+        let made = match call {
+            #[cfg(target_arch = "x86_64")]
+            CloneCall::Vfork => self.clone_vfork(cgroup, pid),
+            #[cfg(not(target_arch = "x86_64"))]
+            CloneCall::Vfork => self.clone_fork(cgroup, pid),
+            CloneCall::Fork => self.clone_fork(cgroup, pid),
+            CloneCall::Legacy => return self.clone_legacy(cgroup, pid),
+        };
+        match made {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) => {
+                self.clone_legacy(cgroup, pid)
+            }
+            made => made,
+        }
+    }
+
+    /// `clone3` with `CLONE_VM | CLONE_VFORK`, as `posix_spawn` does: the child runs on a
+    /// stack of its own in this process's memory, and this thread waits until the child has
+    /// exec'd or exited. Nothing is copied: no page tables, no copy-on-write faults in this
+    /// (multi-threaded) process afterwards, which were most of a short job's cost here.
+    #[cfg(target_arch = "x86_64")]
+    #[expect(
+        unsafe_code,
+        reason = "clone3 with a stack of its own, which only assembly can call"
+    )]
+    fn clone_vfork(&self, cgroup: Option<RawFd>, pid: &AtomicI32) -> io::Result<OwnedFd> {
+        let stack = ChildStack::new()?;
+        let mut pidfd: c_int = -1;
+        let mut args = CloneArgs {
+            flags: CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_PARENT_SETTID,
+            pidfd: std::ptr::addr_of_mut!(pidfd) as u64,
+            parent_tid: pid.as_ptr() as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: stack.low as u64,
+            stack_size: stack.size as u64,
+            ..CloneArgs::default()
+        };
+        if let Some(dir) = cgroup {
+            args.flags |= CLONE_INTO_CGROUP;
+            args.cgroup = dir as u64;
+        }
+        let ret: isize;
+        // SAFETY: `args` is a valid clone_args of the size passed; `pidfd`, `pid` and the
+        // stack outlive the call, which returns in this thread only once the child has
+        // exec'd or exited (CLONE_VFORK), so the child never uses them after they go. In the
+        // child (rax 0), the kernel has switched to the new stack (16-byte aligned at its
+        // top, as a call needs); the child calls `vfork_child(self)`, which never returns,
+        // and touches only its own stack and, read-only, `self`. Signals are blocked on
+        // this thread (see `Maker::run`), so the child starts with them blocked; its
+        // handler table is its own (no CLONE_SIGHAND). rcx and r11 are clobbered by
+        // `syscall`.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                "mov rdi, r12",
+                "call r13",
+                "ud2",
+                "2:",
+                inlateout("rax") libc::SYS_clone3 as isize => ret,
+                in("rdi") std::ptr::addr_of!(args),
+                in("rsi") std::mem::size_of::<CloneArgs>(),
+                in("r12") std::ptr::from_ref(self),
+                in("r13") vfork_child as *const () as usize,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        if ret < 0 {
+            return Err(io::Error::from_raw_os_error(-ret as i32));
+        }
+        // SAFETY: CLONE_PIDFD made the kernel store a new descriptor in `pidfd`, owned by
+        // nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(pidfd) })
+    }
+
+    /// `clone3` like `fork`: the child is a copy of this process (architectures without
+    /// `clone_vfork`).
     #[expect(
         unsafe_code,
         reason = "clone3 and the child's system calls before exec"
     )]
-    fn clone_child(&self, cgroup: Option<RawFd>) -> io::Result<(Pid, OwnedFd)> {
+    fn clone_fork(&self, cgroup: Option<RawFd>, pid: &AtomicI32) -> io::Result<OwnedFd> {
         let mut pidfd: c_int = -1;
         let mut args = CloneArgs {
             flags: CLONE_PIDFD,
@@ -332,38 +506,35 @@ impl Prepared {
         // passed, and `pidfd` outlives the call. In the child (return value 0) only
         // `child_main` runs, which makes async-signal-safe system calls on `self` (copied
         // memory) and never returns.
-        let pid = unsafe {
+        let ret = unsafe {
             libc::syscall(
                 libc::SYS_clone3,
                 std::ptr::addr_of!(args),
                 std::mem::size_of::<CloneArgs>(),
             )
         };
-        match pid {
+        match ret {
             0 => self.child_main(None),
-            -1 if io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) => {
-                self.clone_child_legacy(cgroup)
-            }
             -1 => Err(io::Error::last_os_error()),
-            pid => {
+            child => {
+                pid.store(child as i32, Ordering::Release);
                 // SAFETY: CLONE_PIDFD made the kernel store a new descriptor in `pidfd`,
                 // owned by nobody else.
-                let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-                Ok((Pid::from_raw(pid as i32), pidfd))
+                Ok(unsafe { OwnedFd::from_raw_fd(pidfd) })
             }
         }
     }
 
-    /// `clone_child` with `clone`, for systems that refuse `clone3`: the child joins the
-    /// cgroup itself.
+    /// `clone` like `fork`, for systems that refuse `clone3`: the child joins the cgroup
+    /// itself.
     #[expect(unsafe_code, reason = "clone and the child's system calls before exec")]
-    fn clone_child_legacy(&self, cgroup: Option<RawFd>) -> io::Result<(Pid, OwnedFd)> {
+    fn clone_legacy(&self, cgroup: Option<RawFd>, pid: &AtomicI32) -> io::Result<OwnedFd> {
         let mut pidfd: c_int = -1;
-        // SAFETY: as in `clone_child`: no CLONE_VM, no new stack, so the child is a copy of
+        // SAFETY: as in `clone_fork`: no CLONE_VM, no new stack, so the child is a copy of
         // this process, and only `child_main` runs in it. With CLONE_PIDFD, the kernel
         // stores the pidfd through the third argument (parent_tid), which is valid for the
         // call; the remaining arguments are unused without their flags.
-        let pid = unsafe {
+        let ret = unsafe {
             libc::syscall(
                 libc::SYS_clone,
                 (CLONE_PIDFD as libc::c_ulong) | libc::SIGCHLD as libc::c_ulong,
@@ -373,14 +544,14 @@ impl Prepared {
                 0usize,
             )
         };
-        match pid {
+        match ret {
             0 => self.child_main(cgroup),
             -1 => Err(io::Error::last_os_error()),
-            pid => {
+            child => {
+                pid.store(child as i32, Ordering::Release);
                 // SAFETY: CLONE_PIDFD made the kernel store a new descriptor in `pidfd`,
                 // owned by nobody else.
-                let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-                Ok((Pid::from_raw(pid as i32), pidfd))
+                Ok(unsafe { OwnedFd::from_raw_fd(pidfd) })
             }
         }
     }
@@ -585,21 +756,130 @@ pub(crate) enum Exit {
     Signal { signal: i32, core_dumped: bool },
 }
 
-/// A child that was made: its pid, whether its `exec` worked, and its end.
+/// The child's entry on its own stack (see `clone_vfork`).
+#[cfg(target_arch = "x86_64")]
+#[expect(unsafe_code, reason = "the entry point the assembly calls")]
+extern "C" fn vfork_child(prepared: *const Prepared) -> ! {
+    // SAFETY: `prepared` is the `&Prepared` that `clone_vfork` passed, alive until this
+    // child has exec'd or exited (its parent thread waits for that).
+    unsafe { (*prepared).child_main(None) }
+}
+
+/// A stack for a child made with `CLONE_VM`, with a guard page below it: an overflow kills
+/// the child rather than writing into this process's memory.
+#[cfg(target_arch = "x86_64")]
+struct ChildStack {
+    mapping: *mut libc::c_void,
+    length: usize,
+    low: usize,
+    size: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl ChildStack {
+    /// What the child needs is a few hundred bytes; a generous margin costs only address
+    /// space (pages are touched only if used).
+    const SIZE: usize = 256 * 1024;
+    const GUARD: usize = 4096;
+
+    #[expect(unsafe_code, reason = "mmap and mprotect of a fresh mapping")]
+    fn new() -> io::Result<Self> {
+        let length = Self::SIZE + Self::GUARD;
+        // SAFETY: a new anonymous private mapping, which nothing else refers to; on
+        // failure nothing is mapped.
+        unsafe {
+            let mapping = libc::mmap(
+                std::ptr::null_mut(),
+                length,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            );
+            if mapping == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            let stack = Self {
+                mapping,
+                length,
+                low: mapping as usize + Self::GUARD,
+                size: Self::SIZE,
+            };
+            if libc::mprotect(mapping, Self::GUARD, libc::PROT_NONE) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(stack)
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Drop for ChildStack {
+    #[expect(unsafe_code, reason = "munmap of our own mapping")]
+    fn drop(&mut self) {
+        // SAFETY: the mapping is ours and no longer used (the child has exec'd or exited).
+        unsafe {
+            libc::munmap(self.mapping, self.length);
+        }
+    }
+}
+
+/// The child's pidfd, on its way from the thread that makes it.
+#[derive(Debug)]
+struct Handover {
+    made: Option<oneshot::Receiver<io::Result<OwnedFd>>>,
+    /// Names the child whatever happens to its pid (the reaper holds its own copy).
+    pidfd: Option<OwnedFd>,
+}
+
+/// A child that was made (or is being made): its pid, whether its `exec` worked, and its
+/// end.
 #[derive(Debug)]
 pub(crate) struct Started {
-    /// Its pid, which is also its process group and session (it is their leader).
-    pub(crate) pid: Pid,
-    /// Names the child whatever happens to its pid (the reaper holds its own copy).
-    _pidfd: OwnedFd,
+    /// Its pid, also its process group and session once it leads them; 0 until known.
+    pid: Arc<AtomicI32>,
+    /// The pidfd, once handed over by the thread that made the child.
+    handover: std::sync::Mutex<Handover>,
     report: Option<pipe::Receiver>,
     status: watch::Receiver<Option<io::Result<WaitStatus>>>,
 }
 
 impl Started {
-    /// Resolves once the child has exec'd (`Ok`), or failed to set itself up (`Err`).
-    /// Cancellable: a child stopped before its `exec` keeps it waiting, nothing else.
+    /// Its pid, once the kernel has given one.
+    pub(crate) fn pid(&self) -> Option<Pid> {
+        let pid = self.pid.load(Ordering::Acquire);
+        (pid > 0).then(|| Pid::from_raw(pid))
+    }
+
+    /// Resolves once the child has exec'd (`Ok`), or failed to be made or to set itself up
+    /// (`Err`). Cancellable: a child stopped before its `exec` keeps it waiting, nothing
+    /// else.
     pub(crate) async fn exec(&mut self) -> Result<(), ChildFailure> {
+        let handover = self
+            .handover
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(made) = handover.made.as_mut() {
+            let made = made.await;
+            handover.made = None;
+            match made {
+                Ok(Ok(pidfd)) => handover.pidfd = Some(pidfd),
+                Ok(Err(e)) => {
+                    self.report = None;
+                    return Err(ChildFailure {
+                        step: Step::Clone,
+                        errno: e.raw_os_error().unwrap_or(libc::EIO),
+                    });
+                }
+                Err(_) => {
+                    self.report = None;
+                    return Err(ChildFailure {
+                        step: Step::Clone,
+                        errno: libc::EIO,
+                    });
+                }
+            }
+        }
         let Some(report) = self.report.as_mut() else {
             return Ok(());
         };
@@ -626,7 +906,7 @@ impl Started {
     ///
     /// # Errors
     ///
-    /// When it cannot be waited for.
+    /// When it cannot be waited for, or was never made.
     pub(crate) async fn wait(&self) -> io::Result<Exit> {
         let mut status = self.status.clone();
         let ended = status
@@ -646,26 +926,49 @@ impl Started {
     }
 
     /// Sends `signal` to the child's process group (all it started, unless something left
-    /// its session), and to the child itself (before its `setsid` it leads no group).
+    /// its session), and to the child itself (before its `setsid` it leads no group). Also
+    /// while the child is being made: the kernel gives its pid before it runs.
     pub(crate) fn signal_group(&self, signal: Signal) {
-        match nix::sys::signal::killpg(self.pid, signal) {
+        let Some(pid) = self.pid() else {
+            return;
+        };
+        if self.reaped() {
+            return;
+        }
+        match nix::sys::signal::killpg(pid, signal) {
             Ok(()) | Err(nix::errno::Errno::ESRCH | nix::errno::Errno::EPERM) => {}
             Err(e) => {
-                tracing::warn!(pid = %self.pid, ?signal, error = %e, "cannot signal a process group")
+                tracing::warn!(%pid, ?signal, error = %e, "cannot signal a process group")
             }
         }
-        self.signal(signal);
+        self.signal(pid, signal);
     }
 
     /// Sends `signal` to the child through its pidfd: never to another process that got its
-    /// pid after it was reaped.
+    /// pid after it was reaped. Before the pidfd is handed over, the child is not reaped (its
+    /// reaper starts after the handover), so its pid is still its own.
     #[expect(unsafe_code, reason = "pidfd_send_signal has no safe wrapper")]
-    fn signal(&self, signal: Signal) {
+    fn signal(&self, pid: Pid, signal: Signal) {
+        let mut handover = self
+            .handover
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if handover.pidfd.is_none()
+            && let Some(made) = handover.made.as_mut()
+            && let Ok(Ok(pidfd)) = made.try_recv()
+        {
+            handover.made = None;
+            handover.pidfd = Some(pidfd);
+        }
+        let Some(pidfd) = &handover.pidfd else {
+            let _ = nix::sys::signal::kill(pid, signal);
+            return;
+        };
         // SAFETY: a system call on a descriptor this value owns, with no pointer passed.
         unsafe {
             libc::syscall(
                 libc::SYS_pidfd_send_signal,
-                self._pidfd.as_raw_fd(),
+                pidfd.as_raw_fd(),
                 signal as c_int,
                 std::ptr::null::<libc::siginfo_t>(),
                 0,
@@ -731,8 +1034,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_child_starts_in_its_job_cgroup_with_clone3_and_with_the_fallback() {
-        for call in [CloneCall::Clone3, CloneCall::Clone] {
+    async fn the_child_starts_in_its_job_cgroup_however_it_is_made() {
+        for call in [CloneCall::Vfork, CloneCall::Fork, CloneCall::Legacy] {
             let (printed, job) = cgroup_seen_by_child(call).await;
             let line = printed.lines().find(|l| l.starts_with("0::")).unwrap();
             assert!(line.ends_with(&job), "{call:?}: {line} is not in {job}");
@@ -783,7 +1086,7 @@ mod stopped_before_exec {
             "no exec while held, and the runtime's timer fired meanwhile"
         );
         assert_eq!(
-            std::fs::read_link(format!("/proc/{}/exe", started.pid)).unwrap(),
+            std::fs::read_link(format!("/proc/{}/exe", started.pid().unwrap())).unwrap(),
             std::env::current_exe().unwrap(),
             "the child is held before its exec (else this test proves nothing)"
         );

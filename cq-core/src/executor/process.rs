@@ -236,7 +236,7 @@ impl ProcessExecutor {
                 .await
                 .is_err()
             {
-                tracing::warn!(pid = %child.pid, "the job's process survived SIGKILL (uninterruptible sleep?); the queue goes on without it");
+                tracing::warn!(pid = ?child.pid(), "the job's process survived SIGKILL (uninterruptible sleep?); the queue goes on without it");
             }
         }
     }
@@ -409,6 +409,10 @@ fn spawn_failure(program: &str, cwd: &std::path::Path, failure: ChildFailure) ->
             SpawnFailure::Other,
             format!("cannot switch to the requester's account: {os}"),
         ),
+        Step::Clone => (
+            SpawnFailure::Other,
+            format!("cannot start the job's process: {os}"),
+        ),
         Step::Cgroup => (
             SpawnFailure::Other,
             format!("cannot put the job's process in its cgroup: {os}"),
@@ -525,6 +529,36 @@ mod tests {
             .await
             .expect("a process of the cancelled job survived")
             .unwrap();
+    }
+
+    /// Red team of Security III: a requester can stop its own child before its exec. Cancel
+    /// must still end the job (and free the thread that made the child). The job's cgroup is
+    /// frozen before the child is made in it, so that it is held before its exec for sure.
+    #[tokio::test]
+    async fn cancel_ends_a_job_whose_child_is_held_before_its_exec() {
+        let dir = tempfile::tempdir().unwrap();
+        let (containment, why) = Containment::detect();
+        let Containment::Cgroup(tree) = &containment else {
+            panic!("cgroup v2 with delegation (as CI has): {why:?}");
+        };
+        let tree = tree.clone();
+        let executor = ProcessExecutor::new()
+            .with_kill_grace(Duration::from_secs(2))
+            .with_containment(containment);
+        let frozen = tree.path().join("job-7");
+        std::fs::create_dir(&frozen).unwrap();
+        std::fs::write(frozen.join("cgroup.freeze"), "1").unwrap();
+        let (ctx, cancel) = ctx(&dir.path().join("log"));
+        let job = CommandJob::new(["true"]);
+        let run = tokio::spawn(async move { executor.run(&job, ctx).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!run.is_finished(), "the held child cannot have run");
+        cancel.cancel();
+        let outcome = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("cancel ends the job")
+            .unwrap();
+        assert_eq!(outcome, Outcome::Cancelled);
     }
 
     #[tokio::test]
