@@ -28,12 +28,10 @@ pub struct AuthArgs {
     /// CA certificate (PEM) for --auth tls [default: /etc/cq/tls/ca.pem].
     #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
-    /// This end's certificate (PEM) for --auth tls [default: /etc/cq/tls/server.pem or
-    /// /etc/cq/tls/client.pem].
+    /// This end's certificate (PEM) for --auth tls (each binary says its default).
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
-    /// This end's private key (PEM) for --auth tls [default: /etc/cq/tls/server.key or
-    /// /etc/cq/tls/client.key].
+    /// This end's private key (PEM) for --auth tls (each binary says its default).
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
 }

@@ -12,14 +12,15 @@ use cq_auth::mtls::{TlsChannelCredentials, TlsServerAuthenticator};
 use cq_core::protocol::ErrorCode;
 use cq_core::{
     AuthError, Authenticator, Client, ClientError, CommandJob, Connector, CredentialSource, JobId,
-    JobPhase, Outcome, Reconnect,
+    JobPhase, JobResult, Outcome, Reconnect, Submission,
 };
 use cq_transport_tls::{ClientTls, TlsConnector};
+use tokio::signal::unix::SignalKind;
 
 use crate::auth_args::{AuthArgs, AuthKind};
 use crate::background::spawn_waiter;
 use crate::listing;
-use crate::paths::default_state_dir;
+use crate::paths::user_state_dir;
 use crate::post_script::run_post_script;
 use crate::report::{MUNGED_HINT, fail, say};
 use crate::units::parse_duration;
@@ -58,7 +59,13 @@ pub const CQ_FAILURE: u8 = 255;
 /// Submits COMMAND to cq_server, waits until it has run, runs the post script, and exits with
 /// the job's exit status (128+N if a signal N killed it; 255 if cq itself failed).
 #[derive(Debug, Parser)]
-#[command(name = "cq_client", version, disable_help_flag = true)]
+#[command(
+    name = "cq_client",
+    version,
+    disable_help_flag = true,
+    mut_arg("tls_cert", |a| a.help("This client's certificate (PEM) for --auth tls [default: /etc/cq/tls/client.pem]")),
+    mut_arg("tls_key", |a| a.help("This client's private key (PEM) for --auth tls [default: /etc/cq/tls/client.key]"))
+)]
 pub struct Args {
     #[expect(missing_docs, reason = "the help text is the documentation")]
     #[arg(
@@ -106,7 +113,8 @@ pub struct Args {
     /// output to --background-log) and exit at once.
     #[arg(long)]
     pub background: bool,
-    /// Log of the background waiter [default: cq_client-job-ID.log in the state directory].
+    /// Log of the background waiter [default: cq_client-job-ID.log in $XDG_STATE_HOME/cq or
+    /// ~/.local/state/cq, root's too].
     #[arg(long, value_name = "FILE", requires = "background")]
     pub background_log: Option<PathBuf>,
     /// Internal: start a new session first (used by the --background waiter).
@@ -136,8 +144,9 @@ pub struct Args {
     /// Print a job's output so far (its owner and the admins may).
     #[arg(long, value_name = "ID", group = "query", conflicts_with_all = QUERY_CONFLICTS)]
     pub log: Option<u64>,
-    /// While waiting, print the job's output as it comes (from its start).
-    #[arg(long, conflicts_with_all = ["detach", "background"])]
+    /// While waiting, print the job's output as it comes (from its start); with --log, keep
+    /// printing until the job ends.
+    #[arg(long, conflicts_with_all = ["detach", "background", "list", "status", "cancel"])]
     pub follow: bool,
     /// With --log and --follow: pass control characters to the terminal as they are (by
     /// default, when standard output is a terminal, all but newline and tab are shown
@@ -253,23 +262,43 @@ where
             .unwrap_or(Duration::ZERO),
         ..Reconnect::default()
     };
+    // Ctrl-C stops the wait, not the job: it is caught from here on, to say so.
+    let mut interrupt = match tokio::signal::unix::signal(SignalKind::interrupt()) {
+        Ok(interrupt) => interrupt,
+        Err(e) => {
+            return fail(
+                "cq_client",
+                format_args!("cannot catch Ctrl-C: {e}"),
+                None,
+                CQ_FAILURE,
+            );
+        }
+    };
     let (id, submission) = match args.wait {
         Some(id) => (JobId(id), None),
         None => {
             // Retried with the same key: a submission the server took before the
             // connection broke is found again, never queued twice.
             let mut told = false;
-            let submitted = client
-                .submit_retrying(job, &policy, |e, _| {
-                    if !told && !args.quiet {
-                        say(
-                            "cq_client",
-                            format_args!("cannot reach the server yet ({e}); trying again"),
-                        );
-                        told = true;
-                    }
-                })
-                .await;
+            let submitting = client.submit_retrying(job, &policy, |e, _| {
+                if !told && !args.quiet {
+                    say(
+                        "cq_client",
+                        format_args!("cannot reach the server yet ({e}); trying again"),
+                    );
+                    told = true;
+                }
+            });
+            let submitted = tokio::select! {
+                submitted = submitting => submitted,
+                _ = interrupt.recv() => {
+                    say(
+                        "cq_client",
+                        "interrupted before the server answered; the job may have been queued: see cq_client --list",
+                    );
+                    return ExitCode::from(130);
+                }
+            };
             let submission = match submitted {
                 Ok(submission) => submission,
                 Err(e) => return fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
@@ -299,6 +328,41 @@ where
             (id, Some(submission))
         }
     };
+    let waited = tokio::select! {
+        waited = wait_for(client, args, id, submission, &policy) => waited,
+        _ = interrupt.recv() => return interrupted(args, id),
+    };
+    let result = match waited {
+        Ok(result) => result,
+        Err(code) => return code,
+    };
+    match &result.outcome {
+        Outcome::Exited { code: 0 } => {}
+        Outcome::Exited { .. } if args.quiet => {}
+        outcome => say("cq_client", format_args!("job {id} {outcome}")),
+    }
+    if let Some(script) = &args.post_script
+        && let Err(e) = run_post_script(script, id, &result, &client.server_name()).await
+    {
+        return fail("cq_client", e, None, CQ_FAILURE);
+    }
+    ExitCode::from(result.outcome.exit_status())
+}
+
+/// Waits for job `id` (printing its output with `--follow`), re-attaching across lost
+/// connections; `Err` is the exit code of a failed wait.
+async fn wait_for<C, S, A>(
+    client: &Client<C, S, A>,
+    args: &Args,
+    id: JobId,
+    submission: Option<Submission<'_, C::Stream, A>>,
+    policy: &Reconnect,
+) -> Result<JobResult, ExitCode>
+where
+    C: Connector,
+    S: CredentialSource,
+    A: Authenticator,
+{
     let mut submission = submission;
     let mut followed = None;
     if args.follow {
@@ -321,7 +385,7 @@ where
                     );
                 }
             }
-            Err(e) => return fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
+            Err(e) => return Err(fail("cq_client", &e, client_hint(&e), CQ_FAILURE)),
         }
     }
     let mut told = false;
@@ -329,7 +393,7 @@ where
         Some(result) => Ok(result),
         None => {
             client
-                .follow(id, submission, &policy, |e, _| {
+                .follow(id, submission, policy, |e, _| {
                     if !told && !args.quiet {
                         say(
                             "cq_client",
@@ -341,21 +405,23 @@ where
                 .await
         }
     };
-    let result = match result {
-        Ok(result) => result,
-        Err(e) => return fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
-    };
-    match &result.outcome {
-        Outcome::Exited { code: 0 } => {}
-        Outcome::Exited { .. } if args.quiet => {}
-        outcome => say("cq_client", format_args!("job {id} {outcome}")),
-    }
-    if let Some(script) = &args.post_script
-        && let Err(e) = run_post_script(script, id, &result, &client.server_name()).await
-    {
-        return fail("cq_client", e, None, CQ_FAILURE);
-    }
-    ExitCode::from(result.outcome.exit_status())
+    result.map_err(|e| fail("cq_client", &e, client_hint(&e), CQ_FAILURE))
+}
+
+/// Ctrl-C while waiting: the job goes on without this client.
+fn interrupted(args: &Args, id: JobId) -> ExitCode {
+    let post = args
+        .post_script
+        .as_ref()
+        .map(|p| format!(" -P {}", p.display()))
+        .unwrap_or_default();
+    say(
+        "cq_client",
+        format_args!(
+            "stopped waiting; job {id} goes on without this client (no post script runs here). Wait for it again: cq_client --wait {id}{post}"
+        ),
+    );
+    ExitCode::from(130)
 }
 
 /// Hands the wait for job `id` to a detached `cq_client --wait` and returns.
@@ -388,7 +454,7 @@ fn background(args: &Args, id: JobId) -> ExitCode {
     let log = args
         .background_log
         .clone()
-        .unwrap_or_else(|| default_state_dir().join(format!("cq_client-job-{id}.log")));
+        .unwrap_or_else(|| user_state_dir().join(format!("cq_client-job-{id}.log")));
     match spawn_waiter(&wait, &log) {
         Ok(()) => {
             if !args.quiet {
@@ -463,7 +529,7 @@ where
     if let Some(id) = args.log {
         let mut out = OutputPrinter::new(args.raw);
         return match client
-            .log(JobId(id), false, |data| out.print(data, false))
+            .log(JobId(id), args.follow, |data| out.print(data, args.follow))
             .await
         {
             Ok(_) => ExitCode::SUCCESS,

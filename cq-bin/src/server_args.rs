@@ -17,7 +17,9 @@ use crate::units::{parse_duration, parse_size};
     name = "cq_server",
     version,
     disable_help_flag = true,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    mut_arg("tls_cert", |a| a.help("The server's certificate (PEM) for --auth tls [default: /etc/cq/tls/server.pem]")),
+    mut_arg("tls_key", |a| a.help("The server's private key (PEM) for --auth tls [default: /etc/cq/tls/server.key]"))
 )]
 pub struct Args {
     #[expect(
@@ -146,8 +148,8 @@ pub struct Args {
     /// More log output (repeat for more); RUST_LOG overrides.
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
     pub verbose: u8,
-    /// Print help.
-    #[arg(long, action = ArgAction::Help)]
+    /// Print help (also of the subcommands: `cq_server tls init --help`).
+    #[arg(long, action = ArgAction::Help, global = true)]
     pub help: Option<bool>,
 }
 

@@ -7,23 +7,23 @@ complete -c cq_client -l auth -d 'Authentication method; both ends must use the 
 tls\t'Mutual TLS (client certificates signed by the cq CA)'"
 complete -c cq_client -l munge-socket -d 'munged\'s socket [default: libmunge\'s, usually /run/munge/munge.socket.2]' -r -F
 complete -c cq_client -l tls-ca -d 'CA certificate (PEM) for --auth tls [default: /etc/cq/tls/ca.pem]' -r -F
-complete -c cq_client -l tls-cert -d 'This end\'s certificate (PEM) for --auth tls [default: /etc/cq/tls/server.pem or /etc/cq/tls/client.pem]' -r -F
-complete -c cq_client -l tls-key -d 'This end\'s private key (PEM) for --auth tls [default: /etc/cq/tls/server.key or /etc/cq/tls/client.key]' -r -F
 complete -c cq_client -l server-uid -d 'With --auth munge: uid the server must run as for its replies to be believed; repeatable [default: 0 and this user\'s uid]' -r
 complete -c cq_client -l tls-server-name -d 'With --auth tls: the name the server\'s certificate must carry [default: the host]' -r
 complete -c cq_client -l wait -d 'Wait for the existing job ID instead of submitting one, then behave as if it had been submitted here (post script, exit status)' -r
-complete -c cq_client -l background-log -d 'Log of the background waiter [default: cq_client-job-ID.log in the state directory]' -r -F
+complete -c cq_client -l background-log -d 'Log of the background waiter [default: cq_client-job-ID.log in $XDG_STATE_HOME/cq or ~/.local/state/cq, root\'s too]' -r -F
 complete -c cq_client -l reconnect-timeout -d 'Seconds to keep re-attaching to the job while the server is unreachable' -r
 complete -c cq_client -l cwd -d 'Working directory of the job on the server (entered with your rights there) [default: the server\'s, usually /]' -r
 complete -c cq_client -l timeout -d 'Kill the job (all its processes) if it runs longer than this (e.g. 90s, 2h); the server may set a default and a maximum' -r
 complete -c cq_client -l status -d 'Show one job' -r
 complete -c cq_client -l cancel -d 'Cancel a job: a queued one leaves the queue, a running one\'s process group gets SIGTERM, then SIGKILL. Its owner and the admins may' -r
 complete -c cq_client -l log -d 'Print a job\'s output so far (its owner and the admins may)' -r
+complete -c cq_client -l tls-cert -d 'This client\'s certificate (PEM) for --auth tls [default: /etc/cq/tls/client.pem]' -r -F
+complete -c cq_client -l tls-key -d 'This client\'s private key (PEM) for --auth tls [default: /etc/cq/tls/client.key]' -r -F
 complete -c cq_client -l detach -d 'Print the job id once the job is accepted (it is then on the server\'s disk) and exit without waiting'
 complete -c cq_client -l background -d 'Once the job is accepted, keep waiting in the background (detached from the terminal, output to --background-log) and exit at once'
 complete -c cq_client -l new-session -d 'Internal: start a new session first (used by the --background waiter)'
 complete -c cq_client -l list -d 'List the running job, the queued ones in order and the recently finished ones'
-complete -c cq_client -l follow -d 'While waiting, print the job\'s output as it comes (from its start)'
+complete -c cq_client -l follow -d 'While waiting, print the job\'s output as it comes (from its start); with --log, keep printing until the job ends'
 complete -c cq_client -l raw -d 'With --log and --follow: pass control characters to the terminal as they are (by default, when standard output is a terminal, all but newline and tab are shown escaped, so that a job\'s output cannot rewrite your screen)'
 complete -c cq_client -l json -d 'Print --list, --status and --cancel answers as JSON'
 complete -c cq_client -s q -l quiet -d 'Print nothing but errors'

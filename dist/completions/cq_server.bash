@@ -68,7 +68,7 @@ _cq_server() {
 
     case "${cmd}" in
         cq_server)
-            opts="-h -p -v -V --config --host --port --state-dir --auth --munge-socket --tls-ca --tls-cert --tls-key --tls-user-map --tls-crl --allow-root --run-as --daemon --daemon-child --pid-file --log --handshake-timeout --max-connections --max-connections-per-host --max-queued-jobs --max-queued-bytes --max-log-bytes --kill-grace --shutdown-grace --retention-days --requeue-lost --dedup --submit-hook --submit-hook-timeout --submit-hook-fallback --submit-hook-user --log-limit --default-timeout --max-timeout --verbose --help --version tls help"
+            opts="-h -p -v -V --config --host --port --state-dir --auth --munge-socket --tls-ca --tls-user-map --tls-crl --allow-root --run-as --daemon --daemon-child --pid-file --log --handshake-timeout --max-connections --max-connections-per-host --max-queued-jobs --max-queued-bytes --max-log-bytes --kill-grace --shutdown-grace --retention-days --requeue-lost --dedup --submit-hook --submit-hook-timeout --submit-hook-fallback --submit-hook-user --log-limit --default-timeout --max-timeout --verbose --help --tls-cert --tls-key --version tls help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -107,14 +107,6 @@ _cq_server() {
                     return 0
                     ;;
                 --tls-ca)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --tls-cert)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --tls-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -203,6 +195,14 @@ _cq_server() {
                     return 0
                     ;;
                 --max-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -298,7 +298,7 @@ _cq_server() {
             return 0
             ;;
         cq_server__subcmd__tls)
-            opts="init client revoke help"
+            opts="--help init client revoke help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -312,7 +312,7 @@ _cq_server() {
             return 0
             ;;
         cq_server__subcmd__tls__subcmd__client)
-            opts="--dir --out --force"
+            opts="--dir --out --force --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -404,7 +404,7 @@ _cq_server() {
             return 0
             ;;
         cq_server__subcmd__tls__subcmd__init)
-            opts="--host --force --new-ca"
+            opts="--host --force --new-ca --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -422,7 +422,7 @@ _cq_server() {
             return 0
             ;;
         cq_server__subcmd__tls__subcmd__revoke)
-            opts="--dir"
+            opts="--dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

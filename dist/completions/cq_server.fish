@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_cq_server_global_optspecs
-    string join \n config= h/host= p/port= state-dir= auth= munge-socket= tls-ca= tls-cert= tls-key= tls-user-map= tls-crl= allow-root run-as= daemon daemon-child pid-file= log= handshake-timeout= max-connections= max-connections-per-host= max-queued-jobs= max-queued-bytes= max-log-bytes= kill-grace= shutdown-grace= retention-days= requeue-lost dedup= submit-hook= submit-hook-timeout= submit-hook-fallback= submit-hook-user= log-limit= default-timeout= max-timeout= v/verbose help V/version
+    string join \n config= h/host= p/port= state-dir= auth= munge-socket= tls-ca= tls-user-map= tls-crl= allow-root run-as= daemon daemon-child pid-file= log= handshake-timeout= max-connections= max-connections-per-host= max-queued-jobs= max-queued-bytes= max-log-bytes= kill-grace= shutdown-grace= retention-days= requeue-lost dedup= submit-hook= submit-hook-timeout= submit-hook-fallback= submit-hook-user= log-limit= default-timeout= max-timeout= v/verbose help tls-cert= tls-key= V/version
 end
 
 function __fish_cq_server_needs_command
@@ -32,8 +32,6 @@ complete -c cq_server -n "__fish_cq_server_needs_command" -l auth -d 'Authentica
 tls\t'Mutual TLS (client certificates signed by the cq CA)'"
 complete -c cq_server -n "__fish_cq_server_needs_command" -l munge-socket -d 'munged\'s socket [default: libmunge\'s, usually /run/munge/munge.socket.2]' -r -F
 complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-ca -d 'CA certificate (PEM) for --auth tls [default: /etc/cq/tls/ca.pem]' -r -F
-complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-cert -d 'This end\'s certificate (PEM) for --auth tls [default: /etc/cq/tls/server.pem or /etc/cq/tls/client.pem]' -r -F
-complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-key -d 'This end\'s private key (PEM) for --auth tls [default: /etc/cq/tls/server.key or /etc/cq/tls/client.key]' -r -F
 complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-user-map -d 'With --auth tls: file mapping certificate names to local users [default: the certificate name is the user name]' -r -F
 complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-crl -d 'With --auth tls: a certificate revocation list (PEM, signed by the CA, e.g. from `cq_server tls revoke`); revoked client certificates are refused, and so are the queued jobs submitted with them. Read again, with the user map, on SIGHUP' -r -F
 complete -c cq_server -n "__fish_cq_server_needs_command" -l run-as -d 'Whose rights jobs run with [default: requester when cq_server runs as root, else server]. With server, only cq_server\'s own user may submit unless the policy names others (whose jobs then run with cq_server\'s rights)' -r -f -a "requester\t'The requesting user (uid, and the groups and home of its account here); needs root'
@@ -60,15 +58,18 @@ complete -c cq_server -n "__fish_cq_server_needs_command" -l submit-hook-user -d
 complete -c cq_server -n "__fish_cq_server_needs_command" -l log-limit -d 'Output kept per job (e.g. 64M); past it the log is cut, with a marker' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l default-timeout -d 'Time limit of jobs that ask for none (e.g. 6h) [default: none]' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l max-timeout -d 'Longest time limit a job may have; longer ones (and jobs without one) get this' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-cert -d 'The server\'s certificate (PEM) for --auth tls [default: /etc/cq/tls/server.pem]' -r -F
+complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-key -d 'The server\'s private key (PEM) for --auth tls [default: /etc/cq/tls/server.key]' -r -F
 complete -c cq_server -n "__fish_cq_server_needs_command" -l allow-root -d 'Accept jobs from root (uid 0); they run as root. Also `allow_root = true` in [policy]'
 complete -c cq_server -n "__fish_cq_server_needs_command" -l daemon -d 'Detach from the terminal and run in the background, once listening (errors before that are printed and make the command fail). Logs go to --log (default syslog)'
 complete -c cq_server -n "__fish_cq_server_needs_command" -l daemon-child -d 'Internal: the background process of --daemon'
 complete -c cq_server -n "__fish_cq_server_needs_command" -l requeue-lost -d 'Queue a job that was running when the server died again, instead of reporting it lost'
 complete -c cq_server -n "__fish_cq_server_needs_command" -s v -l verbose -d 'More log output (repeat for more); RUST_LOG overrides'
-complete -c cq_server -n "__fish_cq_server_needs_command" -l help -d 'Print help'
+complete -c cq_server -n "__fish_cq_server_needs_command" -l help -d 'Print help (also of the subcommands: `cq_server tls init --help`)'
 complete -c cq_server -n "__fish_cq_server_needs_command" -s V -l version -d 'Print version'
 complete -c cq_server -n "__fish_cq_server_needs_command" -f -a "tls" -d 'Certificate tooling for --auth tls'
 complete -c cq_server -n "__fish_cq_server_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and not __fish_seen_subcommand_from init client revoke help" -l help -d 'Print help (also of the subcommands: `cq_server tls init --help`)'
 complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and not __fish_seen_subcommand_from init client revoke help" -f -a "init" -d 'Create a CA and a server certificate in DIR (ca.pem, ca.key, server.pem, server.key)'
 complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and not __fish_seen_subcommand_from init client revoke help" -f -a "client" -d 'Issue a client certificate for NAME (a local user name on the server, or a name the server\'s --tls-user-map maps to one), signed by the CA in --dir'
 complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and not __fish_seen_subcommand_from init client revoke help" -f -a "revoke" -d 'Revoke a client certificate: add it to the revocation list DIR/crl.pem, which cq_server --tls-crl reads (again on SIGHUP)'
@@ -76,10 +77,13 @@ complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and not __fish_
 complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from init" -l host -d 'A name clients use to reach the server (DNS name or IP address); repeatable' -r
 complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from init" -l force -d 'Replace the server\'s certificate and key; an existing CA is kept (the client certificates it signed stay valid)'
 complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from init" -l new-ca -d 'With --force: make a new CA too (every client certificate must then be issued again)'
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from init" -l help -d 'Print help (also of the subcommands: `cq_server tls init --help`)'
 complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from client" -l dir -d 'Directory holding ca.pem and ca.key' -r -F
 complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from client" -l out -d 'Directory for NAME.pem and NAME.key [default: --dir] (created mode 0700; an existing one must be yours and writable by nobody else)' -r -F
 complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from client" -l force -d 'Replace existing files'
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from client" -l help -d 'Print help (also of the subcommands: `cq_server tls init --help`)'
 complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from revoke" -l dir -d 'Directory holding ca.pem and ca.key (and crl.pem)' -r -F
+complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from revoke" -l help -d 'Print help (also of the subcommands: `cq_server tls init --help`)'
 complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from help" -f -a "init" -d 'Create a CA and a server certificate in DIR (ca.pem, ca.key, server.pem, server.key)'
 complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from help" -f -a "client" -d 'Issue a client certificate for NAME (a local user name on the server, or a name the server\'s --tls-user-map maps to one), signed by the CA in --dir'
 complete -c cq_server -n "__fish_cq_server_using_subcommand tls; and __fish_seen_subcommand_from help" -f -a "revoke" -d 'Revoke a client certificate: add it to the revocation list DIR/crl.pem, which cq_server --tls-crl reads (again on SIGHUP)'

@@ -66,6 +66,14 @@ fn parse_args() -> Result<Args, ExitCode> {
     // Usage errors are cq's failures too: keep them apart from the job's statuses.
     let usage = |e: clap::Error| {
         let _ = e.print();
+        // `cq_client emerge foo`: the command must come after `--`.
+        if e.kind() == clap::error::ErrorKind::UnknownArgument
+            && let Some(clap::error::ContextValue::String(arg)) =
+                e.get(clap::error::ContextKind::InvalidArg)
+            && !arg.starts_with('-')
+        {
+            eprintln!("hint: put the command after --, as in: cq_client [OPTIONS] -- {arg} ...");
+        }
         ExitCode::from(if e.use_stderr() { CQ_FAILURE } else { 0 })
     };
     let argv: Vec<OsString> = std::env::args_os().collect();

@@ -5,6 +5,7 @@ mod authorization;
 mod bad_input;
 mod daemon;
 mod durable;
+mod experience;
 mod host;
 mod integrity;
 mod jobs;

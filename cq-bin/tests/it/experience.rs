@@ -1,0 +1,143 @@
+//! What users and admins meet every day (issue "The experience of waiting, operating and
+//! failing"): interrupted waits, messages, listings.
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::durable::Gate;
+use crate::support::{LIMIT, Munged, TestServer, output, stderr};
+use crate::users::shared_dir;
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Ctrl-C on a waiting client printed nothing: the job went on, its post script never ran,
+/// and nobody said how to wait again.
+#[tokio::test]
+async fn ctrl_c_stops_the_wait_says_the_job_goes_on_and_how_to_wait_again() {
+    let munged = Munged::start();
+    let server = TestServer::start(&munged).await;
+    let dir = shared_dir();
+    let gate = Gate::new(dir.path());
+    let mut waiting = server
+        .client()
+        .args(["-P", "true", "--", "sh", "-c", &gate.wait()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = BufReader::new(waiting.stderr.take().unwrap()).lines();
+    let queued = tokio::time::timeout(LIMIT, said.next_line()).await.unwrap();
+    assert!(queued.unwrap().unwrap().contains("job 1 queued"));
+    let pid = nix::unistd::Pid::from_raw(waiting.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = tokio::time::timeout(LIMIT, waiting.wait())
+        .await
+        .expect("the client stops at once")
+        .unwrap();
+    let mut rest = String::new();
+    while let Ok(Some(line)) = said.next_line().await {
+        rest.push_str(&line);
+    }
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(
+        rest.contains("job 1 goes on")
+            && rest.contains("cq_client --wait 1 -P /")
+            && rest.ends_with("/true"),
+        "{rest}"
+    );
+    let status = output(server.client().args(["--status", "1"])).await;
+    assert!(stdout(&status).contains("running"), "{}", stdout(&status));
+    gate.open().await;
+    let again = output(server.client().args(["--wait", "1"])).await;
+    assert!(again.status.success(), "{}", stderr(&again));
+}
+
+/// Root's jobs got no HOME, USER or LOGNAME (other users' did).
+#[tokio::test]
+async fn roots_jobs_get_home_user_and_logname_like_everyone_s() {
+    let munged = Munged::start();
+    let server = TestServer::start(&munged).await;
+    let out = output(server.client().args([
+        "--follow",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$HOME $USER $LOGNAME\"",
+    ]))
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "/root root root\n");
+}
+
+async fn run(program: &str, args: &[&str]) -> std::process::Output {
+    output(
+        tokio::process::Command::new(program)
+            .args(args)
+            .stdin(Stdio::null()),
+    )
+    .await
+}
+
+/// CLI traps: `tls --help` failed, a command without `--` got no hint, `--follow --list` was
+/// accepted, and the client's help named the server's certificate as its default.
+#[tokio::test]
+async fn help_works_everywhere_and_misuse_gets_a_hint() {
+    let server = env!("CARGO_BIN_EXE_cq_server");
+    let client = env!("CARGO_BIN_EXE_cq_client");
+    for args in [&["tls", "--help"][..], &["tls", "init", "--help"]] {
+        let out = run(server, args).await;
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert!(
+            stdout(&out).contains("Usage: cq_server tls"),
+            "{}",
+            stdout(&out)
+        );
+    }
+    let out = run(client, &["emerge", "foo"]).await;
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        stderr(&out)
+            .contains("hint: put the command after --, as in: cq_client [OPTIONS] -- emerge"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(client, &["--follow", "--list"]).await;
+    assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
+    let help = stdout(&run(client, &["--help"]).await);
+    assert!(
+        help.contains("/etc/cq/tls/client.pem") && !help.contains("server.pem"),
+        "{help}"
+    );
+}
+
+/// `--log ID --follow` printed what there was and returned; it follows now, to the job's end.
+#[tokio::test]
+async fn log_with_follow_prints_until_the_job_ends() {
+    let munged = Munged::start();
+    let server = TestServer::start(&munged).await;
+    let dir = shared_dir();
+    let gate = Gate::new(dir.path());
+    let script = format!("echo before; {}; echo after", gate.wait());
+    let out = output(
+        server
+            .client()
+            .args(["--detach", "--", "sh", "-c", &script]),
+    )
+    .await;
+    let id = stdout(&out).trim().to_owned();
+    server.wait_for_log("started").await;
+    let mut follow = server.client();
+    follow.args(["--log", &id, "--follow"]);
+    let following = tokio::spawn(async move { output(&mut follow).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!following.is_finished(), "it returned before the job ended");
+    gate.open().await;
+    let out = tokio::time::timeout(LIMIT, following)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "before\nafter\n");
+}

@@ -1,0 +1,222 @@
+//! The man page sections an option list cannot say. Keep them true with README.
+
+/// A man page section: a title, an introduction, and terms with their explanations.
+pub struct Section {
+    pub title: &'static str,
+    pub intro: &'static str,
+    pub items: &'static [(&'static str, &'static str)],
+}
+
+/// `section` as roff.
+pub fn roff(section: &Section) -> String {
+    let mut out = format!(".SH \"{}\"\n", section.title);
+    if !section.intro.is_empty() {
+        out.push_str(&text(section.intro));
+        out.push('\n');
+    }
+    for (term, explanation) in section.items {
+        out.push_str(".TP\n");
+        out.push_str(&format!("\\fB{}\\fR\n", text(term)));
+        out.push_str(&text(explanation));
+        out.push('\n');
+    }
+    out
+}
+
+/// Text safe in roff: backslashes escaped, and no line starting with a control character.
+fn text(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .lines()
+        .map(|line| {
+            if line.starts_with('.') || line.starts_with('\'') {
+                format!("\\&{line}")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub const CLIENT: &[Section] = &[
+    Section {
+        title: "EXIT STATUS",
+        intro: "cq_client exits with the job's own status, so that it can stand in for the command:",
+        items: &[
+            ("0 to 123", "the command ran and exited with this status"),
+            ("124", "the job ran past its time limit and was killed"),
+            (
+                "125",
+                "the job was cancelled, or lost (the server stopped while it ran)",
+            ),
+            (
+                "126",
+                "the command could not be started (not permitted, not allowed by the server's policy)",
+            ),
+            ("127", "the command was not found"),
+            ("128+N", "the command was killed by signal N"),
+            (
+                "130",
+                "cq_client was interrupted (Ctrl-C) while waiting; the job goes on: wait for it again with --wait ID",
+            ),
+            (
+                "255",
+                "cq itself failed: bad arguments, no connection, a refused credential, an unauthenticated reply, a server error, or a post script that failed; one line says what and what to do",
+            ),
+        ],
+    },
+    Section {
+        title: "POST SCRIPT",
+        intro: "With -P SCRIPT, once the job has ended SCRIPT runs here as SCRIPT INTERNAL_STATUS EXIT_STATUS (internal status: 0 exited, 1 could not be started, 2 killed by a signal, 3 timed out, 4 cancelled, 5 lost; exit status as above), with this client's environment plus:",
+        items: &[
+            ("CQ_JOB_ID", "the job's id on the server"),
+            (
+                "CQ_OUTCOME",
+                "exited, signaled, spawn-failed, timed-out, cancelled or lost",
+            ),
+            ("CQ_EXIT_STATUS", "the same as the second argument"),
+            (
+                "CQ_SIGNAL",
+                "the signal number that killed the command, empty otherwise",
+            ),
+            ("CQ_DURATION", "run time in seconds, e.g. 12.345"),
+            ("CQ_SERVER", "the server as given, host:port"),
+        ],
+    },
+    Section {
+        title: "ENVIRONMENT",
+        intro: "",
+        items: &[(
+            "RUST_LOG",
+            "overrides the log level set by -v (e.g. RUST_LOG=debug)",
+        )],
+    },
+    Section {
+        title: "FILES",
+        intro: "",
+        items: &[
+            (
+                "/etc/cq/cq.toml",
+                "the [client] section sets defaults for the options that name a server and how to reach it",
+            ),
+            (
+                "/etc/cq/tls/ca.pem, client.pem, client.key",
+                "the CA and this client's certificate and key for --auth tls",
+            ),
+            (
+                "/run/munge/munge.socket.2",
+                "munged's socket, for --auth munge",
+            ),
+        ],
+    },
+    Section {
+        title: "EXAMPLES",
+        intro: "",
+        items: &[
+            (
+                "cq_client -h buildhost -- emerge --buildpkgonly =dev-libs/foo-1.2",
+                "run a build on buildhost and wait for it; exits as the build did",
+            ),
+            (
+                "cq_client -h buildhost -E USE='-X' -P ./install.sh -- emerge -B foo",
+                "pass a variable to the job, and run ./install.sh here when it ends",
+            ),
+            (
+                "cq_client -h buildhost --detach -- make -C /srv/src",
+                "queue a job, print its id and return",
+            ),
+            (
+                "cq_client -h buildhost --wait 42 --follow",
+                "wait for job 42, printing its output as it comes",
+            ),
+            (
+                "cq_client -h buildhost --list",
+                "the running job, the queue in order, and the recently finished jobs",
+            ),
+        ],
+    },
+    Section {
+        title: "SEE ALSO",
+        intro: "cq_server(1), munged(8). The README and SECURITY.md of cq say more: the security model, configuration, troubleshooting.",
+        items: &[],
+    },
+];
+
+pub const SERVER: &[Section] = &[
+    Section {
+        title: "SIGNALS",
+        intro: "",
+        items: &[
+            (
+                "SIGTERM, SIGINT",
+                "stop accepting; the running job may finish within --shutdown-grace (its waiters hear its outcome), then is cancelled; a second signal cancels it at once. Queued jobs stay queued for the next start",
+            ),
+            (
+                "SIGHUP",
+                "reopen the log file, read the configuration's policy again (a broken file keeps the old one), reload the TLS user map and revocation list",
+            ),
+        ],
+    },
+    Section {
+        title: "EXIT STATUS",
+        intro: "",
+        items: &[
+            ("0", "stopped cleanly"),
+            (
+                "1",
+                "could not start: a bad option or configuration, an unusable state directory, a missing munged or certificate; one line says what and what to do",
+            ),
+        ],
+    },
+    Section {
+        title: "ENVIRONMENT",
+        intro: "",
+        items: &[("RUST_LOG", "overrides the log level set by -v")],
+    },
+    Section {
+        title: "FILES",
+        intro: "",
+        items: &[
+            (
+                "/etc/cq/cq.toml",
+                "configuration: [server], [policy], [jobs]",
+            ),
+            (
+                "STATE_DIR/cq.db",
+                "the durable queue (SQLite, mode 0600); STATE_DIR is /var/lib/cq as root",
+            ),
+            ("STATE_DIR/logs/ID.log", "each job's output (mode 0600)"),
+            (
+                "STATE_DIR/cq_server.pid",
+                "the running server's pid, locked while it runs",
+            ),
+            (
+                "/etc/cq/tls/",
+                "the CA, server certificate and key, crl.pem, for --auth tls (see cq_server-tls(1))",
+            ),
+        ],
+    },
+    Section {
+        title: "EXAMPLES",
+        intro: "",
+        items: &[
+            (
+                "cq_server",
+                "as root: listen on port 48005, authenticate with MUNGE, run each job as its requester",
+            ),
+            (
+                "cq_server tls init --host buildhost; cq_server tls client vm1",
+                "make a CA, the server's certificate, and a client certificate for --auth tls",
+            ),
+            (
+                "cq_server --auth tls --tls-crl /etc/cq/tls/crl.pem",
+                "serve clients with certificates, refusing revoked ones",
+            ),
+        ],
+    },
+    Section {
+        title: "SEE ALSO",
+        intro: "cq_client(1), cq_server-tls(1), munged(8), systemd.service(5). The README and SECURITY.md of cq say more: the security model, configuration, troubleshooting.",
+        items: &[],
+    },
+];
