@@ -1,14 +1,14 @@
 //! The man page sections an option list cannot say. Keep them true with README.
 
 /// A man page section: a title, an introduction, and terms with their explanations.
-pub struct Section {
-    pub title: &'static str,
-    pub intro: &'static str,
-    pub items: &'static [(&'static str, &'static str)],
+pub(crate) struct Section {
+    pub(crate) title: &'static str,
+    pub(crate) intro: &'static str,
+    pub(crate) items: &'static [(&'static str, &'static str)],
 }
 
 /// `section` as roff.
-pub fn roff(section: &Section) -> String {
+pub(crate) fn roff(section: &Section) -> String {
     let mut out = format!(".SH \"{}\"\n", section.title);
     if !section.intro.is_empty() {
         out.push_str(&text(section.intro));
@@ -38,7 +38,7 @@ fn text(s: &str) -> String {
         .join("\n")
 }
 
-pub const CLIENT: &[Section] = &[
+pub(crate) const CLIENT: &[Section] = &[
     Section {
         title: "EXIT STATUS",
         intro: "cq_client exits with the job's own status, so that it can stand in for the command:",
@@ -142,7 +142,7 @@ pub const CLIENT: &[Section] = &[
     },
 ];
 
-pub const SERVER: &[Section] = &[
+pub(crate) const SERVER: &[Section] = &[
     Section {
         title: "SIGNALS",
         intro: "",
