@@ -153,6 +153,10 @@ pub struct Args {
     /// escaped, so that a job's output cannot rewrite your screen).
     #[arg(long)]
     pub raw: bool,
+    /// When the job fails, print the last N lines of its output [default: 10 when standard
+    /// error is a terminal, else 0]; 0 prints none.
+    #[arg(long, value_name = "N", conflicts_with = "follow")]
+    pub tail: Option<usize>,
     /// Print --list, --status and --cancel answers as JSON.
     #[arg(long)]
     pub json: bool,
@@ -341,6 +345,9 @@ where
         Outcome::Exited { .. } if args.quiet => {}
         outcome => say("cq_client", format_args!("job {id} {outcome}")),
     }
+    if !matches!(result.outcome, Outcome::Exited { code: 0 }) && !args.follow && !args.quiet {
+        show_tail(client, args, id).await;
+    }
     if let Some(script) = &args.post_script
         && let Err(e) = run_post_script(script, id, &result, &client.server_name()).await
     {
@@ -406,6 +413,46 @@ where
         }
     };
     result.map_err(|e| fail("cq_client", &e, client_hint(&e), CQ_FAILURE))
+}
+
+/// The last lines of a failed job's output, and where the rest is. Shown only to whoever may
+/// read the log (its owner, an admin); quietly nothing otherwise.
+async fn show_tail<C, S, A>(client: &Client<C, S, A>, args: &Args, id: JobId)
+where
+    C: Connector,
+    S: CredentialSource,
+    A: Authenticator,
+{
+    /// What is kept of the output while it streams: enough for the last lines.
+    const KEPT: usize = 64 * 1024;
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let lines = args.tail.unwrap_or(if terminal { 10 } else { 0 });
+    if lines == 0 {
+        return;
+    }
+    let mut kept: std::collections::VecDeque<u8> = std::collections::VecDeque::new();
+    let read = client
+        .log(id, false, |data| {
+            kept.extend(data);
+            let extra = kept.len().saturating_sub(KEPT);
+            kept.drain(..extra);
+        })
+        .await;
+    if read.is_err() || kept.is_empty() {
+        return;
+    }
+    let kept = Vec::from(kept);
+    let text = String::from_utf8_lossy(&kept);
+    let all: Vec<&str> = text.lines().collect();
+    let shown = &all[all.len().saturating_sub(lines)..];
+    let mut out = format!("cq_client: the last {} lines of job {id}'s output:\n", shown.len());
+    for line in shown {
+        out.push_str("  ");
+        out.push_str(&cq_core::printable::printable(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("cq_client: all of it: cq_client --log {id}\n"));
+    eprint!("{out}");
 }
 
 /// Ctrl-C while waiting: the job goes on without this client.

@@ -17,6 +17,7 @@ complete -c cq_client -l timeout -d 'Kill the job (all its processes) if it runs
 complete -c cq_client -l status -d 'Show one job' -r
 complete -c cq_client -l cancel -d 'Cancel a job: a queued one leaves the queue, a running one\'s process group gets SIGTERM, then SIGKILL. Its owner and the admins may' -r
 complete -c cq_client -l log -d 'Print a job\'s output so far (its owner and the admins may)' -r
+complete -c cq_client -l tail -d 'When the job fails, print the last N lines of its output [default: 10 when standard error is a terminal, else 0]; 0 prints none' -r
 complete -c cq_client -l tls-cert -d 'This client\'s certificate (PEM) for --auth tls [default: /etc/cq/tls/client.pem]' -r -F
 complete -c cq_client -l tls-key -d 'This client\'s private key (PEM) for --auth tls [default: /etc/cq/tls/client.key]' -r -F
 complete -c cq_client -l detach -d 'Print the job id once the job is accepted (it is then on the server\'s disk) and exit without waiting'

@@ -141,3 +141,22 @@ async fn log_with_follow_prints_until_the_job_ends() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "before\nafter\n");
 }
+
+/// A failed job showed nothing of why: its last lines are shown (on a terminal, or with
+/// `--tail N`), with the command that shows all of it.
+#[tokio::test]
+async fn a_failed_job_shows_its_last_lines_and_where_the_rest_is() {
+    let munged = Munged::start();
+    let server = TestServer::start(&munged).await;
+    let script = "for i in $(seq 1 15); do echo line$i; done; exit 3";
+    let out = output(server.client().args(["--tail", "5", "--", "sh", "-c", script])).await;
+    assert_eq!(out.status.code(), Some(3));
+    let said = stderr(&out);
+    assert!(said.contains("  line11\n") && said.contains("  line15\n"), "{said}");
+    assert!(!said.contains("line10"), "{said}");
+    assert!(said.contains("cq_client --log 1"), "{said}");
+    // Not on a terminal and not asked for: nothing.
+    let out = output(server.client().args(["--", "sh", "-c", script])).await;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(!stderr(&out).contains("line"), "{}", stderr(&out));
+}
