@@ -10,7 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "== system packages (installed only if missing)"
 bash .ci/install-deps
+echo "== building cq_server and cq_client (release; a few minutes the first time)"
 cargo build --release --locked -q -p cq-bin
 bin=$PWD/target/release
 

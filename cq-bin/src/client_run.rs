@@ -412,7 +412,16 @@ where
                 .await
         }
     };
-    result.map_err(|e| fail("cq_client", &e, client_hint(&e), CQ_FAILURE))
+    result.map_err(|e| {
+        // The job was accepted: whatever broke the wait, the job may still run or be done.
+        let again = format!(
+            "{}job {id} may still run, or be done: wait for it again with cq_client --wait {id}",
+            client_hint(&e)
+                .map(|h| format!("{h}; "))
+                .unwrap_or_default()
+        );
+        fail("cq_client", &e, Some(&again), CQ_FAILURE)
+    })
 }
 
 /// The last lines of a failed job's output, and where the rest is. Shown only to whoever may
@@ -445,7 +454,10 @@ where
     let text = String::from_utf8_lossy(&kept);
     let all: Vec<&str> = text.lines().collect();
     let shown = &all[all.len().saturating_sub(lines)..];
-    let mut out = format!("cq_client: the last {} lines of job {id}'s output:\n", shown.len());
+    let mut out = format!(
+        "cq_client: the last {} lines of job {id}'s output:\n",
+        shown.len()
+    );
     for line in shown {
         out.push_str("  ");
         out.push_str(&cq_core::printable::printable(line));

@@ -264,6 +264,9 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
     // Everything the server creates (database, logs, pid files) is its own: jobs and hooks
     // set their own mask.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // The credential service first: a server that could authenticate nobody must fail
+    // before it creates a state directory.
+    let credentials = credentials(&args).await?;
     let mut config = ServerConfig::default();
     config.handshake_timeout = seconds(args.handshake_timeout, "handshake-timeout")?;
     config.max_connections = args.max_connections;
@@ -380,14 +383,22 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
                 StartError::Listen(format!("cannot listen on {}:{}: {e}", args.host, args.port))
             })
     };
-    match args.auth.auth {
-        AuthKind::Munge => start_munge(&args, parts, bind().await?).await,
-        AuthKind::Tls => {
+    match credentials {
+        #[cfg(feature = "munge")]
+        Credentials::Munge(socket) => {
+            use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource};
+            tracing::info!(socket = %socket.describe(), "MUNGE");
+            let signer = MungeCredentialSource::new(socket.clone());
+            serve(
+                bind().await?,
+                MungeAuthenticator::new(socket),
+                signer,
+                parts,
+            )
+            .await
+        }
+        Credentials::Tls(tls, files) => {
             let mut parts = parts;
-            let files = args.auth.tls_files("server");
-            let tls =
-                ServerTls::with_crl(&files.ca, &files.cert, &files.key, args.tls_crl.as_deref())
-                    .map_err(|e| StartError::Tls(e.to_string()))?;
             let authenticator = TlsClientAuthenticator::new();
             let listener = TlsListener::new(bind().await?, &tls);
             let reload = TlsReload {
@@ -403,6 +414,47 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
             parts.reload.tls = Some(reload);
             tracing::info!(ca = %files.ca.display(), cert = %files.cert.display(), crl = ?args.tls_crl, "mutual TLS");
             serve(listener, authenticator, TlsChannelCredentials, parts).await
+        }
+    }
+}
+
+/// How the server will authenticate, checked before anything is created.
+enum Credentials {
+    /// MUNGE through munged at this socket (reachable at start-up).
+    #[cfg(feature = "munge")]
+    Munge(cq_auth::munge::MungeSocket),
+    /// Mutual TLS with these files.
+    Tls(ServerTls, crate::auth_args::TlsFiles),
+}
+
+/// Checks the credential service: munged answers, or the TLS files load.
+async fn credentials(args: &Args) -> anyhow::Result<Credentials> {
+    match args.auth.auth {
+        #[cfg(feature = "munge")]
+        AuthKind::Munge => {
+            use cq_auth::munge::{MungeCredentialSource, MungeSocket};
+            let socket = args
+                .auth
+                .munge_socket
+                .clone()
+                .map_or_else(MungeSocket::default_socket, MungeSocket::at);
+            // Refuse to start rather than serve requests nobody can authenticate.
+            MungeCredentialSource::new(socket.clone())
+                .probe()
+                .await
+                .map_err(|e| StartError::Munge(e.to_string()))?;
+            Ok(Credentials::Munge(socket))
+        }
+        #[cfg(not(feature = "munge"))]
+        AuthKind::Munge => {
+            Err(StartError::Munge("this cq_server was built without MUNGE support".into()).into())
+        }
+        AuthKind::Tls => {
+            let files = args.auth.tls_files("server");
+            let tls =
+                ServerTls::with_crl(&files.ca, &files.cert, &files.key, args.tls_crl.as_deref())
+                    .map_err(|e| StartError::Tls(e.to_string()))?;
+            Ok(Credentials::Tls(tls, files))
         }
     }
 }
@@ -446,29 +498,6 @@ fn hook_program(args: &Args, path: &std::path::Path, root: bool) -> anyhow::Resu
         hook = hook.run_as(account);
     }
     Ok(hook)
-}
-
-#[cfg(feature = "munge")]
-async fn start_munge(args: &Args, parts: Parts, tcp: TcpListener) -> anyhow::Result<()> {
-    use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
-    let socket = args
-        .auth
-        .munge_socket
-        .clone()
-        .map_or_else(MungeSocket::default_socket, MungeSocket::at);
-    let signer = MungeCredentialSource::new(socket.clone());
-    // Refuse to start rather than serve requests nobody can authenticate.
-    signer
-        .probe()
-        .await
-        .map_err(|e| StartError::Munge(e.to_string()))?;
-    tracing::info!(socket = %socket.describe(), "MUNGE");
-    serve(tcp, MungeAuthenticator::new(socket), signer, parts).await
-}
-
-#[cfg(not(feature = "munge"))]
-async fn start_munge(_: &Args, _: Parts, _: TcpListener) -> anyhow::Result<()> {
-    Err(StartError::Munge("this cq_server was built without MUNGE support".into()).into())
 }
 
 async fn serve(

@@ -135,6 +135,15 @@ pub trait Connector: Send + Sync + 'static {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransportError {
+    /// The server's name has no address (a typo, or no name service).
+    #[error("cannot find the address of {server}: {source}")]
+    Resolve {
+        /// The server as named by the user.
+        server: String,
+        /// The resolver's error.
+        #[source]
+        source: io::Error,
+    },
     /// No connection could be made.
     #[error("cannot connect to {server}: {source}")]
     Connect {

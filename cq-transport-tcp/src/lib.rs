@@ -109,7 +109,10 @@ impl Connector for TcpConnector {
         };
         let addrs = lookup_host((self.host.as_str(), self.port))
             .await
-            .map_err(failed)?;
+            .map_err(|source| TransportError::Resolve {
+                server: self.server_name(),
+                source,
+            })?;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "the host name has no address");
         for addr in addrs {
             match TcpStream::connect(addr).await {

@@ -66,13 +66,13 @@ impl MungeSocket {
                 AuthError::Unavailable(format!("cannot use munged at {}: {e}", self.describe()))
             }
             MungeErrorKind::Expired => AuthError::Expired(e.to_string()),
-            MungeErrorKind::Rewound => {
-                AuthError::Expired(format!("{e}: the clocks of the two hosts disagree"))
-            }
+            MungeErrorKind::Rewound => AuthError::Expired(format!(
+                "{e}: the clocks of the two hosts disagree (synchronise them, e.g. with NTP)"
+            )),
             MungeErrorKind::Replayed => AuthError::Replayed(e.to_string()),
-            MungeErrorKind::InvalidKey => {
-                AuthError::Invalid(format!("{e}: it was made with another MUNGE key"))
-            }
+            MungeErrorKind::InvalidKey => AuthError::Invalid(format!(
+                "{e}: it was made with another MUNGE key (every host needs the same /etc/munge/munge.key: copy the build host's and restart munged)"
+            )),
             MungeErrorKind::Unauthorized => AuthError::Unauthorized(e.to_string()),
             _ => AuthError::Invalid(e.to_string()),
         }

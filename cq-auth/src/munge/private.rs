@@ -105,8 +105,30 @@ impl PrivateMunged {
 }
 
 impl Drop for PrivateMunged {
+    /// Stops munged and waits until it is gone: SIGTERM, then SIGKILL if it is still there
+    /// after a while (a munged signalled while it starts up may miss its SIGTERM). It is not
+    /// our child, so it is polled; its pid cannot be reused before it is gone.
     fn drop(&mut self) {
-        // munged exits within milliseconds of SIGTERM and removes its socket and pid file.
-        let _ = kill(self.pid, Signal::SIGTERM);
+        // Gone, or a zombie its reaper has not collected yet.
+        let gone = |pid: Pid| {
+            matches!(kill(pid, None), Err(nix::errno::Errno::ESRCH))
+                || fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                    stat.rsplit(')')
+                        .next()
+                        .and_then(|rest| rest.split_whitespace().next())
+                        == Some("Z")
+                })
+        };
+        for signal in [Signal::SIGTERM, Signal::SIGKILL] {
+            if kill(self.pid, signal).is_err() {
+                return;
+            }
+            for _ in 0..200 {
+                if gone(self.pid) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
     }
 }

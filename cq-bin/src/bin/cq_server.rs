@@ -74,6 +74,24 @@ fn main() -> ExitCode {
     };
     let log = match log_target::install(&target, args.verbose) {
         Ok(log) => log,
+        // --daemon's default log is syslog; without one, a file in the state directory.
+        Err(e) if args.daemon && args.log.is_none() => match daemon_log_file(&args) {
+            Ok((log, file)) => {
+                eprintln!(
+                    "cq_server: cannot log to syslog ({e}); logging to {} instead",
+                    file.display()
+                );
+                log
+            }
+            Err(why) => {
+                return fail(
+                    "cq_server",
+                    format!("cannot log to syslog ({e}), nor to the state directory: {why}"),
+                    Some("pass --log journald or file:PATH"),
+                    1,
+                );
+            }
+        },
         Err(e) => {
             return fail(
                 "cq_server",
@@ -117,4 +135,17 @@ fn main() -> ExitCode {
             fail("cq_server", format!("{e:#}"), hint, 1)
         }
     }
+}
+
+/// `--daemon` without a syslog: the log goes to `cq_server.log` in the state directory.
+fn daemon_log_file(args: &Args) -> Result<(log_target::LogHandle, std::path::PathBuf), String> {
+    let state = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(cq_bin::paths::default_state_dir);
+    let dir = cq_bin::state_dir::prepare(&state)?;
+    let file = dir.join("cq_server.log");
+    let log = log_target::install(&LogTarget::File(file.clone()), args.verbose)
+        .map_err(|e| e.to_string())?;
+    Ok((log, file))
 }

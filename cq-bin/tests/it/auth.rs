@@ -23,7 +23,9 @@ async fn a_client_with_another_munge_key_is_refused_and_the_server_says_why() {
     assert_eq!(out.status.code(), Some(255));
     let err = stderr(&out);
     assert!(
-        err.contains("another MUNGE key") && err.contains("auth-failed"),
+        err.contains("another MUNGE key")
+            && err.contains("copy the build host's")
+            && err.contains("auth-failed"),
         "{err}"
     );
     let logged = server.wait_for_log("rejected a request").await;

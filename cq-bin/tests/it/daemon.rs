@@ -192,3 +192,52 @@ async fn a_daemon_logs_to_syslog_as_the_daemon_facility() {
         "{listening}"
     );
 }
+
+/// `--daemon` with no syslog reachable failed; it logs to a file in its state directory
+/// now, and says so. (Run in a mount namespace where the usual syslog sockets are masked.)
+#[tokio::test]
+async fn a_daemon_without_syslog_logs_to_its_state_directory_and_says_so() {
+    let munged = Munged::start();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let not_a_socket = dir.path().join("not-a-socket");
+    std::fs::write(&not_a_socket, "").unwrap();
+    let mask = format!(
+        "for s in /dev/log /var/run/syslog; do [ -e $s ] && mount --bind {} $s; done; exec \"$@\"",
+        not_a_socket.display()
+    );
+    let out = output(
+        tokio::process::Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &mask,
+                "sh",
+            ])
+            .arg(env!("CARGO_BIN_EXE_cq_server"))
+            .args(["--daemon", "-h", "127.0.0.1", "-p", "0", "--allow-root"])
+            .arg("--munge-socket")
+            .arg(munged.socket())
+            .arg("--state-dir")
+            .arg(&state)
+            .stdin(std::process::Stdio::null()),
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pid: i32 = String::from_utf8_lossy(&out.stdout)
+        .rsplit("pid ")
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .expect("the daemon's pid");
+    let _daemon = Daemon(Pid::from_raw(pid));
+    let log = state.canonicalize().unwrap().join("cq_server.log");
+    assert!(
+        stderr(&out).contains(&format!("logging to {} instead", log.display())),
+        "{}",
+        stderr(&out)
+    );
+    wait_for_text(log, "listening on").await;
+}

@@ -149,14 +149,163 @@ async fn a_failed_job_shows_its_last_lines_and_where_the_rest_is() {
     let munged = Munged::start();
     let server = TestServer::start(&munged).await;
     let script = "for i in $(seq 1 15); do echo line$i; done; exit 3";
-    let out = output(server.client().args(["--tail", "5", "--", "sh", "-c", script])).await;
+    let out = output(
+        server
+            .client()
+            .args(["--tail", "5", "--", "sh", "-c", script]),
+    )
+    .await;
     assert_eq!(out.status.code(), Some(3));
     let said = stderr(&out);
-    assert!(said.contains("  line11\n") && said.contains("  line15\n"), "{said}");
+    assert!(
+        said.contains("  line11\n") && said.contains("  line15\n"),
+        "{said}"
+    );
     assert!(!said.contains("line10"), "{said}");
     assert!(said.contains("cq_client --log 1"), "{said}");
     // Not on a terminal and not asked for: nothing.
     let out = output(server.client().args(["--", "sh", "-c", script])).await;
     assert_eq!(out.status.code(), Some(3));
     assert!(!stderr(&out).contains("line"), "{}", stderr(&out));
+}
+
+/// When the server's munged was down, the client's message blamed this host's munged (and
+/// said its reason twice). Now the server says it is its own, and the client says it is the
+/// server's word.
+#[tokio::test]
+async fn a_servers_munged_down_is_named_as_the_servers() {
+    let key = [7u8; 1024];
+    let servers_munged = Munged::with_key(&key);
+    let clients_munged = Munged::with_key(&key);
+    let server = TestServer::start(&servers_munged).await;
+    drop(servers_munged);
+    let out = output(
+        crate::support::client_for(server.addr, &clients_munged.socket()).args([
+            "--reconnect-timeout",
+            "1",
+            "--",
+            "true",
+        ]),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(255));
+    let said = stderr(&out);
+    assert!(
+        said.contains("the server says (unverified): this server cannot check credentials now")
+            && said.contains("its admin must start its munged"),
+        "{said}"
+    );
+}
+
+/// Connection errors that misled: an unknown host blamed a server that was not running, a
+/// silent peer took 30 s and retried for an hour.
+#[tokio::test]
+async fn connection_errors_say_what_to_check() {
+    // The lookup runs on a host of its own (a network namespace), so that no query leaves.
+    let hosts = crate::netns::HostPair::new();
+    let out = output(
+        tokio::process::Command::new("ip")
+            .args(["netns", "exec", &hosts.a, env!("CARGO_BIN_EXE_cq_client")])
+            .args([
+                "-h",
+                "no-such-host.invalid",
+                "--reconnect-timeout",
+                "60",
+                "--",
+                "true",
+            ])
+            .stdin(Stdio::null()),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        stderr(&out).contains("cannot find the address of no-such-host.invalid")
+            && stderr(&out).contains("check the host name"),
+        "{}",
+        stderr(&out)
+    );
+
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let holding = tokio::spawn(async move {
+        let (stream, _) = silent.accept().await.unwrap();
+        tokio::time::sleep(LIMIT).await;
+        drop(stream);
+    });
+    let started = std::time::Instant::now();
+    let out =
+        output(crate::support::bare_client(addr).args(["--reconnect-timeout", "60", "--", "true"]))
+            .await;
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        stderr(&out).contains("says nothing: check host and port"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "no hour of retries"
+    );
+    holding.abort();
+}
+
+/// Past `--reconnect-timeout`, the client gave up with no word of the job: it says how to
+/// wait for it again.
+#[tokio::test]
+async fn a_wait_given_up_says_how_to_wait_again() {
+    let munged = Munged::start();
+    let mut server = TestServer::start(&munged).await;
+    let dir = shared_dir();
+    let gate = Gate::new(dir.path());
+    let mut waiting = server
+        .client()
+        .args(["--reconnect-timeout", "1", "--", "sh", "-c", &gate.wait()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = BufReader::new(waiting.stderr.take().unwrap()).lines();
+    let queued = tokio::time::timeout(LIMIT, said.next_line()).await.unwrap();
+    assert!(queued.unwrap().unwrap().contains("job 1 queued"));
+    server.kill9().await;
+    let status = tokio::time::timeout(LIMIT, waiting.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut rest = String::new();
+    while let Ok(Some(line)) = said.next_line().await {
+        rest.push_str(&line);
+        rest.push('\n');
+    }
+    assert_eq!(status.code(), Some(255), "{rest}");
+    assert!(
+        rest.contains("wait for it again with cq_client --wait 1"),
+        "{rest}"
+    );
+}
+
+/// A server that could authenticate nobody created its state directory and database before
+/// it failed on munged.
+#[tokio::test]
+async fn a_server_without_munged_fails_before_creating_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let out = output(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_cq_server"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                "0",
+                "--allow-root",
+                "--munge-socket",
+            ])
+            .arg(dir.path().join("no-munged.socket"))
+            .arg("--state-dir")
+            .arg(&state)
+            .stdin(Stdio::null()),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("munged"), "{}", stderr(&out));
+    assert!(!state.exists(), "the state directory was created");
 }

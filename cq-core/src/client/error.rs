@@ -72,6 +72,10 @@ impl ClientError {
     /// server was shutting down. Refusals and authentication failures are not transient.
     pub fn is_transient(&self) -> bool {
         match self {
+            // A peer silent in the hello is not cq_server (which greets at once): no retry.
+            Self::Timeout {
+                during: "the hello",
+            } => false,
             Self::Closed { .. }
             | Self::Timeout { .. }
             | Self::Frame(FrameError::Truncated { .. }) => true,
@@ -100,6 +104,9 @@ impl ClientError {
             Self::Transport(TransportError::Connect { .. }) => {
                 Some("is cq_server running there, and are host and port right?")
             }
+            Self::Transport(TransportError::Resolve { .. }) => {
+                Some("check the host name (-h), or give the server's address")
+            }
             Self::Io {
                 during: "the hello",
                 source,
@@ -117,6 +124,11 @@ impl ClientError {
                 during: "the hello",
             } => Some(
                 "the server may be at its connection limit, or expect another transport (--auth)",
+            ),
+            Self::Timeout {
+                during: "the hello",
+            } => Some(
+                "something accepts connections there but says nothing: check host and port (cq_server greets at once)",
             ),
             Self::ReplyNotAuthentic(_) => Some(
                 "something other than the expected cq_server answered; do not trust this result",

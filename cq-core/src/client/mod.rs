@@ -26,9 +26,13 @@ use crate::protocol::{
 };
 use crate::transport::{Connector, Stream};
 
-/// How long the client waits for the server's hello and for the acceptance of a request.
-/// Waiting for the job itself has no limit.
+/// How long the client waits for the acceptance of a request. Waiting for the job itself
+/// has no limit.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the client waits for the server's greeting, which cq_server sends as soon as the
+/// connection is made: a peer that says nothing for this long is not cq_server.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Talks to one server.
 #[derive(Debug)]
@@ -370,7 +374,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
 
 /// Reads the next part of the server's greeting, bounded by the reply timeout.
 async fn read_greeting<St: Stream>(stream: &mut St, into: &mut [u8]) -> Result<(), ClientError> {
-    match timeout(REPLY_TIMEOUT, stream.read_exact(into)).await {
+    match timeout(HELLO_TIMEOUT, stream.read_exact(into)).await {
         Err(_) => Err(ClientError::Timeout {
             during: "the hello",
         }),

@@ -161,7 +161,10 @@ impl<'a, St: crate::transport::Stream, A: Authenticator> Submission<'a, St, A> {
                     ..
                 }),
             ) => {
-                let message = format!("{message}; the reply itself is unverified: {why}");
+                // Said as the server's words: a message about munged, say, is about the
+                // server's munged, not this host's.
+                tracing::debug!(reason = %why, "an error reply that cannot be verified");
+                let message = format!("the server says (unverified): {message}");
                 return Err(ClientError::Server { code, message });
             }
             (Err(why), _) => return Err(ClientError::ReplyNotAuthentic(why)),

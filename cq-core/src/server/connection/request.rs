@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::{Connection, Signing};
 use crate::account::Account;
-use crate::auth::{Authenticator, Credential, CredentialSource, Identity};
+use crate::auth::{AuthError, Authenticator, Credential, CredentialSource, Identity};
 use crate::engine::{Caller, Cancelled};
 use crate::executor::Executor;
 use crate::protocol::{Action, Envelope, ErrorCode, Event, Request, RequestDigest};
@@ -45,7 +45,16 @@ where
                     tracing::warn!(peer = %self.peer.describe(), reason = %e, "rejected a request");
                 }
                 tokio::time::sleep_until(arrived + AUTH_REJECT_FLOOR).await;
-                self.fail(ErrorCode::AUTH_FAILED, &e.to_string()).await;
+                // The server's own credential service is down: nothing is wrong with the
+                // request, and it is worth sending again once the service is back.
+                if let AuthError::Unavailable(why) = &e {
+                    let message = format!(
+                        "this server cannot check credentials now ({why}); its admin must start its munged (or fix --munge-socket)"
+                    );
+                    self.fail(ErrorCode::BUSY, &message).await;
+                } else {
+                    self.fail(ErrorCode::AUTH_FAILED, &e.to_string()).await;
+                }
                 return ControlFlow::Break(());
             }
         };
