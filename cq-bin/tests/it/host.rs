@@ -752,3 +752,27 @@ async fn a_jobs_output_cannot_drive_the_terminal_of_whoever_reads_it() {
         String::from_utf8_lossy(&passed)
     );
 }
+
+/// Red team of the vfork change: until its exec, the child keeps root's capabilities in its
+/// permitted set (so that its requester cannot trace it or read its memory, which is the
+/// server's); the job itself must start with none.
+#[tokio::test]
+async fn a_requesters_job_starts_with_no_capabilities() {
+    let munged = Munged::start();
+    let bins = PublicBinaries::new();
+    let server = TestServer::start(&munged).await;
+    let out = output(server.client_as(&bins, &users().alice).args([
+        "--follow",
+        "--",
+        "sh",
+        "-c",
+        "grep -E '^Cap(Inh|Prm|Eff|Amb):' /proc/self/status",
+    ]))
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let caps = stdout(&out);
+    assert_eq!(caps.lines().count(), 4, "{caps}");
+    for line in caps.lines() {
+        assert!(line.ends_with("0000000000000000"), "{caps}");
+    }
+}

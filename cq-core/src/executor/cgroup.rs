@@ -11,7 +11,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::Signal;
@@ -21,6 +22,15 @@ use crate::job::JobId;
 /// The longest interval between two looks at a cgroup that is emptying, in milliseconds:
 /// the kernel's own interval between two reports.
 const EMPTIED_POLL_MAX_MS: u8 = 10;
+
+/// Sets its flag when dropped.
+struct GiveUpOnDrop(Arc<AtomicBool>);
+
+impl Drop for GiveUpOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
 
 /// Distinguishes several executors in one process (tests run many).
 static NEXT_TREE: AtomicU64 = AtomicU64::new(0);
@@ -85,7 +95,7 @@ impl CgroupTree {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        Ok(JobCgroup { dir, left: false })
+        Ok(JobCgroup { dir })
     }
 }
 
@@ -100,21 +110,9 @@ impl Drop for CgroupTree {
 #[derive(Debug)]
 pub(crate) struct JobCgroup {
     dir: PathBuf,
-    /// Left in place when dropped (processes that cannot be killed are still in it).
-    left: bool,
 }
 
 impl JobCgroup {
-    /// The cgroup's directory.
-    pub(crate) fn path(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Gives the cgroup up without removing it: it still holds processes.
-    pub(crate) fn leave(mut self) {
-        self.left = true;
-    }
-
     /// The cgroup's directory, open for the child to be created in.
     pub(crate) fn dir_for_child(&self) -> io::Result<OwnedFd> {
         use std::os::unix::fs::OpenOptionsExt;
@@ -154,6 +152,10 @@ impl JobCgroup {
         if !populated(&events)? {
             return Ok(());
         }
+        // The waiting thread stops when this future is dropped (its caller gave up): a cgroup
+        // that never empties must not keep a thread looking at it for good.
+        let given_up = Arc::new(AtomicBool::new(false));
+        let _on_drop = GiveUpOnDrop(given_up.clone());
         tokio::task::spawn_blocking(move || {
             use std::os::fd::AsFd;
 
@@ -163,6 +165,9 @@ impl JobCgroup {
             let mut interval_ms: u8 = 1;
             // Checked after the watch is in place, so that no change goes unseen.
             while populated(&events)? {
+                if given_up.load(Ordering::Relaxed) {
+                    return Err(io::Error::other("no longer waited for"));
+                }
                 let mut ready = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
                 if poll(&mut ready, PollTimeout::from(interval_ms))? > 0 {
                     inotify.read_events()?;
@@ -173,6 +178,11 @@ impl JobCgroup {
         })
         .await
         .map_err(io::Error::other)?
+    }
+
+    /// Whether processes remain in it (an unreadable cgroup counts as empty: it is gone).
+    pub(crate) fn is_populated(&self) -> bool {
+        populated(&self.dir.join("cgroup.events")).unwrap_or(false)
     }
 
     fn pids(&self) -> Vec<i32> {
@@ -186,9 +196,6 @@ impl JobCgroup {
 
 impl Drop for JobCgroup {
     fn drop(&mut self) {
-        if self.left {
-            return;
-        }
         if let Err(e) = fs::remove_dir(&self.dir) {
             tracing::warn!(cgroup = %self.dir.display(), error = %e, "cannot remove a job's cgroup");
         }

@@ -2,19 +2,25 @@
 //!
 //! The child is created with `clone3` directly in the job's cgroup (`CLONE_INTO_CGROUP`:
 //! moving a process into a cgroup afterwards waits for an RCU grace period, ~16 ms here, and
-//! leaves a moment outside it) and with a pidfd to wait on. It starts as a copy of a
-//! multi-threaded process, where only async-signal-safe calls are allowed: no allocation, no
-//! locks, no formatting. So the parent prepares everything ([`ChildSpec::spawn`] turns
-//! strings into C strings and pointer arrays), and the child only makes system calls, in this
-//! order:
+//! leaves a moment outside it) and with a pidfd to wait on. On x86_64 with Linux 5.16 or
+//! newer it is made as `posix_spawn` makes children (`CLONE_VM | CLONE_VFORK`, on a stack of
+//! its own): it borrows the server's memory until its `exec`, so nothing is copied, which
+//! was most of a short job's cost. Elsewhere it is a copy, as with `fork`. Either way it
+//! starts inside a multi-threaded process, where only async-signal-safe calls are allowed:
+//! no allocation, no locks, no formatting, and (sharing memory) no writes but to its own
+//! stack. So the parent prepares everything ([`ChildSpec::spawn`] turns strings into C
+//! strings and pointer arrays), and the child only makes system calls, in this order:
 //!
-//! 1. block signals and reset every handler to the default (the parent's handlers must never
-//!    run in the child), put the standard descriptors in place, start a new session (no
-//!    controlling terminal, its own process group);
-//! 2. mark every descriptor but 0, 1 and 2 close-on-exec, so that nothing the server holds
-//!    crosses into the job;
+//! 1. (signals are blocked already: the making thread blocks them all) reset every handler
+//!    to the default (the parent's handlers must never run in the child), put the standard
+//!    descriptors in place, start a new session (no controlling terminal, its own process
+//!    group);
+//! 2. close every other descriptor but the failure pipe, so that nothing the server holds
+//!    is reachable through the child;
 //! 3. switch to the requester: supplementary groups, then group, then user (real, effective
-//!    and saved), and set the umask;
+//!    and saved), keeping root's capabilities in the permitted set only (so that the
+//!    requester cannot trace the child or read its memory before its `exec`, which drops
+//!    them), and set the umask;
 //! 4. with the requester's rights only: enter the working directory, look the program up
 //!    (and, with an allow list, check that the file found is one of the allowed files, by
 //!    device and inode), unblock signals, and `execve` it.
@@ -24,12 +30,13 @@
 //! thing, by writing to the cgroup's `cgroup.procs`.
 //!
 //! A failure is written to a close-on-exec pipe as the step and the OS error, and the child
-//! exits; the parent reads the pipe asynchronously, so that a child stopped before its `exec`
-//! (its user may stop it) never holds up a server thread.
+//! exits; the parent reads the pipe asynchronously. The child is made, and then reaped, on
+//! a thread of its own: a child held before its `exec` (its user may stop it; a hung file
+//! system may hold it for good) holds that thread only, and can still be killed.
 
 use std::ffi::{CString, c_char, c_int};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -37,7 +44,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
-use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
@@ -145,11 +151,7 @@ impl ChildFailure {
     }
 }
 
-/// `close_range` flag: mark close-on-exec instead of closing (Linux 5.11); the failure pipe
-/// must stay open until `exec`.
-const CLOSE_RANGE_CLOEXEC: c_int = 4;
-
-/// Highest descriptor marked one by one when `close_range` is unavailable.
+/// Highest descriptor closed one by one when `close_range` is unavailable.
 const FD_SWEEP_LIMIT: libc::rlim_t = 65536;
 
 /// `clone3` flags (linux/sched.h).
@@ -232,11 +234,25 @@ enum CloneCall {
 }
 
 impl CloneCall {
-    const PREFERRED: Self = if cfg!(target_arch = "x86_64") {
-        Self::Vfork
-    } else {
-        Self::Fork
-    };
+    /// `Vfork` on x86_64 with Linux 5.16 or newer, else `Fork`. (Before 5.16, a child that
+    /// dumps core takes down every process sharing its memory: the server, with CLONE_VM.)
+    fn preferred() -> Self {
+        static PREFERRED: std::sync::OnceLock<CloneCall> = std::sync::OnceLock::new();
+        *PREFERRED.get_or_init(|| {
+            let release = nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let mut numbers = release
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse::<u32>().ok());
+            let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+            if cfg!(target_arch = "x86_64") && version >= (5, 16) {
+                CloneCall::Vfork
+            } else {
+                CloneCall::Fork
+            }
+        })
+    }
 }
 
 /// What the child holds: only C data and descriptor numbers, ready for system calls.
@@ -264,7 +280,7 @@ impl ChildSpec {
     /// A string that cannot become a C string (it holds a NUL byte), or the system refusing
     /// a pipe. (The system refusing the process comes from [`Started::exec`].)
     pub(crate) fn spawn(self, stdio: ChildStdio) -> io::Result<Started> {
-        self.spawn_by(stdio, CloneCall::PREFERRED)
+        self.spawn_by(stdio, CloneCall::preferred())
     }
 
     fn spawn_by(self, stdio: ChildStdio, call: CloneCall) -> io::Result<Started> {
@@ -316,7 +332,12 @@ impl ChildSpec {
             cgroup: self.cgroup,
         };
         let slot = pid.clone();
-        tokio::task::spawn_blocking(move || maker.run(call, &slot, made_tx, &status_tx));
+        // A thread of its own, not tokio's blocking pool: a child that can never be killed
+        // (in uninterruptible sleep on a hung file system) holds this thread for good, and
+        // must hold nothing the server needs (nor keep the runtime from shutting down).
+        std::thread::Builder::new()
+            .name("cq-child".into())
+            .spawn(move || maker.run(call, &slot, made_tx, &status_tx))?;
         Ok(Started {
             pid,
             handover: std::sync::Mutex::new(Handover {
@@ -356,7 +377,7 @@ impl Maker {
         call: CloneCall,
         pid: &AtomicI32,
         made: oneshot::Sender<io::Result<OwnedFd>>,
-        status: &watch::Sender<Option<io::Result<WaitStatus>>>,
+        status: &watch::Sender<Option<io::Result<Exit>>>,
     ) {
         let cgroup = self.cgroup.as_ref().map(AsRawFd::as_raw_fd);
         let mut old = SigSet::empty();
@@ -390,13 +411,10 @@ impl Maker {
             let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
         }
         let ended = match &waited {
-            Ok(fd) => nix::sys::wait::waitid(Id::PIDFd(fd.as_fd()), WaitPidFlag::WEXITED),
-            Err(_) => nix::sys::wait::waitid(
-                Id::Pid(Pid::from_raw(pid.load(Ordering::Acquire))),
-                WaitPidFlag::WEXITED,
-            ),
+            Ok(fd) => wait_exit(libc::P_PIDFD, fd.as_raw_fd() as libc::id_t),
+            Err(_) => wait_exit(libc::P_PID, pid.load(Ordering::Acquire) as libc::id_t),
         };
-        let _ = status.send(Some(ended.map_err(io::Error::from)));
+        let _ = status.send(Some(ended));
     }
 }
 
@@ -560,9 +578,11 @@ impl Prepared {
     /// execs, or reports the failure and exits.
     #[expect(unsafe_code, reason = "system calls between clone and exec")]
     fn child_main(&self, join_cgroup: Option<RawFd>) -> ! {
+        // A local, never `self`: with CLONE_VM, `self` is the parent's memory.
+        let mut report = self.report;
         let (step, errno) = match join_cgroup.map(join_cgroup_now) {
             Some(Err(errno)) => (Step::Cgroup, errno),
-            _ => self.run(),
+            _ => self.run(&mut report),
         };
         let mut bytes = [0u8; 8];
         bytes[0] = step as u8;
@@ -570,14 +590,14 @@ impl Prepared {
         // SAFETY: write and _exit are async-signal-safe system calls; `bytes` lives on this
         // stack.
         unsafe {
-            libc::write(self.report, bytes.as_ptr().cast(), bytes.len());
+            libc::write(report, bytes.as_ptr().cast(), bytes.len());
             libc::_exit(127)
         }
     }
 
     /// The child's work; returns only on failure.
     #[expect(unsafe_code, reason = "raw system calls between clone and exec")]
-    fn run(&self) -> (Step, i32) {
+    fn run(&self, report: &mut RawFd) -> (Step, i32) {
         // SAFETY (for every block below): each call is a system call (or a libc wrapper
         // documented as async-signal-safe) on data owned by `self`, which lives in the child's
         // copy of the parent's memory until `execve` replaces it; nothing allocates or takes a
@@ -598,10 +618,18 @@ impl Prepared {
             {
                 return (Step::Session, errno());
             }
-            if let Err(e) = mark_inherited_cloexec() {
-                return (Step::Descriptors, e);
+            match close_inherited(self.report) {
+                Ok(moved) => *report = moved,
+                Err(e) => return (Step::Descriptors, e),
             }
             if let Some(user) = &self.user {
+                // Keep root's capabilities in the permitted set (never effective) until exec,
+                // which drops them: a process holding capabilities its user lacks cannot be
+                // traced, nor its memory or descriptors read, by that user, whatever
+                // fs.suid_dumpable says. (Made with CLONE_VM, its memory is the server's.)
+                if libc::syscall(libc::SYS_prctl, libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
+                    return (Step::User, errno());
+                }
                 // Raw system calls: they change this (only) thread, with no library state.
                 let groups: *const libc::gid_t = user.groups.as_ptr();
                 if libc::syscall(libc::SYS_setgroups, user.groups.len(), groups) != 0
@@ -710,19 +738,72 @@ fn join_cgroup_now(dir: RawFd) -> Result<(), i32> {
     }
 }
 
-/// Marks every descriptor above 2 close-on-exec.
+/// Waits for the child `id` names (`idtype` `P_PIDFD` or `P_PID`) to end, and reaps it. With
+/// libc, not nix: nix cannot represent real-time signals, which a job may well die of.
+#[expect(
+    unsafe_code,
+    reason = "waitid has no wrapper that keeps any signal number"
+)]
+fn wait_exit(idtype: libc::idtype_t, id: libc::id_t) -> io::Result<Exit> {
+    loop {
+        // SAFETY: `info` is plain old data the kernel fills in; waitid takes no other
+        // pointer.
+        let (done, info) = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let done = libc::waitid(idtype, id, &mut info, libc::WEXITED);
+            (done, info)
+        };
+        if done != 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        // SAFETY: for a child that ended (WEXITED), the kernel filled in si_status.
+        let status = unsafe { info.si_status() };
+        return Ok(match info.si_code {
+            libc::CLD_EXITED => Exit::Code(status),
+            libc::CLD_DUMPED => Exit::Signal {
+                signal: status,
+                core_dumped: true,
+            },
+            _ => Exit::Signal {
+                signal: status,
+                core_dumped: false,
+            },
+        });
+    }
+}
+
+/// Where the failure report goes once the inherited descriptors are gone.
+const REPORT_FD: c_int = 3;
+
+/// Closes every descriptor but 0, 1, 2 and the report pipe, which moves to [`REPORT_FD`]
+/// (close-on-exec). Closed, not only marked close-on-exec: until its exec, nothing of the
+/// server's (the database, sockets) may be reachable through the child. Returns the report
+/// pipe's descriptor.
 #[expect(unsafe_code, reason = "system calls between clone and exec")]
-fn mark_inherited_cloexec() -> Result<(), i32> {
-    // SAFETY: plain system calls with integer arguments.
+fn close_inherited(report: RawFd) -> Result<RawFd, i32> {
+    // SAFETY: plain system calls with integer arguments; the descriptor table is the
+    // child's own (no CLONE_FILES).
     unsafe {
+        let moved = if report == REPORT_FD {
+            libc::fcntl(REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC)
+        } else {
+            libc::dup3(report, REPORT_FD, libc::O_CLOEXEC)
+        };
+        if moved < 0 {
+            return Err(errno());
+        }
         if libc::syscall(
             libc::SYS_close_range,
-            3 as libc::c_uint,
+            (REPORT_FD + 1) as libc::c_uint,
             libc::c_uint::MAX,
-            CLOSE_RANGE_CLOEXEC,
+            0 as libc::c_uint,
         ) == 0
         {
-            return Ok(());
+            return Ok(REPORT_FD);
         }
         // Older kernels: one by one, up to the descriptor limit.
         let mut limit: libc::rlimit = std::mem::zeroed();
@@ -730,14 +811,11 @@ fn mark_inherited_cloexec() -> Result<(), i32> {
             return Err(errno());
         }
         let last = limit.rlim_cur.min(FD_SWEEP_LIMIT) as c_int;
-        for fd in 3..last {
-            let flags = libc::fcntl(fd, libc::F_GETFD);
-            if flags >= 0 && libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) != 0 {
-                return Err(errno());
-            }
+        for fd in REPORT_FD + 1..last {
+            libc::close(fd);
         }
     }
-    Ok(())
+    Ok(REPORT_FD)
 }
 
 /// This thread's `errno`.
@@ -841,7 +919,7 @@ pub(crate) struct Started {
     /// The pidfd, once handed over by the thread that made the child.
     handover: std::sync::Mutex<Handover>,
     report: Option<pipe::Receiver>,
-    status: watch::Receiver<Option<io::Result<WaitStatus>>>,
+    status: watch::Receiver<Option<io::Result<Exit>>>,
 }
 
 impl Started {
@@ -914,12 +992,7 @@ impl Started {
             .await
             .map_err(|_| io::Error::other("the child's reaper stopped"))?;
         match ended.as_ref() {
-            Some(Ok(WaitStatus::Exited(_, code))) => Ok(Exit::Code(*code)),
-            Some(Ok(WaitStatus::Signaled(_, signal, core_dumped))) => Ok(Exit::Signal {
-                signal: *signal as i32,
-                core_dumped: *core_dumped,
-            }),
-            Some(Ok(other)) => Err(io::Error::other(format!("unexpected end: {other:?}"))),
+            Some(Ok(exit)) => Ok(*exit),
             Some(Err(e)) => Err(io::Error::new(e.kind(), e.to_string())),
             None => Err(io::Error::other("no status")),
         }
@@ -978,6 +1051,11 @@ impl Started {
 
     fn reaped(&self) -> bool {
         self.status.borrow().is_some()
+    }
+
+    /// Whether the child has ended (and was reaped), or was never made.
+    pub(crate) fn has_ended(&self) -> bool {
+        self.reaped()
     }
 }
 

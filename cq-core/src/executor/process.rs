@@ -1,11 +1,11 @@
 //! Runs commands as local processes, each in its own cgroup (or process group) and session.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, PipeWriter};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -78,7 +78,27 @@ pub struct ProcessExecutor {
     kill_grace: Duration,
     umask: u32,
     containment: Containment,
+    /// What jobs left that SIGKILL could not end, by the uid they ran as.
+    leftovers: Arc<Mutex<HashMap<u32, Vec<Leftover>>>>,
 }
+
+/// A job's processes that survived SIGKILL (in uninterruptible sleep, on a hung FUSE or NFS
+/// file system): each holds a thread and descriptors until it ends, so each user may have
+/// only [`MAX_LEFTOVERS`] before their jobs stop starting.
+#[derive(Debug)]
+struct Leftover {
+    leader: Started,
+    cgroup: Option<JobCgroup>,
+}
+
+impl Leftover {
+    fn gone(&self) -> bool {
+        self.leader.has_ended() && self.cgroup.as_ref().is_none_or(|c| !c.is_populated())
+    }
+}
+
+/// How many jobs' unkillable leftovers one user may have before their jobs stop starting.
+const MAX_LEFTOVERS: usize = 3;
 
 impl Default for ProcessExecutor {
     fn default() -> Self {
@@ -88,6 +108,7 @@ impl Default for ProcessExecutor {
             kill_grace: Duration::from_secs(10),
             umask: DEFAULT_JOB_UMASK,
             containment: Containment::ProcessGroup,
+            leftovers: Arc::default(),
         }
     }
 }
@@ -241,6 +262,24 @@ impl ProcessExecutor {
         }
     }
 
+    /// A refusal if `uid` already has [`MAX_LEFTOVERS`] jobs' worth of processes that could
+    /// not be killed (forgetting those that have ended since).
+    fn too_many_leftovers(&self, uid: u32) -> Option<Outcome> {
+        let mut leftovers = self
+            .leftovers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mine = leftovers.entry(uid).or_default();
+        mine.retain(|leftover| !leftover.gone());
+        (mine.len() >= MAX_LEFTOVERS).then(|| Outcome::SpawnFailed {
+            reason: SpawnFailure::Other,
+            message: format!(
+                "{} of your earlier jobs left processes that cannot be killed (uninterruptible sleep: a hung file system?); no new job of yours starts until they end",
+                mine.len()
+            ),
+        })
+    }
+
     /// Kills whatever is left of the job.
     fn kill_rest(&self, child: &Started, cgroup: Option<&JobCgroup>) {
         child.signal_group(Signal::SIGKILL);
@@ -260,6 +299,13 @@ impl Executor for ProcessExecutor {
             cancel,
             ..
         } = ctx;
+        let uid = clearance
+            .run_as
+            .as_ref()
+            .map_or_else(|| nix::unistd::geteuid().as_raw(), |a| a.uid);
+        if let Some(refused) = self.too_many_leftovers(uid) {
+            return refused;
+        }
         let mut cgroup = match &self.containment {
             Containment::Cgroup(tree) => match tree.job(id) {
                 Ok(cgroup) => Some(cgroup),
@@ -324,7 +370,7 @@ impl Executor for ProcessExecutor {
         };
         // The leader is reaped; whatever it left behind must not run into the next job.
         self.kill_rest(&child, cgroup.as_ref());
-        let mut survivors = false;
+        let mut survivors = !child.has_ended();
         if let Some(job_cgroup) = &cgroup {
             match tokio::time::timeout(self.kill_grace, job_cgroup.emptied()).await {
                 Ok(Ok(())) => {}
@@ -332,14 +378,20 @@ impl Executor for ProcessExecutor {
                     tracing::warn!(job = %id, error = %e, "cannot wait for the job's cgroup to empty");
                 }
                 // Killed, but not gone: in uninterruptible sleep, as above.
-                Err(_) => {
-                    tracing::warn!(job = %id, cgroup = %job_cgroup.path().display(), "processes of the job survived SIGKILL (uninterruptible sleep?) and stay in its cgroup; the queue goes on without them");
-                    survivors = true;
-                }
+                Err(_) => survivors = true,
             }
         }
-        if survivors && let Some(job_cgroup) = cgroup.take() {
-            job_cgroup.leave();
+        if survivors {
+            tracing::warn!(job = %id, uid, "processes of the job survived SIGKILL (uninterruptible sleep on a hung file system?); the queue goes on without them");
+            self.leftovers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(uid)
+                .or_default()
+                .push(Leftover {
+                    leader: child,
+                    cgroup: cgroup.take(),
+                });
         }
         // Copy what is still in the pipe. Without a cgroup, a process that left the group
         // (setsid) may hold it open: its output is not waited for.
@@ -559,6 +611,81 @@ mod tests {
             .expect("cancel ends the job")
             .unwrap();
         assert_eq!(outcome, Outcome::Cancelled);
+    }
+
+    /// Red team of the vfork change: a job killed by a real-time signal was reported as never
+    /// started (nix cannot represent signals from SIGRTMIN up).
+    #[tokio::test]
+    async fn a_job_killed_by_a_real_time_signal_is_reported_as_signaled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, _) = ctx(&dir.path().join("log"));
+        let job = CommandJob::new(["sh", "-c", "echo ran; kill -36 $$"]);
+        let outcome = ProcessExecutor::new().run(&job, ctx).await;
+        assert_eq!(
+            outcome,
+            Outcome::Signaled {
+                signal: 36,
+                core_dumped: false
+            }
+        );
+    }
+
+    /// Red team of the vfork change: each job whose processes survive SIGKILL holds a
+    /// thread; a user may have only a few such leftovers before their jobs stop starting,
+    /// and starts again once they are gone. (What cannot be killed cannot be made in a test:
+    /// running children stand in for them.)
+    #[tokio::test]
+    async fn a_user_with_too_many_unkillable_leftovers_starts_nothing_until_they_end() {
+        let executor = ProcessExecutor::new();
+        let null = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let mut held = Vec::new();
+        for _ in 0..MAX_LEFTOVERS {
+            let spec = ChildSpec {
+                argv: vec!["sleep".into(), "30".into()],
+                env: Vec::new(),
+                candidates: vec!["/bin/sleep".into()],
+                allowed: None,
+                cwd: "/".into(),
+                user: None,
+                cgroup: None,
+                umask: 0o077,
+            };
+            let stdio = ChildStdio {
+                stdin: null(),
+                stdout: null(),
+                stderr: null(),
+            };
+            let mut leader = spec.spawn(stdio).unwrap();
+            leader.exec().await.unwrap();
+            held.push(leader.pid().unwrap());
+            executor
+                .leftovers
+                .lock()
+                .unwrap()
+                .entry(4242)
+                .or_default()
+                .push(Leftover {
+                    leader,
+                    cgroup: None,
+                });
+        }
+        let refused = executor.too_many_leftovers(4242);
+        assert!(
+            matches!(&refused, Some(Outcome::SpawnFailed { message, .. }) if message.contains("cannot be killed")),
+            "{refused:?}"
+        );
+        assert!(executor.too_many_leftovers(4243).is_none(), "others start");
+        for pid in held {
+            nix::sys::signal::kill(pid, Signal::SIGKILL).unwrap();
+        }
+        let limit = std::time::Instant::now() + Duration::from_secs(30);
+        while executor.too_many_leftovers(4242).is_some() {
+            assert!(
+                std::time::Instant::now() < limit,
+                "the leftovers never counted as gone"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]
