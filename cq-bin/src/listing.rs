@@ -20,6 +20,10 @@ pub struct JobJson<'a> {
     pub owner_uid: u32,
     /// Program and arguments.
     pub command: &'a [String],
+    /// The variables given with `-E` (empty for others' jobs).
+    pub env: std::collections::BTreeMap<&'a str, &'a str>,
+    /// The working directory given with `--cwd` (null if none, and for others' jobs).
+    pub cwd: Option<&'a str>,
     /// Accepted, started, finished: milliseconds since the Unix epoch.
     pub accepted_ms: u64,
     /// See `accepted_ms`; null until it started.
@@ -46,6 +50,12 @@ impl<'a> From<&'a JobSummary> for JobJson<'a> {
             owner: &job.owner,
             owner_uid: job.owner_uid,
             command: &job.command,
+            env: job
+                .env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            cwd: job.cwd.as_deref(),
             accepted_ms: job.accepted_ms,
             started_ms: job.started_ms,
             finished_ms: job.finished_ms,
@@ -120,12 +130,25 @@ pub fn to_table(jobs: &[JobSummary]) -> String {
             runtime,
             outcome,
             job.waiters,
-            // Quoted where a shell would split, control characters escaped: what the
-            // server sends never reaches the terminal raw.
-            CommandJob::new(job.command.iter().cloned()).summary()
+            command_line(job)
         );
     }
     out
+}
+
+/// The command as a shell would take it: the `-E` variables first (they tell apart two
+/// builds of one package with other USE flags), then program and arguments; quoted where a
+/// shell would split, control characters escaped, so that what the server sends never
+/// reaches the terminal raw.
+fn command_line(job: &JobSummary) -> String {
+    let mut line = String::new();
+    for (name, value) in &job.env {
+        let assignment = CommandJob::new([format!("{name}={value}")]).summary();
+        line.push_str(&assignment);
+        line.push(' ');
+    }
+    line.push_str(&CommandJob::new(job.command.iter().cloned()).summary());
+    line
 }
 
 fn utc(ms: u64) -> String {

@@ -262,6 +262,10 @@ pub struct JobSummary {
     pub owner_uid: u32,
     /// The command line (or an in-process job's description as one word).
     pub command: Vec<String>,
+    /// The variables the submitter gave the job (`-E`); empty in the limited view.
+    pub env: Vec<(String, String)>,
+    /// The working directory the submitter gave; `None` in the limited view.
+    pub cwd: Option<String>,
     /// Where it is in its life.
     pub phase: JobPhase,
     /// When it was accepted, in milliseconds since the Unix epoch.
@@ -284,6 +288,8 @@ impl JobSummary {
     /// arguments, environment, or why it could not start (which names its paths).
     pub fn limited(mut self) -> Self {
         self.outcome = self.outcome.map(Outcome::limited);
+        self.env = Vec::new();
+        self.cwd = None;
         let program = self
             .command
             .first()
@@ -377,6 +383,8 @@ mod tests {
                 "/home/alice/acme merger/bin/build".into(),
                 "--token=s3cret".into(),
             ],
+            env: vec![("TOKEN".into(), "s3cret".into())],
+            cwd: Some("/home/alice/secret-project".into()),
             phase: JobPhase::Finished,
             accepted_ms: 1,
             started_ms: Some(2),
@@ -390,6 +398,7 @@ mod tests {
         };
         let seen = full.limited();
         assert_eq!(seen.command, ["build"]);
+        assert!(seen.env.is_empty() && seen.cwd.is_none());
         let Some(Outcome::SpawnFailed { reason, message }) = &seen.outcome else {
             panic!("{seen:?}");
         };

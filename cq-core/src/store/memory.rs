@@ -40,6 +40,12 @@ impl Row {
                     .command
                     .as_ref()
                     .map_or_else(|| vec![job.summary.clone()], |c| c.argv.clone()),
+                env: job
+                    .command
+                    .as_ref()
+                    .map(|c| c.env.clone())
+                    .unwrap_or_default(),
+                cwd: job.command.as_ref().and_then(|c| c.cwd.clone()),
                 phase: self.phase(),
                 accepted_ms: epoch_ms(job.accepted_at),
                 started_ms: self.started.map(epoch_ms),

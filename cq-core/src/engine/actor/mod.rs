@@ -317,6 +317,13 @@ impl Live {
                 .command
                 .as_ref()
                 .map_or_else(|| vec![self.info.summary.clone()], |c| c.argv.clone()),
+            env: self
+                .info
+                .command
+                .as_ref()
+                .map(|c| c.env.clone())
+                .unwrap_or_default(),
+            cwd: self.info.command.as_ref().and_then(|c| c.cwd.clone()),
             phase: if self.started_at.is_some() {
                 JobPhase::Running
             } else {

@@ -73,6 +73,8 @@ mod tests {
             owner: "alice(1000)".into(),
             owner_uid: 1000,
             command: vec!["x".repeat(arg_bytes)],
+            env: Vec::new(),
+            cwd: None,
             phase: JobPhase::Queued,
             accepted_ms: 0,
             started_ms: None,

@@ -211,7 +211,9 @@ pub(super) fn records(
     let rows = statement.query_map(args, |row| {
         let owner = identity_at(row, 1)?;
         let summary: String = row.get(6)?;
-        let command: Option<Vec<u8>> = row.get(7)?;
+        let command: Option<CommandJob> = row
+            .get::<_, Option<Vec<u8>>>(7)?
+            .and_then(|bytes| postcard::from_bytes::<CommandJob>(&bytes).ok());
         let state: String = row.get(8)?;
         let outcome: Option<Vec<u8>> = row.get(12)?;
         let waiter_uids: Vec<u32> = row
@@ -226,8 +228,10 @@ pub(super) fn records(
                 owner: owner.to_string(),
                 owner_uid: owner.uid,
                 command: command
-                    .and_then(|bytes| postcard::from_bytes::<CommandJob>(&bytes).ok())
-                    .map_or_else(|| vec![summary], |c| c.argv),
+                    .as_ref()
+                    .map_or_else(|| vec![summary.clone()], |c| c.argv.clone()),
+                env: command.as_ref().map(|c| c.env.clone()).unwrap_or_default(),
+                cwd: command.and_then(|c| c.cwd),
                 phase: match state.as_str() {
                     "queued" => JobPhase::Queued,
                     "running" => JobPhase::Running,
