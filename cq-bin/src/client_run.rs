@@ -134,6 +134,15 @@ pub struct Args {
     /// List the running job, the queued ones in order and the recently finished ones.
     #[arg(long, group = "query", conflicts_with_all = QUERY_CONFLICTS)]
     pub list: bool,
+    /// With --list: only your jobs (by user name).
+    #[arg(long, requires = "list", conflicts_with = "user")]
+    pub mine: bool,
+    /// With --list: only the jobs of user NAME.
+    #[arg(long, value_name = "NAME", requires = "list")]
+    pub user: Option<String>,
+    /// With --list: only jobs in this state (repeatable).
+    #[arg(long, value_name = "STATE", value_enum, requires = "list")]
+    pub state: Vec<StateFilter>,
     /// Show one job.
     #[arg(long, value_name = "ID", group = "query", conflicts_with_all = QUERY_CONFLICTS)]
     pub status: Option<u64>,
@@ -536,6 +545,17 @@ fn background(args: &Args, id: JobId) -> ExitCode {
     }
 }
 
+/// `--state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateFilter {
+    /// Waiting for its turn.
+    Queued,
+    /// Running now.
+    Running,
+    /// Ended.
+    Finished,
+}
+
 /// Prints a job's output to standard output, escaped for a terminal unless `--raw`.
 struct OutputPrinter {
     out: std::io::StdoutLock<'static>,
@@ -616,10 +636,21 @@ where
     } else {
         client.list().await
     };
-    let jobs = match answer {
+    let mut jobs = match answer {
         Ok(jobs) => jobs,
         Err(e) => return fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
     };
+    if args.list {
+        let user = if args.mine {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        } else {
+            args.user.clone()
+        };
+        jobs.retain(|job| listing::matches(job, user.as_deref(), &args.state));
+    }
     if args.json {
         match (args.list, jobs.first()) {
             (false, Some(job)) => println!("{}", listing::one_to_json(job)),

@@ -106,6 +106,23 @@ fn terminal_safe_json(json: String) -> String {
     out
 }
 
+/// Whether `job` belongs to `user` (if given; by name, as in `name(uid)@host`) and is in
+/// one of `states` (if any).
+pub fn matches(
+    job: &JobSummary,
+    user: Option<&str>,
+    states: &[crate::client_run::StateFilter],
+) -> bool {
+    use crate::client_run::StateFilter;
+    let owner_name = job.owner.split('(').next().unwrap_or_default();
+    let state = match job.phase {
+        cq_core::JobPhase::Queued => StateFilter::Queued,
+        cq_core::JobPhase::Running => StateFilter::Running,
+        _ => StateFilter::Finished,
+    };
+    user.is_none_or(|user| owner_name == user) && (states.is_empty() || states.contains(&state))
+}
+
 /// Jobs as a table, one line each.
 pub fn to_table(jobs: &[JobSummary]) -> String {
     let mut out = format!(

@@ -23,7 +23,7 @@ _cq_client() {
 
     case "${cmd}" in
         cq_client)
-            opts="-h -p -P -E -q -v -V --config --host --port --post-script --env --auth --munge-socket --tls-ca --server-uid --tls-server-name --detach --wait --background --background-log --new-session --reconnect-timeout --cwd --timeout --list --status --cancel --log --follow --raw --tail --json --quiet --verbose --help --tls-cert --tls-key --version"
+            opts="-h -p -P -E -q -v -V --config --host --port --post-script --env --auth --munge-socket --tls-ca --server-uid --tls-server-name --detach --wait --background --background-log --new-session --reconnect-timeout --cwd --timeout --list --mine --user --state --status --cancel --log --follow --raw --tail --json --quiet --verbose --help --tls-cert --tls-key --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -103,6 +103,14 @@ _cq_client() {
                     ;;
                 --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state)
+                    COMPREPLY=($(compgen -W "queued running finished" -- "${cur}"))
                     return 0
                     ;;
                 --status)

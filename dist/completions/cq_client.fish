@@ -14,6 +14,10 @@ complete -c cq_client -l background-log -d 'Log of the background waiter [defaul
 complete -c cq_client -l reconnect-timeout -d 'Seconds to keep re-attaching to the job while the server is unreachable' -r
 complete -c cq_client -l cwd -d 'Working directory of the job on the server (entered with your rights there) [default: the server\'s, usually /]' -r
 complete -c cq_client -l timeout -d 'Kill the job (all its processes) if it runs longer than this (e.g. 90s, 2h); the server may set a default and a maximum' -r
+complete -c cq_client -l user -d 'With --list: only the jobs of user NAME' -r
+complete -c cq_client -l state -d 'With --list: only jobs in this state (repeatable)' -r -f -a "queued\t'Waiting for its turn'
+running\t'Running now'
+finished\t'Ended'"
 complete -c cq_client -l status -d 'Show one job' -r
 complete -c cq_client -l cancel -d 'Cancel a job: a queued one leaves the queue, a running one\'s process group gets SIGTERM, then SIGKILL. Its owner and the admins may' -r
 complete -c cq_client -l log -d 'Print a job\'s output so far (its owner and the admins may)' -r
@@ -24,6 +28,7 @@ complete -c cq_client -l detach -d 'Print the job id once the job is accepted (i
 complete -c cq_client -l background -d 'Once the job is accepted, keep waiting in the background (detached from the terminal, output to --background-log) and exit at once'
 complete -c cq_client -l new-session -d 'Internal: start a new session first (used by the --background waiter)'
 complete -c cq_client -l list -d 'List the running job, the queued ones in order and the recently finished ones'
+complete -c cq_client -l mine -d 'With --list: only your jobs (by user name)'
 complete -c cq_client -l follow -d 'While waiting, print the job\'s output as it comes (from its start); with --log, keep printing until the job ends'
 complete -c cq_client -l raw -d 'With --log and --follow: pass control characters to the terminal as they are (by default, when standard output is a terminal, all but newline and tab are shown escaped, so that a job\'s output cannot rewrite your screen)'
 complete -c cq_client -l json -d 'Print --list, --status and --cancel answers as JSON'

@@ -309,3 +309,63 @@ async fn a_server_without_munged_fails_before_creating_anything() {
     assert!(stderr(&out).contains("munged"), "{}", stderr(&out));
     assert!(!state.exists(), "the state directory was created");
 }
+
+/// Listings: two USE variants of one package looked identical (no environment shown), and
+/// there was no way to see only some jobs.
+#[tokio::test]
+async fn listings_show_variables_and_filter_by_user_and_state() {
+    let munged = Munged::start();
+    let server = TestServer::start(&munged).await;
+    let dir = shared_dir();
+    let gate = Gate::new(dir.path());
+    let blocker = output(
+        server
+            .client()
+            .args(["--detach", "--", "sh", "-c", &gate.wait()]),
+    )
+    .await;
+    assert!(blocker.status.success(), "{}", stderr(&blocker));
+    for flags in ["-X", "X gtk"] {
+        let out = output(server.client().args([
+            "--detach",
+            "-E",
+            &format!("USE={flags}"),
+            "--",
+            "emerge",
+            "--buildpkgonly",
+            "app-misc/foo",
+        ]))
+        .await;
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let list = stdout(&output(server.client().arg("--list")).await);
+    assert!(
+        list.contains("USE=-X emerge --buildpkgonly app-misc/foo"),
+        "{list}"
+    );
+    assert!(
+        list.contains("'USE=X gtk' emerge --buildpkgonly app-misc/foo"),
+        "{list}"
+    );
+
+    let queued = stdout(&output(server.client().args(["--list", "--state", "queued"])).await);
+    assert_eq!(queued.lines().count(), 3, "a header and two jobs: {queued}");
+    let running = stdout(&output(server.client().args(["--list", "--state", "running"])).await);
+    assert_eq!(running.lines().count(), 2, "{running}");
+    let nobodys = stdout(&output(server.client().args(["--list", "--user", "nobody"])).await);
+    assert_eq!(nobodys.lines().count(), 1, "only the header: {nobodys}");
+    let mine = stdout(&output(server.client().args(["--list", "--mine"])).await);
+    assert_eq!(mine.lines().count(), 4, "{mine}");
+
+    let json = stdout(
+        &output(
+            server
+                .client()
+                .args(["--list", "--json", "--state", "queued"]),
+        )
+        .await,
+    );
+    let jobs: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(jobs[1]["env"]["USE"], "X gtk", "{json}");
+    gate.open().await;
+}
