@@ -138,7 +138,12 @@ where
         // Requests are small and a waiting client costs its buffers for hours: start small
         // (the buffer grows for a larger frame, within the read budget).
         let codec = FrameCodec::new().with_budget(self.shared.budget.clone());
-        self.framed = Some(Framed::with_capacity(stream, codec, READ_BUFFER));
+        // The write buffer too starts empty (Framed's default is 8 KiB, for good): a waiting
+        // client is sent a few small frames in hours.
+        let mut parts = tokio_util::codec::FramedParts::new::<Envelope>(stream, codec);
+        parts.read_buf = bytes::BytesMut::with_capacity(READ_BUFFER);
+        parts.write_buf = bytes::BytesMut::new();
+        self.framed = Some(Framed::from_parts(parts));
         match read {
             Err(_) => {
                 return self
