@@ -8,15 +8,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use cq_auth::mtls::{TlsChannelCredentials, TlsClientAuthenticator, UserMap};
 use cq_core::account::Account;
-use cq_core::engine::Reviver;
-use cq_core::executor::{CommandRun, DEFAULT_PATH};
+use cq_core::executor::DEFAULT_PATH;
 use cq_core::policy::{PolicyRefusal, StartCheck};
 use cq_core::scheduler::{Decision, DedupScope, DuplicateJobs};
 use cq_core::server::HookProgram;
 use cq_core::{
-    Authenticator, Containment, CredentialSource, Engine, EngineConfig, Job, Listener,
-    ProcessExecutor, Server, ServerConfig, SharedPolicy, ShutdownMode, SqliteStore, SubmitPolicy,
-    UserLimits,
+    Authenticator, Containment, CredentialSource, Engine, EngineConfig, Listener, ProcessExecutor,
+    Server, ServerConfig, SharedPolicy, ShutdownMode, SqliteStore, SubmitPolicy, UserLimits,
 };
 use cq_core::{Clearance, CommandJob, Identity};
 use cq_transport_tcp::TcpListener;
@@ -506,17 +504,14 @@ async fn serve(
     signer: impl CredentialSource,
     parts: Parts,
 ) -> anyhow::Result<()> {
-    let executor = parts.executor.clone();
-    let reviver: Reviver = Arc::new(move |command| {
-        Box::new(CommandRun::new(command, executor.clone())) as Box<dyn Job>
-    });
     let log_dir = parts.engine.log_dir.clone().unwrap_or_default();
     let start_check = ServerStartCheck {
         policy: parts.policy.clone(),
         authenticator: auth.clone(),
     };
     let mut engine = Engine::new(parts.engine)
-        .with_store(parts.store.clone(), reviver)
+        .with_store(parts.store.clone())
+        .with_executor(parts.executor.clone())
         .with_start_check(Arc::new(start_check));
     if let Some(dedup) = parts.dedup {
         engine = engine.with_hook(dedup);
@@ -529,7 +524,7 @@ async fn serve(
         mut hangup,
         shutdown: mut signals,
     } = parts.signals;
-    let server = Server::with_config(engine.clone(), auth, signer, parts.executor, parts.config)
+    let server = Server::with_config(engine.clone(), auth, signer, parts.config)
         .with_policy(parts.policy.clone());
     let server = match parts.hook_program {
         Some(hook) => server.with_hook_program(hook),

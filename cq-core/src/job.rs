@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -51,11 +52,6 @@ impl SubmitKey {
 pub trait Job: Send + 'static {
     /// One line that says what the job does, for logs and listings.
     fn summary(&self) -> String;
-
-    /// The command this job runs, if it is one; submit hooks use it to compare jobs.
-    fn command(&self) -> Option<&CommandJob> {
-        None
-    }
 
     /// Runs the job to its end. The job should stop soon after `ctx.cancel` fires and report
     /// [`Outcome::Cancelled`].
@@ -249,6 +245,42 @@ pub fn check_env_name(name: &str) -> Result<(), InvalidJob> {
         });
     }
     Ok(())
+}
+
+/// What the engine queues: a command (data: stored, restored after a restart, run by the
+/// engine's executor when its turn comes) or an in-process job (a closure, lost at a
+/// restart).
+pub(crate) enum Work {
+    /// A command line, shared with the job's [`JobInfo`](crate::scheduler::JobInfo).
+    Command(Arc<CommandJob>),
+    /// An in-process job.
+    Local(Box<dyn Job>),
+}
+
+impl Work {
+    /// One line that says what it does.
+    pub(crate) fn summary(&self) -> String {
+        match self {
+            Self::Command(command) => command.summary(),
+            Self::Local(job) => job.summary(),
+        }
+    }
+
+    /// The command, if it is one.
+    pub(crate) fn command(&self) -> Option<&Arc<CommandJob>> {
+        match self {
+            Self::Command(command) => Some(command),
+            Self::Local(_) => None,
+        }
+    }
+
+    /// What it counts against its owner's queued bytes.
+    pub(crate) fn size(&self) -> u64 {
+        match self {
+            Self::Command(command) => command.byte_size(),
+            Self::Local(job) => job.summary().len() as u64,
+        }
+    }
 }
 
 /// What a listing says about one job: the wire form of `cq_client --list` and `--status`.

@@ -7,7 +7,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::auth::Identity;
 use crate::executor::LogChunk;
-use crate::job::{Job, JobId, JobSummary, SubmitKey};
+use crate::job::{CommandJob, Job, JobId, JobSummary, SubmitKey, Work};
 use crate::outcome::Outcome;
 use crate::scheduler::Decision;
 use crate::store::StoreError;
@@ -44,7 +44,7 @@ pub enum ShutdownMode {
 
 pub(super) enum Command {
     Submit {
-        job: Box<dyn Job>,
+        job: Work,
         owner: Identity,
         options: SubmitOptions,
         reply: oneshot::Sender<Result<JobTicket, SubmitError>>,
@@ -209,6 +209,33 @@ impl EngineHandle {
     pub async fn submit_with(
         &self,
         job: Box<dyn Job>,
+        owner: Identity,
+        options: SubmitOptions,
+    ) -> Result<JobTicket, SubmitError> {
+        self.submit_work(Work::Local(job), owner, options).await
+    }
+
+    /// Submits a command on behalf of `owner`: data the engine stores, compares (submit
+    /// hooks, duplicate elimination), restores after a restart, checks again when it comes
+    /// to start ([`StartCheck`](crate::StartCheck)) and runs with its executor
+    /// ([`Engine::with_executor`](crate::Engine::with_executor)).
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit).
+    pub async fn submit_command(
+        &self,
+        command: CommandJob,
+        owner: Identity,
+        options: SubmitOptions,
+    ) -> Result<JobTicket, SubmitError> {
+        self.submit_work(Work::Command(std::sync::Arc::new(command)), owner, options)
+            .await
+    }
+
+    async fn submit_work(
+        &self,
+        job: Work,
         owner: Identity,
         options: SubmitOptions,
     ) -> Result<JobTicket, SubmitError> {

@@ -8,7 +8,7 @@
 mod actor;
 mod handle;
 
-pub use actor::{Engine, EngineConfig, Reviver, UserLimits};
+pub use actor::{Engine, EngineConfig, UserLimits};
 pub use handle::{
     Caller, Cancelled, EngineHandle, EngineStopped, JobResult, JobState, JobTicket, LogAccess,
     ShutdownMode, SubmitError, SubmitOptions,

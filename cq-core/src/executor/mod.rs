@@ -8,6 +8,6 @@ mod log;
 mod process;
 
 pub use cgroup::CgroupTree;
-pub use command::{CommandRun, Executor};
+pub use command::Executor;
 pub use log::{DEFAULT_LOG_LIMIT, LogChunk, LogSink};
 pub use process::{Containment, DEFAULT_JOB_UMASK, DEFAULT_PATH, ProcessExecutor};

@@ -51,7 +51,7 @@ mod tests {
             id: JobId(id),
             owner: Identity::local(),
             summary: command.summary(),
-            command: Some(command),
+            command: Some(std::sync::Arc::new(command)),
         }
     }
 

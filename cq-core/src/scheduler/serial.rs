@@ -128,7 +128,7 @@ mod tests {
             id: JobId(id),
             owner: Identity::local(),
             summary: command.summary(),
-            command: Some(command),
+            command: Some(std::sync::Arc::new(command)),
         }
     }
 

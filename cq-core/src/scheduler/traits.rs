@@ -1,6 +1,7 @@
 //! The scheduler trait and the view of the queue that hooks get.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::auth::Identity;
 use crate::job::{CommandJob, JobId};
@@ -18,7 +19,7 @@ pub struct JobInfo {
     /// One line saying what it does.
     pub summary: String,
     /// The command, for jobs that are one (hooks compare these to find duplicates).
-    pub command: Option<CommandJob>,
+    pub command: Option<Arc<CommandJob>>,
 }
 
 impl JobInfo {

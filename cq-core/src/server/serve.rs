@@ -15,7 +15,6 @@ use super::hook_program::HookProgram;
 use super::log_limit::LogLimiter;
 use crate::auth::{Authenticator, CredentialSource};
 use crate::engine::{EngineHandle, ShutdownMode};
-use crate::executor::Executor;
 use crate::policy::SharedPolicy;
 use crate::protocol::ReadBudget;
 use crate::transport::{Listener, PendingConnection};
@@ -73,11 +72,10 @@ impl Default for ServerConfig {
 }
 
 /// What every connection task shares.
-pub(super) struct Shared<A, C, E> {
+pub(super) struct Shared<A, C> {
     pub(super) engine: EngineHandle,
     pub(super) authenticator: A,
     pub(super) signer: C,
-    pub(super) executor: Arc<E>,
     pub(super) config: ServerConfig,
     pub(super) hook_program: Option<HookProgram>,
     pub(super) policy: Option<SharedPolicy>,
@@ -88,11 +86,11 @@ pub(super) struct Shared<A, C, E> {
 }
 
 /// Serves the cq protocol on a listener, feeding one engine.
-pub struct Server<A, C, E> {
-    shared: Shared<A, C, E>,
+pub struct Server<A, C> {
+    shared: Shared<A, C>,
 }
 
-impl<A, C, E> std::fmt::Debug for Server<A, C, E> {
+impl<A, C> std::fmt::Debug for Server<A, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("config", &self.shared.config)
@@ -100,17 +98,12 @@ impl<A, C, E> std::fmt::Debug for Server<A, C, E> {
     }
 }
 
-impl<A: Authenticator, C: CredentialSource, E: Executor> Server<A, C, E> {
+impl<A: Authenticator, C: CredentialSource> Server<A, C> {
     /// A server that verifies requests with `authenticator`, signs replies with `signer`
-    /// and runs commands with `executor` through `engine`.
-    pub fn new(engine: EngineHandle, authenticator: A, signer: C, executor: E) -> Self {
-        Self::with_config(
-            engine,
-            authenticator,
-            signer,
-            executor,
-            ServerConfig::default(),
-        )
+    /// and queues commands in `engine` (which runs them with its executor:
+    /// [`Engine::with_executor`](crate::Engine::with_executor)).
+    pub fn new(engine: EngineHandle, authenticator: A, signer: C) -> Self {
+        Self::with_config(engine, authenticator, signer, ServerConfig::default())
     }
 
     /// [`new`](Self::new) with explicit settings.
@@ -118,7 +111,6 @@ impl<A: Authenticator, C: CredentialSource, E: Executor> Server<A, C, E> {
         engine: EngineHandle,
         authenticator: A,
         signer: C,
-        executor: E,
         config: ServerConfig,
     ) -> Self {
         let budget = ReadBudget::new(config.free_frame, config.preauth_pool);
@@ -129,7 +121,6 @@ impl<A: Authenticator, C: CredentialSource, E: Executor> Server<A, C, E> {
                 engine,
                 authenticator,
                 signer,
-                executor: Arc::new(executor),
                 budget,
                 garbage_log: LogLimiter::new(),
                 config,

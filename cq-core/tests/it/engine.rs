@@ -302,9 +302,8 @@ async fn waiters_hear_an_outcome_only_once_it_is_committed() {
         inner: MemoryStore::new(),
         release: release.clone(),
     });
-    let reviver: cq_core::engine::Reviver = Arc::new(|_| unreachable!("nothing to revive"));
     let engine = Engine::new(EngineConfig::default())
-        .with_store(store, reviver)
+        .with_store(store)
         .start()
         .await
         .unwrap();

@@ -1,5 +1,7 @@
 //! The server and client engines over the in-memory transport.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use cq_core::protocol::ErrorCode;
 use cq_core::scheduler::{Decision, JobInfo, QueueView, SubmitHook};
@@ -13,20 +15,27 @@ use tokio_util::sync::CancellationToken;
 use crate::support::{CopyAuth, GatedExecutor, LIMIT};
 
 struct Running {
+    engine: EngineHandle,
     connector: MemoryConnector,
     executor: GatedExecutor,
     stop: CancellationToken,
     served: tokio::task::JoinHandle<()>,
 }
 
-fn start(engine: EngineHandle) -> Running {
+async fn start(engine: Engine) -> Running {
     let (listener, connector) = memory_transport();
     let executor = GatedExecutor::default();
-    let server = Server::new(engine, CopyAuth, CopyAuth, executor.clone());
+    let engine = engine
+        .with_executor(Arc::new(executor.clone()))
+        .start()
+        .await
+        .expect("the engine starts");
+    let server = Server::new(engine.clone(), CopyAuth, CopyAuth);
     let stop = CancellationToken::new();
     let shutdown = stop.clone().cancelled_owned();
     let served = tokio::spawn(server.run(listener, shutdown));
     Running {
+        engine,
         connector,
         executor,
         stop,
@@ -40,7 +49,7 @@ fn client(running: &Running) -> Client<MemoryConnector, CopyAuth, CopyAuth> {
 
 #[tokio::test]
 async fn a_dropped_client_reattaches_by_id_and_gets_the_outcome() {
-    let server = start(Engine::new(EngineConfig::default()).start().await.unwrap());
+    let server = start(Engine::new(EngineConfig::default())).await;
     server.executor.gate("build");
     let client = client(&server);
     let mut submission = client
@@ -108,13 +117,7 @@ async fn refusals_carry_a_code_and_a_reason() {
             }
         }
     }
-    let server = start(
-        Engine::new(EngineConfig::default())
-            .with_hook(NoRoot)
-            .start()
-            .await
-            .unwrap(),
-    );
+    let server = start(Engine::new(EngineConfig::default()).with_hook(NoRoot)).await;
     let client = client(&server);
 
     let (code, message) = server_error(
@@ -150,7 +153,7 @@ impl CredentialSource for WrongSigner {
 
 #[tokio::test]
 async fn a_request_with_a_credential_for_something_else_is_refused() {
-    let server = start(Engine::new(EngineConfig::default()).start().await.unwrap());
+    let server = start(Engine::new(EngineConfig::default())).await;
     let bad = Client::new(server.connector.clone(), WrongSigner, CopyAuth);
     let (code, _) = server_error(
         bad.submit(CommandJob::new(["true"]), SubmitKey::random())
@@ -168,11 +171,8 @@ async fn a_request_with_a_credential_for_something_else_is_refused() {
 
 #[tokio::test]
 async fn a_stopping_server_tells_the_running_jobs_waiter_its_outcome_and_the_others_to_come_back() {
-    let engine = Engine::new(EngineConfig::default())
-        .start()
-        .await
-        .expect("the engine starts");
-    let server = start(engine.clone());
+    let server = start(Engine::new(EngineConfig::default())).await;
+    let engine = server.engine.clone();
     server.executor.gate("long");
     let client = client(&server);
     let running = client
@@ -234,13 +234,17 @@ impl CredentialSource for BusySigner {
 
 #[tokio::test]
 async fn a_briefly_busy_credential_service_delays_a_reply_instead_of_spoiling_it() {
-    let engine = Engine::new(EngineConfig::default()).start().await.unwrap();
     let (listener, connector) = memory_transport();
     let executor = GatedExecutor::default();
+    let engine = Engine::new(EngineConfig::default())
+        .with_executor(Arc::new(executor.clone()))
+        .start()
+        .await
+        .unwrap();
     let signer = BusySigner {
         busy: std::sync::atomic::AtomicUsize::new(2),
     };
-    let server = Server::new(engine, CopyAuth, signer, executor.clone());
+    let server = Server::new(engine, CopyAuth, signer);
     let stop = CancellationToken::new();
     let served = tokio::spawn(server.run(listener, stop.clone().cancelled_owned()));
     let client = Client::new(connector, CopyAuth, CopyAuth);

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Actor, Internal, Relation, Running};
 use crate::engine::handle::{Caller, Cancelled, JobResult, JobState, ShutdownMode, SubmitError};
 use crate::executor::LogSink;
-use crate::job::{Clearance, JobContext, JobId, JobPhase, epoch_ms};
+use crate::job::{Clearance, JobContext, JobId, JobPhase, Work, epoch_ms};
 use crate::outcome::{Outcome, SpawnFailure};
 use crate::scheduler::Scheduler;
 use crate::store::PrunedJob;
@@ -75,6 +75,7 @@ impl<S: Scheduler> Actor<S> {
         let owner = live.info.owner.clone();
         let check = self.start_check.clone();
         let command = live.info.command.clone();
+        let executor = self.executor.clone();
         let task = tokio::spawn(async move {
             // A job runs only once it is on disk: usually long done, since it waited its turn.
             if let Err(e) = durable.await {
@@ -111,15 +112,21 @@ impl<S: Scheduler> Actor<S> {
                 }
                 _ => Clearance::default(),
             };
-            let outcome = job
-                .run(JobContext {
-                    id,
-                    owner,
-                    clearance,
-                    log,
-                    cancel: ctx_cancel,
-                })
-                .await;
+            let ctx = JobContext {
+                id,
+                owner,
+                clearance,
+                log,
+                cancel: ctx_cancel,
+            };
+            let outcome = match (job, executor) {
+                (Work::Command(command), Some(executor)) => executor.run(&command, ctx).await,
+                (Work::Command(_), None) => spawn_failure(
+                    SpawnFailure::Other,
+                    "this engine runs no commands (it has no executor)".to_owned(),
+                ),
+                (Work::Local(job), _) => job.run(ctx).await,
+            };
             let log_bytes = match log_path {
                 Some(path) => tokio::fs::metadata(path).await.map_or(0, |m| m.len()),
                 None => 0,

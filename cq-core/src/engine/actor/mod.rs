@@ -18,8 +18,8 @@ use tokio_util::task::TaskTracker;
 
 use super::handle::{Caller, Command, EngineHandle, JobState, ShutdownMode};
 use crate::auth::Identity;
-use crate::executor::{DEFAULT_LOG_LIMIT, LogChunk};
-use crate::job::{CommandJob, Job, JobId, JobPhase, JobSummary, SubmitKey, epoch_ms};
+use crate::executor::{DEFAULT_LOG_LIMIT, Executor, LogChunk};
+use crate::job::{JobId, JobPhase, JobSummary, SubmitKey, Work, epoch_ms};
 use crate::outcome::Outcome;
 use crate::policy::StartCheck;
 use crate::scheduler::{AcceptAll, JobInfo, Scheduler, SerialScheduler, SubmitHook};
@@ -37,9 +37,6 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// How often expired request digests are forgotten.
 const FORGET_REQUESTS_EVERY: Duration = Duration::from_secs(60);
-
-/// Turns a recovered command back into a runnable job (binds it to an executor).
-pub type Reviver = Arc<dyn Fn(CommandJob) -> Box<dyn Job> + Send + Sync>;
 
 /// What one user may have on the server at once, so that nobody starves the others (or the
 /// disk). `None` is no limit.
@@ -120,7 +117,7 @@ pub struct Engine<S = SerialScheduler> {
     hook: Box<dyn SubmitHook>,
     config: EngineConfig,
     store: Arc<dyn Store>,
-    reviver: Option<Reviver>,
+    executor: Option<Arc<dyn Executor>>,
     start_check: Option<Arc<dyn StartCheck>>,
 }
 
@@ -139,7 +136,7 @@ impl<S: Scheduler> Engine<S> {
             hook: Box::new(AcceptAll),
             config,
             store: Arc::new(MemoryStore::new()),
-            reviver: None,
+            executor: None,
             start_check: None,
         }
     }
@@ -152,12 +149,19 @@ impl<S: Scheduler> Engine<S> {
         self
     }
 
-    /// Records jobs in `store`; at start, queued commands found there are turned back into
-    /// jobs with `reviver` and run. In-process jobs cannot be revived and are reported lost.
+    /// Records jobs in `store`; at start, the commands queued there are queued again. (An
+    /// in-process job cannot be run again after a restart: it is reported lost.)
     #[must_use]
-    pub fn with_store(mut self, store: Arc<dyn Store>, reviver: Reviver) -> Self {
+    pub fn with_store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = store;
-        self.reviver = Some(reviver);
+        self
+    }
+
+    /// Runs command jobs ([`EngineHandle::submit_command`]) with `executor`. Without one,
+    /// they end as [`SpawnFailed`](crate::Outcome::SpawnFailed) when they start.
+    #[must_use]
+    pub fn with_executor(mut self, executor: Arc<dyn Executor>) -> Self {
+        self.executor = Some(executor);
         self
     }
 
@@ -197,6 +201,7 @@ impl<S: Scheduler> Engine<S> {
             hook: self.hook,
             config: self.config,
             store: self.store,
+            executor: self.executor,
             start_check: self.start_check,
             jobs: HashMap::new(),
             running: None,
@@ -225,7 +230,7 @@ impl<S: Scheduler> Engine<S> {
             }
         }
         for stored in recovered.queued {
-            actor.restore(stored, self.reviver.as_ref());
+            actor.restore(stored);
         }
         tokio::spawn(actor.run(inbox, internal_inbox));
         Ok(EngineHandle { commands })
@@ -263,7 +268,7 @@ type Durable = Shared<Pending<()>>;
 
 /// A job that has been accepted and has not ended.
 struct Live {
-    job: Option<Box<dyn Job>>,
+    job: Option<Work>,
     info: JobInfo,
     state: watch::Sender<JobState>,
     durable: Durable,
@@ -371,6 +376,7 @@ struct Actor<S> {
     hook: Box<dyn SubmitHook>,
     config: EngineConfig,
     store: Arc<dyn Store>,
+    executor: Option<Arc<dyn Executor>>,
     start_check: Option<Arc<dyn StartCheck>>,
     next_id: u64,
     jobs: HashMap<JobId, Live>,
@@ -457,13 +463,9 @@ impl<S: Scheduler> Actor<S> {
     }
 
     /// Takes the restored job back into the queue.
-    fn restore(&mut self, stored: StoredJob, reviver: Option<&Reviver>) {
+    fn restore(&mut self, stored: StoredJob) {
         let id = stored.id;
-        let Some(job) = stored
-            .command
-            .clone()
-            .and_then(|command| reviver.map(|revive| revive(command)))
-        else {
+        let Some(command) = stored.command.map(Arc::new) else {
             tracing::warn!(job = %id, "an in-process job cannot run again after a restart: recorded as lost");
             let lost = super::JobResult {
                 outcome: Outcome::Lost,
@@ -474,12 +476,12 @@ impl<S: Scheduler> Actor<S> {
                 .log_failure("record a lost job");
             return;
         };
-        let size = job_size(job.as_ref());
+        let size = command.byte_size();
         let info = JobInfo {
             id,
             owner: stored.owner,
             summary: stored.summary,
-            command: stored.command,
+            command: Some(command.clone()),
         };
         self.scheduler.submit(info.clone(), &AcceptAll);
         let usage = self.usage.entry(info.owner.uid).or_default();
@@ -490,7 +492,7 @@ impl<S: Scheduler> Actor<S> {
         }
         let (state, _) = watch::channel(JobState::Queued);
         let live = Live {
-            job: Some(job),
+            job: Some(Work::Command(command)),
             info,
             state,
             durable: Pending::ready(Ok(())).shared(),
@@ -501,12 +503,6 @@ impl<S: Scheduler> Actor<S> {
         };
         self.jobs.insert(id, live);
     }
-}
-
-/// What a job counts against its owner's queued bytes.
-fn job_size(job: &dyn Job) -> u64 {
-    job.command()
-        .map_or_else(|| job.summary().len() as u64, CommandJob::byte_size)
 }
 
 /// Resolves when the running job ends; never while nothing runs.

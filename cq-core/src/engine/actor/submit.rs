@@ -7,10 +7,10 @@ use std::time::SystemTime;
 use futures_util::FutureExt;
 use tokio::sync::{oneshot, watch};
 
-use super::{Actor, Live, job_size};
+use super::{Actor, Live};
 use crate::auth::Identity;
 use crate::engine::handle::{JobState, JobTicket, SubmitError, SubmitOptions};
-use crate::job::{Job, JobId, SubmitKey};
+use crate::job::{JobId, SubmitKey, Work};
 use crate::scheduler::{Admission, Decision, JobInfo, QueueView, Scheduler, SubmitHook};
 use crate::store::StoredJob;
 
@@ -19,7 +19,7 @@ type TicketReply = oneshot::Sender<Result<JobTicket, SubmitError>>;
 impl<S: Scheduler> Actor<S> {
     pub(super) fn submit(
         &mut self,
-        job: Box<dyn Job>,
+        job: Work,
         owner: Identity,
         options: SubmitOptions,
         reply: TicketReply,
@@ -35,7 +35,7 @@ impl<S: Scheduler> Actor<S> {
             return self.reattach(id, merged, owner.uid, reply);
         }
         let id = JobId(self.next_id);
-        let size = job_size(job.as_ref());
+        let size = job.size();
         let info = JobInfo {
             id,
             owner,
@@ -68,7 +68,7 @@ impl<S: Scheduler> Actor<S> {
 
     fn accept(
         &mut self,
-        job: Box<dyn Job>,
+        job: Work,
         info: JobInfo,
         size: u64,
         ahead: usize,
@@ -82,7 +82,7 @@ impl<S: Scheduler> Actor<S> {
             id,
             owner: info.owner.clone(),
             summary: info.summary.clone(),
-            command: info.command.clone(),
+            command: info.command.as_deref().cloned(),
             key,
             accepted_at,
             waiters: Vec::new(),

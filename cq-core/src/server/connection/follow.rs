@@ -5,16 +5,14 @@ use std::ops::ControlFlow;
 use super::{Connection, watch_client};
 use crate::auth::{Authenticator, CredentialSource};
 use crate::engine::{JobState, JobTicket};
-use crate::executor::Executor;
 use crate::protocol::{ErrorCode, Event};
 use crate::transport::Stream;
 
-impl<S, A, C, E> Connection<'_, S, A, C, E>
+impl<S, A, C> Connection<'_, S, A, C>
 where
     S: Stream,
     A: Authenticator,
     C: CredentialSource,
-    E: Executor,
 {
     /// Reports the job's events to the client until it ends. The client may go away at any
     /// time; the job is not affected.

@@ -8,7 +8,6 @@ use tokio::io::AsyncReadExt;
 use super::{Connection, watch_client};
 use crate::auth::{Authenticator, CredentialSource};
 use crate::engine::Caller;
-use crate::executor::Executor;
 use crate::job::JobId;
 use crate::protocol::Event;
 use crate::transport::Stream;
@@ -16,12 +15,11 @@ use crate::transport::Stream;
 /// Log bytes per `Output` frame: well below the frame limit.
 const LOG_CHUNK: usize = 64 * 1024;
 
-impl<S, A, C, E> Connection<'_, S, A, C, E>
+impl<S, A, C> Connection<'_, S, A, C>
 where
     S: Stream,
     A: Authenticator,
     C: CredentialSource,
-    E: Executor,
 {
     /// Sends job `id`'s output from the start; with `follow`, goes on live until the job ends
     /// and then reports how it ended. The file is the authority: live chunks only say that

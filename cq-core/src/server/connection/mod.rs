@@ -25,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 use super::serve::Shared;
 use crate::auth::{AuthError, Authenticator, Credential, CredentialSource, ReplyKey};
 use crate::engine::SubmitError;
-use crate::executor::Executor;
 use crate::protocol::{
     Envelope, ErrorCode, Event, FrameCodec, FrameError, HELLO_LEN, Hello, MAX_FRAME,
     PROTOCOL_VERSION, Reply, RequestDigest, Role, server_greeting,
@@ -49,15 +48,11 @@ type ServerFramed<S> = Framed<S, FrameCodec<Envelope, Envelope>>;
 
 /// Serves one connection to its end. Never panics on peer input; every fault is answered
 /// with an error frame where the stream still allows it, then the connection is closed.
-pub(super) async fn serve<P, A, C, E>(
-    pending: P,
-    shared: &Shared<A, C, E>,
-    token: &CancellationToken,
-) where
+pub(super) async fn serve<P, A, C>(pending: P, shared: &Shared<A, C>, token: &CancellationToken)
+where
     P: PendingConnection,
     A: Authenticator,
     C: CredentialSource,
-    E: Executor,
 {
     // One deadline for everything before the first request is in: a slow peer gets the
     // handshake timeout once, not once per phase.
@@ -110,21 +105,20 @@ enum Signing {
     Credential,
 }
 
-struct Connection<'a, S, A, C, E> {
+struct Connection<'a, S, A, C> {
     framed: Option<ServerFramed<S>>,
     peer: PeerInfo,
-    shared: &'a Shared<A, C, E>,
+    shared: &'a Shared<A, C>,
     /// The request being answered.
     request: RequestDigest,
     signing: Signing,
 }
 
-impl<S, A, C, E> Connection<'_, S, A, C, E>
+impl<S, A, C> Connection<'_, S, A, C>
 where
     S: Stream,
     A: Authenticator,
     C: CredentialSource,
-    E: Executor,
 {
     async fn serve(&mut self, mut stream: S, deadline: Instant, stopping: &CancellationToken) {
         if stream.write_all(&server_greeting()).await.is_err() {
@@ -310,7 +304,7 @@ where
 /// The server's credential for a reply. A credential service that is briefly
 /// overloaded (a thousand clients arriving at once fill munged's backlog) gets a few more
 /// tries before the reply goes out unsigned, which its client refuses.
-async fn sign<A, C: CredentialSource, E>(shared: &Shared<A, C, E>, body: &[u8]) -> Credential {
+async fn sign<A, C: CredentialSource>(shared: &Shared<A, C>, body: &[u8]) -> Credential {
     let mut delay = SIGN_RETRY_FIRST;
     loop {
         match shared.signer.credential_for(body).await {

@@ -6,7 +6,6 @@ use std::ops::ControlFlow;
 use super::Connection;
 use crate::auth::{Authenticator, CredentialSource};
 use crate::engine::SubmitError;
-use crate::executor::Executor;
 use crate::job::JobSummary;
 use crate::protocol::Event;
 use crate::transport::Stream;
@@ -16,12 +15,11 @@ use crate::transport::Stream;
 /// below half the frame limit.
 const PAGE_BYTES: usize = 192 * 1024;
 
-impl<S, A, C, E> Connection<'_, S, A, C, E>
+impl<S, A, C> Connection<'_, S, A, C>
 where
     S: Stream,
     A: Authenticator,
     C: CredentialSource,
-    E: Executor,
 {
     /// Answers a query with the jobs, page by page, or the error; the connection stays open
     /// for more requests.

@@ -10,7 +10,6 @@ use super::{Connection, Signing};
 use crate::account::Account;
 use crate::auth::{AuthError, Authenticator, Credential, CredentialSource, Identity};
 use crate::engine::{Caller, Cancelled};
-use crate::executor::Executor;
 use crate::protocol::{Action, Envelope, ErrorCode, Event, Request, RequestDigest};
 use crate::transport::Stream;
 
@@ -18,12 +17,11 @@ use crate::transport::Stream;
 /// time to answer does not tell which check failed.
 const AUTH_REJECT_FLOOR: Duration = Duration::from_millis(50);
 
-impl<S, A, C, E> Connection<'_, S, A, C, E>
+impl<S, A, C> Connection<'_, S, A, C>
 where
     S: Stream,
     A: Authenticator,
     C: CredentialSource,
-    E: Executor,
 {
     pub(super) async fn request(&mut self, envelope: Envelope) -> ControlFlow<()> {
         let arrived = Instant::now();

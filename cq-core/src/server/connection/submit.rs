@@ -9,18 +9,16 @@ use super::request::with_account;
 use crate::account::Account;
 use crate::auth::{Authenticator, CredentialSource, Identity};
 use crate::engine::{Caller, SubmitOptions};
-use crate::executor::{CommandRun, Executor};
 use crate::job::{CommandJob, SubmitKey};
 use crate::policy::PolicyRefusal;
 use crate::protocol::ErrorCode;
 use crate::transport::Stream;
 
-impl<S, A, C, E> Connection<'_, S, A, C, E>
+impl<S, A, C> Connection<'_, S, A, C>
 where
     S: Stream,
     A: Authenticator,
     C: CredentialSource,
-    E: Executor,
 {
     pub(super) async fn submit(
         &mut self,
@@ -79,11 +77,10 @@ where
                 .unwrap_or_default();
             options = options.with_verdict(hook.review(&job, &identity, &queue).await);
         }
-        let run = CommandRun::new(job, self.shared.executor.clone());
         match self
             .shared
             .engine
-            .submit_with(Box::new(run), identity, options)
+            .submit_command(job, identity, options)
             .await
         {
             Ok(ticket) => self.follow(ticket).await,
