@@ -66,7 +66,7 @@ impl StartError {
             }
             Self::Busy(_) => "stop the other server, or give this one its own --state-dir",
             Self::Tls(_) => {
-                "create certificates with `cq_server tls init DIR --host NAME`, or pass --tls-ca/--tls-cert/--tls-key"
+                "fix the file named; certificates come from `cq_server tls init DIR --host NAME` (or pass --tls-ca/--tls-cert/--tls-key)"
             }
             Self::RunAs(_) => {
                 "run cq_server as root, or pass --run-as server to run every job as cq_server's user"
@@ -406,9 +406,7 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
                 crl: args.tls_crl.clone(),
                 user_map: args.tls_user_map.clone(),
             };
-            reload
-                .run()
-                .map_err(|e| StartError::Tls(format!("{e:#}")))?;
+            reload.run().map_err(|e| StartError::Tls(e.to_string()))?;
             parts.reload.tls = Some(reload);
             tracing::info!(ca = %files.ca.display(), cert = %files.cert.display(), crl = ?args.tls_crl, "mutual TLS");
             serve(listener, authenticator, TlsChannelCredentials, parts).await
@@ -578,7 +576,7 @@ impl Reload {
             match tls.run() {
                 Ok(()) => tracing::info!("SIGHUP: TLS user map and revocation list reloaded"),
                 Err(e) => tracing::error!(
-                    error = format!("{e:#}"),
+                    error = %e,
                     "SIGHUP: cannot reload the TLS user map or revocation list; keeping the old ones"
                 ),
             }

@@ -369,3 +369,52 @@ async fn listings_show_variables_and_filter_by_user_and_state() {
     assert_eq!(jobs[1]["env"]["USE"], "X gtk", "{json}");
     gate.open().await;
 }
+
+/// An error's cause printed twice (`...: No such file or directory: No such file or
+/// directory`), with a hint about certificates for a missing user map.
+#[tokio::test]
+async fn an_error_says_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    let made = run(
+        env!("CARGO_BIN_EXE_cq_server"),
+        &["tls", "init", tls.to_str().unwrap(), "--host", "127.0.0.1"],
+    )
+    .await;
+    assert!(made.status.success(), "{}", stderr(&made));
+    let file = |name: &str| tls.join(name).to_str().unwrap().to_owned();
+    let out = run(
+        env!("CARGO_BIN_EXE_cq_server"),
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "--auth",
+            "tls",
+            "--tls-ca",
+            &file("ca.pem"),
+            "--tls-cert",
+            &file("server.pem"),
+            "--tls-key",
+            &file("server.key"),
+            "--tls-user-map",
+            "/nonexistent",
+            "--state-dir",
+            dir.path().join("state").to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let said = stderr(&out);
+    let last = said.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("cannot read the TLS user map /nonexistent"),
+        "{said}"
+    );
+    assert_eq!(
+        last.matches("No such file or directory").count(),
+        1,
+        "{last}"
+    );
+}

@@ -2,5 +2,6 @@
 //! client engines over the in-memory transport.
 
 mod engine;
+mod golden;
 mod server;
 mod support;

@@ -1,0 +1,75 @@
+//! The bytes of what cq writes down or sends: outcomes and commands are stored as postcard
+//! in the database, and postcard encodes an enum variant by its position. Reordering
+//! variants or fields would make stored rows (and older peers) decode as something else, so
+//! these pin the encodings; a change here needs a migration or a new protocol version.
+
+use cq_core::protocol::{Action, Event, Request};
+use cq_core::{CommandJob, JobId, Outcome, SpawnFailure};
+
+fn bytes<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).unwrap()
+}
+
+#[test]
+fn stored_outcomes_keep_their_bytes() {
+    let cases: Vec<(Outcome, Vec<u8>)> = vec![
+        (Outcome::Cancelled, vec![0]),
+        (Outcome::Exited { code: 3 }, vec![1, 6]),
+        (Outcome::Lost, vec![2]),
+        (
+            Outcome::Signaled {
+                signal: 9,
+                core_dumped: true,
+            },
+            vec![3, 18, 1],
+        ),
+        (
+            Outcome::SpawnFailed {
+                reason: SpawnFailure::NotFound,
+                message: "x".into(),
+            },
+            vec![4, 0, 1, b'x'],
+        ),
+        (Outcome::TimedOut, vec![5]),
+    ];
+    for (outcome, expected) in cases {
+        assert_eq!(bytes(&outcome), expected, "{outcome:?}");
+        assert_eq!(postcard::from_bytes::<Outcome>(&expected).unwrap(), outcome);
+    }
+    let reasons = [
+        SpawnFailure::NotFound,
+        SpawnFailure::Other,
+        SpawnFailure::PermissionDenied,
+        SpawnFailure::NotPermitted,
+    ];
+    for (position, reason) in reasons.into_iter().enumerate() {
+        assert_eq!(bytes(&reason), vec![position as u8], "{reason:?}");
+    }
+}
+
+#[test]
+fn stored_commands_keep_their_bytes() {
+    let mut job = CommandJob::new(["a"]).with_env("K", "v");
+    job.cwd = Some("/".into());
+    job.tags = vec!["t".into()];
+    job.timeout_ms = Some(1);
+    let expected = vec![
+        1, 1, b'a', 1, 1, b'K', 1, b'v', 1, 1, b'/', 1, 1, b't', 1, 1,
+    ];
+    assert_eq!(bytes(&job), expected);
+    assert_eq!(postcard::from_bytes::<CommandJob>(&expected).unwrap(), job);
+}
+
+#[test]
+fn wire_actions_and_events_keep_their_positions() {
+    // The first byte of an action or event is its variant's position.
+    let first = |b: Vec<u8>| b[0];
+    assert_eq!(first(bytes(&Event::Started { job: JobId(1) })), 3);
+    assert_eq!(first(bytes(&Action::Status { job: JobId(1) })), 3);
+    let request = Request {
+        destination: None,
+        nonce: cq_core::protocol::Nonce::NONE,
+        action: Action::List,
+    };
+    assert_eq!(bytes(&request)[0], 0, "no destination first");
+}
