@@ -21,7 +21,7 @@ use crate::auth_args::{AuthArgs, AuthKind};
 use crate::background::spawn_waiter;
 use crate::listing;
 use crate::paths::user_state_dir;
-use crate::post_script::run_post_script;
+use crate::post_script::{JobFacts, run_post_script};
 use crate::report::{MUNGED_HINT, fail, say};
 use crate::units::parse_duration;
 
@@ -287,8 +287,26 @@ where
             );
         }
     };
+    let mut facts = args.post_script.is_some().then(|| JobFacts {
+        argv: job.argv.clone(),
+        env: job.env.clone(),
+        tags: job.tags.clone(),
+        merged: false,
+    });
     let (id, submission) = match args.wait {
-        Some(id) => (JobId(id), None),
+        Some(id) => {
+            // What ran, as far as the server shows it to us.
+            if let Some(facts) = &mut facts {
+                match client.status(JobId(id)).await {
+                    Ok(job) => {
+                        facts.argv = job.command;
+                        facts.env = job.env;
+                    }
+                    Err(_) => *facts = JobFacts::default(),
+                }
+            }
+            (JobId(id), None)
+        }
         None => {
             // Retried with the same key: a submission the server took before the
             // connection broke is found again, never queued twice.
@@ -317,6 +335,9 @@ where
                 Err(e) => return fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
             };
             let id = submission.job;
+            if let Some(facts) = &mut facts {
+                facts.merged = submission.merged;
+            }
             if args.detach {
                 println!("{id}");
                 submission.close().await;
@@ -358,7 +379,8 @@ where
         show_tail(client, args, id).await;
     }
     if let Some(script) = &args.post_script
-        && let Err(e) = run_post_script(script, id, &result, &client.server_name()).await
+        && let Err(e) =
+            run_post_script(script, id, &result, &client.server_name(), facts.as_ref()).await
     {
         return fail("cq_client", e, None, CQ_FAILURE);
     }

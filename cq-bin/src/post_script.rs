@@ -69,8 +69,49 @@ pub fn check_post_script(path: &Path) -> Result<PathBuf, PostScriptError> {
     std::path::absolute(&found).map_err(|e| unusable(e.to_string()))
 }
 
+/// What the post script is told about the job besides how it ended: what ran.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobFacts {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// The `-E` variables.
+    pub env: Vec<(String, String)>,
+    /// The job's tags.
+    pub tags: Vec<String>,
+    /// Whether this submission was merged into an equal job already queued (perhaps
+    /// another requester's).
+    pub merged: bool,
+}
+
+impl JobFacts {
+    /// The variables these facts make: `CQ_COMMAND` (quoted as a shell would take it),
+    /// `CQ_ARGC` and `CQ_ARGV_0`..., `CQ_JOB_ENV_<NAME>` for each `-E` variable, `CQ_TAGS`
+    /// (comma-separated) and `CQ_MERGED` (`1` or `0`).
+    pub fn variables(&self) -> Vec<(String, String)> {
+        let mut vars = vec![
+            (
+                "CQ_COMMAND".to_owned(),
+                cq_core::CommandJob::new(self.argv.iter().cloned()).summary(),
+            ),
+            ("CQ_ARGC".to_owned(), self.argv.len().to_string()),
+        ];
+        for (n, arg) in self.argv.iter().enumerate() {
+            vars.push((format!("CQ_ARGV_{n}"), arg.clone()));
+        }
+        for (name, value) in &self.env {
+            vars.push((format!("CQ_JOB_ENV_{name}"), value.clone()));
+        }
+        vars.push(("CQ_TAGS".to_owned(), self.tags.join(",")));
+        vars.push((
+            "CQ_MERGED".to_owned(),
+            if self.merged { "1" } else { "0" }.to_owned(),
+        ));
+        vars
+    }
+}
+
 /// Runs the post script with the two classic arguments (internal status, exit status) and
-/// the `CQ_*` variables, and waits for it.
+/// the `CQ_*` variables (with `facts`, also what ran), and waits for it.
 ///
 /// # Errors
 ///
@@ -81,9 +122,11 @@ pub async fn run_post_script(
     job: JobId,
     result: &JobResult,
     server: &str,
+    facts: Option<&JobFacts>,
 ) -> Result<(), PostScriptError> {
     let outcome = &result.outcome;
     let status = tokio::process::Command::new(path)
+        .envs(facts.map(JobFacts::variables).unwrap_or_default())
         .arg(outcome.internal_status().to_string())
         .arg(outcome.exit_status().to_string())
         .env("CQ_JOB_ID", job.to_string())

@@ -81,6 +81,20 @@ pub(crate) const CLIENT: &[Section] = &[
             ),
             ("CQ_DURATION", "run time in seconds, e.g. 12.345"),
             ("CQ_SERVER", "the server as given, host:port"),
+            ("CQ_COMMAND", "the command, quoted as a shell would take it"),
+            (
+                "CQ_ARGC, CQ_ARGV_0, CQ_ARGV_1, ...",
+                "the number of words of the command, and each word",
+            ),
+            (
+                "CQ_JOB_ENV_NAME",
+                "each -E NAME=value of the job (with --wait, as the server shows them to you)",
+            ),
+            ("CQ_TAGS", "the job's tags, comma-separated"),
+            (
+                "CQ_MERGED",
+                "1 if the submission was merged into an equal job already queued, else 0",
+            ),
         ],
     },
     Section {

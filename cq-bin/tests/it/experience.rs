@@ -418,3 +418,49 @@ async fn an_error_says_its_cause_once() {
         "{last}"
     );
 }
+
+/// Issue "The Portage workflow", item 1: a post script got two numbers, not what ran. It
+/// is told the command, its arguments, the `-E` variables and whether it was merged, also
+/// when it waits for a job it did not submit itself (`--wait`).
+#[tokio::test]
+async fn a_post_script_is_told_what_ran() {
+    let munged = Munged::start();
+    let server = TestServer::start(&munged).await;
+    let dir = shared_dir();
+    let seen = dir.path().join("seen");
+    let post = crate::support::script(
+        dir.path(),
+        "post",
+        &format!("env | grep '^CQ_' | sort >> {}", seen.display()),
+    );
+    let post = post.to_str().unwrap();
+    let out =
+        output(
+            server
+                .client()
+                .args(["-P", post, "-E", "USE=-X gtk", "--", "printf", "%s", "a b"]),
+        )
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let vars = std::fs::read_to_string(&seen).unwrap();
+    for expected in [
+        "CQ_COMMAND=printf %s 'a b'",
+        "CQ_ARGC=3",
+        "CQ_ARGV_0=printf",
+        "CQ_ARGV_2=a b",
+        "CQ_JOB_ENV_USE=-X gtk",
+        "CQ_MERGED=0",
+        "CQ_OUTCOME=exited",
+    ] {
+        assert!(
+            vars.lines().any(|l| l == expected),
+            "{expected} in:\n{vars}"
+        );
+    }
+    std::fs::remove_file(&seen).unwrap();
+    let again = output(server.client().args(["-P", post, "--wait", "1"])).await;
+    assert!(again.status.success(), "{}", stderr(&again));
+    let vars = std::fs::read_to_string(&seen).unwrap();
+    assert!(vars.lines().any(|l| l == "CQ_JOB_ENV_USE=-X gtk"), "{vars}");
+    assert!(vars.lines().any(|l| l == "CQ_ARGV_2=a b"), "{vars}");
+}
