@@ -49,6 +49,7 @@ fn frames(c: &mut Criterion) {
                 job: JobId(42),
                 outcome: Outcome::Exited { code: 0 },
                 runtime_ms: 912,
+                results: Vec::new(),
             },
         ),
     ];

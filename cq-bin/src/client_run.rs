@@ -166,7 +166,8 @@ pub struct Args {
     /// error is a terminal, else 0]; 0 prints none.
     #[arg(long, value_name = "N", conflicts_with = "follow")]
     pub tail: Option<usize>,
-    /// Print --list, --status and --cancel answers as JSON.
+    /// Print --list, --status and --cancel answers as JSON; when waiting for a job, print
+    /// how it ended (outcome, exit status, results) as a JSON object.
     #[arg(long)]
     pub json: bool,
     /// Print nothing but errors.
@@ -293,6 +294,7 @@ where
         tags: job.tags.clone(),
         merged: false,
     });
+    let mut merged = None;
     let (id, submission) = match args.wait {
         Some(id) => {
             // What ran, as far as the server shows it to us.
@@ -335,6 +337,7 @@ where
                 Err(e) => return fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
             };
             let id = submission.job;
+            merged = Some(submission.merged);
             if let Some(facts) = &mut facts {
                 facts.merged = submission.merged;
             }
@@ -377,6 +380,9 @@ where
     }
     if !matches!(result.outcome, Outcome::Exited { code: 0 }) && !args.follow && !args.quiet {
         show_tail(client, args, id).await;
+    }
+    if args.json {
+        println!("{}", listing::end_to_json(id, merged, &result));
     }
     if let Some(script) = &args.post_script
         && let Err(e) =
@@ -686,6 +692,11 @@ where
         say("cq_client", format_args!("job {id} {what}"));
     } else if !args.quiet || args.cancel.is_none() {
         print!("{}", listing::to_table(&jobs));
+        if !args.list {
+            for (key, value) in jobs.iter().flat_map(|job| &job.results) {
+                println!("  {key}={}", cq_core::printable::printable(value));
+            }
+        }
     }
     ExitCode::SUCCESS
 }

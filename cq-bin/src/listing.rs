@@ -40,6 +40,9 @@ pub struct JobJson<'a> {
     pub signal: Option<i32>,
     /// Submissions merged into it.
     pub waiters: u32,
+    /// What the job reported back (`KEY=VALUE` lines written to `$CQ_RESULT_FILE`); empty
+    /// until it ended, and for others' jobs.
+    pub results: std::collections::BTreeMap<&'a str, &'a str>,
 }
 
 impl<'a> From<&'a JobSummary> for JobJson<'a> {
@@ -64,8 +67,50 @@ impl<'a> From<&'a JobSummary> for JobJson<'a> {
             exit_status: job.outcome.as_ref().map(Outcome::exit_status),
             signal: job.outcome.as_ref().and_then(Outcome::signal),
             waiters: job.waiters,
+            results: pairs(&job.results),
         }
     }
+}
+
+fn pairs(list: &[(String, String)]) -> std::collections::BTreeMap<&str, &str> {
+    list.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// How a waited-for job ended, as one JSON object (`cq_client --wait --json`).
+#[derive(Debug, serde::Serialize)]
+pub struct EndJson<'a> {
+    /// Job id.
+    pub id: u64,
+    /// Whether this submission was merged into an equal job (null when only waiting).
+    pub merged: Option<bool>,
+    /// As in the listing: `exited`, `signaled`, ...
+    pub outcome: &'static str,
+    /// The exit status scripts see.
+    pub exit_status: u8,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    /// Run time in milliseconds.
+    pub runtime_ms: u64,
+    /// What the job reported back.
+    pub results: std::collections::BTreeMap<&'a str, &'a str>,
+}
+
+/// `result` of job `id` as a JSON object.
+pub fn end_to_json(
+    id: cq_core::JobId,
+    merged: Option<bool>,
+    result: &cq_core::JobResult,
+) -> String {
+    let end = EndJson {
+        id: id.0,
+        merged,
+        outcome: result.outcome.word(),
+        exit_status: result.outcome.exit_status(),
+        signal: result.outcome.signal(),
+        runtime_ms: u64::try_from(result.runtime.as_millis()).unwrap_or(u64::MAX),
+        results: pairs(&result.results),
+    };
+    terminal_safe_json(serde_json::to_string_pretty(&end).unwrap_or_else(|_| "{}".to_owned()))
 }
 
 /// Jobs as a JSON array.

@@ -111,7 +111,8 @@ impl JobFacts {
 }
 
 /// Runs the post script with the two classic arguments (internal status, exit status) and
-/// the `CQ_*` variables (with `facts`, also what ran), and waits for it.
+/// the `CQ_*` variables (with `facts`, also what ran; `CQ_RESULT_<KEY>` for each result the
+/// job reported), and waits for it.
 ///
 /// # Errors
 ///
@@ -125,8 +126,15 @@ pub async fn run_post_script(
     facts: Option<&JobFacts>,
 ) -> Result<(), PostScriptError> {
     let outcome = &result.outcome;
+    // The server checked them; a key it should not have sent is left out, not trusted.
+    let results = result
+        .results
+        .iter()
+        .filter(|(key, value)| cq_core::check_result(key, value).is_ok())
+        .map(|(key, value)| (format!("CQ_RESULT_{key}"), value));
     let status = tokio::process::Command::new(path)
         .envs(facts.map(JobFacts::variables).unwrap_or_default())
+        .envs(results)
         .arg(outcome.internal_status().to_string())
         .arg(outcome.exit_status().to_string())
         .env("CQ_JOB_ID", job.to_string())

@@ -335,6 +335,18 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
         let what = format!("the pid file {}", pid_file.display());
         locks.push(lock_pid_file(pid_file, what).map_err(lock_error)?);
     }
+    let executor = match crate::state_dir::result_dir(&state_dir, switch_user).and_then(|dir| {
+        executor
+            .clone()
+            .with_result_dir(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+    }) {
+        Ok(with_results) => with_results,
+        Err(why) => {
+            tracing::warn!(reason = %why, "jobs get no CQ_RESULT_FILE: they cannot report results back");
+            executor
+        }
+    };
     let store = SqliteStore::open(&state_dir.join("cq.db"))
         .map_err(|e| StartError::StateDir(e.to_string()))?;
     let mut engine = EngineConfig::default().with_log_dir(&log_dir);

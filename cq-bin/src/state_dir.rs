@@ -38,6 +38,54 @@ pub fn prepare(dir: &Path) -> Result<PathBuf, String> {
     Ok(canonical)
 }
 
+/// Where jobs' result directories go (`CQ_RESULT_FILE`), below a directory only the
+/// server's user can write. Jobs that run as the server's user get `state_dir/results`; jobs
+/// that run as their requesters cannot reach into the private state directory, so theirs go
+/// to `/run/cq/results-<hash of state_dir>` (`/run/cq` made mode 0755 if missing, and refused
+/// unless root's and written only by root).
+///
+/// # Errors
+///
+/// What is wrong, in words for the admin.
+pub fn result_dir(state_dir: &Path, jobs_as_requesters: bool) -> Result<PathBuf, String> {
+    if !jobs_as_requesters {
+        return Ok(state_dir.join("results"));
+    }
+    let run = Path::new("/run/cq");
+    match DirBuilder::new().mode(0o755).create(run) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", run.display())),
+    }
+    let meta = std::fs::symlink_metadata(run)
+        .map_err(|e| format!("cannot inspect {}: {e}", run.display()))?;
+    if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} must be a directory of root's that only root can write",
+            run.display()
+        ));
+    }
+    // Jobs must pass through it to their own directory (the server's umask made it 0700).
+    if meta.mode() & 0o011 != 0o011 {
+        std::fs::set_permissions(run, Permissions::from_mode(meta.mode() & 0o7777 | 0o111))
+            .map_err(|e| format!("cannot let jobs through {}: {e}", run.display()))?;
+    }
+    // What servers that died left behind.
+    for entry in std::fs::read_dir(run).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let ours = entry.file_name().to_string_lossy().starts_with("results-");
+        if ours && cq_core::ProcessExecutor::is_abandoned_result_dir(&path) {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(state_dir, &mut hasher);
+    Ok(run.join(format!(
+        "results-{:016x}",
+        std::hash::Hasher::finish(&hasher)
+    )))
+}
+
 /// Checks each existing entry on the way to `path`, as given: directories must be ones only
 /// root or `me` can change, and a symbolic link must be root's or `me`'s (its target is
 /// checked as the way goes on through it).

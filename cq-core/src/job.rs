@@ -71,6 +71,109 @@ pub struct JobContext {
     pub log: LogSink,
     /// Fires when the job is to be stopped (cancel request or server shutdown).
     pub cancel: CancellationToken,
+    /// What the job reports back to everyone waiting for it (`KEY=VALUE` results).
+    pub results: ResultSink,
+}
+
+/// The most results one job may report.
+pub const MAX_RESULTS: usize = 64;
+/// The longest result key, in bytes.
+pub const MAX_RESULT_KEY: usize = 64;
+/// The longest result value, in bytes.
+pub const MAX_RESULT_VALUE: usize = 4096;
+
+/// What a job reports back with its outcome: `KEY=VALUE` pairs (for a Portage build, say,
+/// the binary package's `BUILD_ID`) that travel to every waiter, are stored with the job,
+/// and reach post scripts as `CQ_RESULT_<KEY>`. Keys are letters, digits and `_` (not
+/// starting with a digit), values one line of printable text; both are bounded.
+#[derive(Clone, Debug, Default)]
+pub struct ResultSink(Arc<std::sync::Mutex<Vec<(String, String)>>>);
+
+impl ResultSink {
+    /// Records `key` = `value` (a later value for the same key replaces it).
+    ///
+    /// # Errors
+    ///
+    /// When the key or value is not allowed ([`check_result`]) or the job already has
+    /// [`MAX_RESULTS`].
+    pub fn set(&self, key: &str, value: &str) -> Result<(), InvalidResult> {
+        check_result(key, value)?;
+        let mut results = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(existing) = results.iter_mut().find(|(k, _)| k == key) {
+            value.clone_into(&mut existing.1);
+            return Ok(());
+        }
+        if results.len() >= MAX_RESULTS {
+            return Err(InvalidResult::TooMany);
+        }
+        results.push((key.to_owned(), value.to_owned()));
+        Ok(())
+    }
+
+    /// Records each `KEY=VALUE` line of `text`; returns why lines were refused.
+    pub fn set_lines(&self, text: &str) -> Vec<InvalidResult> {
+        let mut refused = Vec::new();
+        for line in text.lines().filter(|line| !line.trim().is_empty()) {
+            let set = match line.split_once('=') {
+                Some((key, value)) => self.set(key.trim(), value),
+                None => Err(InvalidResult::NotKeyValue),
+            };
+            if let Err(why) = set {
+                refused.push(why);
+            }
+        }
+        refused
+    }
+
+    /// The results so far.
+    pub fn get(&self) -> Vec<(String, String)> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Why a job's result was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidResult {
+    /// The line has no `=`.
+    #[error("a result line is not KEY=VALUE")]
+    NotKeyValue,
+    /// The key is empty, too long, starts with a digit or has other than letters, digits, `_`.
+    #[error(
+        "result key {0:?}: letters, digits and _ only, not starting with a digit, at most {MAX_RESULT_KEY} bytes"
+    )]
+    BadKey(String),
+    /// The value is too long or not one line of printable text.
+    #[error("result {0}: one line of printable text, at most {MAX_RESULT_VALUE} bytes")]
+    BadValue(String),
+    /// The job already reported [`MAX_RESULTS`].
+    #[error("more than {MAX_RESULTS} results")]
+    TooMany,
+}
+
+/// Checks one result (see [`ResultSink`]).
+///
+/// # Errors
+///
+/// What is wrong with it.
+pub fn check_result(key: &str, value: &str) -> Result<(), InvalidResult> {
+    let key_ok = !key.is_empty()
+        && key.len() <= MAX_RESULT_KEY
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !key.starts_with(|c: char| c.is_ascii_digit());
+    if !key_ok {
+        let shown: String = crate::printable::printable(key).chars().take(80).collect();
+        return Err(InvalidResult::BadKey(shown));
+    }
+    if value.len() > MAX_RESULT_VALUE || value.chars().any(crate::printable::is_unsafe) {
+        return Err(InvalidResult::BadValue(key.to_owned()));
+    }
+    Ok(())
 }
 
 /// What a command job was cleared to do when it came to start (see
@@ -312,6 +415,8 @@ pub struct JobSummary {
     pub runtime_ms: Option<u64>,
     /// How many submissions were merged into it (each is one more waiter).
     pub waiters: u32,
+    /// What it reported back (once finished; empty in the limited view).
+    pub results: Vec<(String, String)>,
 }
 
 impl JobSummary {
@@ -322,6 +427,7 @@ impl JobSummary {
         self.outcome = self.outcome.map(Outcome::limited);
         self.env = Vec::new();
         self.cwd = None;
+        self.results = Vec::new();
         let program = self
             .command
             .first()
@@ -427,10 +533,14 @@ mod tests {
             }),
             runtime_ms: Some(1),
             waiters: 0,
+            results: vec![(
+                "PKG".into(),
+                "/home/alice/secret-project/pkg.gpkg.tar".into(),
+            )],
         };
         let seen = full.limited();
         assert_eq!(seen.command, ["build"]);
-        assert!(seen.env.is_empty() && seen.cwd.is_none());
+        assert!(seen.env.is_empty() && seen.cwd.is_none() && seen.results.is_empty());
         let Some(Outcome::SpawnFailed { reason, message }) = &seen.outcome else {
             panic!("{seen:?}");
         };

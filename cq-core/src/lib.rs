@@ -57,7 +57,8 @@ pub use engine::{
 };
 pub use executor::{Containment, Executor, LogSink, ProcessExecutor};
 pub use job::{
-    Clearance, CommandJob, InvalidJob, Job, JobContext, JobId, JobPhase, JobSummary, SubmitKey,
+    Clearance, CommandJob, InvalidJob, InvalidResult, Job, JobContext, JobId, JobPhase, JobSummary,
+    MAX_RESULT_KEY, MAX_RESULT_VALUE, MAX_RESULTS, ResultSink, SubmitKey, check_result,
 };
 pub use outcome::{Outcome, SpawnFailure};
 pub use policy::{PolicyRefusal, SharedPolicy, StartCheck, SubmitPolicy};

@@ -95,6 +95,10 @@ pub(crate) const CLIENT: &[Section] = &[
                 "CQ_MERGED",
                 "1 if the submission was merged into an equal job already queued, else 0",
             ),
+            (
+                "CQ_RESULT_KEY",
+                "each KEY=VALUE result the job wrote to its $CQ_RESULT_FILE",
+            ),
         ],
     },
     Section {
@@ -203,6 +207,10 @@ pub(crate) const SERVER: &[Section] = &[
             (
                 "STATE_DIR/cq_server.pid",
                 "the running server's pid, locked while it runs",
+            ),
+            (
+                "/run/cq/results-*/job-ID/result",
+                "CQ_RESULT_FILE, where job ID writes KEY=VALUE results for its waiters (STATE_DIR/results/ when jobs run as the server's user)",
             ),
             (
                 "/etc/cq/tls/",

@@ -160,6 +160,7 @@ fn finished_job(request: RequestDigest, accepted: JobId, ended: JobId) -> Vec<Re
                 job: ended,
                 outcome: Outcome::Exited { code: 0 },
                 runtime_ms: 1,
+                results: Vec::new(),
             },
         },
     ]

@@ -12,6 +12,7 @@ mod jobs;
 mod netns;
 mod policy;
 mod queue;
+mod results;
 mod serial;
 mod support;
 mod tls;

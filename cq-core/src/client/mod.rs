@@ -228,11 +228,13 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
                 Event::Finished {
                     outcome,
                     runtime_ms,
+                    results,
                     ..
                 } => {
                     break Some(JobResult {
                         outcome,
                         runtime: Duration::from_millis(runtime_ms),
+                        results,
                     });
                 }
                 other => {

@@ -89,10 +89,12 @@ impl<'a, St: crate::transport::Stream, A: Authenticator> Submission<'a, St, A> {
             Event::Finished {
                 outcome,
                 runtime_ms,
+                results,
                 ..
             } => Ok(JobEvent::Finished(JobResult {
                 outcome,
                 runtime: Duration::from_millis(runtime_ms),
+                results,
             })),
             other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
         }

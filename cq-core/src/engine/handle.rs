@@ -19,6 +19,8 @@ pub struct JobResult {
     pub outcome: Outcome,
     /// Time from start to reaping (zero if it never started).
     pub runtime: Duration,
+    /// What the job reported back ([`ResultSink`](crate::ResultSink)).
+    pub results: Vec<(String, String)>,
 }
 
 /// Where a job is in its life.
@@ -423,6 +425,7 @@ impl JobTicket {
             JobState::Finished(result) if self.limited => Ok(JobResult {
                 outcome: result.outcome.clone().limited(),
                 runtime: result.runtime,
+                results: result.results.clone(),
             }),
             JobState::Finished(result) => Ok(result.clone()),
             _ => unreachable!("wait_for returned a state that fails its predicate"),

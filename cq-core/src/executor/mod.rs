@@ -6,6 +6,7 @@ pub(crate) mod child;
 mod command;
 mod log;
 mod process;
+mod results;
 
 pub use cgroup::CgroupTree;
 pub use command::Executor;

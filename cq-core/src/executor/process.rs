@@ -17,6 +17,7 @@ use super::child::{
     AllowedFile, ChildFailure, ChildSpec, ChildStdio, Exit, Started, Step, UserSwitch,
 };
 use super::command::Executor;
+use super::results::{ResultBase, ResultFile};
 use crate::job::{Clearance, CommandJob, JobContext, JobId};
 use crate::outcome::{Outcome, SpawnFailure};
 
@@ -80,6 +81,8 @@ pub struct ProcessExecutor {
     containment: Containment,
     /// What jobs left that SIGKILL could not end, by the uid they ran as.
     leftovers: Arc<Mutex<HashMap<u32, Vec<Leftover>>>>,
+    /// Where jobs get their result files (`CQ_RESULT_FILE`); none without.
+    results: Option<Arc<ResultBase>>,
 }
 
 /// A job's processes that survived SIGKILL (in uninterruptible sleep, on a hung FUSE or NFS
@@ -109,6 +112,7 @@ impl Default for ProcessExecutor {
             umask: DEFAULT_JOB_UMASK,
             containment: Containment::ProcessGroup,
             leftovers: Arc::default(),
+            results: None,
         }
     }
 }
@@ -148,6 +152,26 @@ impl ProcessExecutor {
         self
     }
 
+    /// Gives every job a result file (`CQ_RESULT_FILE`) in a directory of its own below
+    /// `dir`, which the executor makes (mode 0711; it must be a place only this process may
+    /// write, e.g. under `/run`) and removes when it goes. What the job writes there,
+    /// `KEY=VALUE` lines, travels with its outcome ([`ResultSink`](crate::ResultSink)).
+    /// Without, jobs report nothing back.
+    ///
+    /// # Errors
+    ///
+    /// When `dir` cannot be made.
+    pub fn with_result_dir(mut self, dir: &std::path::Path) -> io::Result<Self> {
+        self.results = Some(Arc::new(ResultBase::create(dir)?));
+        Ok(self)
+    }
+
+    /// Whether `dir` was given to [`with_result_dir`](Self::with_result_dir) by an executor
+    /// that is gone without removing it (its process died), so that it may be removed.
+    pub fn is_abandoned_result_dir(dir: &std::path::Path) -> bool {
+        ResultBase::is_abandoned(dir)
+    }
+
     /// The containment in force.
     pub fn containment(&self) -> &Containment {
         &self.containment
@@ -169,12 +193,17 @@ impl ProcessExecutor {
         job: &CommandJob,
         id: JobId,
         clearance: &Clearance,
+        result_file: Option<&std::path::Path>,
     ) -> Vec<(String, String)> {
         let mut env: BTreeMap<&str, &str> = BTreeMap::new();
         let id = id.to_string();
         env.extend(self.base_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         env.insert("CQ_JOB_ID", &id);
         env.extend(job.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let result_file = result_file.map(|p| p.to_string_lossy());
+        if let Some(path) = &result_file {
+            env.insert("CQ_RESULT_FILE", path);
+        }
         let home;
         if let Some(account) = &clearance.run_as {
             home = account.home.to_string_lossy();
@@ -194,6 +223,7 @@ impl ProcessExecutor {
         clearance: &Clearance,
         cgroup: Option<&JobCgroup>,
         output: PipeWriter,
+        result_file: Option<&std::path::Path>,
     ) -> Result<Started, Outcome> {
         let allowed = clearance.commands.as_deref().map(allowed_files);
         let cgroup = match cgroup.map(JobCgroup::dir_for_child).transpose() {
@@ -202,7 +232,7 @@ impl ProcessExecutor {
         };
         let spec = ChildSpec {
             argv: job.argv.clone(),
-            env: self.environment(job, id, clearance),
+            env: self.environment(job, id, clearance, result_file),
             candidates: job.program_candidates(self.base_path()),
             allowed,
             cwd: job
@@ -297,6 +327,7 @@ impl Executor for ProcessExecutor {
             clearance,
             mut log,
             cancel,
+            results,
             ..
         } = ctx;
         let uid = clearance
@@ -319,7 +350,21 @@ impl Executor for ProcessExecutor {
             Ok(pipe) => pipe,
             Err(e) => return other_failure("cannot create the output pipe", &e),
         };
-        let mut child = match self.spawn(job, id, &clearance, cgroup.as_ref(), writer) {
+        let result_file = self.results.as_ref().and_then(|base| {
+            let owner = clearance.run_as.as_ref().map(|a| (a.uid, a.gid));
+            base.job(id, owner)
+                .inspect_err(|e| tracing::warn!(job = %id, error = %e, "cannot make the job's result file; it reports nothing back"))
+                .ok()
+        });
+        let result_path = result_file.as_ref().map(ResultFile::path);
+        let mut child = match self.spawn(
+            job,
+            id,
+            &clearance,
+            cgroup.as_ref(),
+            writer,
+            result_path.as_deref(),
+        ) {
             Ok(child) => child,
             Err(outcome) => return outcome,
         };
@@ -393,6 +438,13 @@ impl Executor for ProcessExecutor {
                     cgroup: cgroup.take(),
                 });
         }
+        // Everything of the job has ended: what it reported is complete.
+        if let Some(text) = result_file.as_ref().and_then(ResultFile::read) {
+            for refused in results.set_lines(&text) {
+                tracing::info!(job = %id, reason = %refused, "a result line was refused");
+            }
+        }
+        drop(result_file);
         // Copy what is still in the pipe. Without a cgroup, a process that left the group
         // (setsid) may hold it open: its output is not waited for.
         match tokio::time::timeout(OUTPUT_DRAIN, &mut copying).await {
@@ -508,6 +560,7 @@ mod tests {
             clearance: Clearance::default(),
             log: LogSink::create(log, 1 << 20),
             cancel: cancel.clone(),
+            results: crate::job::ResultSink::default(),
         };
         (ctx, cancel)
     }

@@ -290,13 +290,18 @@ mod tests {
                 code: ErrorCode(code),
                 message
             }),
-            (any::<u64>(), arb_outcome(), any::<u64>()).prop_map(|(id, outcome, runtime_ms)| {
-                Event::Finished {
+            (
+                any::<u64>(),
+                arb_outcome(),
+                any::<u64>(),
+                proptest::collection::vec(("[A-Z_]{1,8}", ".*"), 0..3)
+            )
+                .prop_map(|(id, outcome, runtime_ms, results)| Event::Finished {
                     job: JobId(id),
                     outcome,
                     runtime_ms,
-                }
-            }),
+                    results,
+                }),
             any::<u64>().prop_map(|id| Event::Started { job: JobId(id) }),
             any::<u64>().prop_map(|id| Event::Withdrawn { job: JobId(id) }),
         ];

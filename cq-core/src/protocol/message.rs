@@ -151,6 +151,8 @@ pub enum Event {
         outcome: Outcome,
         /// How long it ran, in milliseconds.
         runtime_ms: u64,
+        /// What it reported back (`KEY=VALUE`).
+        results: Vec<(String, String)>,
     },
     /// The job's process started.
     Started {

@@ -56,6 +56,11 @@ impl Row {
                     .as_ref()
                     .map(|(r, _)| u64::try_from(r.runtime.as_millis()).unwrap_or(u64::MAX)),
                 waiters: u32::try_from(job.waiters.len()).unwrap_or(u32::MAX),
+                results: self
+                    .finished
+                    .as_ref()
+                    .map(|(r, _)| r.results.clone())
+                    .unwrap_or_default(),
             },
             waiter_uids: job.waiters.iter().map(|w| w.uid).collect(),
         }
@@ -108,6 +113,7 @@ impl Store for MemoryStore {
                     }
                     JobPhase::Running => {
                         let lost = JobResult {
+                            results: Vec::new(),
                             outcome: Outcome::Lost,
                             runtime: Duration::ZERO,
                         };

@@ -235,6 +235,47 @@ async fn job_output_lands_in_the_log_dir() {
     );
 }
 
+/// An in-process job reports results through its context; they come back with its
+/// outcome and are kept in the job's record; a bad one is refused, the rest still count.
+#[tokio::test]
+async fn an_in_process_jobs_results_come_back_with_its_outcome() {
+    struct Reporting;
+    #[async_trait]
+    impl Job for Reporting {
+        fn summary(&self) -> String {
+            "reporting".into()
+        }
+        async fn run(self: Box<Self>, ctx: JobContext) -> Outcome {
+            ctx.results.set("BUILD_ID", "7").unwrap();
+            assert!(ctx.results.set("1ST", "x").is_err());
+            assert!(ctx.results.set("LINE", "a\nb").is_err());
+            assert_eq!(
+                ctx.results
+                    .set_lines("CPV=app-misc/foo-1\nnonsense\n")
+                    .len(),
+                1
+            );
+            Outcome::Exited { code: 0 }
+        }
+    }
+    let engine = Engine::new(EngineConfig::default())
+        .start()
+        .await
+        .expect("the engine starts");
+    let mut ticket = engine.submit(Reporting, Identity::local()).await.unwrap();
+    let result = ticket.finished().await.unwrap();
+    let expected = vec![
+        ("BUILD_ID".to_owned(), "7".to_owned()),
+        ("CPV".to_owned(), "app-misc/foo-1".to_owned()),
+    ];
+    assert_eq!(result.results, expected);
+    let summary = engine
+        .status(JobId(1), Caller::admin(Identity::local()))
+        .await
+        .expect("the job is known");
+    assert_eq!(summary.results, expected);
+}
+
 /// A store whose commits of outcomes wait until the test lets them through.
 struct SlowOutcomes {
     inner: MemoryStore,

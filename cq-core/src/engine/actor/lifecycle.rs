@@ -50,7 +50,7 @@ impl<S: Scheduler> Actor<S> {
             // Cannot happen: a job is taken only here, once. End it rather than leave the
             // scheduler believing it runs.
             tracing::error!(job = %id, "the job to start was already started");
-            self.finish(id, Outcome::Lost, 0);
+            self.finish(id, Outcome::Lost, 0, Vec::new());
             return;
         };
         tracing::info!(job = %id, owner = %live.info.owner, command = %live.info.summary, "started");
@@ -72,6 +72,8 @@ impl<S: Scheduler> Actor<S> {
         };
         let feed = log.live();
         let ctx_cancel = cancel.clone();
+        let results = crate::job::ResultSink::default();
+        let ctx_results = results.clone();
         let owner = live.info.owner.clone();
         let check = self.start_check.clone();
         let command = live.info.command.clone();
@@ -118,6 +120,7 @@ impl<S: Scheduler> Actor<S> {
                 clearance,
                 log,
                 cancel: ctx_cancel,
+                results: ctx_results,
             };
             let outcome = match (job, executor) {
                 (Work::Command(command), Some(executor)) => executor.run(&command, ctx).await,
@@ -139,12 +142,19 @@ impl<S: Scheduler> Actor<S> {
             started: Instant::now(),
             cancel,
             task,
+            results,
         });
     }
 
     /// Records how job `id` ended; its waiters hear of it once that is committed, so that
     /// nobody acts on an outcome a crash could still turn into `lost`.
-    pub(super) fn finish(&mut self, id: JobId, outcome: Outcome, log_bytes: u64) {
+    pub(super) fn finish(
+        &mut self,
+        id: JobId,
+        outcome: Outcome,
+        log_bytes: u64,
+        results: Vec<(String, String)>,
+    ) {
         // Only the running job has a run time (a cancelled queued job has none); whole
         // milliseconds, as the store and the wire keep it, so every reader sees the same.
         let runtime = match self.running.take_if(|r| r.id == id) {
@@ -154,7 +164,11 @@ impl<S: Scheduler> Actor<S> {
             None => Duration::ZERO,
         };
         self.scheduler.finish(id, &outcome);
-        let result = JobResult { outcome, runtime };
+        let result = JobResult {
+            outcome,
+            runtime,
+            results,
+        };
         let committed = self
             .store
             .record_finish(id, result.clone(), log_bytes, SystemTime::now());
@@ -247,7 +261,7 @@ impl<S: Scheduler> Actor<S> {
                 }
                 self.scheduler.remove(id);
                 let mut summary = live.summary();
-                self.finish(id, Outcome::Cancelled, 0);
+                self.finish(id, Outcome::Cancelled, 0, Vec::new());
                 summary.phase = JobPhase::Finished;
                 summary.outcome = Some(Outcome::Cancelled);
                 summary.finished_ms = Some(epoch_ms(SystemTime::now()));

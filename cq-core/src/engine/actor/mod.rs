@@ -340,6 +340,7 @@ impl Live {
             outcome: None,
             runtime_ms: None,
             waiters: u32::try_from(self.waiters.len()).unwrap_or(u32::MAX),
+            results: Vec::new(),
         }
     }
 
@@ -356,6 +357,8 @@ struct Running {
     cancel: CancellationToken,
     /// Resolves to the outcome and the size of the log it left.
     task: JoinHandle<(Outcome, u64)>,
+    /// What the job reports back.
+    results: crate::job::ResultSink,
 }
 
 /// What one user has on the server now.
@@ -416,8 +419,8 @@ impl<S: Scheduler> Actor<S> {
                         self.begin_shutdown(ShutdownMode::FinishRunning, None);
                     }
                 },
-                (id, outcome, log_bytes) = wait_running(&mut self.running) => {
-                    self.finish(id, outcome, log_bytes);
+                (id, outcome, log_bytes, results) = wait_running(&mut self.running) => {
+                    self.finish(id, outcome, log_bytes, results);
                 }
                 Some(message) = internal.recv() => match message {
                     Internal::Pruned(jobs) => self.forget_pruned(&jobs),
@@ -470,6 +473,7 @@ impl<S: Scheduler> Actor<S> {
             let lost = super::JobResult {
                 outcome: Outcome::Lost,
                 runtime: Duration::ZERO,
+                results: Vec::new(),
             };
             self.store
                 .record_finish(id, lost, 0, SystemTime::now())
@@ -506,7 +510,9 @@ impl<S: Scheduler> Actor<S> {
 }
 
 /// Resolves when the running job ends; never while nothing runs.
-async fn wait_running(running: &mut Option<Running>) -> (JobId, Outcome, u64) {
+async fn wait_running(
+    running: &mut Option<Running>,
+) -> (JobId, Outcome, u64, Vec<(String, String)>) {
     let Some(run) = running else {
         return std::future::pending().await;
     };
@@ -517,5 +523,5 @@ async fn wait_running(running: &mut Option<Running>) -> (JobId, Outcome, u64) {
             (Outcome::Lost, 0)
         }
     };
-    (run.id, outcome, log_bytes)
+    (run.id, outcome, log_bytes, run.results.get())
 }

@@ -26,6 +26,7 @@ pub(super) fn finished_ticket(id: JobId, summary: &JobSummary, full: bool) -> Op
     let (_, state) = watch::channel(JobState::Finished(JobResult {
         outcome: outcome.clone(),
         runtime,
+        results: summary.results.clone(),
     }));
     Some(JobTicket {
         id,

@@ -48,6 +48,7 @@ where
                     job,
                     outcome: result.outcome,
                     runtime_ms,
+                    results: result.results,
                 })
                 .await
             }

@@ -97,6 +97,7 @@ where
                                 job: id,
                                 outcome: result.outcome,
                                 runtime_ms,
+                                results: result.results,
                             })
                             .await
                         }

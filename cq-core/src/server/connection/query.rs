@@ -80,6 +80,7 @@ mod tests {
             outcome: None,
             runtime_ms: None,
             waiters: 0,
+            results: Vec::new(),
         }
     }
 

@@ -195,6 +195,7 @@ mod tests {
         JobResult {
             outcome: Outcome::Exited { code },
             runtime: Duration::from_millis(12),
+            results: vec![("BUILD_ID".into(), code.to_string())],
         }
     }
 

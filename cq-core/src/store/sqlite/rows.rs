@@ -98,7 +98,7 @@ pub(super) fn record_finish(
 ) -> rusqlite::Result<()> {
     let outcome = postcard::to_allocvec(&result.outcome).unwrap_or_default();
     tx.execute(
-        "UPDATE jobs SET state = 'finished', finished_ms = ?2, outcome = ?3, outcome_word = ?4, runtime_ms = ?5, log_bytes = ?6
+        "UPDATE jobs SET state = 'finished', finished_ms = ?2, outcome = ?3, outcome_word = ?4, runtime_ms = ?5, log_bytes = ?6, results = ?7
          WHERE id = ?1",
         params![
             id.0 as i64,
@@ -107,6 +107,8 @@ pub(super) fn record_finish(
             result.outcome.word(),
             i64::try_from(result.runtime.as_millis()).unwrap_or(i64::MAX),
             i64::try_from(log_bytes).unwrap_or(i64::MAX),
+            (!result.results.is_empty())
+                .then(|| postcard::to_allocvec(&result.results).unwrap_or_default()),
         ],
     )
     .map(drop)
@@ -204,7 +206,7 @@ pub(super) fn records(
     let sql = format!(
         "SELECT id, owner_uid, owner_gid, owner_user, owner_host, auth_method, summary, command, state,
                 accepted_ms, started_ms, finished_ms, outcome, runtime_ms,
-                (SELECT group_concat(uid) FROM waiters WHERE job_id = jobs.id)
+                (SELECT group_concat(uid) FROM waiters WHERE job_id = jobs.id), results
          FROM jobs {clause}"
     );
     let mut statement = tx.prepare(&sql)?;
@@ -245,6 +247,10 @@ pub(super) fn records(
                 outcome: outcome.map(|bytes| postcard::from_bytes(&bytes).unwrap_or(Outcome::Lost)),
                 runtime_ms: ms_to_u64(row.get(13)?),
                 waiters: u32::try_from(waiter_uids.len()).unwrap_or(u32::MAX),
+                results: row
+                    .get::<_, Option<Vec<u8>>>(15)?
+                    .and_then(|bytes| postcard::from_bytes(&bytes).ok())
+                    .unwrap_or_default(),
             },
             waiter_uids,
         })

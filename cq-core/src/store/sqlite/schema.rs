@@ -59,6 +59,10 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO meta (name, value) SELECT 'next_id', coalesce(max(id), 0) + 1 FROM jobs;
     CREATE TABLE seen_requests (digest BLOB PRIMARY KEY, until_ms INTEGER NOT NULL) WITHOUT ROWID;
 ",
+    // What a job reported back, kept with its outcome.
+    "
+    ALTER TABLE jobs ADD COLUMN results BLOB;   -- postcard Vec<(String, String)>
+",
 ];
 
 /// Opens the database at `path`: a new file is created (mode 0600, never through a
