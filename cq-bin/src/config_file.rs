@@ -41,6 +41,8 @@ struct Raw {
     policy: PolicySection,
     #[serde(default)]
     jobs: JobsSection,
+    #[serde(default)]
+    emerge: EmergeSection,
 }
 
 /// `[policy]`.
@@ -72,6 +74,24 @@ pub struct JobsSection {
     pub env: Option<BTreeMap<String, String>>,
     /// Working directory of jobs that name none (or whose directory is not on the server).
     pub cwd: Option<PathBuf>,
+}
+
+/// `[emerge]`: cq-emerge's settings (see `cq-emerge --help`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EmergeSection {
+    /// The program the build host runs for each package [default: `cq-emerge-build`].
+    pub build_command: Option<String>,
+    /// emerge options for installing a built package [default: `["--usepkgonly"]`].
+    pub install_options: Option<Vec<String>>,
+    /// At most this many builds outstanding [default: all].
+    pub jobs: Option<usize>,
+    /// Portage variables of this machine (`portageq envvar`) every build gets.
+    pub pass_variables: Option<Vec<String>>,
+    /// The cq_client program [default: the one beside cq-emerge, else in `PATH`].
+    pub client: Option<PathBuf>,
+    /// Options for cq_client, before cq-emerge's own.
+    pub client_options: Option<Vec<String>>,
 }
 
 /// Why the configuration cannot be used.
@@ -175,6 +195,11 @@ impl ConfigFile {
     /// `[jobs]`.
     pub fn jobs(&self) -> &JobsSection {
         &self.raw.jobs
+    }
+
+    /// `[emerge]`.
+    pub fn emerge(&self) -> &EmergeSection {
+        &self.raw.emerge
     }
 
     /// Command-line arguments for `section`'s options that `given` (the command line as

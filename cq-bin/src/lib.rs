@@ -22,6 +22,7 @@
 //! - `state_dir.rs`: the state directory, private to the server's user.
 //! - `signals.rs`: SIGINT / SIGTERM for the server's graceful and forced shutdown.
 //! - `report.rs`: logging set-up and the one-line error messages.
+//! - `emerge/`: `cq-emerge` and `cq-emerge-build`, the Portage workflow.
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -31,6 +32,7 @@ pub mod cert_tool;
 pub mod client_run;
 pub mod config_file;
 pub mod daemon;
+pub mod emerge;
 pub mod env_args;
 pub mod listing;
 pub mod log_target;

@@ -11,6 +11,7 @@ mod integrity;
 mod jobs;
 mod netns;
 mod policy;
+mod portage;
 mod queue;
 mod results;
 mod serial;
