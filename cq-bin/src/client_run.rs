@@ -38,8 +38,10 @@ const QUERY_CONFLICTS: [&str; 8] = [
 ];
 
 /// Options the configuration file's `[client]` section may set: where the server is, how to
-/// authenticate, and how long to wait; never what to do.
-pub const CONFIG_OPTIONS: [&str; 10] = [
+/// authenticate, how long to wait, and the post script of jobs waited for; never the
+/// command. (`pass_env`, the variables every job gets, is not an option.)
+pub const CONFIG_OPTIONS: [&str; 11] = [
+    "post_script",
     "host",
     "port",
     "auth",

@@ -16,6 +16,9 @@ use cq_core::SubmitPolicy;
 use serde::Deserialize;
 use toml::Spanned;
 
+/// The `[client]` key that is not an option: variables passed to every job when set.
+const PASS_ENV: &str = "pass_env";
+
 /// Read when `--config` is not given (and skipped when it does not exist).
 pub const DEFAULT_CONFIG: &str = "/etc/cq/cq.toml";
 
@@ -197,6 +200,42 @@ impl ConfigFile {
         &self.raw.jobs
     }
 
+    /// `pass_env` of `[client]`: names of variables every submitted job gets from the
+    /// client's environment (as `-E NAME`), when they are set there.
+    ///
+    /// # Errors
+    ///
+    /// When it is not a list of variable names.
+    pub fn client_pass_env(&self) -> Result<Vec<String>, ConfigError> {
+        let Some((key, value)) = self
+            .raw
+            .client
+            .iter()
+            .find(|(key, _)| key.get_ref() == PASS_ENV)
+        else {
+            return Ok(Vec::new());
+        };
+        let qualified = format!("client.{PASS_ENV}");
+        let names: Option<Vec<String>> = match value.get_ref() {
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|item| {
+                    item.as_str()
+                        .filter(|name| cq_core::job::check_env_name(name).is_ok())
+                        .map(str::to_owned)
+                })
+                .collect(),
+            _ => None,
+        };
+        names.ok_or_else(|| {
+            self.invalid(
+                key.span().start.max(value.span().start),
+                &qualified,
+                "expected a list of variable names, e.g. [\"USE\", \"FEATURES\"]".into(),
+            )
+        })
+    }
+
     /// `[emerge]`.
     pub fn emerge(&self) -> &EmergeSection {
         &self.raw.emerge
@@ -221,6 +260,9 @@ impl ConfigFile {
         };
         let mut arguments = Vec::new();
         for (key, value) in table {
+            if section == Section::Client && key.get_ref() == PASS_ENV {
+                continue;
+            }
             let at = key.span().start;
             let qualified = format!("{name}.{}", key.get_ref());
             let long = key.get_ref().replace('_', "-");
@@ -233,6 +275,21 @@ impl ConfigFile {
             };
             let id = arg.get_id().as_str();
             if given.value_source(id) == Some(ValueSource::CommandLine) {
+                continue;
+            }
+            // A default that what was typed rules out (a post script with --detach) is
+            // left out, not an error.
+            let typed = |other: &clap::Arg| {
+                given.value_source(other.get_id().as_str()) == Some(ValueSource::CommandLine)
+            };
+            let ruled_out = command.get_arg_conflicts_with(arg).into_iter().any(typed)
+                || command.get_arguments().filter(|a| typed(a)).any(|a| {
+                    command
+                        .get_arg_conflicts_with(a)
+                        .iter()
+                        .any(|c| c.get_id() == arg.get_id())
+                });
+            if ruled_out {
                 continue;
             }
             let flag = matches!(arg.get_action(), ArgAction::SetTrue);

@@ -115,7 +115,7 @@ pub(crate) const CLIENT: &[Section] = &[
         items: &[
             (
                 "/etc/cq/cq.toml",
-                "the [client] section sets defaults for the options that name a server and how to reach it",
+                "the [client] section sets defaults for where and how to reach the server, the post script, and pass_env (variables every job gets when set)",
             ),
             (
                 "/etc/cq/tls/ca.pem, client.pem, client.key",

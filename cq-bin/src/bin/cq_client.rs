@@ -12,8 +12,8 @@ use cq_bin::report::{fail, init_logging};
 use cq_core::CommandJob;
 
 fn main() -> ExitCode {
-    let mut args = match parse_args() {
-        Ok(args) => args,
+    let (mut args, pass_env) = match parse_args() {
+        Ok(parsed) => parsed,
         Err(code) => return code,
     };
     if args.new_session {
@@ -22,10 +22,18 @@ fn main() -> ExitCode {
         let _ = nix::unistd::setsid();
     }
     init_logging(tracing::Level::WARN, args.verbose);
-    let env = match resolve_env_args(&args.env, |name| std::env::var_os(name)) {
+    let mut env = match resolve_env_args(&args.env, |name| std::env::var_os(name)) {
         Ok(env) => env,
         Err(e) => return fail("cq_client", e, None, CQ_FAILURE),
     };
+    // The configuration's pass_env: given -E wins; unset (or not UTF-8) names are left out.
+    for name in pass_env {
+        if env.iter().all(|(given, _)| *given != name)
+            && let Some(value) = std::env::var_os(&name).and_then(|v| v.into_string().ok())
+        {
+            env.push((name, value));
+        }
+    }
     if let Some(script) = &args.post_script {
         match check_post_script(script) {
             Ok(found) => args.post_script = Some(found),
@@ -61,8 +69,9 @@ fn main() -> ExitCode {
     runtime.block_on(run(args, job))
 }
 
-/// The command line, with defaults from the configuration file's `[client]` section.
-fn parse_args() -> Result<Args, ExitCode> {
+/// The command line, with defaults from the configuration file's `[client]` section, and
+/// the names of the variables every job gets when set (`pass_env`).
+fn parse_args() -> Result<(Args, Vec<String>), ExitCode> {
     // Usage errors are cq's failures too: keep them apart from the job's statuses.
     let usage = |e: clap::Error| {
         let _ = e.print();
@@ -83,7 +92,12 @@ fn parse_args() -> Result<Args, ExitCode> {
     let args = Args::from_arg_matches(&given).map_err(usage)?;
     let file = ConfigFile::load(args.config.as_deref())
         .map_err(|e| fail("cq_client", e, None, CQ_FAILURE))?;
-    let Some(file) = file else { return Ok(args) };
+    let Some(file) = file else {
+        return Ok((args, Vec::new()));
+    };
+    let pass_env = file
+        .client_pass_env()
+        .map_err(|e| fail("cq_client", e, None, CQ_FAILURE))?;
     let command = Args::command();
     let from_file = file
         .arguments(Section::Client, &command, &given, |id| {
@@ -91,7 +105,7 @@ fn parse_args() -> Result<Args, ExitCode> {
         })
         .map_err(|e| fail("cq_client", e, None, CQ_FAILURE))?;
     if from_file.is_empty() {
-        return Ok(args);
+        return Ok((args, pass_env));
     }
     let merged = argv[..1]
         .iter()
@@ -99,5 +113,6 @@ fn parse_args() -> Result<Args, ExitCode> {
         .chain(from_file)
         .chain(argv[1..].iter().cloned());
     let matches = command.try_get_matches_from(merged).map_err(usage)?;
-    Args::from_arg_matches(&matches).map_err(usage)
+    let args = Args::from_arg_matches(&matches).map_err(usage)?;
+    Ok((args, pass_env))
 }

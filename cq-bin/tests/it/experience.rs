@@ -464,3 +464,56 @@ async fn a_post_script_is_told_what_ran() {
     assert!(vars.lines().any(|l| l == "CQ_JOB_ENV_USE=-X gtk"), "{vars}");
     assert!(vars.lines().any(|l| l == "CQ_ARGV_2=a b"), "{vars}");
 }
+
+/// `[client]` defaults for what every job gets: a post script and variables passed through
+/// when set; what is typed wins, and a default that a typed option rules out (a post script
+/// with --detach) is left out instead of failing.
+#[tokio::test]
+async fn client_defaults_give_every_job_a_post_script_and_variables() {
+    let munged = Munged::start();
+    let server = TestServer::start(&munged).await;
+    let dir = shared_dir();
+    let seen = dir.path().join("seen");
+    let post = crate::support::script(
+        dir.path(),
+        "post",
+        &format!("env | grep '^CQ_JOB_ENV_' | sort > {}", seen.display()),
+    );
+    let config = dir.path().join("client.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[client]\npost_script = {:?}\npass_env = [\"USE\", \"CQ_TEST_UNSET\"]\n",
+            post.display().to_string()
+        ),
+    )
+    .unwrap();
+    let with_config = || {
+        let mut cmd = server.client();
+        cmd.arg("--config")
+            .arg(&config)
+            .env("USE", "X gtk")
+            .env_remove("CQ_TEST_UNSET");
+        cmd
+    };
+    let out = output(with_config().args(["--", "true"])).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap(),
+        "CQ_JOB_ENV_USE=X gtk\n"
+    );
+    let out = output(with_config().args(["-E", "USE=-X", "--", "true"])).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap(),
+        "CQ_JOB_ENV_USE=-X\n"
+    );
+    std::fs::remove_file(&seen).unwrap();
+    let detached = output(with_config().args(["--detach", "--", "true"])).await;
+    assert!(detached.status.success(), "{}", stderr(&detached));
+    let id = stdout(&detached).trim().to_owned();
+    let status = output(server.client().args(["--status", &id, "--json"])).await;
+    let job: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(job["env"]["USE"], "X gtk");
+    assert!(!seen.exists(), "no post script runs for a detached job");
+}
