@@ -7,8 +7,9 @@ use std::hint::black_box;
 
 use bytes::BytesMut;
 use cq_core::protocol::{Action, Envelope, Event, FrameCodec, Nonce, Reply, Request};
-use cq_core::scheduler::AcceptAll;
-use cq_core::{CommandJob, Identity, JobId, JobInfo, Outcome, Scheduler, SerialScheduler};
+use cq_core::{
+    CommandJob, Identity, JobId, JobInfo, Outcome, Scheduler, SerialScheduler, WorkerInfo,
+};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -91,21 +92,24 @@ fn scheduler(c: &mut Criterion) {
         owner: owner.clone(),
         summary: String::new(),
         command: None,
+        tags: Vec::new(),
+        lane: None,
     };
+    let local = WorkerInfo::new("local", Vec::<String>::new());
     let mut group = c.benchmark_group("serial-scheduler");
     for queued in [10u64, 10_000, 100_000] {
-        group.bench_function(BenchmarkId::new("submit+next+finish", queued), |b| {
+        group.bench_function(BenchmarkId::new("enqueue+next+finished", queued), |b| {
             let mut scheduler = SerialScheduler::new();
             for id in 0..queued {
-                scheduler.submit(info(id), &AcceptAll);
+                scheduler.enqueue(info(id));
             }
             let mut id = queued;
             b.iter(|| {
                 // One job in at the back, the front one run and finished: the queue length stays.
-                scheduler.submit(info(id), &AcceptAll);
+                scheduler.enqueue(info(id));
                 id += 1;
-                let next = scheduler.next().unwrap();
-                scheduler.finish(next, &Outcome::Exited { code: 0 });
+                let next = scheduler.next_for(&local).unwrap();
+                scheduler.finished(next, &Outcome::Exited { code: 0 });
                 black_box(next)
             });
         });

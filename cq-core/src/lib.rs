@@ -63,7 +63,7 @@ pub use job::{
 pub use outcome::{Outcome, SpawnFailure};
 pub use policy::{PolicyRefusal, SharedPolicy, StartCheck, SubmitPolicy};
 pub use scheduler::{
-    Admission, Decision, JobInfo, QueueView, Scheduler, SerialScheduler, SubmitHook,
+    Decision, JobInfo, QueueView, Scheduler, SerialScheduler, SubmitHook, WorkerInfo,
 };
 pub use server::{Server, ServerConfig};
 pub use store::{MemoryStore, SqliteStore, Store, StoreError};

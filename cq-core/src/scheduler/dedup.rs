@@ -44,7 +44,7 @@ mod tests {
     use crate::auth::Identity;
     use crate::job::{CommandJob, JobId};
     use crate::outcome::Outcome;
-    use crate::scheduler::{Admission, Scheduler, SerialScheduler};
+    use crate::scheduler::{Scheduler, SerialScheduler, WorkerInfo};
 
     fn info(id: u64, command: CommandJob) -> JobInfo {
         JobInfo {
@@ -52,6 +52,8 @@ mod tests {
             owner: Identity::local(),
             summary: command.summary(),
             command: Some(std::sync::Arc::new(command)),
+            tags: Vec::new(),
+            lane: None,
         }
     }
 
@@ -61,57 +63,71 @@ mod tests {
             .with_env("FEATURES", "a")
     }
 
+    /// What the engine does: the hook decides, an accepted job is queued.
+    fn offer(s: &mut SerialScheduler, job: JobInfo, hook: &dyn SubmitHook) -> Decision {
+        let decision = hook.review(&job, &s.view());
+        if decision == Decision::Accept {
+            s.enqueue(job);
+        }
+        decision
+    }
+
     #[test]
     fn equal_work_merges_and_different_environments_do_not() {
         let hook = DuplicateJobs::new(DedupScope::Queued);
         let mut s = SerialScheduler::new();
-        assert_eq!(
-            s.submit(info(1, emerge()), &hook),
-            Admission::Accepted { ahead: 0 }
-        );
+        assert_eq!(offer(&mut s, info(1, emerge()), &hook), Decision::Accept);
         // Same variables in another order: the same environment.
         let reordered = CommandJob::new(["emerge", "--buildpkgonly", "app-misc/foo"])
             .with_env("FEATURES", "a")
             .with_env("USE", "X");
         assert_eq!(
-            s.submit(info(2, reordered), &hook),
-            Admission::Merged { into: JobId(1) }
+            offer(&mut s, info(2, reordered), &hook),
+            Decision::Merge(JobId(1))
         );
         let other_use = emerge().with_env("USE", "-X");
-        assert_eq!(
-            s.submit(info(3, other_use), &hook),
-            Admission::Accepted { ahead: 1 }
-        );
+        assert_eq!(offer(&mut s, info(3, other_use), &hook), Decision::Accept);
         let mut other_user = info(4, emerge());
         other_user.owner.uid += 1;
-        assert_eq!(
-            s.submit(other_user, &hook),
-            Admission::Accepted { ahead: 2 }
-        );
+        assert_eq!(offer(&mut s, other_user, &hook), Decision::Accept);
     }
 
     #[test]
     fn the_scope_decides_about_the_running_job() {
+        let local = WorkerInfo::new("local", Vec::<String>::new());
         let mut s = SerialScheduler::new();
-        s.submit(info(1, emerge()), &DuplicateJobs::new(DedupScope::Queued));
-        assert_eq!(s.next(), Some(JobId(1)));
+        offer(
+            &mut s,
+            info(1, emerge()),
+            &DuplicateJobs::new(DedupScope::Queued),
+        );
+        assert_eq!(s.next_for(&local), Some(JobId(1)));
         assert_eq!(
-            s.submit(
+            offer(
+                &mut s,
                 info(2, emerge()),
                 &DuplicateJobs::new(DedupScope::QueuedOrRunning)
             ),
-            Admission::Merged { into: JobId(1) }
+            Decision::Merge(JobId(1))
         );
-        assert!(matches!(
-            s.submit(info(3, emerge()), &DuplicateJobs::new(DedupScope::Queued)),
-            Admission::Accepted { .. }
-        ));
+        assert_eq!(
+            offer(
+                &mut s,
+                info(3, emerge()),
+                &DuplicateJobs::new(DedupScope::Queued)
+            ),
+            Decision::Accept
+        );
         // Once job 3 has left the queue, nothing is left to merge into.
-        s.finish(JobId(1), &Outcome::Exited { code: 0 });
+        s.finished(JobId(1), &Outcome::Exited { code: 0 });
         assert!(s.remove(JobId(3)));
-        assert!(matches!(
-            s.submit(info(4, emerge()), &DuplicateJobs::new(DedupScope::Queued)),
-            Admission::Accepted { .. }
-        ));
+        assert_eq!(
+            offer(
+                &mut s,
+                info(4, emerge()),
+                &DuplicateJobs::new(DedupScope::Queued)
+            ),
+            Decision::Accept
+        );
     }
 }

@@ -1,22 +1,26 @@
-//! The default scheduler: one job at a time, in acceptance order.
+//! The default scheduler: each worker runs one job at a time, the oldest it can run.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::job::JobId;
 use crate::outcome::Outcome;
 
-use super::hook::{Decision, SubmitHook};
-use super::traits::{Admission, JobInfo, QueueSource, QueueView, Scheduler};
+use super::traits::{JobInfo, QueueSource, QueueView, Scheduler, WorkerInfo};
 
-/// Runs jobs strictly one at a time, first accepted first run.
+/// Runs jobs strictly one at a time on each worker, first accepted first run: a free worker
+/// gets the oldest queued job it can run ([`WorkerInfo::can_run`]) whose lane is not in use.
+/// With one worker and untagged jobs, that is one job at a time in acceptance order.
 ///
-/// Jobs run in id order, which is acceptance order because the engine hands out ids in that
-/// order. Submit, next, finish and remove cost O(log n); finding a queued duplicate is a hash
-/// lookup, so none of them grows with the queue.
+/// Jobs are ordered by id, which is acceptance order because the engine hands out ids in
+/// that order. Enqueue, remove and finished cost O(log n), and so does `next_for` when the
+/// oldest job is eligible; finding a queued duplicate is a hash lookup.
 #[derive(Debug, Default)]
 pub struct SerialScheduler {
-    running: Option<JobInfo>,
     queued: BTreeMap<JobId, JobInfo>,
+    /// Running jobs and the worker each runs on.
+    running: BTreeMap<JobId, (JobInfo, String)>,
+    busy_workers: HashSet<String>,
+    busy_lanes: HashSet<String>,
     /// Queued jobs by [`JobInfo::work_hash`].
     by_work: HashMap<u64, Vec<JobId>>,
 }
@@ -27,8 +31,10 @@ impl SerialScheduler {
         Self::default()
     }
 
-    fn holds(&self, id: JobId) -> bool {
-        self.running.as_ref().is_some_and(|r| r.id == id) || self.queued.contains_key(&id)
+    fn index(&mut self, job: &JobInfo) {
+        if let Some(hash) = job.work_hash() {
+            self.by_work.entry(hash).or_default().push(job.id);
+        }
     }
 
     fn unindex(&mut self, job: &JobInfo) {
@@ -41,11 +47,21 @@ impl SerialScheduler {
             }
         }
     }
+
+    /// Takes running job `id` off its worker and lane.
+    fn release(&mut self, id: JobId) -> Option<JobInfo> {
+        let (job, worker) = self.running.remove(&id)?;
+        self.busy_workers.remove(&worker);
+        if let Some(lane) = &job.lane {
+            self.busy_lanes.remove(lane);
+        }
+        Some(job)
+    }
 }
 
 impl QueueSource for SerialScheduler {
-    fn running(&self) -> Option<&JobInfo> {
-        self.running.as_ref()
+    fn running(&self) -> Box<dyn Iterator<Item = &JobInfo> + '_> {
+        Box::new(self.running.values().map(|(job, _)| job))
     }
 
     fn queued(&self) -> Box<dyn Iterator<Item = &JobInfo> + '_> {
@@ -65,31 +81,48 @@ impl QueueSource for SerialScheduler {
 }
 
 impl Scheduler for SerialScheduler {
-    fn submit(&mut self, job: JobInfo, hook: &dyn SubmitHook) -> Admission {
-        match hook.review(&job, &self.view()) {
-            Decision::Merge(into) if self.holds(into) => Admission::Merged { into },
-            // A hook naming a job that has already ended (or never existed) cannot merge into
-            // it; queueing the newcomer is the answer that loses nothing.
-            Decision::Accept | Decision::Merge(_) => {
-                let ahead = self.queued.len() + usize::from(self.running.is_some());
-                if let Some(hash) = job.work_hash() {
-                    self.by_work.entry(hash).or_default().push(job.id);
-                }
-                self.queued.insert(job.id, job);
-                Admission::Accepted { ahead }
-            }
-            Decision::Reject(reason) => Admission::Rejected { reason },
-        }
+    fn enqueue(&mut self, job: JobInfo) {
+        self.index(&job);
+        self.queued.insert(job.id, job);
     }
 
-    fn next(&mut self) -> Option<JobId> {
-        if self.running.is_some() {
+    fn next_for(&mut self, worker: &WorkerInfo) -> Option<JobId> {
+        if self.busy_workers.contains(&worker.name) {
             return None;
         }
-        let (id, job) = self.queued.pop_first()?;
+        let id = self
+            .queued
+            .values()
+            .find(|job| {
+                worker.can_run(job)
+                    && job
+                        .lane
+                        .as_ref()
+                        .is_none_or(|lane| !self.busy_lanes.contains(lane))
+            })?
+            .id;
+        let job = self.queued.remove(&id)?;
         self.unindex(&job);
-        self.running = Some(job);
+        self.busy_workers.insert(worker.name.clone());
+        if let Some(lane) = &job.lane {
+            self.busy_lanes.insert(lane.clone());
+        }
+        self.running.insert(id, (job, worker.name.clone()));
         Some(id)
+    }
+
+    fn finished(&mut self, id: JobId, _outcome: &Outcome) {
+        self.release(id);
+    }
+
+    fn requeue(&mut self, id: JobId) -> bool {
+        match self.release(id) {
+            Some(job) => {
+                self.enqueue(job);
+                true
+            }
+            None => false,
+        }
     }
 
     fn remove(&mut self, id: JobId) -> bool {
@@ -99,12 +132,6 @@ impl Scheduler for SerialScheduler {
                 true
             }
             None => false,
-        }
-    }
-
-    fn finish(&mut self, id: JobId, _outcome: &Outcome) {
-        if self.running.as_ref().is_some_and(|r| r.id == id) {
-            self.running = None;
         }
     }
 
@@ -120,164 +147,189 @@ mod tests {
     use super::*;
     use crate::auth::Identity;
     use crate::job::CommandJob;
-    use crate::scheduler::AcceptAll;
 
     fn info(id: u64, argv: &str) -> JobInfo {
+        tagged(id, argv, &[], None)
+    }
+
+    fn tagged(id: u64, argv: &str, tags: &[&str], lane: Option<&str>) -> JobInfo {
         let command = CommandJob::new([argv]);
         JobInfo {
             id: JobId(id),
             owner: Identity::local(),
             summary: command.summary(),
             command: Some(std::sync::Arc::new(command)),
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            lane: lane.map(str::to_owned),
         }
     }
 
-    /// Merges a job into a queued or running one with the same command.
-    struct Dedup;
-
-    impl SubmitHook for Dedup {
-        fn review(&self, job: &JobInfo, queue: &QueueView<'_>) -> Decision {
-            queue
-                .all()
-                .find(|q| q.command == job.command)
-                .map_or(Decision::Accept, |q| Decision::Merge(q.id))
-        }
+    fn ok() -> Outcome {
+        Outcome::Exited { code: 0 }
     }
 
     #[test]
-    fn runs_one_at_a_time_in_order() {
+    fn one_worker_runs_one_at_a_time_in_order() {
+        let local = WorkerInfo::new("local", Vec::<String>::new());
         let mut s = SerialScheduler::new();
-        assert_eq!(
-            s.submit(info(1, "a"), &AcceptAll),
-            Admission::Accepted { ahead: 0 }
-        );
-        assert_eq!(
-            s.submit(info(2, "b"), &AcceptAll),
-            Admission::Accepted { ahead: 1 }
-        );
-        assert_eq!(s.next(), Some(JobId(1)));
-        assert_eq!(s.next(), None, "nothing starts while a job runs");
-        assert_eq!(
-            s.submit(info(3, "c"), &AcceptAll),
-            Admission::Accepted { ahead: 2 }
-        );
-        s.finish(JobId(1), &Outcome::Exited { code: 0 });
-        assert_eq!(s.next(), Some(JobId(2)));
-        s.finish(JobId(2), &Outcome::Exited { code: 0 });
-        assert_eq!(s.next(), Some(JobId(3)));
-        s.finish(JobId(3), &Outcome::Exited { code: 0 });
-        assert_eq!(s.next(), None);
+        s.enqueue(info(1, "a"));
+        s.enqueue(info(2, "b"));
+        assert_eq!(s.next_for(&local), Some(JobId(1)));
+        assert_eq!(s.next_for(&local), None, "nothing starts while a job runs");
+        s.enqueue(info(3, "c"));
+        s.finished(JobId(1), &ok());
+        assert_eq!(s.next_for(&local), Some(JobId(2)));
+        s.finished(JobId(2), &ok());
+        assert_eq!(s.next_for(&local), Some(JobId(3)));
+        s.finished(JobId(3), &ok());
+        assert_eq!(s.next_for(&local), None);
     }
 
     #[test]
-    fn removed_jobs_never_start() {
+    fn removed_jobs_never_start_and_requeued_ones_keep_their_place() {
+        let local = WorkerInfo::new("local", Vec::<String>::new());
         let mut s = SerialScheduler::new();
         for id in 1..=3 {
-            s.submit(info(id, "a"), &AcceptAll);
+            s.enqueue(info(id, "a"));
         }
         assert!(s.remove(JobId(2)));
         assert!(!s.remove(JobId(2)), "already gone");
-        assert_eq!(s.next(), Some(JobId(1)));
+        assert_eq!(s.next_for(&local), Some(JobId(1)));
         assert!(!s.remove(JobId(1)), "a running job is not in the queue");
-        s.finish(JobId(1), &Outcome::Exited { code: 0 });
-        assert_eq!(s.next(), Some(JobId(3)));
+        assert!(s.requeue(JobId(1)));
+        assert!(!s.requeue(JobId(1)), "no longer running");
+        assert_eq!(s.next_for(&local), Some(JobId(1)), "back in its place, first");
+        s.finished(JobId(1), &ok());
+        assert_eq!(s.next_for(&local), Some(JobId(3)));
     }
 
     #[test]
-    fn hooks_merge_and_reject() {
-        struct No;
-        impl SubmitHook for No {
-            fn review(&self, _: &JobInfo, _: &QueueView<'_>) -> Decision {
-                Decision::Reject("closed".into())
-            }
-        }
+    fn workers_take_the_oldest_job_they_can_run_and_lanes_are_exclusive() {
+        let desktop = WorkerInfo::new("b1", ["profile=desktop"]);
+        let server = WorkerInfo::new("b2", ["profile=server"]);
         let mut s = SerialScheduler::new();
-        s.submit(info(1, "a"), &Dedup);
+        s.enqueue(tagged(1, "a", &["profile=server"], None));
+        s.enqueue(tagged(2, "b", &["profile=desktop"], Some("pkgdir")));
+        s.enqueue(tagged(3, "c", &[], Some("pkgdir")));
+        s.enqueue(tagged(4, "d", &[], None));
+        assert_eq!(s.next_for(&desktop), Some(JobId(2)));
         assert_eq!(
-            s.submit(info(2, "a"), &Dedup),
-            Admission::Merged { into: JobId(1) }
+            s.next_for(&server),
+            Some(JobId(1)),
+            "server-only job goes to b2"
         );
-        assert_eq!(s.next(), Some(JobId(1)));
+        assert_eq!(s.view().running().count(), 2);
+        s.finished(JobId(1), &ok());
         assert_eq!(
-            s.submit(info(3, "a"), &Dedup),
-            Admission::Merged { into: JobId(1) },
-            "running jobs merge too"
+            s.next_for(&server),
+            Some(JobId(4)),
+            "job 3 waits: its lane is in use by job 2"
         );
-        assert_eq!(
-            s.submit(info(4, "b"), &No),
-            Admission::Rejected {
-                reason: "closed".into()
-            }
-        );
-        assert_eq!(s.view().queued_len(), 0);
-    }
-
-    #[test]
-    fn merge_into_a_finished_job_queues_instead() {
-        struct Stale;
-        impl SubmitHook for Stale {
-            fn review(&self, _: &JobInfo, _: &QueueView<'_>) -> Decision {
-                Decision::Merge(JobId(99))
-            }
-        }
-        let mut s = SerialScheduler::new();
-        assert_eq!(
-            s.submit(info(1, "a"), &Stale),
-            Admission::Accepted { ahead: 0 }
-        );
+        s.finished(JobId(2), &ok());
+        assert_eq!(s.next_for(&desktop), Some(JobId(3)));
     }
 
     #[derive(Clone, Debug)]
     enum Op {
-        Submit(u8),
-        Next,
-        Finish,
+        Enqueue { tag: Option<u8>, lane: Option<u8> },
+        Next(u8),
+        Finish(u8),
+        Requeue(u8),
+        Remove(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (proptest::option::of(0u8..3), proptest::option::of(0u8..2))
+                .prop_map(|(tag, lane)| Op::Enqueue { tag, lane }),
+            (0u8..3).prop_map(Op::Next),
+            any::<u8>().prop_map(Op::Finish),
+            any::<u8>().prop_map(Op::Requeue),
+            any::<u8>().prop_map(Op::Remove),
+        ]
     }
 
     proptest! {
-        /// Whatever the interleaving: at most one job runs, jobs start in acceptance order,
-        /// and every submitter ends up attached to exactly one job that runs.
+        /// Whatever happens: no worker runs two jobs, no two running jobs share a lane, a
+        /// worker only gets jobs it can run, and it gets the oldest queued job it could run.
         #[test]
-        fn fifo_and_exactly_one_job_per_submitter(ops in proptest::collection::vec(
-            prop_oneof![(0u8..4).prop_map(Op::Submit), Just(Op::Next), Just(Op::Finish)], 0..200)
-        ) {
+        fn workers_lanes_and_order_hold(ops in proptest::collection::vec(op(), 0..300)) {
+            // Worker w has tag t<w> (w2 has none and takes only untagged jobs).
+            let workers = [
+                WorkerInfo::new("w0", ["t0"]),
+                WorkerInfo::new("w1", ["t1", "t0"]),
+                WorkerInfo::new("w2", Vec::<String>::new()),
+            ];
             let mut s = SerialScheduler::new();
             let mut next_id = 1;
-            let mut accepted = Vec::new();
-            let mut started = Vec::new();
-            let mut waiting_on: Vec<JobId> = Vec::new();
-            let mut running: Option<JobId> = None;
+            // Our model: queued jobs (in order) and what runs where.
+            let mut queued: BTreeMap<JobId, JobInfo> = BTreeMap::new();
+            let mut running: BTreeMap<JobId, (JobInfo, usize)> = BTreeMap::new();
             for op in ops {
                 match op {
-                    Op::Submit(cmd) => {
-                        let id = JobId(next_id);
+                    Op::Enqueue { tag, lane } => {
+                        let tags: Vec<String> = tag.map(|t| format!("t{t}")).into_iter().collect();
+                        let lane = lane.map(|l| format!("l{l}"));
+                        let job = JobInfo { tags, lane, ..info(next_id, "x") };
                         next_id += 1;
-                        match s.submit(info(id.0, &cmd.to_string()), &Dedup) {
-                            Admission::Accepted { .. } => { accepted.push(id); waiting_on.push(id); }
-                            Admission::Merged { into } => {
-                                prop_assert!(accepted.contains(&into) && !started[..started.len().saturating_sub(usize::from(running.is_some()))].contains(&into));
-                                waiting_on.push(into);
-                            }
-                            Admission::Rejected { .. } => prop_assert!(false, "dedup never rejects"),
+                        queued.insert(job.id, job.clone());
+                        s.enqueue(job);
+                    }
+                    Op::Next(w) => {
+                        let worker = &workers[usize::from(w)];
+                        let busy = running.values().any(|(_, on)| *on == usize::from(w));
+                        let lanes: HashSet<&String> =
+                            running.values().filter_map(|(j, _)| j.lane.as_ref()).collect();
+                        let expected = if busy {
+                            None
+                        } else {
+                            queued.values().find(|j| worker.can_run(j)
+                                && j.lane.as_ref().is_none_or(|l| !lanes.contains(l))).map(|j| j.id)
+                        };
+                        let got = s.next_for(worker);
+                        prop_assert_eq!(got, expected);
+                        if let Some(id) = got {
+                            let job = queued.remove(&id).unwrap();
+                            prop_assert!(worker.can_run(&job));
+                            running.insert(id, (job, usize::from(w)));
                         }
                     }
-                    Op::Next => {
-                        if let Some(id) = s.next() {
-                            prop_assert!(running.is_none(), "two jobs running");
-                            running = Some(id);
-                            started.push(id);
+                    Op::Finish(n) => {
+                        if let Some(&id) = running.keys().nth(usize::from(n) % running.len().max(1)) {
+                            running.remove(&id);
+                            s.finished(id, &ok());
                         }
                     }
-                    Op::Finish => {
-                        if let Some(id) = running.take() {
-                            s.finish(id, &Outcome::Exited { code: 0 });
+                    Op::Requeue(n) => {
+                        if let Some(&id) = running.keys().nth(usize::from(n) % running.len().max(1)) {
+                            let (job, _) = running.remove(&id).unwrap();
+                            queued.insert(id, job);
+                            prop_assert!(s.requeue(id));
+                        }
+                    }
+                    Op::Remove(n) => {
+                        if let Some(&id) = queued.keys().nth(usize::from(n) % queued.len().max(1)) {
+                            queued.remove(&id);
+                            prop_assert!(s.remove(id));
                         }
                     }
                 }
-            }
-            prop_assert_eq!(&started[..], &accepted[..started.len()]);
-            for id in waiting_on {
-                prop_assert!(accepted.contains(&id));
+                // The invariants, checked on the scheduler's own view.
+                let view = s.view();
+                let on_view: Vec<JobId> = view.running().map(|j| j.id).collect();
+                prop_assert_eq!(on_view, running.keys().copied().collect::<Vec<_>>());
+                let mut lanes = HashSet::new();
+                for (job, _) in running.values() {
+                    if let Some(lane) = &job.lane {
+                        prop_assert!(lanes.insert(lane), "two running jobs in lane {}", lane);
+                    }
+                }
+                let mut busy = HashSet::new();
+                for (_, w) in running.values() {
+                    prop_assert!(busy.insert(*w), "worker {} runs two jobs", w);
+                }
+                let in_queue: Vec<JobId> = view.queued().map(|j| j.id).collect();
+                prop_assert_eq!(in_queue, queued.keys().copied().collect::<Vec<_>>());
             }
         }
     }

@@ -7,8 +7,6 @@ use crate::auth::Identity;
 use crate::job::{CommandJob, JobId};
 use crate::outcome::Outcome;
 
-use super::hook::SubmitHook;
-
 /// What the scheduler and hooks know about a job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobInfo {
@@ -20,6 +18,11 @@ pub struct JobInfo {
     pub summary: String,
     /// The command, for jobs that are one (hooks compare these to find duplicates).
     pub command: Option<Arc<CommandJob>>,
+    /// What a worker must offer to run it ([`WorkerInfo::can_run`]).
+    pub tags: Vec<String>,
+    /// Jobs of one lane never run at the same time, on any worker (e.g. all builds that
+    /// write one shared PKGDIR).
+    pub lane: Option<String>,
 }
 
 impl JobInfo {
@@ -63,10 +66,38 @@ fn environment(command: &CommandJob) -> BTreeMap<&str, &str> {
         .collect()
 }
 
+/// Where jobs run: a worker runs one job at a time, and only jobs whose tags it has.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WorkerInfo {
+    /// Its name, unique among the workers.
+    pub name: String,
+    /// What it offers (e.g. `arch=amd64`, `profile=desktop`).
+    pub tags: Vec<String>,
+}
+
+impl WorkerInfo {
+    /// A worker called `name` with `tags`.
+    pub fn new<I, T>(name: impl Into<String>, tags: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        Self {
+            name: name.into(),
+            tags: tags.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// Whether it may run `job`: it has every tag of the job.
+    pub fn can_run(&self, job: &JobInfo) -> bool {
+        job.tags.iter().all(|tag| self.tags.contains(tag))
+    }
+}
+
 /// What a scheduler shows hooks of its queue.
 pub trait QueueSource {
-    /// The job running now, if any.
-    fn running(&self) -> Option<&JobInfo>;
+    /// The jobs running now, in the order they started.
+    fn running(&self) -> Box<dyn Iterator<Item = &JobInfo> + '_>;
 
     /// The queued jobs, next first.
     fn queued(&self) -> Box<dyn Iterator<Item = &JobInfo> + '_>;
@@ -81,7 +112,7 @@ pub trait QueueSource {
     }
 }
 
-/// A read-only view of the queue: the running job and the queued ones in order.
+/// A read-only view of the queue: the running jobs and the queued ones in order.
 #[derive(Clone, Copy)]
 pub struct QueueView<'a> {
     source: &'a dyn QueueSource,
@@ -101,8 +132,8 @@ impl<'a> QueueView<'a> {
         Self { source }
     }
 
-    /// The job running now, if any.
-    pub fn running(&self) -> Option<&'a JobInfo> {
+    /// The jobs running now.
+    pub fn running(&self) -> impl Iterator<Item = &'a JobInfo> + 'a {
         self.source.running()
     }
 
@@ -116,59 +147,54 @@ impl<'a> QueueView<'a> {
         self.source.queued_len()
     }
 
-    /// The running job (if any), then the queued ones.
+    /// The running jobs, then the queued ones.
     pub fn all(&self) -> impl Iterator<Item = &'a JobInfo> + 'a {
-        self.source
-            .running()
-            .into_iter()
-            .chain(self.source.queued())
+        self.source.running().chain(self.source.queued())
+    }
+
+    /// Whether job `id` is running or queued.
+    pub fn holds(&self, id: JobId) -> bool {
+        self.all().any(|job| job.id == id)
     }
 
     /// A queued job doing the same work as `job` (see [`JobInfo::same_work`]), or with
-    /// `include_running` the running one.
+    /// `include_running` a running one.
     pub fn find_same_work(&self, job: &JobInfo, include_running: bool) -> Option<&'a JobInfo> {
         self.source.find_same_work(job).or_else(|| {
-            self.source
-                .running()
-                .filter(|running| include_running && running.same_work(job))
+            self.running()
+                .find(|running| include_running && running.same_work(job))
         })
     }
 }
 
-/// What a scheduler did with a submitted job.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Admission {
-    /// Queued; `ahead` jobs (including the running one) come before it.
-    Accepted {
-        /// Jobs ahead of it.
-        ahead: usize,
-    },
-    /// Not queued: the submitter becomes one more waiter of job `into`.
-    Merged {
-        /// The existing job.
-        into: JobId,
-    },
-    /// Not queued, for this reason (shown to the client).
-    Rejected {
-        /// Why.
-        reason: String,
-    },
-}
-
-/// Decides the order in which jobs run. Implementations must be deterministic.
+/// Decides the order in which admitted jobs run, and where.
+///
+/// The engine admits jobs (limits, hooks, merges) and then only tells the scheduler: a job
+/// was queued ([`enqueue`](Self::enqueue)), a worker is free ([`next_for`](Self::next_for)),
+/// a job ended ([`finished`](Self::finished)), a job must run again
+/// ([`requeue`](Self::requeue)), a queued job was cancelled ([`remove`](Self::remove)).
+///
+/// Contract: a worker runs at most one job at a time (`next_for` answers `None` for a worker
+/// whose job has not finished); `next_for` only gives a job the worker
+/// [can run](WorkerInfo::can_run); a job given out is running until `finished` or `requeue`.
+/// Implementations must be deterministic and do no I/O, so that these can be property-tested.
 pub trait Scheduler: Send + 'static {
-    /// Offers a job with a fresh id; `hook` reviews it first.
-    fn submit(&mut self, job: JobInfo, hook: &dyn SubmitHook) -> Admission;
+    /// Queues an admitted job (its id is fresh and larger than every earlier one).
+    fn enqueue(&mut self, job: JobInfo);
 
-    /// The job to start now, if one may start. Returns `None` while a job is running.
-    fn next(&mut self) -> Option<JobId>;
+    /// The job `worker` should start now, if any; it is running on `worker` from then on.
+    fn next_for(&mut self, worker: &WorkerInfo) -> Option<JobId>;
+
+    /// Records that running job `id` ended, so that its worker (and lane) is free again.
+    fn finished(&mut self, id: JobId, outcome: &Outcome);
+
+    /// Puts running job `id` back in the queue, in its old place (its worker was lost);
+    /// `false` if it is not running.
+    fn requeue(&mut self, id: JobId) -> bool;
 
     /// Takes queued job `id` out of the queue (it was cancelled); `false` if it is not queued.
     fn remove(&mut self, id: JobId) -> bool;
 
-    /// Records that job `id` ended, so that the next one may start.
-    fn finish(&mut self, id: JobId, outcome: &Outcome);
-
-    /// The job running now and the queued ones.
+    /// The running jobs and the queued ones.
     fn view(&self) -> QueueView<'_>;
 }

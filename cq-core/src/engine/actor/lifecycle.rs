@@ -38,12 +38,12 @@ impl<S: Scheduler> Actor<S> {
         if self.running.is_some() || self.stopping.is_some() {
             return;
         }
-        let Some(id) = self.scheduler.next() else {
+        let Some(id) = self.scheduler.next_for(&self.config.worker) else {
             return;
         };
         let Some(live) = self.jobs.get_mut(&id) else {
             tracing::error!(job = %id, "scheduler chose a job the engine does not hold");
-            self.scheduler.finish(id, &Outcome::Lost);
+            self.scheduler.finished(id, &Outcome::Lost);
             return;
         };
         let Some(job) = live.job.take() else {
@@ -163,7 +163,7 @@ impl<S: Scheduler> Actor<S> {
             ),
             None => Duration::ZERO,
         };
-        self.scheduler.finish(id, &outcome);
+        self.scheduler.finished(id, &outcome);
         let result = JobResult {
             outcome,
             runtime,

@@ -22,7 +22,7 @@ use crate::executor::{DEFAULT_LOG_LIMIT, Executor, LogChunk};
 use crate::job::{JobId, JobPhase, JobSummary, SubmitKey, Work, epoch_ms};
 use crate::outcome::Outcome;
 use crate::policy::StartCheck;
-use crate::scheduler::{AcceptAll, JobInfo, Scheduler, SerialScheduler, SubmitHook};
+use crate::scheduler::{AcceptAll, JobInfo, Scheduler, SerialScheduler, SubmitHook, WorkerInfo};
 use crate::store::{MemoryStore, Pending, PrunedJob, Store, StoreError, StoredJob};
 
 mod lifecycle;
@@ -88,6 +88,9 @@ pub struct EngineConfig {
     pub log_limit: u64,
     /// What one user may have at once.
     pub limits: UserLimits,
+    /// The engine's own worker, which runs jobs with its executor one at a time: it runs
+    /// the jobs whose tags it has (untagged jobs by default).
+    pub worker: WorkerInfo,
 }
 
 impl Default for EngineConfig {
@@ -98,6 +101,7 @@ impl Default for EngineConfig {
             requeue_running: false,
             log_limit: DEFAULT_LOG_LIMIT,
             limits: UserLimits::default(),
+            worker: WorkerInfo::new("local", Vec::<String>::new()),
         }
     }
 }
@@ -485,9 +489,11 @@ impl<S: Scheduler> Actor<S> {
             id,
             owner: stored.owner,
             summary: stored.summary,
+            tags: command.tags.clone(),
+            lane: None,
             command: Some(command.clone()),
         };
-        self.scheduler.submit(info.clone(), &AcceptAll);
+        self.scheduler.enqueue(info.clone());
         let usage = self.usage.entry(info.owner.uid).or_default();
         usage.live_jobs += 1;
         usage.live_bytes += size;

@@ -11,7 +11,7 @@ use super::{Actor, Live};
 use crate::auth::Identity;
 use crate::engine::handle::{JobState, JobTicket, SubmitError, SubmitOptions};
 use crate::job::{JobId, SubmitKey, Work};
-use crate::scheduler::{Admission, Decision, JobInfo, QueueView, Scheduler, SubmitHook};
+use crate::scheduler::{Decision, JobInfo, Scheduler};
 use crate::store::StoredJob;
 
 type TicketReply = oneshot::Sender<Result<JobTicket, SubmitError>>;
@@ -36,30 +36,39 @@ impl<S: Scheduler> Actor<S> {
         }
         let id = JobId(self.next_id);
         let size = job.size();
+        let command = job.command().cloned();
         let info = JobInfo {
             id,
             owner,
             summary: job.summary(),
-            command: job.command().cloned(),
+            tags: command.as_ref().map(|c| c.tags.clone()).unwrap_or_default(),
+            lane: None,
+            command,
         };
-        let admission = match options.verdict.clone() {
-            Some(Decision::Accept) | None => {
-                self.scheduler.submit(info.clone(), self.hook.as_ref())
+        // The hooks run here, once; a verdict reached outside the engine (the server's
+        // hook program) stands in for them.
+        let decision = match options.verdict.clone() {
+            Some(Decision::Accept) | None => self.hook.review(&info, &self.scheduler.view()),
+            Some(decided) => decided,
+        };
+        match decision {
+            // A hook naming a job that has already ended (or never existed) cannot merge into
+            // it; queueing the newcomer is the answer that loses nothing.
+            Decision::Merge(into) if self.scheduler.view().holds(into) => {
+                self.merge(info, into, &options, reply);
             }
-            Some(decided) => self.scheduler.submit(info.clone(), &Decided(decided)),
-        };
-        match admission {
-            Admission::Accepted { ahead } => {
+            Decision::Accept | Decision::Merge(_) => {
                 if let Err(reason) = self.within_limits(info.owner.uid, Some(size)) {
-                    self.scheduler.remove(id);
                     tracing::info!(owner = %info.owner, command = %info.summary, %reason, "over quota");
                     let _ = reply.send(Err(SubmitError::OverQuota { reason }));
                     return;
                 }
+                let view = self.scheduler.view();
+                let ahead = view.queued_len() + view.running().count();
+                self.scheduler.enqueue(info.clone());
                 self.accept(job, info, size, ahead, options.key, reply);
             }
-            Admission::Merged { into } => self.merge(info, into, &options, reply),
-            Admission::Rejected { reason } => {
+            Decision::Reject(reason) => {
                 tracing::info!(owner = %info.owner, command = %info.summary, %reason, "rejected");
                 let _ = reply.send(Err(SubmitError::Rejected { reason }));
             }
@@ -278,14 +287,5 @@ impl<S: Scheduler> Actor<S> {
         self.store
             .forget_requests(now)
             .log_failure("forget expired requests");
-    }
-}
-
-/// A decision made outside the engine, standing in for its hooks.
-struct Decided(Decision);
-
-impl SubmitHook for Decided {
-    fn review(&self, _job: &JobInfo, _queue: &QueueView<'_>) -> Decision {
-        self.0.clone()
     }
 }
