@@ -308,12 +308,34 @@ async fn the_client_waits_for_a_server_that_is_not_up_yet() {
         format!("127.0.0.1:{port}").parse().unwrap(),
         &munged.socket(),
     );
-    client.args(["--reconnect-timeout", "30", "--", "true"]);
-    let waiting = tokio::spawn(async move { output(&mut client).await });
+    client
+        .args(["--reconnect-timeout", "30", "--", "true"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = client.spawn().unwrap();
+    // The server comes up only once the client has found it missing.
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stderr.take().unwrap()));
+    let said = tokio::time::timeout(LIMIT, async {
+        let mut said = String::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            said.push_str(&line);
+            said.push('\n');
+            if line.contains("trying again") {
+                break;
+            }
+        }
+        said
+    })
+    .await
+    .expect("the client says it tries again");
+    assert!(said.contains("trying again"), "{said}");
     let server = TestServer::start_on_port(&munged, port).await;
-    let out = tokio::time::timeout(LIMIT, waiting).await.unwrap().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("trying again"), "{}", stderr(&out));
+    let status = tokio::time::timeout(LIMIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{said}");
     drop(server);
 }
 

@@ -198,7 +198,11 @@ mod tests {
         assert!(!s.remove(JobId(1)), "a running job is not in the queue");
         assert!(s.requeue(JobId(1)));
         assert!(!s.requeue(JobId(1)), "no longer running");
-        assert_eq!(s.next_for(&local), Some(JobId(1)), "back in its place, first");
+        assert_eq!(
+            s.next_for(&local),
+            Some(JobId(1)),
+            "back in its place, first"
+        );
         s.finished(JobId(1), &ok());
         assert_eq!(s.next_for(&local), Some(JobId(3)));
     }

@@ -620,3 +620,96 @@ async fn a_waiter_of_someone_elses_job_gets_its_outcome_without_the_owners_paths
         );
     }
 }
+
+/// Records which worker ran which command, and how many ran at once; each run waits for a
+/// permit.
+struct OnWorker {
+    name: &'static str,
+    seen: Arc<std::sync::Mutex<Vec<(&'static str, String)>>>,
+    running: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait]
+impl cq_core::Executor for OnWorker {
+    async fn run(&self, job: &cq_core::CommandJob, _ctx: JobContext) -> Outcome {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        self.seen
+            .lock()
+            .unwrap()
+            .push((self.name, job.argv[0].clone()));
+        self.permits.acquire().await.unwrap().forget();
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        Outcome::Exited { code: 0 }
+    }
+}
+
+/// Two workers run two jobs at once, each one at a time; a tagged job goes only to the
+/// worker that has its tag.
+#[tokio::test]
+async fn workers_run_jobs_side_by_side_each_one_at_a_time() {
+    use cq_core::{CommandJob, SubmitOptions, WorkerInfo};
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let permits = Arc::new(tokio::sync::Semaphore::new(0));
+    let worker = |name| {
+        Arc::new(OnWorker {
+            name,
+            seen: seen.clone(),
+            running: running.clone(),
+            most: most.clone(),
+            permits: permits.clone(),
+        })
+    };
+    let engine = Engine::new(EngineConfig::default())
+        .with_executor(worker("local"))
+        .with_worker(WorkerInfo::new("gpu", ["gpu"]), worker("gpu"))
+        .start()
+        .await
+        .expect("the engine starts");
+    let mut tickets = Vec::new();
+    for (name, tags) in [
+        ("a", vec![]),
+        ("b", vec![]),
+        ("c", vec!["gpu"]),
+        ("d", vec![]),
+    ] {
+        let mut command = CommandJob::new([name]);
+        command.tags = tags.into_iter().map(str::to_owned).collect();
+        tickets.push(
+            engine
+                .submit_command(command, Identity::local(), SubmitOptions::new())
+                .await
+                .unwrap(),
+        );
+    }
+    // a on local, b on gpu (it runs untagged jobs too); c waits for gpu, d for local.
+    let started = |n: usize| {
+        let seen = seen.clone();
+        async move {
+            while seen.lock().unwrap().len() < n {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    };
+    tokio::time::timeout(LIMIT, started(2)).await.unwrap();
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        [("local", "a".to_owned()), ("gpu", "b".to_owned())]
+    );
+    permits.add_permits(4);
+    for mut ticket in tickets {
+        let result = tokio::time::timeout(LIMIT, ticket.finished())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(result.outcome, Outcome::Exited { code: 0 });
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.contains(&("gpu", "c".to_owned())), "{seen:?}");
+    assert!(!seen.contains(&("local", "c".to_owned())), "{seen:?}");
+    assert_eq!(most.load(Ordering::SeqCst), 2, "two workers, two at once");
+}

@@ -26,19 +26,46 @@ impl<S: Scheduler> Actor<S> {
                 live.state = tokio::sync::watch::channel(JobState::Queued).0;
             }
         }
-        if mode == ShutdownMode::CancelRunning
-            && let Some(running) = &self.running
-        {
-            tracing::info!(job = %running.id, "cancelling the running job for shutdown");
-            running.cancel.cancel();
+        if mode == ShutdownMode::CancelRunning {
+            for running in self.running.values() {
+                tracing::info!(job = %running.id, "cancelling the running job for shutdown");
+                running.cancel.cancel();
+            }
         }
     }
 
+    /// Starts a job on every free worker that has one to run.
     pub(super) fn start_next(&mut self) {
-        if self.running.is_some() || self.stopping.is_some() {
+        if self.stopping.is_some() {
             return;
         }
-        let Some(id) = self.scheduler.next_for(&self.config.worker) else {
+        for worker in 0..self.workers.len() {
+            if self.running.values().all(|r| r.worker != worker) {
+                self.start_on(worker);
+            }
+        }
+    }
+
+    /// A running job's task ended.
+    pub(super) fn ended(
+        &mut self,
+        id: JobId,
+        ended: Result<(Outcome, u64), tokio::task::JoinError>,
+    ) {
+        let (outcome, log_bytes) = ended.unwrap_or_else(|e| {
+            tracing::error!(job = %id, error = %e, "the job's task failed");
+            (Outcome::Lost, 0)
+        });
+        let results = self
+            .running
+            .get(&id)
+            .map(|r| r.results.get())
+            .unwrap_or_default();
+        self.finish(id, outcome, log_bytes, results);
+    }
+
+    fn start_on(&mut self, worker: usize) {
+        let Some(id) = self.scheduler.next_for(&self.workers[worker].info) else {
             return;
         };
         let Some(live) = self.jobs.get_mut(&id) else {
@@ -77,7 +104,7 @@ impl<S: Scheduler> Actor<S> {
         let owner = live.info.owner.clone();
         let check = self.start_check.clone();
         let command = live.info.command.clone();
-        let executor = self.executor.clone();
+        let executor = self.workers[worker].executor.clone();
         let task = tokio::spawn(async move {
             // A job runs only once it is on disk: usually long done, since it waited its turn.
             if let Err(e) = durable.await {
@@ -136,14 +163,24 @@ impl<S: Scheduler> Actor<S> {
             };
             (outcome, log_bytes)
         });
-        self.running = Some(Running {
-            id,
-            live: feed,
-            started: Instant::now(),
-            cancel,
-            task,
-            results,
+        let internal = self.internal.clone();
+        tokio::spawn(async move {
+            let _ = internal.send(super::Internal::Ended {
+                id,
+                ended: task.await,
+            });
         });
+        self.running.insert(
+            id,
+            Running {
+                id,
+                worker,
+                live: feed,
+                started: Instant::now(),
+                cancel,
+                results,
+            },
+        );
     }
 
     /// Records how job `id` ended; its waiters hear of it once that is committed, so that
@@ -157,7 +194,7 @@ impl<S: Scheduler> Actor<S> {
     ) {
         // Only the running job has a run time (a cancelled queued job has none); whole
         // milliseconds, as the store and the wire keep it, so every reader sees the same.
-        let runtime = match self.running.take_if(|r| r.id == id) {
+        let runtime = match self.running.remove(&id) {
             Some(running) => Duration::from_millis(
                 u64::try_from(running.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             ),
@@ -254,7 +291,7 @@ impl<S: Scheduler> Actor<S> {
             }
             Relation::Owner => {
                 tracing::info!(job = %id, by = %by.identity, "cancel requested");
-                if let Some(running) = self.running.as_ref().filter(|r| r.id == id) {
+                if let Some(running) = self.running.get(&id) {
                     running.cancel.cancel();
                     let _ = reply.send(Ok(Cancelled::Job(live.summary())));
                     return;

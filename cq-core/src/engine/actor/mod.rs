@@ -12,7 +12,6 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::FutureExt;
 use futures_util::future::Shared;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -122,7 +121,15 @@ pub struct Engine<S = SerialScheduler> {
     config: EngineConfig,
     store: Arc<dyn Store>,
     executor: Option<Arc<dyn Executor>>,
+    /// Workers besides the engine's own, each with its executor.
+    workers: Vec<Worker>,
     start_check: Option<Arc<dyn StartCheck>>,
+}
+
+/// Where jobs run: a worker with the executor that runs its jobs, one at a time.
+struct Worker {
+    info: WorkerInfo,
+    executor: Option<Arc<dyn Executor>>,
 }
 
 impl Engine<SerialScheduler> {
@@ -141,6 +148,7 @@ impl<S: Scheduler> Engine<S> {
             config,
             store: Arc::new(MemoryStore::new()),
             executor: None,
+            workers: Vec::new(),
             start_check: None,
         }
     }
@@ -161,11 +169,24 @@ impl<S: Scheduler> Engine<S> {
         self
     }
 
-    /// Runs command jobs ([`EngineHandle::submit_command`]) with `executor`. Without one,
-    /// they end as [`SpawnFailed`](crate::Outcome::SpawnFailed) when they start.
+    /// Runs command jobs ([`EngineHandle::submit_command`]) with `executor` on the engine's
+    /// own worker ([`EngineConfig::worker`]). Without one, they end as
+    /// [`SpawnFailed`](crate::Outcome::SpawnFailed) when they start there.
     #[must_use]
     pub fn with_executor(mut self, executor: Arc<dyn Executor>) -> Self {
         self.executor = Some(executor);
+        self
+    }
+
+    /// Adds a worker that runs the jobs it [can run](WorkerInfo::can_run) with `executor`,
+    /// one at a time, beside the engine's own worker and the others: jobs then run at the
+    /// same time on different workers (never two of one lane). Worker names must differ.
+    #[must_use]
+    pub fn with_worker(mut self, info: WorkerInfo, executor: Arc<dyn Executor>) -> Self {
+        self.workers.push(Worker {
+            info,
+            executor: Some(executor),
+        });
         self
     }
 
@@ -199,16 +220,20 @@ impl<S: Scheduler> Engine<S> {
             .map_or(0, highest_log_id)
             .saturating_add(1);
         let (internal, internal_inbox) = mpsc::unbounded_channel();
+        let own_worker = Worker {
+            info: self.config.worker.clone(),
+            executor: self.executor,
+        };
         let mut actor = Actor {
             next_id: recovered.next_id.max(past_logs).max(1),
             scheduler: self.scheduler,
             hook: self.hook,
             config: self.config,
             store: self.store,
-            executor: self.executor,
+            workers: std::iter::once(own_worker).chain(self.workers).collect(),
             start_check: self.start_check,
             jobs: HashMap::new(),
-            running: None,
+            running: HashMap::new(),
             stopping: None,
             keys: recovered
                 .keys
@@ -355,12 +380,12 @@ impl Live {
 
 struct Running {
     id: JobId,
+    /// The worker it runs on (its index in `Actor::workers`).
+    worker: usize,
     /// The live feed of its log, for followers.
     live: broadcast::Sender<LogChunk>,
     started: Instant,
     cancel: CancellationToken,
-    /// Resolves to the outcome and the size of the log it left.
-    task: JoinHandle<(Outcome, u64)>,
     /// What the job reports back.
     results: crate::job::ResultSink,
 }
@@ -376,6 +401,12 @@ struct Usage {
 /// What the engine's own background work reports back.
 enum Internal {
     Pruned(Vec<PrunedJob>),
+    /// A running job's task ended: its outcome and the size of its log, or why the task
+    /// failed.
+    Ended {
+        id: JobId,
+        ended: Result<(Outcome, u64), tokio::task::JoinError>,
+    },
 }
 
 struct Actor<S> {
@@ -383,11 +414,12 @@ struct Actor<S> {
     hook: Box<dyn SubmitHook>,
     config: EngineConfig,
     store: Arc<dyn Store>,
-    executor: Option<Arc<dyn Executor>>,
+    /// The engine's own worker first, then the others.
+    workers: Vec<Worker>,
     start_check: Option<Arc<dyn StartCheck>>,
     next_id: u64,
     jobs: HashMap<JobId, Live>,
-    running: Option<Running>,
+    running: HashMap<JobId, Running>,
     /// Set once shutdown was asked for: who waits for the engine to stop.
     stopping: Option<Vec<oneshot::Sender<()>>>,
     /// Idempotency keys of the jobs the store holds: (uid, key) → (job, merged).
@@ -410,7 +442,7 @@ impl<S: Scheduler> Actor<S> {
         let mut forget = tokio::time::interval(FORGET_REQUESTS_EVERY);
         let mut inbox_open = true;
         loop {
-            if self.stopping.is_some() && self.running.is_none() {
+            if self.stopping.is_some() && self.running.is_empty() {
                 break;
             }
             self.start_next();
@@ -423,11 +455,9 @@ impl<S: Scheduler> Actor<S> {
                         self.begin_shutdown(ShutdownMode::FinishRunning, None);
                     }
                 },
-                (id, outcome, log_bytes, results) = wait_running(&mut self.running) => {
-                    self.finish(id, outcome, log_bytes, results);
-                }
                 Some(message) = internal.recv() => match message {
                     Internal::Pruned(jobs) => self.forget_pruned(&jobs),
+                    Internal::Ended { id, ended } => self.ended(id, ended),
                 },
                 _ = prune.tick() => self.prune(),
                 _ = forget.tick() => self.forget_requests(),
@@ -513,21 +543,4 @@ impl<S: Scheduler> Actor<S> {
         };
         self.jobs.insert(id, live);
     }
-}
-
-/// Resolves when the running job ends; never while nothing runs.
-async fn wait_running(
-    running: &mut Option<Running>,
-) -> (JobId, Outcome, u64, Vec<(String, String)>) {
-    let Some(run) = running else {
-        return std::future::pending().await;
-    };
-    let (outcome, log_bytes) = match (&mut run.task).await {
-        Ok(ended) => ended,
-        Err(e) => {
-            tracing::error!(job = %run.id, error = %e, "the job's task failed");
-            (Outcome::Lost, 0)
-        }
-    };
-    (run.id, outcome, log_bytes, run.results.get())
 }

@@ -159,11 +159,7 @@ impl<S: Scheduler> Actor<S> {
                 )));
                 return;
             }
-            let feed = self
-                .running
-                .as_ref()
-                .filter(|r| r.id == id)
-                .map(|r| r.live.subscribe());
+            let feed = self.running.get(&id).map(|r| r.live.subscribe());
             let ticket = self.ticket(id, live, true);
             let _ = reply.send(Ok(LogAccess {
                 path,
