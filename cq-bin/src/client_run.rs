@@ -155,6 +155,13 @@ pub struct Args {
     /// Print a job's output so far (its owner and the admins may).
     #[arg(long, value_name = "ID", group = "query", conflicts_with_all = QUERY_CONFLICTS)]
     pub log: Option<u64>,
+    /// Pause the server's queue: running jobs finish, nothing new starts (submissions are
+    /// still taken). Admins only.
+    #[arg(long, group = "query", conflicts_with_all = QUERY_CONFLICTS)]
+    pub pause: bool,
+    /// Resume a paused queue. Admins only.
+    #[arg(long, group = "query", conflicts_with_all = QUERY_CONFLICTS)]
+    pub resume: bool,
     /// While waiting, print the job's output as it comes (from its start); with --log, keep
     /// printing until the job ends.
     #[arg(long, conflicts_with_all = ["detach", "background", "list", "status", "cancel"])]
@@ -182,14 +189,19 @@ pub struct Args {
     #[arg(long, action = ArgAction::Help)]
     pub help: Option<bool>,
     /// The command and its arguments.
-    #[arg(required_unless_present_any = ["wait", "list", "status", "cancel", "log"], last = true, value_name = "COMMAND")]
+    #[arg(required_unless_present_any = ["wait", "list", "status", "cancel", "log", "pause", "resume"], last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
 impl Args {
     /// Whether this is `--list`, `--status`, `--cancel` or `--log` rather than a job.
     pub fn is_query(&self) -> bool {
-        self.list || self.status.is_some() || self.cancel.is_some() || self.log.is_some()
+        self.list
+            || self.status.is_some()
+            || self.cancel.is_some()
+            || self.log.is_some()
+            || self.pause
+            || self.resume
     }
 }
 
@@ -628,13 +640,44 @@ impl Drop for OutputPrinter {
     }
 }
 
-/// `--list`, `--status ID`, `--cancel ID`.
+/// `--list`, `--status ID`, `--cancel ID`, `--log ID`, `--pause`, `--resume`.
 async fn query<C, S, A>(client: &Client<C, S, A>, args: &Args) -> ExitCode
 where
     C: Connector,
     S: CredentialSource,
     A: Authenticator,
 {
+    if args.pause || args.resume {
+        return match client.set_paused(args.pause).await {
+            Ok(state) if args.json => {
+                println!(
+                    "{{\"paused\": {}, \"running\": {}, \"queued\": {}}}",
+                    state.paused, state.running, state.queued
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(state) => {
+                if !args.quiet {
+                    let what = if state.paused {
+                        "is paused: running jobs finish, nothing new starts (resume it with cq_client --resume)"
+                    } else {
+                        "runs"
+                    };
+                    say(
+                        "cq_client",
+                        format_args!(
+                            "the queue on {} {what}; {} running, {} queued",
+                            client.server_name(),
+                            state.running,
+                            state.queued
+                        ),
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
+        };
+    }
     if let Some(id) = args.log {
         let mut out = OutputPrinter::new(args.raw);
         return match client

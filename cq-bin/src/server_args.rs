@@ -118,6 +118,10 @@ pub struct Args {
     /// Queue a job that was running when the server died again, instead of reporting it lost.
     #[arg(long)]
     pub requeue_lost: bool,
+    /// Start with the queue paused (for maintenance): jobs are taken and wait until an admin
+    /// runs cq_client --resume.
+    #[arg(long)]
+    pub paused: bool,
     /// Merge a submission into an equal job (same command, environment, working directory and
     /// user) that is queued, or queued or running; the submitter waits for that job instead.
     #[arg(long, value_enum, default_value_t = Dedup::Queued)]

@@ -352,6 +352,7 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
     let mut engine = EngineConfig::default().with_log_dir(&log_dir);
     engine.retention = seconds(args.retention_days * 86400.0, "retention-days")?;
     engine.requeue_running = args.requeue_lost;
+    engine.paused = args.paused;
     engine.log_limit = args.log_limit;
     engine.limits = UserLimits::unlimited();
     engine.limits.queued_jobs = optional(args.max_queued_jobs);

@@ -53,7 +53,7 @@ pub use auth::{
 pub use client::{Client, ClientError, JobEvent, Reconnect, Submission};
 pub use engine::{
     Caller, Cancelled, Engine, EngineConfig, EngineHandle, JobResult, JobState, JobTicket,
-    ShutdownMode, SubmitError, SubmitOptions, UserLimits,
+    QueueState, ShutdownMode, SubmitError, SubmitOptions, UserLimits,
 };
 pub use executor::{Containment, Executor, LogSink, ProcessExecutor};
 pub use job::{

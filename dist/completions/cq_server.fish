@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_cq_server_global_optspecs
-    string join \n config= h/host= p/port= state-dir= auth= munge-socket= tls-ca= tls-user-map= tls-crl= allow-root run-as= daemon daemon-child pid-file= log= handshake-timeout= max-connections= max-connections-per-host= max-queued-jobs= max-queued-bytes= max-log-bytes= kill-grace= shutdown-grace= retention-days= requeue-lost dedup= submit-hook= submit-hook-timeout= submit-hook-fallback= submit-hook-user= log-limit= default-timeout= max-timeout= v/verbose help tls-cert= tls-key= V/version
+    string join \n config= h/host= p/port= state-dir= auth= munge-socket= tls-ca= tls-user-map= tls-crl= allow-root run-as= daemon daemon-child pid-file= log= handshake-timeout= max-connections= max-connections-per-host= max-queued-jobs= max-queued-bytes= max-log-bytes= kill-grace= shutdown-grace= retention-days= requeue-lost paused dedup= submit-hook= submit-hook-timeout= submit-hook-fallback= submit-hook-user= log-limit= default-timeout= max-timeout= v/verbose help tls-cert= tls-key= V/version
 end
 
 function __fish_cq_server_needs_command
@@ -64,6 +64,7 @@ complete -c cq_server -n "__fish_cq_server_needs_command" -l allow-root -d 'Acce
 complete -c cq_server -n "__fish_cq_server_needs_command" -l daemon -d 'Detach from the terminal and run in the background, once listening (errors before that are printed and make the command fail). Logs go to --log (default syslog)'
 complete -c cq_server -n "__fish_cq_server_needs_command" -l daemon-child -d 'Internal: the background process of --daemon'
 complete -c cq_server -n "__fish_cq_server_needs_command" -l requeue-lost -d 'Queue a job that was running when the server died again, instead of reporting it lost'
+complete -c cq_server -n "__fish_cq_server_needs_command" -l paused -d 'Start with the queue paused (for maintenance): jobs are taken and wait until an admin runs cq_client --resume'
 complete -c cq_server -n "__fish_cq_server_needs_command" -s v -l verbose -d 'More log output (repeat for more); RUST_LOG overrides'
 complete -c cq_server -n "__fish_cq_server_needs_command" -l help -d 'Print help (also of the subcommands: `cq_server tls init --help`)'
 complete -c cq_server -n "__fish_cq_server_needs_command" -s V -l version -d 'Print version'

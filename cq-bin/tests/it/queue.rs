@@ -473,3 +473,84 @@ async fn a_crashing_hanging_or_babbling_hook_fails_closed_and_is_logged() {
         stderr(&out)
     );
 }
+
+/// An admin pauses the queue: the running job finishes, nothing new starts (submissions are
+/// still taken), even across a restart with --paused, until an admin resumes it. Others may
+/// not pause.
+#[tokio::test]
+async fn admins_pause_and_resume_the_queue() {
+    use crate::users::PublicBinaries;
+    let munged = Munged::start();
+    let dir = shared_dir();
+    let config = dir.path().join("cq.toml");
+    std::fs::write(
+        &config,
+        "[policy]\nallow_root = true\nadmins = [\"root\"]\n",
+    )
+    .unwrap();
+    let mut server = TestServer::start_with(&munged, &["--config", config.to_str().unwrap()]).await;
+    let bins = PublicBinaries::new();
+    let gate = Gate::new(dir.path());
+
+    let alice = output(server.client_as(&bins, &users().alice).arg("--pause")).await;
+    assert_eq!(alice.status.code(), Some(255));
+    assert!(
+        stderr(&alice).contains("only the server's admins may pause"),
+        "{}",
+        stderr(&alice)
+    );
+
+    let running = output(
+        server
+            .client()
+            .args(["--detach", "--", "sh", "-c", &gate.wait()]),
+    )
+    .await;
+    assert!(running.status.success(), "{}", stderr(&running));
+    server.wait_for_log("started").await;
+    let paused = output(server.client().args(["--pause", "--json"])).await;
+    assert!(paused.status.success(), "{}", stderr(&paused));
+    assert_eq!(json(&paused)["paused"], true);
+    assert_eq!(json(&paused)["running"], 1);
+    let marker = dir.path().join("ran");
+    let queued = output(
+        server
+            .client()
+            .args(["--detach", "--", "touch"])
+            .arg(&marker),
+    )
+    .await;
+    assert!(queued.status.success(), "{}", stderr(&queued));
+    let id = String::from_utf8_lossy(&queued.stdout).trim().to_owned();
+    // The running job finishes; the queued one does not start.
+    gate.open().await;
+    let first = output(server.client().args(["--wait", "1"])).await;
+    assert!(first.status.success(), "{}", stderr(&first));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let status = output(server.client().args(["--status", &id, "--json"])).await;
+    assert_eq!(json(&status)["state"], "queued");
+    assert!(!marker.exists());
+
+    // Still paused after a restart with --paused; it runs once resumed.
+    server.terminate().await;
+    let server = server
+        .restart_with(vec![
+            "--munge-socket".into(),
+            munged.socket().into(),
+            "--config".into(),
+            config.clone().into(),
+            "--paused".into(),
+        ])
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !marker.exists(),
+        "a job started in a queue that starts paused"
+    );
+    let resumed = output(server.client().arg("--resume")).await;
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(stderr(&resumed).contains("runs; "), "{}", stderr(&resumed));
+    let done = output(server.client().args(["--wait", &id])).await;
+    assert!(done.status.success(), "{}", stderr(&done));
+    assert!(marker.exists());
+}

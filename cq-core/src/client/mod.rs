@@ -207,6 +207,41 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
         answer
     }
 
+    /// Pauses the server's queue (`paused`: running jobs finish, nothing new starts) or
+    /// resumes it; answers how the queue is now. Admins only.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit); [`ErrorCode::NOT_PERMITTED`](crate::protocol::ErrorCode::NOT_PERMITTED) for anybody but an admin.
+    pub async fn set_paused(&self, paused: bool) -> Result<crate::QueueState, ClientError> {
+        let action = if paused {
+            Action::Pause
+        } else {
+            Action::Resume
+        };
+        let mut channel = self.open(action, None).await?;
+        let answer = match timeout(REPLY_TIMEOUT, channel.next_reply()).await {
+            Err(_) => Err(ClientError::Timeout {
+                during: "the answer",
+            }),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Event::Queue {
+                paused,
+                running,
+                queued,
+            })) => Ok(crate::QueueState {
+                paused,
+                running: running as usize,
+                queued: queued as usize,
+            }),
+            Ok(Ok(other)) => Err(ClientError::Protocol(format!(
+                "expected the queue's state, got {other:?}"
+            ))),
+        };
+        channel.close().await;
+        answer
+    }
+
     /// Job `id`'s output from the start, handed to `output` piece by piece. With `follow` it
     /// goes on live until the job ends and returns how it ended; without, it returns `None`
     /// after what is logged so far.

@@ -84,6 +84,22 @@ pub(super) enum Command {
         until: SystemTime,
         reply: oneshot::Sender<Result<(), SubmitError>>,
     },
+    SetPaused {
+        paused: bool,
+        by: Caller,
+        reply: oneshot::Sender<Result<QueueState, SubmitError>>,
+    },
+}
+
+/// The queue as a whole: whether it is paused, and how much is in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueState {
+    /// Paused: running jobs finish, nothing new starts until it is resumed.
+    pub paused: bool,
+    /// Jobs running now.
+    pub running: usize,
+    /// Jobs waiting.
+    pub queued: usize,
 }
 
 /// Who asks the engine, and with which rights over others' jobs.
@@ -343,6 +359,18 @@ impl EngineHandle {
     pub async fn cancel(&self, id: JobId, by: Caller) -> Result<Cancelled, SubmitError> {
         let (reply, answer) = oneshot::channel();
         self.request(Command::Cancel { id, by, reply }, answer)
+            .await
+    }
+
+    /// Pauses the queue (`paused`: running jobs finish, nothing new starts, submissions are
+    /// still taken) or resumes it, for `by`, who must be an admin.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::NotPermitted`] for anybody but an admin.
+    pub async fn set_paused(&self, paused: bool, by: Caller) -> Result<QueueState, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.request(Command::SetPaused { paused, by, reply }, answer)
             .await
     }
 

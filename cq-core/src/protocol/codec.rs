@@ -264,6 +264,8 @@ mod tests {
                 key: SubmitKey(key)
             }),
             any::<u64>().prop_map(|id| Action::Watch { job: JobId(id) }),
+            Just(Action::Pause),
+            Just(Action::Resume),
         ];
         // Only address and port travel: serde drops IPv6 flow info and scope id.
         let addr =
@@ -304,6 +306,13 @@ mod tests {
                 }),
             any::<u64>().prop_map(|id| Event::Started { job: JobId(id) }),
             any::<u64>().prop_map(|id| Event::Withdrawn { job: JobId(id) }),
+            (any::<bool>(), any::<u32>(), any::<u32>()).prop_map(|(paused, running, queued)| {
+                Event::Queue {
+                    paused,
+                    running,
+                    queued,
+                }
+            }),
         ];
         (any::<[u8; 32]>(), event).prop_map(|(digest, event)| Reply {
             request: RequestDigest(digest),

@@ -13,7 +13,8 @@ pub const MAGIC: [u8; 4] = *b"CQUE";
 /// (not a nonce the client chose); `Submit` carries an idempotency key; `Jobs` comes in
 /// pages; `Withdrawn`; error codes `over-quota` and `replayed`.
 /// 5: job summaries carry the job's `-E` variables and working directory (owners only);
-/// `Finished` and summaries carry the results a job reported back.
+/// `Finished` and summaries carry the results a job reported back; `Pause` and `Resume`,
+/// answered with `Queue`.
 pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Length of an encoded [`Hello`].

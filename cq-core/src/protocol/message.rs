@@ -112,6 +112,11 @@ pub enum Action {
         /// after the output logged so far.
         follow: bool,
     },
+    /// Pause the queue: running jobs finish, nothing new starts (submissions are still
+    /// taken). Admins only; answered with `Queue`.
+    Pause,
+    /// Resume a paused queue. Admins only; answered with `Queue`.
+    Resume,
 }
 
 /// A server's reply to one request.
@@ -184,6 +189,15 @@ pub enum Event {
         /// The job.
         job: JobId,
     },
+    /// The answer to `Pause` and `Resume`: the queue as it is now.
+    Queue {
+        /// Whether it is paused.
+        paused: bool,
+        /// Jobs running.
+        running: u32,
+        /// Jobs waiting.
+        queued: u32,
+    },
 }
 
 impl Event {
@@ -196,7 +210,7 @@ impl Event {
             | Self::Output { job, .. }
             | Self::LogEnd { job }
             | Self::Withdrawn { job } => Some(*job),
-            Self::Error { .. } | Self::Jobs { .. } => None,
+            Self::Error { .. } | Self::Jobs { .. } | Self::Queue { .. } => None,
         }
     }
 }

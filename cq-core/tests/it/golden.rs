@@ -66,6 +66,17 @@ fn wire_actions_and_events_keep_their_positions() {
     let first = |b: Vec<u8>| b[0];
     assert_eq!(first(bytes(&Event::Started { job: JobId(1) })), 3);
     assert_eq!(first(bytes(&Action::Status { job: JobId(1) })), 3);
+    // Appended in protocol 5: after every earlier variant.
+    assert_eq!(first(bytes(&Action::Pause)), 6);
+    assert_eq!(first(bytes(&Action::Resume)), 7);
+    assert_eq!(
+        first(bytes(&Event::Queue {
+            paused: true,
+            running: 0,
+            queued: 0
+        })),
+        8
+    );
     let request = Request {
         destination: None,
         nonce: cq_core::protocol::Nonce::NONE,

@@ -36,7 +36,7 @@ impl<S: Scheduler> Actor<S> {
 
     /// Starts a job on every free worker that has one to run.
     pub(super) fn start_next(&mut self) {
-        if self.stopping.is_some() {
+        if self.stopping.is_some() || self.paused {
             return;
         }
         for worker in 0..self.workers.len() {
@@ -44,6 +44,36 @@ impl<S: Scheduler> Actor<S> {
                 self.start_on(worker);
             }
         }
+    }
+
+    /// Pauses or resumes the queue, for an admin.
+    pub(super) fn set_paused(
+        &mut self,
+        paused: bool,
+        by: &Caller,
+    ) -> Result<crate::engine::QueueState, SubmitError> {
+        if !by.admin {
+            return Err(SubmitError::NotPermitted {
+                reason: format!(
+                    "only the server's admins may {} the queue ([policy] admins)",
+                    if paused { "pause" } else { "resume" }
+                ),
+            });
+        }
+        if self.paused != paused {
+            self.paused = paused;
+            tracing::info!(by = %by.identity, running = self.running.len(), "{}", if paused {
+                "queue paused: running jobs finish, nothing new starts"
+            } else {
+                "queue resumed"
+            });
+        }
+        let view = self.scheduler.view();
+        Ok(crate::engine::QueueState {
+            paused,
+            running: self.running.len(),
+            queued: view.queued_len(),
+        })
     }
 
     /// A running job's task ended.

@@ -90,6 +90,9 @@ pub struct EngineConfig {
     /// The engine's own worker, which runs jobs with its executor one at a time: it runs
     /// the jobs whose tags it has (untagged jobs by default).
     pub worker: WorkerInfo,
+    /// Start with the queue paused (see [`EngineHandle::set_paused`]): what was queued waits
+    /// until an admin resumes it.
+    pub paused: bool,
 }
 
 impl Default for EngineConfig {
@@ -101,6 +104,7 @@ impl Default for EngineConfig {
             log_limit: DEFAULT_LOG_LIMIT,
             limits: UserLimits::default(),
             worker: WorkerInfo::new("local", Vec::<String>::new()),
+            paused: false,
         }
     }
 }
@@ -224,6 +228,10 @@ impl<S: Scheduler> Engine<S> {
             info: self.config.worker.clone(),
             executor: self.executor,
         };
+        let paused = self.config.paused;
+        if paused {
+            tracing::warn!("the queue starts paused: nothing starts until an admin resumes it");
+        }
         let mut actor = Actor {
             next_id: recovered.next_id.max(past_logs).max(1),
             scheduler: self.scheduler,
@@ -234,6 +242,7 @@ impl<S: Scheduler> Engine<S> {
             start_check: self.start_check,
             jobs: HashMap::new(),
             running: HashMap::new(),
+            paused,
             stopping: None,
             keys: recovered
                 .keys
@@ -420,6 +429,8 @@ struct Actor<S> {
     next_id: u64,
     jobs: HashMap<JobId, Live>,
     running: HashMap<JobId, Running>,
+    /// Nothing new starts while set.
+    paused: bool,
     /// Set once shutdown was asked for: who waits for the engine to stop.
     stopping: Option<Vec<oneshot::Sender<()>>>,
     /// Idempotency keys of the jobs the store holds: (uid, key) → (job, merged).
@@ -495,6 +506,9 @@ impl<S: Scheduler> Actor<S> {
                 reply,
             } => {
                 let _ = reply.send(self.remember_request(digest, until));
+            }
+            Command::SetPaused { paused, by, reply } => {
+                let _ = reply.send(self.set_paused(paused, &by));
             }
         }
     }

@@ -129,6 +129,21 @@ where
                 Err(e) => self.refuse(&e).await,
             },
             Action::Log { job, follow } => self.stream_log(job, follow, caller).await,
+            Action::Pause | Action::Resume => {
+                let paused = action == Action::Pause;
+                match engine.set_paused(paused, caller).await {
+                    Ok(state) => {
+                        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+                        self.send(Event::Queue {
+                            paused: state.paused,
+                            running: count(state.running),
+                            queued: count(state.queued),
+                        })
+                        .await
+                    }
+                    Err(e) => self.refuse(&e).await,
+                }
+            }
             Action::Submit { .. } => ControlFlow::Break(()),
         }
     }
