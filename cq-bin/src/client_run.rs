@@ -111,6 +111,11 @@ pub struct Args {
     /// submitted here (post script, exit status).
     #[arg(long, value_name = "ID", conflicts_with_all = ["env", "command", "background"])]
     pub wait: Option<u64>,
+    /// Submit your finished job ID again as a new job: the same command, `-E` variables and
+    /// working directory (time limit: --timeout or the server's default), then behave as
+    /// any submission (post script, --detach, exit status).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["env", "command", "wait", "cwd"])]
+    pub retry: Option<u64>,
     /// Once the job is accepted, keep waiting in the background (detached from the terminal,
     /// output to --background-log) and exit at once.
     #[arg(long)]
@@ -189,7 +194,7 @@ pub struct Args {
     #[arg(long, action = ArgAction::Help)]
     pub help: Option<bool>,
     /// The command and its arguments.
-    #[arg(required_unless_present_any = ["wait", "list", "status", "cancel", "log", "pause", "resume"], last = true, value_name = "COMMAND")]
+    #[arg(required_unless_present_any = ["wait", "retry", "list", "status", "cancel", "log", "pause", "resume"], last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
@@ -285,6 +290,13 @@ where
     if args.is_query() {
         return query(client, args).await;
     }
+    let job = match args.retry {
+        Some(id) => match retried(client, JobId(id), job.timeout_ms).await {
+            Ok(job) => job,
+            Err(code) => return code,
+        },
+        None => job,
+    };
     let policy = Reconnect {
         give_up_after: Duration::try_from_secs_f64(args.reconnect_timeout)
             .unwrap_or(Duration::ZERO),
@@ -405,6 +417,49 @@ where
         return fail("cq_client", e, None, CQ_FAILURE);
     }
     ExitCode::from(result.outcome.exit_status())
+}
+
+/// The command of finished job `id`, to submit again (`--retry`): only the job's owner may,
+/// so that nobody runs another user's command with their own rights.
+async fn retried<C, S, A>(
+    client: &Client<C, S, A>,
+    id: JobId,
+    timeout_ms: Option<u64>,
+) -> Result<CommandJob, ExitCode>
+where
+    C: Connector,
+    S: CredentialSource,
+    A: Authenticator,
+{
+    let job = client
+        .status(id)
+        .await
+        .map_err(|e| fail("cq_client", &e, client_hint(&e), CQ_FAILURE))?;
+    let me = nix::unistd::getuid().as_raw();
+    if job.owner_uid != me {
+        return Err(fail(
+            "cq_client",
+            format_args!(
+                "job {id} is {}'s: only its owner may submit it again",
+                job.owner
+            ),
+            Some("ask its owner"),
+            CQ_FAILURE,
+        ));
+    }
+    if job.phase != JobPhase::Finished {
+        return Err(fail(
+            "cq_client",
+            format_args!("job {id} has not ended (it is {})", job.phase.word()),
+            Some(&format!("wait for it with cq_client --wait {id}")),
+            CQ_FAILURE,
+        ));
+    }
+    let mut command = CommandJob::new(job.command);
+    command.env = job.env;
+    command.cwd = job.cwd;
+    command.timeout_ms = timeout_ms;
+    Ok(command)
 }
 
 /// Waits for job `id` (printing its output with `--follow`), re-attaching across lost

@@ -10,6 +10,7 @@ complete -c cq_client -l tls-ca -d 'CA certificate (PEM) for --auth tls [default
 complete -c cq_client -l server-uid -d 'With --auth munge: uid the server must run as for its replies to be believed; repeatable [default: 0 and this user\'s uid]' -r
 complete -c cq_client -l tls-server-name -d 'With --auth tls: the name the server\'s certificate must carry [default: the host]' -r
 complete -c cq_client -l wait -d 'Wait for the existing job ID instead of submitting one, then behave as if it had been submitted here (post script, exit status)' -r
+complete -c cq_client -l retry -d 'Submit your finished job ID again as a new job: the same command, `-E` variables and working directory (time limit: --timeout or the server\'s default), then behave as any submission (post script, --detach, exit status)' -r
 complete -c cq_client -l background-log -d 'Log of the background waiter [default: cq_client-job-ID.log in $XDG_STATE_HOME/cq or ~/.local/state/cq, root\'s too]' -r -F
 complete -c cq_client -l reconnect-timeout -d 'Seconds to keep re-attaching to the job while the server is unreachable' -r
 complete -c cq_client -l cwd -d 'Working directory of the job on the server (entered with your rights there) [default: the server\'s, usually /]' -r

@@ -47,6 +47,7 @@ fn main() -> ExitCode {
         .timeout
         .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
     if args.wait.is_none()
+        && args.retry.is_none()
         && !args.is_query()
         && let Err(e) = job.validate()
     {

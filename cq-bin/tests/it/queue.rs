@@ -554,3 +554,45 @@ async fn admins_pause_and_resume_the_queue() {
     assert!(done.status.success(), "{}", stderr(&done));
     assert!(marker.exists());
 }
+
+/// A failed job is submitted again with --retry: the same command, variables and working
+/// directory, as a new job; only by its owner.
+#[tokio::test]
+async fn the_owner_retries_a_failed_job_as_a_new_one() {
+    use crate::users::PublicBinaries;
+    let munged = Munged::start();
+    let server = TestServer::start(&munged).await;
+    let bins = PublicBinaries::new();
+    let dir = shared_dir();
+    let flag = dir.path().join("fixed");
+    let failing = output(
+        server
+            .client()
+            .args(["-E", "WHAT=built", "--cwd", "/tmp", "--", "sh", "-c"])
+            .arg(format!(
+                "test -e {} && echo $WHAT in $(pwd)",
+                flag.display()
+            )),
+    )
+    .await;
+    assert_eq!(failing.status.code(), Some(1), "{}", stderr(&failing));
+    let bob = output(server.client_as(&bins, &users().bob).args(["--retry", "1"])).await;
+    assert_eq!(bob.status.code(), Some(255));
+    assert!(
+        stderr(&bob).contains("only its owner may"),
+        "{}",
+        stderr(&bob)
+    );
+    std::fs::write(&flag, "").unwrap();
+    let again = output(server.client().args(["--retry", "1", "--follow"])).await;
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout).trim(),
+        "built in /tmp"
+    );
+    assert!(
+        stderr(&again).contains("job 2 queued"),
+        "{}",
+        stderr(&again)
+    );
+}
