@@ -74,8 +74,8 @@ pub fn result_dir(state_dir: &Path, jobs_as_requesters: bool) -> Result<PathBuf,
     for entry in std::fs::read_dir(run).into_iter().flatten().flatten() {
         let path = entry.path();
         let ours = entry.file_name().to_string_lossy().starts_with("results-");
-        if ours && cq_core::ProcessExecutor::is_abandoned_result_dir(&path) {
-            let _ = std::fs::remove_dir_all(&path);
+        if ours {
+            cq_core::ProcessExecutor::remove_abandoned_result_dir(&path);
         }
     }
     let mut hasher = std::hash::DefaultHasher::new();

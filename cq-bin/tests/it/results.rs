@@ -112,8 +112,10 @@ async fn a_jobs_results_reach_every_waiter_and_are_kept() {
     assert_eq!(json(&again)["results"]["CPV"], "app-misc/foo-1.0");
 }
 
-/// A hostile job points its result file at a file it may not read (a link), or makes it
-/// something that blocks a reader: the server reads none of it and goes on. Others' jobs'
+/// A hostile job replaces its result file with a link to a file it may not read, builds a
+/// deep tree beside it (which a recursive clean-up by root would choke on), or floods it:
+/// it can do none of the first two (the directory is the server's), the server keeps only
+/// the first 64 KiB of a flood and reads nothing else for it, and goes on. Others' jobs'
 /// results are not shown to a user, and their result directories cannot be listed.
 #[tokio::test]
 async fn a_job_cannot_make_the_server_read_for_it() {
@@ -124,23 +126,48 @@ async fn a_job_cannot_make_the_server_read_for_it() {
     std::fs::write(secret.path(), "SECRET=hunter2\n").unwrap();
     let secret = secret.path().display().to_string();
     let alice = || server.client_as(&bins, &users().alice);
-    for attack in [
-        format!("ln -s {secret} \"$CQ_RESULT_FILE\""),
-        format!("ln {secret} \"$CQ_RESULT_FILE\" || true"),
-        "mkfifo \"$CQ_RESULT_FILE\"".to_owned(),
-        "mkdir \"$CQ_RESULT_FILE\"".to_owned(),
-        // Another user's files cannot be named: nothing of the other jobs is listed.
-        "ls \"$(dirname \"$(dirname \"$CQ_RESULT_FILE\")\")\" && echo LISTED=1 > \"$CQ_RESULT_FILE\"; true".to_owned(),
+    let dir = "\"$(dirname \"$CQ_RESULT_FILE\")\"";
+    for (attack, expected) in [
+        (
+            format!("rm -f \"$CQ_RESULT_FILE\"; ln -s {secret} \"$CQ_RESULT_FILE\""),
+            0,
+        ),
+        // Had it made anything beside its FIFO, it would say so.
+        (
+            format!("mkdir {dir}/d && echo MADE=1 > \"$CQ_RESULT_FILE\""),
+            0,
+        ),
+        (
+            format!("touch {dir}/f && echo MADE=1 > \"$CQ_RESULT_FILE\""),
+            0,
+        ),
+        (
+            format!("ln {secret} {dir}/other && echo MADE=1 > \"$CQ_RESULT_FILE\""),
+            0,
+        ),
+        // Nothing of the other jobs is listed.
+        (
+            format!("ls {dir}/.. && echo LISTED=1 > \"$CQ_RESULT_FILE\""),
+            0,
+        ),
+        // A flood does not block the job, and only what fits is kept.
+        (
+            "yes OK=1 | head -n 200000 > \"$CQ_RESULT_FILE\"; echo LATE=1 > \"$CQ_RESULT_FILE\""
+                .to_owned(),
+            1,
+        ),
     ] {
-        let out = output(alice().args(["--json", "--tail", "5", "--", "sh", "-c", &attack])).await;
+        let out =
+            output(alice().args(["--json", "--", "sh", "-c", &format!("{attack}; true")])).await;
         assert!(out.status.success(), "{attack}: {}", stderr(&out));
         let end = json(&out);
-        assert_eq!(
-            end["results"].as_object().map(serde_json::Map::len),
-            Some(0),
-            "{attack}: {end}"
-        );
+        let results = end["results"].as_object().cloned().unwrap_or_default();
+        assert_eq!(results.len(), expected, "{attack}: {end}");
+        if expected == 1 {
+            assert_eq!(results["OK"], "1", "{end}");
+        }
     }
+    server.assert_serves().await;
     // Alice's own results are hers: bob sees the job, not what it reported.
     let mine = output(alice().args([
         "--detach",

@@ -152,11 +152,11 @@ impl ProcessExecutor {
         self
     }
 
-    /// Gives every job a result file (`CQ_RESULT_FILE`) in a directory of its own below
-    /// `dir`, which the executor makes (mode 0711; it must be a place only this process may
-    /// write, e.g. under `/run`) and removes when it goes. What the job writes there,
-    /// `KEY=VALUE` lines, travels with its outcome ([`ResultSink`](crate::ResultSink)).
-    /// Without, jobs report nothing back.
+    /// Gives every job a result file (`CQ_RESULT_FILE`: a FIFO the executor reads while the
+    /// job runs) in a directory of its own below `dir`, which the executor makes (mode 0711,
+    /// in a parent only this process's user may write, e.g. `/run/cq`) and removes when it
+    /// goes. What the job writes there, `KEY=VALUE` lines, travels with its outcome
+    /// ([`ResultSink`](crate::ResultSink)). Without, jobs report nothing back.
     ///
     /// # Errors
     ///
@@ -166,10 +166,10 @@ impl ProcessExecutor {
         Ok(self)
     }
 
-    /// Whether `dir` was given to [`with_result_dir`](Self::with_result_dir) by an executor
-    /// that is gone without removing it (its process died), so that it may be removed.
-    pub fn is_abandoned_result_dir(dir: &std::path::Path) -> bool {
-        ResultBase::is_abandoned(dir)
+    /// Removes `dir` if an executor gave it to [`with_result_dir`](Self::with_result_dir)
+    /// and is gone without removing it (its process died); says whether it did.
+    pub fn remove_abandoned_result_dir(dir: &std::path::Path) -> bool {
+        ResultBase::remove_abandoned(dir)
     }
 
     /// The containment in force.
@@ -350,7 +350,7 @@ impl Executor for ProcessExecutor {
             Ok(pipe) => pipe,
             Err(e) => return other_failure("cannot create the output pipe", &e),
         };
-        let result_file = self.results.as_ref().and_then(|base| {
+        let mut result_file = self.results.as_ref().and_then(|base| {
             let owner = clearance.run_as.as_ref().map(|a| (a.uid, a.gid));
             base.job(id, owner)
                 .inspect_err(|e| tracing::warn!(job = %id, error = %e, "cannot make the job's result file; it reports nothing back"))
@@ -439,9 +439,10 @@ impl Executor for ProcessExecutor {
                 });
         }
         // Everything of the job has ended: what it reported is complete.
-        if let Some(text) = result_file.as_ref().and_then(ResultFile::read) {
-            for refused in results.set_lines(&text) {
-                tracing::info!(job = %id, reason = %refused, "a result line was refused");
+        if let Some(file) = result_file.as_mut() {
+            let refused = results.set_lines(&file.read().await);
+            if let Some(first) = refused.first() {
+                tracing::info!(job = %id, refused = refused.len(), first = %first, "result lines were refused");
             }
         }
         drop(result_file);
