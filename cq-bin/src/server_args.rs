@@ -140,6 +140,17 @@ pub struct Args {
     /// cq_server's own user].
     #[arg(long, value_name = "USER")]
     pub submit_hook_user: Option<String>,
+    /// Program run once for every finished job, with the job as JSON on stdin (mail, chat,
+    /// webhooks); one at a time, its output ignored (see README).
+    #[arg(long, value_name = "PATH")]
+    pub notice_hook: Option<PathBuf>,
+    /// Time the notice program gets before it is killed.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub notice_hook_timeout: Duration,
+    /// User the notice program runs as [default: nobody when cq_server runs as root, else
+    /// cq_server's own user].
+    #[arg(long, value_name = "USER")]
+    pub notice_hook_user: Option<String>,
     /// Output kept per job (e.g. 64M); past it the log is cut, with a marker.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
     pub log_limit: u64,

@@ -11,7 +11,7 @@ use cq_core::account::Account;
 use cq_core::executor::DEFAULT_PATH;
 use cq_core::policy::{PolicyRefusal, StartCheck};
 use cq_core::scheduler::{Decision, DedupScope, DuplicateJobs};
-use cq_core::server::HookProgram;
+use cq_core::server::{HookProgram, NoticeProgram};
 use cq_core::{
     Authenticator, Containment, CredentialSource, Engine, EngineConfig, Listener, ProcessExecutor,
     Server, ServerConfig, SharedPolicy, ShutdownMode, SqliteStore, SubmitPolicy, UserLimits,
@@ -117,6 +117,7 @@ struct Parts {
     store: Arc<SqliteStore>,
     dedup: Option<DuplicateJobs>,
     hook_program: Option<HookProgram>,
+    notice_program: Option<NoticeProgram>,
     policy: SharedPolicy,
     reload: Reload,
     shutdown_grace: Duration,
@@ -367,6 +368,18 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
         Some(path) => Some(hook_program(&args, path, root)?),
         None => None,
     };
+    let notice_program = match &args.notice_hook {
+        Some(path) => {
+            let user = hook_user(args.notice_hook_user.as_deref(), root, "--notice-hook-user")?;
+            let mut notice = NoticeProgram::new(path, args.notice_hook_timeout);
+            if let Some(account) = user {
+                tracing::info!(notice = %path.display(), user = %account, "notice program");
+                notice = notice.run_as(account);
+            }
+            Some(notice)
+        }
+        None => None,
+    };
     let parts = Parts {
         _locks: locks,
         config,
@@ -375,6 +388,7 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
         store: Arc::new(store),
         dedup,
         hook_program,
+        notice_program,
         policy,
         reload: Reload {
             config_path: context.config.as_ref().map(|c| c.path().to_owned()),
@@ -488,25 +502,28 @@ fn hook_program(args: &Args, path: &std::path::Path, root: bool) -> anyhow::Resu
         Fallback::Reject => Decision::Reject("the submit hook failed; ask the admin".to_owned()),
     };
     let mut hook = HookProgram::new(path, args.submit_hook_timeout, fallback);
-    let user = match (&args.submit_hook_user, root) {
-        (Some(user), _) => Some(user.clone()),
-        (None, true) => Some("nobody".to_owned()),
-        (None, false) => None,
-    };
-    if let Some(user) = user {
-        let account = nix::unistd::User::from_name(&user)
-            .ok()
-            .flatten()
-            .and_then(|u| Account::lookup(u.uid.as_raw()).ok())
-            .ok_or_else(|| {
-                StartError::RunAs(format!(
-                    "the submit hook's user {user} does not exist (--submit-hook-user)"
-                ))
-            })?;
+    if let Some(account) = hook_user(args.submit_hook_user.as_deref(), root, "--submit-hook-user")?
+    {
         tracing::info!(hook = %path.display(), user = %account, "submit hook");
         hook = hook.run_as(account);
     }
     Ok(hook)
+}
+
+/// The account an admin's program (submit hook, notice program) runs as: `user`, or nobody
+/// when cq_server runs as root, or none (cq_server's own user).
+fn hook_user(user: Option<&str>, root: bool, option: &str) -> anyhow::Result<Option<Account>> {
+    let user = match (user, root) {
+        (Some(user), _) => user.to_owned(),
+        (None, true) => "nobody".to_owned(),
+        (None, false) => return Ok(None),
+    };
+    let account = nix::unistd::User::from_name(&user)
+        .ok()
+        .flatten()
+        .and_then(|u| Account::lookup(u.uid.as_raw()).ok())
+        .ok_or_else(|| StartError::RunAs(format!("the user {user} does not exist ({option})")))?;
+    Ok(Some(account))
 }
 
 async fn serve(
@@ -531,6 +548,9 @@ async fn serve(
         .start()
         .await
         .map_err(|e| StartError::StateDir(e.to_string()))?;
+    if let Some(notice) = parts.notice_program {
+        tokio::spawn(notice.serve(engine.events()));
+    }
     let Signals {
         mut hangup,
         shutdown: mut signals,

@@ -52,8 +52,8 @@ pub use auth::{
 };
 pub use client::{Client, ClientError, JobEvent, Reconnect, Submission};
 pub use engine::{
-    Caller, Cancelled, Engine, EngineConfig, EngineHandle, JobResult, JobState, JobTicket,
-    QueueState, ShutdownMode, SubmitError, SubmitOptions, UserLimits,
+    Caller, Cancelled, Engine, EngineConfig, EngineEvent, EngineHandle, JobResult, JobState,
+    JobTicket, QueueState, ShutdownMode, SubmitError, SubmitOptions, UserLimits,
 };
 pub use executor::{Containment, Executor, LogSink, ProcessExecutor};
 pub use job::{

@@ -210,7 +210,7 @@ pub(crate) const SERVER: &[Section] = &[
             ),
             (
                 "/run/cq/results-*/job-ID/result",
-                "CQ_RESULT_FILE, where job ID writes KEY=VALUE results for its waiters (STATE_DIR/results/ when jobs run as the server's user)",
+                "CQ_RESULT_FILE, a FIFO the server reads while job ID runs: KEY=VALUE results for its waiters (STATE_DIR/results/ when jobs run as the server's user)",
             ),
             (
                 "/etc/cq/tls/",

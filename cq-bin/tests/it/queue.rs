@@ -596,3 +596,71 @@ async fn the_owner_retries_a_failed_job_as_a_new_one() {
         stderr(&again)
     );
 }
+
+/// The admin's notice program runs once for every finished job, as nobody, with the job as
+/// JSON (no `-E` values); one that hangs is killed at its time limit and the queue goes on.
+#[tokio::test]
+async fn a_notice_program_hears_of_every_finished_job() {
+    let munged = Munged::start();
+    let dir = shared_dir();
+    let heard = dir.path().join("heard");
+    let notice = script(
+        dir.path(),
+        "notice",
+        &format!(
+            "{{ id -un; cat; echo; }} >> {}\ngrep -q '\"id\":2' {} && sleep 60\nexit 0",
+            heard.display(),
+            heard.display()
+        ),
+    );
+    let server = TestServer::start_with(
+        &munged,
+        &[
+            "--notice-hook",
+            notice.to_str().unwrap(),
+            "--notice-hook-timeout",
+            "1s",
+        ],
+    )
+    .await;
+    let ok = output(server.client().args([
+        "-E",
+        "TOKEN=s3cret",
+        "--",
+        "sh",
+        "-c",
+        "echo A=1 > \"$CQ_RESULT_FILE\"",
+    ]))
+    .await;
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let failed = output(server.client().args(["--", "false"])).await;
+    assert_eq!(failed.status.code(), Some(1));
+    let third = output(server.client().args(["--", "true"])).await;
+    assert!(third.status.success());
+    // Job 2's notice hangs and is killed after 1 s; job 3's still comes.
+    server.wait_for_log("the notice program failed").await;
+    let text = tokio::time::timeout(LIMIT, async {
+        loop {
+            let text = std::fs::read_to_string(&heard).unwrap_or_default();
+            if text.contains("\"id\":3") {
+                return text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the third notice");
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines[0], "nobody", "{text}");
+    let first: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+    assert_eq!(first["id"], 1);
+    assert_eq!(first["outcome"], "exited");
+    assert_eq!(first["results"]["A"], "1");
+    assert!(
+        !text.contains("s3cret"),
+        "variables stay out of notices: {text}"
+    );
+    let second: serde_json::Value = serde_json::from_str(lines[3]).unwrap();
+    assert_eq!(second["exit_status"], 1);
+    server.assert_serves().await;
+}

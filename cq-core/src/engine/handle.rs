@@ -203,9 +203,18 @@ pub struct LogAccess {
 #[derive(Clone, Debug)]
 pub struct EngineHandle {
     pub(super) commands: mpsc::Sender<Command>,
+    pub(super) events: tokio::sync::broadcast::Sender<super::EngineEvent>,
 }
 
 impl EngineHandle {
+    /// Follows what happens from now on: jobs accepted, merged, refused, started and
+    /// finished ([`EngineEvent`](super::EngineEvent)), each once it is on record. A follower
+    /// that falls more than a few thousand events behind misses the oldest, and its
+    /// receiver says how many (`RecvError::Lagged`).
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<super::EngineEvent> {
+        self.events.subscribe()
+    }
+
     /// Submits a job on behalf of `owner`. Returns once the job is queued (or merged into an
     /// equal job) and on record, with a ticket to follow it.
     ///

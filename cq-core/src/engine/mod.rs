@@ -6,9 +6,11 @@
 //! of a little memory each. A worker's next job starts the moment its previous one is reaped.
 
 mod actor;
+mod events;
 mod handle;
 
 pub use actor::{Engine, EngineConfig, UserLimits};
+pub use events::EngineEvent;
 pub use handle::{
     Caller, Cancelled, EngineHandle, EngineStopped, JobResult, JobState, JobTicket, LogAccess,
     QueueState, ShutdownMode, SubmitError, SubmitOptions,

@@ -179,67 +179,14 @@ impl HookProgram {
         };
         let input =
             serde_json::to_vec(&input).map_err(|e| format!("cannot encode its input: {e}"))?;
-        let spec = ChildSpec {
-            argv: vec![self.path.to_string_lossy().into_owned()],
-            env: vec![("PATH".to_owned(), DEFAULT_PATH.to_owned())],
-            candidates: vec![self.path.clone()],
-            allowed: None,
-            cwd: PathBuf::from("/"),
-            user: self.run_as.as_ref().map(|a| UserSwitch {
-                uid: a.uid,
-                gid: a.gid,
-                groups: a.groups.clone(),
-            }),
-            cgroup: None,
-            umask: DEFAULT_JOB_UMASK,
-        };
-        let io = |what: &str| {
-            let what = what.to_owned();
-            move |e: std::io::Error| format!("cannot {what}: {e}")
-        };
-        let (stdin_read, stdin_write) = std::io::pipe().map_err(io("make its input pipe"))?;
-        let (stdout_read, stdout_write) = std::io::pipe().map_err(io("make its output pipe"))?;
-        let stdio = ChildStdio {
-            stdin: OwnedFd::from(stdin_read),
-            stdout: OwnedFd::from(stdout_write),
-            stderr: std::fs::File::open("/dev/null")
-                .map(OwnedFd::from)
-                .map_err(io("open /dev/null"))?,
-        };
-        let mut child = spec.spawn(stdio).map_err(io("run it"))?;
-        let mut stdin = pipe::Sender::from_owned_fd(OwnedFd::from(stdin_write))
-            .map_err(io("write its input"))?;
-        let mut stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(stdout_read))
-            .map_err(io("read its answer"))?;
-        let conversation = async {
-            if let Err(failure) = child.exec().await {
-                return Err(format!("cannot run it: {}", failure.error()));
-            }
-            // A hook that does not read its input must not block us: ignore write errors.
-            let _ = stdin.write_all(&input).await;
-            drop(stdin);
-            let mut answer = Vec::new();
-            (&mut stdout)
-                .take(ANSWER_LIMIT)
-                .read_to_end(&mut answer)
-                .await
-                .map_err(|e| e.to_string())?;
-            let exit = child.wait().await.map_err(|e| e.to_string())?;
-            Ok::<_, String>((exit, answer))
-        };
-        let (exit, answer) = match tokio::time::timeout_at(deadline, conversation).await {
-            Ok(done) => done?,
-            Err(_) => {
-                // The whole group: a shell script's children too.
-                child.signal_group(Signal::SIGKILL);
-                return Err(format!("no answer within {:?}; killed", self.time_limit));
-            }
-        };
-        match exit {
-            Exit::Code(0) => {}
-            Exit::Code(code) => return Err(format!("it failed with exit status: {code}")),
-            Exit::Signal { signal, .. } => return Err(format!("it was killed by signal {signal}")),
-        }
+        let answer = converse(
+            &self.path,
+            self.run_as.as_ref(),
+            &input,
+            deadline,
+            self.time_limit,
+        )
+        .await?;
         match serde_json::from_slice::<HookAnswer>(&answer) {
             Ok(HookAnswer::Accept) => Ok(Decision::Accept),
             Ok(HookAnswer::Merge { job }) => Ok(Decision::Merge(JobId(job))),
@@ -249,5 +196,79 @@ impl HookProgram {
                 String::from_utf8_lossy(&answer)
             )),
         }
+    }
+}
+
+/// Runs the program at `path` (as `run_as`, when given) in a new session with only
+/// descriptors 0–2 and a clean environment, writes `input` to its stdin, and returns what it
+/// wrote to stdout (at most [`ANSWER_LIMIT`] bytes) once it exited 0. A program still running
+/// at `deadline` is killed, with its whole process group.
+pub(crate) async fn converse(
+    path: &std::path::Path,
+    run_as: Option<&Account>,
+    input: &[u8],
+    deadline: tokio::time::Instant,
+    time_limit: Duration,
+) -> Result<Vec<u8>, String> {
+    let spec = ChildSpec {
+        argv: vec![path.to_string_lossy().into_owned()],
+        env: vec![("PATH".to_owned(), DEFAULT_PATH.to_owned())],
+        candidates: vec![path.to_owned()],
+        allowed: None,
+        cwd: PathBuf::from("/"),
+        user: run_as.map(|a| UserSwitch {
+            uid: a.uid,
+            gid: a.gid,
+            groups: a.groups.clone(),
+        }),
+        cgroup: None,
+        umask: DEFAULT_JOB_UMASK,
+    };
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |e: std::io::Error| format!("cannot {what}: {e}")
+    };
+    let (stdin_read, stdin_write) = std::io::pipe().map_err(io("make its input pipe"))?;
+    let (stdout_read, stdout_write) = std::io::pipe().map_err(io("make its output pipe"))?;
+    let stdio = ChildStdio {
+        stdin: OwnedFd::from(stdin_read),
+        stdout: OwnedFd::from(stdout_write),
+        stderr: std::fs::File::open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(io("open /dev/null"))?,
+    };
+    let mut child = spec.spawn(stdio).map_err(io("run it"))?;
+    let mut stdin =
+        pipe::Sender::from_owned_fd(OwnedFd::from(stdin_write)).map_err(io("write its input"))?;
+    let mut stdout =
+        pipe::Receiver::from_owned_fd(OwnedFd::from(stdout_read)).map_err(io("read its answer"))?;
+    let conversation = async {
+        if let Err(failure) = child.exec().await {
+            return Err(format!("cannot run it: {}", failure.error()));
+        }
+        // A program that does not read its input must not block us: ignore write errors.
+        let _ = stdin.write_all(input).await;
+        drop(stdin);
+        let mut answer = Vec::new();
+        (&mut stdout)
+            .take(ANSWER_LIMIT)
+            .read_to_end(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
+        let exit = child.wait().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((exit, answer))
+    };
+    let (exit, answer) = match tokio::time::timeout_at(deadline, conversation).await {
+        Ok(done) => done?,
+        Err(_) => {
+            // The whole group: a shell script's children too.
+            child.signal_group(Signal::SIGKILL);
+            return Err(format!("no answer within {time_limit:?}; killed"));
+        }
+    };
+    match exit {
+        Exit::Code(0) => Ok(answer),
+        Exit::Code(code) => Err(format!("it failed with exit status: {code}")),
+        Exit::Signal { signal, .. } => Err(format!("it was killed by signal {signal}")),
     }
 }

@@ -6,7 +6,9 @@
 mod connection;
 mod hook_program;
 mod log_limit;
+mod notice_program;
 mod serve;
 
 pub use hook_program::{DEFAULT_HOOK_CONCURRENCY, HookProgram};
+pub use notice_program::NoticeProgram;
 pub use serve::{Server, ServerConfig};

@@ -713,3 +713,66 @@ async fn workers_run_jobs_side_by_side_each_one_at_a_time() {
     assert!(!seen.contains(&("local", "c".to_owned())), "{seen:?}");
     assert_eq!(most.load(Ordering::SeqCst), 2, "two workers, two at once");
 }
+
+/// A follower of the engine's events sees each job accepted, merged into, refused, started
+/// and finished, in that order, with the finished job in full.
+#[tokio::test]
+async fn the_event_stream_tells_what_happened_in_order() {
+    use cq_core::{EngineEvent, SubmitOptions, scheduler::Decision};
+    let engine = Engine::new(EngineConfig::default())
+        .start()
+        .await
+        .expect("the engine starts");
+    let mut events = engine.events();
+    let release = Arc::new(Notify::new());
+    let mut held = engine
+        .submit(Held(release.clone()), Identity::local())
+        .await
+        .unwrap();
+    let merged = engine
+        .submit_with(
+            Box::new(Held(Arc::new(Notify::new()))),
+            Identity::local(),
+            SubmitOptions::new().with_verdict(Decision::Merge(held.id)),
+        )
+        .await
+        .unwrap();
+    assert!(merged.merged);
+    let refused = engine
+        .submit_with(
+            Box::new(Held(Arc::new(Notify::new()))),
+            Identity::local(),
+            SubmitOptions::new().with_verdict(Decision::Reject("closed".into())),
+        )
+        .await;
+    assert!(refused.is_err());
+    release.notify_one();
+    held.finished().await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let event = tokio::time::timeout(LIMIT, events.recv())
+            .await
+            .expect("an event")
+            .unwrap();
+        seen.push(match event {
+            EngineEvent::Accepted { job, .. } => format!("accepted {job}"),
+            EngineEvent::Merged { into, .. } => format!("merged {into}"),
+            EngineEvent::Refused { reason, .. } => format!("refused {reason}"),
+            EngineEvent::Started { job, worker } => format!("started {job} on {worker}"),
+            EngineEvent::Finished { job, result } => {
+                format!("finished {} {} {:?}", job.id, result.outcome, job.phase)
+            }
+            other => format!("{other:?}"),
+        });
+    }
+    assert_eq!(
+        seen,
+        [
+            "accepted 1",
+            "started 1 on local",
+            "merged 1",
+            "refused closed",
+            "finished 1 exited with status 0 Finished"
+        ]
+    );
+}

@@ -111,6 +111,10 @@ impl<S: Scheduler> Actor<S> {
             return;
         };
         tracing::info!(job = %id, owner = %live.info.owner, command = %live.info.summary, "started");
+        let _ = self.events.send(crate::engine::EngineEvent::Started {
+            job: id,
+            worker: self.workers[worker].info.name.clone(),
+        });
         live.state.send_replace(JobState::Running);
         live.started_at = Some(SystemTime::now());
         self.store
@@ -258,10 +262,21 @@ impl<S: Scheduler> Actor<S> {
             runtime_ms = runtime.as_millis() as u64,
             "finished"
         );
+        let mut summary = live.summary();
+        summary.phase = JobPhase::Finished;
+        summary.finished_ms = Some(epoch_ms(SystemTime::now()));
+        summary.outcome = Some(result.outcome.clone());
+        summary.runtime_ms = Some(u64::try_from(runtime.as_millis()).unwrap_or(u64::MAX));
+        summary.results = result.results.clone();
         let state = live.state;
+        let events = self.events.clone();
         self.publishing.spawn(async move {
             match committed.await {
                 Ok(()) => {
+                    let _ = events.send(crate::engine::EngineEvent::Finished {
+                        job: Box::new(summary),
+                        result: result.clone(),
+                    });
                     state.send_replace(JobState::Finished(result));
                 }
                 // The waiters see the engine give up on the job, re-attach, and read what

@@ -224,6 +224,7 @@ impl<S: Scheduler> Engine<S> {
             .map_or(0, highest_log_id)
             .saturating_add(1);
         let (internal, internal_inbox) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(super::events::EVENT_BACKLOG);
         let own_worker = Worker {
             info: self.config.worker.clone(),
             executor: self.executor,
@@ -253,6 +254,7 @@ impl<S: Scheduler> Engine<S> {
             usage: HashMap::new(),
             publishing: TaskTracker::new(),
             internal,
+            events: events.clone(),
         };
         for (uid, bytes) in &recovered.log_bytes {
             actor.usage.entry(*uid).or_default().log_bytes = *bytes;
@@ -271,7 +273,7 @@ impl<S: Scheduler> Engine<S> {
             actor.restore(stored);
         }
         tokio::spawn(actor.run(inbox, internal_inbox));
-        Ok(EngineHandle { commands })
+        Ok(EngineHandle { commands, events })
     }
 }
 
@@ -441,6 +443,8 @@ struct Actor<S> {
     /// Outcomes waiting for their commit before waiters hear of them.
     publishing: TaskTracker,
     internal: mpsc::UnboundedSender<Internal>,
+    /// What happens, for whoever follows ([`EngineHandle::events`]).
+    events: broadcast::Sender<super::EngineEvent>,
 }
 
 impl<S: Scheduler> Actor<S> {

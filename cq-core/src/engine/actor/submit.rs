@@ -60,6 +60,7 @@ impl<S: Scheduler> Actor<S> {
             Decision::Accept | Decision::Merge(_) => {
                 if let Err(reason) = self.within_limits(info.owner.uid, Some(size)) {
                     tracing::info!(owner = %info.owner, command = %info.summary, %reason, "over quota");
+                    self.refused(&info.owner, &reason);
                     let _ = reply.send(Err(SubmitError::OverQuota { reason }));
                     return;
                 }
@@ -70,9 +71,17 @@ impl<S: Scheduler> Actor<S> {
             }
             Decision::Reject(reason) => {
                 tracing::info!(owner = %info.owner, command = %info.summary, %reason, "rejected");
+                self.refused(&info.owner, &reason);
                 let _ = reply.send(Err(SubmitError::Rejected { reason }));
             }
         }
+    }
+
+    fn refused(&self, owner: &Identity, reason: &str) {
+        let _ = self.events.send(crate::engine::EngineEvent::Refused {
+            owner: owner.clone(),
+            reason: reason.to_owned(),
+        });
     }
 
     fn accept(
@@ -122,6 +131,11 @@ impl<S: Scheduler> Actor<S> {
             waiters: Vec::new(),
             size,
         };
+        let _ = self.events.send(crate::engine::EngineEvent::Accepted {
+            job: id,
+            owner: live.info.owner.clone(),
+            summary: live.info.summary.clone(),
+        });
         self.jobs.insert(id, live);
         // Acknowledge only once the job is on disk; meanwhile keep serving others.
         tokio::spawn(async move {
@@ -141,12 +155,14 @@ impl<S: Scheduler> Actor<S> {
                 "the submit hook would merge this job into job {into} of another user, and the server's policy does not allow merges across users"
             );
             tracing::info!(owner = %info.owner, command = %info.summary, %reason, "rejected");
+            self.refused(&info.owner, &reason);
             let _ = reply.send(Err(SubmitError::Rejected { reason }));
             return;
         }
         // A wait costs a record like a job does, so it counts as one of the waiter's jobs.
         if let Err(reason) = self.within_limits(info.owner.uid, None) {
             tracing::info!(owner = %info.owner, command = %info.summary, %reason, "over quota");
+            self.refused(&info.owner, &reason);
             let _ = reply.send(Err(SubmitError::OverQuota { reason }));
             return;
         }
@@ -168,6 +184,10 @@ impl<S: Scheduler> Actor<S> {
         let mut ticket = self.ticket(into, target, target.info.owner.uid == info.owner.uid);
         ticket.merged = true;
         // The waiter is acknowledged once it is on disk too: it survives a restart.
+        let _ = self.events.send(crate::engine::EngineEvent::Merged {
+            into,
+            owner: info.owner,
+        });
         tokio::spawn(async move {
             let recorded = match durable.await {
                 Ok(()) => added.await,
