@@ -11,6 +11,7 @@
 //! - `server_run.rs`: cq_server's composition: store, engine, executor, policy, auth, listener.
 //! - `config_file.rs`: `/etc/cq/cq.toml`, turned into options and the submit policy.
 //! - `log_target.rs`: `--log stderr|syslog|journald|file:PATH`, reopened on SIGHUP.
+//! - `metrics.rs`: `cq_server --metrics ADDR`, OpenMetrics counters and gauges.
 //! - `daemon.rs`: `cq_server --daemon`.
 //! - `cert_tool.rs`: `cq_server tls init|client`, the certificate tooling.
 //! - `env_args.rs`: `-E NAME[=VALUE]` parsing.
@@ -36,6 +37,7 @@ pub mod emerge;
 pub mod env_args;
 pub mod listing;
 pub mod log_target;
+pub mod metrics;
 pub mod paths;
 pub mod post_script;
 pub mod report;

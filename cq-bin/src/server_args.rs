@@ -140,6 +140,10 @@ pub struct Args {
     /// cq_server's own user].
     #[arg(long, value_name = "USER")]
     pub submit_hook_user: Option<String>,
+    /// Serve OpenMetrics (Prometheus) counters and gauges on http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9448); off by default. No job, user or command is named there.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Program run once for every finished job, with the job as JSON on stdin (mail, chat,
     /// webhooks); one at a time, its output ignored (see README).
     #[arg(long, value_name = "PATH")]

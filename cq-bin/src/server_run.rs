@@ -118,6 +118,7 @@ struct Parts {
     dedup: Option<DuplicateJobs>,
     hook_program: Option<HookProgram>,
     notice_program: Option<NoticeProgram>,
+    metrics: Option<std::net::TcpListener>,
     policy: SharedPolicy,
     reload: Reload,
     shutdown_grace: Duration,
@@ -380,7 +381,15 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
         }
         None => None,
     };
+    let metrics =
+        match args.metrics {
+            Some(addr) => Some(crate::metrics::bind(addr).map_err(|e| {
+                StartError::Listen(format!("cannot serve the metrics on {addr}: {e}"))
+            })?),
+            None => None,
+        };
     let parts = Parts {
+        metrics,
         _locks: locks,
         config,
         executor: Arc::new(executor),
@@ -551,6 +560,18 @@ async fn serve(
     if let Some(notice) = parts.notice_program {
         tokio::spawn(notice.serve(engine.events()));
     }
+    let stop_metrics = CancellationToken::new();
+    if let Some(listener) = parts.metrics {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!("metrics on http://{addr}/metrics");
+        }
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            engine.clone(),
+            stop_metrics.clone(),
+        ));
+    }
     let Signals {
         mut hangup,
         shutdown: mut signals,
@@ -595,6 +616,7 @@ async fn serve(
     if let Err(e) = serving.await {
         tracing::error!(error = %e, "the server task failed");
     }
+    stop_metrics.cancel();
     tracing::info!("stopped; queued jobs are kept for the next start");
     Ok(())
 }

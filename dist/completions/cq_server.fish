@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_cq_server_global_optspecs
-    string join \n config= h/host= p/port= state-dir= auth= munge-socket= tls-ca= tls-user-map= tls-crl= allow-root run-as= daemon daemon-child pid-file= log= handshake-timeout= max-connections= max-connections-per-host= max-queued-jobs= max-queued-bytes= max-log-bytes= kill-grace= shutdown-grace= retention-days= requeue-lost paused dedup= submit-hook= submit-hook-timeout= submit-hook-fallback= submit-hook-user= notice-hook= notice-hook-timeout= notice-hook-user= log-limit= default-timeout= max-timeout= v/verbose help tls-cert= tls-key= V/version
+    string join \n config= h/host= p/port= state-dir= auth= munge-socket= tls-ca= tls-user-map= tls-crl= allow-root run-as= daemon daemon-child pid-file= log= handshake-timeout= max-connections= max-connections-per-host= max-queued-jobs= max-queued-bytes= max-log-bytes= kill-grace= shutdown-grace= retention-days= requeue-lost paused dedup= submit-hook= submit-hook-timeout= submit-hook-fallback= submit-hook-user= metrics= notice-hook= notice-hook-timeout= notice-hook-user= log-limit= default-timeout= max-timeout= v/verbose help tls-cert= tls-key= V/version
 end
 
 function __fish_cq_server_needs_command
@@ -55,6 +55,7 @@ complete -c cq_server -n "__fish_cq_server_needs_command" -l submit-hook-timeout
 complete -c cq_server -n "__fish_cq_server_needs_command" -l submit-hook-fallback -d 'Decision when the submit hook fails, hangs or answers garbage (a hook is a policy: by default it fails closed)' -r -f -a "accept\t'Queue the job as if there were no hook'
 reject\t'Refuse the job'"
 complete -c cq_server -n "__fish_cq_server_needs_command" -l submit-hook-user -d 'User the submit hook runs as [default: nobody when cq_server runs as root, else cq_server\'s own user]' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l metrics -d 'Serve OpenMetrics (Prometheus) counters and gauges on http://ADDR/metrics (e.g. 127.0.0.1:9448); off by default. No job, user or command is named there' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l notice-hook -d 'Program run once for every finished job, with the job as JSON on stdin (mail, chat, webhooks); one at a time, its output ignored (see README)' -r -F
 complete -c cq_server -n "__fish_cq_server_needs_command" -l notice-hook-timeout -d 'Time the notice program gets before it is killed' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l notice-hook-user -d 'User the notice program runs as [default: nobody when cq_server runs as root, else cq_server\'s own user]' -r

@@ -664,3 +664,93 @@ async fn a_notice_program_hears_of_every_finished_job() {
     assert_eq!(second["exit_status"], 1);
     server.assert_serves().await;
 }
+
+/// Scrapes `GET path` from the metrics endpoint in `line` (the server's log line naming it).
+async fn scrape(line: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("an address in the log line");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(LIMIT, stream.read_to_string(&mut text))
+        .await
+        .unwrap()
+        .unwrap();
+    text
+}
+
+/// The metrics endpoint counts what the queue did (jobs that ran, merges, outcomes) and
+/// shows the queue now, naming no job or user.
+#[tokio::test]
+async fn metrics_count_what_ran_and_show_the_queue() {
+    let munged = Munged::start();
+    let server = TestServer::start_with(&munged, &["--metrics", "127.0.0.1:0"]).await;
+    let line = server.wait_for_log("metrics on http://").await;
+    let dir = shared_dir();
+    let gate = Gate::new(dir.path());
+    let held = output(
+        server
+            .client()
+            .args(["--detach", "--", "sh", "-c", &gate.wait()]),
+    )
+    .await;
+    assert!(held.status.success(), "{}", stderr(&held));
+    for _ in 0..2 {
+        let queued = output(
+            server
+                .client()
+                .args(["--detach", "--", "echo", "secret-arg"]),
+        )
+        .await;
+        assert!(queued.status.success(), "{}", stderr(&queued));
+    }
+    // Counting follows the engine's events, a moment behind: scrape until it caught up.
+    let scrape_until = |want: &'static str| {
+        let line = line.clone();
+        async move {
+            tokio::time::timeout(LIMIT, async {
+                loop {
+                    let text = scrape(&line, "/metrics").await;
+                    if text.contains(want) {
+                        return text;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{want} never showed"))
+        }
+    };
+    let during = scrape_until("cq_jobs_merged_total 1\n").await;
+    assert!(during.starts_with("HTTP/1.1 200 OK"), "{during}");
+    assert!(during.contains("cq_queue_running 1\n"), "{during}");
+    assert!(during.contains("cq_queue_queued 1\n"), "{during}");
+    assert!(during.contains("cq_queue_waiters 1\n"), "{during}");
+    assert!(during.contains("cq_jobs_merged_total 1\n"), "{during}");
+    gate.open().await;
+    let failing = output(server.client().args(["--", "false"])).await;
+    assert_eq!(failing.status.code(), Some(1));
+    let after = scrape_until("cq_job_runtime_seconds_count 3\n").await;
+    for expected in [
+        "cq_jobs_accepted_total 3\n",
+        "cq_jobs_started_total 3\n",
+        "cq_jobs_finished_total{outcome=\"exited\"} 3\n",
+        "cq_job_runtime_seconds_count 3\n",
+        "cq_queue_queued 0\n",
+        "cq_queue_running 0\n",
+    ] {
+        assert!(after.contains(expected), "{expected} in {after}");
+    }
+    assert!(
+        !after.contains("secret-arg") && !after.contains("root"),
+        "{after}"
+    );
+    assert!(scrape(&line, "/").await.starts_with("HTTP/1.1 404"));
+}

@@ -229,10 +229,12 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
                 paused,
                 running,
                 queued,
+                waiters,
             })) => Ok(crate::QueueState {
                 paused,
                 running: running as usize,
                 queued: queued as usize,
+                waiters: waiters as usize,
             }),
             Ok(Ok(other)) => Err(ClientError::Protocol(format!(
                 "expected the queue's state, got {other:?}"

@@ -89,6 +89,9 @@ pub(super) enum Command {
         by: Caller,
         reply: oneshot::Sender<Result<QueueState, SubmitError>>,
     },
+    QueueState {
+        reply: oneshot::Sender<Result<QueueState, SubmitError>>,
+    },
 }
 
 /// The queue as a whole: whether it is paused, and how much is in it.
@@ -100,6 +103,8 @@ pub struct QueueState {
     pub running: usize,
     /// Jobs waiting.
     pub queued: usize,
+    /// Submissions merged into running and queued jobs (each one more waiter).
+    pub waiters: usize,
 }
 
 /// Who asks the engine, and with which rights over others' jobs.
@@ -381,6 +386,16 @@ impl EngineHandle {
         let (reply, answer) = oneshot::channel();
         self.request(Command::SetPaused { paused, by, reply }, answer)
             .await
+    }
+
+    /// The queue as it is now (for metrics: no job is named).
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Stopped`] when the engine is gone.
+    pub async fn queue_state(&self) -> Result<QueueState, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.request(Command::QueueState { reply }, answer).await
     }
 
     /// Opens job `id`'s output for `by`, who must be its owner or an admin.

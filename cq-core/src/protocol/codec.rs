@@ -306,13 +306,14 @@ mod tests {
                 }),
             any::<u64>().prop_map(|id| Event::Started { job: JobId(id) }),
             any::<u64>().prop_map(|id| Event::Withdrawn { job: JobId(id) }),
-            (any::<bool>(), any::<u32>(), any::<u32>()).prop_map(|(paused, running, queued)| {
-                Event::Queue {
+            (any::<bool>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
+                |(paused, running, queued, waiters)| Event::Queue {
                     paused,
                     running,
                     queued,
+                    waiters,
                 }
-            }),
+            ),
         ];
         (any::<[u8; 32]>(), event).prop_map(|(digest, event)| Reply {
             request: RequestDigest(digest),

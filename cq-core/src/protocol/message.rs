@@ -197,6 +197,8 @@ pub enum Event {
         running: u32,
         /// Jobs waiting.
         queued: u32,
+        /// Submissions merged into running and queued jobs.
+        waiters: u32,
     },
 }
 

@@ -73,7 +73,8 @@ fn wire_actions_and_events_keep_their_positions() {
         first(bytes(&Event::Queue {
             paused: true,
             running: 0,
-            queued: 0
+            queued: 0,
+            waiters: 0
         })),
         8
     );

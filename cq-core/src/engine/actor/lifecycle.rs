@@ -68,12 +68,16 @@ impl<S: Scheduler> Actor<S> {
                 "queue resumed"
             });
         }
-        let view = self.scheduler.view();
-        Ok(crate::engine::QueueState {
-            paused,
+        Ok(self.queue_state())
+    }
+
+    pub(super) fn queue_state(&self) -> crate::engine::QueueState {
+        crate::engine::QueueState {
+            paused: self.paused,
             running: self.running.len(),
-            queued: view.queued_len(),
-        })
+            queued: self.scheduler.view().queued_len(),
+            waiters: self.jobs.values().map(|live| live.waiters.len()).sum(),
+        }
     }
 
     /// A running job's task ended.

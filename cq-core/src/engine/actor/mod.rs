@@ -514,6 +514,9 @@ impl<S: Scheduler> Actor<S> {
             Command::SetPaused { paused, by, reply } => {
                 let _ = reply.send(self.set_paused(paused, &by));
             }
+            Command::QueueState { reply } => {
+                let _ = reply.send(Ok(self.queue_state()));
+            }
         }
     }
 

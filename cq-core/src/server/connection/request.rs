@@ -138,6 +138,7 @@ where
                             paused: state.paused,
                             running: count(state.running),
                             queued: count(state.queued),
+                            waiters: count(state.waiters),
                         })
                         .await
                     }
