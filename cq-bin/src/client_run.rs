@@ -12,7 +12,7 @@ use cq_auth::mtls::{TlsChannelCredentials, TlsServerAuthenticator};
 use cq_core::protocol::ErrorCode;
 use cq_core::{
     AuthError, Authenticator, Client, ClientError, CommandJob, Connector, CredentialSource, JobId,
-    JobPhase, JobResult, Outcome, Reconnect, Submission,
+    JobPhase, JobResult, Outcome, Progress, Reconnect, Submission,
 };
 use cq_transport_tls::{ClientTls, TlsConnector};
 use tokio::signal::unix::SignalKind;
@@ -505,15 +505,21 @@ where
     let result = match followed {
         Some(result) => Ok(result),
         None => {
+            let ahead = submission.as_ref().map(|s| s.ahead);
+            let line = crate::wait_line::WaitLine::new(id, ahead, !args.quiet && !args.follow);
             client
-                .follow(id, submission, policy, |e, _| {
-                    if !told && !args.quiet {
-                        say(
-                            "cq_client",
-                            format_args!("lost the server ({e}); re-attaching to job {id}"),
-                        );
+                .follow(id, submission, policy, |progress| match progress {
+                    Progress::Started => line.started(),
+                    Progress::Retrying { error, .. } if !told && !args.quiet => {
+                        line.print(|| {
+                            say(
+                                "cq_client",
+                                format_args!("lost the server ({error}); re-attaching to job {id}"),
+                            );
+                        });
                         told = true;
                     }
+                    _ => {}
                 })
                 .await
         }

@@ -23,6 +23,7 @@
 //! - `state_dir.rs`: the state directory, private to the server's user.
 //! - `signals.rs`: SIGINT / SIGTERM for the server's graceful and forced shutdown.
 //! - `report.rs`: logging set-up and the one-line error messages.
+//! - `wait_line.rs`: the live line a waiting cq_client shows on a terminal.
 //! - `emerge/`: `cq-emerge` and `cq-emerge-build`, the Portage workflow.
 
 #![warn(missing_docs, unreachable_pub)]
@@ -47,3 +48,4 @@ pub mod signals;
 pub mod state_dir;
 pub mod state_lock;
 pub mod units;
+pub mod wait_line;

@@ -50,7 +50,7 @@ pub use auth::{
     AuthError, AuthMethod, Authenticator, Credential, CredentialSource, Identity, ReplyKey,
     Verified,
 };
-pub use client::{Client, ClientError, JobEvent, Reconnect, Submission};
+pub use client::{Client, ClientError, JobEvent, Progress, Reconnect, Submission};
 pub use engine::{
     Caller, Cancelled, Engine, EngineConfig, EngineEvent, EngineHandle, JobResult, JobState,
     JobTicket, QueueState, ShutdownMode, SubmitError, SubmitOptions, UserLimits,

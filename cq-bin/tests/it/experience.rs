@@ -517,3 +517,78 @@ async fn client_defaults_give_every_job_a_post_script_and_variables() {
     assert_eq!(job["env"]["USE"], "X gtk");
     assert!(!seen.exists(), "no post script runs for a detached job");
 }
+
+/// What `client` writes to standard error when that is a terminal (a pseudo-terminal), and
+/// its exit status.
+async fn stderr_on_a_terminal(
+    mut client: tokio::process::Command,
+) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let pty = nix::pty::openpty(None, None).expect("a pseudo-terminal");
+    let mut master = std::fs::File::from(pty.master);
+    let reading = tokio::task::spawn_blocking(move || {
+        let mut printed = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = master.read(&mut chunk) {
+            printed.extend_from_slice(&chunk[..n]);
+        }
+        printed
+    });
+    let status = tokio::time::timeout(
+        LIMIT,
+        client
+            .stderr(Stdio::from(pty.slave))
+            .stdout(Stdio::null())
+            .stdin(Stdio::null())
+            .status(),
+    )
+    .await
+    .expect("cq_client ended")
+    .unwrap();
+    drop(client);
+    let printed = tokio::time::timeout(LIMIT, reading)
+        .await
+        .expect("the terminal's output ended")
+        .unwrap();
+    (status, String::from_utf8_lossy(&printed).into_owned())
+}
+
+/// Waiting on a terminal shows one live line: the jobs ahead, then the running time; it is
+/// cleared when the job ends. Not on a pipe, not with -q.
+#[tokio::test]
+async fn waiting_on_a_terminal_shows_a_live_line() {
+    let munged = Munged::start();
+    let server = TestServer::start(&munged).await;
+    let dir = shared_dir();
+    let gate = Gate::new(dir.path());
+    let blocker = output(
+        server
+            .client()
+            .args(["--detach", "--", "sh", "-c", &gate.wait()]),
+    )
+    .await;
+    assert!(blocker.status.success(), "{}", stderr(&blocker));
+    let mut waiting = server.client();
+    waiting.args(["--", "sleep", "1.5"]);
+    let shown = tokio::spawn(stderr_on_a_terminal(waiting));
+    server.wait_for_log("job=2").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    gate.open().await;
+    let (status, shown) = shown.await.unwrap();
+    assert!(status.success(), "{shown}");
+    assert!(shown.contains("job 2 waits: 1 job ahead"), "{shown:?}");
+    assert!(shown.contains("job 2 runs"), "{shown:?}");
+    // Cleared at the end: the last thing written is an erase of the line.
+    assert!(shown.ends_with("\r\u{1b}[2K"), "the line stays: {shown:?}");
+
+    let piped = output(server.client().args(["--", "true"])).await;
+    assert!(
+        !stderr(&piped).contains("waits") && !stderr(&piped).contains(" runs"),
+        "{}",
+        stderr(&piped)
+    );
+    let mut quiet = server.client();
+    quiet.args(["-q", "--", "true"]);
+    let (_, shown) = stderr_on_a_terminal(quiet).await;
+    assert!(!shown.contains("waits"), "{shown:?}");
+}

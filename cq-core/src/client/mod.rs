@@ -7,7 +7,7 @@ mod error;
 mod submission;
 
 pub use error::ClientError;
-pub use submission::{JobEvent, Submission};
+pub use submission::{JobEvent, Progress, Submission};
 
 use std::io;
 use std::time::Duration;
@@ -114,8 +114,8 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
 
     /// Follows job `id` to its end, starting with `submission` if there is one, and
     /// re-attaching (with growing delays) whenever the connection is lost, e.g. while the
-    /// server restarts. `on_retry` hears about each failed attempt and the delay before the
-    /// next one. Gives up when the server has been unreachable for `policy.give_up_after`.
+    /// server restarts. `on_progress` hears when the job starts, and about each failed
+    /// attempt and the delay before the next one. Gives up when the server has been unreachable for `policy.give_up_after`.
     ///
     /// # Errors
     ///
@@ -126,19 +126,19 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
         id: JobId,
         submission: Option<Submission<'_, C::Stream, A>>,
         policy: &Reconnect,
-        mut on_retry: impl FnMut(&ClientError, Duration),
+        mut on_progress: impl FnMut(Progress<'_>),
     ) -> Result<JobResult, ClientError> {
         let mut current = submission;
         let mut delay = policy.first_delay;
         let mut unreachable_since: Option<tokio::time::Instant> = None;
         loop {
             let attempt = match current.take() {
-                Some(submission) => submission.wait().await,
+                Some(submission) => submission.wait_reporting(&mut on_progress).await,
                 None => match self.watch(id).await {
                     Ok(submission) => {
                         unreachable_since = None;
                         delay = policy.first_delay;
-                        submission.wait().await
+                        submission.wait_reporting(&mut on_progress).await
                     }
                     Err(e) => Err(e),
                 },
@@ -150,7 +150,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
                     if since.elapsed() >= policy.give_up_after {
                         return Err(e);
                     }
-                    on_retry(&e, delay);
+                    on_progress(Progress::Retrying { error: &e, delay });
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(policy.max_delay);
                 }

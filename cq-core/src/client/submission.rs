@@ -47,6 +47,21 @@ pub enum JobEvent {
     Finished(JobResult),
 }
 
+/// What a wait for a job has to tell before the job ends.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Progress<'a> {
+    /// The job started (told again after a re-attachment while it runs).
+    Started,
+    /// The server could not be reached; the wait tries again after `delay`.
+    Retrying {
+        /// What went wrong.
+        error: &'a ClientError,
+        /// How long until the next attempt.
+        delay: std::time::Duration,
+    },
+}
+
 impl<'a, St: crate::transport::Stream, A: Authenticator> Submission<'a, St, A> {
     /// The replies to the request named `request`, just sent on `framed`; `expected` is the
     /// job it is about, when the request names one.
@@ -105,11 +120,26 @@ impl<'a, St: crate::transport::Stream, A: Authenticator> Submission<'a, St, A> {
     /// # Errors
     ///
     /// As [`next_event`](Self::next_event).
-    pub async fn wait(mut self) -> Result<JobResult, ClientError> {
+    pub async fn wait(self) -> Result<JobResult, ClientError> {
+        self.wait_reporting(|_| {}).await
+    }
+
+    /// Waits for the job to end, telling `on_progress` when it starts.
+    ///
+    /// # Errors
+    ///
+    /// As [`next_event`](Self::next_event).
+    pub async fn wait_reporting(
+        mut self,
+        mut on_progress: impl FnMut(Progress<'_>),
+    ) -> Result<JobResult, ClientError> {
         loop {
-            if let JobEvent::Finished(result) = self.next_event().await? {
-                let _ = self.framed.close().await;
-                return Ok(result);
+            match self.next_event().await? {
+                JobEvent::Started => on_progress(Progress::Started),
+                JobEvent::Finished(result) => {
+                    let _ = self.framed.close().await;
+                    return Ok(result);
+                }
             }
         }
     }
