@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cq_core::server::{Refusal, ServerStats};
 use cq_core::{EngineEvent, EngineHandle};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -33,6 +34,43 @@ struct OutcomeLabel {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// The server's own counters, carried into the registry at each scrape.
+#[derive(Debug)]
+struct ServerMeters {
+    stats: Arc<ServerStats>,
+    accepted: Counter,
+    open: Gauge,
+    refused: Family<ReasonLabel, Counter>,
+    /// What was carried over last time: (connections, refusals by kind).
+    carried: std::sync::Mutex<(u64, [u64; Refusal::ALL.len()])>,
+}
+
+impl ServerMeters {
+    fn update(&self) {
+        let mut carried = self
+            .carried
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let accepted = self.stats.connections_accepted();
+        self.accepted.inc_by(accepted.saturating_sub(carried.0));
+        carried.0 = accepted;
+        for (i, why) in Refusal::ALL.into_iter().enumerate() {
+            let now = self.stats.refused(why);
+            self.refused
+                .get_or_create(&ReasonLabel { reason: why.word() })
+                .inc_by(now.saturating_sub(carried.1[i]));
+            carried.1[i] = now;
+        }
+        self.open
+            .set(i64::try_from(self.stats.connections_open()).unwrap_or(i64::MAX));
+    }
+}
+
 /// The counters and gauges.
 #[derive(Debug)]
 struct Meters {
@@ -47,10 +85,11 @@ struct Meters {
     running: Gauge,
     waiters: Gauge,
     paused: Gauge,
+    server: Option<ServerMeters>,
 }
 
 impl Meters {
-    fn new() -> Self {
+    fn new(stats: Option<Arc<ServerStats>>) -> Self {
         let mut registry = Registry::with_prefix("cq");
         let accepted = Counter::default();
         let merged = Counter::default();
@@ -99,7 +138,33 @@ impl Meters {
             "1 while an admin has paused the queue",
             paused.clone(),
         );
+        let server = stats.map(|stats| {
+            let meters = ServerMeters {
+                stats,
+                accepted: Counter::default(),
+                open: Gauge::default(),
+                refused: Family::default(),
+                carried: std::sync::Mutex::new((0, [0; Refusal::ALL.len()])),
+            };
+            registry.register(
+                "connections_accepted",
+                "Connections taken",
+                meters.accepted.clone(),
+            );
+            registry.register(
+                "connections_open",
+                "Connections being served",
+                meters.open.clone(),
+            );
+            registry.register(
+                "requests_refused",
+                "Requests and connections turned away, by reason (authentication, policy, limits)",
+                meters.refused.clone(),
+            );
+            meters
+        });
         Self {
+            server,
             registry,
             accepted,
             merged,
@@ -148,6 +213,9 @@ impl Meters {
             self.waiters.set(gauge(state.waiters));
             self.paused.set(i64::from(state.paused));
         }
+        if let Some(server) = &self.server {
+            server.update();
+        }
         let mut text = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::warn!(error = %e, "cannot encode the metrics");
@@ -156,9 +224,15 @@ impl Meters {
     }
 }
 
-/// Serves the metrics of `engine` on `listener` until `stop` fires.
-pub async fn serve(listener: TcpListener, engine: EngineHandle, stop: CancellationToken) {
-    let meters = Arc::new(Meters::new());
+/// Serves the metrics of `engine` (and of the server's connections, with `stats`) on
+/// `listener` until `stop` fires.
+pub async fn serve(
+    listener: TcpListener,
+    engine: EngineHandle,
+    stats: Option<Arc<ServerStats>>,
+    stop: CancellationToken,
+) {
+    let meters = Arc::new(Meters::new(stats));
     let counting = {
         let meters = meters.clone();
         let mut events = engine.events();

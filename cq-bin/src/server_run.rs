@@ -560,18 +560,6 @@ async fn serve(
     if let Some(notice) = parts.notice_program {
         tokio::spawn(notice.serve(engine.events()));
     }
-    let stop_metrics = CancellationToken::new();
-    if let Some(listener) = parts.metrics {
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!("metrics on http://{addr}/metrics");
-        }
-        tokio::spawn(crate::metrics::serve(
-            listener,
-            engine.clone(),
-            stop_metrics.clone(),
-        ));
-    }
     let Signals {
         mut hangup,
         shutdown: mut signals,
@@ -582,6 +570,19 @@ async fn serve(
         Some(hook) => server.with_hook_program(hook),
         None => server,
     };
+    let stop_metrics = CancellationToken::new();
+    if let Some(listener) = parts.metrics {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!("metrics on http://{addr}/metrics");
+        }
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            engine.clone(),
+            Some(server.stats()),
+            stop_metrics.clone(),
+        ));
+    }
     if let Some(addr) = listener.local_addr() {
         tracing::info!(state = %parts.store.path().display(), log_dir = %log_dir.display(), "listening on {addr}");
     }

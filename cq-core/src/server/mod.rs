@@ -8,7 +8,9 @@ mod hook_program;
 mod log_limit;
 mod notice_program;
 mod serve;
+mod stats;
 
 pub use hook_program::{DEFAULT_HOOK_CONCURRENCY, HookProgram};
 pub use notice_program::NoticeProgram;
 pub use serve::{Server, ServerConfig};
+pub use stats::{Refusal, ServerStats};

@@ -83,6 +83,8 @@ pub(super) struct Shared<A, C> {
     /// Log lines about peers that fail before they are authenticated: a flood must not
     /// flood the log too.
     pub(super) garbage_log: LogLimiter,
+    /// Connections and refusals, for metrics.
+    pub(super) stats: Arc<super::ServerStats>,
 }
 
 /// Serves the cq protocol on a listener, feeding one engine.
@@ -123,6 +125,7 @@ impl<A: Authenticator, C: CredentialSource> Server<A, C> {
                 signer,
                 budget,
                 garbage_log: LogLimiter::new(),
+                stats: Arc::default(),
                 config,
             },
         }
@@ -142,6 +145,12 @@ impl<A: Authenticator, C: CredentialSource> Server<A, C> {
     pub fn with_policy(mut self, policy: SharedPolicy) -> Self {
         self.shared.policy = Some(policy);
         self
+    }
+
+    /// Its counters of connections and refused requests (shared: they keep counting while
+    /// it runs).
+    pub fn stats(&self) -> Arc<super::ServerStats> {
+        self.shared.stats.clone()
     }
 
     /// Accepts and serves connections until `shutdown` resolves. Then it stops accepting,
@@ -170,6 +179,7 @@ impl<A: Authenticator, C: CredentialSource> Server<A, C> {
                     let peer = pending.peer_addr();
                     let Some(host_slot) = per_host.enter(peer, config.max_connections_per_host)
                     else {
+                        shared.stats.refuse(super::Refusal::TooManyConnections);
                         if shared.garbage_log.allow() {
                             tracing::warn!(
                                 peer = %peer.map_or_else(String::new, |p| p.ip().to_string()),
@@ -180,6 +190,7 @@ impl<A: Authenticator, C: CredentialSource> Server<A, C> {
                         continue;
                     };
                     let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        shared.stats.refuse(super::Refusal::TooManyConnections);
                         if shared.garbage_log.allow() {
                             tracing::warn!(
                                 limit = config.max_connections,
@@ -190,8 +201,10 @@ impl<A: Authenticator, C: CredentialSource> Server<A, C> {
                     };
                     let shared = shared.clone();
                     let token = token.clone();
+                    shared.stats.opened();
                     tracker.spawn(async move {
                         connection::serve(pending, &shared, &token).await;
+                        shared.stats.closed();
                         drop(permit);
                         drop(host_slot);
                     });

@@ -11,6 +11,7 @@ use crate::account::Account;
 use crate::auth::{AuthError, Authenticator, Credential, CredentialSource, Identity};
 use crate::engine::{Caller, Cancelled};
 use crate::protocol::{Action, Envelope, ErrorCode, Event, Request, RequestDigest};
+use crate::server::Refusal;
 use crate::transport::Stream;
 
 /// Rejected credentials are answered no sooner than this after they arrived, so that the
@@ -39,6 +40,13 @@ where
         {
             Ok(verified) => verified,
             Err(e) => {
+                self.shared.stats.refuse(match &e {
+                    AuthError::Expired(_) => Refusal::AuthExpired,
+                    AuthError::Replayed(_) => Refusal::AuthReplayed,
+                    AuthError::Unavailable(_) => Refusal::AuthUnavailable,
+                    AuthError::Unauthorized(_) => Refusal::Policy,
+                    _ => Refusal::AuthInvalid,
+                });
                 if self.shared.garbage_log.allow() {
                     tracing::warn!(peer = %self.peer.describe(), reason = %e, "rejected a request");
                 }
@@ -66,6 +74,7 @@ where
             && let Err(e) = self.shared.engine.remember_request(digest.0, until).await
         {
             tracing::warn!(peer = %self.peer.describe(), who = %identity, error = %e, "refused a request");
+            self.shared.stats.refuse(Refusal::AuthReplayed);
             let _ = self.refuse(&e).await;
             return ControlFlow::Break(());
         }
@@ -73,6 +82,7 @@ where
             Ok(request) => request,
             Err(e) => {
                 tracing::warn!(peer = %self.peer.describe(), error = %e, "malformed request");
+                self.shared.stats.refuse(Refusal::Malformed);
                 self.fail(ErrorCode::MALFORMED, &format!("malformed request: {e}"))
                     .await;
                 return ControlFlow::Break(());
@@ -82,6 +92,7 @@ where
         let reached = self.peer.local_addr.map(canonical);
         if dialled != reached {
             tracing::warn!(peer = %self.peer.describe(), ?dialled, ?reached, "request addressed to another server");
+            self.shared.stats.refuse(Refusal::Malformed);
             let message = format!(
                 "the request was made for server {} but reached {}: connect to the server directly",
                 describe(dialled),
@@ -172,6 +183,7 @@ where
             }
             Ok(Err(refusal)) => {
                 tracing::info!(who = %identity, reason = %refusal, "refused by policy");
+                self.shared.stats.refuse(Refusal::Policy);
                 self.fail(ErrorCode::NOT_PERMITTED, &refusal.to_string())
                     .await;
                 None

@@ -53,6 +53,7 @@ where
                     Ok(Ok(account)) => with_account(identity, account.as_ref()),
                     Ok(Err(refusal)) => {
                         tracing::info!(who = %identity, command = %job.summary(), reason = %refusal, "refused by policy");
+                        self.shared.stats.refuse(crate::server::Refusal::Policy);
                         self.fail(ErrorCode::NOT_PERMITTED, &refusal.to_string())
                             .await;
                         return ControlFlow::Break(());
