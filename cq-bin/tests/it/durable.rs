@@ -360,3 +360,60 @@ async fn a_second_server_on_the_same_state_directory_refuses_to_start() {
     assert!(!err.contains("listening on"), "{err}");
     server.assert_serves().await;
 }
+
+/// Red team: after `kill -9` of the server, its running job lived on in its cgroup; the
+/// restarted server then started the next job (or, with --requeue-lost, the same one again)
+/// beside it. Now the orphan is killed before anything starts.
+#[tokio::test]
+async fn a_job_of_a_killed_server_does_not_run_beside_the_next() {
+    let munged = Munged::start();
+    let mut server = TestServer::start_with(&munged, &["--requeue-lost"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let out = output(&mut detach(
+        &server,
+        &format!("echo $$ >> {}; exec sleep 60", pids.display()),
+    ))
+    .await;
+    assert_eq!(job_id(&out), 1);
+    server.wait_for_log("started job=1").await;
+    let first: i32 = tokio::time::timeout(LIMIT, async {
+        loop {
+            if let Some(pid) = std::fs::read_to_string(&pids)
+                .ok()
+                .and_then(|t| t.lines().next().and_then(|l| l.parse().ok()))
+            {
+                return pid;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the job wrote its pid");
+    server.kill9().await;
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z "))
+    };
+    assert!(alive(first), "the orphan runs on after kill -9");
+    let server = server.restart().await;
+    assert!(
+        !alive(first),
+        "the orphan was killed before anything started"
+    );
+    // Requeued, it runs again: once.
+    tokio::time::timeout(LIMIT, async {
+        while std::fs::read_to_string(&pids)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            < 2
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the requeued job runs");
+    let cancelled = output(server.client().args(["--cancel", "1"])).await;
+    assert!(cancelled.status.success(), "{}", stderr(&cancelled));
+}

@@ -192,3 +192,28 @@ async fn a_job_cannot_make_the_server_read_for_it() {
         Some(0)
     );
 }
+
+/// What a job wrote just before it exited is never lost (the server's reading once raced
+/// the job's end: a few in a hundred came back empty).
+#[tokio::test]
+async fn results_written_just_before_the_end_arrive_every_time() {
+    let munged = Munged::start();
+    let server = TestServer::start(&munged).await;
+    let mut ids = Vec::new();
+    for n in 0..200 {
+        let out = output(server.client().args([
+            "--detach",
+            "--",
+            "sh",
+            "-c",
+            &format!("printf 'A={n}\\n' > \"$CQ_RESULT_FILE\""),
+        ]))
+        .await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        ids.push((n, String::from_utf8_lossy(&out.stdout).trim().to_owned()));
+    }
+    for (n, id) in ids {
+        let out = output(server.client().args(["--json", "--wait", &id])).await;
+        assert_eq!(json(&out)["results"]["A"], n.to_string(), "job {id}");
+    }
+}

@@ -202,13 +202,15 @@ impl Drop for JobCgroup {
     }
 }
 
-/// Removes what executors of processes that are gone left in `parent` (after a crash):
-/// empty job cgroups and their directory. A cgroup that still holds processes (a job that
-/// outlived its server) stays, and so does its directory.
+/// Removes what executors of processes that are gone left in `parent` (after a crash, e.g.
+/// `kill -9` of the server): their job cgroups and directories. A job that outlived its
+/// server is killed first (with everything it started) and waited for: it must not run on
+/// beside the jobs this executor starts, nor beside its own re-queued run.
 fn remove_stale(parent: &Path) {
     let Ok(entries) = fs::read_dir(parent) else {
         return;
     };
+    let own = own_cgroup();
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name();
         let Some(pid) = name
@@ -219,10 +221,22 @@ fn remove_stale(parent: &Path) {
         else {
             continue;
         };
-        if pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists() {
+        if pid == std::process::id() || is_live_executor(pid, own.as_deref()) {
             continue;
         }
         let dir = entry.path();
+        if populated(&dir.join("cgroup.events")).unwrap_or(false) {
+            tracing::warn!(cgroup = %dir.display(), "jobs of a server that is gone still run: killing them");
+            let _ = fs::write(dir.join("cgroup.kill"), "1");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while populated(&dir.join("cgroup.events")).unwrap_or(false) {
+                if std::time::Instant::now() > deadline {
+                    tracing::error!(cgroup = %dir.display(), "processes of a job of a server that is gone cannot be killed (uninterruptible sleep?); they may run beside new jobs");
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
         for job in fs::read_dir(&dir)
             .into_iter()
             .flatten()
@@ -233,6 +247,20 @@ fn remove_stale(parent: &Path) {
             }
         }
         let _ = fs::remove_dir(&dir);
+    }
+}
+
+/// Whether `pid` is a live process in the same cgroup as this one (where another server's
+/// executor would be), and not some other process that got a dead server's pid.
+fn is_live_executor(pid: u32, own: Option<&str>) -> bool {
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return false;
+    };
+    let theirs = text.lines().find_map(|line| line.strip_prefix("0::"));
+    match (theirs, own) {
+        (Some(theirs), Some(own)) => theirs == own,
+        // Cannot tell: leave it alone.
+        _ => true,
     }
 }
 

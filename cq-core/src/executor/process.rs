@@ -440,7 +440,10 @@ impl Executor for ProcessExecutor {
         }
         // Everything of the job has ended: what it reported is complete.
         if let Some(file) = result_file.as_mut() {
-            let refused = results.set_lines(&file.read().await);
+            let text = tokio::time::timeout(Duration::from_secs(5), file.read())
+                .await
+                .unwrap_or_default();
+            let refused = results.set_lines(&text);
             if let Some(first) = refused.first() {
                 tracing::info!(job = %id, refused = refused.len(), first = %first, "result lines were refused");
             }

@@ -10,6 +10,7 @@
 
 use std::fs::{self, DirBuilder, File};
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -149,11 +150,18 @@ async fn read_capped(receiver: pipe::Receiver, mut finish: oneshot::Receiver<()>
                 }
             }
             _ = &mut finish => {
-                while let Ok(n) = receiver.try_read(&mut buf) {
-                    if n == 0 {
-                        break;
+                // Read the pipe itself, not the reactor's idea of it: the job's end may be
+                // seen before its last write is. Bounded, so that a writer outside the job
+                // (its user's own process) cannot keep this going.
+                let mut budget = RESULT_FILE_CAP + 1024 * 1024;
+                while budget > 0 {
+                    match nix::unistd::read(receiver.as_fd(), &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            keep(&mut kept, &buf[..n]);
+                            budget = budget.saturating_sub(n);
+                        }
                     }
-                    keep(&mut kept, &buf[..n]);
                 }
                 return kept;
             }

@@ -11,6 +11,6 @@ mod serve;
 mod stats;
 
 pub use hook_program::{DEFAULT_HOOK_CONCURRENCY, HookProgram};
-pub use notice_program::NoticeProgram;
+pub use notice_program::{NOTICE_BACKLOG, NOTICE_LIMIT, NoticeProgram};
 pub use serve::{Server, ServerConfig};
 pub use stats::{Refusal, ServerStats};
