@@ -167,6 +167,10 @@ pub struct Args {
     /// Resume a paused queue. Admins only.
     #[arg(long, group = "query", conflicts_with_all = QUERY_CONFLICTS)]
     pub resume: bool,
+    /// Move queued job ID ahead of every other queued job (until the server restarts).
+    /// Admins only.
+    #[arg(long, value_name = "ID", group = "query", conflicts_with_all = QUERY_CONFLICTS)]
+    pub first: Option<u64>,
     /// While waiting, print the job's output as it comes (from its start); with --log, keep
     /// printing until the job ends.
     #[arg(long, conflicts_with_all = ["detach", "background", "list", "status", "cancel"])]
@@ -194,7 +198,7 @@ pub struct Args {
     #[arg(long, action = ArgAction::Help)]
     pub help: Option<bool>,
     /// The command and its arguments.
-    #[arg(required_unless_present_any = ["wait", "retry", "list", "status", "cancel", "log", "pause", "resume"], last = true, value_name = "COMMAND")]
+    #[arg(required_unless_present_any = ["wait", "retry", "list", "status", "cancel", "log", "pause", "resume", "first"], last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
@@ -207,6 +211,7 @@ impl Args {
             || self.log.is_some()
             || self.pause
             || self.resume
+            || self.first.is_some()
     }
 }
 
@@ -701,7 +706,7 @@ impl Drop for OutputPrinter {
     }
 }
 
-/// `--list`, `--status ID`, `--cancel ID`, `--log ID`, `--pause`, `--resume`.
+/// `--list`, `--status ID`, `--cancel ID`, `--log ID`, `--pause`, `--resume`, `--first ID`.
 async fn query<C, S, A>(client: &Client<C, S, A>, args: &Args) -> ExitCode
 where
     C: Connector,
@@ -751,6 +756,18 @@ where
     }
     let answer = if let Some(id) = args.status {
         client.status(JobId(id)).await.map(|job| vec![job])
+    } else if let Some(id) = args.first {
+        let moved = client.promote(JobId(id)).await.map(|job| vec![job]);
+        if moved.is_ok() && !args.json {
+            if !args.quiet {
+                say(
+                    "cq_client",
+                    format_args!("job {id} is now first in the queue"),
+                );
+            }
+            return ExitCode::SUCCESS;
+        }
+        moved
     } else if let Some(id) = args.cancel {
         match client.cancel(JobId(id)).await {
             Ok(Some(job)) => Ok(vec![job]),

@@ -22,6 +22,7 @@ finished\t'Ended'"
 complete -c cq_client -l status -d 'Show one job' -r
 complete -c cq_client -l cancel -d 'Cancel a job: a queued one leaves the queue, a running one\'s process group gets SIGTERM, then SIGKILL. Its owner and the admins may' -r
 complete -c cq_client -l log -d 'Print a job\'s output so far (its owner and the admins may)' -r
+complete -c cq_client -l first -d 'Move queued job ID ahead of every other queued job (until the server restarts). Admins only' -r
 complete -c cq_client -l tail -d 'When the job fails, print the last N lines of its output [default: 10 when standard error is a terminal, else 0]; 0 prints none' -r
 complete -c cq_client -l tls-cert -d 'This client\'s certificate (PEM) for --auth tls [default: /etc/cq/tls/client.pem]' -r -F
 complete -c cq_client -l tls-key -d 'This client\'s private key (PEM) for --auth tls [default: /etc/cq/tls/client.key]' -r -F

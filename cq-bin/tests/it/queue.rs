@@ -475,10 +475,10 @@ async fn a_crashing_hanging_or_babbling_hook_fails_closed_and_is_logged() {
 }
 
 /// An admin pauses the queue: the running job finishes, nothing new starts (submissions are
-/// still taken), even across a restart with --paused, until an admin resumes it. Others may
-/// not pause.
+/// still taken), even across a restart with --paused, until an admin resumes it; and moves a
+/// queued job to the front. Others may do neither.
 #[tokio::test]
-async fn admins_pause_and_resume_the_queue() {
+async fn admins_pause_resume_and_reorder_the_queue() {
     use crate::users::PublicBinaries;
     let munged = Munged::start();
     let dir = shared_dir();
@@ -546,6 +546,44 @@ async fn admins_pause_and_resume_the_queue() {
     assert!(
         !marker.exists(),
         "a job started in a queue that starts paused"
+    );
+    // An admin moves a job to the front; others may not.
+    let later = output(
+        server
+            .client()
+            .args(["--detach", "--", "touch"])
+            .arg(dir.path().join("later")),
+    )
+    .await;
+    let later_id = String::from_utf8_lossy(&later.stdout).trim().to_owned();
+    let bins = PublicBinaries::new();
+    let refused = output(
+        server
+            .client_as(&bins, &users().alice)
+            .args(["--first", &later_id]),
+    )
+    .await;
+    assert_eq!(refused.status.code(), Some(255), "{}", stderr(&refused));
+    let first = output(server.client().args(["--first", &later_id])).await;
+    assert!(first.status.success(), "{}", stderr(&first));
+    let list = output(server.client().args(["--list", "--json"])).await;
+    let order: Vec<String> = json(&list)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["state"] == "queued")
+        .map(|j| j["id"].to_string())
+        .collect();
+    assert_eq!(
+        order,
+        [later_id.clone(), id.clone()],
+        "the moved job comes first"
+    );
+    let running = output(server.client().args(["--first", "1"])).await;
+    assert!(
+        stderr(&running).contains("not waiting"),
+        "{}",
+        stderr(&running)
     );
     let resumed = output(server.client().arg("--resume")).await;
     assert!(resumed.status.success(), "{}", stderr(&resumed));

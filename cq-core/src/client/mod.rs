@@ -207,6 +207,17 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
         answer
     }
 
+    /// Moves queued job `id` ahead of every other queued job. Admins only.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit); [`ErrorCode::NOT_PERMITTED`](crate::protocol::ErrorCode::NOT_PERMITTED) for anybody but an admin, [`ErrorCode::REJECTED`](crate::protocol::ErrorCode::REJECTED) when the job is not waiting.
+    pub async fn promote(&self, id: JobId) -> Result<JobSummary, ClientError> {
+        let mut jobs = self.query(Action::Promote { job: id }).await?;
+        jobs.pop()
+            .ok_or(ClientError::Protocol("empty answer".into()))
+    }
+
     /// Pauses the server's queue (`paused`: running jobs finish, nothing new starts) or
     /// resumes it; answers how the queue is now. Admins only.
     ///

@@ -92,6 +92,11 @@ pub(super) enum Command {
     QueueState {
         reply: oneshot::Sender<Result<QueueState, SubmitError>>,
     },
+    Promote {
+        id: JobId,
+        by: Caller,
+        reply: oneshot::Sender<Result<JobSummary, SubmitError>>,
+    },
 }
 
 /// The queue as a whole: whether it is paused, and how much is in it.
@@ -388,6 +393,19 @@ impl EngineHandle {
             .await
     }
 
+    /// Moves queued job `id` ahead of every other queued job, for `by`, who must be an admin.
+    /// (Not kept across a restart: the queue then runs in acceptance order again.)
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::NotPermitted`] for anybody but an admin; [`SubmitError::NotQueued`]
+    /// when the job is not waiting.
+    pub async fn promote(&self, id: JobId, by: Caller) -> Result<JobSummary, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.request(Command::Promote { id, by, reply }, answer)
+            .await
+    }
+
     /// The queue as it is now (for metrics: no job is named).
     ///
     /// # Errors
@@ -532,4 +550,7 @@ pub enum SubmitError {
     /// No job with this id is queued, running or remembered.
     #[error("no job {0} on this server (it may have finished long ago)")]
     UnknownJob(JobId),
+    /// The job is not waiting (it runs, or has ended): only queued jobs can be moved.
+    #[error("job {0} is not waiting in the queue (it runs or has ended)")]
+    NotQueued(JobId),
 }

@@ -266,6 +266,7 @@ mod tests {
             any::<u64>().prop_map(|id| Action::Watch { job: JobId(id) }),
             Just(Action::Pause),
             Just(Action::Resume),
+            any::<u64>().prop_map(|id| Action::Promote { job: JobId(id) }),
         ];
         // Only address and port travel: serde drops IPv6 flow info and scope id.
         let addr =

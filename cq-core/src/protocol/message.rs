@@ -117,6 +117,12 @@ pub enum Action {
     Pause,
     /// Resume a paused queue. Admins only; answered with `Queue`.
     Resume,
+    /// Move a queued job ahead of every other queued job. Admins only; answered with the job
+    /// (`Jobs`).
+    Promote {
+        /// The job.
+        job: JobId,
+    },
 }
 
 /// A server's reply to one request.

@@ -16,7 +16,13 @@ use super::traits::{JobInfo, QueueSource, QueueView, Scheduler, WorkerInfo};
 /// oldest job is eligible; finding a queued duplicate is a hash lookup.
 #[derive(Debug, Default)]
 pub struct SerialScheduler {
-    queued: BTreeMap<JobId, JobInfo>,
+    /// Queued jobs by (rank, id): ids are acceptance order; a promoted job gets a rank
+    /// below every other.
+    queued: BTreeMap<(i64, JobId), JobInfo>,
+    /// The rank of every job queued or running that is not 0 (a requeued job keeps it).
+    ranks: HashMap<JobId, i64>,
+    /// The rank of the latest promotion: each one goes ahead of all before it.
+    front: i64,
     /// Running jobs and the worker each runs on.
     running: BTreeMap<JobId, (JobInfo, String)>,
     busy_workers: HashSet<String>,
@@ -48,6 +54,10 @@ impl SerialScheduler {
         }
     }
 
+    fn key(&self, id: JobId) -> (i64, JobId) {
+        (self.ranks.get(&id).copied().unwrap_or(0), id)
+    }
+
     /// Takes running job `id` off its worker and lane.
     fn release(&mut self, id: JobId) -> Option<JobInfo> {
         let (job, worker) = self.running.remove(&id)?;
@@ -75,7 +85,7 @@ impl QueueSource for SerialScheduler {
     fn find_same_work(&self, job: &JobInfo) -> Option<&JobInfo> {
         let ids = self.by_work.get(&job.work_hash()?)?;
         ids.iter()
-            .filter_map(|id| self.queued.get(id))
+            .filter_map(|id| self.queued.get(&self.key(*id)))
             .find(|queued| queued.same_work(job))
     }
 }
@@ -83,7 +93,7 @@ impl QueueSource for SerialScheduler {
 impl Scheduler for SerialScheduler {
     fn enqueue(&mut self, job: JobInfo) {
         self.index(&job);
-        self.queued.insert(job.id, job);
+        self.queued.insert(self.key(job.id), job);
     }
 
     fn next_for(&mut self, worker: &WorkerInfo) -> Option<JobId> {
@@ -101,7 +111,7 @@ impl Scheduler for SerialScheduler {
                         .is_none_or(|lane| !self.busy_lanes.contains(lane))
             })?
             .id;
-        let job = self.queued.remove(&id)?;
+        let job = self.queued.remove(&self.key(id))?;
         self.unindex(&job);
         self.busy_workers.insert(worker.name.clone());
         if let Some(lane) = &job.lane {
@@ -113,6 +123,7 @@ impl Scheduler for SerialScheduler {
 
     fn finished(&mut self, id: JobId, _outcome: &Outcome) {
         self.release(id);
+        self.ranks.remove(&id);
     }
 
     fn requeue(&mut self, id: JobId) -> bool {
@@ -126,13 +137,24 @@ impl Scheduler for SerialScheduler {
     }
 
     fn remove(&mut self, id: JobId) -> bool {
-        match self.queued.remove(&id) {
+        match self.queued.remove(&self.key(id)) {
             Some(job) => {
                 self.unindex(&job);
+                self.ranks.remove(&id);
                 true
             }
             None => false,
         }
+    }
+
+    fn promote(&mut self, id: JobId) -> bool {
+        let Some(job) = self.queued.remove(&self.key(id)) else {
+            return false;
+        };
+        self.front -= 1;
+        self.ranks.insert(id, self.front);
+        self.queued.insert((self.front, id), job);
+        true
     }
 
     fn view(&self) -> QueueView<'_> {
@@ -240,6 +262,7 @@ mod tests {
         Finish(u8),
         Requeue(u8),
         Remove(u8),
+        Promote(u8),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -250,6 +273,7 @@ mod tests {
             any::<u8>().prop_map(Op::Finish),
             any::<u8>().prop_map(Op::Requeue),
             any::<u8>().prop_map(Op::Remove),
+            any::<u8>().prop_map(Op::Promote),
         ]
     }
 
@@ -266,8 +290,11 @@ mod tests {
             ];
             let mut s = SerialScheduler::new();
             let mut next_id = 1;
-            // Our model: queued jobs (in order) and what runs where.
-            let mut queued: BTreeMap<JobId, JobInfo> = BTreeMap::new();
+            // Our model: queued jobs in order (a promoted job first: the latest promotion
+            // ahead of earlier ones), and what runs where.
+            let mut queued: BTreeMap<(i64, JobId), JobInfo> = BTreeMap::new();
+            let mut ranks: std::collections::HashMap<JobId, i64> = std::collections::HashMap::new();
+            let mut front = 0;
             let mut running: BTreeMap<JobId, (JobInfo, usize)> = BTreeMap::new();
             for op in ops {
                 match op {
@@ -276,7 +303,7 @@ mod tests {
                         let lane = lane.map(|l| format!("l{l}"));
                         let job = JobInfo { tags, lane, ..info(next_id, "x") };
                         next_id += 1;
-                        queued.insert(job.id, job.clone());
+                        queued.insert((0, job.id), job.clone());
                         s.enqueue(job);
                     }
                     Op::Next(w) => {
@@ -293,7 +320,8 @@ mod tests {
                         let got = s.next_for(worker);
                         prop_assert_eq!(got, expected);
                         if let Some(id) = got {
-                            let job = queued.remove(&id).unwrap();
+                            let rank = ranks.get(&id).copied().unwrap_or(0);
+                            let job = queued.remove(&(rank, id)).unwrap();
                             prop_assert!(worker.can_run(&job));
                             running.insert(id, (job, usize::from(w)));
                         }
@@ -301,20 +329,34 @@ mod tests {
                     Op::Finish(n) => {
                         if let Some(&id) = running.keys().nth(usize::from(n) % running.len().max(1)) {
                             running.remove(&id);
+                            ranks.remove(&id);
                             s.finished(id, &ok());
                         }
                     }
                     Op::Requeue(n) => {
                         if let Some(&id) = running.keys().nth(usize::from(n) % running.len().max(1)) {
                             let (job, _) = running.remove(&id).unwrap();
-                            queued.insert(id, job);
+                            queued.insert((ranks.get(&id).copied().unwrap_or(0), id), job);
                             prop_assert!(s.requeue(id));
                         }
                     }
                     Op::Remove(n) => {
-                        if let Some(&id) = queued.keys().nth(usize::from(n) % queued.len().max(1)) {
-                            queued.remove(&id);
-                            prop_assert!(s.remove(id));
+                        if let Some(&key) = queued.keys().nth(usize::from(n) % queued.len().max(1)) {
+                            queued.remove(&key);
+                            ranks.remove(&key.1);
+                            prop_assert!(s.remove(key.1));
+                        }
+                    }
+                    Op::Promote(n) => {
+                        if let Some(&key) = queued.keys().nth(usize::from(n) % queued.len().max(1)) {
+                            let job = queued.remove(&key).unwrap();
+                            front -= 1;
+                            ranks.insert(key.1, front);
+                            queued.insert((front, key.1), job);
+                            prop_assert!(s.promote(key.1));
+                            prop_assert_eq!(s.view().queued().next().map(|j| j.id), Some(key.1));
+                        } else {
+                            prop_assert!(!s.promote(JobId(u64::from(n) + 10_000)));
                         }
                     }
                 }
@@ -333,7 +375,7 @@ mod tests {
                     prop_assert!(busy.insert(*w), "worker {} runs two jobs", w);
                 }
                 let in_queue: Vec<JobId> = view.queued().map(|j| j.id).collect();
-                prop_assert_eq!(in_queue, queued.keys().copied().collect::<Vec<_>>());
+                prop_assert_eq!(in_queue, queued.keys().map(|k| k.1).collect::<Vec<_>>());
             }
         }
     }

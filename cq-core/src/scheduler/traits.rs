@@ -172,7 +172,8 @@ impl<'a> QueueView<'a> {
 /// The engine admits jobs (limits, hooks, merges) and then only tells the scheduler: a job
 /// was queued ([`enqueue`](Self::enqueue)), a worker is free ([`next_for`](Self::next_for)),
 /// a job ended ([`finished`](Self::finished)), a job must run again
-/// ([`requeue`](Self::requeue)), a queued job was cancelled ([`remove`](Self::remove)).
+/// ([`requeue`](Self::requeue)), a queued job was cancelled ([`remove`](Self::remove)) or
+/// moved to the front ([`promote`](Self::promote)).
 ///
 /// Contract: a worker runs at most one job at a time (`next_for` answers `None` for a worker
 /// whose job has not finished); `next_for` only gives a job the worker
@@ -194,6 +195,10 @@ pub trait Scheduler: Send + 'static {
 
     /// Takes queued job `id` out of the queue (it was cancelled); `false` if it is not queued.
     fn remove(&mut self, id: JobId) -> bool;
+
+    /// Moves queued job `id` ahead of every other queued job (an admin's decision); `false`
+    /// if it is not queued.
+    fn promote(&mut self, id: JobId) -> bool;
 
     /// The running jobs and the queued ones.
     fn view(&self) -> QueueView<'_>;

@@ -69,6 +69,7 @@ fn wire_actions_and_events_keep_their_positions() {
     // Appended in protocol 5: after every earlier variant.
     assert_eq!(first(bytes(&Action::Pause)), 6);
     assert_eq!(first(bytes(&Action::Resume)), 7);
+    assert_eq!(first(bytes(&Action::Promote { job: JobId(1) })), 8);
     assert_eq!(
         first(bytes(&Event::Queue {
             paused: true,

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Actor, Internal, Relation, Running};
 use crate::engine::handle::{Caller, Cancelled, JobResult, JobState, ShutdownMode, SubmitError};
 use crate::executor::LogSink;
-use crate::job::{Clearance, JobContext, JobId, JobPhase, Work, epoch_ms};
+use crate::job::{Clearance, JobContext, JobId, JobPhase, JobSummary, Work, epoch_ms};
 use crate::outcome::{Outcome, SpawnFailure};
 use crate::scheduler::Scheduler;
 use crate::store::PrunedJob;
@@ -69,6 +69,29 @@ impl<S: Scheduler> Actor<S> {
             });
         }
         Ok(self.queue_state())
+    }
+
+    /// Moves queued job `id` to the front, for an admin.
+    pub(super) fn promote(&mut self, id: JobId, by: &Caller) -> Result<JobSummary, SubmitError> {
+        if !by.admin {
+            return Err(SubmitError::NotPermitted {
+                reason: "only the server's admins may move jobs in the queue ([policy] admins)"
+                    .to_owned(),
+            });
+        }
+        let Some(live) = self.jobs.get(&id) else {
+            // Ids are handed out in order: one below the next was a job here once.
+            return Err(if id.0 < self.next_id {
+                SubmitError::NotQueued(id)
+            } else {
+                SubmitError::UnknownJob(id)
+            });
+        };
+        if !self.scheduler.promote(id) {
+            return Err(SubmitError::NotQueued(id));
+        }
+        tracing::info!(job = %id, by = %by.identity, "moved to the front of the queue");
+        Ok(live.summary())
     }
 
     pub(super) fn queue_state(&self) -> crate::engine::QueueState {

@@ -517,6 +517,9 @@ impl<S: Scheduler> Actor<S> {
             Command::QueueState { reply } => {
                 let _ = reply.send(Ok(self.queue_state()));
             }
+            Command::Promote { id, by, reply } => {
+                let _ = reply.send(self.promote(id, &by));
+            }
         }
     }
 

@@ -338,7 +338,9 @@ async fn watch_client<S: Stream, T>(
 
 fn error_code(e: &SubmitError) -> ErrorCode {
     match e {
-        SubmitError::AlreadyFinished(_) | SubmitError::Rejected { .. } => ErrorCode::REJECTED,
+        SubmitError::AlreadyFinished(_)
+        | SubmitError::NotQueued(_)
+        | SubmitError::Rejected { .. } => ErrorCode::REJECTED,
         SubmitError::NotPermitted { .. } => ErrorCode::NOT_PERMITTED,
         SubmitError::UnknownJob(_) => ErrorCode::UNKNOWN_JOB,
         SubmitError::Store(_) => ErrorCode::INTERNAL,

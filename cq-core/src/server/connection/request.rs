@@ -156,6 +156,10 @@ where
                     Err(e) => self.refuse(&e).await,
                 }
             }
+            Action::Promote { job } => {
+                let moved = engine.promote(job, caller).await.map(|j| vec![j]);
+                self.answer(moved).await
+            }
             Action::Submit { .. } => ControlFlow::Break(()),
         }
     }
