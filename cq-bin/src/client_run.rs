@@ -512,21 +512,31 @@ where
         None => {
             let ahead = submission.as_ref().map(|s| s.ahead);
             let line = crate::wait_line::WaitLine::new(id, ahead, !args.quiet && !args.follow);
-            client
-                .follow(id, submission, policy, |progress| match progress {
-                    Progress::Started => line.started(),
-                    Progress::Retrying { error, .. } if !told && !args.quiet => {
-                        line.print(|| {
-                            say(
-                                "cq_client",
-                                format_args!("lost the server ({error}); re-attaching to job {id}"),
-                            );
-                        });
-                        told = true;
-                    }
-                    _ => {}
-                })
-                .await
+            let waiting = client.follow(id, submission, policy, |progress| match progress {
+                Progress::Started => line.started(),
+                Progress::Retrying { error, .. } if !told && !args.quiet => {
+                    line.print(|| {
+                        say(
+                            "cq_client",
+                            format_args!("lost the server ({error}); re-attaching to job {id}"),
+                        );
+                    });
+                    told = true;
+                }
+                _ => {}
+            });
+            // The last line of the job's output on the live line: only for those who may
+            // read it (others are refused, and the line shows the time alone).
+            let showing = async {
+                if line.shown() {
+                    let _ = client.log(id, true, |data| line.output(data)).await;
+                }
+                std::future::pending::<std::convert::Infallible>().await
+            };
+            tokio::select! {
+                result = waiting => result,
+                never = showing => match never {},
+            }
         }
     };
     result.map_err(|e| {

@@ -1,5 +1,6 @@
 //! The live line a waiting `cq_client` shows on a terminal: how many jobs are ahead, then how
-//! long the job has been running. Nothing when standard error is not a terminal, or with -q.
+//! long the job has been running and the last line of its output (for those who may read
+//! it). Nothing when standard error is not a terminal, or with -q.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -12,7 +13,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
 pub struct WaitLine {
     id: JobId,
     bar: Option<ProgressBar>,
+    /// The job's output since its last complete line, and that line.
+    output: std::sync::Mutex<(Vec<u8>, String)>,
 }
+
+/// The most of an output line shown.
+const SHOWN: usize = 60;
 
 impl WaitLine {
     /// A line for job `id` with `ahead` jobs before it (when known), shown only when `show`
@@ -27,7 +33,11 @@ impl WaitLine {
             bar.enable_steady_tick(Duration::from_secs(1));
             bar
         });
-        let line = Self { id, bar };
+        let line = Self {
+            id,
+            bar,
+            output: std::sync::Mutex::default(),
+        };
         line.say(match ahead {
             Some(0) | None => format!("job {id} waits for its turn"),
             Some(1) => format!("job {id} waits: 1 job ahead"),
@@ -42,6 +52,40 @@ impl WaitLine {
             bar.reset_elapsed();
         }
         self.say(format!("job {} runs", self.id));
+    }
+
+    /// Whether the line is shown (worth feeding with output).
+    pub fn shown(&self) -> bool {
+        self.bar.is_some()
+    }
+
+    /// More of the job's output: the line shows the last complete line of it, escaped.
+    pub fn output(&self, data: &[u8]) {
+        let Some(bar) = &self.bar else { return };
+        let mut output = self
+            .output
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (partial, last) = &mut *output;
+        partial.extend_from_slice(data);
+        let Some(end) = partial.iter().rposition(|b| *b == b'\n') else {
+            // A line longer than anything shown is cut here.
+            partial.truncate(4096);
+            return;
+        };
+        let complete = String::from_utf8_lossy(&partial[..end]).into_owned();
+        partial.drain(..=end);
+        let Some(line) = complete.lines().rev().find(|l| !l.trim().is_empty()) else {
+            return;
+        };
+        let shown: String = cq_core::printable::printable(line.trim())
+            .chars()
+            .take(SHOWN)
+            .collect();
+        if *last != shown {
+            bar.set_message(format!("job {} runs: {shown}", self.id));
+            *last = shown;
+        }
     }
 
     /// Prints `message` (a whole line on standard error) above the live line.

@@ -569,7 +569,7 @@ async fn waiting_on_a_terminal_shows_a_live_line() {
     .await;
     assert!(blocker.status.success(), "{}", stderr(&blocker));
     let mut waiting = server.client();
-    waiting.args(["--", "sleep", "1.5"]);
+    waiting.args(["--", "sh", "-c", "echo compiling foo.c; sleep 1.5"]);
     let shown = tokio::spawn(stderr_on_a_terminal(waiting));
     server.wait_for_log("job=2").await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -578,6 +578,7 @@ async fn waiting_on_a_terminal_shows_a_live_line() {
     assert!(status.success(), "{shown}");
     assert!(shown.contains("job 2 waits: 1 job ahead"), "{shown:?}");
     assert!(shown.contains("job 2 runs"), "{shown:?}");
+    assert!(shown.contains("job 2 runs: compiling foo.c"), "{shown:?}");
     // Cleared at the end: the last thing written is an erase of the line.
     assert!(shown.ends_with("\r\u{1b}[2K"), "the line stays: {shown:?}");
 
