@@ -7,10 +7,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use cq_core::server::{Refusal, ServerStats};
-use cq_core::{EngineEvent, EngineHandle};
+use cq_core::{EngineEvent, EngineHandle, SqliteStore};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -37,6 +38,30 @@ struct OutcomeLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
+}
+
+/// The store's commits, carried into the registry at each scrape.
+#[derive(Debug)]
+struct StoreMeters {
+    store: Arc<SqliteStore>,
+    commits: Counter,
+    seconds: Counter<f64, AtomicU64>,
+    /// What was carried over last time: (commits, seconds).
+    carried: std::sync::Mutex<(u64, f64)>,
+}
+
+impl StoreMeters {
+    fn update(&self) {
+        let mut carried = self
+            .carried
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let commits = self.store.commit_count();
+        let seconds = self.store.commit_time().as_secs_f64();
+        self.commits.inc_by(commits.saturating_sub(carried.0));
+        self.seconds.inc_by((seconds - carried.1).max(0.0));
+        *carried = (commits, seconds);
+    }
 }
 
 /// The server's own counters, carried into the registry at each scrape.
@@ -86,10 +111,11 @@ struct Meters {
     waiters: Gauge,
     paused: Gauge,
     server: Option<ServerMeters>,
+    store: Option<StoreMeters>,
 }
 
 impl Meters {
-    fn new(stats: Option<Arc<ServerStats>>) -> Self {
+    fn new(stats: Option<Arc<ServerStats>>, store: Option<Arc<SqliteStore>>) -> Self {
         let mut registry = Registry::with_prefix("cq");
         let accepted = Counter::default();
         let merged = Counter::default();
@@ -163,8 +189,28 @@ impl Meters {
             );
             meters
         });
+        let store = store.map(|store| {
+            let meters = StoreMeters {
+                store,
+                commits: Counter::default(),
+                seconds: Counter::default(),
+                carried: std::sync::Mutex::new((0, 0.0)),
+            };
+            registry.register(
+                "store_commits",
+                "Transactions the job store committed (submissions that arrive together share one)",
+                meters.commits.clone(),
+            );
+            registry.register(
+                "store_commit_seconds",
+                "Time the store's transactions took, fsync included (divide by the commits for the mean latency)",
+                meters.seconds.clone(),
+            );
+            meters
+        });
         Self {
             server,
+            store,
             registry,
             accepted,
             merged,
@@ -216,6 +262,9 @@ impl Meters {
         if let Some(server) = &self.server {
             server.update();
         }
+        if let Some(store) = &self.store {
+            store.update();
+        }
         let mut text = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::warn!(error = %e, "cannot encode the metrics");
@@ -224,15 +273,16 @@ impl Meters {
     }
 }
 
-/// Serves the metrics of `engine` (and of the server's connections, with `stats`) on
-/// `listener` until `stop` fires.
+/// Serves the metrics of `engine` (and of the server's connections, with `stats`, and of
+/// its `store`) on `listener` until `stop` fires.
 pub async fn serve(
     listener: TcpListener,
     engine: EngineHandle,
     stats: Option<Arc<ServerStats>>,
+    store: Option<Arc<SqliteStore>>,
     stop: CancellationToken,
 ) {
-    let meters = Arc::new(Meters::new(stats));
+    let meters = Arc::new(Meters::new(stats, store));
     let counting = {
         let meters = meters.clone();
         let mut events = engine.events();

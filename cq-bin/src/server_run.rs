@@ -580,6 +580,7 @@ async fn serve(
             listener,
             engine.clone(),
             Some(server.stats()),
+            Some(parts.store.clone()),
             stop_metrics.clone(),
         ));
     }

@@ -783,6 +783,8 @@ async fn metrics_count_what_ran_and_show_the_queue() {
         "cq_job_runtime_seconds_count 3\n",
         "cq_queue_queued 0\n",
         "cq_queue_running 0\n",
+        "cq_store_commits_total ",
+        "cq_store_commit_seconds_total ",
     ] {
         assert!(after.contains(expected), "{expected} in {after}");
     }

@@ -30,7 +30,15 @@ use writer::{Op, Reply};
 pub struct SqliteStore {
     ops: mpsc::Sender<Op>,
     path: PathBuf,
-    commits: Arc<AtomicU64>,
+    commits: Arc<Commits>,
+}
+
+/// What the writer thread counts: transactions committed, and the time they took (begin to
+/// the end of the commit, fsync included).
+#[derive(Debug, Default)]
+pub(super) struct Commits {
+    pub(super) count: AtomicU64,
+    pub(super) nanos: AtomicU64,
 }
 
 impl SqliteStore {
@@ -49,7 +57,7 @@ impl SqliteStore {
             reason,
         })?;
         let (ops, inbox) = mpsc::channel();
-        let commits = Arc::new(AtomicU64::new(0));
+        let commits = Arc::new(Commits::default());
         let counter = commits.clone();
         std::thread::Builder::new()
             .name("cq-store".to_owned())
@@ -68,7 +76,13 @@ impl SqliteStore {
     /// How many transactions have been committed since opening (for monitoring and tests:
     /// fewer commits than operations means operations shared commits).
     pub fn commit_count(&self) -> u64 {
-        self.commits.load(Ordering::Relaxed)
+        self.commits.count.load(Ordering::Relaxed)
+    }
+
+    /// The time all those transactions took, from begin to the end of the commit (fsync
+    /// included): with [`commit_count`](Self::commit_count), the mean commit latency.
+    pub fn commit_time(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.commits.nanos.load(Ordering::Relaxed))
     }
 
     /// The database file.

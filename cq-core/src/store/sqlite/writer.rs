@@ -1,7 +1,7 @@
 //! The one thread that writes: operations that queue up while a commit is on disk share the
 //! next transaction (group commit).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use rusqlite::{Connection, Transaction, params};
@@ -94,7 +94,7 @@ impl Op {
 /// A finished operation waiting for its commit before its reply is sent.
 type Done = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 
-pub(super) fn run(mut conn: Connection, inbox: mpsc::Receiver<Op>, commits: &AtomicU64) {
+pub(super) fn run(mut conn: Connection, inbox: mpsc::Receiver<Op>, commits: &super::Commits) {
     while let Ok(first) = inbox.recv() {
         let mut batch = vec![first];
         let drain = |batch: &mut Vec<Op>| {
@@ -114,6 +114,7 @@ pub(super) fn run(mut conn: Connection, inbox: mpsc::Receiver<Op>, commits: &Ato
             batch.push(op);
             drain(&mut batch);
         }
+        let began = std::time::Instant::now();
         let tx = match conn.transaction() {
             Ok(tx) => tx,
             Err(e) => {
@@ -132,7 +133,11 @@ pub(super) fn run(mut conn: Connection, inbox: mpsc::Receiver<Op>, commits: &Ato
             what: "commit",
             reason: e.to_string(),
         });
-        commits.fetch_add(1, Ordering::Relaxed);
+        commits.count.fetch_add(1, Ordering::Relaxed);
+        commits.nanos.fetch_add(
+            u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         for reply in done {
             reply(commit.as_ref());
         }
