@@ -17,9 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use cq_core::{
-    AuthError, AuthMethod, Authenticator, Credential, CredentialSource, Identity, PeerInfo,
-};
+use cq_core::{AuthError, AuthMethod, Authenticator, Credential, Identity, PeerInfo};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 /// uid and gid in the identity of a TLS *server*, which a certificate names as a host, not as a
@@ -322,17 +320,6 @@ impl Authenticator for TlsServerAuthenticator {
             method: AuthMethod::MutualTls,
             principal: None,
         })
-    }
-}
-
-/// Messages over mutual TLS need no credential of their own: the channel authenticates them.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TlsChannelCredentials;
-
-#[async_trait]
-impl CredentialSource for TlsChannelCredentials {
-    async fn credential_for(&self, _message: &[u8]) -> Result<Credential, AuthError> {
-        Ok(Credential::default())
     }
 }
 

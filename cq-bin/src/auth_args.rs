@@ -14,6 +14,9 @@ pub enum AuthKind {
     Munge,
     /// Mutual TLS (client certificates signed by the cq CA).
     Tls,
+    /// This host only, over a Unix socket (--socket): the kernel says who connected, so
+    /// neither munged nor certificates are needed.
+    Local,
 }
 
 /// `--auth` and the MUNGE and TLS options.
@@ -34,6 +37,11 @@ pub struct AuthArgs {
     /// This end's private key (PEM) for --auth tls (each binary says its default).
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Unix socket for this host's clients (cq_server serves it, next to TCP unless --auth
+    /// local; cq_client connects to it) [default with --auth local: /run/cq/cq.sock as
+    /// root, else $XDG_RUNTIME_DIR/cq/cq.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 /// The three TLS files of one end.
@@ -54,8 +62,10 @@ impl AuthArgs {
         args.push(match self.auth {
             AuthKind::Munge => "munge".into(),
             AuthKind::Tls => "tls".into(),
+            AuthKind::Local => "local".into(),
         });
         for (option, value) in [
+            ("--socket", &self.socket),
             ("--munge-socket", &self.munge_socket),
             ("--tls-ca", &self.tls_ca),
             ("--tls-cert", &self.tls_cert),

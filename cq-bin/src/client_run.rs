@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
-use cq_auth::mtls::{TlsChannelCredentials, TlsServerAuthenticator};
+use cq_auth::ChannelCredentials;
+use cq_auth::mtls::TlsServerAuthenticator;
+use cq_auth::peercred::PeerCredServerAuthenticator;
 use cq_core::protocol::ErrorCode;
 use cq_core::{
     AuthError, Authenticator, Client, ClientError, CommandJob, Connector, CredentialSource, JobId,
@@ -218,6 +220,22 @@ impl Args {
 /// Does what `args` ask, with `job` (ignored by queries and `--wait`).
 pub async fn run(args: Args, job: CommandJob) -> ExitCode {
     match args.auth.auth {
+        AuthKind::Local => {
+            let Some(socket) = args.auth.socket.clone().or_else(crate::paths::local_socket) else {
+                return fail(
+                    "cq_client",
+                    "no local cq_server socket (/run/cq/cq.sock, $XDG_RUNTIME_DIR/cq/cq.sock)",
+                    Some("start cq_server --auth local, or give --socket PATH or -h HOST"),
+                    CQ_FAILURE,
+                );
+            };
+            let client = Client::new(
+                cq_transport_unix::UnixConnector::new(socket),
+                ChannelCredentials,
+                PeerCredServerAuthenticator::new(server_uids(&args)),
+            );
+            follow(&client, &args, job).await
+        }
         AuthKind::Munge => submit_munge(args, job).await,
         AuthKind::Tls => {
             let files = args.auth.tls_files("client");
@@ -233,8 +251,7 @@ pub async fn run(args: Args, job: CommandJob) -> ExitCode {
                 });
             match connector {
                 Ok(connector) => {
-                    let client =
-                        Client::new(connector, TlsChannelCredentials, TlsServerAuthenticator);
+                    let client = Client::new(connector, ChannelCredentials, TlsServerAuthenticator);
                     follow(&client, &args, job).await
                 }
                 Err(e) => fail(
@@ -256,11 +273,7 @@ async fn submit_munge(args: Args, job: CommandJob) -> ExitCode {
         .munge_socket
         .clone()
         .map_or_else(MungeSocket::default_socket, MungeSocket::at);
-    let server_uids = if args.server_uid.is_empty() {
-        vec![0, nix::unistd::getuid().as_raw()]
-    } else {
-        args.server_uid.clone()
-    };
+    let server_uids = server_uids(&args);
     let client = Client::new(
         cq_transport_tcp::TcpConnector::new(&args.host, args.port),
         MungeCredentialSource::new(socket.clone())
@@ -272,6 +285,16 @@ async fn submit_munge(args: Args, job: CommandJob) -> ExitCode {
             .inline(),
     );
     follow(&client, &args, job).await
+}
+
+/// The uids a server may run as for its replies to be believed: `--server-uid`, or root and
+/// this user.
+fn server_uids(args: &Args) -> Vec<u32> {
+    if args.server_uid.is_empty() {
+        vec![0, nix::unistd::getuid().as_raw()]
+    } else {
+        args.server_uid.clone()
+    }
 }
 
 #[cfg(not(feature = "munge"))]

@@ -20,3 +20,29 @@ pub fn user_state_dir() -> PathBuf {
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
     home.join(".local/state/cq")
 }
+
+/// The server's default Unix socket: `/run/cq/cq.sock` for root, otherwise
+/// `$XDG_RUNTIME_DIR/cq/cq.sock` (or `cq.sock` in the user's state directory).
+pub fn default_socket() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/cq/cq.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("cq/cq.sock"),
+        None => user_state_dir().join("cq.sock"),
+    }
+}
+
+/// The local server's socket a client uses when it is given no host: this user's own
+/// server's, else root's; `None` when neither is there.
+pub fn local_socket() -> Option<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        candidates.push(PathBuf::from(dir).join("cq/cq.sock"));
+    }
+    candidates.push(PathBuf::from("/run/cq/cq.sock"));
+    candidates
+        .into_iter()
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket()))
+}

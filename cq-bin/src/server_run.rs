@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use cq_auth::mtls::{TlsChannelCredentials, TlsClientAuthenticator, UserMap};
+use cq_auth::ChannelCredentials;
+use cq_auth::mtls::{TlsClientAuthenticator, UserMap};
+use cq_auth::peercred::{PeerCredAuthenticator, PeerCredOr};
 use cq_core::account::Account;
 use cq_core::executor::DEFAULT_PATH;
 use cq_core::policy::{PolicyRefusal, StartCheck};
 use cq_core::scheduler::{Decision, DedupScope, DuplicateJobs};
 use cq_core::server::{HookProgram, NoticeProgram};
+use cq_core::transport::EitherListener;
 use cq_core::{
     Authenticator, Containment, CredentialSource, Engine, EngineConfig, Listener, ProcessExecutor,
     Server, ServerConfig, SharedPolicy, ShutdownMode, SqliteStore, SubmitPolicy, UserLimits,
@@ -19,6 +22,8 @@ use cq_core::{
 use cq_core::{Clearance, CommandJob, Identity};
 use cq_transport_tcp::TcpListener;
 use cq_transport_tls::{ServerTls, TlsListener, TlsReloader, revoked_serials};
+use cq_transport_unix::UnixListener;
+use std::os::unix::fs::DirBuilderExt;
 use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
@@ -417,21 +422,31 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
                 StartError::Listen(format!("cannot listen on {}:{}: {e}", args.host, args.port))
             })
     };
-    match credentials {
+    let socket = match (&args.auth.socket, args.auth.auth) {
+        (Some(path), _) => Some(path.clone()),
+        (None, AuthKind::Local) => Some(crate::paths::default_socket()),
+        (None, _) => None,
+    };
+    let unix = match &socket {
+        Some(path) => Some(bind_socket(path)?),
+        None => None,
+    };
+    match (credentials, unix) {
         #[cfg(feature = "munge")]
-        Credentials::Munge(socket) => {
+        (Credentials::Munge(socket), unix) => {
             use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource};
             tracing::info!(socket = %socket.describe(), "MUNGE");
             let signer = MungeCredentialSource::new(socket.clone());
-            serve(
-                bind().await?,
-                MungeAuthenticator::new(socket),
-                signer,
-                parts,
-            )
-            .await
+            let authenticator = MungeAuthenticator::new(socket);
+            match unix {
+                Some(unix) => {
+                    let listener = EitherListener::new(bind().await?, unix);
+                    serve(listener, PeerCredOr::new(authenticator), signer, parts).await
+                }
+                None => serve(bind().await?, authenticator, signer, parts).await,
+            }
         }
-        Credentials::Tls(tls, files) => {
+        (Credentials::Tls(tls, files), unix) => {
             let mut parts = parts;
             let authenticator = TlsClientAuthenticator::new();
             let listener = TlsListener::new(bind().await?, &tls);
@@ -445,9 +460,50 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
             reload.run().map_err(|e| StartError::Tls(e.to_string()))?;
             parts.reload.tls = Some(reload);
             tracing::info!(ca = %files.ca.display(), cert = %files.cert.display(), crl = ?args.tls_crl, "mutual TLS");
-            serve(listener, authenticator, TlsChannelCredentials, parts).await
+            match unix {
+                Some(unix) => {
+                    let listener = EitherListener::new(listener, unix);
+                    serve(
+                        listener,
+                        PeerCredOr::new(authenticator),
+                        ChannelCredentials,
+                        parts,
+                    )
+                    .await
+                }
+                None => serve(listener, authenticator, ChannelCredentials, parts).await,
+            }
         }
+        (Credentials::Local, Some(unix)) => {
+            serve(unix, PeerCredAuthenticator, ChannelCredentials, parts).await
+        }
+        (Credentials::Local, None) => Err(StartError::Listen(
+            "--auth local serves a Unix socket: give --socket".into(),
+        )
+        .into()),
     }
+}
+
+/// Binds the Unix socket `path` (mode 0666: anybody on this host may connect; the policy
+/// says who may submit), making its directory if needed.
+fn bind_socket(path: &std::path::Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|e| StartError::Listen(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let listener = UnixListener::bind(path, 0o666).map_err(|e| {
+        StartError::Listen(format!(
+            "cannot listen on the socket {}: {e}",
+            path.display()
+        ))
+    })?;
+    tracing::info!(socket = %path.display(), "listening on this host's Unix socket (identities from the kernel)");
+    Ok(listener)
 }
 
 /// How the server will authenticate, checked before anything is created.
@@ -457,6 +513,8 @@ enum Credentials {
     Munge(cq_auth::munge::MungeSocket),
     /// Mutual TLS with these files.
     Tls(ServerTls, crate::auth_args::TlsFiles),
+    /// This host only: the Unix socket and the kernel's word.
+    Local,
 }
 
 /// Checks the credential service: munged answers, or the TLS files load.
@@ -481,6 +539,7 @@ async fn credentials(args: &Args) -> anyhow::Result<Credentials> {
         AuthKind::Munge => {
             Err(StartError::Munge("this cq_server was built without MUNGE support".into()).into())
         }
+        AuthKind::Local => Ok(Credentials::Local),
         AuthKind::Tls => {
             let files = args.auth.tls_files("server");
             let tls =

@@ -95,6 +95,8 @@ pub enum AuthMethod {
     Munge,
     /// A client certificate verified by mutual TLS.
     MutualTls,
+    /// The kernel's word for the process at the other end of a Unix socket (`SO_PEERCRED`).
+    PeerCred,
 }
 
 /// A secret one request's client hands to the server inside its credential, so that the

@@ -67,4 +67,6 @@ pub use scheduler::{
 };
 pub use server::{Server, ServerConfig};
 pub use store::{MemoryStore, SqliteStore, Store, StoreError};
-pub use transport::{Connector, Listener, PeerInfo, PendingConnection, TlsPeer, TransportError};
+pub use transport::{
+    Connector, Listener, PeerInfo, PendingConnection, TlsPeer, TransportError, UnixPeer,
+};

@@ -23,7 +23,7 @@ _cq_client() {
 
     case "${cmd}" in
         cq_client)
-            opts="-h -p -P -E -q -v -V --config --host --port --post-script --env --auth --munge-socket --tls-ca --server-uid --tls-server-name --detach --wait --retry --background --background-log --new-session --reconnect-timeout --cwd --timeout --list --mine --user --state --status --cancel --log --pause --resume --first --follow --raw --tail --json --quiet --verbose --help --tls-cert --tls-key --version"
+            opts="-h -p -P -E -q -v -V --config --host --port --post-script --env --auth --munge-socket --tls-ca --socket --server-uid --tls-server-name --detach --wait --retry --background --background-log --new-session --reconnect-timeout --cwd --timeout --list --mine --user --state --status --cancel --log --pause --resume --first --follow --raw --tail --json --quiet --verbose --help --tls-cert --tls-key --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -66,7 +66,7 @@ _cq_client() {
                     return 0
                     ;;
                 --auth)
-                    COMPREPLY=($(compgen -W "munge tls" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "munge tls local" -- "${cur}"))
                     return 0
                     ;;
                 --munge-socket)
@@ -74,6 +74,10 @@ _cq_client() {
                     return 0
                     ;;
                 --tls-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --socket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -4,9 +4,11 @@ complete -c cq_client -s p -l port -d 'Server port' -r
 complete -c cq_client -s P -l post-script -d 'Script run here when the job ended, with arguments INTERNAL_STATUS EXIT_STATUS and CQ_* variables' -r -F
 complete -c cq_client -s E -l env -d 'Set NAME=VALUE for the job, or copy NAME from this environment; repeatable' -r
 complete -c cq_client -l auth -d 'Authentication method; both ends must use the same' -r -f -a "munge\t'MUNGE credentials (shared key on all hosts; needs munged)'
-tls\t'Mutual TLS (client certificates signed by the cq CA)'"
+tls\t'Mutual TLS (client certificates signed by the cq CA)'
+local\t'This host only, over a Unix socket (--socket): the kernel says who connected, so neither munged nor certificates are needed'"
 complete -c cq_client -l munge-socket -d 'munged\'s socket [default: libmunge\'s, usually /run/munge/munge.socket.2]' -r -F
 complete -c cq_client -l tls-ca -d 'CA certificate (PEM) for --auth tls [default: /etc/cq/tls/ca.pem]' -r -F
+complete -c cq_client -l socket -d 'Unix socket for this host\'s clients (cq_server serves it, next to TCP unless --auth local; cq_client connects to it) [default with --auth local: /run/cq/cq.sock as root, else $XDG_RUNTIME_DIR/cq/cq.sock]' -r -F
 complete -c cq_client -l server-uid -d 'With --auth munge: uid the server must run as for its replies to be believed; repeatable [default: 0 and this user\'s uid]' -r
 complete -c cq_client -l tls-server-name -d 'With --auth tls: the name the server\'s certificate must carry [default: the host]' -r
 complete -c cq_client -l wait -d 'Wait for the existing job ID instead of submitting one, then behave as if it had been submitted here (post script, exit status)' -r

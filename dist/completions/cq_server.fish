@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_cq_server_global_optspecs
-    string join \n config= h/host= p/port= state-dir= auth= munge-socket= tls-ca= tls-user-map= tls-crl= allow-root run-as= daemon daemon-child pid-file= log= handshake-timeout= max-connections= max-connections-per-host= max-queued-jobs= max-queued-bytes= max-log-bytes= kill-grace= shutdown-grace= retention-days= requeue-lost paused dedup= submit-hook= submit-hook-timeout= submit-hook-fallback= submit-hook-user= metrics= notice-hook= notice-hook-timeout= notice-hook-user= log-limit= default-timeout= max-timeout= v/verbose help tls-cert= tls-key= V/version
+    string join \n config= h/host= p/port= state-dir= auth= munge-socket= tls-ca= socket= tls-user-map= tls-crl= allow-root run-as= daemon daemon-child pid-file= log= handshake-timeout= max-connections= max-connections-per-host= max-queued-jobs= max-queued-bytes= max-log-bytes= kill-grace= shutdown-grace= retention-days= requeue-lost paused dedup= submit-hook= submit-hook-timeout= submit-hook-fallback= submit-hook-user= metrics= notice-hook= notice-hook-timeout= notice-hook-user= log-limit= default-timeout= max-timeout= v/verbose help tls-cert= tls-key= V/version
 end
 
 function __fish_cq_server_needs_command
@@ -29,9 +29,11 @@ complete -c cq_server -n "__fish_cq_server_needs_command" -s h -l host -d 'Addre
 complete -c cq_server -n "__fish_cq_server_needs_command" -s p -l port -d 'Port to listen on (0 picks a free one; the log says which)' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l state-dir -d 'Directory for the job database and logs [default: /var/lib/cq for root, else ~/.local/state/cq]' -r -F
 complete -c cq_server -n "__fish_cq_server_needs_command" -l auth -d 'Authentication method; both ends must use the same' -r -f -a "munge\t'MUNGE credentials (shared key on all hosts; needs munged)'
-tls\t'Mutual TLS (client certificates signed by the cq CA)'"
+tls\t'Mutual TLS (client certificates signed by the cq CA)'
+local\t'This host only, over a Unix socket (--socket): the kernel says who connected, so neither munged nor certificates are needed'"
 complete -c cq_server -n "__fish_cq_server_needs_command" -l munge-socket -d 'munged\'s socket [default: libmunge\'s, usually /run/munge/munge.socket.2]' -r -F
 complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-ca -d 'CA certificate (PEM) for --auth tls [default: /etc/cq/tls/ca.pem]' -r -F
+complete -c cq_server -n "__fish_cq_server_needs_command" -l socket -d 'Unix socket for this host\'s clients (cq_server serves it, next to TCP unless --auth local; cq_client connects to it) [default with --auth local: /run/cq/cq.sock as root, else $XDG_RUNTIME_DIR/cq/cq.sock]' -r -F
 complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-user-map -d 'With --auth tls: file mapping certificate names to local users [default: the certificate name is the user name]' -r -F
 complete -c cq_server -n "__fish_cq_server_needs_command" -l tls-crl -d 'With --auth tls: a certificate revocation list (PEM, signed by the CA, e.g. from `cq_server tls revoke`); revoked client certificates are refused, and so are the queued jobs submitted with them. Read again, with the user map, on SIGHUP' -r -F
 complete -c cq_server -n "__fish_cq_server_needs_command" -l run-as -d 'Whose rights jobs run with [default: requester when cq_server runs as root, else server]. With server, only cq_server\'s own user may submit unless the policy names others (whose jobs then run with cq_server\'s rights)' -r -f -a "requester\t'The requesting user (uid, and the groups and home of its account here); needs root'

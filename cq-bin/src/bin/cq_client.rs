@@ -94,7 +94,7 @@ fn parse_args() -> Result<(Args, Vec<String>), ExitCode> {
     let file = ConfigFile::load(args.config.as_deref())
         .map_err(|e| fail("cq_client", e, None, CQ_FAILURE))?;
     let Some(file) = file else {
-        return Ok((args, Vec::new()));
+        return Ok((prefer_local(args, &given), Vec::new()));
     };
     let pass_env = file
         .client_pass_env()
@@ -106,7 +106,7 @@ fn parse_args() -> Result<(Args, Vec<String>), ExitCode> {
         })
         .map_err(|e| fail("cq_client", e, None, CQ_FAILURE))?;
     if from_file.is_empty() {
-        return Ok((args, pass_env));
+        return Ok((prefer_local(args, &given), pass_env));
     }
     let merged = argv[..1]
         .iter()
@@ -115,5 +115,19 @@ fn parse_args() -> Result<(Args, Vec<String>), ExitCode> {
         .chain(argv[1..].iter().cloned());
     let matches = command.try_get_matches_from(merged).map_err(usage)?;
     let args = Args::from_arg_matches(&matches).map_err(usage)?;
-    Ok((args, pass_env))
+    Ok((prefer_local(args, &matches), pass_env))
+}
+
+/// Given neither a host nor an authentication method, a client uses this host's server over
+/// its Unix socket when there is one (no munged needed), else `localhost` with MUNGE.
+fn prefer_local(mut args: Args, matches: &clap::ArgMatches) -> Args {
+    use clap::parser::ValueSource;
+    let unset = |id: &str| matches.value_source(id) != Some(ValueSource::CommandLine);
+    if unset("host")
+        && unset("auth")
+        && (args.auth.socket.is_some() || cq_bin::paths::local_socket().is_some())
+    {
+        args.auth.auth = cq_bin::auth_args::AuthKind::Local;
+    }
+    args
 }

@@ -9,6 +9,7 @@ mod experience;
 mod host;
 mod integrity;
 mod jobs;
+mod local;
 mod netns;
 mod policy;
 mod portage;

@@ -168,7 +168,19 @@ impl TestServer {
             child,
             log,
         };
-        let line = server.wait_for_log("listening on ").await;
+        let local_only = server
+            .args
+            .windows(2)
+            .any(|w| w[0] == "--auth" && w[1] == "local");
+        if local_only {
+            server
+                .wait_for_log("listening on this host's Unix socket")
+                .await;
+            return server;
+        }
+        let line = server
+            .wait_for_log_matching(|l| l.contains("listening on ") && !l.contains("Unix socket"))
+            .await;
         let addr = line
             .split("listening on ")
             .nth(1)

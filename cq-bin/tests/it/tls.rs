@@ -4,7 +4,8 @@ use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use cq_auth::mtls::{TlsChannelCredentials, TlsServerAuthenticator};
+use cq_auth::ChannelCredentials;
+use cq_auth::mtls::TlsServerAuthenticator;
 use cq_core::{Client, CommandJob};
 use cq_transport_tls::{ClientTls, TlsConnector, init_ca_and_server, issue_client};
 use tempfile::TempDir;
@@ -115,7 +116,7 @@ async fn a_client_without_a_certificate_is_refused() {
     let server = tls_server(&pki, &[]).await;
     let tls = ClientTls::without_identity(&pki.path("ca.pem")).unwrap();
     let connector = TlsConnector::new("127.0.0.1", server.addr.port(), "127.0.0.1", &tls).unwrap();
-    let client = Client::new(connector, TlsChannelCredentials, TlsServerAuthenticator);
+    let client = Client::new(connector, ChannelCredentials, TlsServerAuthenticator);
     let err = tokio::time::timeout(
         LIMIT,
         client.submit(CommandJob::new(["true"]), cq_core::SubmitKey::random()),

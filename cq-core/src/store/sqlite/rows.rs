@@ -25,6 +25,7 @@ fn method_name(method: AuthMethod) -> &'static str {
         AuthMethod::Local => "local",
         AuthMethod::Munge => "munge",
         AuthMethod::MutualTls => "tls",
+        AuthMethod::PeerCred => "peercred",
     }
 }
 
@@ -33,6 +34,7 @@ fn method_from(name: &str) -> AuthMethod {
         "local" => AuthMethod::Local,
         "munge" => AuthMethod::Munge,
         "tls" => AuthMethod::MutualTls,
+        "peercred" => AuthMethod::PeerCred,
         _ => AuthMethod::Custom("restored"),
     }
 }

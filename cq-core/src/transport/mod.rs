@@ -4,6 +4,7 @@
 //! cannot stall the accept loop: [`Listener::accept`] is cheap, and
 //! [`PendingConnection::establish`] runs inside the connection's own task under a timeout.
 
+mod either;
 mod memory;
 
 use std::io;
@@ -12,6 +13,7 @@ use std::net::SocketAddr;
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub use either::{EitherListener, EitherPending};
 pub use memory::{MemoryConnector, MemoryListener, memory_transport};
 
 /// A byte stream a transport yields.
@@ -29,6 +31,29 @@ pub struct PeerInfo {
     pub local_addr: Option<SocketAddr>,
     /// The verified TLS identity, when the transport is TLS.
     pub tls: Option<TlsPeer>,
+    /// The process at the other end, as the kernel says, when the transport is a Unix
+    /// socket.
+    pub unix: Option<UnixPeer>,
+}
+
+/// The process at the other end of a Unix socket, as the kernel recorded it when the
+/// connection was made (`SO_PEERCRED`): it cannot be forged by the peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UnixPeer {
+    /// Its effective user id.
+    pub uid: u32,
+    /// Its effective group id.
+    pub gid: u32,
+    /// Its process id, when known.
+    pub pid: Option<i32>,
+}
+
+impl UnixPeer {
+    /// A peer with these ids.
+    pub fn new(uid: u32, gid: u32, pid: Option<i32>) -> Self {
+        Self { uid, gid, pid }
+    }
 }
 
 impl PeerInfo {
@@ -38,6 +63,15 @@ impl PeerInfo {
             addr: Some(addr),
             local_addr: Some(local_addr),
             tls: None,
+            unix: None,
+        }
+    }
+
+    /// Info for a connection over a Unix socket with the process `peer`.
+    pub fn unix(peer: UnixPeer) -> Self {
+        Self {
+            unix: Some(peer),
+            ..Self::default()
         }
     }
 
@@ -54,10 +88,17 @@ impl PeerInfo {
         self.addr.map(|a| a.ip().to_canonical().to_string())
     }
 
-    /// The peer as text for logs: its address, or "local".
+    /// The peer as text for logs: its address, or "local" (with its uid and pid over a
+    /// Unix socket).
     pub fn describe(&self) -> String {
-        self.addr
-            .map_or_else(|| "local".to_owned(), |a| a.to_string())
+        match (self.addr, self.unix) {
+            (Some(addr), _) => addr.to_string(),
+            (None, Some(unix)) => match unix.pid {
+                Some(pid) => format!("local (uid {}, pid {pid})", unix.uid),
+                None => format!("local (uid {})", unix.uid),
+            },
+            (None, None) => "local".to_owned(),
+        }
     }
 }
 
