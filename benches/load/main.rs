@@ -25,6 +25,8 @@ mod peers;
 mod report;
 mod server;
 
+use server::Transport;
+
 /// Measures cq against the fork+exec floor and against task-spooler, nq and pueue.
 #[derive(Debug, Parser)]
 #[command(version)]
@@ -77,11 +79,30 @@ fn main() -> anyhow::Result<()> {
     let server = server::Server::start(&bin_dir, work.path())?;
     report.cq = Some(measure::throughput(
         &server,
+        Transport::Munge,
         args.jobs,
         args.clients,
         work.path(),
     )?);
-    report.submit = Some(measure::submit_latency(&server, args.samples, work.path())?);
+    report.cq_unix = Some(measure::throughput(
+        &server,
+        Transport::Unix,
+        args.jobs,
+        args.clients,
+        work.path(),
+    )?);
+    report.submit = Some(measure::submit_latency(
+        &server,
+        Transport::Munge,
+        args.samples,
+        work.path(),
+    )?);
+    report.submit_unix = Some(measure::submit_latency(
+        &server,
+        Transport::Unix,
+        args.samples,
+        work.path(),
+    )?);
     report.notify = Some(measure::notify_latency(
         &server,
         args.samples.min(100),

@@ -13,7 +13,7 @@ use cq_core::{Client, CommandJob, SubmitKey};
 use cq_transport_tcp::TcpConnector;
 
 use crate::report::{Latency, Merging, Rate, Scale};
-use crate::server::{Server, memory_kib};
+use crate::server::{Server, Transport, memory_kib};
 
 /// The variable naming the file cq-stamp appends the time to.
 pub(crate) const STAMP_VAR: &str = "CQ_LOAD_STAMP";
@@ -111,11 +111,12 @@ pub(crate) fn floor(jobs: usize, work: &Path) -> anyhow::Result<Rate> {
 /// notification.
 pub(crate) fn throughput(
     server: &Server,
+    transport: Transport,
     jobs: usize,
     clients: usize,
     work: &Path,
 ) -> anyhow::Result<Rate> {
-    let job = Work::new(work, "throughput")?;
+    let job = Work::new(work, &format!("throughput-{transport:?}"))?;
     let next = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
@@ -129,7 +130,7 @@ pub(crate) fn throughput(
                         break;
                     }
                     let ok = server
-                        .client()
+                        .client_over(transport)
                         .arg("-q")
                         .arg("-E")
                         .arg(format!("{STAMP_VAR}={}", job.file.display()))
@@ -152,7 +153,10 @@ pub(crate) fn throughput(
     }
     let ran = job.verify(jobs)?;
     Ok(Rate::new(
-        &format!("cq, {clients} concurrent clients (MUNGE, durable)"),
+        &format!(
+            "cq, {clients} concurrent clients ({})",
+            transport.describe()
+        ),
         jobs,
         ran,
         elapsed,
@@ -223,15 +227,16 @@ pub(crate) fn merging(
 /// `cq_client --detach` of one job on an idle server: client start to durable acknowledgement.
 pub(crate) fn submit_latency(
     server: &Server,
+    transport: Transport,
     samples: usize,
     work: &Path,
 ) -> anyhow::Result<Latency> {
-    let job = Work::new(work, "submit")?;
+    let job = Work::new(work, &format!("submit-{transport:?}"))?;
     let mut times = Vec::with_capacity(samples);
     for tag in 0..samples {
         let start = Instant::now();
         let out = server
-            .client()
+            .client_over(transport)
             .args(["-q", "--detach", "-E"])
             .arg(format!("{STAMP_VAR}={}", job.file.display()))
             .arg("--")
@@ -245,7 +250,10 @@ pub(crate) fn submit_latency(
         }
     }
     Ok(Latency::new(
-        "submit (cq_client --detach, start to durable ack)",
+        &format!(
+            "submit (cq_client --detach, start to durable ack; {})",
+            transport.describe()
+        ),
         times,
     ))
 }

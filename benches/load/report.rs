@@ -96,7 +96,10 @@ pub(crate) struct Report {
     pub(crate) clients: usize,
     pub(crate) floor: Rate,
     pub(crate) cq: Option<Rate>,
+    /// The same run over the Unix socket (no munged).
+    pub(crate) cq_unix: Option<Rate>,
     pub(crate) submit: Option<Latency>,
+    pub(crate) submit_unix: Option<Latency>,
     pub(crate) notify: Option<Latency>,
     pub(crate) scale: Option<Scale>,
     pub(crate) merging: Option<Merging>,
@@ -112,7 +115,9 @@ impl Report {
             clients: *clients,
             floor: Rate::new("", 0, 0, Duration::ZERO),
             cq: None,
+            cq_unix: None,
             submit: None,
+            submit_unix: None,
             notify: None,
             scale: None,
             merging: None,
@@ -148,6 +153,9 @@ impl Report {
         if let Some(cq) = &self.cq {
             row(&mut out, cq);
         }
+        if let Some(cq) = &self.cq_unix {
+            row(&mut out, cq);
+        }
         for peer in &self.peers {
             match (&peer.rate, &peer.note) {
                 (Some(rate), _) => row(&mut out, rate),
@@ -167,7 +175,10 @@ impl Report {
             out,
             "\n| latency | samples | median ms | p99 ms | median in floor jobs |\n|---|---:|---:|---:|---:|"
         );
-        for latency in [&self.submit, &self.notify].into_iter().flatten() {
+        for latency in [&self.submit, &self.submit_unix, &self.notify]
+            .into_iter()
+            .flatten()
+        {
             let in_floor_jobs = if self.floor.ms_per_job > 0.0 {
                 format!("{:.1}", latency.median_ms / self.floor.ms_per_job)
             } else {

@@ -12,6 +12,8 @@ pub(crate) struct Server {
     pub(crate) addr: SocketAddr,
     pub(crate) client: PathBuf,
     pub(crate) munge_socket: PathBuf,
+    /// The Unix socket it serves too (identities from the kernel, no munged).
+    pub(crate) socket: PathBuf,
     child: Child,
     // Dropped after the server: munged outlives its last client.
     _munged: PrivateMunged,
@@ -48,6 +50,8 @@ impl Server {
             .arg(work.join("state"))
             .arg("--munge-socket")
             .arg(munged.socket_path())
+            .arg("--socket")
+            .arg(work.join("cq.sock"))
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -58,6 +62,9 @@ impl Server {
                 bail!("cq_server exited before listening")
             };
             let line = line?;
+            if line.contains("Unix socket") {
+                continue;
+            }
             if let Some(rest) = line.split("listening on ").nth(1) {
                 break rest.split_whitespace().next().context("address")?.parse()?;
             }
@@ -68,6 +75,7 @@ impl Server {
             addr,
             client: bin_dir.join("cq_client"),
             munge_socket: munged.socket_path(),
+            socket: work.join("cq.sock"),
             child,
             _munged: munged,
         })
@@ -88,8 +96,43 @@ impl Server {
         cmd
     }
 
+    /// A cq_client command aimed at this server's Unix socket.
+    pub(crate) fn client_unix(&self) -> Command {
+        let mut cmd = Command::new(&self.client);
+        cmd.args(["--auth", "local", "--socket"])
+            .arg(&self.socket)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// A cq_client command over `transport`.
+    pub(crate) fn client_over(&self, transport: Transport) -> Command {
+        match transport {
+            Transport::Munge => self.client(),
+            Transport::Unix => self.client_unix(),
+        }
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
+    }
+}
+
+/// How the harness's clients reach the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// TCP on loopback, MUNGE credentials.
+    Munge,
+    /// The Unix socket, the kernel's word (no munged).
+    Unix,
+}
+
+impl Transport {
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Self::Munge => "MUNGE over TCP, durable",
+            Self::Unix => "Unix socket, durable",
+        }
     }
 }
 
