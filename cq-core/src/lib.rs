@@ -23,6 +23,19 @@
 //! - [`server`]: the network server that feeds an engine ([`Server`]).
 //! - [`client`]: the network client ([`Client`]).
 //!
+//! # Cargo features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `sqlite` | on | [`SqliteStore`] (SQLite built from its bundled sources: most of a clean build) |
+//! | `process` | on | [`ProcessExecutor`]: commands as processes, a cgroup each, switched to the requester |
+//! | `server` | on | [`Server`] and its hook and notice programs (needs `process`) |
+//! | `client` | on | [`Client`] |
+//!
+//! With none of them (`default-features = false`), the engine, the scheduler, hooks, the
+//! in-memory store and in-process jobs remain: a queue for a daemon's own work, without
+//! SQLite, sockets or child processes.
+//!
 //! # Embedding
 //!
 //! A daemon that only needs to serialise its own work starts an [`Engine`] and submits
@@ -33,6 +46,7 @@
 
 pub mod account;
 pub mod auth;
+#[cfg(feature = "client")]
 pub mod client;
 pub mod engine;
 pub mod executor;
@@ -42,6 +56,7 @@ pub mod policy;
 pub mod printable;
 pub mod protocol;
 pub mod scheduler;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod store;
 pub mod transport;
@@ -50,12 +65,15 @@ pub use auth::{
     AuthError, AuthMethod, Authenticator, Credential, CredentialSource, Identity, ReplyKey,
     Verified,
 };
+#[cfg(feature = "client")]
 pub use client::{Client, ClientError, JobEvent, Progress, Reconnect, Submission};
 pub use engine::{
     Caller, Cancelled, Engine, EngineConfig, EngineEvent, EngineHandle, JobResult, JobState,
     JobTicket, QueueState, ShutdownMode, SubmitError, SubmitOptions, UserLimits,
 };
-pub use executor::{Containment, Executor, LogSink, ProcessExecutor};
+#[cfg(feature = "process")]
+pub use executor::{Containment, ProcessExecutor};
+pub use executor::{Executor, LogSink};
 pub use job::{
     Clearance, CommandJob, InvalidJob, InvalidResult, Job, JobContext, JobId, JobPhase, JobSummary,
     MAX_RESULT_KEY, MAX_RESULT_VALUE, MAX_RESULTS, ResultSink, SubmitKey, check_result,
@@ -65,8 +83,11 @@ pub use policy::{PolicyRefusal, SharedPolicy, StartCheck, SubmitPolicy};
 pub use scheduler::{
     Decision, JobInfo, QueueView, Scheduler, SerialScheduler, SubmitHook, WorkerInfo,
 };
+#[cfg(feature = "server")]
 pub use server::{Server, ServerConfig};
-pub use store::{MemoryStore, SqliteStore, Store, StoreError};
+#[cfg(feature = "sqlite")]
+pub use store::SqliteStore;
+pub use store::{MemoryStore, Store, StoreError};
 pub use transport::{
     Connector, Listener, PeerInfo, PendingConnection, TlsPeer, TransportError, UnixPeer,
 };

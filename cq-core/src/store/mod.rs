@@ -8,9 +8,11 @@
 mod memory;
 mod pending;
 mod record;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use memory::MemoryStore;
 pub use pending::Pending;
 pub use record::{JobRecord, KnownKey, PrunedJob, Recovered, Store, StoreError, StoredJob};
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;

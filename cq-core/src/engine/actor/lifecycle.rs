@@ -219,7 +219,7 @@ impl<S: Scheduler> Actor<S> {
                 (Work::Local(job), _) => job.run(ctx).await,
             };
             let log_bytes = match log_path {
-                Some(path) => tokio::fs::metadata(path).await.map_or(0, |m| m.len()),
+                Some(path) => std::fs::metadata(path).map_or(0, |m| m.len()),
                 None => 0,
             };
             (outcome, log_bytes)
