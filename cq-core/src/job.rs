@@ -466,7 +466,7 @@ impl JobPhase {
 }
 
 /// Milliseconds since the Unix epoch, as listings show times.
-pub fn epoch_ms(at: std::time::SystemTime) -> u64 {
+pub(crate) fn epoch_ms(at: std::time::SystemTime) -> u64 {
     at.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

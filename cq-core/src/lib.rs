@@ -68,8 +68,9 @@ pub use auth::{
 #[cfg(feature = "client")]
 pub use client::{Client, ClientError, JobEvent, Progress, Reconnect, Submission};
 pub use engine::{
-    Caller, Cancelled, Engine, EngineConfig, EngineEvent, EngineHandle, JobResult, JobState,
-    JobTicket, QueueState, ShutdownMode, SubmitError, SubmitOptions, UserLimits,
+    Caller, Cancelled, Engine, EngineConfig, EngineEvent, EngineHandle, EngineStopped, JobResult,
+    JobState, JobTicket, LogAccess, QueueState, ShutdownMode, SubmitError, SubmitOptions,
+    UserLimits,
 };
 #[cfg(feature = "process")]
 pub use executor::{Containment, ProcessExecutor};
@@ -81,13 +82,20 @@ pub use job::{
 pub use outcome::{Outcome, SpawnFailure};
 pub use policy::{PolicyRefusal, SharedPolicy, StartCheck, SubmitPolicy};
 pub use scheduler::{
-    Decision, JobInfo, QueueView, Scheduler, SerialScheduler, SubmitHook, WorkerInfo,
+    AcceptAll, Decision, DedupScope, DuplicateJobs, HookChain, JobInfo, QueueSource, QueueView,
+    Scheduler, SerialScheduler, SubmitHook, WorkerInfo,
 };
 #[cfg(feature = "server")]
 pub use server::{Server, ServerConfig};
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
-pub use store::{MemoryStore, Store, StoreError};
+pub use store::{JobRecord, MemoryStore, Pending, Store, StoreError, StoredJob};
 pub use transport::{
     Connector, Listener, PeerInfo, PendingConnection, TlsPeer, TransportError, UnixPeer,
 };
+
+/// The attribute for implementing cq-core's async traits ([`Job`], [`Executor`],
+/// [`Authenticator`], [`Listener`]...), re-exported so that embedders use the same version.
+pub use async_trait::async_trait;
+/// Fires when a job is to stop ([`JobContext::cancel`]); re-exported for embedders.
+pub use tokio_util::sync::CancellationToken;

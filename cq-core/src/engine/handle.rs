@@ -92,6 +92,7 @@ pub(super) enum Command {
     QueueState {
         reply: oneshot::Sender<Result<QueueState, SubmitError>>,
     },
+    Wake,
     Promote {
         id: JobId,
         by: Caller,
@@ -404,6 +405,14 @@ impl EngineHandle {
         let (reply, answer) = oneshot::channel();
         self.request(Command::Promote { id, by, reply }, answer)
             .await
+    }
+
+    /// Asks the engine to offer its free workers to the scheduler again: for a custom
+    /// [`Scheduler`](crate::Scheduler) whose answer changed by itself (a time window
+    /// opened, an outside resource came free). The engine asks on its own whenever a job is
+    /// queued or ends.
+    pub async fn wake(&self) {
+        let _ = self.commands.send(Command::Wake).await;
     }
 
     /// The queue as it is now (for metrics: no job is named).

@@ -18,7 +18,10 @@ pub enum Decision {
 /// Reviews incoming jobs (duplicate elimination, policy, quotas).
 ///
 /// Hooks run on the engine's task for every submission, so they must be quick and must not
-/// block.
+/// block. The engine runs the hooks once per submission, before it queues the job; a merge
+/// into a job that is no longer queued or running queues the newcomer instead. A hook that
+/// keeps an index of its own learns when jobs start and end from
+/// [`EngineHandle::events`](crate::EngineHandle::events).
 pub trait SubmitHook: Send + Sync + 'static {
     /// Decides about `job`, seeing the queue as it is now.
     fn review(&self, job: &JobInfo, queue: &QueueView<'_>) -> Decision;

@@ -776,3 +776,71 @@ async fn the_event_stream_tells_what_happened_in_order() {
         ]
     );
 }
+
+/// A scheduler that holds everything until a gate opens (a time window, say).
+struct Gated {
+    inner: cq_core::SerialScheduler,
+    open: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl cq_core::Scheduler for Gated {
+    fn enqueue(&mut self, job: cq_core::JobInfo) {
+        self.inner.enqueue(job);
+    }
+    fn next_for(&mut self, worker: &cq_core::WorkerInfo) -> Option<JobId> {
+        if self.open.load(Ordering::SeqCst) {
+            self.inner.next_for(worker)
+        } else {
+            None
+        }
+    }
+    fn finished(&mut self, id: JobId, outcome: &Outcome) {
+        self.inner.finished(id, outcome);
+    }
+    fn requeue(&mut self, id: JobId) -> bool {
+        self.inner.requeue(id)
+    }
+    fn remove(&mut self, id: JobId) -> bool {
+        self.inner.remove(id)
+    }
+    fn promote(&mut self, id: JobId) -> bool {
+        self.inner.promote(id)
+    }
+    fn view(&self) -> cq_core::QueueView<'_> {
+        self.inner.view()
+    }
+}
+
+/// A custom scheduler whose answer changes by itself gets the engine to ask again with
+/// `wake()`; nothing else has to happen first.
+#[tokio::test]
+async fn wake_offers_free_workers_to_a_scheduler_that_changed_its_mind() {
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scheduler = Gated {
+        inner: cq_core::SerialScheduler::new(),
+        open: open.clone(),
+    };
+    let engine = Engine::with_scheduler(scheduler, EngineConfig::default())
+        .start()
+        .await
+        .expect("the engine starts");
+    let release = Arc::new(Notify::new());
+    let mut ticket = engine
+        .submit(Held(release.clone()), Identity::local())
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(200), ticket.started())
+            .await
+            .is_err(),
+        "the gate is closed"
+    );
+    open.store(true, Ordering::SeqCst);
+    engine.wake().await;
+    tokio::time::timeout(LIMIT, ticket.started())
+        .await
+        .expect("woken, the job starts")
+        .unwrap();
+    release.notify_one();
+    ticket.finished().await.unwrap();
+}

@@ -514,6 +514,8 @@ impl<S: Scheduler> Actor<S> {
             Command::SetPaused { paused, by, reply } => {
                 let _ = reply.send(self.set_paused(paused, &by));
             }
+            // The loop offers free workers to the scheduler after every command.
+            Command::Wake => {}
             Command::QueueState { reply } => {
                 let _ = reply.send(Ok(self.queue_state()));
             }
