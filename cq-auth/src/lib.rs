@@ -1,7 +1,7 @@
 //! Authenticators for cq.
 //!
-//! cq-core defines the [`CredentialSource`](cq_core::CredentialSource) and
-//! [`Authenticator`](cq_core::Authenticator) traits; this crate implements them.
+//! cq-core defines the `CredentialSource` and `Authenticator` traits; this crate
+//! implements them.
 //!
 //! # Layout
 //!

@@ -5,7 +5,7 @@
 //! message is read. What is left is to say *who* a certificate is: its subject common name
 //! (or, without one, its first DNS subject alternative name) is a local user name, or is
 //! looked up in a [`UserMap`]. A certificate whose name maps to no local user is refused.
-//! Messages carry no credential of their own ([`TlsChannelCredentials`]).
+//! Messages carry no credential of their own ([`ChannelCredentials`](crate::ChannelCredentials)).
 //!
 //! What the server trusts can change while it runs (SIGHUP): the user map, and the serial
 //! numbers its revocation list revokes. Each identity remembers its certificate's name and
