@@ -218,6 +218,13 @@ pub trait CredentialSource: Send + Sync + 'static {
 }
 
 /// Verifies credentials on incoming messages.
+///
+/// Replay protection is the implementer's part of the bargain: a credential that could be
+/// captured and presented again (a token, a signature over the message) must either be
+/// refused the second time by the authenticator itself, or say until when it could pass
+/// ([`Verified::replayable_until`]), and the server then refuses the same request until
+/// that time. Credentials bound to the connection (mutual TLS, a Unix socket's peer
+/// credentials, [`PeerInfo::unix`](crate::PeerInfo::unix)) cannot be replayed.
 #[async_trait]
 pub trait Authenticator: Send + Sync + 'static {
     /// Checks that `credential` was made for exactly `message` by a party this side trusts,
