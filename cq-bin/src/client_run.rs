@@ -229,10 +229,11 @@ pub async fn run(args: Args, job: CommandJob) -> ExitCode {
                     CQ_FAILURE,
                 );
             };
+            let uids = server_uids(&args);
             let client = Client::new(
-                cq_transport_unix::UnixConnector::new(socket),
+                cq_transport_unix::UnixConnector::new(socket).expect_uids(uids.clone()),
                 ChannelCredentials,
-                PeerCredServerAuthenticator::new(server_uids(&args)),
+                PeerCredServerAuthenticator::new(uids),
             );
             follow(&client, &args, job).await
         }

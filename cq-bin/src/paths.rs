@@ -34,11 +34,16 @@ pub fn default_socket() -> PathBuf {
 }
 
 /// The local server's socket a client uses when it is given no host: this user's own
-/// server's, else root's; `None` when neither is there.
+/// server's, else root's; `None` when neither is there. `$XDG_RUNTIME_DIR` counts only
+/// when it is this user's own private directory (mode 0700), as the XDG rules say: an
+/// inherited one (`su` without `-`, `sudo -E`) may be someone else's.
 pub fn local_socket() -> Option<PathBuf> {
-    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let mut candidates = Vec::new();
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+    let me = nix::unistd::getuid().as_raw();
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty())
+        && std::fs::metadata(&dir).is_ok_and(|m| m.uid() == me && m.mode() & 0o077 == 0)
+    {
         candidates.push(PathBuf::from(dir).join("cq/cq.sock"));
     }
     candidates.push(PathBuf::from("/run/cq/cq.sock"));

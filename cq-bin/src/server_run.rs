@@ -23,7 +23,7 @@ use cq_core::{Clearance, CommandJob, Identity};
 use cq_transport_tcp::TcpListener;
 use cq_transport_tls::{ServerTls, TlsListener, TlsReloader, revoked_serials};
 use cq_transport_unix::UnixListener;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +53,9 @@ pub enum StartError {
     /// TLS files unusable.
     #[error("{0}")]
     Tls(String),
+    /// The Unix socket cannot be served.
+    #[error("{0}")]
+    Socket(String),
     /// Jobs cannot run as their requester.
     #[error("{0}")]
     RunAs(String),
@@ -64,6 +67,9 @@ impl StartError {
         match self {
             Self::Listen(_) => {
                 "is another cq_server running? choose another address with -h or port with -p"
+            }
+            Self::Socket(_) => {
+                "put --socket in a directory only cq_server's user (or root) can change, e.g. /run/cq; is another cq_server serving it?"
             }
             Self::Munge(_) => crate::report::MUNGED_HINT,
             Self::StateDir(_) => {
@@ -485,19 +491,31 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
 }
 
 /// Binds the Unix socket `path` (mode 0666: anybody on this host may connect; the policy
-/// says who may submit), making its directory if needed.
+/// says who may submit). Its directory is made (mode 0755) if missing, and must be one only
+/// cq_server's user or root can change, as must every directory on the way: the socket is
+/// found, made and removed by path, which anyone who may rename entries there could point
+/// at another file.
 fn bind_socket(path: &std::path::Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
+    let socket_error = |what: String| StartError::Socket(what);
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .ok_or_else(|| socket_error(format!("{}: give the socket's full path", path.display())))?;
+    let me = nix::unistd::geteuid().as_raw();
+    crate::state_dir::check_trusted_dir(dir, me).map_err(socket_error)?;
+    if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
             .create(dir)
-            .map_err(|e| StartError::Listen(format!("cannot create {}: {e}", dir.display())))?;
+            .map_err(|e| socket_error(format!("cannot create {}: {e}", dir.display())))?;
+        // The server's umask (077) would leave it to root alone; clients must pass.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| socket_error(format!("cannot open up {}: {e}", dir.display())))?;
+        crate::state_dir::check_trusted_dir(dir, me).map_err(socket_error)?;
     }
     let listener = UnixListener::bind(path, 0o666).map_err(|e| {
-        StartError::Listen(format!(
+        socket_error(format!(
             "cannot listen on the socket {}: {e}",
             path.display()
         ))

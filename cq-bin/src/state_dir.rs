@@ -86,6 +86,35 @@ pub fn result_dir(state_dir: &Path, jobs_as_requesters: bool) -> Result<PathBuf,
     )))
 }
 
+/// Checks that `dir` (if it exists) and every directory on the way to it can be changed only
+/// by root or `me` (a sticky, world-writable parent such as /tmp is fine for what it holds,
+/// not as `dir` itself), with no symbolic link on the way that someone else owns.
+///
+/// # Errors
+///
+/// What is wrong, in words for the admin.
+pub fn check_trusted_dir(dir: &Path, me: u32) -> Result<(), String> {
+    let given =
+        std::path::absolute(dir).map_err(|e| format!("cannot resolve {}: {e}", dir.display()))?;
+    check_way(&given, me)?;
+    match std::fs::symlink_metadata(&given) {
+        Ok(meta) if meta.is_dir() => {
+            if (meta.uid() != 0 && meta.uid() != me) || meta.mode() & 0o022 != 0 {
+                return Err(format!(
+                    "{} can be changed by others than root and cq_server's user (owner uid {}, mode {:o}), who could swap the socket",
+                    given.display(),
+                    meta.uid(),
+                    meta.mode() & 0o7777
+                ));
+            }
+            Ok(())
+        }
+        Ok(_) => Err(format!("{} is not a directory", given.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("cannot inspect {}: {e}", given.display())),
+    }
+}
+
 /// Checks each existing entry on the way to `path`, as given: directories must be ones only
 /// root or `me` can change, and a symbolic link must be root's or `me`'s (its target is
 /// checked as the way goes on through it).

@@ -8,6 +8,7 @@
 //! | `timed-out`    | 3               | 124                                 |
 //! | `cancelled`    | 4               | 125                                 |
 //! | `lost`         | 5               | 125                                 |
+//! | `failed`       | 6               | 1                                   |
 
 use std::fmt;
 
@@ -44,6 +45,11 @@ pub enum Outcome {
     },
     /// The job ran past its time limit and its process group was killed.
     TimedOut,
+    /// An in-process job (a task) returned an error, or panicked.
+    Failed {
+        /// The error, or the panic's message.
+        message: String,
+    },
 }
 
 /// Why a command could not be started.
@@ -74,6 +80,9 @@ impl Outcome {
                 reason,
                 message: "(the details are for its owner)".to_owned(),
             },
+            Self::Failed { .. } => Self::Failed {
+                message: "(the details are for its owner)".to_owned(),
+            },
             other => other,
         }
     }
@@ -87,6 +96,7 @@ impl Outcome {
             Self::Signaled { .. } => "signaled",
             Self::SpawnFailed { .. } => "spawn-failed",
             Self::TimedOut => "timed-out",
+            Self::Failed { .. } => "failed",
         }
     }
 
@@ -101,6 +111,7 @@ impl Outcome {
             Self::TimedOut => 3,
             Self::Cancelled => 4,
             Self::Lost => 5,
+            Self::Failed { .. } => 6,
         }
     }
 
@@ -118,6 +129,7 @@ impl Outcome {
             Self::SpawnFailed { .. } => 126,
             Self::TimedOut => 124,
             Self::Cancelled | Self::Lost => 125,
+            Self::Failed { .. } => 1,
         }
     }
 
@@ -155,6 +167,9 @@ impl fmt::Display for Outcome {
                 crate::printable::printable(message)
             ),
             Self::TimedOut => f.write_str("timed out and was killed"),
+            Self::Failed { message } => {
+                write!(f, "failed: {}", crate::printable::printable(message))
+            }
         }
     }
 }

@@ -14,7 +14,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -22,17 +22,24 @@ use cq_core::UnixPeer;
 use cq_core::transport::{Connector, Listener, PeerInfo, PendingConnection, TransportError};
 use tokio::net::UnixStream;
 
-/// Accepts connections on a Unix socket; removes the socket file when dropped.
+/// Accepts connections on a Unix socket; removes the socket file when dropped (if it is
+/// still the one it made).
 #[derive(Debug)]
 pub struct UnixListener {
     inner: tokio::net::UnixListener,
     path: PathBuf,
+    /// The socket file's device and inode, to remove only that file.
+    made: (u64, u64),
 }
 
 impl UnixListener {
     /// Binds the socket `path` with `mode` (e.g. 0o666: anybody on this host may connect,
     /// and the server's policy says who may submit). A socket file left by a server that is
     /// gone is replaced; one a live server answers on is not.
+    ///
+    /// The socket's directory must be one only this process's user (or root) can change:
+    /// the socket is found, made and given its mode by path, which someone who may rename
+    /// entries there could point elsewhere. The caller checks that.
     ///
     /// # Errors
     ///
@@ -60,9 +67,11 @@ impl UnixListener {
         }
         let inner = tokio::net::UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        let meta = std::fs::symlink_metadata(path)?;
         Ok(Self {
             inner,
             path: path.to_owned(),
+            made: (meta.dev(), meta.ino()),
         })
     }
 
@@ -74,7 +83,10 @@ impl UnixListener {
 
 impl Drop for UnixListener {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // Only the socket it made: whatever is there now may be something else.
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.made) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -82,6 +94,8 @@ impl Drop for UnixListener {
 #[derive(Debug)]
 pub struct UnixPending {
     stream: UnixStream,
+    /// The peer's uid, read at accept: the server limits connections per local user.
+    uid: Option<u32>,
 }
 
 #[async_trait]
@@ -90,7 +104,8 @@ impl Listener for UnixListener {
 
     async fn accept(&self) -> io::Result<UnixPending> {
         let (stream, _) = self.inner.accept().await?;
-        Ok(UnixPending { stream })
+        let uid = stream.peer_cred().ok().map(|cred| cred.uid());
+        Ok(UnixPending { stream, uid })
     }
 
     fn local_addr(&self) -> Option<SocketAddr> {
@@ -109,18 +124,35 @@ impl PendingConnection for UnixPending {
         })?;
         Ok((self.stream, PeerInfo::unix(peer)))
     }
+
+    fn peer_uid(&self) -> Option<u32> {
+        self.uid
+    }
 }
 
 /// Connects to a server's Unix socket.
 #[derive(Clone, Debug)]
 pub struct UnixConnector {
     path: PathBuf,
+    /// The uids the process on the socket may run as; any when empty.
+    uids: Vec<u32>,
 }
 
 impl UnixConnector {
     /// A connector for the socket `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self {
+            path: path.into(),
+            uids: Vec::new(),
+        }
+    }
+
+    /// Refuses a socket whose process does not run as one of `uids`, before anything is
+    /// sent on it: a socket another user put in the way learns nothing of the request.
+    #[must_use]
+    pub fn expect_uids(mut self, uids: Vec<u32>) -> Self {
+        self.uids = uids;
+        self
     }
 }
 
@@ -135,6 +167,15 @@ impl Connector for UnixConnector {
         };
         let stream = UnixStream::connect(&self.path).await.map_err(failed)?;
         let peer = peer_of(&stream).map_err(failed)?;
+        if !self.uids.is_empty() && !self.uids.contains(&peer.uid) {
+            return Err(TransportError::Handshake {
+                peer: self.server_name(),
+                reason: format!(
+                    "the process answering on the socket runs as uid {}, not as the server's (expected {:?}; see --server-uid): nothing was sent",
+                    peer.uid, self.uids
+                ),
+            });
+        }
         Ok((stream, PeerInfo::unix(peer)))
     }
 
@@ -186,6 +227,23 @@ mod tests {
             UnixListener::bind(&file, 0o666).unwrap_err().kind(),
             io::ErrorKind::AlreadyExists
         );
+    }
+
+    #[test]
+    fn the_listener_removes_only_the_socket_it_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cq.sock");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let listener = UnixListener::bind(&path, 0o666).unwrap();
+        // Someone swaps the socket for another file while the server runs.
+        std::fs::rename(&path, dir.path().join("moved")).unwrap();
+        std::fs::write(&path, "not the server's").unwrap();
+        drop(listener);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "not the server's");
     }
 
     fn nix_uid() -> u32 {

@@ -79,7 +79,10 @@ impl ClientError {
             Self::Closed { .. }
             | Self::Timeout { .. }
             | Self::Frame(FrameError::Truncated { .. }) => true,
-            Self::Transport(TransportError::Connect { .. }) => true,
+            // Not allowed to reach the server (a socket's permissions) will not mend by itself.
+            Self::Transport(TransportError::Connect { source, .. }) => {
+                source.kind() != io::ErrorKind::PermissionDenied
+            }
             // A refused TLS certificate also shows as an I/O error (invalid data): only a lost
             // connection is worth retrying.
             Self::Io { source, .. } | Self::Frame(FrameError::Io(source)) => matches!(

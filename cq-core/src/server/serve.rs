@@ -177,7 +177,8 @@ impl<A: Authenticator, C: CredentialSource> Server<A, C> {
                 Ok(pending) => {
                     backoff = Duration::ZERO;
                     let peer = pending.peer_addr();
-                    let Some(host_slot) = per_host.enter(peer, config.max_connections_per_host)
+                    let Some(host_slot) =
+                        per_host.enter(peer, pending.peer_uid(), config.max_connections_per_host)
                     else {
                         shared.stats.refuse(super::Refusal::TooManyConnections);
                         if shared.garbage_log.allow() {
@@ -256,6 +257,8 @@ enum HostKey {
     /// An IPv6 /64 (with its interface, for link-local ones): a site or a machine usually
     /// has one, and with it 2^64 addresses.
     V6Network(u64, u32),
+    /// A user of this host, over a Unix socket (no address; the kernel names the uid).
+    LocalUser(u32),
 }
 
 /// How many connections one IPv6 /64 may hold, in per-host limits: several machines (VMs on
@@ -289,12 +292,15 @@ impl HostCounts {
     fn enter(
         self: &Arc<Self>,
         peer: Option<SocketAddr>,
+        peer_uid: Option<u32>,
         per_host: usize,
     ) -> Option<Option<HostSlot>> {
-        let Some(peer) = peer else {
-            return Some(None);
+        let keys = match (peer, peer_uid) {
+            (Some(peer), _) => host_keys(peer, per_host),
+            // Over a Unix socket each local user gets one host's share.
+            (None, Some(uid)) => vec![(HostKey::LocalUser(uid), per_host)],
+            (None, None) => return Some(None),
         };
-        let keys = host_keys(peer, per_host);
         let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if keys
             .iter()
@@ -369,14 +375,32 @@ mod tests {
         let neighbour: SocketAddr = "[2001:db8::66]:1".parse().unwrap();
         let other: SocketAddr = "[2001:db8::2]:1".parse().unwrap();
         let held: Vec<_> = (0..2)
-            .map(|_| counts.enter(Some(neighbour), 2).unwrap())
+            .map(|_| counts.enter(Some(neighbour), None, 2).unwrap())
             .collect();
-        assert!(counts.enter(Some(neighbour), 2).is_none());
+        assert!(counts.enter(Some(neighbour), None, 2).is_none());
         assert!(
-            counts.enter(Some(other), 2).is_some(),
+            counts.enter(Some(other), None, 2).is_some(),
             "a neighbour on the same /64"
         );
         drop(held);
-        assert!(counts.enter(Some(neighbour), 2).is_some());
+        assert!(counts.enter(Some(neighbour), None, 2).is_some());
+    }
+
+    #[test]
+    fn each_local_user_gets_one_hosts_share_over_a_unix_socket() {
+        let counts = Arc::new(HostCounts::default());
+        let held: Vec<_> = (0..2)
+            .map(|_| counts.enter(None, Some(1001), 2).unwrap())
+            .collect();
+        assert!(
+            counts.enter(None, Some(1001), 2).is_none(),
+            "user 1001 is full"
+        );
+        assert!(
+            counts.enter(None, Some(1002), 2).is_some(),
+            "others are not"
+        );
+        drop(held);
+        assert!(counts.enter(None, Some(1001), 2).is_some());
     }
 }

@@ -70,4 +70,11 @@ impl<A: PendingConnection, B: PendingConnection> PendingConnection for EitherPen
             Self::B(pending) => pending.peer_addr(),
         }
     }
+
+    fn peer_uid(&self) -> Option<u32> {
+        match self {
+            Self::A(pending) => pending.peer_uid(),
+            Self::B(pending) => pending.peer_uid(),
+        }
+    }
 }

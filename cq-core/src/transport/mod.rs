@@ -153,6 +153,12 @@ pub trait PendingConnection: Send + 'static {
     fn peer_addr(&self) -> Option<SocketAddr> {
         None
     }
+
+    /// The peer's uid, when the transport knows it before any set-up (a Unix socket): the
+    /// server limits connections per local user with it, as it does per address.
+    fn peer_uid(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// Opens connections to one server.
