@@ -32,7 +32,7 @@ pub struct JobJson<'a> {
     pub finished_ms: Option<u64>,
     /// Run time in milliseconds; null until it ended.
     pub runtime_ms: Option<u64>,
-    /// `exited`, `signaled`, `spawn-failed`, `timed-out`, `cancelled`, `lost`; null until it ended.
+    /// `exited`, `signaled`, `spawn-failed`, `timed-out`, `cancelled`, `lost`, `failed`; null until it ended.
     pub outcome: Option<&'static str>,
     /// The exit status scripts see (as the post script's second argument); null until it ended.
     pub exit_status: Option<u8>,

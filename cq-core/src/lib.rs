@@ -70,7 +70,7 @@ pub use client::{Client, ClientError, JobEvent, Progress, Reconnect, Submission}
 pub use engine::{
     Caller, Cancelled, Engine, EngineConfig, EngineEvent, EngineHandle, EngineStopped, JobResult,
     JobState, JobTicket, LogAccess, QueueState, ShutdownMode, SubmitError, SubmitOptions,
-    UserLimits,
+    TaskFailed, TaskTicket, UserLimits,
 };
 #[cfg(feature = "process")]
 pub use executor::{Containment, ProcessExecutor};

@@ -67,7 +67,7 @@ pub(crate) const CLIENT: &[Section] = &[
     },
     Section {
         title: "POST SCRIPT",
-        intro: "With -P SCRIPT, once the job has ended SCRIPT runs here as SCRIPT INTERNAL_STATUS EXIT_STATUS (internal status: 0 exited, 1 could not be started, 2 killed by a signal, 3 timed out, 4 cancelled, 5 lost; exit status as above), with this client's environment plus:",
+        intro: "With -P SCRIPT, once the job has ended SCRIPT runs here as SCRIPT INTERNAL_STATUS EXIT_STATUS (internal status: 0 exited, 1 could not be started, 2 killed by a signal, 3 timed out, 4 cancelled, 5 lost, 6 failed (only in-process tasks of an embedding daemon); exit status as above), with this client's environment plus:",
         items: &[
             ("CQ_JOB_ID", "the job's id on the server"),
             (

@@ -8,6 +8,7 @@
 mod actor;
 mod events;
 mod handle;
+mod task;
 
 pub use actor::{Engine, EngineConfig, UserLimits};
 pub use events::EngineEvent;
@@ -15,3 +16,4 @@ pub use handle::{
     Caller, Cancelled, EngineHandle, EngineStopped, JobResult, JobState, JobTicket, LogAccess,
     QueueState, ShutdownMode, SubmitError, SubmitOptions,
 };
+pub use task::{TaskFailed, TaskTicket};

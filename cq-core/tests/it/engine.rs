@@ -844,3 +844,57 @@ async fn wake_offers_free_workers_to_a_scheduler_that_changed_its_mind() {
     release.notify_one();
     ticket.finished().await.unwrap();
 }
+
+/// Typed tasks: a value comes back; an error or a panic ends the task as `failed` with its
+/// text (no longer as a made-up exit code or as "lost"), and the engine goes on.
+#[tokio::test]
+async fn tasks_hand_back_their_value_or_say_why_not() {
+    use cq_core::TaskFailed;
+    let engine = Engine::new(EngineConfig::default())
+        .start()
+        .await
+        .expect("the engine starts");
+    let answer = engine
+        .submit_task("answer", Identity::local(), |_ctx| async {
+            Ok::<_, String>(6 * 7)
+        })
+        .await
+        .unwrap();
+    let failing = engine
+        .submit_task("disk", Identity::local(), |_ctx| async {
+            Err::<u32, _>("disk full")
+        })
+        .await
+        .unwrap();
+    let failing_id = failing.ticket.id;
+    let panicking = engine
+        .submit_task("boom", Identity::local(), |_ctx| async {
+            if true {
+                panic!("boom");
+            }
+            Ok::<u32, String>(0)
+        })
+        .await
+        .unwrap();
+    let after = engine
+        .submit_task("after", Identity::local(), |ctx| async move {
+            Ok::<_, String>(ctx.id)
+        })
+        .await
+        .unwrap();
+    assert_eq!(answer.value().await, Ok(42));
+    assert_eq!(
+        failing.value().await,
+        Err(TaskFailed::Failed("disk full".into()))
+    );
+    let Err(TaskFailed::Failed(why)) = panicking.value().await else {
+        panic!("a panic is a failure");
+    };
+    assert!(why.contains("boom"), "{why}");
+    assert_eq!(after.value().await, Ok(JobId(4)), "the engine went on");
+    let failed = engine
+        .status(failing_id, Caller::admin(Identity::local()))
+        .await
+        .unwrap();
+    assert_eq!(failed.outcome.as_ref().map(Outcome::word), Some("failed"));
+}

@@ -31,6 +31,12 @@ fn stored_outcomes_keep_their_bytes() {
             vec![4, 0, 1, b'x'],
         ),
         (Outcome::TimedOut, vec![5]),
+        (
+            Outcome::Failed {
+                message: "x".into(),
+            },
+            vec![6, 1, b'x'],
+        ),
     ];
     for (outcome, expected) in cases {
         assert_eq!(bytes(&outcome), expected, "{outcome:?}");

@@ -111,7 +111,18 @@ impl<S: Scheduler> Actor<S> {
     ) {
         let (outcome, log_bytes) = ended.unwrap_or_else(|e| {
             tracing::error!(job = %id, error = %e, "the job's task failed");
-            (Outcome::Lost, 0)
+            let message = if e.is_panic() {
+                let panic = e.into_panic();
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".to_owned());
+                format!("the job panicked: {what}")
+            } else {
+                "the job's task was stopped".to_owned()
+            };
+            (Outcome::Failed { message }, 0)
         });
         let results = self
             .running
