@@ -497,7 +497,7 @@ async fn wait_for<C, S, A>(
     client: &Client<C, S, A>,
     args: &Args,
     id: JobId,
-    submission: Option<Submission<'_, C::Stream, A>>,
+    submission: Option<Submission<C::Stream, A>>,
     policy: &Reconnect,
 ) -> Result<JobResult, ExitCode>
 where

@@ -39,7 +39,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Client<C, S, A> {
     connector: C,
     signer: S,
-    verifier: A,
+    /// Shared with the submissions, which outlive a borrow of the client (they may be
+    /// moved into tasks of their own).
+    verifier: std::sync::Arc<A>,
 }
 
 impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
@@ -49,7 +51,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
         Self {
             connector,
             signer,
-            verifier,
+            verifier: std::sync::Arc::new(verifier),
         }
     }
 
@@ -69,7 +71,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
         &self,
         job: CommandJob,
         key: SubmitKey,
-    ) -> Result<Submission<'_, C::Stream, A>, ClientError> {
+    ) -> Result<Submission<C::Stream, A>, ClientError> {
         self.request(Action::Submit { job, key }, None).await
     }
 
@@ -86,7 +88,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
         job: CommandJob,
         policy: &Reconnect,
         mut on_retry: impl FnMut(&ClientError, Duration),
-    ) -> Result<Submission<'_, C::Stream, A>, ClientError> {
+    ) -> Result<Submission<C::Stream, A>, ClientError> {
         let key = SubmitKey::random();
         let started = tokio::time::Instant::now();
         let mut delay = policy.first_delay;
@@ -108,7 +110,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
     /// # Errors
     ///
     /// As [`submit`](Self::submit); [`ErrorCode::UNKNOWN_JOB`](crate::protocol::ErrorCode::UNKNOWN_JOB) when the server does not know it.
-    pub async fn watch(&self, id: JobId) -> Result<Submission<'_, C::Stream, A>, ClientError> {
+    pub async fn watch(&self, id: JobId) -> Result<Submission<C::Stream, A>, ClientError> {
         self.request(Action::Watch { job: id }, Some(id)).await
     }
 
@@ -124,7 +126,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
     pub async fn follow(
         &self,
         id: JobId,
-        submission: Option<Submission<'_, C::Stream, A>>,
+        submission: Option<Submission<C::Stream, A>>,
         policy: &Reconnect,
         mut on_progress: impl FnMut(Progress<'_>),
     ) -> Result<JobResult, ClientError> {
@@ -329,7 +331,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
         &self,
         action: Action,
         expected: Option<JobId>,
-    ) -> Result<Submission<'_, C::Stream, A>, ClientError> {
+    ) -> Result<Submission<C::Stream, A>, ClientError> {
         let mut submission = self.open(action, expected).await?;
         match timeout(REPLY_TIMEOUT, submission.next_reply()).await {
             Err(_) => Err(ClientError::Timeout {
@@ -355,7 +357,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
         &self,
         action: Action,
         expected: Option<JobId>,
-    ) -> Result<Submission<'_, C::Stream, A>, ClientError> {
+    ) -> Result<Submission<C::Stream, A>, ClientError> {
         let (mut stream, peer) = self.connector.connect().await?;
         stream
             .write_all(&Hello::new(Role::Client).encode())
@@ -416,7 +418,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
             digest,
             peer,
             reply_key,
-            &self.verifier,
+            self.verifier.clone(),
             expected,
         ))
     }

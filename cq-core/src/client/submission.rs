@@ -16,7 +16,7 @@ use super::ClientError;
 
 /// A request sent, and the connection its replies come on.
 #[derive(Debug)]
-pub struct Submission<'a, St, A> {
+pub struct Submission<St, A> {
     framed: Framed<St, FrameCodec<Envelope, Envelope>>,
     /// The request the replies must name.
     request: RequestDigest,
@@ -26,7 +26,7 @@ pub struct Submission<'a, St, A> {
     reply_key: Option<ReplyKey>,
     /// Position of the next tagged reply.
     next_seq: u64,
-    verifier: &'a A,
+    verifier: std::sync::Arc<A>,
     /// The job's id on the server.
     pub job: JobId,
     /// Jobs ahead of it when it was accepted, including the running one.
@@ -62,7 +62,7 @@ pub enum Progress<'a> {
     },
 }
 
-impl<'a, St: crate::transport::Stream, A: Authenticator> Submission<'a, St, A> {
+impl<St: crate::transport::Stream, A: Authenticator> Submission<St, A> {
     /// The replies to the request named `request`, just sent on `framed`; `expected` is the
     /// job it is about, when the request names one.
     pub(super) fn new(
@@ -70,7 +70,7 @@ impl<'a, St: crate::transport::Stream, A: Authenticator> Submission<'a, St, A> {
         request: RequestDigest,
         peer: PeerInfo,
         reply_key: Option<ReplyKey>,
-        verifier: &'a A,
+        verifier: std::sync::Arc<A>,
         expected: Option<JobId>,
     ) -> Self {
         Self {

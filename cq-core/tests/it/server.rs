@@ -70,17 +70,21 @@ async fn a_dropped_client_reattaches_by_id_and_gets_the_outcome() {
     );
     drop(submission);
 
-    // The job is unaffected by the lost connection; a new one picks it up by id.
+    // The job is unaffected by the lost connection; a new one picks it up by id. A
+    // submission lives on its own: it can wait in a task of its own, the client dropped.
     let again = client.watch(JobId(1)).await.unwrap();
+    drop(client);
+    let waiting = tokio::spawn(again.wait());
     end.send(Outcome::Exited { code: 5 }).unwrap();
-    let result = tokio::time::timeout(LIMIT, again.wait())
+    let result = tokio::time::timeout(LIMIT, waiting)
         .await
+        .unwrap()
         .unwrap()
         .unwrap();
     assert_eq!(result.outcome, Outcome::Exited { code: 5 });
 
     // After the end, a watcher gets the same outcome at once.
-    let late = client.watch(JobId(1)).await.unwrap();
+    let late = self::client(&server).watch(JobId(1)).await.unwrap();
     assert_eq!(
         tokio::time::timeout(LIMIT, late.wait())
             .await
