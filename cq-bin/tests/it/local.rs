@@ -224,9 +224,11 @@ async fn one_local_user_cannot_take_every_connection() {
         .spawn()
         .unwrap();
     let mut said = String::new();
+    // Kept open to the end: a holder whose stdout closed would die of SIGPIPE, and free its
+    // connections, at its next write.
+    let mut out = holding.stdout.take().unwrap();
     tokio::time::timeout(LIMIT, async {
         use tokio::io::AsyncReadExt;
-        let mut out = holding.stdout.take().unwrap();
         let mut buf = [0u8; 16];
         while !said.contains("held") {
             let n = out.read(&mut buf).await.unwrap();
@@ -237,6 +239,10 @@ async fn one_local_user_cannot_take_every_connection() {
     .await
     .expect("alice holds her connections");
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        holding.try_wait().unwrap().is_none(),
+        "the holder still runs"
+    );
     let fourth =
         output(
             server
@@ -255,4 +261,5 @@ async fn one_local_user_cannot_take_every_connection() {
     assert!(bob.status.success(), "{}", stderr(&bob));
     let root = output(server.client().arg("--list")).await;
     assert!(root.status.success(), "{}", stderr(&root));
+    drop(out);
 }
