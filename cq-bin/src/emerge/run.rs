@@ -165,7 +165,58 @@ pub async fn run(options: &Options) -> u8 {
         }
         builds[i] = build;
     }
-    report(&plan, &builds, stopped_at)
+    let status = report(&plan, &builds, stopped_at);
+    if status == 0
+        && !oneshot(&options.emerge_args)
+        && let Err(why) = record_in_world(options).await
+    {
+        eprintln!("cq-emerge: {why}");
+        return 1;
+    }
+    status
+}
+
+/// Whether the emerge arguments say `--oneshot` (`-1`, also in a cluster like `-1v`).
+fn oneshot(args: &[String]) -> bool {
+    args.iter().any(|a| {
+        a == "--oneshot" || (a.starts_with('-') && !a.starts_with("--") && a.contains('1'))
+    })
+}
+
+/// Adds what was asked for to the world set, as emerge without `--oneshot` would (the
+/// installs were `--oneshot`, one instance at a time): emerge again with the same arguments,
+/// `--noreplace` (everything is installed) and `--usepkgonly --nodeps` (nothing to build),
+/// which only records the atoms. Sets such as `@world` are left as they are.
+async fn record_in_world(options: &Options) -> Result<(), String> {
+    let mut args: Vec<String> = [
+        "--noreplace",
+        "--usepkgonly",
+        "--nodeps",
+        "--color=n",
+        "--nospinner",
+        "--quiet",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    args.extend(options.emerge_args.iter().cloned());
+    if options.dry_run_install {
+        println!("emerge {}", args.join(" "));
+        return Ok(());
+    }
+    let status = Command::new("emerge")
+        .args(&args)
+        .stdin(Stdio::null())
+        .status()
+        .await
+        .map_err(|e| format!("cannot run emerge: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "everything is installed, but recording it in the world set failed: emerge {} ({status})",
+            args.join(" ")
+        ))
+    }
 }
 
 /// The summary at the end; the exit status.
@@ -401,7 +452,8 @@ Usage: cq-emerge [CQ-EMERGE OPTIONS] [EMERGE OPTIONS] ATOM|@SET...
 
 Builds what `emerge --pretend` would merge here on the build host (one cq job per package,
 with this machine's USE and USE_EXPAND flags), and installs each package here, in merge
-order, as soon as it is built: exactly the instance built for it (its BUILD_ID).
+order, as soon as it is built: exactly the instance built for it (its BUILD_ID). Then, as
+emerge does, it adds what was asked for to the world set (not with --oneshot).
 
 cq-emerge options (everything else goes to emerge):
   -p, --pretend           show the plan; submit nothing
