@@ -849,6 +849,20 @@ where
         say("cq_client", format_args!("job {id} {what}"));
     } else if !args.quiet || args.cancel.is_none() {
         print!("{}", listing::to_table(&jobs));
+        // A paused queue explains queued jobs that do not start.
+        if args.list
+            && !args.quiet
+            && let Ok(state) = client.queue_state().await
+            && state.paused
+        {
+            say(
+                "cq_client",
+                format_args!(
+                    "the queue on {} is paused: nothing new starts until an admin resumes it",
+                    client.server_name()
+                ),
+            );
+        }
         if !args.list {
             for (key, value) in jobs.iter().flat_map(|job| &job.results) {
                 println!("  {key}={}", cq_core::printable::printable(value));

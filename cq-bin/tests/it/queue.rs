@@ -530,6 +530,13 @@ async fn admins_pause_resume_and_reorder_the_queue() {
     let status = output(server.client().args(["--status", &id, "--json"])).await;
     assert_eq!(json(&status)["state"], "queued");
     assert!(!marker.exists());
+    // Anybody's listing says why queued jobs do not start.
+    let listed = output(server.client_as(&bins, &users().alice).arg("--list")).await;
+    assert!(
+        stderr(&listed).contains("is paused: nothing new starts"),
+        "{}",
+        stderr(&listed)
+    );
 
     // Still paused after a restart with --paused; it runs once resumed.
     server.terminate().await;

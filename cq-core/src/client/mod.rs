@@ -227,11 +227,24 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
     ///
     /// As [`submit`](Self::submit); [`ErrorCode::NOT_PERMITTED`](crate::protocol::ErrorCode::NOT_PERMITTED) for anybody but an admin.
     pub async fn set_paused(&self, paused: bool) -> Result<crate::QueueState, ClientError> {
-        let action = if paused {
+        self.queue(if paused {
             Action::Pause
         } else {
             Action::Resume
-        };
+        })
+        .await
+    }
+
+    /// How the server's queue is: paused or not, how many jobs run and wait.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit).
+    pub async fn queue_state(&self) -> Result<crate::QueueState, ClientError> {
+        self.queue(Action::QueueState).await
+    }
+
+    async fn queue(&self, action: Action) -> Result<crate::QueueState, ClientError> {
         let mut channel = self.open(action, None).await?;
         let answer = match timeout(REPLY_TIMEOUT, channel.next_reply()).await {
             Err(_) => Err(ClientError::Timeout {

@@ -267,6 +267,7 @@ mod tests {
             Just(Action::Pause),
             Just(Action::Resume),
             any::<u64>().prop_map(|id| Action::Promote { job: JobId(id) }),
+            Just(Action::QueueState),
         ];
         // Only address and port travel: serde drops IPv6 flow info and scope id.
         let addr =

@@ -123,6 +123,9 @@ pub enum Action {
         /// The job.
         job: JobId,
     },
+    /// How the queue is (paused, how many run and wait), for anybody the server admits;
+    /// answered with `Queue`.
+    QueueState,
 }
 
 /// A server's reply to one request.

@@ -76,6 +76,7 @@ fn wire_actions_and_events_keep_their_positions() {
     assert_eq!(first(bytes(&Action::Pause)), 6);
     assert_eq!(first(bytes(&Action::Resume)), 7);
     assert_eq!(first(bytes(&Action::Promote { job: JobId(1) })), 8);
+    assert_eq!(first(bytes(&Action::QueueState)), 9);
     assert_eq!(
         first(bytes(&Event::Queue {
             paused: true,

@@ -140,9 +140,12 @@ where
                 Err(e) => self.refuse(&e).await,
             },
             Action::Log { job, follow } => self.stream_log(job, follow, caller).await,
-            Action::Pause | Action::Resume => {
-                let paused = action == Action::Pause;
-                match engine.set_paused(paused, caller).await {
+            Action::Pause | Action::Resume | Action::QueueState => {
+                let state = match action {
+                    Action::QueueState => engine.queue_state().await,
+                    _ => engine.set_paused(action == Action::Pause, caller).await,
+                };
+                match state {
                     Ok(state) => {
                         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
                         self.send(Event::Queue {
