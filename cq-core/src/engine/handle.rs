@@ -267,6 +267,8 @@ impl EngineHandle {
         owner: Identity,
         options: SubmitOptions,
     ) -> Result<JobTicket, SubmitError> {
+        // Checked here, for every caller: what exec cannot take is never queued.
+        command.validate().map_err(SubmitError::Invalid)?;
         self.submit_work(Work::Command(std::sync::Arc::new(command)), owner, options)
             .await
     }
@@ -562,4 +564,7 @@ pub enum SubmitError {
     /// The job is not waiting (it runs, or has ended): only queued jobs can be moved.
     #[error("job {0} is not waiting in the queue (it runs or has ended)")]
     NotQueued(JobId),
+    /// The command cannot be run as given (empty, a NUL byte, a bad variable name...).
+    #[error("{0}")]
+    Invalid(crate::job::InvalidJob),
 }

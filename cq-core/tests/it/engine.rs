@@ -898,3 +898,33 @@ async fn tasks_hand_back_their_value_or_say_why_not() {
         .unwrap();
     assert_eq!(failed.outcome.as_ref().map(Outcome::word), Some("failed"));
 }
+
+/// What exec cannot take is refused by the engine itself, whoever submits it (an embedder
+/// calling `submit_command` passes no server that would check it).
+#[tokio::test]
+async fn the_engine_refuses_commands_exec_cannot_take() {
+    use cq_core::{CommandJob, InvalidJob, SubmitOptions};
+    let engine = Engine::new(EngineConfig::default())
+        .start()
+        .await
+        .expect("the engine starts");
+    let refused = engine
+        .submit_command(
+            CommandJob::default(),
+            Identity::local(),
+            SubmitOptions::new(),
+        )
+        .await;
+    assert_eq!(
+        refused.err(),
+        Some(SubmitError::Invalid(InvalidJob::EmptyCommand))
+    );
+    let nul = engine
+        .submit_command(
+            CommandJob::new(["echo", "a\0b"]),
+            Identity::local(),
+            SubmitOptions::new(),
+        )
+        .await;
+    assert!(matches!(nul, Err(SubmitError::Invalid(_))), "{nul:?}");
+}

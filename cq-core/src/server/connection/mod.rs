@@ -342,6 +342,7 @@ fn error_code(e: &SubmitError) -> ErrorCode {
         | SubmitError::NotQueued(_)
         | SubmitError::Rejected { .. } => ErrorCode::REJECTED,
         SubmitError::NotPermitted { .. } => ErrorCode::NOT_PERMITTED,
+        SubmitError::Invalid(_) => ErrorCode::INVALID_JOB,
         SubmitError::UnknownJob(_) => ErrorCode::UNKNOWN_JOB,
         SubmitError::Store(_) => ErrorCode::INTERNAL,
         SubmitError::OverQuota { .. } => ErrorCode::OVER_QUOTA,

@@ -26,6 +26,8 @@ where
         key: SubmitKey,
         identity: Identity,
     ) -> ControlFlow<()> {
+        // The engine checks it too, for every caller; the policy below needs a well-formed
+        // job, so it is checked first here.
         if let Err(e) = job.validate() {
             self.fail(ErrorCode::INVALID_JOB, &e.to_string()).await;
             return ControlFlow::Break(());
