@@ -282,8 +282,6 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
     config.handshake_timeout = seconds(args.handshake_timeout, "handshake-timeout")?;
     config.max_connections = args.max_connections;
     config.max_connections_per_host = args.max_connections_per_host;
-    config.default_time_limit = args.default_timeout;
-    config.max_time_limit = args.max_timeout;
 
     let root = nix::unistd::geteuid().is_root();
     let switch_user = match args.run_as {
@@ -366,6 +364,8 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
     engine.retention = seconds(args.retention_days * 86400.0, "retention-days")?;
     engine.requeue_running = args.requeue_lost;
     engine.paused = args.paused;
+    engine.default_time_limit = args.default_timeout;
+    engine.max_time_limit = args.max_timeout;
     engine.log_limit = args.log_limit;
     engine.limits = UserLimits::unlimited();
     engine.limits.queued_jobs = optional(args.max_queued_jobs);

@@ -38,21 +38,6 @@ pub struct ServerConfig {
     pub preauth_pool: usize,
     /// Time connection tasks get to end after the engine stopped.
     pub shutdown_deadline: Duration,
-    /// Time limit of jobs that ask for none.
-    pub default_time_limit: Option<Duration>,
-    /// Longest time limit a job may have; longer requests (and jobs without one) get this.
-    pub max_time_limit: Option<Duration>,
-}
-
-impl ServerConfig {
-    /// The time limit a job gets when it asks for `requested`.
-    pub fn time_limit(&self, requested: Option<Duration>) -> Option<Duration> {
-        match (requested.or(self.default_time_limit), self.max_time_limit) {
-            (Some(limit), Some(max)) => Some(limit.min(max)),
-            (None, max) => max,
-            (limit, None) => limit,
-        }
-    }
 }
 
 impl Default for ServerConfig {
@@ -65,8 +50,6 @@ impl Default for ServerConfig {
             free_frame: 16 * 1024,
             preauth_pool: 32 * 1024 * 1024,
             shutdown_deadline: Duration::from_secs(5),
-            default_time_limit: None,
-            max_time_limit: None,
         }
     }
 }

@@ -928,3 +928,43 @@ async fn the_engine_refuses_commands_exec_cannot_take() {
         .await;
     assert!(matches!(nul, Err(SubmitError::Invalid(_))), "{nul:?}");
 }
+
+/// Records the time limit each command arrives with.
+struct Limits(Arc<std::sync::Mutex<Vec<Option<u64>>>>);
+
+#[async_trait]
+impl cq_core::Executor for Limits {
+    async fn run(&self, job: &cq_core::CommandJob, _ctx: JobContext) -> Outcome {
+        self.0.lock().unwrap().push(job.timeout_ms);
+        Outcome::Exited { code: 0 }
+    }
+}
+
+/// The engine sets every command's time limit (the default when it asks for none, never more
+/// than the most allowed), whoever submits it.
+#[tokio::test]
+async fn the_engine_gives_every_command_its_time_limit() {
+    use cq_core::{CommandJob, SubmitOptions};
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut config = EngineConfig::default();
+    config.default_time_limit = Some(std::time::Duration::from_secs(60));
+    config.max_time_limit = Some(std::time::Duration::from_secs(120));
+    let engine = Engine::new(config)
+        .with_executor(Arc::new(Limits(seen.clone())))
+        .start()
+        .await
+        .expect("the engine starts");
+    for asked in [None, Some(90_000), Some(600_000)] {
+        let mut command = CommandJob::new(["true"]);
+        command.timeout_ms = asked;
+        let mut ticket = engine
+            .submit_command(command, Identity::local(), SubmitOptions::new())
+            .await
+            .unwrap();
+        ticket.finished().await.unwrap();
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [Some(60_000), Some(90_000), Some(120_000)]
+    );
+}

@@ -93,6 +93,11 @@ pub struct EngineConfig {
     /// Start with the queue paused (see [`EngineHandle::set_paused`]): what was queued waits
     /// until an admin resumes it.
     pub paused: bool,
+    /// Time limit of commands that ask for none.
+    pub default_time_limit: Option<Duration>,
+    /// Longest time limit a command may have; longer requests (and commands without one,
+    /// when there is no default) get this.
+    pub max_time_limit: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -105,6 +110,19 @@ impl Default for EngineConfig {
             limits: UserLimits::default(),
             worker: WorkerInfo::new("local", Vec::<String>::new()),
             paused: false,
+            default_time_limit: None,
+            max_time_limit: None,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The time limit a command gets when it asks for `requested`.
+    pub fn time_limit(&self, requested: Option<Duration>) -> Option<Duration> {
+        match (requested.or(self.default_time_limit), self.max_time_limit) {
+            (Some(limit), Some(max)) => Some(limit.min(max)),
+            (None, max) => max,
+            (limit, None) => limit,
         }
     }
 }

@@ -24,6 +24,24 @@ impl<S: Scheduler> Actor<S> {
         options: SubmitOptions,
         reply: TicketReply,
     ) {
+        // A command gets its time limit here, before anything compares it: the default
+        // when it asks for none, never more than the most allowed.
+        let job = match job {
+            Work::Command(command) => {
+                let limit = self
+                    .config
+                    .time_limit(command.timeout())
+                    .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+                if limit == command.timeout_ms {
+                    Work::Command(command)
+                } else {
+                    let mut limited = (*command).clone();
+                    limited.timeout_ms = limit;
+                    Work::Command(std::sync::Arc::new(limited))
+                }
+            }
+            other => other,
+        };
         if self.stopping.is_some() {
             let _ = reply.send(Err(SubmitError::ShuttingDown));
             return;

@@ -1,6 +1,6 @@
-//! A submission: the job is checked (validity, time limit, policy with the requester's
-//! account), reviewed by the hook program if there is one, and handed to the engine with
-//! its idempotency key.
+//! A submission: the job is checked (validity, policy with the requester's account),
+//! reviewed by the hook program if there is one, and handed to the engine (which sets its
+//! time limit) with its idempotency key.
 
 use std::ops::ControlFlow;
 
@@ -22,7 +22,7 @@ where
 {
     pub(super) async fn submit(
         &mut self,
-        mut job: CommandJob,
+        job: CommandJob,
         key: SubmitKey,
         identity: Identity,
     ) -> ControlFlow<()> {
@@ -32,11 +32,6 @@ where
             self.fail(ErrorCode::INVALID_JOB, &e.to_string()).await;
             return ControlFlow::Break(());
         }
-        job.timeout_ms = self
-            .shared
-            .config
-            .time_limit(job.timeout())
-            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
         let mut options = SubmitOptions::new().with_key(key);
         let identity = match &self.shared.policy {
             Some(policy) => {
