@@ -199,24 +199,9 @@ async fn record_in_world(options: &Options) -> Result<(), String> {
     .map(str::to_owned)
     .to_vec();
     args.extend(options.emerge_args.iter().cloned());
-    if options.dry_run_install {
-        println!("emerge {}", args.join(" "));
-        return Ok(());
-    }
-    let status = Command::new("emerge")
-        .args(&args)
-        .stdin(Stdio::null())
-        .status()
-        .await
-        .map_err(|e| format!("cannot run emerge: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "everything is installed, but recording it in the world set failed: emerge {} ({status})",
-            args.join(" ")
-        ))
-    }
+    emerge(&args, options.dry_run_install).await.map_err(|why| {
+        format!("everything is installed, but recording it in the world set failed: {why}")
+    })
 }
 
 /// The summary at the end; the exit status.
@@ -429,12 +414,17 @@ async fn install(atom: &str, options: &Options) -> Result<(), String> {
     .to_vec();
     args.extend(options.install_options.iter().cloned());
     args.push(atom.to_owned());
-    if options.dry_run_install {
+    emerge(&args, options.dry_run_install).await
+}
+
+/// Runs `emerge ARGS` here (or, with `dry_run`, prints it instead).
+async fn emerge(args: &[String], dry_run: bool) -> Result<(), String> {
+    if dry_run {
         println!("emerge {}", args.join(" "));
         return Ok(());
     }
     let status = Command::new("emerge")
-        .args(&args)
+        .args(args)
         .stdin(Stdio::null())
         .status()
         .await

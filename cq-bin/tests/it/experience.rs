@@ -518,38 +518,12 @@ async fn client_defaults_give_every_job_a_post_script_and_variables() {
     assert!(!seen.exists(), "no post script runs for a detached job");
 }
 
-/// What `client` writes to standard error when that is a terminal (a pseudo-terminal), and
-/// its exit status.
+/// What `client` writes to standard error when that is a terminal, and its exit status.
 async fn stderr_on_a_terminal(
-    mut client: tokio::process::Command,
+    client: tokio::process::Command,
 ) -> (std::process::ExitStatus, String) {
-    use std::io::Read;
-    let pty = nix::pty::openpty(None, None).expect("a pseudo-terminal");
-    let mut master = std::fs::File::from(pty.master);
-    let reading = tokio::task::spawn_blocking(move || {
-        let mut printed = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while let Ok(n @ 1..) = master.read(&mut chunk) {
-            printed.extend_from_slice(&chunk[..n]);
-        }
-        printed
-    });
-    let status = tokio::time::timeout(
-        LIMIT,
-        client
-            .stderr(Stdio::from(pty.slave))
-            .stdout(Stdio::null())
-            .stdin(Stdio::null())
-            .status(),
-    )
-    .await
-    .expect("cq_client ended")
-    .unwrap();
-    drop(client);
-    let printed = tokio::time::timeout(LIMIT, reading)
-        .await
-        .expect("the terminal's output ended")
-        .unwrap();
+    let (status, printed) =
+        crate::support::on_a_terminal(client, crate::support::Terminal::Stderr).await;
     (status, String::from_utf8_lossy(&printed).into_owned())
 }
 
@@ -572,6 +546,8 @@ async fn waiting_on_a_terminal_shows_a_live_line() {
     waiting.args(["--", "sh", "-c", "echo compiling foo.c; sleep 1.5"]);
     let shown = tokio::spawn(stderr_on_a_terminal(waiting));
     server.wait_for_log("job=2").await;
+    // The line is drawn by indicatif at its own pace (at most 20 times a second, and on its
+    // one-second tick): nothing to wait for but time. Bounded, and generous.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     gate.open().await;
     let (status, shown) = shown.await.unwrap();

@@ -672,36 +672,10 @@ async fn the_post_script_that_runs_is_the_one_checked() {
 
 /// What `cq_client ARGS` writes to a terminal (its standard output is a pseudo-terminal),
 /// with the terminal's own newline translation undone.
-async fn printed_to_a_terminal(mut client: tokio::process::Command) -> Vec<u8> {
-    use std::io::Read;
-    let pty = nix::pty::openpty(None, None).expect("a pseudo-terminal");
-    let status = tokio::time::timeout(
-        LIMIT,
-        client
-            .stdout(Stdio::from(pty.slave))
-            .stdin(Stdio::null())
-            .status(),
-    )
-    .await
-    .expect("cq_client ended")
-    .unwrap();
+async fn printed_to_a_terminal(client: tokio::process::Command) -> Vec<u8> {
+    let (status, printed) =
+        crate::support::on_a_terminal(client, crate::support::Terminal::Stdout).await;
     assert!(status.success());
-    // The command holds its copy of the slave until dropped; the master reads end-of-file
-    // (EIO) only once every copy is closed.
-    drop(client);
-    let mut master = std::fs::File::from(pty.master);
-    let read = tokio::task::spawn_blocking(move || {
-        let mut printed = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while let Ok(n @ 1..) = master.read(&mut chunk) {
-            printed.extend_from_slice(&chunk[..n]);
-        }
-        printed
-    });
-    let printed = tokio::time::timeout(LIMIT, read)
-        .await
-        .expect("the terminal's output ended")
-        .unwrap();
     String::from_utf8_lossy(&printed)
         .replace("\r\n", "\n")
         .into_bytes()

@@ -445,3 +445,45 @@ pub(crate) fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
 }
+
+/// Which of a program's outputs is a terminal in [`on_a_terminal`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Terminal {
+    Stdout,
+    Stderr,
+}
+
+/// Runs `program` with `which` output on a pseudo-terminal (the other to /dev/null, no
+/// input); its exit status and everything it wrote there (the terminal's own translations,
+/// such as `\r\n`, included).
+pub(crate) async fn on_a_terminal(mut program: Command, which: Terminal) -> (ExitStatus, Vec<u8>) {
+    use std::io::Read;
+    let pty = nix::pty::openpty(None, None).expect("a pseudo-terminal");
+    let mut master = std::fs::File::from(pty.master);
+    // Read while it runs: a full terminal buffer would stop it.
+    let reading = tokio::task::spawn_blocking(move || {
+        let mut printed = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = master.read(&mut chunk) {
+            printed.extend_from_slice(&chunk[..n]);
+        }
+        printed
+    });
+    let terminal = Stdio::from(pty.slave);
+    match which {
+        Terminal::Stdout => program.stdout(terminal).stderr(Stdio::null()),
+        Terminal::Stderr => program.stderr(terminal).stdout(Stdio::null()),
+    };
+    let status = tokio::time::timeout(LIMIT, program.stdin(Stdio::null()).status())
+        .await
+        .expect("the program ended")
+        .unwrap();
+    // The command holds its copy of the terminal until dropped; the reader sees the end
+    // (EIO) only once every copy is closed.
+    drop(program);
+    let printed = tokio::time::timeout(LIMIT, reading)
+        .await
+        .expect("the terminal's output ended")
+        .unwrap();
+    (status, printed)
+}
