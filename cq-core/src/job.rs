@@ -309,6 +309,13 @@ impl CommandJob {
                 what: "working directory".into(),
             });
         }
+        if let Some(tag) = self
+            .tags
+            .iter()
+            .find(|t| t.is_empty() || t.len() > MAX_TAG_BYTES || t.chars().any(char::is_control))
+        {
+            return Err(InvalidJob::BadTag { tag: tag.clone() });
+        }
         Ok(())
     }
 
@@ -417,6 +424,13 @@ pub struct JobSummary {
     pub waiters: u32,
     /// What it reported back (once finished; empty in the limited view).
     pub results: Vec<(String, String)>,
+    /// What a worker must offer to run it.
+    pub tags: Vec<String>,
+    /// The worker it runs on, while it runs.
+    pub worker: Option<String>,
+    /// Why it waits, while it is queued and something other than the jobs ahead of it holds
+    /// it back (no connected worker offers its tags, the queue is paused).
+    pub waiting: Option<String>,
 }
 
 impl JobSummary {
@@ -471,6 +485,9 @@ pub(crate) fn epoch_ms(at: std::time::SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The longest tag of a job, in bytes.
+pub const MAX_TAG_BYTES: usize = 256;
+
 /// The most bytes a [`CommandJob`] may hold (arguments, environment, working directory,
 /// tags): far more than any real command line, little enough to keep many queued.
 pub const MAX_JOB_BYTES: u64 = 256 * 1024;
@@ -497,6 +514,14 @@ pub enum InvalidJob {
     TooLarge {
         /// Its size.
         size: u64,
+    },
+    /// A tag is empty, too long, or holds control characters.
+    #[error(
+        "invalid tag {tag:?}: a tag is 1 to {MAX_TAG_BYTES} bytes of printable text (e.g. arch=amd64)"
+    )]
+    BadTag {
+        /// The offending tag.
+        tag: String,
     },
     /// A string that becomes a C string holds a NUL byte.
     #[error("{what} contains a NUL byte")]
@@ -532,6 +557,9 @@ mod tests {
                 message: "cannot enter the working directory /home/alice/secret-project".into(),
             }),
             runtime_ms: Some(1),
+            tags: Vec::new(),
+            worker: None,
+            waiting: None,
             waiters: 0,
             results: vec![(
                 "PKG".into(),

@@ -22,6 +22,8 @@
 //! - [`store`]: the durable record of jobs ([`Store`], [`SqliteStore`], [`MemoryStore`]).
 //! - [`server`]: the network server that feeds an engine ([`Server`]).
 //! - [`client`]: the network client ([`Client`]).
+//! - [`worker`]: a worker on another host that runs the coordinator's jobs
+//!   ([`worker::Worker`], behind `client` and `process`).
 //!
 //! # Cargo features
 //!
@@ -60,13 +62,15 @@ pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod transport;
+#[cfg(all(feature = "client", feature = "process"))]
+pub mod worker;
 
 pub use auth::{
     AuthError, AuthMethod, Authenticator, Credential, CredentialSource, Identity, ReplyKey,
     Verified,
 };
 #[cfg(feature = "client")]
-pub use client::{Client, ClientError, JobEvent, Progress, Reconnect, Submission};
+pub use client::{Client, ClientError, Dispatch, JobEvent, Progress, Reconnect, Submission};
 pub use engine::{
     Caller, Cancelled, Engine, EngineConfig, EngineEvent, EngineHandle, EngineStopped, JobResult,
     JobState, JobTicket, LogAccess, QueueState, ShutdownMode, SubmitError, SubmitOptions,

@@ -47,6 +47,10 @@ pub struct SubmitPolicy {
     pub merge_across_users: bool,
     /// The first uid of regular accounts; below it (root aside) are service accounts.
     pub first_regular_uid: u32,
+    /// Who may serve as a worker (`cq_worker`) and run the queue's jobs: `NAME` (that user,
+    /// from any address) or `NAME@ADDRESS` (only from that IP address). Empty: nobody.
+    /// With MUNGE, root on any host with the key can claim any uid: name the address.
+    pub workers: Vec<String>,
 }
 
 impl Default for SubmitPolicy {
@@ -64,6 +68,7 @@ impl Default for SubmitPolicy {
             switch_user: false,
             merge_across_users: false,
             first_regular_uid: DEFAULT_FIRST_REGULAR_UID,
+            workers: Vec::new(),
         }
     }
 }
@@ -113,6 +118,9 @@ pub enum PolicyRefusal {
         "the server only lets clients set the variables its policy lists in env_allow, and {0} is not among them"
     )]
     EnvironmentNotAllowed(String),
+    /// The requester asked for work, and the policy's `workers` does not name it.
+    #[error("{0} may not serve as a worker: the coordinator's policy does not name it in workers")]
+    NotWorker(String),
     /// The program is not in `commands`.
     #[error("{0} is not among the commands this server runs (policy commands)")]
     Command(String),
@@ -185,6 +193,45 @@ impl SubmitPolicy {
             return Err(PolicyRefusal::NotAllowed(who.to_string()));
         }
         Ok(false)
+    }
+
+    /// Checks that `who`, connected from `from`, may serve as a worker (see
+    /// [`workers`](Self::workers)). Workers need no account here: the name comes from the
+    /// account database when there is one, else from the credential (a TLS user map).
+    ///
+    /// # Errors
+    ///
+    /// [`PolicyRefusal::NotWorker`] when no entry admits it.
+    pub fn check_worker(
+        &self,
+        who: &Identity,
+        account: Option<&Account>,
+        from: Option<std::net::IpAddr>,
+    ) -> Result<(), PolicyRefusal> {
+        let name = account.map(|a| a.name.clone()).or_else(|| who.user.clone());
+        let admitted = name.as_ref().is_some_and(|name| {
+            self.workers
+                .iter()
+                .any(|entry| match entry.split_once('@') {
+                    None => entry == name,
+                    Some((user, address)) => {
+                        user == name
+                            && from.is_some_and(|from| {
+                                address
+                                    .parse::<std::net::IpAddr>()
+                                    .is_ok_and(|a| a.to_canonical() == from.to_canonical())
+                            })
+                    }
+                })
+        });
+        if admitted {
+            Ok(())
+        } else {
+            Err(PolicyRefusal::NotWorker(format!(
+                "{who}{}",
+                from.map(|a| format!(" from {a}")).unwrap_or_default()
+            )))
+        }
     }
 
     /// Checks what is asked: root's jobs, the environment and (by name only: the file is

@@ -22,13 +22,30 @@ use crate::engine::JobResult;
 use crate::job::{CommandJob, JobId, JobSummary, SubmitKey};
 use crate::protocol::{
     Action, Envelope, Event, FrameCodec, HELLO_LEN, Hello, Nonce, PROTOCOL_VERSION, Request,
-    RequestDigest, Role, SERVER_UID_LEN,
+    RequestDigest, Role, RunAs, SERVER_UID_LEN, WorkReport,
 };
 use crate::transport::{Connector, Stream};
 
 /// How long the client waits for the acceptance of a request. Waiting for the job itself
 /// has no limit.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a worker waits for the answer to a request for work (the server answers `Idle`
+/// well before: this only catches a server that stopped answering).
+const WORK_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A job the coordinator gave a worker to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dispatch {
+    /// The job.
+    pub job: JobId,
+    /// What to run, its time limit included.
+    pub command: CommandJob,
+    /// Whose rights it gets; `None`: the worker's own user's.
+    pub run_as: Option<RunAs>,
+    /// The only programs it may run, when the coordinator's policy has a list.
+    pub commands: Option<Vec<String>>,
+}
 
 /// How long the client waits for the server's greeting, which cq_server sends as soon as the
 /// connection is made: a peer that says nothing for this long is not cq_server.
@@ -242,6 +259,80 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
     /// As [`submit`](Self::submit).
     pub async fn queue_state(&self) -> Result<crate::QueueState, ClientError> {
         self.queue(Action::QueueState).await
+    }
+
+    /// As worker `worker` offering `tags`, asks for the next job; `None` when the server had
+    /// none for a while (ask again). The server must name this identity as a worker.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit); [`ErrorCode::NOT_PERMITTED`](crate::protocol::ErrorCode::NOT_PERMITTED)
+    /// for an identity the server does not admit as a worker, or a worker name another holds.
+    pub async fn work(
+        &self,
+        worker: &str,
+        tags: &[String],
+    ) -> Result<Option<Dispatch>, ClientError> {
+        let action = Action::Work {
+            worker: worker.to_owned(),
+            tags: tags.to_vec(),
+        };
+        let mut channel = self.open(action, None).await?;
+        let answer = match timeout(WORK_TIMEOUT, channel.next_reply()).await {
+            Err(_) => Err(ClientError::Timeout {
+                during: "the answer to a request for work",
+            }),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Event::Idle)) => Ok(None),
+            Ok(Ok(Event::Dispatch {
+                job,
+                command,
+                run_as,
+                commands,
+            })) => Ok(Some(Dispatch {
+                job,
+                command,
+                run_as,
+                commands,
+            })),
+            Ok(Ok(other)) => Err(ClientError::Protocol(format!(
+                "expected a job or idle, got {other:?}"
+            ))),
+        };
+        channel.close().await;
+        answer
+    }
+
+    /// As worker `worker`, reports on job `job`; answers whether the job is to be stopped.
+    ///
+    /// # Errors
+    ///
+    /// As [`work`](Self::work); the server refuses reports on a job it did not give this
+    /// worker.
+    pub async fn report(
+        &self,
+        worker: &str,
+        job: JobId,
+        report: WorkReport,
+    ) -> Result<bool, ClientError> {
+        let action = Action::Report {
+            worker: worker.to_owned(),
+            job,
+            report,
+        };
+        let mut channel = self.open(action, None).await?;
+        let answer = match timeout(REPLY_TIMEOUT, channel.next_reply()).await {
+            Err(_) => Err(ClientError::Timeout {
+                during: "the answer to a report",
+            }),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Event::Noted { cancel })) => Ok(cancel),
+            Ok(Ok(other)) => Err(ClientError::Protocol(format!(
+                "expected the report to be noted, got {other:?}"
+            ))),
+        };
+        channel.close().await;
+        answer
     }
 
     async fn queue(&self, action: Action) -> Result<crate::QueueState, ClientError> {

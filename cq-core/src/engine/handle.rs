@@ -1,15 +1,16 @@
 //! The engine's public face: handles, tickets and job states.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::auth::Identity;
-use crate::executor::LogChunk;
+use crate::executor::{Executor, LogChunk};
 use crate::job::{CommandJob, Job, JobId, JobSummary, SubmitKey, Work};
 use crate::outcome::Outcome;
-use crate::scheduler::Decision;
+use crate::scheduler::{Decision, WorkerInfo};
 use crate::store::StoreError;
 
 /// How a job ended and how long it ran.
@@ -97,6 +98,15 @@ pub(super) enum Command {
         id: JobId,
         by: Caller,
         reply: oneshot::Sender<Result<JobSummary, SubmitError>>,
+    },
+    AttachWorker {
+        info: WorkerInfo,
+        executor: Arc<dyn Executor>,
+        reply: oneshot::Sender<Result<(), SubmitError>>,
+    },
+    DetachWorker {
+        name: String,
+        reply: oneshot::Sender<Result<(), SubmitError>>,
     },
 }
 
@@ -415,6 +425,50 @@ impl EngineHandle {
     /// queued or ends.
     pub async fn wake(&self) {
         let _ = self.commands.send(Command::Wake).await;
+    }
+
+    /// Adds a worker that runs the jobs it [can run](WorkerInfo::can_run) with `executor`,
+    /// one at a time, from now on: a build host that joined. A worker of the same name that
+    /// was [detached](Self::detach_worker) comes back with these tags and this executor.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Rejected`] when a worker of that name is attached already;
+    /// [`SubmitError::Stopped`] when the engine is gone.
+    pub async fn attach_worker(
+        &self,
+        info: WorkerInfo,
+        executor: Arc<dyn Executor>,
+    ) -> Result<(), SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.request(
+            Command::AttachWorker {
+                info,
+                executor,
+                reply,
+            },
+            answer,
+        )
+        .await
+    }
+
+    /// Takes worker `name` out of the queue's reach: it is given no new job. A job it runs
+    /// goes on until its executor reports its end.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Rejected`] when no worker has that name (or it is the engine's own);
+    /// [`SubmitError::Stopped`] when the engine is gone.
+    pub async fn detach_worker(&self, name: &str) -> Result<(), SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.request(
+            Command::DetachWorker {
+                name: name.to_owned(),
+                reply,
+            },
+            answer,
+        )
+        .await
     }
 
     /// The queue as it is now (for metrics: no job is named).

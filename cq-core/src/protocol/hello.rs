@@ -14,7 +14,8 @@ pub const MAGIC: [u8; 4] = *b"CQUE";
 /// pages; `Withdrawn`; error codes `over-quota` and `replayed`.
 /// 5: job summaries carry the job's `-E` variables and working directory (owners only);
 /// `Finished` and summaries carry the results a job reported back; `Pause` and `Resume`,
-/// answered with `Queue`; `Promote`; `QueueState`.
+/// answered with `Queue`; `Promote`; `QueueState`; workers: `Work`, `Report`, `Dispatch`,
+/// `Idle`, `Noted`.
 pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Length of an encoded [`Hello`].

@@ -126,6 +126,61 @@ pub enum Action {
     /// How the queue is (paused, how many run and wait), for anybody the server admits;
     /// answered with `Queue`.
     QueueState,
+    /// A worker (`cq_worker`) that runs nothing asks for its next job: answered with
+    /// `Dispatch` once the coordinator gives it one, or `Idle` after a while (ask again).
+    /// Only identities the coordinator's policy names as workers may. A worker that asks
+    /// while the coordinator believes it runs a job it took has lost that job.
+    Work {
+        /// The worker's name, unique among the coordinator's workers.
+        worker: String,
+        /// What it offers; it gets only jobs whose tags it has.
+        tags: Vec<String>,
+    },
+    /// A worker tells the coordinator about the job it was given; answered with `Noted`.
+    Report {
+        /// The worker's name.
+        worker: String,
+        /// The job it runs.
+        job: JobId,
+        /// What it has to say.
+        report: WorkReport,
+    },
+}
+
+/// What a worker says about the job it was given.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkReport {
+    /// It took the job and starts it now (before this, the coordinator may hand the same
+    /// dispatch again; after it, a worker asking for work has lost the job).
+    Started,
+    /// A piece of the job's output: the bytes from `offset` on (a piece sent again after a
+    /// lost answer overlaps what the coordinator has; it keeps each byte once).
+    Output {
+        /// Where `data` starts in the job's output.
+        offset: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Still running; nothing else to say.
+    Alive,
+    /// The job ended.
+    Ended {
+        /// How.
+        outcome: Outcome,
+        /// What it reported back (`KEY=VALUE`).
+        results: Vec<(String, String)>,
+    },
+}
+
+/// Whose rights a dispatched job gets on the worker: the account the coordinator's policy
+/// chose. The worker looks the name up in its own account database and refuses the job when
+/// the uid there differs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunAs {
+    /// The account's name.
+    pub user: String,
+    /// Its uid on the coordinator.
+    pub uid: u32,
 }
 
 /// A server's reply to one request.
@@ -209,6 +264,24 @@ pub enum Event {
         /// Submissions merged into running and queued jobs.
         waiters: u32,
     },
+    /// The answer to `Work`: run this job now, and report on it.
+    Dispatch {
+        /// The job.
+        job: JobId,
+        /// What to run (its time limit set by the coordinator).
+        command: CommandJob,
+        /// Whose rights it gets; `None`: the worker's own user's.
+        run_as: Option<RunAs>,
+        /// The only programs it may run (absolute paths), when the policy has a list.
+        commands: Option<Vec<String>>,
+    },
+    /// The answer to `Work` when there was nothing to run for a while: ask again.
+    Idle,
+    /// The answer to `Report`.
+    Noted {
+        /// The job is to be stopped (cancelled, or the coordinator shuts down).
+        cancel: bool,
+    },
 }
 
 impl Event {
@@ -221,7 +294,12 @@ impl Event {
             | Self::Output { job, .. }
             | Self::LogEnd { job }
             | Self::Withdrawn { job } => Some(*job),
-            Self::Error { .. } | Self::Jobs { .. } | Self::Queue { .. } => None,
+            Self::Dispatch { job, .. } => Some(*job),
+            Self::Error { .. }
+            | Self::Jobs { .. }
+            | Self::Queue { .. }
+            | Self::Idle
+            | Self::Noted { .. } => None,
         }
     }
 }

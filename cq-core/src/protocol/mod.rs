@@ -44,5 +44,7 @@ pub use codec::{FrameCodec, FrameError, MAX_FRAME, ReadBudget};
 pub use hello::{
     HELLO_LEN, Hello, HelloError, MAGIC, PROTOCOL_VERSION, Role, SERVER_UID_LEN, server_greeting,
 };
-pub use message::{Action, Envelope, ErrorCode, Event, Nonce, Reply, Request, RequestDigest};
+pub use message::{
+    Action, Envelope, ErrorCode, Event, Nonce, Reply, Request, RequestDigest, RunAs, WorkReport,
+};
 pub use refusal::plain_refusal;

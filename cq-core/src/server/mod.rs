@@ -9,6 +9,7 @@ mod log_limit;
 mod notice_program;
 mod serve;
 mod stats;
+mod workers;
 
 pub use hook_program::{DEFAULT_HOOK_CONCURRENCY, HookProgram};
 pub use notice_program::{NOTICE_BACKLOG, NOTICE_LIMIT, NoticeProgram};

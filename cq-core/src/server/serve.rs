@@ -38,6 +38,11 @@ pub struct ServerConfig {
     pub preauth_pool: usize,
     /// Time connection tasks get to end after the engine stopped.
     pub shutdown_deadline: Duration,
+    /// A remote worker away longer than this has lost the job it ran.
+    pub worker_timeout: Duration,
+    /// How long a worker's request for work waits for a job before it is answered `Idle`
+    /// (the worker asks again at once: this is its heartbeat while idle).
+    pub worker_poll: Duration,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +55,8 @@ impl Default for ServerConfig {
             free_frame: 16 * 1024,
             preauth_pool: 32 * 1024 * 1024,
             shutdown_deadline: Duration::from_secs(5),
+            worker_timeout: Duration::from_secs(300),
+            worker_poll: Duration::from_secs(20),
         }
     }
 }
@@ -68,6 +75,8 @@ pub(super) struct Shared<A, C> {
     pub(super) garbage_log: LogLimiter,
     /// Connections and refusals, for metrics.
     pub(super) stats: Arc<super::ServerStats>,
+    /// Workers on other hosts.
+    pub(super) workers: Arc<super::workers::RemoteWorkers>,
 }
 
 /// Serves the cq protocol on a listener, feeding one engine.
@@ -109,6 +118,7 @@ impl<A: Authenticator, C: CredentialSource> Server<A, C> {
                 budget,
                 garbage_log: LogLimiter::new(),
                 stats: Arc::default(),
+                workers: Arc::new(super::workers::RemoteWorkers::new(config.worker_timeout)),
                 config,
             },
         }

@@ -46,6 +46,13 @@ impl Row {
                     .map(|c| c.env.clone())
                     .unwrap_or_default(),
                 cwd: job.command.as_ref().and_then(|c| c.cwd.clone()),
+                tags: job
+                    .command
+                    .as_ref()
+                    .map(|c| c.tags.clone())
+                    .unwrap_or_default(),
+                worker: None,
+                waiting: None,
                 phase: self.phase(),
                 accepted_ms: epoch_ms(job.accepted_at),
                 started_ms: self.started.map(epoch_ms),

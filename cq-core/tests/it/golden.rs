@@ -86,6 +86,20 @@ fn wire_actions_and_events_keep_their_positions() {
         })),
         8
     );
+    // Workers (protocol 5 too).
+    let work = Action::Work {
+        worker: "w".into(),
+        tags: Vec::new(),
+    };
+    assert_eq!(first(bytes(&work)), 10);
+    let report = Action::Report {
+        worker: "w".into(),
+        job: JobId(1),
+        report: cq_core::protocol::WorkReport::Alive,
+    };
+    assert_eq!(first(bytes(&report)), 11);
+    assert_eq!(first(bytes(&Event::Idle)), 10);
+    assert_eq!(first(bytes(&Event::Noted { cancel: false })), 11);
     let request = Request {
         destination: None,
         nonce: cq_core::protocol::Nonce::NONE,

@@ -5,3 +5,4 @@ mod engine;
 mod golden;
 mod server;
 mod support;
+mod workers;

@@ -1,6 +1,7 @@
 //! A job's life after admission: start (after the start check), finish (waiters hear the
 //! outcome only once it is committed), cancel or withdraw, and pruning once it is old.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::oneshot;
@@ -8,10 +9,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Actor, Internal, Relation, Running};
 use crate::engine::handle::{Caller, Cancelled, JobResult, JobState, ShutdownMode, SubmitError};
-use crate::executor::LogSink;
+use crate::executor::{Executor, LogSink};
 use crate::job::{Clearance, JobContext, JobId, JobPhase, JobSummary, Work, epoch_ms};
 use crate::outcome::{Outcome, SpawnFailure};
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Scheduler, WorkerInfo};
 use crate::store::PrunedJob;
 
 impl<S: Scheduler> Actor<S> {
@@ -40,9 +41,64 @@ impl<S: Scheduler> Actor<S> {
             return;
         }
         for worker in 0..self.workers.len() {
-            if self.running.values().all(|r| r.worker != worker) {
+            if self.workers[worker].attached && self.running.values().all(|r| r.worker != worker) {
                 self.start_on(worker);
             }
+        }
+    }
+
+    /// A worker joins (or comes back under its old name, with new tags and executor).
+    pub(super) fn attach_worker(
+        &mut self,
+        info: WorkerInfo,
+        executor: Arc<dyn Executor>,
+    ) -> Result<(), SubmitError> {
+        if self.workers[0].info.name == info.name {
+            return Err(SubmitError::Rejected {
+                reason: format!("{} is the name of the engine's own worker", info.name),
+            });
+        }
+        match self
+            .workers
+            .iter_mut()
+            .skip(1)
+            .find(|w| w.info.name == info.name)
+        {
+            Some(worker) if worker.attached => {
+                return Err(SubmitError::Rejected {
+                    reason: format!("a worker called {} is attached already", info.name),
+                });
+            }
+            Some(worker) => {
+                worker.info = info;
+                worker.executor = Some(executor);
+                worker.attached = true;
+            }
+            None => self.workers.push(super::Worker {
+                info,
+                executor: Some(executor),
+                attached: true,
+            }),
+        }
+        Ok(())
+    }
+
+    /// A worker leaves: it gets no new job (the one it runs goes on).
+    pub(super) fn detach_worker(&mut self, name: &str) -> Result<(), SubmitError> {
+        // The engine's own worker (the first) stays: it is not one that joined.
+        match self
+            .workers
+            .iter_mut()
+            .skip(1)
+            .find(|w| w.info.name == name)
+        {
+            Some(worker) => {
+                worker.attached = false;
+                Ok(())
+            }
+            None => Err(SubmitError::Rejected {
+                reason: format!("no worker called {name} joined"),
+            }),
         }
     }
 
@@ -148,7 +204,7 @@ impl<S: Scheduler> Actor<S> {
             self.finish(id, Outcome::Lost, 0, Vec::new());
             return;
         };
-        tracing::info!(job = %id, owner = %live.info.owner, command = %live.info.summary, "started");
+        tracing::info!(job = %id, owner = %live.info.owner, command = %live.info.summary, worker = %self.workers[worker].info.name, "started");
         let _ = self.events.send(crate::engine::EngineEvent::Started {
             job: id,
             worker: self.workers[worker].info.name.clone(),

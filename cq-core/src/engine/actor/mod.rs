@@ -90,6 +90,9 @@ pub struct EngineConfig {
     /// The engine's own worker, which runs jobs with its executor one at a time: it runs
     /// the jobs whose tags it has (untagged jobs by default).
     pub worker: WorkerInfo,
+    /// Whether the engine's own worker takes jobs; off for a pure coordinator whose jobs
+    /// all run on workers that join ([`EngineHandle::attach_worker`]).
+    pub local_worker: bool,
     /// Start with the queue paused (see [`EngineHandle::set_paused`]): what was queued waits
     /// until an admin resumes it.
     pub paused: bool,
@@ -109,6 +112,7 @@ impl Default for EngineConfig {
             log_limit: DEFAULT_LOG_LIMIT,
             limits: UserLimits::default(),
             worker: WorkerInfo::new("local", Vec::<String>::new()),
+            local_worker: true,
             paused: false,
             default_time_limit: None,
             max_time_limit: None,
@@ -152,6 +156,9 @@ pub struct Engine<S = SerialScheduler> {
 struct Worker {
     info: WorkerInfo,
     executor: Option<Arc<dyn Executor>>,
+    /// Whether it takes new jobs: a worker that left is detached, and keeps its place (jobs
+    /// running name workers by place) until one of its name comes back.
+    attached: bool,
 }
 
 impl Engine<SerialScheduler> {
@@ -208,6 +215,7 @@ impl<S: Scheduler> Engine<S> {
         self.workers.push(Worker {
             info,
             executor: Some(executor),
+            attached: true,
         });
         self
     }
@@ -246,6 +254,7 @@ impl<S: Scheduler> Engine<S> {
         let own_worker = Worker {
             info: self.config.worker.clone(),
             executor: self.executor,
+            attached: self.config.local_worker,
         };
         let paused = self.config.paused;
         if paused {
@@ -387,6 +396,9 @@ impl Live {
                 .map(|c| c.env.clone())
                 .unwrap_or_default(),
             cwd: self.info.command.as_ref().and_then(|c| c.cwd.clone()),
+            tags: self.info.tags.clone(),
+            worker: None,
+            waiting: None,
             phase: if self.started_at.is_some() {
                 JobPhase::Running
             } else {
@@ -539,6 +551,16 @@ impl<S: Scheduler> Actor<S> {
             }
             Command::Promote { id, by, reply } => {
                 let _ = reply.send(self.promote(id, &by));
+            }
+            Command::AttachWorker {
+                info,
+                executor,
+                reply,
+            } => {
+                let _ = reply.send(self.attach_worker(info, executor));
+            }
+            Command::DetachWorker { name, reply } => {
+                let _ = reply.send(self.detach_worker(&name));
             }
         }
     }

@@ -87,12 +87,33 @@ impl<S: Scheduler> Actor<S> {
         });
     }
 
+    /// A live job's summary, with the worker it runs on, or why it waits.
+    fn describe(&self, live: &super::Live) -> JobSummary {
+        let mut summary = live.summary();
+        if let Some(running) = self.running.get(&live.info.id) {
+            summary.worker = Some(self.workers[running.worker].info.name.clone());
+        } else if self.paused {
+            summary.waiting = Some("the queue is paused".to_owned());
+        } else if !self
+            .workers
+            .iter()
+            .any(|w| w.attached && w.info.can_run(&live.info))
+        {
+            summary.waiting = Some(if live.info.tags.is_empty() {
+                "no worker is connected".to_owned()
+            } else {
+                format!("no connected worker offers {}", live.info.tags.join(" "))
+            });
+        }
+        summary
+    }
+
     /// The running job, then the queued ones in order, as `by` may see them.
     fn live_summaries(&self, by: &Caller) -> Vec<JobSummary> {
         let view = self.scheduler.view();
         view.all()
             .filter_map(|info| self.jobs.get(&info.id))
-            .map(|live| live.relation(by).view(live.summary()))
+            .map(|live| live.relation(by).view(self.describe(live)))
             .collect()
     }
 
@@ -124,7 +145,7 @@ impl<S: Scheduler> Actor<S> {
         reply: oneshot::Sender<Result<Vec<JobSummary>, SubmitError>>,
     ) {
         if let Some(live) = self.jobs.get(&id) {
-            let _ = reply.send(Ok(vec![live.relation(by).view(live.summary())]));
+            let _ = reply.send(Ok(vec![live.relation(by).view(self.describe(live))]));
             return;
         }
         let described = self.store.describe(id);

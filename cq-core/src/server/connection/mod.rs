@@ -36,6 +36,7 @@ mod log_stream;
 mod query;
 mod request;
 mod submit;
+mod work;
 
 /// Initial read buffer of a connection.
 const READ_BUFFER: usize = 1024;

@@ -81,6 +81,9 @@ mod tests {
             runtime_ms: None,
             waiters: 0,
             results: Vec::new(),
+            tags: Vec::new(),
+            worker: None,
+            waiting: None,
         }
     }
 

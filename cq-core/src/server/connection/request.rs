@@ -103,6 +103,12 @@ where
         }
         match request.action {
             Action::Submit { job, key } => self.submit(job, key, identity).await,
+            Action::Work { worker, tags } => self.work(worker, tags, identity).await,
+            Action::Report {
+                worker,
+                job,
+                report,
+            } => self.report(worker, job, report, identity).await,
             action => {
                 let Some(caller) = self.caller(identity).await else {
                     return ControlFlow::Break(());
@@ -163,7 +169,9 @@ where
                 let moved = engine.promote(job, caller).await.map(|j| vec![j]);
                 self.answer(moved).await
             }
-            Action::Submit { .. } => ControlFlow::Break(()),
+            Action::Submit { .. } | Action::Work { .. } | Action::Report { .. } => {
+                ControlFlow::Break(())
+            }
         }
     }
 

@@ -235,6 +235,9 @@ pub(super) fn records(
                     .as_ref()
                     .map_or_else(|| vec![summary.clone()], |c| c.argv.clone()),
                 env: command.as_ref().map(|c| c.env.clone()).unwrap_or_default(),
+                tags: command.as_ref().map(|c| c.tags.clone()).unwrap_or_default(),
+                worker: None,
+                waiting: None,
                 cwd: command.and_then(|c| c.cwd),
                 phase: match state.as_str() {
                     "queued" => JobPhase::Queued,

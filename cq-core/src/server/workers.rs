@@ -1,0 +1,449 @@
+//! Workers on other hosts (`cq_worker`), as the coordinator sees them: one slot per worker
+//! name, holding the job handed to it, and the [`Executor`] the engine runs that worker's
+//! jobs with.
+//!
+//! A job's life on a remote worker: the engine starts it on the worker's executor, which puts
+//! a dispatch in the slot; the worker's `Work` request takes it; the worker says `Started`
+//! (before that, a worker asking again gets the same dispatch: nothing is lost, nothing runs
+//! twice), streams its output, says `Alive` now and then, and `Ended`. A worker that is away
+//! longer than the worker timeout has lost its job (`lost`); one that asks for work while
+//! the coordinator believes it runs a job it took lost it too (it was restarted).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Identity;
+use crate::engine::EngineHandle;
+use crate::executor::{Executor, LogSink};
+use crate::job::{CommandJob, JobContext, JobId, ResultSink};
+use crate::outcome::{Outcome, SpawnFailure};
+use crate::protocol::{Event, RunAs, WorkReport};
+use crate::scheduler::WorkerInfo;
+
+/// How often a remote job's executor checks that its worker is still around.
+const LIVENESS_CHECK: Duration = Duration::from_secs(1);
+
+/// The coordinator's workers, by name.
+pub(crate) struct RemoteWorkers {
+    slots: Mutex<HashMap<String, Slot>>,
+    /// Away longer than this, a worker has lost its job.
+    timeout: Duration,
+}
+
+struct Slot {
+    /// Who holds the name: nobody else may report for it.
+    identity: Identity,
+    tags: Vec<String>,
+    /// Whether the engine offers it jobs.
+    attached: bool,
+    /// `Work` requests waiting now.
+    polling: usize,
+    last_seen: Instant,
+    job: Option<RemoteJob>,
+    /// Wakes the worker's waiting `Work` request when a job is put in the slot.
+    dispatched: Arc<Notify>,
+}
+
+struct RemoteJob {
+    id: JobId,
+    dispatch: Event,
+    /// The worker said `Started`.
+    taken: bool,
+    /// Bytes of output received.
+    received: u64,
+    log: LogSink,
+    results: ResultSink,
+    cancel: CancellationToken,
+    done: Option<oneshot::Sender<Outcome>>,
+}
+
+impl RemoteJob {
+    fn end(&mut self, outcome: Outcome) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(outcome);
+        }
+    }
+}
+
+/// Why a worker's request is refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WorkerRefusal {
+    #[error("the worker name {0} is held by another identity")]
+    NameTaken(String),
+    #[error("no worker called {0} has joined")]
+    UnknownWorker(String),
+    #[error("job {job} does not run on worker {worker}")]
+    NotItsJob { worker: String, job: JobId },
+    #[error("{0}")]
+    Engine(String),
+    #[error("output before the job was started")]
+    NotStarted,
+    #[error("output from byte {got} on, but only {expected} bytes came before")]
+    OutputGap { expected: u64, got: u64 },
+}
+
+/// What a `Work` request gets.
+pub(crate) enum Poll {
+    /// Run this.
+    Dispatch(Event),
+    /// Nothing within the poll time.
+    Idle,
+}
+
+impl RemoteWorkers {
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Self {
+            slots: Mutex::new(HashMap::new()),
+            timeout,
+        }
+    }
+
+    fn slots(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+        // A panic while holding the lock leaves consistent data: every change is one step.
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A worker asks for work: joins (the first time, or with new tags), learns that a job it
+    /// took is lost (it runs nothing now), and waits up to `poll` for a dispatch.
+    pub(crate) async fn work(
+        self: &Arc<Self>,
+        engine: &EngineHandle,
+        info: WorkerInfo,
+        identity: &Identity,
+        poll: Duration,
+    ) -> Result<Poll, WorkerRefusal> {
+        let name = info.name.clone();
+        let (attach, notify) = {
+            let mut slots = self.slots();
+            let slot = slots.entry(name.clone()).or_insert_with(|| Slot {
+                identity: identity.clone(),
+                tags: info.tags.clone(),
+                attached: false,
+                polling: 0,
+                last_seen: Instant::now(),
+                job: None,
+                dispatched: Arc::new(Notify::new()),
+            });
+            if slot.identity.uid != identity.uid || slot.identity.user != identity.user {
+                return Err(WorkerRefusal::NameTaken(name));
+            }
+            slot.last_seen = Instant::now();
+            if let Some(job) = &mut slot.job
+                && job.taken
+            {
+                tracing::warn!(job = %job.id, worker = %name, "the worker asks for work while its job ran: it lost the job (restarted?)");
+                job.end(Outcome::Lost);
+                slot.job = None;
+            }
+            let retag = slot.attached && slot.tags != info.tags;
+            slot.tags.clone_from(&info.tags);
+            let attach = if retag || !slot.attached {
+                slot.attached = true;
+                Some(retag)
+            } else {
+                None
+            };
+            slot.polling += 1;
+            (attach, slot.dispatched.clone())
+        };
+        let _polling = PollGuard {
+            workers: self.clone(),
+            engine: engine.clone(),
+            name: name.clone(),
+        };
+        if let Some(retag) = attach {
+            if retag {
+                let _ = engine.detach_worker(&name).await;
+            }
+            let executor = Arc::new(RemoteExecutor {
+                workers: self.clone(),
+                name: name.clone(),
+            });
+            if let Err(e) = engine.attach_worker(info.clone(), executor).await {
+                let mut slots = self.slots();
+                if let Some(slot) = slots.get_mut(&name) {
+                    slot.attached = false;
+                }
+                return Err(WorkerRefusal::Engine(e.to_string()));
+            }
+            tracing::info!(worker = %name, tags = ?info.tags, who = %identity, "a worker joined");
+        }
+        let until = Instant::now() + poll;
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut slots = self.slots();
+                if let Some(slot) = slots.get_mut(&name) {
+                    slot.last_seen = Instant::now();
+                    if let Some(job) = &slot.job
+                        && !job.taken
+                    {
+                        return Ok(Poll::Dispatch(job.dispatch.clone()));
+                    }
+                }
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return Ok(Poll::Idle);
+            }
+        }
+    }
+
+    /// A worker reports on its job; answers whether the job is to be stopped.
+    pub(crate) fn report(
+        &self,
+        worker: &str,
+        identity: &Identity,
+        id: JobId,
+        report: WorkReport,
+    ) -> Result<bool, WorkerRefusal> {
+        let mut slots = self.slots();
+        let slot = slots
+            .get_mut(worker)
+            .ok_or_else(|| WorkerRefusal::UnknownWorker(worker.to_owned()))?;
+        if slot.identity.uid != identity.uid || slot.identity.user != identity.user {
+            return Err(WorkerRefusal::NameTaken(worker.to_owned()));
+        }
+        slot.last_seen = Instant::now();
+        let not_its_job = || WorkerRefusal::NotItsJob {
+            worker: worker.to_owned(),
+            job: id,
+        };
+        let job = slot
+            .job
+            .as_mut()
+            .filter(|j| j.id == id)
+            .ok_or_else(not_its_job)?;
+        let cancel = job.cancel.is_cancelled();
+        match report {
+            WorkReport::Started => job.taken = true,
+            WorkReport::Output { offset, data } => {
+                if !job.taken {
+                    return Err(WorkerRefusal::NotStarted);
+                }
+                if offset > job.received {
+                    return Err(WorkerRefusal::OutputGap {
+                        expected: job.received,
+                        got: offset,
+                    });
+                }
+                let end = offset.saturating_add(data.len() as u64);
+                let skip = usize::try_from(job.received - offset).unwrap_or(usize::MAX);
+                if let Some(new) = data.get(skip..) {
+                    job.log.append(new);
+                    job.received = job.received.max(end);
+                }
+            }
+            WorkReport::Alive => {}
+            WorkReport::Ended { outcome, results } => {
+                for (key, value) in &results {
+                    if let Err(e) = job.results.set(key, value) {
+                        tracing::info!(job = %id, %worker, error = %e, "a result was refused");
+                    }
+                }
+                job.end(outcome);
+                slot.job = None;
+            }
+        }
+        Ok(cancel)
+    }
+
+    /// Detaches worker `name` if it is idle and has not asked for work since `since`.
+    async fn detach_if_gone(&self, engine: &EngineHandle, name: &str, since: Instant) {
+        {
+            let mut slots = self.slots();
+            let Some(slot) = slots.get_mut(name) else {
+                return;
+            };
+            if slot.polling > 0 || slot.job.is_some() || slot.last_seen > since || !slot.attached {
+                return;
+            }
+            slot.attached = false;
+        }
+        tracing::info!(worker = %name, "a worker left");
+        let _ = engine.detach_worker(name).await;
+    }
+}
+
+/// Counts a waiting `Work` request; when the last one ends, checks a moment later whether
+/// the worker came back (it asks again at once after `Idle` or a dispatch), and takes it out
+/// of the engine's reach if not.
+struct PollGuard {
+    workers: Arc<RemoteWorkers>,
+    engine: EngineHandle,
+    name: String,
+}
+
+/// How long a worker may take between two `Work` requests before it counts as gone.
+const REPOLL_GRACE: Duration = Duration::from_secs(3);
+
+impl Drop for PollGuard {
+    fn drop(&mut self) {
+        let idle = {
+            let mut slots = self.workers.slots();
+            let Some(slot) = slots.get_mut(&self.name) else {
+                return;
+            };
+            slot.polling = slot.polling.saturating_sub(1);
+            slot.polling == 0
+        };
+        if idle && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let workers = self.workers.clone();
+            let engine = self.engine.clone();
+            let name = std::mem::take(&mut self.name);
+            let since = Instant::now();
+            runtime.spawn(async move {
+                tokio::time::sleep(REPOLL_GRACE).await;
+                workers.detach_if_gone(&engine, &name, since).await;
+            });
+        }
+    }
+}
+
+/// Runs a job on a remote worker: hands it over, then waits for the worker's `Ended`.
+struct RemoteExecutor {
+    workers: Arc<RemoteWorkers>,
+    name: String,
+}
+
+#[async_trait]
+impl Executor for RemoteExecutor {
+    async fn run(&self, job: &CommandJob, ctx: JobContext) -> Outcome {
+        let dispatch = match dispatch(ctx.id, job, &ctx.clearance) {
+            Ok(dispatch) => dispatch,
+            Err(message) => {
+                return Outcome::SpawnFailed {
+                    reason: SpawnFailure::Other,
+                    message,
+                };
+            }
+        };
+        let (done, mut ended) = oneshot::channel();
+        {
+            let mut slots = self.workers.slots();
+            let Some(slot) = slots.get_mut(&self.name) else {
+                return gone(&self.name);
+            };
+            if let Some(mut old) = slot.job.take() {
+                // The engine gives a worker one job at a time: only a bug gets here.
+                tracing::error!(job = %old.id, worker = %self.name, "a worker was given a second job");
+                old.end(Outcome::Lost);
+            }
+            slot.job = Some(RemoteJob {
+                id: ctx.id,
+                dispatch,
+                taken: false,
+                received: 0,
+                log: ctx.log,
+                results: ctx.results,
+                cancel: ctx.cancel.clone(),
+                done: Some(done),
+            });
+            slot.dispatched.notify_waiters();
+        }
+        let mut check = tokio::time::interval(LIVENESS_CHECK);
+        loop {
+            tokio::select! {
+                outcome = &mut ended => return outcome.unwrap_or(Outcome::Lost),
+                () = ctx.cancel.cancelled() => {
+                    // Not taken yet: it never ran, and never will.
+                    let never_taken = {
+                        let mut slots = self.workers.slots();
+                        match slots.get_mut(&self.name) {
+                            Some(slot)
+                                if slot.job.as_ref().is_some_and(|j| j.id == ctx.id && !j.taken) =>
+                            {
+                                slot.job = None;
+                                true
+                            }
+                            _ => false,
+                        }
+                    };
+                    if never_taken {
+                        return Outcome::Cancelled;
+                    }
+                    // Taken: the worker hears it with the answer to its next report.
+                    return match tokio::time::timeout(self.workers.timeout, &mut ended).await {
+                        Ok(outcome) => outcome.unwrap_or(Outcome::Lost),
+                        Err(_) => self.lose(ctx.id),
+                    };
+                }
+                _ = check.tick() => {
+                    let away = {
+                        let slots = self.workers.slots();
+                        slots.get(&self.name).map(|s| s.last_seen.elapsed())
+                    };
+                    if away.is_none_or(|away| away > self.workers.timeout) {
+                        return self.lose(ctx.id);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl RemoteExecutor {
+    /// The worker stayed away too long: its job is lost (or, if it never took it, failed to
+    /// start).
+    fn lose(&self, id: JobId) -> Outcome {
+        let mut slots = self.workers.slots();
+        let taken = match slots.get_mut(&self.name) {
+            Some(slot) if slot.job.as_ref().is_some_and(|j| j.id == id) => {
+                slot.job.take().is_some_and(|j| j.taken)
+            }
+            _ => true,
+        };
+        tracing::warn!(job = %id, worker = %self.name, timeout_s = self.workers.timeout.as_secs(), "the worker was away longer than the worker timeout");
+        if taken {
+            Outcome::Lost
+        } else {
+            gone(&self.name)
+        }
+    }
+}
+
+fn gone(name: &str) -> Outcome {
+    Outcome::SpawnFailed {
+        reason: SpawnFailure::Other,
+        message: format!("worker {name} went away before it took the job"),
+    }
+}
+
+/// The dispatch of `job`: the command and what the coordinator's policy clears it for.
+fn dispatch(
+    id: JobId,
+    job: &CommandJob,
+    clearance: &crate::job::Clearance,
+) -> Result<Event, String> {
+    let commands = match &clearance.commands {
+        None => None,
+        Some(paths) => Some(
+            paths
+                .iter()
+                .map(|p| {
+                    p.to_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| format!("the allowed command {} is not UTF-8", p.display()))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    Ok(Event::Dispatch {
+        job: id,
+        command: job.clone(),
+        run_as: clearance.run_as.as_ref().map(|a| RunAs {
+            user: a.name.clone(),
+            uid: a.uid,
+        }),
+        commands,
+    })
+}

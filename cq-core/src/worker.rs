@@ -1,0 +1,428 @@
+//! A worker on another host (`cq_worker`): asks a coordinator for jobs, runs each with its
+//! own executor as the requester the coordinator names, streams the output back and reports
+//! how it ended.
+//!
+//! The worker keeps a job's output in a spool file and sends it from there by offset, so
+//! that a lost connection loses nothing: the job goes on, and the worker sends what it has
+//! not yet delivered, then the outcome, once the coordinator answers again.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::account::Account;
+use crate::auth::{Authenticator, CredentialSource};
+use crate::client::{Client, ClientError, Dispatch};
+use crate::executor::{DEFAULT_LOG_LIMIT, Executor, LogSink};
+use crate::job::{Clearance, JobContext, ResultSink};
+use crate::outcome::{Outcome, SpawnFailure};
+use crate::protocol::{ErrorCode, WorkReport};
+use crate::transport::Connector;
+
+/// Most output bytes sent in one report.
+const OUTPUT_PIECE: usize = 128 * 1024;
+
+/// How a worker behaves.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct WorkerOptions {
+    /// Its name, unique among the coordinator's workers.
+    pub name: String,
+    /// What it offers (`arch=amd64`, `profile=desktop`): it gets only jobs whose tags it has.
+    pub tags: Vec<String>,
+    /// Where running jobs' output is kept until the coordinator has it.
+    pub spool: PathBuf,
+    /// How often a running job's output is sent; with no output, a sign of life is sent every
+    /// `heartbeat`.
+    pub flush_every: Duration,
+    /// Longest time without a report while a job runs (keep well under the coordinator's
+    /// worker timeout). A cancelled job learns it with the answer to a report: this is also
+    /// how long a cancel may take to reach a quiet job.
+    pub heartbeat: Duration,
+    /// Runs jobs the coordinator gives no requester for, or whose requester is root, even
+    /// when this worker runs as root.
+    pub allow_root_jobs: bool,
+    /// Longest pause between attempts to reach an unreachable coordinator.
+    pub max_retry_delay: Duration,
+    /// Bytes of output kept per job (the coordinator keeps its own limit too).
+    pub log_limit: u64,
+}
+
+impl WorkerOptions {
+    /// A worker called `name` offering `tags`, spooling output in `spool`.
+    pub fn new(name: impl Into<String>, tags: Vec<String>, spool: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.into(),
+            tags,
+            spool: spool.into(),
+            flush_every: Duration::from_millis(200),
+            heartbeat: Duration::from_secs(2),
+            allow_root_jobs: false,
+            max_retry_delay: Duration::from_secs(5),
+            log_limit: DEFAULT_LOG_LIMIT,
+        }
+    }
+}
+
+/// Why a worker stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// The coordinator will not have this worker (its policy, or a name another holds).
+    #[error("the coordinator refuses this worker: {0}")]
+    Refused(#[source] ClientError),
+    /// The spool directory cannot be used.
+    #[error("cannot use the spool directory {path}: {source}")]
+    Spool {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A worker: a client of the coordinator that runs what it is given.
+pub struct Worker<C, S, A> {
+    client: Client<C, S, A>,
+    executor: Arc<dyn Executor>,
+    options: WorkerOptions,
+}
+
+impl<C, S, A> std::fmt::Debug for Worker<C, S, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
+    /// A worker that reaches the coordinator with `client` and runs jobs with `executor`.
+    pub fn new(
+        client: Client<C, S, A>,
+        executor: Arc<dyn Executor>,
+        options: WorkerOptions,
+    ) -> Self {
+        Self {
+            client,
+            executor,
+            options,
+        }
+    }
+
+    /// Asks for jobs and runs them, one at a time, until `shutdown` fires (a job running
+    /// then is stopped, and its end reported) or the coordinator refuses the worker.
+    ///
+    /// # Errors
+    ///
+    /// [`WorkerError`] when the coordinator refuses this worker or the spool is unusable.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        std::fs::create_dir_all(&self.options.spool).map_err(|source| WorkerError::Spool {
+            path: self.options.spool.clone(),
+            source,
+        })?;
+        let mut retry = Backoff::new(self.options.max_retry_delay);
+        while !shutdown.is_cancelled() {
+            let asked = tokio::select! {
+                asked = self.client.work(&self.options.name, &self.options.tags) => asked,
+                () = shutdown.cancelled() => break,
+            };
+            match asked {
+                Ok(None) => retry.reset(),
+                Ok(Some(dispatch)) => {
+                    retry.reset();
+                    self.run_job(dispatch, &shutdown).await?;
+                }
+                Err(e) if refused(&e) => return Err(WorkerError::Refused(e)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reach the coordinator; trying again");
+                    tokio::select! {
+                        () = retry.wait() => {}
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the job, runs it, and delivers its output and its end.
+    async fn run_job(
+        &self,
+        dispatch: Dispatch,
+        shutdown: &CancellationToken,
+    ) -> Result<(), WorkerError> {
+        let id = dispatch.job;
+        // Taken first: from here on the coordinator knows this worker runs it.
+        let cancelled_already = match self.deliver(id, WorkReport::Started, shutdown).await {
+            Delivered::Noted(cancel) => cancel,
+            Delivered::NotOurs | Delivered::Stopped => return Ok(()),
+        };
+        tracing::info!(job = %id, command = ?dispatch.command.argv, run_as = ?dispatch.run_as.as_ref().map(|r| &r.user), "running a job");
+        let spool = self.options.spool.join(format!("{id}.log"));
+        let _ = std::fs::remove_file(&spool);
+        let cancel = CancellationToken::new();
+        let results = ResultSink::default();
+        let outcome = match self.clearance(&dispatch) {
+            _ if cancelled_already => Outcome::Cancelled,
+            Err(refusal) => {
+                tracing::warn!(job = %id, reason = %refusal, "refused the job");
+                Outcome::SpawnFailed {
+                    reason: SpawnFailure::NotPermitted,
+                    message: refusal,
+                }
+            }
+            Ok(clearance) => {
+                let ctx = JobContext {
+                    id,
+                    owner: crate::auth::Identity::local(),
+                    clearance,
+                    log: LogSink::create(&spool, self.options.log_limit),
+                    cancel: cancel.clone(),
+                    results: results.clone(),
+                };
+                let executor = self.executor.clone();
+                let command = dispatch.command.clone();
+                let mut job = tokio::spawn(async move { executor.run(&command, ctx).await });
+                let mut sent = 0;
+                let mut flush = tokio::time::interval(self.options.flush_every);
+                let mut last_report = tokio::time::Instant::now();
+                let outcome = loop {
+                    tokio::select! {
+                        ended = &mut job => break ended.unwrap_or_else(|e| Outcome::Failed {
+                            message: format!("the job's task failed: {e}"),
+                        }),
+                        () = shutdown.cancelled(), if !cancel.is_cancelled() => cancel.cancel(),
+                        _ = flush.tick() => {
+                            let alive_due = last_report.elapsed() >= self.options.heartbeat;
+                            match self.send_output(id, &spool, &mut sent, alive_due).await {
+                                Sent::Noted { cancel: stop } => {
+                                    last_report = tokio::time::Instant::now();
+                                    if stop {
+                                        cancel.cancel();
+                                    }
+                                }
+                                Sent::Nothing => {}
+                                // The coordinator gave the job up: stop it, say nothing more.
+                                Sent::NotOurs => {
+                                    cancel.cancel();
+                                    let _ = job.await;
+                                    let _ = std::fs::remove_file(&spool);
+                                    return Ok(());
+                                }
+                            }
+                        }
+                    }
+                };
+                // Everything it wrote, before its end (a coordinator that is away gets it
+                // once it is back).
+                loop {
+                    let before = sent;
+                    match self.send_output(id, &spool, &mut sent, false).await {
+                        Sent::NotOurs => {
+                            let _ = std::fs::remove_file(&spool);
+                            return Ok(());
+                        }
+                        Sent::Nothing if read_from(&spool, sent).await.is_empty() => break,
+                        Sent::Nothing => {
+                            tokio::select! {
+                                () = tokio::time::sleep(self.options.flush_every) => {}
+                                () = shutdown.cancelled() => break,
+                            }
+                        }
+                        Sent::Noted { .. } if sent == before => break,
+                        Sent::Noted { .. } => {}
+                    }
+                }
+                outcome
+            }
+        };
+        tracing::info!(job = %id, %outcome, "the job ended");
+        let ended = WorkReport::Ended {
+            outcome,
+            results: results.get(),
+        };
+        // The end must reach the coordinator, however long it is away; a shutdown of the
+        // worker gives up on it (the coordinator then counts the job lost).
+        let _ = self.deliver(id, ended, shutdown).await;
+        let _ = std::fs::remove_file(&spool);
+        Ok(())
+    }
+
+    /// Sends output the coordinator does not have yet (one piece), or a sign of life when
+    /// there is none and `alive_due`.
+    async fn send_output(
+        &self,
+        id: crate::job::JobId,
+        spool: &std::path::Path,
+        sent: &mut u64,
+        alive_due: bool,
+    ) -> Sent {
+        let data = read_from(spool, *sent).await;
+        let len = data.len() as u64;
+        let report = if !data.is_empty() {
+            WorkReport::Output {
+                offset: *sent,
+                data,
+            }
+        } else if alive_due {
+            WorkReport::Alive
+        } else {
+            return Sent::Nothing;
+        };
+        match self.client.report(&self.options.name, id, report).await {
+            Ok(cancel) => {
+                *sent += len;
+                Sent::Noted { cancel }
+            }
+            Err(e) if refused(&e) => {
+                tracing::warn!(job = %id, error = %e, "the coordinator no longer counts the job as this worker's");
+                Sent::NotOurs
+            }
+            Err(e) => {
+                tracing::debug!(job = %id, error = %e, "cannot report yet");
+                Sent::Nothing
+            }
+        }
+    }
+
+    /// Sends `report` until the coordinator answers it.
+    async fn deliver(
+        &self,
+        id: crate::job::JobId,
+        report: WorkReport,
+        shutdown: &CancellationToken,
+    ) -> Delivered {
+        let mut retry = Backoff::new(self.options.max_retry_delay);
+        loop {
+            match self
+                .client
+                .report(&self.options.name, id, report.clone())
+                .await
+            {
+                Ok(cancel) => return Delivered::Noted(cancel),
+                Err(e) if refused(&e) => {
+                    tracing::warn!(job = %id, error = %e, "the coordinator refused a report");
+                    return Delivered::NotOurs;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "cannot reach the coordinator; trying again");
+                    tokio::select! {
+                        () = retry.wait() => {}
+                        () = shutdown.cancelled() => return Delivered::Stopped,
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the job may do here: the coordinator's account, if this host agrees who that is.
+    fn clearance(&self, dispatch: &Dispatch) -> Result<Clearance, String> {
+        let root_here = nix::unistd::geteuid().is_root();
+        let run_as = match &dispatch.run_as {
+            None if root_here && !self.options.allow_root_jobs => {
+                return Err("the coordinator names nobody to run the job as (it runs jobs as its own user), and this worker runs as root: it runs such jobs only with --allow-root-jobs".to_owned());
+            }
+            None => None,
+            Some(run_as) => {
+                let account =
+                    Account::lookup(run_as.uid).map_err(|e| format!("{e} (this worker's host)"))?;
+                if account.name != run_as.user {
+                    return Err(format!(
+                        "uid {} is {} on the coordinator and {} on this worker: the job is not run as someone else",
+                        run_as.uid, run_as.user, account.name
+                    ));
+                }
+                if account.locked || account.expired {
+                    return Err(format!(
+                        "the account {} is locked or expired on this worker",
+                        account.name
+                    ));
+                }
+                if account.uid == 0 && !self.options.allow_root_jobs {
+                    return Err("the job would run as root: this worker runs root's jobs only with --allow-root-jobs".to_owned());
+                }
+                Some(account)
+            }
+        };
+        Ok(Clearance {
+            run_as,
+            commands: dispatch
+                .commands
+                .as_ref()
+                .map(|c| c.iter().map(PathBuf::from).collect()),
+        })
+    }
+}
+
+/// How a report that must arrive went.
+enum Delivered {
+    /// Answered: whether the job is to be stopped.
+    Noted(bool),
+    /// The coordinator does not count the job as this worker's (any more).
+    NotOurs,
+    /// The worker is shutting down.
+    Stopped,
+}
+
+/// How one report of output (or sign of life) went.
+enum Sent {
+    /// Answered: whether the job is to be stopped.
+    Noted { cancel: bool },
+    /// Nothing to send, or it could not be sent now (it is sent again).
+    Nothing,
+    /// The coordinator does not count the job as this worker's (any more).
+    NotOurs,
+}
+
+/// Whether the coordinator refused (rather than could not be reached).
+fn refused(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Server { code, .. }
+            if *code == ErrorCode::NOT_PERMITTED || *code == ErrorCode::AUTH_FAILED || *code == ErrorCode::MALFORMED
+    )
+}
+
+/// Up to [`OUTPUT_PIECE`] bytes of `path` from `offset` (nothing when there is no file yet).
+async fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
+    let Ok(mut file) = tokio::fs::File::open(path).await else {
+        return Vec::new();
+    };
+    if file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+        return Vec::new();
+    }
+    let mut data = Vec::new();
+    let _ = file.take(OUTPUT_PIECE as u64).read_to_end(&mut data).await;
+    data
+}
+
+/// Doubling pauses between attempts, up to a limit.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+
+    fn new(max: Duration) -> Self {
+        Self {
+            next: Self::FIRST,
+            max,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(self.max);
+    }
+}
