@@ -136,6 +136,10 @@ pub struct Args {
     /// the server's, usually /].
     #[arg(long, value_name = "DIR", conflicts_with = "wait")]
     pub cwd: Option<String>,
+    /// Run the job only on a worker that offers TAG (repeat: all of them), e.g. --tag
+    /// arch=arm64 to build on the coordinator's arm64 build host.
+    #[arg(long = "tag", value_name = "TAG", conflicts_with = "wait")]
+    pub tags: Vec<String>,
     /// Kill the job (all its processes) if it runs longer than this (e.g. 90s, 2h); the
     /// server may set a default and a maximum.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]

@@ -41,6 +41,8 @@ struct Raw {
     #[serde(default)]
     client: OptionTable,
     #[serde(default)]
+    worker: OptionTable,
+    #[serde(default)]
     policy: PolicySection,
     #[serde(default)]
     jobs: JobsSection,
@@ -67,6 +69,8 @@ struct PolicySection {
     commands: Option<Vec<Spanned<PathBuf>>>,
     #[serde(default)]
     merge_across_users: bool,
+    #[serde(default)]
+    workers: Vec<String>,
 }
 
 /// `[jobs]`: what every job starts from.
@@ -131,6 +135,8 @@ pub enum Section {
     Server,
     /// `[client]`, for cq_client.
     Client,
+    /// `[worker]`, for cq_worker.
+    Worker,
 }
 
 impl ConfigFile {
@@ -257,6 +263,7 @@ impl ConfigFile {
         let (table, name) = match section {
             Section::Server => (&self.raw.server, "server"),
             Section::Client => (&self.raw.client, "client"),
+            Section::Worker => (&self.raw.worker, "worker"),
         };
         let mut arguments = Vec::new();
         for (key, value) in table {
@@ -371,6 +378,7 @@ fn policy_from(section: &PolicySection, allow_root: bool) -> SubmitPolicy {
             .as_ref()
             .map(|c| c.iter().map(|p| p.get_ref().clone()).collect()),
         merge_across_users: section.merge_across_users,
+        workers: section.workers.clone(),
         ..SubmitPolicy::default()
     }
 }
@@ -500,11 +508,17 @@ mod tests {
                     crate::client_run::Args::command(),
                     vec!["cq_client", "--", "true"],
                 ),
+                (
+                    Section::Worker,
+                    crate::worker_run::Args::command(),
+                    vec!["cq_worker"],
+                ),
             ] {
                 let given = command.clone().get_matches_from(argv);
                 let allowed = |id: &str| match section {
                     Section::Server => !crate::server_args::NOT_IN_CONFIG.contains(&id),
                     Section::Client => crate::client_run::CONFIG_OPTIONS.contains(&id),
+                    Section::Worker => id != "config",
                 };
                 file.arguments(section, &command, &given, allowed)
                     .unwrap_or_else(|e| panic!("{e}"));

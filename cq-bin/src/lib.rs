@@ -25,6 +25,7 @@
 //! - `report.rs`: logging set-up and the one-line error messages.
 //! - `wait_line.rs`: the live line a waiting cq_client shows on a terminal.
 //! - `emerge/`: `cq-emerge` and `cq-emerge-build`, the Portage workflow.
+//! - `worker_run.rs`: cq_worker's options, and the worker it composes.
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -49,3 +50,4 @@ pub mod state_dir;
 pub mod state_lock;
 pub mod units;
 pub mod wait_line;
+pub mod worker_run;

@@ -43,6 +43,13 @@ pub struct JobJson<'a> {
     /// What the job reported back (`KEY=VALUE` lines written to `$CQ_RESULT_FILE`); empty
     /// until it ended, and for others' jobs.
     pub results: std::collections::BTreeMap<&'a str, &'a str>,
+    /// What a worker must offer to run it (`--tag`).
+    pub tags: &'a [String],
+    /// The worker it runs on (null unless running).
+    pub worker: Option<&'a str>,
+    /// Why it waits, when something other than the jobs ahead holds it back (null
+    /// otherwise).
+    pub waiting: Option<&'a str>,
 }
 
 impl<'a> From<&'a JobSummary> for JobJson<'a> {
@@ -68,6 +75,9 @@ impl<'a> From<&'a JobSummary> for JobJson<'a> {
             signal: job.outcome.as_ref().and_then(Outcome::signal),
             waiters: job.waiters,
             results: pairs(&job.results),
+            tags: &job.tags,
+            worker: job.worker.as_deref(),
+            waiting: job.waiting.as_deref(),
         }
     }
 }
@@ -210,6 +220,15 @@ fn command_line(job: &JobSummary) -> String {
         line.push(' ');
     }
     line.push_str(&CommandJob::new(job.command.iter().cloned()).summary());
+    if !job.tags.is_empty() {
+        let _ = write!(line, "  [tags: {}]", printable(&job.tags.join(" ")));
+    }
+    if let Some(worker) = &job.worker {
+        let _ = write!(line, "  [on {}]", printable(worker));
+    }
+    if let Some(why) = &job.waiting {
+        let _ = write!(line, "  [waits: {}]", printable(why));
+    }
     line
 }
 

@@ -122,6 +122,14 @@ pub struct Args {
     /// runs cq_client --resume.
     #[arg(long)]
     pub paused: bool,
+    /// Run no jobs on this host: a pure coordinator whose jobs all run on workers
+    /// (cq_worker) that join it.
+    #[arg(long)]
+    pub no_local_worker: bool,
+    /// Seconds a worker (cq_worker) may be out of touch before the job it runs counts as
+    /// lost.
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    pub worker_timeout: f64,
     /// Merge a submission into an equal job (same command, environment, working directory and
     /// user) that is queued, or queued or running; the submitter waits for that job instead.
     #[arg(long, value_enum, default_value_t = Dedup::Queued)]

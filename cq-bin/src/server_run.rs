@@ -282,6 +282,7 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
     config.handshake_timeout = seconds(args.handshake_timeout, "handshake-timeout")?;
     config.max_connections = args.max_connections;
     config.max_connections_per_host = args.max_connections_per_host;
+    config.worker_timeout = seconds(args.worker_timeout, "worker-timeout")?;
 
     let root = nix::unistd::geteuid().is_root();
     let switch_user = match args.run_as {
@@ -364,6 +365,7 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
     engine.retention = seconds(args.retention_days * 86400.0, "retention-days")?;
     engine.requeue_running = args.requeue_lost;
     engine.paused = args.paused;
+    engine.local_worker = !args.no_local_worker;
     engine.default_time_limit = args.default_timeout;
     engine.max_time_limit = args.max_timeout;
     engine.log_limit = args.log_limit;

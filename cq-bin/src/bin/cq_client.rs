@@ -43,6 +43,7 @@ fn main() -> ExitCode {
     let mut job = CommandJob::new(args.command.iter().cloned());
     job.env = env;
     job.cwd = args.cwd.clone();
+    job.tags = args.tags.clone();
     job.timeout_ms = args
         .timeout
         .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));

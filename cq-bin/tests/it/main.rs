@@ -19,3 +19,4 @@ mod serial;
 mod support;
 mod tls;
 mod users;
+mod workers;

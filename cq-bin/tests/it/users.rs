@@ -107,6 +107,7 @@ impl PublicBinaries {
         for (name, from) in [
             ("cq_server", env!("CARGO_BIN_EXE_cq_server")),
             ("cq_client", env!("CARGO_BIN_EXE_cq_client")),
+            ("cq_worker", env!("CARGO_BIN_EXE_cq_worker")),
         ] {
             let to = dir.path().join(name);
             if std::fs::hard_link(from, &to).is_err() {
@@ -126,6 +127,10 @@ impl PublicBinaries {
 
     pub(crate) fn client(&self) -> PathBuf {
         self.path("cq_client", env!("CARGO_BIN_EXE_cq_client"))
+    }
+
+    pub(crate) fn worker(&self) -> PathBuf {
+        self.path("cq_worker", env!("CARGO_BIN_EXE_cq_worker"))
     }
 
     pub(crate) fn server(&self) -> PathBuf {

@@ -1,0 +1,281 @@
+//! cq_worker: a build host that runs a coordinator's jobs, one at a time.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser};
+use cq_auth::ChannelCredentials;
+use cq_auth::mtls::TlsServerAuthenticator;
+use cq_core::transport::Connector;
+use cq_core::worker::{Worker, WorkerError, WorkerOptions};
+use cq_core::{Authenticator, Client, Containment, CredentialSource, ProcessExecutor};
+use cq_transport_tls::{ClientTls, TlsConnector};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth_args::{AuthArgs, AuthKind};
+use crate::report::fail;
+use crate::units::parse_duration;
+
+/// Where a root worker keeps running jobs' output.
+const ROOT_SPOOL: &str = "/var/spool/cq-worker";
+
+/// What cq_worker is told.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "cq_worker",
+    version,
+    about = "Runs the jobs of a cq coordinator (cq_server) on this host, one at a time",
+    disable_help_flag = true
+)]
+pub struct Args {
+    /// Configuration file ([worker] holds defaults for these options) [default:
+    /// /etc/cq/cq.toml if it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The coordinator's host.
+    #[arg(short = 'h', long, default_value = "localhost")]
+    pub host: String,
+    /// The coordinator's port.
+    #[arg(short = 'p', long, default_value_t = 48005)]
+    pub port: u16,
+    /// This worker's name, unique among the coordinator's workers [default: the host name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// What this worker offers (repeat): it runs only jobs whose tags it has all of, e.g.
+    /// --tag arch=amd64 --tag profile=desktop.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    #[expect(
+        missing_docs,
+        reason = "clap would show a doc comment here as help; AuthArgs documents itself"
+    )]
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// With --auth munge: uid the coordinator must run as for its answers to be believed
+    /// (repeatable) [default: 0].
+    #[arg(long = "server-uid", value_name = "UID")]
+    pub server_uid: Vec<u32>,
+    /// With --auth tls: the name the coordinator's certificate must carry [default: the
+    /// host].
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+    /// Where running jobs' output waits until the coordinator has it [default:
+    /// /var/spool/cq-worker as root, else a directory in the temporary directory].
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// Longest time between two reports while a job runs (keep it well under the
+    /// coordinator's --worker-timeout); a cancel reaches a quiet job within it.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
+    pub heartbeat: Duration,
+    /// Run jobs as root, or as this worker's own user when the coordinator names nobody (a
+    /// coordinator that does not switch users): off, a root worker runs jobs only as their
+    /// requesters.
+    #[arg(long)]
+    pub allow_root_jobs: bool,
+    /// Seconds between SIGTERM and SIGKILL when a job is stopped.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub kill_grace: f64,
+    /// More log output (repeat for more); RUST_LOG overrides.
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Print help.
+    #[arg(long, action = ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+/// Runs the worker until SIGINT or SIGTERM; a job running then is stopped and its end
+/// reported.
+pub async fn run(args: Args) -> ExitCode {
+    let name = match args.name.clone().map_or_else(host_name, Ok) {
+        Ok(name) => name,
+        Err(e) => return fail("cq_worker", e, Some("give --name"), 1),
+    };
+    let root = nix::unistd::geteuid().is_root();
+    let spool = args.spool.clone().unwrap_or_else(|| {
+        if root {
+            PathBuf::from(ROOT_SPOOL)
+        } else {
+            std::env::temp_dir().join(format!("cq-worker-{}", nix::unistd::geteuid()))
+        }
+    });
+    let executor = match executor(&args, &spool) {
+        Ok(executor) => executor,
+        Err(e) => return fail("cq_worker", e, None, 1),
+    };
+    let mut options = WorkerOptions::new(name, args.tags.clone(), spool);
+    options.heartbeat = args.heartbeat;
+    options.allow_root_jobs = args.allow_root_jobs;
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        stop.cancel();
+    });
+    match args.auth.auth {
+        AuthKind::Munge => run_munge(&args, executor, options, shutdown).await,
+        AuthKind::Tls => {
+            let files = args.auth.tls_files("worker");
+            let server_name = args
+                .tls_server_name
+                .clone()
+                .unwrap_or_else(|| args.host.clone());
+            let connector = ClientTls::from_files(&files.ca, &files.cert, &files.key)
+                .map_err(|e| e.to_string())
+                .and_then(|tls| {
+                    TlsConnector::new(&args.host, args.port, &server_name, &tls)
+                        .map_err(|e| e.to_string())
+                });
+            match connector {
+                Ok(connector) => {
+                    let client = Client::new(connector, ChannelCredentials, TlsServerAuthenticator);
+                    serve(client, executor, options, shutdown).await
+                }
+                Err(e) => fail(
+                    "cq_worker",
+                    e,
+                    Some("pass --tls-ca, --tls-cert and --tls-key"),
+                    1,
+                ),
+            }
+        }
+        AuthKind::Local => fail(
+            "cq_worker",
+            "--auth local serves this host's clients only; a worker dials its coordinator",
+            Some("use --auth munge or --auth tls"),
+            1,
+        ),
+    }
+}
+
+#[cfg(feature = "munge")]
+async fn run_munge(
+    args: &Args,
+    executor: Arc<ProcessExecutor>,
+    options: WorkerOptions,
+    shutdown: CancellationToken,
+) -> ExitCode {
+    use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
+    let socket = args
+        .auth
+        .munge_socket
+        .clone()
+        .map_or_else(MungeSocket::default_socket, MungeSocket::at);
+    let server_uids = if args.server_uid.is_empty() {
+        vec![0]
+    } else {
+        args.server_uid.clone()
+    };
+    let client = Client::new(
+        cq_transport_tcp::TcpConnector::new(&args.host, args.port),
+        MungeCredentialSource::new(socket.clone())
+            .inline()
+            .seal_keys_for(server_uids.clone()),
+        MungeAuthenticator::new(socket)
+            .allow_only_uids(server_uids)
+            .without_user_names()
+            .inline(),
+    );
+    serve(client, executor, options, shutdown).await
+}
+
+#[cfg(not(feature = "munge"))]
+async fn run_munge(
+    _: &Args,
+    _: Arc<ProcessExecutor>,
+    _: WorkerOptions,
+    _: CancellationToken,
+) -> ExitCode {
+    fail(
+        "cq_worker",
+        "this cq_worker was built without MUNGE",
+        Some("use --auth tls"),
+        1,
+    )
+}
+
+async fn serve<C, S, A>(
+    client: Client<C, S, A>,
+    executor: Arc<ProcessExecutor>,
+    options: WorkerOptions,
+    shutdown: CancellationToken,
+) -> ExitCode
+where
+    C: Connector,
+    S: CredentialSource,
+    A: Authenticator,
+{
+    tracing::info!(worker = %options.name, tags = ?options.tags, server = %client.server_name(), "serving the coordinator");
+    let worker = Worker::new(client, executor, options);
+    match worker.run(shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ WorkerError::Refused(_)) => fail(
+            "cq_worker",
+            e,
+            Some("the coordinator's [policy] workers must name this worker's user (and address)"),
+            1,
+        ),
+        Err(e) => {
+            let hint = matches!(&e, WorkerError::Spool { .. }).then_some("give --spool DIR");
+            fail("cq_worker", e, hint, 1)
+        }
+    }
+}
+
+/// The executor jobs run with here: as on a server (contained, killed after the grace,
+/// results through `CQ_RESULT_FILE`).
+fn executor(args: &Args, spool: &std::path::Path) -> Result<Arc<ProcessExecutor>, String> {
+    let grace = Duration::try_from_secs_f64(args.kill_grace).map_err(|_| {
+        format!(
+            "--kill-grace {}: not a duration in seconds",
+            args.kill_grace
+        )
+    })?;
+    let (containment, no_cgroups) = Containment::detect();
+    if let Some(why) = no_cgroups {
+        tracing::warn!(reason = %why, "cgroups cannot be used: each job gets a session and process group instead");
+    }
+    let executor = ProcessExecutor::new()
+        .with_kill_grace(grace)
+        .with_base_env(vec![(
+            "PATH".into(),
+            cq_core::executor::DEFAULT_PATH.into(),
+        )])
+        .with_containment(containment);
+    let root = nix::unistd::geteuid().is_root();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(spool)
+        .map_err(|e| format!("cannot create the spool directory {}: {e}", spool.display()))?;
+    let executor = match crate::state_dir::result_dir(spool, root).and_then(|dir| {
+        executor
+            .clone()
+            .with_result_dir(&dir)
+            .map_err(|e| e.to_string())
+    }) {
+        Ok(with_results) => with_results,
+        Err(why) => {
+            tracing::warn!(reason = %why, "jobs get no CQ_RESULT_FILE: they cannot report results back");
+            executor
+        }
+    };
+    Ok(Arc::new(executor))
+}
+
+fn host_name() -> Result<String, String> {
+    nix::unistd::gethostname()
+        .map_err(|e| format!("cannot read the host name: {e}"))?
+        .into_string()
+        .map_err(|_| "the host name is not UTF-8".to_owned())
+}

@@ -1,0 +1,254 @@
+//! Several build hosts: a coordinator (cq_server --no-local-worker) and cq_worker processes
+//! that join it over MUNGE on loopback, run jobs as their requesters, and survive a restart.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::Stdio;
+
+use tokio::process::{Child, Command};
+
+use crate::support::{LIMIT, Munged, TestServer, output, stderr};
+use crate::users::{PublicBinaries, as_user, users};
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", stderr(out));
+    serde_json::from_slice(&out.stdout).expect("--json prints JSON")
+}
+
+/// A coordinator that runs nothing itself, admits root from loopback as a worker, and gives
+/// up on a silent worker after `timeout` seconds.
+async fn coordinator(munged: &Munged, dir: &Path, timeout: &str) -> TestServer {
+    let config = dir.join("cq.toml");
+    std::fs::write(&config, "[policy]\nworkers = [\"root@127.0.0.1\"]\n").unwrap();
+    TestServer::start_with(
+        munged,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--no-local-worker",
+            "--worker-timeout",
+            timeout,
+        ],
+    )
+    .await
+}
+
+/// cq_worker `name` offering `tags`, started through `prefix` (empty: as root).
+fn worker(
+    server: &TestServer,
+    munged: &Munged,
+    prefix: &[OsString],
+    program: &Path,
+    name: &str,
+    tags: &[&str],
+    spool: &Path,
+) -> Child {
+    let mut cmd = match prefix.split_first() {
+        Some((exe, rest)) => {
+            let mut cmd = Command::new(exe);
+            cmd.args(rest);
+            cmd
+        }
+        None => Command::new(program),
+    };
+    cmd.args(["-h", "127.0.0.1", "-p", &server.addr.port().to_string()])
+        .arg("--munge-socket")
+        .arg(munged.socket())
+        .args(["--name", name, "--heartbeat", "1s", "--kill-grace", "1"])
+        .arg("--spool")
+        .arg(spool.join(name))
+        .args(tags.iter().flat_map(|t| ["--tag", t]))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd.spawn().expect("start cq_worker")
+}
+
+async fn joined(server: &TestServer, name: &str) {
+    let name = format!("worker={name} ");
+    server
+        .wait_for_log_matching(|l| l.contains("a worker joined") && l.contains(&name))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_as_their_requester_on_the_worker_their_tags_name_and_say_why_they_wait() {
+    let munged = Munged::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = coordinator(&munged, dir.path(), "30").await;
+    let bins = PublicBinaries::new();
+    let alice = &users().alice;
+
+    // Before any worker joined, a job says why it waits.
+    let queued = output(server.client_as(&bins, alice).args([
+        "--detach",
+        "--tag",
+        "arch=arm64",
+        "--",
+        "sh",
+        "-c",
+        "id -un; exit 3",
+    ]))
+    .await;
+    assert!(queued.status.success(), "{}", stderr(&queued));
+    let id = String::from_utf8_lossy(&queued.stdout).trim().to_owned();
+    let status = json(
+        &output(
+            server
+                .client_as(&bins, alice)
+                .args(["--status", &id, "--json"]),
+        )
+        .await,
+    );
+    assert_eq!(status["state"], "queued");
+    assert_eq!(
+        status["waiting"], "no connected worker offers arch=arm64",
+        "{status}"
+    );
+
+    let _amd = worker(
+        &server,
+        &munged,
+        &[],
+        &bins.worker(),
+        "amd",
+        &["arch=amd64"],
+        dir.path(),
+    );
+    let _arm = worker(
+        &server,
+        &munged,
+        &[],
+        &bins.worker(),
+        "arm",
+        &["arch=arm64"],
+        dir.path(),
+    );
+    joined(&server, "amd").await;
+    joined(&server, "arm").await;
+
+    // The waiting job ran on arm, as alice, and its output came back.
+    let waited = output(server.client_as(&bins, alice).args(["--wait", &id])).await;
+    assert_eq!(waited.status.code(), Some(3), "{}", stderr(&waited));
+    let started = server
+        .wait_for_log_matching(|l| l.contains("started") && l.contains(&format!("job={id} ")))
+        .await;
+    assert!(started.contains("worker=arm"), "{started}");
+    let log = output(server.client_as(&bins, alice).args(["--log", &id])).await;
+    assert_eq!(
+        String::from_utf8_lossy(&log.stdout),
+        format!("{}\n", alice.name)
+    );
+
+    // An amd64 job goes to amd, and the client waits for it like for any job.
+    let amd = output(server.client_as(&bins, alice).args([
+        "--tag",
+        "arch=amd64",
+        "--",
+        "sh",
+        "-c",
+        "echo on amd",
+    ]))
+    .await;
+    assert!(amd.status.success(), "{}", stderr(&amd));
+    server
+        .wait_for_log_matching(|l| l.contains("started") && l.contains("worker=amd"))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_cannot_serve_as_a_worker() {
+    let munged = Munged::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    let server = coordinator(&munged, dir.path(), "30").await;
+    let bins = PublicBinaries::new();
+    let alice = &users().alice;
+    let mut impostor = worker(
+        &server,
+        &munged,
+        &as_user(alice, &bins.worker()),
+        &bins.worker(),
+        "amd",
+        &[],
+        dir.path(),
+    );
+    let status = tokio::time::timeout(LIMIT, impostor.wait())
+        .await
+        .expect("the refused worker exits")
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let mut said = String::new();
+    tokio::io::AsyncReadExt::read_to_string(impostor.stderr.as_mut().unwrap(), &mut said)
+        .await
+        .unwrap();
+    assert!(said.contains("may not serve as a worker"), "{said}");
+    // And it got no job: alice's job still waits.
+    let queued = output(
+        server
+            .client_as(&bins, alice)
+            .args(["--detach", "--", "true"]),
+    )
+    .await;
+    let id = String::from_utf8_lossy(&queued.stdout).trim().to_owned();
+    let status = json(
+        &output(
+            server
+                .client_as(&bins, alice)
+                .args(["--status", &id, "--json"]),
+        )
+        .await,
+    );
+    assert_eq!(status["state"], "queued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_job_and_restarted_reports_the_job_lost_and_takes_the_next() {
+    let munged = Munged::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = coordinator(&munged, dir.path(), "30").await;
+    let bins = PublicBinaries::new();
+    let alice = &users().alice;
+    let mut first = worker(&server, &munged, &[], &bins.worker(), "w", &[], dir.path());
+    joined(&server, "w").await;
+    let long = output(
+        server
+            .client_as(&bins, alice)
+            .args(["--detach", "--", "sleep", "60"]),
+    )
+    .await;
+    let long = String::from_utf8_lossy(&long.stdout).trim().to_owned();
+    server
+        .wait_for_log_matching(|l| l.contains("started") && l.contains(&format!("job={long} ")))
+        .await;
+    let next = output(
+        server
+            .client_as(&bins, alice)
+            .args(["--detach", "--", "echo", "next"]),
+    )
+    .await;
+    let next = String::from_utf8_lossy(&next.stdout).trim().to_owned();
+
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    let _second = worker(&server, &munged, &[], &bins.worker(), "w", &[], dir.path());
+
+    let lost = output(
+        server
+            .client_as(&bins, alice)
+            .args(["--wait", &long, "--json"]),
+    )
+    .await;
+    let lost: serde_json::Value = serde_json::from_slice(&lost.stdout).expect("JSON");
+    assert_eq!(lost["outcome"], "lost", "{lost}");
+    let ran = output(server.client_as(&bins, alice).args(["--wait", &next])).await;
+    assert!(ran.status.success(), "{}", stderr(&ran));
+    let log = output(server.client_as(&bins, alice).args(["--log", &next])).await;
+    assert_eq!(String::from_utf8_lossy(&log.stdout), "next\n");
+}
