@@ -1,6 +1,6 @@
 //! cq_worker: a build host that runs a coordinator's jobs, one at a time.
 
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use crate::report::fail;
 use crate::units::parse_duration;
 
 /// Where a root worker keeps running jobs' output.
-const ROOT_SPOOL: &str = "/var/spool/cq-worker";
+const ROOT_SPOOL: &str = "/var/lib/cq-worker";
 
 /// What cq_worker is told.
 #[derive(Clone, Debug, Parser)]
@@ -62,8 +62,8 @@ pub struct Args {
     /// host].
     #[arg(long, value_name = "NAME")]
     pub tls_server_name: Option<String>,
-    /// Where running jobs' output waits until the coordinator has it [default:
-    /// /var/spool/cq-worker as root, else a directory in the temporary directory].
+    /// Where running jobs' output waits until the coordinator has it; must be this user's
+    /// and private [default: /var/lib/cq-worker as root, else ~/.local/state/cq/worker].
     #[arg(long, value_name = "DIR")]
     pub spool: Option<PathBuf>,
     /// Longest time between two reports while a job runs (keep it well under the
@@ -98,7 +98,7 @@ pub async fn run(args: Args) -> ExitCode {
         if root {
             PathBuf::from(ROOT_SPOOL)
         } else {
-            std::env::temp_dir().join(format!("cq-worker-{}", nix::unistd::geteuid()))
+            crate::paths::user_state_dir().join("worker")
         }
     });
     let executor = match executor(&args, &spool) {
@@ -258,6 +258,19 @@ fn executor(args: &Args, spool: &std::path::Path) -> Result<Arc<ProcessExecutor>
         .mode(0o700)
         .create(spool)
         .map_err(|e| format!("cannot create the spool directory {}: {e}", spool.display()))?;
+    // Jobs' output waits here: a directory another user owns or can enter would show it.
+    let meta = std::fs::symlink_metadata(spool).map_err(|e| {
+        format!(
+            "cannot inspect the spool directory {}: {e}",
+            spool.display()
+        )
+    })?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "the spool directory {} must be a directory of this user's that nobody else may enter (mode 0700)",
+            spool.display()
+        ));
+    }
     let executor = match crate::state_dir::result_dir(spool, root).and_then(|dir| {
         executor
             .clone()

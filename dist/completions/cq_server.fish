@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_cq_server_global_optspecs
-    string join \n config= h/host= p/port= state-dir= auth= munge-socket= tls-ca= socket= tls-user-map= tls-crl= allow-root run-as= daemon daemon-child pid-file= log= handshake-timeout= max-connections= max-connections-per-host= max-queued-jobs= max-queued-bytes= max-log-bytes= kill-grace= shutdown-grace= retention-days= requeue-lost paused dedup= submit-hook= submit-hook-timeout= submit-hook-fallback= submit-hook-user= metrics= notice-hook= notice-hook-timeout= notice-hook-user= log-limit= default-timeout= max-timeout= v/verbose help tls-cert= tls-key= V/version
+    string join \n config= h/host= p/port= state-dir= auth= munge-socket= tls-ca= socket= tls-user-map= tls-crl= allow-root run-as= daemon daemon-child pid-file= log= handshake-timeout= max-connections= max-connections-per-host= max-queued-jobs= max-queued-bytes= max-log-bytes= kill-grace= shutdown-grace= retention-days= requeue-lost paused no-local-worker worker-timeout= dedup= submit-hook= submit-hook-timeout= submit-hook-fallback= submit-hook-user= metrics= notice-hook= notice-hook-timeout= notice-hook-user= log-limit= default-timeout= max-timeout= v/verbose help tls-cert= tls-key= V/version
 end
 
 function __fish_cq_server_needs_command
@@ -49,6 +49,7 @@ complete -c cq_server -n "__fish_cq_server_needs_command" -l max-log-bytes -d 'B
 complete -c cq_server -n "__fish_cq_server_needs_command" -l kill-grace -d 'Seconds between SIGTERM and SIGKILL when a job is cancelled' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l shutdown-grace -d 'Seconds the running job may still take after SIGTERM/SIGINT before it is cancelled' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l retention-days -d 'Days finished jobs (outcome and log) are kept for clients that ask late' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l worker-timeout -d 'Seconds a worker (cq_worker) may be out of touch before the job it runs counts as lost' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l dedup -d 'Merge a submission into an equal job (same command, environment, working directory and user) that is queued, or queued or running; the submitter waits for that job instead' -r -f -a "off\t'Never merge'
 queued\t'Merge into queued jobs'
 running\t'Merge into queued jobs and the running one'"
@@ -71,6 +72,7 @@ complete -c cq_server -n "__fish_cq_server_needs_command" -l daemon -d 'Detach f
 complete -c cq_server -n "__fish_cq_server_needs_command" -l daemon-child -d 'Internal: the background process of --daemon'
 complete -c cq_server -n "__fish_cq_server_needs_command" -l requeue-lost -d 'Queue a job that was running when the server died again, instead of reporting it lost'
 complete -c cq_server -n "__fish_cq_server_needs_command" -l paused -d 'Start with the queue paused (for maintenance): jobs are taken and wait until an admin runs cq_client --resume'
+complete -c cq_server -n "__fish_cq_server_needs_command" -l no-local-worker -d 'Run no jobs on this host: a pure coordinator whose jobs all run on workers (cq_worker) that join it'
 complete -c cq_server -n "__fish_cq_server_needs_command" -s v -l verbose -d 'More log output (repeat for more); RUST_LOG overrides'
 complete -c cq_server -n "__fish_cq_server_needs_command" -l help -d 'Print help (also of the subcommands: `cq_server tls init --help`)'
 complete -c cq_server -n "__fish_cq_server_needs_command" -s V -l version -d 'Print version'

@@ -1,5 +1,5 @@
 //! Generated files under `dist/`: man pages and shell completions, made from the clap
-//! definitions of both programs so that they cannot drift from the real options, plus the
+//! definitions of the programs so that they cannot drift from the real options, plus the
 //! sections an option list cannot say (exit status, post scripts, files, examples).
 
 use std::path::PathBuf;
@@ -15,6 +15,7 @@ pub fn generated() -> Vec<(PathBuf, Vec<u8>)> {
     for (command, extra) in [
         (cq_bin::server_args::Args::command(), pages::SERVER),
         (cq_bin::client_run::Args::command(), pages::CLIENT),
+        (cq_bin::worker_run::Args::command(), pages::WORKER),
     ] {
         let name = command.get_name().to_owned();
         man_pages(&command, extra, &mut files);

@@ -242,3 +242,63 @@ pub(crate) const SERVER: &[Section] = &[
         items: &[],
     },
 ];
+
+pub(crate) const WORKER: &[Section] = &[
+    Section {
+        title: "HOW IT WORKS",
+        intro: "cq_worker asks the coordinator (cq_server) for a job, runs it, streams its output back and reports how it ended; then asks again. It runs one job at a time, only jobs whose tags (cq_client --tag) it offers. The coordinator admits it only if its policy names the worker's user, and address, in [policy] workers (e.g. workers = [\"root@10.0.0.7\"]). Jobs run as the requester the coordinator names; this host's account database must give that user the same uid. While the coordinator cannot be reached, the running job goes on and its output waits in the spool directory; the worker reports it when the coordinator is back (within the coordinator's --worker-timeout, after which the job counts as lost).",
+        items: &[],
+    },
+    Section {
+        title: "SIGNALS",
+        intro: "",
+        items: &[(
+            "SIGTERM, SIGINT",
+            "stop the running job (SIGTERM, then SIGKILL after --kill-grace), report its end, and exit",
+        )],
+    },
+    Section {
+        title: "EXIT STATUS",
+        intro: "",
+        items: &[
+            ("0", "stopped by a signal"),
+            (
+                "1",
+                "could not start, or the coordinator refuses this worker (its policy does not name it, or another worker holds the name); one line says what and what to do",
+            ),
+        ],
+    },
+    Section {
+        title: "FILES",
+        intro: "",
+        items: &[
+            (
+                "/etc/cq/cq.toml",
+                "configuration: [worker] holds defaults for the options",
+            ),
+            (
+                "/var/lib/cq-worker/ID.log",
+                "output of running job ID until the coordinator has it (as root; --spool)",
+            ),
+        ],
+    },
+    Section {
+        title: "EXAMPLES",
+        intro: "",
+        items: &[
+            (
+                "cq_worker -h coordinator --tag arch=arm64",
+                "as root on an arm64 build host: run the coordinator's jobs tagged arch=arm64 (and untagged ones)",
+            ),
+            (
+                "cq_worker -h coordinator --auth tls --tls-cert /etc/cq/tls/worker.pem --tls-key /etc/cq/tls/worker.key",
+                "authenticate with a certificate (cq_server tls client NAME makes one) instead of MUNGE",
+            ),
+        ],
+    },
+    Section {
+        title: "SEE ALSO",
+        intro: "cq_server(1), cq_client(1), munged(8). The README (Several build hosts) and SECURITY.md of cq say more.",
+        items: &[],
+    },
+];

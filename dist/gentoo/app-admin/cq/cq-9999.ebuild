@@ -37,27 +37,33 @@ src_configure() {
 
 src_install() {
 	local bin
-	for bin in cq_server cq_client cq-emerge cq-emerge-build; do
+	for bin in cq_server cq_client cq_worker cq-emerge cq-emerge-build; do
 		dobin "$(cargo_target_dir)/${bin}"
 	done
 
 	doman dist/man/*.1
-	dobashcomp dist/completions/cq_server.bash dist/completions/cq_client.bash
-	dozshcomp dist/completions/_cq_server dist/completions/_cq_client
-	dofishcomp dist/completions/cq_server.fish dist/completions/cq_client.fish
+	dobashcomp dist/completions/cq_server.bash dist/completions/cq_client.bash \
+		dist/completions/cq_worker.bash
+	dozshcomp dist/completions/_cq_server dist/completions/_cq_client \
+		dist/completions/_cq_worker
+	dofishcomp dist/completions/cq_server.fish dist/completions/cq_client.fish \
+		dist/completions/cq_worker.fish
 
 	insinto /etc/cq
 	doins dist/cq.toml
 	keepdir /etc/cq/tls
 
-	systemd_dounit dist/systemd/cq_server.service
+	systemd_dounit dist/systemd/cq_server.service dist/systemd/cq_worker.service
 	newinitd dist/openrc/init.d/cq_server cq_server
 	newconfd dist/openrc/conf.d/cq_server cq_server
+	newinitd dist/openrc/init.d/cq_worker cq_worker
+	newconfd dist/openrc/conf.d/cq_worker cq_worker
 
 	insinto /etc/logrotate.d
 	newins dist/logrotate/cq_server cq_server
 
 	keepdir /var/lib/cq
+	keepdir /var/lib/cq-worker
 	fperms 0700 /var/lib/cq
 
 	dodoc README.md SECURITY.md
