@@ -140,6 +140,10 @@ pub struct Args {
     /// arch=arm64 to build on the coordinator's arm64 build host.
     #[arg(long = "tag", value_name = "TAG", conflicts_with = "wait")]
     pub tags: Vec<String>,
+    /// Never run the job at the same time as another job of lane NAME, on any worker (e.g.
+    /// every build that writes one shared PKGDIR).
+    #[arg(long, value_name = "NAME", conflicts_with = "wait")]
+    pub lane: Option<String>,
     /// Kill the job (all its processes) if it runs longer than this (e.g. 90s, 2h); the
     /// server may set a default and a maximum.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]

@@ -45,6 +45,8 @@ pub struct JobJson<'a> {
     pub results: std::collections::BTreeMap<&'a str, &'a str>,
     /// What a worker must offer to run it (`--tag`).
     pub tags: &'a [String],
+    /// Its lane (`--lane`): no two jobs of one lane run at the same time.
+    pub lane: Option<&'a str>,
     /// The worker it runs on (null unless running).
     pub worker: Option<&'a str>,
     /// Why it waits, when something other than the jobs ahead holds it back (null
@@ -76,6 +78,7 @@ impl<'a> From<&'a JobSummary> for JobJson<'a> {
             waiters: job.waiters,
             results: pairs(&job.results),
             tags: &job.tags,
+            lane: job.lane.as_deref(),
             worker: job.worker.as_deref(),
             waiting: job.waiting.as_deref(),
         }
@@ -222,6 +225,9 @@ fn command_line(job: &JobSummary) -> String {
     line.push_str(&CommandJob::new(job.command.iter().cloned()).summary());
     if !job.tags.is_empty() {
         let _ = write!(line, "  [tags: {}]", printable(&job.tags.join(" ")));
+    }
+    if let Some(lane) = &job.lane {
+        let _ = write!(line, "  [lane: {}]", printable(lane));
     }
     if let Some(worker) = &job.worker {
         let _ = write!(line, "  [on {}]", printable(worker));

@@ -202,6 +202,9 @@ pub struct CommandJob {
     pub tags: Vec<String>,
     /// Wall-clock limit in milliseconds, after which the job's process group is killed.
     pub timeout_ms: Option<u64>,
+    /// Jobs of one lane never run at the same time, on any worker (e.g. every build that
+    /// writes one shared PKGDIR).
+    pub lane: Option<String>,
 }
 
 impl CommandJob {
@@ -265,7 +268,8 @@ impl CommandJob {
                 .map(|(k, v)| k.len() + v.len() + 1)
                 .sum::<usize>()
             + self.cwd.as_ref().map_or(0, String::len)
-            + self.tags.iter().map(String::len).sum::<usize>();
+            + self.tags.iter().map(String::len).sum::<usize>()
+            + self.lane.as_ref().map_or(0, String::len);
         strings as u64
     }
 
@@ -309,11 +313,9 @@ impl CommandJob {
                 what: "working directory".into(),
             });
         }
-        if let Some(tag) = self
-            .tags
-            .iter()
-            .find(|t| t.is_empty() || t.len() > MAX_TAG_BYTES || t.chars().any(char::is_control))
-        {
+        let bad =
+            |t: &String| t.is_empty() || t.len() > MAX_TAG_BYTES || t.chars().any(char::is_control);
+        if let Some(tag) = self.tags.iter().chain(&self.lane).find(|t| bad(t)) {
             return Err(InvalidJob::BadTag { tag: tag.clone() });
         }
         Ok(())
@@ -426,6 +428,8 @@ pub struct JobSummary {
     pub results: Vec<(String, String)>,
     /// What a worker must offer to run it.
     pub tags: Vec<String>,
+    /// Its lane: no two jobs of one lane run at the same time.
+    pub lane: Option<String>,
     /// The worker it runs on, while it runs.
     pub worker: Option<String>,
     /// Why it waits, while it is queued and something other than the jobs ahead of it holds
@@ -515,9 +519,9 @@ pub enum InvalidJob {
         /// Its size.
         size: u64,
     },
-    /// A tag is empty, too long, or holds control characters.
+    /// A tag or lane is empty, too long, or holds control characters.
     #[error(
-        "invalid tag {tag:?}: a tag is 1 to {MAX_TAG_BYTES} bytes of printable text (e.g. arch=amd64)"
+        "invalid tag or lane {tag:?}: each is 1 to {MAX_TAG_BYTES} bytes of printable text (e.g. arch=amd64)"
     )]
     BadTag {
         /// The offending tag.
@@ -558,6 +562,7 @@ mod tests {
             }),
             runtime_ms: Some(1),
             tags: Vec::new(),
+            lane: None,
             worker: None,
             waiting: None,
             waiters: 0,

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
     job.env = env;
     job.cwd = args.cwd.clone();
     job.tags = args.tags.clone();
+    job.lane = args.lane.clone();
     job.timeout_ms = args
         .timeout
         .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));

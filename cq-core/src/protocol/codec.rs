@@ -250,13 +250,16 @@ mod tests {
             proptest::collection::vec((".*", ".*"), 0..4),
             proptest::option::of(".*"),
             proptest::option::of(any::<u64>()),
+            proptest::collection::vec(".*", 0..3),
+            proptest::option::of(".*"),
         )
-            .prop_map(|(argv, env, cwd, timeout_ms)| CommandJob {
+            .prop_map(|(argv, env, cwd, timeout_ms, tags, lane)| CommandJob {
                 argv,
                 env,
                 cwd,
-                tags: vec![],
+                tags,
                 timeout_ms,
+                lane,
             });
         let action = prop_oneof![
             (job, any::<[u8; 16]>()).prop_map(|(job, key)| Action::Submit {

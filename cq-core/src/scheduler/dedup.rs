@@ -90,6 +90,20 @@ mod tests {
         let mut other_user = info(4, emerge());
         other_user.owner.uid += 1;
         assert_eq!(offer(&mut s, other_user, &hook), Decision::Accept);
+        // Red team: a build for another kind of worker (or lane) is other work, or the
+        // arm64 build would be merged into the amd64 one and never run.
+        let mut amd = info(5, emerge());
+        amd.tags = vec!["arch=amd64".into()];
+        assert_eq!(offer(&mut s, amd, &hook), Decision::Accept);
+        let mut arm = info(6, emerge());
+        arm.tags = vec!["arch=arm64".into()];
+        assert_eq!(offer(&mut s, arm, &hook), Decision::Accept);
+        let mut amd_again = info(7, emerge());
+        amd_again.tags = vec!["arch=amd64".into()];
+        assert_eq!(offer(&mut s, amd_again, &hook), Decision::Merge(JobId(5)));
+        let mut laned = info(8, emerge());
+        laned.lane = Some("pkgdir".into());
+        assert_eq!(offer(&mut s, laned, &hook), Decision::Accept);
     }
 
     #[test]

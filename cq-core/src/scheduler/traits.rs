@@ -28,8 +28,9 @@ pub struct JobInfo {
 impl JobInfo {
     /// Whether `other` does the same work: the same command line, working directory and
     /// environment (as a set: order and repeated names do not matter, the last value wins),
-    /// for the same user (its groups come from the account database, so the uid decides).
-    /// In-process jobs never do the same work as anything.
+    /// for the same user (its groups come from the account database, so the uid decides),
+    /// on the same kind of worker (the same tags, as a set) in the same lane. In-process jobs
+    /// never do the same work as anything.
     pub fn same_work(&self, other: &JobInfo) -> bool {
         match (&self.command, &other.command) {
             (Some(a), Some(b)) => {
@@ -37,6 +38,8 @@ impl JobInfo {
                     && a.argv == b.argv
                     && a.cwd == b.cwd
                     && environment(a) == environment(b)
+                    && tag_set(&self.tags) == tag_set(&other.tags)
+                    && self.lane == other.lane
             }
             _ => false,
         }
@@ -52,10 +55,16 @@ impl JobInfo {
             &command.argv,
             &command.cwd,
             environment(command),
+            tag_set(&self.tags),
+            &self.lane,
         )
             .hash(&mut hasher);
         Some(hasher.finish())
     }
+}
+
+fn tag_set(tags: &[String]) -> std::collections::BTreeSet<&str> {
+    tags.iter().map(String::as_str).collect()
 }
 
 fn environment(command: &CommandJob) -> BTreeMap<&str, &str> {

@@ -51,6 +51,7 @@ impl Row {
                     .as_ref()
                     .map(|c| c.tags.clone())
                     .unwrap_or_default(),
+                lane: job.command.as_ref().and_then(|c| c.lane.clone()),
                 worker: None,
                 waiting: None,
                 phase: self.phase(),

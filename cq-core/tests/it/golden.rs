@@ -59,8 +59,10 @@ fn stored_commands_keep_their_bytes() {
     job.cwd = Some("/".into());
     job.tags = vec!["t".into()];
     job.timeout_ms = Some(1);
+    job.lane = Some("l".into());
+    // The lane came last (migration 5 gave stored commands its `None`).
     let expected = vec![
-        1, 1, b'a', 1, 1, b'K', 1, b'v', 1, 1, b'/', 1, 1, b't', 1, 1,
+        1, 1, b'a', 1, 1, b'K', 1, b'v', 1, 1, b'/', 1, 1, b't', 1, 1, 1, 1, b'l',
     ];
     assert_eq!(bytes(&job), expected);
     assert_eq!(postcard::from_bytes::<CommandJob>(&expected).unwrap(), job);

@@ -395,126 +395,57 @@ async fn cancelling_a_job_that_runs_on_a_worker_stops_it_there() {
     assert_eq!(result.outcome, Outcome::Cancelled);
 }
 
-// ===== TEMPORARY RED-TEAM TESTS (to be removed) =====
-
-const BUILDER2: As = As(4_000_003, "builder2");
-
-async fn rt_coordinator(dedup: bool) -> Coordinator {
-    let (listener, connector) = memory_transport();
-    let logs = tempfile::tempdir().unwrap();
-    let mut config = EngineConfig::default().with_log_dir(logs.path());
-    config.local_worker = false;
-    let mut engine = Engine::new(config);
-    if dedup {
-        engine = engine.with_hook(cq_core::DuplicateJobs::new(cq_core::DedupScope::Queued));
-    }
-    let engine = engine.start().await.unwrap();
-    let mut server_config = ServerConfig::default();
-    server_config.worker_timeout = Duration::from_secs(30);
-    server_config.worker_poll = Duration::from_millis(500);
-    let policy = SubmitPolicy {
-        workers: vec!["builder".into(), "builder2".into()],
-        ..SubmitPolicy::default()
+#[tokio::test]
+async fn jobs_of_one_lane_never_overlap_across_workers_while_other_lanes_run_beside_them() {
+    let coordinator = coordinator(Duration::from_secs(30)).await;
+    let mut events = coordinator.engine.events();
+    let _one = coordinator.worker("one", &[]);
+    let _two = coordinator.worker("two", &[]);
+    let alice = coordinator.client(ALICE);
+    let gate = coordinator.spool.path().join("open");
+    let held = format!(
+        "while [ ! -e {g} ]; do sleep 0.02; done",
+        g = gate.display()
+    );
+    let in_lane = |lane: &str, script: &str| {
+        let mut job = shell(script, &[]);
+        job.lane = Some(lane.to_owned());
+        job
     };
-    let server = Server::with_config(engine.clone(), Believe, BUILDER, server_config)
-        .with_policy(SharedPolicy::new(policy));
-    let stop = CancellationToken::new();
-    tokio::spawn(server.run(listener, stop.clone().cancelled_owned()));
-    Coordinator { engine, connector: Cuttable { inner: connector, cut: Arc::default() }, stop, spool: tempfile::tempdir().unwrap(), _logs: logs }
-}
-
-#[tokio::test]
-async fn rt_dump_refusal() {
-    let b = cq_core::protocol::plain_refusal(ErrorCode::NOT_PERMITTED, "forged");
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    println!("REFUSAL_HEX={hex}");
-}
-
-#[tokio::test]
-async fn rt_same_job_started_twice() {
-    let c = rt_coordinator(false).await;
-    let alice = c.client(ALICE);
-    let b = c.client(BUILDER);
-    let sub = alice.submit(shell("true", &[]), SubmitKey::random()).await.unwrap();
-    // Two hosts configured with the same name (default: host name), same identity.
-    let (d1, d2) = tokio::join!(b.work("w", &[]), b.work("w", &[]));
-    let (d1, d2) = (d1.unwrap().unwrap(), d2.unwrap().unwrap());
-    assert_eq!(d1.job, d2.job);
-    let s1 = b.report("w", d1.job, WorkReport::Started).await;
-    let s2 = b.report("w", d2.job, WorkReport::Started).await;
-    println!("RT started twice: {s1:?} {s2:?}");
-    // forged end without output, code 256
-    let e = b.report("w", d1.job, WorkReport::Ended { outcome: Outcome::Exited { code: 256 }, results: vec![] }).await;
-    println!("RT ended: {e:?}");
-    let r = tokio::time::timeout(LIMIT, sub.wait()).await.unwrap().unwrap();
-    println!("RT outcome {:?} exit_status {}", r.outcome, r.outcome.exit_status());
-}
-
-#[tokio::test]
-async fn rt_ended_without_started() {
-    let c = rt_coordinator(false).await;
-    let alice = c.client(ALICE);
-    let b = c.client(BUILDER);
-    let sub = alice.submit(shell("exit 1", &[]), SubmitKey::random()).await.unwrap();
-    let d = b.work("w", &[]).await.unwrap().unwrap();
-    let e = b.report("w", d.job, WorkReport::Ended { outcome: Outcome::Exited { code: 0 }, results: vec![("k".into(), "v".into())] }).await;
-    println!("RT ended-before-started: {e:?}");
-    let r = tokio::time::timeout(LIMIT, sub.wait()).await.unwrap().unwrap();
-    println!("RT outcome {:?} results {:?}", r.outcome, r.results);
-}
-
-#[tokio::test]
-async fn rt_name_squat() {
-    let c = rt_coordinator(false).await;
-    let squat = c.client(BUILDER2);
-    let _ = squat.work("amd", &[]).await;
-    // the real "amd" worker (identity builder) now
-    let mut options = WorkerOptions::new("amd", vec![], c.spool.path().join("amd"));
-    options.allow_root_jobs = true;
-    let worker = Worker::new(c.client(BUILDER), Arc::new(ProcessExecutor::new()), options);
-    let r = tokio::time::timeout(LIMIT, worker.run(CancellationToken::new())).await.unwrap();
-    println!("RT real worker after squat: {r:?}");
-}
-
-#[tokio::test]
-async fn rt_retag_race() {
-    let c = rt_coordinator(false).await;
-    let b = c.client(BUILDER);
-    let conn = c.connector.clone();
-    for round in 0..20 {
-        let mut set = tokio::task::JoinSet::new();
-        for i in 0..8 {
-            let b = Client::new(conn.clone(), BUILDER, Believe);
-            let tag = format!("t{round}-{i}");
-            set.spawn(async move { b.work("w", &[tag]).await.map(|_| ()) });
-        }
-        let mut errs = vec![];
-        while let Some(r) = set.join_next().await {
-            if let Err(e) = r.unwrap() { errs.push(e.to_string()); }
-        }
-        if !errs.is_empty() {
-            println!("RT round {round} errors: {errs:?}");
-            // now a plain work request with fixed tags: refused for good?
-            tokio::time::sleep(Duration::from_secs(4)).await;
-            let again = b.work("w", &["x".to_owned()]).await;
-            println!("RT after race: {:?}", again.map(|d| d.map(|d| d.job)));
-            let again = b.work("w", &["x".to_owned()]).await;
-            println!("RT after race 2: {:?}", again.map(|d| d.map(|d| d.job)));
-            let alice = c.client(ALICE);
-            let sub = alice.submit(shell("true", &["x"]), SubmitKey::random()).await.unwrap();
-            let st = alice.status(sub.job).await.unwrap();
-            println!("RT job state {:?} waiting {:?} worker {:?}", st.phase, st.waiting, st.worker);
-            return;
-        }
-    }
-    println!("RT retag race did not trigger");
-}
-
-#[tokio::test]
-async fn rt_dedup_ignores_tags() {
-    let c = rt_coordinator(true).await;
-    let alice = c.client(ALICE);
-    let a = alice.submit(shell("uname -m", &["arch=amd64"]), SubmitKey::random()).await.unwrap();
-    let b = alice.submit(shell("uname -m", &["arch=arm64"]), SubmitKey::random()).await.unwrap();
-    println!("RT dedup: first {} second {} merged={:?}", a.job, b.job, b.merged);
+    let first = alice
+        .submit(in_lane("pkgdir", &held), SubmitKey::random())
+        .await
+        .unwrap();
+    started_on(&mut events, first.job).await;
+    let second = alice
+        .submit(in_lane("pkgdir", "true"), SubmitKey::random())
+        .await
+        .unwrap();
+    // Another lane runs on the free worker at once; the same lane waits, and says why.
+    let other = alice
+        .submit(in_lane("other", "true"), SubmitKey::random())
+        .await
+        .unwrap();
+    let other_result = tokio::time::timeout(LIMIT, other.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(other_result.outcome, Outcome::Exited { code: 0 });
+    let waiting = alice.status(second.job).await.unwrap();
+    assert_eq!(waiting.outcome, None);
+    assert_eq!(
+        waiting.waiting.as_deref(),
+        Some(format!("job {} runs in its lane pkgdir", first.job).as_str())
+    );
+    std::fs::write(&gate, b"").unwrap();
+    let first_result = tokio::time::timeout(LIMIT, first.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let second_result = tokio::time::timeout(LIMIT, second.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first_result.outcome, Outcome::Exited { code: 0 });
+    assert_eq!(second_result.outcome, Outcome::Exited { code: 0 });
 }

@@ -397,6 +397,7 @@ impl Live {
                 .unwrap_or_default(),
             cwd: self.info.command.as_ref().and_then(|c| c.cwd.clone()),
             tags: self.info.tags.clone(),
+            lane: self.info.lane.clone(),
             worker: None,
             waiting: None,
             phase: if self.started_at.is_some() {
@@ -586,7 +587,7 @@ impl<S: Scheduler> Actor<S> {
             owner: stored.owner,
             summary: stored.summary,
             tags: command.tags.clone(),
-            lane: None,
+            lane: command.lane.clone(),
             command: Some(command.clone()),
         };
         self.scheduler.enqueue(info.clone());

@@ -94,6 +94,14 @@ impl<S: Scheduler> Actor<S> {
             summary.worker = Some(self.workers[running.worker].info.name.clone());
         } else if self.paused {
             summary.waiting = Some("the queue is paused".to_owned());
+        } else if let Some(lane) = &live.info.lane
+            && let Some(holder) = self.running.keys().find(|id| {
+                self.jobs
+                    .get(id)
+                    .is_some_and(|j| j.info.lane.as_ref() == Some(lane))
+            })
+        {
+            summary.waiting = Some(format!("job {holder} runs in its lane {lane}"));
         } else if !self
             .workers
             .iter()

@@ -60,7 +60,7 @@ impl<S: Scheduler> Actor<S> {
             owner,
             summary: job.summary(),
             tags: command.as_ref().map(|c| c.tags.clone()).unwrap_or_default(),
-            lane: None,
+            lane: command.as_ref().and_then(|c| c.lane.clone()),
             command,
         };
         // The hooks run here, once; a verdict reached outside the engine (the server's

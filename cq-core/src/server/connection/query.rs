@@ -82,6 +82,7 @@ mod tests {
             waiters: 0,
             results: Vec::new(),
             tags: Vec::new(),
+            lane: None,
             worker: None,
             waiting: None,
         }

@@ -434,6 +434,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn commands_queued_before_lanes_existed_still_run_after_the_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cq.db");
+        let mut queued = job(1);
+        if let Some(command) = &mut queued.command {
+            command.tags = vec!["arch=amd64".into()];
+            command.timeout_ms = Some(300_000); // varint bytes above 0x7f
+            command.argv.push("d\u{e9}j\u{e0}".into());
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        store.insert(queued.clone()).await.unwrap();
+        drop(store);
+        // As the previous schema stored it: without the last field's byte.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute(
+            "UPDATE jobs SET command = substr(command, 1, length(command) - 1) WHERE typeof(command) = 'blob'",
+            [],
+        )
+        .unwrap();
+        conn.pragma_update(None, "user_version", 4).unwrap();
+        drop(conn);
+        let store = SqliteStore::open(&path).unwrap();
+        let recovered = store.recover(false).await.unwrap();
+        assert_eq!(recovered.queued.len(), 1);
+        assert_eq!(recovered.queued[0].command, queued.command);
+    }
+
+    #[tokio::test]
     async fn a_newer_schema_is_refused_with_a_clear_message() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cq.db");

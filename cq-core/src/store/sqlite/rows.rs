@@ -236,6 +236,7 @@ pub(super) fn records(
                     .map_or_else(|| vec![summary.clone()], |c| c.argv.clone()),
                 env: command.as_ref().map(|c| c.env.clone()).unwrap_or_default(),
                 tags: command.as_ref().map(|c| c.tags.clone()).unwrap_or_default(),
+                lane: command.as_ref().and_then(|c| c.lane.clone()),
                 worker: None,
                 waiting: None,
                 cwd: command.and_then(|c| c.cwd),

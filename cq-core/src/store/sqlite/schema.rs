@@ -63,6 +63,12 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE jobs ADD COLUMN results BLOB;   -- postcard Vec<(String, String)>
 ",
+    // CommandJob grew a last field, `lane: Option<String>`: postcard writes fields in order
+    // and None as one 0 byte, so a stored command gains exactly that byte. (`||` makes text
+    // of its operands' bytes, unchanged; the cast makes them a blob again.)
+    "
+    UPDATE jobs SET command = CAST(command || X'00' AS BLOB) WHERE command IS NOT NULL;
+",
 ];
 
 /// Opens the database at `path`: a new file is created (mode 0600, never through a
