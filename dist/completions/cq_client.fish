@@ -17,6 +17,7 @@ complete -c cq_client -l background-log -d 'Log of the background waiter [defaul
 complete -c cq_client -l reconnect-timeout -d 'Seconds to keep re-attaching to the job while the server is unreachable' -r
 complete -c cq_client -l cwd -d 'Working directory of the job on the server (entered with your rights there) [default: the server\'s, usually /]' -r
 complete -c cq_client -l tag -d 'Run the job only on a worker that offers TAG (repeat: all of them), e.g. --tag arch=arm64 to build on the coordinator\'s arm64 build host' -r
+complete -c cq_client -l lane -d 'Never run the job at the same time as another job of lane NAME, on any worker (e.g. every build that writes one shared PKGDIR)' -r
 complete -c cq_client -l timeout -d 'Kill the job (all its processes) if it runs longer than this (e.g. 90s, 2h); the server may set a default and a maximum' -r
 complete -c cq_client -l user -d 'With --list: only the jobs of user NAME' -r
 complete -c cq_client -l state -d 'With --list: only jobs in this state (repeatable)' -r -f -a "queued\t'Waiting for its turn'
