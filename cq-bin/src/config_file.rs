@@ -70,7 +70,7 @@ struct PolicySection {
     #[serde(default)]
     merge_across_users: bool,
     #[serde(default)]
-    workers: Vec<String>,
+    workers: Vec<Spanned<String>>,
 }
 
 /// `[jobs]`: what every job starts from.
@@ -185,6 +185,23 @@ impl ConfigFile {
                 relative.span().start,
                 "policy.commands",
                 format!("{} is not an absolute path", relative.get_ref().display()),
+            ));
+        }
+        // An entry that can never match would silently admit nobody.
+        if let Some(bad) = file.raw.policy.workers.iter().find(|w| {
+            let (name, address) = match w.get_ref().split_once('@') {
+                Some((name, address)) => (name, Some(address)),
+                None => (w.get_ref().as_str(), None),
+            };
+            name.is_empty() || address.is_some_and(|a| a.parse::<std::net::IpAddr>().is_err())
+        }) {
+            return Err(file.invalid(
+                bad.span().start,
+                "policy.workers",
+                format!(
+                    "{:?} is neither NAME nor NAME@IP-ADDRESS (one address, no port or host name)",
+                    bad.get_ref()
+                ),
             ));
         }
         Ok(file)
@@ -378,7 +395,11 @@ fn policy_from(section: &PolicySection, allow_root: bool) -> SubmitPolicy {
             .as_ref()
             .map(|c| c.iter().map(|p| p.get_ref().clone()).collect()),
         merge_across_users: section.merge_across_users,
-        workers: section.workers.clone(),
+        workers: section
+            .workers
+            .iter()
+            .map(|w| w.get_ref().clone())
+            .collect(),
         ..SubmitPolicy::default()
     }
 }
@@ -480,6 +501,22 @@ mod tests {
             err,
             "/etc/cq/cq.toml:2: policy.commands: emerge is not an absolute path"
         );
+        // Red team: entries that could never match admitted nobody, silently.
+        for entry in [
+            "root@buildhost",
+            "root@10.0.0.7:48005",
+            "@10.0.0.7",
+            "root@10.0.0.0/24",
+        ] {
+            let err = file(&format!("[policy]\nworkers = [\"root\", \"{entry}\"]\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("/etc/cq/cq.toml:2: policy.workers: "),
+                "{entry}: {err}"
+            );
+        }
+        assert!(file("[policy]\nworkers = [\"root@10.0.0.7\", \"cq@::1\", \"b\"]\n").is_ok());
     }
 
     #[test]

@@ -252,8 +252,13 @@ fn describe_policy(policy: &SubmitPolicy) -> String {
         ),
         None => "any command".to_owned(),
     };
+    let workers = if policy.workers.is_empty() {
+        "no workers".to_owned()
+    } else {
+        format!("workers [{}]", policy.workers.join(", "))
+    };
     format!(
-        "admits {who} ({root}); {rights}; {commands}; admins [{}]",
+        "admits {who} ({root}); {rights}; {commands}; admins [{}]; {workers}",
         policy.admins.join(", ")
     )
 }
@@ -573,6 +578,12 @@ async fn credentials(args: &Args) -> anyhow::Result<Credentials> {
 /// Says at start-up whom the server admits, and warns where that gives others root's rights.
 fn log_policy(policy: &SubmitPolicy, root: bool) {
     tracing::info!("policy: {}", describe_policy(policy));
+    if let Some(anywhere) = policy.workers.iter().find(|w| !w.contains('@')) {
+        tracing::warn!(
+            worker = %anywhere,
+            "a worker is admitted from any address: with MUNGE, root on any host with the key can be it and get every job (name its address: NAME@IP)"
+        );
+    }
     if root
         && !policy.switch_user
         && (!policy.users.iter().all(|u| u == "root") || !policy.groups.is_empty())

@@ -313,6 +313,11 @@ impl CommandJob {
                 what: "working directory".into(),
             });
         }
+        if self.tags.len() > MAX_TAGS {
+            return Err(InvalidJob::TooManyTags {
+                count: self.tags.len(),
+            });
+        }
         let bad =
             |t: &String| t.is_empty() || t.len() > MAX_TAG_BYTES || t.chars().any(char::is_control);
         if let Some(tag) = self.tags.iter().chain(&self.lane).find(|t| bad(t)) {
@@ -492,6 +497,10 @@ pub(crate) fn epoch_ms(at: std::time::SystemTime) -> u64 {
 /// The longest tag of a job, in bytes.
 pub const MAX_TAG_BYTES: usize = 256;
 
+/// The most tags a job may have (or a worker offer): every free worker compares them with
+/// the queued jobs'.
+pub const MAX_TAGS: usize = 64;
+
 /// The most bytes a [`CommandJob`] may hold (arguments, environment, working directory,
 /// tags): far more than any real command line, little enough to keep many queued.
 pub const MAX_JOB_BYTES: u64 = 256 * 1024;
@@ -526,6 +535,12 @@ pub enum InvalidJob {
     BadTag {
         /// The offending tag.
         tag: String,
+    },
+    /// The job has more than [`MAX_TAGS`] tags.
+    #[error("the job has {count} tags; a job may have at most {MAX_TAGS}")]
+    TooManyTags {
+        /// How many it has.
+        count: usize,
     },
     /// A string that becomes a C string holds a NUL byte.
     #[error("{what} contains a NUL byte")]
@@ -603,6 +618,17 @@ mod tests {
         ));
         let nul = CommandJob::new(["echo", "a\0b"]);
         assert!(matches!(nul.validate(), Err(InvalidJob::NulByte { .. })));
+        // Red team: 200,000 tags per job made every scheduling pass slow for everybody.
+        let mut tagged = CommandJob::new(["true"]);
+        tagged.tags = vec!["a".into(); MAX_TAGS + 1];
+        assert!(matches!(
+            tagged.validate(),
+            Err(InvalidJob::TooManyTags { .. })
+        ));
+        tagged.tags.truncate(MAX_TAGS);
+        assert_eq!(tagged.validate(), Ok(()));
+        tagged.lane = Some("a\nb".into());
+        assert!(matches!(tagged.validate(), Err(InvalidJob::BadTag { .. })));
         assert_eq!(
             CommandJob::new(["true"]).with_env("USE", "").validate(),
             Ok(())

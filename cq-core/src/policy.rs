@@ -121,6 +121,11 @@ pub enum PolicyRefusal {
     /// The requester asked for work, and the policy's `workers` does not name it.
     #[error("{0} may not serve as a worker: the coordinator's policy does not name it in workers")]
     NotWorker(String),
+    /// A worker that cannot run jobs as their requesters, on a server whose jobs do.
+    #[error(
+        "{0} may not serve as a worker: jobs here run as their requesters, which only a worker running as root can do"
+    )]
+    WorkerNotRoot(String),
     /// The program is not in `commands`.
     #[error("{0} is not among the commands this server runs (policy commands)")]
     Command(String),
@@ -224,7 +229,11 @@ impl SubmitPolicy {
                     }
                 })
         });
-        if admitted {
+        if admitted && self.switch_user && who.uid != 0 {
+            // It would be handed every user's jobs (their commands and variables) and could
+            // run none of them as their requester.
+            Err(PolicyRefusal::WorkerNotRoot(who.to_string()))
+        } else if admitted {
             Ok(())
         } else {
             Err(PolicyRefusal::NotWorker(format!(
@@ -398,6 +407,42 @@ mod tests {
         let who = who(uid, name);
         policy.check_requester(&who, Ok(&account(uid, name, vec![uid])))?;
         policy.check_job(&who, job)
+    }
+
+    #[test]
+    fn workers_are_named_with_their_address_and_run_as_root_where_jobs_switch_users() {
+        let at = |ip: &str| Some(ip.parse::<std::net::IpAddr>().unwrap());
+        let policy = SubmitPolicy {
+            workers: vec!["root@10.0.0.7".into(), "builder".into()],
+            ..SubmitPolicy::default()
+        };
+        let root = who(0, "root");
+        assert_eq!(policy.check_worker(&root, None, at("10.0.0.7")), Ok(()));
+        // The same address written as an IPv4-mapped IPv6 one (a server on [::]).
+        assert_eq!(
+            policy.check_worker(&root, None, at("::ffff:10.0.0.7")),
+            Ok(())
+        );
+        assert!(policy.check_worker(&root, None, at("10.0.0.8")).is_err());
+        assert!(policy.check_worker(&root, None, None).is_err());
+        assert!(
+            policy
+                .check_worker(&who(1000, "alice"), None, at("10.0.0.7"))
+                .is_err()
+        );
+        let builder = who(1001, "builder");
+        assert_eq!(policy.check_worker(&builder, None, at("192.0.2.1")), Ok(()));
+        // Red team: where jobs run as their requesters, a worker that is not root would get
+        // every user's jobs and could run none of them.
+        let switching = SubmitPolicy {
+            switch_user: true,
+            ..policy
+        };
+        assert!(matches!(
+            switching.check_worker(&builder, None, at("192.0.2.1")),
+            Err(PolicyRefusal::WorkerNotRoot(_))
+        ));
+        assert_eq!(switching.check_worker(&root, None, at("10.0.0.7")), Ok(()));
     }
 
     #[test]

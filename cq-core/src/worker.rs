@@ -157,8 +157,9 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
         shutdown: &CancellationToken,
     ) -> Result<(), WorkerError> {
         let id = dispatch.job;
+        let lease = dispatch.lease;
         // Taken first: from here on the coordinator knows this worker runs it.
-        let cancelled_already = match self.deliver(id, WorkReport::Started, shutdown).await {
+        let cancelled_already = match self.deliver(id, lease, WorkReport::Started, shutdown).await {
             Delivered::Noted(cancel) => cancel,
             Delivered::NotOurs | Delivered::Stopped => return Ok(()),
         };
@@ -199,7 +200,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
                         () = shutdown.cancelled(), if !cancel.is_cancelled() => cancel.cancel(),
                         _ = flush.tick() => {
                             let alive_due = last_report.elapsed() >= self.options.heartbeat;
-                            match self.send_output(id, &spool, &mut sent, alive_due).await {
+                            match self.send_output(id, lease, &spool, &mut sent, alive_due).await {
                                 Sent::Noted { cancel: stop } => {
                                     last_report = tokio::time::Instant::now();
                                     if stop {
@@ -222,7 +223,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
                 // once it is back).
                 loop {
                     let before = sent;
-                    match self.send_output(id, &spool, &mut sent, false).await {
+                    match self.send_output(id, lease, &spool, &mut sent, false).await {
                         Sent::NotOurs => {
                             let _ = std::fs::remove_file(&spool);
                             return Ok(());
@@ -248,7 +249,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
         };
         // The end must reach the coordinator, however long it is away; a shutdown of the
         // worker gives up on it (the coordinator then counts the job lost).
-        let _ = self.deliver(id, ended, shutdown).await;
+        let _ = self.deliver(id, lease, ended, shutdown).await;
         let _ = std::fs::remove_file(&spool);
         Ok(())
     }
@@ -258,6 +259,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
     async fn send_output(
         &self,
         id: crate::job::JobId,
+        lease: u64,
         spool: &std::path::Path,
         sent: &mut u64,
         alive_due: bool,
@@ -274,7 +276,11 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
         } else {
             return Sent::Nothing;
         };
-        match self.client.report(&self.options.name, id, report).await {
+        match self
+            .client
+            .report(&self.options.name, id, lease, report)
+            .await
+        {
             Ok(cancel) => {
                 *sent += len;
                 Sent::Noted { cancel }
@@ -294,6 +300,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
     async fn deliver(
         &self,
         id: crate::job::JobId,
+        lease: u64,
         report: WorkReport,
         shutdown: &CancellationToken,
     ) -> Delivered {
@@ -301,7 +308,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
         loop {
             match self
                 .client
-                .report(&self.options.name, id, report.clone())
+                .report(&self.options.name, id, lease, report.clone())
                 .await
             {
                 Ok(cancel) => return Delivered::Noted(cancel),
@@ -379,12 +386,14 @@ enum Sent {
     NotOurs,
 }
 
-/// Whether the coordinator refused (rather than could not be reached).
+/// Whether the coordinator refused (rather than could not be reached). Only an answer
+/// authenticated as the coordinator's counts: an unauthenticated error could come from
+/// anybody who answers the worker's connection, and must not stop the worker or its job.
 fn refused(e: &ClientError) -> bool {
     matches!(
         e,
-        ClientError::Server { code, .. }
-            if *code == ErrorCode::NOT_PERMITTED || *code == ErrorCode::AUTH_FAILED || *code == ErrorCode::MALFORMED
+        ClientError::Server { code, verified: true, .. }
+            if *code == ErrorCode::NOT_PERMITTED || *code == ErrorCode::MALFORMED
     )
 }
 

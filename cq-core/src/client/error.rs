@@ -47,6 +47,10 @@ pub enum ClientError {
         code: ErrorCode,
         /// The server's explanation.
         message: String,
+        /// Whether the reply was authenticated as the server's answer to this request.
+        /// Errors sent before a request could be authenticated never are: anybody on the
+        /// way could have sent them, so they are worth showing but not acting on.
+        verified: bool,
     },
     /// The server did not answer in time.
     #[error("the server did not answer in time during {during}")]

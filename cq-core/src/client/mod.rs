@@ -45,6 +45,8 @@ pub struct Dispatch {
     pub run_as: Option<RunAs>,
     /// The only programs it may run, when the coordinator's policy has a list.
     pub commands: Option<Vec<String>>,
+    /// Names this dispatch; every report on the job names it.
+    pub lease: u64,
 }
 
 /// How long the client waits for the server's greeting, which cq_server sends as soon as the
@@ -289,11 +291,13 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
                 command,
                 run_as,
                 commands,
+                lease,
             })) => Ok(Some(Dispatch {
                 job,
                 command,
                 run_as,
                 commands,
+                lease,
             })),
             Ok(Ok(other)) => Err(ClientError::Protocol(format!(
                 "expected a job or idle, got {other:?}"
@@ -303,7 +307,8 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
         answer
     }
 
-    /// As worker `worker`, reports on job `job`; answers whether the job is to be stopped.
+    /// As worker `worker`, reports on job `job`, which it runs by the dispatch with `lease`;
+    /// answers whether the job is to be stopped.
     ///
     /// # Errors
     ///
@@ -313,11 +318,13 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
         &self,
         worker: &str,
         job: JobId,
+        lease: u64,
         report: WorkReport,
     ) -> Result<bool, ClientError> {
         let action = Action::Report {
             worker: worker.to_owned(),
             job,
+            lease,
             report,
         };
         let mut channel = self.open(action, None).await?;

@@ -197,7 +197,11 @@ impl<St: crate::transport::Stream, A: Authenticator> Submission<St, A> {
                 // server's munged, not this host's.
                 tracing::debug!(reason = %why, "an error reply that cannot be verified");
                 let message = format!("the server says (unverified): {message}");
-                return Err(ClientError::Server { code, message });
+                return Err(ClientError::Server {
+                    code,
+                    message,
+                    verified: false,
+                });
             }
             (Err(why), _) => return Err(ClientError::ReplyNotAuthentic(why)),
         };
@@ -218,7 +222,12 @@ impl<St: crate::transport::Stream, A: Authenticator> Submission<St, A> {
             )));
         }
         match reply.event {
-            Event::Error { code, message } => Err(ClientError::Server { code, message }),
+            // An unattributed error names no request: it could answer anybody's.
+            Event::Error { code, message } => Err(ClientError::Server {
+                code,
+                message,
+                verified: !unattributed_error,
+            }),
             event => Ok(event),
         }
     }

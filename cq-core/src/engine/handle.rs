@@ -428,12 +428,13 @@ impl EngineHandle {
     }
 
     /// Adds a worker that runs the jobs it [can run](WorkerInfo::can_run) with `executor`,
-    /// one at a time, from now on: a build host that joined. A worker of the same name that
-    /// was [detached](Self::detach_worker) comes back with these tags and this executor.
+    /// one at a time, from now on: a build host that joined. A worker of the same name (one
+    /// that was [detached](Self::detach_worker), or is attached) has these tags and this
+    /// executor from now on; a job it runs goes on.
     ///
     /// # Errors
     ///
-    /// [`SubmitError::Rejected`] when a worker of that name is attached already;
+    /// [`SubmitError::Rejected`] for the name of the engine's own worker;
     /// [`SubmitError::Stopped`] when the engine is gone.
     pub async fn attach_worker(
         &self,

@@ -142,6 +142,8 @@ pub enum Action {
         worker: String,
         /// The job it runs.
         job: JobId,
+        /// The lease of the dispatch it runs the job by.
+        lease: u64,
         /// What it has to say.
         report: WorkReport,
     },
@@ -274,6 +276,9 @@ pub enum Event {
         run_as: Option<RunAs>,
         /// The only programs it may run (absolute paths), when the policy has a list.
         commands: Option<Vec<String>>,
+        /// Names this dispatch: the first `Started` names the one that runs the job, and
+        /// every later report must name it too.
+        lease: u64,
     },
     /// The answer to `Work` when there was nothing to run for a while: ask again.
     Idle,

@@ -146,11 +146,12 @@ impl<A: Authenticator, C: CredentialSource> Server<A, C> {
         self.shared.stats.clone()
     }
 
-    /// Accepts and serves connections until `shutdown` resolves. Then it stops accepting,
-    /// asks the engine to stop (the running job may finish: stop it sooner with
-    /// [`EngineHandle::shutdown`] and [`ShutdownMode::CancelRunning`]) and keeps serving the
-    /// connections meanwhile, so that the running job's waiters hear its outcome and the
-    /// others are told the server is stopping. Returns once the engine has stopped and every
+    /// Accepts and serves connections until `shutdown` resolves. Then it asks the engine to
+    /// stop (the running job may finish: stop it sooner with
+    /// [`EngineHandle::shutdown`] and [`ShutdownMode::CancelRunning`]) and keeps serving
+    /// meanwhile, new connections too, so that the running job's waiters hear its outcome,
+    /// the others are told the server is stopping, and workers on other hosts can report
+    /// the end of the jobs they run. Returns once the engine has stopped and every
     /// connection task has ended (or the shutdown deadline passed).
     pub async fn run<L: Listener>(self, listener: L, shutdown: impl Future<Output = ()>) {
         let shared = Arc::new(self.shared);
@@ -160,10 +161,17 @@ impl<A: Authenticator, C: CredentialSource> Server<A, C> {
         let permits = Arc::new(Semaphore::new(config.max_connections));
         let per_host = Arc::new(HostCounts::default());
         let mut backoff = Duration::ZERO;
-        tokio::pin!(shutdown);
+        // Connections are still served while the engine stops: workers on other hosts must
+        // deliver the end of the jobs it waits for (new submissions are refused meanwhile).
+        let engine = shared.engine.clone();
+        let stopped = async move {
+            shutdown.await;
+            engine.shutdown(ShutdownMode::FinishRunning).await;
+        };
+        tokio::pin!(stopped);
         loop {
             let accepted = tokio::select! {
-                () = &mut shutdown => break,
+                () = &mut stopped => break,
                 accepted = listener.accept() => accepted,
             };
             match accepted {
@@ -213,7 +221,6 @@ impl<A: Authenticator, C: CredentialSource> Server<A, C> {
             }
         }
         drop(listener);
-        shared.engine.shutdown(ShutdownMode::FinishRunning).await;
         token.cancel();
         tracker.close();
         if tokio::time::timeout(config.shutdown_deadline, tracker.wait())

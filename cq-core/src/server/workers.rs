@@ -10,6 +10,7 @@
 //! the coordinator believes it runs a job it took lost it too (it was restarted).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -32,13 +33,19 @@ const LIVENESS_CHECK: Duration = Duration::from_secs(1);
 /// The coordinator's workers, by name.
 pub(crate) struct RemoteWorkers {
     slots: Mutex<HashMap<String, Slot>>,
+    /// Held while a worker joins or leaves the engine, so that the engine and the slots
+    /// agree on who is attached whatever the order requests arrive in.
+    membership: tokio::sync::Mutex<()>,
     /// Away longer than this, a worker has lost its job.
     timeout: Duration,
 }
 
 struct Slot {
-    /// Who holds the name: nobody else may report for it.
+    /// Who holds the name, and from where: nobody else may ask for work or report under
+    /// it. The name is free again once its worker has left with nothing running.
     identity: Identity,
+    address: Option<IpAddr>,
+    /// The tags the engine knows it by, once attached.
     tags: Vec<String>,
     /// Whether the engine offers it jobs.
     attached: bool,
@@ -50,11 +57,23 @@ struct Slot {
     dispatched: Arc<Notify>,
 }
 
+impl Slot {
+    fn held_by(&self, identity: &Identity, address: Option<IpAddr>) -> bool {
+        self.identity.uid == identity.uid
+            && self.identity.user == identity.user
+            && self.address.map(|a| a.to_canonical()) == address.map(|a| a.to_canonical())
+    }
+}
+
 struct RemoteJob {
     id: JobId,
-    dispatch: Event,
-    /// The worker said `Started`.
-    taken: bool,
+    command: CommandJob,
+    run_as: Option<RunAs>,
+    commands: Option<Vec<String>>,
+    /// The lease of the dispatch the worker started it with: every report must name it.
+    /// Until then each request for work gets the job with a lease of its own, and only the
+    /// first to say `Started` runs it.
+    lease: Option<u64>,
     /// Bytes of output received.
     received: u64,
     log: LogSink,
@@ -69,21 +88,39 @@ impl RemoteJob {
             let _ = done.send(outcome);
         }
     }
+
+    fn dispatch(&self) -> Event {
+        Event::Dispatch {
+            job: self.id,
+            command: self.command.clone(),
+            run_as: self.run_as.clone(),
+            commands: self.commands.clone(),
+            lease: fresh_lease(),
+        }
+    }
+}
+
+fn fresh_lease() -> u64 {
+    let mut bytes = [0; 8];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    u64::from_ne_bytes(bytes)
 }
 
 /// Why a worker's request is refused.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum WorkerRefusal {
-    #[error("the worker name {0} is held by another identity")]
+    #[error("the worker name {0} is held by another identity or address")]
     NameTaken(String),
     #[error("no worker called {0} has joined")]
     UnknownWorker(String),
-    #[error("job {job} does not run on worker {worker}")]
+    #[error("job {job} does not run on worker {worker} (or another dispatch of it does)")]
     NotItsJob { worker: String, job: JobId },
     #[error("{0}")]
     Engine(String),
-    #[error("output before the job was started")]
+    #[error("a report on a job before it was started")]
     NotStarted,
+    #[error("not an outcome a job can have: {0}")]
+    BadOutcome(String),
     #[error("output from byte {got} on, but only {expected} bytes came before")]
     OutputGap { expected: u64, got: u64 },
 }
@@ -91,7 +128,7 @@ pub(crate) enum WorkerRefusal {
 /// What a `Work` request gets.
 pub(crate) enum Poll {
     /// Run this.
-    Dispatch(Event),
+    Dispatch(Box<Event>),
     /// Nothing within the poll time.
     Idle,
 }
@@ -100,6 +137,7 @@ impl RemoteWorkers {
     pub(crate) fn new(timeout: Duration) -> Self {
         Self {
             slots: Mutex::new(HashMap::new()),
+            membership: tokio::sync::Mutex::new(()),
             timeout,
         }
     }
@@ -118,64 +156,43 @@ impl RemoteWorkers {
         engine: &EngineHandle,
         info: WorkerInfo,
         identity: &Identity,
+        address: Option<IpAddr>,
         poll: Duration,
     ) -> Result<Poll, WorkerRefusal> {
         let name = info.name.clone();
-        let (attach, notify) = {
+        let notify = {
             let mut slots = self.slots();
             let slot = slots.entry(name.clone()).or_insert_with(|| Slot {
                 identity: identity.clone(),
-                tags: info.tags.clone(),
+                address,
+                tags: Vec::new(),
                 attached: false,
                 polling: 0,
                 last_seen: Instant::now(),
                 job: None,
                 dispatched: Arc::new(Notify::new()),
             });
-            if slot.identity.uid != identity.uid || slot.identity.user != identity.user {
+            if !slot.held_by(identity, address) {
                 return Err(WorkerRefusal::NameTaken(name));
             }
             slot.last_seen = Instant::now();
             if let Some(job) = &mut slot.job
-                && job.taken
+                && job.lease.is_some()
             {
                 tracing::warn!(job = %job.id, worker = %name, "the worker asks for work while its job ran: it lost the job (restarted?)");
                 job.end(Outcome::Lost);
                 slot.job = None;
             }
-            let retag = slot.attached && slot.tags != info.tags;
-            slot.tags.clone_from(&info.tags);
-            let attach = if retag || !slot.attached {
-                slot.attached = true;
-                Some(retag)
-            } else {
-                None
-            };
             slot.polling += 1;
-            (attach, slot.dispatched.clone())
+            slot.dispatched.clone()
         };
+        // From here on the slot stays (it is polled), and the guard counts the poll out.
         let _polling = PollGuard {
             workers: self.clone(),
             engine: engine.clone(),
             name: name.clone(),
         };
-        if let Some(retag) = attach {
-            if retag {
-                let _ = engine.detach_worker(&name).await;
-            }
-            let executor = Arc::new(RemoteExecutor {
-                workers: self.clone(),
-                name: name.clone(),
-            });
-            if let Err(e) = engine.attach_worker(info.clone(), executor).await {
-                let mut slots = self.slots();
-                if let Some(slot) = slots.get_mut(&name) {
-                    slot.attached = false;
-                }
-                return Err(WorkerRefusal::Engine(e.to_string()));
-            }
-            tracing::info!(worker = %name, tags = ?info.tags, who = %identity, "a worker joined");
-        }
+        self.join(engine, info, identity).await?;
         let until = Instant::now() + poll;
         loop {
             let notified = notify.notified();
@@ -186,9 +203,9 @@ impl RemoteWorkers {
                 if let Some(slot) = slots.get_mut(&name) {
                     slot.last_seen = Instant::now();
                     if let Some(job) = &slot.job
-                        && !job.taken
+                        && job.lease.is_none()
                     {
-                        return Ok(Poll::Dispatch(job.dispatch.clone()));
+                        return Ok(Poll::Dispatch(Box::new(job.dispatch())));
                     }
                 }
             }
@@ -198,22 +215,56 @@ impl RemoteWorkers {
         }
     }
 
+    /// Makes the engine offer jobs to the polled worker `info.name`, with these tags.
+    async fn join(
+        self: &Arc<Self>,
+        engine: &EngineHandle,
+        info: WorkerInfo,
+        identity: &Identity,
+    ) -> Result<(), WorkerRefusal> {
+        let _membership = self.membership.lock().await;
+        let current = {
+            let slots = self.slots();
+            slots
+                .get(&info.name)
+                .is_some_and(|slot| slot.attached && slot.tags == info.tags)
+        };
+        if current {
+            return Ok(());
+        }
+        let executor = Arc::new(RemoteExecutor {
+            workers: self.clone(),
+            name: info.name.clone(),
+        });
+        engine
+            .attach_worker(info.clone(), executor)
+            .await
+            .map_err(|e| WorkerRefusal::Engine(e.to_string()))?;
+        if let Some(slot) = self.slots().get_mut(&info.name) {
+            slot.attached = true;
+            slot.tags.clone_from(&info.tags);
+        }
+        tracing::info!(worker = %info.name, tags = ?info.tags, who = %identity, "a worker joined");
+        Ok(())
+    }
+
     /// A worker reports on its job; answers whether the job is to be stopped.
     pub(crate) fn report(
         &self,
         worker: &str,
         identity: &Identity,
+        address: Option<IpAddr>,
         id: JobId,
+        lease: u64,
         report: WorkReport,
     ) -> Result<bool, WorkerRefusal> {
         let mut slots = self.slots();
         let slot = slots
             .get_mut(worker)
             .ok_or_else(|| WorkerRefusal::UnknownWorker(worker.to_owned()))?;
-        if slot.identity.uid != identity.uid || slot.identity.user != identity.user {
+        if !slot.held_by(identity, address) {
             return Err(WorkerRefusal::NameTaken(worker.to_owned()));
         }
-        slot.last_seen = Instant::now();
         let not_its_job = || WorkerRefusal::NotItsJob {
             worker: worker.to_owned(),
             job: id,
@@ -223,13 +274,16 @@ impl RemoteWorkers {
             .as_mut()
             .filter(|j| j.id == id)
             .ok_or_else(not_its_job)?;
+        match (job.lease, &report) {
+            (Some(held), _) if held != lease => return Err(not_its_job()),
+            (None, WorkReport::Started) => job.lease = Some(lease),
+            (None, _) => return Err(WorkerRefusal::NotStarted),
+            _ => {}
+        }
         let cancel = job.cancel.is_cancelled();
         match report {
-            WorkReport::Started => job.taken = true,
+            WorkReport::Started | WorkReport::Alive => {}
             WorkReport::Output { offset, data } => {
-                if !job.taken {
-                    return Err(WorkerRefusal::NotStarted);
-                }
                 if offset > job.received {
                     return Err(WorkerRefusal::OutputGap {
                         expected: job.received,
@@ -243,8 +297,8 @@ impl RemoteWorkers {
                     job.received = job.received.max(end);
                 }
             }
-            WorkReport::Alive => {}
             WorkReport::Ended { outcome, results } => {
+                let outcome = checked_outcome(outcome)?;
                 for (key, value) in &results {
                     if let Err(e) = job.results.set(key, value) {
                         tracing::info!(job = %id, %worker, error = %e, "a result was refused");
@@ -254,23 +308,34 @@ impl RemoteWorkers {
                 slot.job = None;
             }
         }
+        slot.last_seen = Instant::now();
         Ok(cancel)
     }
 
-    /// Detaches worker `name` if it is idle and has not asked for work since `since`.
+    /// Takes worker `name` out of the engine's reach if it is idle and has not asked for work
+    /// since `since`; its name is free again.
     async fn detach_if_gone(&self, engine: &EngineHandle, name: &str, since: Instant) {
-        {
-            let mut slots = self.slots();
-            let Some(slot) = slots.get_mut(name) else {
-                return;
-            };
-            if slot.polling > 0 || slot.job.is_some() || slot.last_seen > since || !slot.attached {
-                return;
-            }
-            slot.attached = false;
+        let _membership = self.membership.lock().await;
+        let gone = |slot: &Slot| slot.polling == 0 && slot.job.is_none() && slot.last_seen <= since;
+        let attached = match self.slots().get(name) {
+            Some(slot) if gone(slot) => slot.attached,
+            _ => return,
+        };
+        if attached {
+            tracing::info!(worker = %name, "a worker left");
+            let _ = engine.detach_worker(name).await;
         }
-        tracing::info!(worker = %name, "a worker left");
-        let _ = engine.detach_worker(name).await;
+        let mut slots = self.slots();
+        match slots.get_mut(name) {
+            // Still gone (nothing was handed to it, and it did not come back meanwhile).
+            Some(slot) if gone(slot) => {
+                slots.remove(name);
+            }
+            // It came back, or the engine gave it a job just before it left (which then
+            // fails to start once the worker stays away).
+            Some(slot) => slot.attached = false,
+            None => {}
+        }
     }
 }
 
@@ -318,8 +383,8 @@ struct RemoteExecutor {
 #[async_trait]
 impl Executor for RemoteExecutor {
     async fn run(&self, job: &CommandJob, ctx: JobContext) -> Outcome {
-        let dispatch = match dispatch(ctx.id, job, &ctx.clearance) {
-            Ok(dispatch) => dispatch,
+        let (run_as, commands) = match cleared(&ctx.clearance) {
+            Ok(cleared) => cleared,
             Err(message) => {
                 return Outcome::SpawnFailed {
                     reason: SpawnFailure::Other,
@@ -340,8 +405,10 @@ impl Executor for RemoteExecutor {
             }
             slot.job = Some(RemoteJob {
                 id: ctx.id,
-                dispatch,
-                taken: false,
+                command: job.clone(),
+                run_as,
+                commands,
+                lease: None,
                 received: 0,
                 log: ctx.log,
                 results: ctx.results,
@@ -360,7 +427,7 @@ impl Executor for RemoteExecutor {
                         let mut slots = self.workers.slots();
                         match slots.get_mut(&self.name) {
                             Some(slot)
-                                if slot.job.as_ref().is_some_and(|j| j.id == ctx.id && !j.taken) =>
+                                if slot.job.as_ref().is_some_and(|j| j.id == ctx.id && j.lease.is_none()) =>
                             {
                                 slot.job = None;
                                 true
@@ -398,7 +465,7 @@ impl RemoteExecutor {
         let mut slots = self.workers.slots();
         let taken = match slots.get_mut(&self.name) {
             Some(slot) if slot.job.as_ref().is_some_and(|j| j.id == id) => {
-                slot.job.take().is_some_and(|j| j.taken)
+                slot.job.take().is_some_and(|j| j.lease.is_some())
             }
             _ => true,
         };
@@ -411,6 +478,28 @@ impl RemoteExecutor {
     }
 }
 
+/// Longest message a worker may give with an outcome.
+const MAX_OUTCOME_MESSAGE: usize = 4096;
+
+/// The outcome a worker reports, if a job can have it: an exit code is 0 to 255, a signal
+/// one the kernel has (else a listing and the requester's exit status would disagree).
+fn checked_outcome(outcome: Outcome) -> Result<Outcome, WorkerRefusal> {
+    let bad = match &outcome {
+        Outcome::Exited { code } => !(0..=255).contains(code),
+        Outcome::Signaled { signal, .. } => !(1..=64).contains(signal),
+        Outcome::SpawnFailed { message, .. } | Outcome::Failed { message } => {
+            message.len() > MAX_OUTCOME_MESSAGE
+        }
+        _ => false,
+    };
+    if bad {
+        return Err(WorkerRefusal::BadOutcome(
+            format!("{outcome:?}").chars().take(200).collect(),
+        ));
+    }
+    Ok(outcome)
+}
+
 fn gone(name: &str) -> Outcome {
     Outcome::SpawnFailed {
         reason: SpawnFailure::Other,
@@ -418,12 +507,11 @@ fn gone(name: &str) -> Outcome {
     }
 }
 
-/// The dispatch of `job`: the command and what the coordinator's policy clears it for.
-fn dispatch(
-    id: JobId,
-    job: &CommandJob,
-    clearance: &crate::job::Clearance,
-) -> Result<Event, String> {
+/// Whose rights the job gets, and which programs it may run, as the dispatch says them.
+type Cleared = (Option<RunAs>, Option<Vec<String>>);
+
+/// What the coordinator's policy clears a job for, in the dispatch's terms.
+fn cleared(clearance: &crate::job::Clearance) -> Result<Cleared, String> {
     let commands = match &clearance.commands {
         None => None,
         Some(paths) => Some(
@@ -437,13 +525,9 @@ fn dispatch(
                 .collect::<Result<Vec<_>, _>>()?,
         ),
     };
-    Ok(Event::Dispatch {
-        job: id,
-        command: job.clone(),
-        run_as: clearance.run_as.as_ref().map(|a| RunAs {
-            user: a.name.clone(),
-            uid: a.uid,
-        }),
-        commands,
-    })
+    let run_as = clearance.run_as.as_ref().map(|a| RunAs {
+        user: a.name.clone(),
+        uid: a.uid,
+    });
+    Ok((run_as, commands))
 }

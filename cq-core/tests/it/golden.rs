@@ -97,6 +97,7 @@ fn wire_actions_and_events_keep_their_positions() {
     let report = Action::Report {
         worker: "w".into(),
         job: JobId(1),
+        lease: 0,
         report: cq_core::protocol::WorkReport::Alive,
     };
     assert_eq!(first(bytes(&report)), 11);

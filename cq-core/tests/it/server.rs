@@ -103,7 +103,7 @@ async fn a_dropped_client_reattaches_by_id_and_gets_the_outcome() {
 
 fn server_error(result: Result<impl std::fmt::Debug, ClientError>) -> (ErrorCode, String) {
     match result {
-        Err(ClientError::Server { code, message }) => (code, message),
+        Err(ClientError::Server { code, message, .. }) => (code, message),
         other => panic!("expected a server error, got {other:?}"),
     }
 }

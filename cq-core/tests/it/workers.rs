@@ -6,8 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cq_core::protocol::{ErrorCode, WorkReport};
-use cq_core::transport::{Connector, MemoryConnector, PeerInfo, TransportError, memory_transport};
+use cq_core::protocol::{ErrorCode, WorkReport, plain_refusal};
+use cq_core::transport::{
+    Connector, Listener, MemoryConnector, PeerInfo, PendingConnection, TransportError,
+    memory_transport,
+};
 use cq_core::worker::{Worker, WorkerOptions};
 use cq_core::{
     AuthError, AuthMethod, Authenticator, Client, ClientError, CommandJob, Credential,
@@ -35,7 +38,7 @@ impl CredentialSource for As {
 
 /// Believes what [`As`] says (the server side), and anything the server sends (the client
 /// side).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct Believe;
 
 #[async_trait]
@@ -66,12 +69,17 @@ impl Authenticator for Believe {
 
 const BUILDER: As = As(4_000_001, "builder");
 const ALICE: As = As(4_000_002, "alice");
+const BUILDER2: As = As(4_000_003, "builder2");
 
-/// A connector that can be cut off, as a network can.
+/// A connector that can be cut off, as a network can, or led to an impostor that answers
+/// every request with an unauthenticated refusal (someone who took the coordinator's port
+/// while it was away, or sits on the way).
 #[derive(Clone)]
 struct Cuttable {
     inner: MemoryConnector,
     cut: Arc<AtomicBool>,
+    impostor: MemoryConnector,
+    to_impostor: Arc<AtomicBool>,
 }
 
 #[async_trait]
@@ -84,6 +92,9 @@ impl Connector for Cuttable {
                 server: self.server_name(),
                 source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "cut"),
             });
+        }
+        if self.to_impostor.load(Ordering::SeqCst) {
+            return self.impostor.connect().await;
         }
         self.inner.connect().await
     }
@@ -112,18 +123,33 @@ async fn coordinator(worker_timeout: Duration) -> Coordinator {
     server_config.worker_timeout = worker_timeout;
     server_config.worker_poll = Duration::from_millis(500);
     let policy = SubmitPolicy {
-        workers: vec!["builder".into()],
+        workers: vec!["builder".into(), "builder2".into()],
         ..SubmitPolicy::default()
     };
     let server = Server::with_config(engine.clone(), Believe, BUILDER, server_config)
         .with_policy(SharedPolicy::new(policy));
     let stop = CancellationToken::new();
     tokio::spawn(server.run(listener, stop.clone().cancelled_owned()));
+    let (fake, impostor) = memory_transport();
+    tokio::spawn(async move {
+        loop {
+            let pending = fake.accept().await.unwrap();
+            let (mut stream, _) = pending.establish().await.unwrap();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let refusal = plain_refusal(ErrorCode::NOT_PERMITTED, "go away");
+                let _ = stream.write_all(&refusal).await;
+                let _ = stream.read_to_end(&mut Vec::new()).await;
+            });
+        }
+    });
     Coordinator {
         engine,
         connector: Cuttable {
             inner: connector,
             cut: Arc::default(),
+            impostor,
+            to_impostor: Arc::default(),
         },
         stop,
         spool: tempfile::tempdir().unwrap(),
@@ -276,31 +302,93 @@ async fn only_the_policys_workers_get_jobs_and_only_the_worker_given_a_job_repor
         .unwrap();
     let id = submitted.job;
     assert_eq!(
-        server_code(alice.report("amd", id, WorkReport::Started).await),
+        server_code(alice.report("amd", id, 0, WorkReport::Started).await),
         ErrorCode::NOT_PERMITTED
     );
 
-    // The real worker takes it; the same identity under another worker name cannot report
-    // its end, nor can anybody end a job that runs nowhere.
+    // Two processes ask for work under one name before either started the job (two hosts
+    // with one host name): each gets a dispatch of its own, and only the first to start it
+    // runs it.
     let builder = coordinator.client(BUILDER);
-    let dispatch = builder.work("amd", &[]).await.unwrap().expect("a job");
-    assert_eq!(dispatch.job, id);
+    let first = builder.work("amd", &[]).await.unwrap().expect("a job");
+    let second = builder
+        .work("amd", &[])
+        .await
+        .unwrap()
+        .expect("the job again");
+    assert_eq!((first.job, second.job), (id, id));
+    assert_ne!(first.lease, second.lease);
     assert!(
         !builder
-            .report("amd", id, WorkReport::Started)
+            .report("amd", id, first.lease, WorkReport::Started)
             .await
             .unwrap()
+    );
+    // A started job's report (a retry after a lost answer) is taken again.
+    assert!(
+        !builder
+            .report("amd", id, first.lease, WorkReport::Started)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        server_code(
+            builder
+                .report("amd", id, second.lease, WorkReport::Started)
+                .await
+        ),
+        ErrorCode::NOT_PERMITTED
     );
     let forged = WorkReport::Ended {
         outcome: Outcome::Exited { code: 0 },
         results: Vec::new(),
     };
+    // Not under another name, another lease, about another job, nor from another identity
+    // the policy admits as a worker too.
     assert_eq!(
-        server_code(builder.report("other", id, forged.clone()).await),
+        server_code(
+            builder
+                .report("other", id, first.lease, forged.clone())
+                .await
+        ),
         ErrorCode::NOT_PERMITTED
     );
     assert_eq!(
-        server_code(builder.report("amd", JobId(id.0 + 1), forged.clone()).await),
+        server_code(
+            builder
+                .report("amd", id, second.lease, forged.clone())
+                .await
+        ),
+        ErrorCode::NOT_PERMITTED
+    );
+    assert_eq!(
+        server_code(
+            builder
+                .report("amd", JobId(id.0 + 1), first.lease, forged.clone())
+                .await
+        ),
+        ErrorCode::NOT_PERMITTED
+    );
+    let squatter = coordinator.client(BUILDER2);
+    assert_eq!(
+        server_code(
+            squatter
+                .report("amd", id, first.lease, forged.clone())
+                .await
+        ),
+        ErrorCode::NOT_PERMITTED
+    );
+    assert_eq!(
+        server_code(squatter.work("amd", &[]).await),
+        ErrorCode::NOT_PERMITTED
+    );
+    // An exit code no process can have would make listings and exit statuses disagree.
+    let impossible = WorkReport::Ended {
+        outcome: Outcome::Exited { code: 256 },
+        results: Vec::new(),
+    };
+    assert_eq!(
+        server_code(builder.report("amd", id, first.lease, impossible).await),
         ErrorCode::NOT_PERMITTED
     );
     // The coordinator still counts the job as running.
@@ -448,4 +536,116 @@ async fn jobs_of_one_lane_never_overlap_across_workers_while_other_lanes_run_bes
         .unwrap();
     assert_eq!(first_result.outcome, Outcome::Exited { code: 0 });
     assert_eq!(second_result.outcome, Outcome::Exited { code: 0 });
+}
+
+#[tokio::test]
+async fn an_unauthenticated_refusal_stops_neither_the_worker_nor_its_job() {
+    let coordinator = coordinator(Duration::from_secs(30)).await;
+    let mut events = coordinator.engine.events();
+    let worker = coordinator.worker("w", &[]);
+    let alice = coordinator.client(ALICE);
+    let gate = coordinator.spool.path().join("open");
+    let script = format!(
+        "echo before; while [ ! -e {g} ]; do sleep 0.02; done; echo after",
+        g = gate.display()
+    );
+    let submitted = alice
+        .submit(shell(&script, &[]), SubmitKey::random())
+        .await
+        .unwrap();
+    let id = submitted.job;
+    started_on(&mut events, id).await;
+    // Red team: whoever answers the worker's connections says "not permitted", unsigned;
+    // the worker used to kill its job and quit.
+    coordinator
+        .connector
+        .to_impostor
+        .store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await; // several reports meet the impostor
+    std::fs::write(&gate, b"").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the end meets it too
+    coordinator
+        .connector
+        .to_impostor
+        .store(false, Ordering::SeqCst);
+    let result = tokio::time::timeout(LIMIT, submitted.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Exited { code: 0 });
+    assert_eq!(log_of(&alice, id).await, "before\nafter\n");
+    // And the worker is still there for the next job.
+    let next = alice
+        .submit(shell("echo next", &[]), SubmitKey::random())
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(LIMIT, next.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.outcome, Outcome::Exited { code: 0 });
+    worker.cancel();
+}
+
+#[tokio::test]
+async fn a_coordinator_that_stops_waits_for_the_end_its_workers_report() {
+    let coordinator = coordinator(Duration::from_secs(60)).await;
+    let mut events = coordinator.engine.events();
+    let _worker = coordinator.worker("w", &[]);
+    let alice = coordinator.client(ALICE);
+    let gate = coordinator.spool.path().join("open");
+    let script = format!(
+        "while [ ! -e {g} ]; do sleep 0.02; done; echo done",
+        g = gate.display()
+    );
+    let submitted = alice
+        .submit(shell(&script, &[]), SubmitKey::random())
+        .await
+        .unwrap();
+    started_on(&mut events, submitted.job).await;
+    // Red team: the coordinator stopped listening while it drained, so the worker could not
+    // report the end, and the job was recorded lost.
+    coordinator.stop.cancel();
+    let refused = alice.submit(shell("true", &[]), SubmitKey::random()).await;
+    assert!(
+        matches!(&refused, Err(ClientError::Server { code, .. }) if *code == ErrorCode::SHUTTING_DOWN),
+        "{refused:?}"
+    );
+    std::fs::write(&gate, b"").unwrap();
+    let result = tokio::time::timeout(LIMIT, submitted.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Exited { code: 0 });
+}
+
+#[tokio::test]
+async fn a_worker_that_asks_many_times_at_once_with_other_tags_keeps_its_name_and_its_last_tags() {
+    let coordinator = coordinator(Duration::from_secs(30)).await;
+    let builder = coordinator.client(BUILDER);
+    // Red team: concurrent requests with different tags left the engine and the registry
+    // disagreeing on whether "w" was attached, and "w" was refused from then on.
+    let asks: Vec<_> = (0..8)
+        .map(|n| {
+            let builder = coordinator.client(BUILDER);
+            tokio::spawn(async move { builder.work("w", &[format!("n={n}")]).await })
+        })
+        .collect();
+    for ask in asks {
+        assert!(ask.await.unwrap().unwrap().is_none());
+    }
+    drop(builder);
+    let _worker = coordinator.worker("w", &["arch=amd64"]);
+    let mut events = coordinator.engine.events();
+    let alice = coordinator.client(ALICE);
+    let job = alice
+        .submit(shell("true", &["arch=amd64"]), SubmitKey::random())
+        .await
+        .unwrap();
+    assert_eq!(started_on(&mut events, job.job).await, "w");
+    let result = tokio::time::timeout(LIMIT, job.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Exited { code: 0 });
 }

@@ -47,7 +47,7 @@ impl<S: Scheduler> Actor<S> {
         }
     }
 
-    /// A worker joins (or comes back under its old name, with new tags and executor).
+    /// A worker joins, or comes back under its name, or changes its tags and executor.
     pub(super) fn attach_worker(
         &mut self,
         info: WorkerInfo,
@@ -64,11 +64,7 @@ impl<S: Scheduler> Actor<S> {
             .skip(1)
             .find(|w| w.info.name == info.name)
         {
-            Some(worker) if worker.attached => {
-                return Err(SubmitError::Rejected {
-                    reason: format!("a worker called {} is attached already", info.name),
-                });
-            }
+            // Joined again (perhaps with other tags): the job it runs goes on.
             Some(worker) => {
                 worker.info = info;
                 worker.executor = Some(executor);

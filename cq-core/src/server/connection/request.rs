@@ -107,8 +107,9 @@ where
             Action::Report {
                 worker,
                 job,
+                lease,
                 report,
-            } => self.report(worker, job, report, identity).await,
+            } => self.report(worker, job, lease, report, identity).await,
             action => {
                 let Some(caller) = self.caller(identity).await else {
                     return ControlFlow::Break(());

@@ -18,7 +18,7 @@ use crate::transport::Stream;
 /// Longest worker name, and longest tag, in bytes; most tags a worker may offer.
 const MAX_NAME: usize = 64;
 const MAX_TAG: usize = crate::job::MAX_TAG_BYTES;
-const MAX_TAGS: usize = 64;
+const MAX_TAGS: usize = crate::job::MAX_TAGS;
 
 impl<S, A, C> Connection<'_, S, A, C>
 where
@@ -49,14 +49,18 @@ where
         // its place in the queue's reach).
         let polled = watch_client(
             framed,
-            shared
-                .workers
-                .work(&shared.engine, info, &identity, shared.config.worker_poll),
+            shared.workers.work(
+                &shared.engine,
+                info,
+                &identity,
+                self.peer.addr.map(|a| a.ip()),
+                shared.config.worker_poll,
+            ),
         )
         .await;
         match polled {
             ControlFlow::Break(()) => ControlFlow::Break(()),
-            ControlFlow::Continue(Ok(Poll::Dispatch(dispatch))) => self.send(dispatch).await,
+            ControlFlow::Continue(Ok(Poll::Dispatch(dispatch))) => self.send(*dispatch).await,
             ControlFlow::Continue(Ok(Poll::Idle)) => self.send(Event::Idle).await,
             ControlFlow::Continue(Err(refusal)) => {
                 tracing::warn!(who = %identity, reason = %refusal, "refused a worker");
@@ -72,13 +76,19 @@ where
         &mut self,
         worker: String,
         job: JobId,
+        lease: u64,
         report: WorkReport,
         identity: Identity,
     ) -> ControlFlow<()> {
         let Some(identity) = self.admit_worker(identity).await else {
             return ControlFlow::Break(());
         };
-        match self.shared.workers.report(&worker, &identity, job, report) {
+        let address = self.peer.addr.map(|a| a.ip());
+        match self
+            .shared
+            .workers
+            .report(&worker, &identity, address, job, lease, report)
+        {
             Ok(cancel) => self.send(Event::Noted { cancel }).await,
             Err(refusal) => {
                 tracing::warn!(who = %identity, %worker, %job, reason = %refusal, "refused a worker's report");
