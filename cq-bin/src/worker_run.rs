@@ -31,9 +31,12 @@ const ROOT_SPOOL: &str = "/var/lib/cq-worker";
     disable_help_flag = true
 )]
 pub struct Args {
-    /// Configuration file ([worker] holds defaults for these options) [default:
-    /// /etc/cq/cq.toml if it exists].
-    #[arg(long, value_name = "FILE")]
+    /// Configuration file.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help = "Configuration file; its [worker] section holds defaults for these options [default: /etc/cq/cq.toml if it exists]"
+    )]
     pub config: Option<PathBuf>,
     /// The coordinator's host.
     #[arg(short = 'h', long, default_value = "localhost")]

@@ -1,4 +1,4 @@
-complete -c cq_worker -l config -d 'Configuration file ([worker] holds defaults for these options) [default: /etc/cq/cq.toml if it exists]' -r -F
+complete -c cq_worker -l config -d 'Configuration file; its [worker] section holds defaults for these options [default: /etc/cq/cq.toml if it exists]' -r -F
 complete -c cq_worker -s h -l host -d 'The coordinator\'s host' -r
 complete -c cq_worker -s p -l port -d 'The coordinator\'s port' -r
 complete -c cq_worker -l name -d 'This worker\'s name, unique among the coordinator\'s workers [default: the host name]' -r
