@@ -73,6 +73,26 @@ pub struct JobContext {
     pub cancel: CancellationToken,
     /// What the job reports back to everyone waiting for it (`KEY=VALUE` results).
     pub results: ResultSink,
+    /// Lets the executor give back a job it never started (its worker went away before
+    /// taking it): the engine then queues it again, in its old place.
+    pub give_back: GiveBack,
+}
+
+/// See [`JobContext::give_back`].
+#[derive(Clone, Debug, Default)]
+pub struct GiveBack(Arc<std::sync::atomic::AtomicBool>);
+
+impl GiveBack {
+    /// Says that the job never started: whatever the executor then returns, the engine
+    /// queues the job again.
+    pub fn give_back(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the executor gave the job back.
+    pub fn given_back(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// The most results one job may report.
@@ -261,15 +281,16 @@ impl CommandJob {
     /// Bytes of the job's strings (arguments, environment, working directory, tags): what it
     /// costs to keep queued.
     pub fn byte_size(&self) -> u64 {
-        let strings = self.argv.iter().map(String::len).sum::<usize>()
+        // Each string costs at least a byte more on the wire (its length), empty or not.
+        let strings = self.argv.iter().map(|a| a.len() + 1).sum::<usize>()
             + self
                 .env
                 .iter()
-                .map(|(k, v)| k.len() + v.len() + 1)
+                .map(|(k, v)| k.len() + v.len() + 2)
                 .sum::<usize>()
-            + self.cwd.as_ref().map_or(0, String::len)
-            + self.tags.iter().map(String::len).sum::<usize>()
-            + self.lane.as_ref().map_or(0, String::len);
+            + self.cwd.as_ref().map_or(0, |c| c.len() + 1)
+            + self.tags.iter().map(|t| t.len() + 1).sum::<usize>()
+            + self.lane.as_ref().map_or(0, |l| l.len() + 1);
         strings as u64
     }
 

@@ -90,6 +90,9 @@ pub struct Worker<C, S, A> {
     client: Client<C, S, A>,
     executor: Arc<dyn Executor>,
     options: WorkerOptions,
+    /// Random, for the life of this worker: tells the coordinator this process from a
+    /// restarted one.
+    instance: u64,
 }
 
 impl<C, S, A> std::fmt::Debug for Worker<C, S, A> {
@@ -107,10 +110,13 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
         executor: Arc<dyn Executor>,
         options: WorkerOptions,
     ) -> Self {
+        let mut instance = [0; 8];
+        getrandom::fill(&mut instance).expect("the OS random source works");
         Self {
             client,
             executor,
             options,
+            instance: u64::from_ne_bytes(instance),
         }
     }
 
@@ -126,20 +132,28 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
             source,
         })?;
         let mut retry = Backoff::new(self.options.max_retry_delay);
+        // Until the coordinator has taken this worker once, its refusal is a configuration
+        // to fix; after, one is waited out (an account lookup that failed there, a request
+        // that reached it from an unexpected address, a coordinator that is stopping).
+        let mut admitted = false;
         while !shutdown.is_cancelled() {
             let asked = tokio::select! {
-                asked = self.client.work(&self.options.name, &self.options.tags) => asked,
+                asked = self.client.work(&self.options.name, &self.options.tags, self.instance) => asked,
                 () = shutdown.cancelled() => break,
             };
             match asked {
-                Ok(None) => retry.reset(),
+                Ok(None) => {
+                    admitted = true;
+                    retry.reset();
+                }
                 Ok(Some(dispatch)) => {
+                    admitted = true;
                     retry.reset();
                     self.run_job(dispatch, &shutdown).await?;
                 }
-                Err(e) if refused(&e) => return Err(WorkerError::Refused(e)),
+                Err(e) if !admitted && refused(&e) => return Err(WorkerError::Refused(e)),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot reach the coordinator; trying again");
+                    tracing::warn!(error = %e, "no work from the coordinator; trying again");
                     tokio::select! {
                         () = retry.wait() => {}
                         () = shutdown.cancelled() => break,
@@ -185,6 +199,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
                     log: LogSink::create(&spool, self.options.log_limit),
                     cancel: cancel.clone(),
                     results: results.clone(),
+                    give_back: crate::job::GiveBack::default(),
                 };
                 let executor = self.executor.clone();
                 let command = dispatch.command.clone();
@@ -285,7 +300,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
                 *sent += len;
                 Sent::Noted { cancel }
             }
-            Err(e) if refused(&e) => {
+            Err(e) if not_assigned(&e) => {
                 tracing::warn!(job = %id, error = %e, "the coordinator no longer counts the job as this worker's");
                 Sent::NotOurs
             }
@@ -312,7 +327,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
                 .await
             {
                 Ok(cancel) => return Delivered::Noted(cancel),
-                Err(e) if refused(&e) => {
+                Err(e) if not_assigned(&e) => {
                     tracing::warn!(job = %id, error = %e, "the coordinator refused a report");
                     return Delivered::NotOurs;
                 }
@@ -384,6 +399,15 @@ enum Sent {
     Nothing,
     /// The coordinator does not count the job as this worker's (any more).
     NotOurs,
+}
+
+/// Whether the coordinator says that the job is not this worker's (it gave the job up, or
+/// another dispatch of it runs): then the job is stopped. Only an authenticated answer counts.
+fn not_assigned(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Server { code, verified: true, .. } if *code == ErrorCode::NOT_ASSIGNED
+    )
 }
 
 /// Whether the coordinator refused (rather than could not be reached). Only an answer

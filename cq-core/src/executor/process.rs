@@ -565,6 +565,7 @@ mod tests {
             log: LogSink::create(log, 1 << 20),
             cancel: cancel.clone(),
             results: crate::job::ResultSink::default(),
+            give_back: crate::job::GiveBack::default(),
         };
         (ctx, cancel)
     }

@@ -135,6 +135,10 @@ pub enum Action {
         worker: String,
         /// What it offers; it gets only jobs whose tags it has.
         tags: Vec<String>,
+        /// Random, fixed for the life of the worker process: a request for work from the
+        /// process that runs a job is an old one delivered late, one from another process
+        /// of the same worker means the job was lost with the process that ran it.
+        instance: u64,
     },
     /// A worker tells the coordinator about the job it was given; answered with `Noted`.
     Report {
@@ -348,6 +352,9 @@ impl ErrorCode {
     pub const OVER_QUOTA: Self = Self(15);
     /// The request was already received once.
     pub const REPLAYED: Self = Self(16);
+    /// A worker's report is about a job the coordinator does not count as that worker's (it
+    /// gave the job up, or another dispatch of it runs): the worker stops the job.
+    pub const NOT_ASSIGNED: Self = Self(17);
 
     /// A short name for the code.
     pub fn name(self) -> &'static str {
@@ -368,6 +375,7 @@ impl ErrorCode {
             14 => "not-permitted",
             15 => "over-quota",
             16 => "replayed",
+            17 => "not-assigned",
             _ => "unknown-error",
         }
     }

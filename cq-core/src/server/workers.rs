@@ -22,10 +22,14 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Identity;
 use crate::engine::EngineHandle;
 use crate::executor::{Executor, LogSink};
-use crate::job::{CommandJob, JobContext, JobId, ResultSink};
+use crate::job::{CommandJob, GiveBack, JobContext, JobId, ResultSink};
 use crate::outcome::{Outcome, SpawnFailure};
-use crate::protocol::{Event, RunAs, WorkReport};
+use crate::protocol::{ErrorCode, Event, Reply, RequestDigest, RunAs, WorkReport};
 use crate::scheduler::WorkerInfo;
+
+/// Largest encoded dispatch (a reply may take half a frame; the rest is for its
+/// authentication).
+const MAX_DISPATCH: usize = crate::protocol::MAX_FRAME / 2 - 4096;
 
 /// How often a remote job's executor checks that its worker is still around.
 const LIVENESS_CHECK: Duration = Duration::from_secs(1);
@@ -70,15 +74,17 @@ struct RemoteJob {
     command: CommandJob,
     run_as: Option<RunAs>,
     commands: Option<Vec<String>>,
-    /// The lease of the dispatch the worker started it with: every report must name it.
-    /// Until then each request for work gets the job with a lease of its own, and only the
-    /// first to say `Started` runs it.
-    lease: Option<u64>,
+    /// The dispatches handed out (lease, worker process) until one is started: each request
+    /// for work gets one of its own, and only the first to say `Started` runs the job.
+    handed: Vec<(u64, u64)>,
+    /// The dispatch (lease, worker process) the job was started by: every report names it.
+    claimed: Option<(u64, u64)>,
     /// Bytes of output received.
     received: u64,
     log: LogSink,
     results: ResultSink,
     cancel: CancellationToken,
+    give_back: GiveBack,
     done: Option<oneshot::Sender<Outcome>>,
 }
 
@@ -89,18 +95,19 @@ impl RemoteJob {
         }
     }
 
-    fn dispatch(&self) -> Event {
+    fn dispatch(&self, lease: u64) -> Event {
         Event::Dispatch {
             job: self.id,
             command: self.command.clone(),
             run_as: self.run_as.clone(),
             commands: self.commands.clone(),
-            lease: fresh_lease(),
+            lease,
         }
     }
 }
 
-fn fresh_lease() -> u64 {
+/// A random 64-bit value (a lease, a worker process's instance).
+pub(crate) fn fresh_lease() -> u64 {
     let mut bytes = [0; 8];
     getrandom::fill(&mut bytes).expect("the OS random source works");
     u64::from_ne_bytes(bytes)
@@ -123,6 +130,21 @@ pub(crate) enum WorkerRefusal {
     BadOutcome(String),
     #[error("output from byte {got} on, but only {expected} bytes came before")]
     OutputGap { expected: u64, got: u64 },
+}
+
+impl WorkerRefusal {
+    /// The code the worker gets: [`ErrorCode::NOT_ASSIGNED`] when the job is not (or no
+    /// longer) the worker's, which makes it stop the job; otherwise a refusal it waits out.
+    pub(crate) fn code(&self) -> ErrorCode {
+        match self {
+            Self::NameTaken(_) | Self::Engine(_) => ErrorCode::NOT_PERMITTED,
+            Self::UnknownWorker(_)
+            | Self::NotItsJob { .. }
+            | Self::NotStarted
+            | Self::BadOutcome(_)
+            | Self::OutputGap { .. } => ErrorCode::NOT_ASSIGNED,
+        }
+    }
 }
 
 /// What a `Work` request gets.
@@ -157,6 +179,7 @@ impl RemoteWorkers {
         info: WorkerInfo,
         identity: &Identity,
         address: Option<IpAddr>,
+        instance: u64,
         poll: Duration,
     ) -> Result<Poll, WorkerRefusal> {
         let name = info.name.clone();
@@ -176,21 +199,30 @@ impl RemoteWorkers {
                 return Err(WorkerRefusal::NameTaken(name));
             }
             slot.last_seen = Instant::now();
-            if let Some(job) = &mut slot.job
-                && job.lease.is_some()
+            match slot
+                .job
+                .as_mut()
+                .and_then(|job| job.claimed.map(|(_, by)| (job, by)))
             {
-                tracing::warn!(job = %job.id, worker = %name, "the worker asks for work while its job ran: it lost the job (restarted?)");
-                job.end(Outcome::Lost);
-                slot.job = None;
+                // The process that runs the job does not ask for work: this request was
+                // made before it started the job, and arrives late.
+                Some((_, by)) if by == instance => return Ok(Poll::Idle),
+                Some((job, _)) => {
+                    tracing::warn!(job = %job.id, worker = %name, "another process of the worker asks for work: the one that ran the job is gone (restarted?), and the job with it");
+                    job.end(Outcome::Lost);
+                    slot.job = None;
+                }
+                None => {}
             }
             slot.polling += 1;
             slot.dispatched.clone()
         };
         // From here on the slot stays (it is polled), and the guard counts the poll out.
-        let _polling = PollGuard {
+        let mut polling = PollGuard {
             workers: self.clone(),
             engine: engine.clone(),
             name: name.clone(),
+            answered: false,
         };
         self.join(engine, info, identity).await?;
         let until = Instant::now() + poll;
@@ -198,21 +230,38 @@ impl RemoteWorkers {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut slots = self.slots();
-                if let Some(slot) = slots.get_mut(&name) {
-                    slot.last_seen = Instant::now();
-                    if let Some(job) = &slot.job
-                        && job.lease.is_none()
-                    {
-                        return Ok(Poll::Dispatch(Box::new(job.dispatch())));
-                    }
-                }
+            if let Some(dispatch) = self.hand_out(&name, instance) {
+                polling.answered = true;
+                return Ok(Poll::Dispatch(Box::new(dispatch)));
             }
             if tokio::time::timeout_at(until, notified).await.is_err() {
+                polling.answered = true;
                 return Ok(Poll::Idle);
             }
         }
+    }
+
+    /// A dispatch of the job waiting in `name`'s slot, for worker process `instance`, if one
+    /// waits. A job handed out [`MAX_HANDOUTS`] times and never started fails.
+    fn hand_out(&self, name: &str, instance: u64) -> Option<Event> {
+        let mut slots = self.slots();
+        let slot = slots.get_mut(name)?;
+        slot.last_seen = Instant::now();
+        let job = slot.job.as_mut().filter(|job| job.claimed.is_none())?;
+        if job.handed.len() >= MAX_HANDOUTS {
+            tracing::warn!(job = %job.id, worker = %name, "the worker took the job {MAX_HANDOUTS} times and never started it");
+            job.end(Outcome::SpawnFailed {
+                reason: SpawnFailure::Other,
+                message: format!(
+                    "worker {name} was given the job {MAX_HANDOUTS} times and never started it"
+                ),
+            });
+            slot.job = None;
+            return None;
+        }
+        let lease = fresh_lease();
+        job.handed.push((lease, instance));
+        Some(job.dispatch(lease))
     }
 
     /// Makes the engine offer jobs to the polled worker `info.name`, with these tags.
@@ -274,9 +323,16 @@ impl RemoteWorkers {
             .as_mut()
             .filter(|j| j.id == id)
             .ok_or_else(not_its_job)?;
-        match (job.lease, &report) {
-            (Some(held), _) if held != lease => return Err(not_its_job()),
-            (None, WorkReport::Started) => job.lease = Some(lease),
+        match (job.claimed, &report) {
+            (Some((held, _)), _) if held != lease => return Err(not_its_job()),
+            (None, WorkReport::Started) => {
+                let by = job
+                    .handed
+                    .iter()
+                    .find(|(handed, _)| *handed == lease)
+                    .ok_or_else(not_its_job)?;
+                job.claimed = Some(*by);
+            }
             (None, _) => return Err(WorkerRefusal::NotStarted),
             _ => {}
         }
@@ -316,7 +372,12 @@ impl RemoteWorkers {
     /// since `since`; its name is free again.
     async fn detach_if_gone(&self, engine: &EngineHandle, name: &str, since: Instant) {
         let _membership = self.membership.lock().await;
-        let gone = |slot: &Slot| slot.polling == 0 && slot.job.is_none() && slot.last_seen <= since;
+        // A job handed to it that it never started goes back to the queue.
+        let gone = |slot: &Slot| {
+            slot.polling == 0
+                && slot.last_seen <= since
+                && slot.job.as_ref().is_none_or(|job| job.claimed.is_none())
+        };
         let attached = match self.slots().get(name) {
             Some(slot) if gone(slot) => slot.attached,
             _ => return,
@@ -327,12 +388,16 @@ impl RemoteWorkers {
         }
         let mut slots = self.slots();
         match slots.get_mut(name) {
-            // Still gone (nothing was handed to it, and it did not come back meanwhile).
+            // Still gone: it did not come back meanwhile.
             Some(slot) if gone(slot) => {
+                if let Some(mut job) = slot.job.take() {
+                    tracing::info!(job = %job.id, worker = %name, "the worker left before it took the job: it goes back to the queue");
+                    job.give_back.give_back();
+                    job.end(Outcome::Lost);
+                }
                 slots.remove(name);
             }
-            // It came back, or the engine gave it a job just before it left (which then
-            // fails to start once the worker stays away).
+            // It came back: it joins again.
             Some(slot) => slot.attached = false,
             None => {}
         }
@@ -346,10 +411,17 @@ struct PollGuard {
     workers: Arc<RemoteWorkers>,
     engine: EngineHandle,
     name: String,
+    /// The request was answered; otherwise the worker hung up while it waited (it stopped):
+    /// it leaves at once, so that no job is given to it meanwhile.
+    answered: bool,
 }
 
 /// How long a worker may take between two `Work` requests before it counts as gone.
 const REPOLL_GRACE: Duration = Duration::from_secs(3);
+
+/// How often one job may be handed out without being started (a worker that cannot take
+/// it, e.g. one that cannot read the dispatch) before it fails.
+const MAX_HANDOUTS: usize = 16;
 
 impl Drop for PollGuard {
     fn drop(&mut self) {
@@ -366,8 +438,13 @@ impl Drop for PollGuard {
             let engine = self.engine.clone();
             let name = std::mem::take(&mut self.name);
             let since = Instant::now();
+            let grace = if self.answered {
+                REPOLL_GRACE
+            } else {
+                Duration::ZERO
+            };
             runtime.spawn(async move {
-                tokio::time::sleep(REPOLL_GRACE).await;
+                tokio::time::sleep(grace).await;
                 workers.detach_if_gone(&engine, &name, since).await;
             });
         }
@@ -392,11 +469,33 @@ impl Executor for RemoteExecutor {
                 };
             }
         };
+        // A dispatch the server could not send would be handed out again and again.
+        let probe = Reply {
+            request: RequestDigest::NONE,
+            event: Event::Dispatch {
+                job: ctx.id,
+                command: job.clone(),
+                run_as: run_as.clone(),
+                commands: commands.clone(),
+                lease: u64::MAX,
+            },
+        };
+        let size = postcard::experimental::serialized_size(&probe).unwrap_or(usize::MAX);
+        if size > MAX_DISPATCH {
+            return Outcome::SpawnFailed {
+                reason: SpawnFailure::Other,
+                message: format!(
+                    "the job takes {size} bytes to send to a worker, more than the {MAX_DISPATCH} a dispatch may take"
+                ),
+            };
+        }
         let (done, mut ended) = oneshot::channel();
         {
             let mut slots = self.workers.slots();
             let Some(slot) = slots.get_mut(&self.name) else {
-                return gone(&self.name);
+                // The worker left just as the engine chose it: another one may run the job.
+                ctx.give_back.give_back();
+                return Outcome::Lost;
             };
             if let Some(mut old) = slot.job.take() {
                 // The engine gives a worker one job at a time: only a bug gets here.
@@ -408,26 +507,29 @@ impl Executor for RemoteExecutor {
                 command: job.clone(),
                 run_as,
                 commands,
-                lease: None,
+                handed: Vec::new(),
+                claimed: None,
                 received: 0,
                 log: ctx.log,
                 results: ctx.results,
                 cancel: ctx.cancel.clone(),
+                give_back: ctx.give_back.clone(),
                 done: Some(done),
             });
             slot.dispatched.notify_waiters();
         }
         let mut check = tokio::time::interval(LIVENESS_CHECK);
+        let mut cancelled = false;
         loop {
             tokio::select! {
                 outcome = &mut ended => return outcome.unwrap_or(Outcome::Lost),
-                () = ctx.cancel.cancelled() => {
+                () = ctx.cancel.cancelled(), if !cancelled => {
                     // Not taken yet: it never ran, and never will.
                     let never_taken = {
                         let mut slots = self.workers.slots();
                         match slots.get_mut(&self.name) {
                             Some(slot)
-                                if slot.job.as_ref().is_some_and(|j| j.id == ctx.id && j.lease.is_none()) =>
+                                if slot.job.as_ref().is_some_and(|j| j.id == ctx.id && j.claimed.is_none()) =>
                             {
                                 slot.job = None;
                                 true
@@ -438,11 +540,9 @@ impl Executor for RemoteExecutor {
                     if never_taken {
                         return Outcome::Cancelled;
                     }
-                    // Taken: the worker hears it with the answer to its next report.
-                    return match tokio::time::timeout(self.workers.timeout, &mut ended).await {
-                        Ok(outcome) => outcome.unwrap_or(Outcome::Lost),
-                        Err(_) => self.lose(ctx.id),
-                    };
+                    // Taken: the worker hears it with the answer to its next report, and
+                    // reports the end; a silent one loses the job as always.
+                    cancelled = true;
                 }
                 _ = check.tick() => {
                     let away = {
@@ -450,7 +550,7 @@ impl Executor for RemoteExecutor {
                         slots.get(&self.name).map(|s| s.last_seen.elapsed())
                     };
                     if away.is_none_or(|away| away > self.workers.timeout) {
-                        return self.lose(ctx.id);
+                        return self.lose(ctx.id, &ctx.give_back);
                     }
                 }
             }
@@ -461,20 +561,20 @@ impl Executor for RemoteExecutor {
 impl RemoteExecutor {
     /// The worker stayed away too long: its job is lost (or, if it never took it, failed to
     /// start).
-    fn lose(&self, id: JobId) -> Outcome {
+    fn lose(&self, id: JobId, give_back: &GiveBack) -> Outcome {
         let mut slots = self.workers.slots();
         let taken = match slots.get_mut(&self.name) {
             Some(slot) if slot.job.as_ref().is_some_and(|j| j.id == id) => {
-                slot.job.take().is_some_and(|j| j.lease.is_some())
+                slot.job.take().is_some_and(|j| j.claimed.is_some())
             }
             _ => true,
         };
         tracing::warn!(job = %id, worker = %self.name, timeout_s = self.workers.timeout.as_secs(), "the worker was away longer than the worker timeout");
-        if taken {
-            Outcome::Lost
-        } else {
-            gone(&self.name)
+        if !taken {
+            // It never ran: another worker may run it.
+            give_back.give_back();
         }
+        Outcome::Lost
     }
 }
 
@@ -498,13 +598,6 @@ fn checked_outcome(outcome: Outcome) -> Result<Outcome, WorkerRefusal> {
         ));
     }
     Ok(outcome)
-}
-
-fn gone(name: &str) -> Outcome {
-    Outcome::SpawnFailed {
-        reason: SpawnFailure::Other,
-        message: format!("worker {name} went away before it took the job"),
-    }
 }
 
 /// Whose rights the job gets, and which programs it may run, as the dispatch says them.

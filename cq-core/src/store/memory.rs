@@ -188,6 +188,14 @@ impl Store for MemoryStore {
         })
     }
 
+    fn record_requeue(&self, id: JobId) -> Pending<()> {
+        self.with(|rows| {
+            if let Some(row) = rows.jobs.get_mut(&id) {
+                row.started = None;
+            }
+        })
+    }
+
     fn record_finish(
         &self,
         id: JobId,

@@ -92,6 +92,10 @@ pub trait Store: Send + Sync + 'static {
     /// Records that a job started.
     fn record_start(&self, id: JobId, at: SystemTime) -> Pending<()>;
 
+    /// Records that a job that was started is queued again: it never ran (its worker went
+    /// away before taking it).
+    fn record_requeue(&self, id: JobId) -> Pending<()>;
+
     /// Records how a job ended and how much log it left.
     fn record_finish(
         &self,

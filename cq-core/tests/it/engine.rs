@@ -292,6 +292,9 @@ impl Store for SlowOutcomes {
     fn record_start(&self, id: JobId, at: SystemTime) -> Pending<()> {
         self.inner.record_start(id, at)
     }
+    fn record_requeue(&self, id: JobId) -> Pending<()> {
+        self.inner.record_requeue(id)
+    }
     fn record_finish(&self, id: JobId, result: JobResult, log: u64, at: SystemTime) -> Pending<()> {
         let done = self.inner.record_finish(id, result, log, at);
         let release = self.release.clone();

@@ -106,6 +106,7 @@ impl Connector for Cuttable {
 
 struct Coordinator {
     engine: EngineHandle,
+    policy: SharedPolicy,
     connector: Cuttable,
     stop: CancellationToken,
     spool: tempfile::TempDir,
@@ -126,8 +127,9 @@ async fn coordinator(worker_timeout: Duration) -> Coordinator {
         workers: vec!["builder".into(), "builder2".into()],
         ..SubmitPolicy::default()
     };
+    let policy = SharedPolicy::new(policy);
     let server = Server::with_config(engine.clone(), Believe, BUILDER, server_config)
-        .with_policy(SharedPolicy::new(policy));
+        .with_policy(policy.clone());
     let stop = CancellationToken::new();
     tokio::spawn(server.run(listener, stop.clone().cancelled_owned()));
     let (fake, impostor) = memory_transport();
@@ -145,6 +147,7 @@ async fn coordinator(worker_timeout: Duration) -> Coordinator {
     });
     Coordinator {
         engine,
+        policy,
         connector: Cuttable {
             inner: connector,
             cut: Arc::default(),
@@ -293,7 +296,7 @@ async fn only_the_policys_workers_get_jobs_and_only_the_worker_given_a_job_repor
     let alice = coordinator.client(ALICE);
     // A user is not a worker: it gets no job to read, and cannot report one.
     assert_eq!(
-        server_code(alice.work("amd", &[]).await),
+        server_code(alice.work("amd", &[], 1).await),
         ErrorCode::NOT_PERMITTED
     );
     let submitted = alice
@@ -310,9 +313,9 @@ async fn only_the_policys_workers_get_jobs_and_only_the_worker_given_a_job_repor
     // with one host name): each gets a dispatch of its own, and only the first to start it
     // runs it.
     let builder = coordinator.client(BUILDER);
-    let first = builder.work("amd", &[]).await.unwrap().expect("a job");
+    let first = builder.work("amd", &[], 1).await.unwrap().expect("a job");
     let second = builder
-        .work("amd", &[])
+        .work("amd", &[], 2)
         .await
         .unwrap()
         .expect("the job again");
@@ -337,7 +340,7 @@ async fn only_the_policys_workers_get_jobs_and_only_the_worker_given_a_job_repor
                 .report("amd", id, second.lease, WorkReport::Started)
                 .await
         ),
-        ErrorCode::NOT_PERMITTED
+        ErrorCode::NOT_ASSIGNED
     );
     let forged = WorkReport::Ended {
         outcome: Outcome::Exited { code: 0 },
@@ -351,7 +354,7 @@ async fn only_the_policys_workers_get_jobs_and_only_the_worker_given_a_job_repor
                 .report("other", id, first.lease, forged.clone())
                 .await
         ),
-        ErrorCode::NOT_PERMITTED
+        ErrorCode::NOT_ASSIGNED
     );
     assert_eq!(
         server_code(
@@ -359,7 +362,7 @@ async fn only_the_policys_workers_get_jobs_and_only_the_worker_given_a_job_repor
                 .report("amd", id, second.lease, forged.clone())
                 .await
         ),
-        ErrorCode::NOT_PERMITTED
+        ErrorCode::NOT_ASSIGNED
     );
     assert_eq!(
         server_code(
@@ -367,7 +370,7 @@ async fn only_the_policys_workers_get_jobs_and_only_the_worker_given_a_job_repor
                 .report("amd", JobId(id.0 + 1), first.lease, forged.clone())
                 .await
         ),
-        ErrorCode::NOT_PERMITTED
+        ErrorCode::NOT_ASSIGNED
     );
     let squatter = coordinator.client(BUILDER2);
     assert_eq!(
@@ -379,7 +382,7 @@ async fn only_the_policys_workers_get_jobs_and_only_the_worker_given_a_job_repor
         ErrorCode::NOT_PERMITTED
     );
     assert_eq!(
-        server_code(squatter.work("amd", &[]).await),
+        server_code(squatter.work("amd", &[], 9).await),
         ErrorCode::NOT_PERMITTED
     );
     // An exit code no process can have would make listings and exit statuses disagree.
@@ -389,14 +392,18 @@ async fn only_the_policys_workers_get_jobs_and_only_the_worker_given_a_job_repor
     };
     assert_eq!(
         server_code(builder.report("amd", id, first.lease, impossible).await),
-        ErrorCode::NOT_PERMITTED
+        ErrorCode::NOT_ASSIGNED
     );
     // The coordinator still counts the job as running.
     let status = alice.status(id).await.unwrap();
     assert_eq!(status.outcome, None);
 
-    // A worker that asks for work while its job runs has lost it (it was restarted).
-    assert!(builder.work("amd", &[]).await.unwrap().is_none());
+    // The process that runs the job asking for work is an old request arriving late: the
+    // job goes on. Another process of the worker asking for work means the one that ran the
+    // job is gone (restarted), and the job with it.
+    assert!(builder.work("amd", &[], 1).await.unwrap().is_none());
+    assert_eq!(alice.status(id).await.unwrap().outcome, None);
+    assert!(builder.work("amd", &[], 3).await.unwrap().is_none());
     let result = tokio::time::timeout(LIMIT, submitted.wait())
         .await
         .unwrap()
@@ -628,7 +635,7 @@ async fn a_worker_that_asks_many_times_at_once_with_other_tags_keeps_its_name_an
     let asks: Vec<_> = (0..8)
         .map(|n| {
             let builder = coordinator.client(BUILDER);
-            tokio::spawn(async move { builder.work("w", &[format!("n={n}")]).await })
+            tokio::spawn(async move { builder.work("w", &[format!("n={n}")], n).await })
         })
         .collect();
     for ask in asks {
@@ -648,4 +655,95 @@ async fn a_worker_that_asks_many_times_at_once_with_other_tags_keeps_its_name_an
         .unwrap()
         .unwrap();
     assert_eq!(result.outcome, Outcome::Exited { code: 0 });
+}
+
+#[tokio::test]
+async fn a_worker_the_coordinator_refuses_for_a_while_keeps_its_job_and_comes_back() {
+    let coordinator = coordinator(Duration::from_secs(30)).await;
+    let mut events = coordinator.engine.events();
+    let _worker = coordinator.worker("w", &[]);
+    let alice = coordinator.client(ALICE);
+    let gate = coordinator.spool.path().join("open");
+    let script = format!(
+        "echo before; while [ ! -e {g} ]; do sleep 0.02; done; echo after",
+        g = gate.display()
+    );
+    let submitted = alice
+        .submit(shell(&script, &[]), SubmitKey::random())
+        .await
+        .unwrap();
+    let id = submitted.job;
+    started_on(&mut events, id).await;
+    // Red team: a genuine refusal that says nothing about the job (here a policy that does
+    // not name the worker for a while; a request relayed from another address, an account
+    // lookup that failed) made the worker kill its job and quit.
+    let admitted = (*coordinator.policy.current()).clone();
+    coordinator.policy.replace(SubmitPolicy::default());
+    tokio::time::sleep(Duration::from_millis(400)).await; // reports are refused meanwhile
+    std::fs::write(&gate, b"").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // and so is the end
+    coordinator.policy.replace(admitted);
+    let result = tokio::time::timeout(LIMIT, submitted.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Exited { code: 0 });
+    assert_eq!(log_of(&alice, id).await, "before\nafter\n");
+    let next = alice
+        .submit(shell("true", &[]), SubmitKey::random())
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(LIMIT, next.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.outcome, Outcome::Exited { code: 0 });
+}
+
+#[tokio::test]
+async fn a_job_given_to_a_worker_that_left_before_taking_it_runs_on_another() {
+    let coordinator = coordinator(Duration::from_secs(30)).await;
+    let leaving = coordinator.worker("leaving", &["kind=x"]);
+    let alice = coordinator.client(ALICE);
+    let mut events = coordinator.engine.events();
+    let first = alice
+        .submit(shell("true", &["kind=x"]), SubmitKey::random())
+        .await
+        .unwrap();
+    assert_eq!(started_on(&mut events, first.job).await, "leaving");
+    tokio::time::timeout(LIMIT, first.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    // Red team: a job given to a worker that had just stopped waited for the worker timeout
+    // and failed, though it never ran and another worker was free. Now the worker leaves
+    // the queue at once, and a job it never took goes back to the queue.
+    leaving.cancel();
+    let second = alice
+        .submit(shell("true", &["kind=x"]), SubmitKey::random())
+        .await
+        .unwrap();
+    let _staying = coordinator.worker("staying", &["kind=x"]);
+    let result = tokio::time::timeout(Duration::from_secs(10), second.wait())
+        .await
+        .expect("the job runs well before the worker timeout")
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Exited { code: 0 });
+}
+
+#[tokio::test]
+async fn a_job_too_large_for_a_worker_is_refused_when_submitted() {
+    let coordinator = coordinator(Duration::from_secs(30)).await;
+    let alice = coordinator.client(ALICE);
+    // Red team: empty arguments counted nothing, so a job that fit the limit could not be
+    // sent to any worker, and was handed out again and again.
+    let mut argv = vec!["/bin/true".to_owned()];
+    argv.extend(std::iter::repeat_n(String::new(), 300_000));
+    let refused = alice
+        .submit(CommandJob::new(argv), SubmitKey::random())
+        .await;
+    assert!(
+        matches!(&refused, Err(ClientError::Server { code, .. }) if *code == ErrorCode::INVALID_JOB),
+        "{refused:?}"
+    );
 }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Actor, Internal, Relation, Running};
 use crate::engine::handle::{Caller, Cancelled, JobResult, JobState, ShutdownMode, SubmitError};
 use crate::executor::{Executor, LogSink};
-use crate::job::{Clearance, JobContext, JobId, JobPhase, JobSummary, Work, epoch_ms};
+use crate::job::{Clearance, GiveBack, JobContext, JobId, JobPhase, JobSummary, Work, epoch_ms};
 use crate::outcome::{Outcome, SpawnFailure};
 use crate::scheduler::{Scheduler, WorkerInfo};
 use crate::store::PrunedJob;
@@ -82,19 +82,36 @@ impl<S: Scheduler> Actor<S> {
     /// A worker leaves: it gets no new job (the one it runs goes on).
     pub(super) fn detach_worker(&mut self, name: &str) -> Result<(), SubmitError> {
         // The engine's own worker (the first) stays: it is not one that joined.
-        match self
+        let Some(index) = self
             .workers
-            .iter_mut()
+            .iter()
             .skip(1)
-            .find(|w| w.info.name == name)
-        {
-            Some(worker) => {
-                worker.attached = false;
-                Ok(())
-            }
-            None => Err(SubmitError::Rejected {
+            .position(|w| w.info.name == name)
+            .map(|p| p + 1)
+        else {
+            return Err(SubmitError::Rejected {
                 reason: format!("no worker called {name} joined"),
-            }),
+            });
+        };
+        self.workers[index].attached = false;
+        self.forget_if_idle(index);
+        Ok(())
+    }
+
+    /// Forgets detached worker `index` once it runs nothing: workers that come and go under
+    /// new names must not pile up.
+    fn forget_if_idle(&mut self, index: usize) {
+        if index == 0
+            || self.workers[index].attached
+            || self.running.values().any(|r| r.worker == index)
+        {
+            return;
+        }
+        self.workers.remove(index);
+        for running in self.running.values_mut() {
+            if running.worker > index {
+                running.worker -= 1;
+            }
         }
     }
 
@@ -176,12 +193,48 @@ impl<S: Scheduler> Actor<S> {
             };
             (Outcome::Failed { message }, 0)
         });
+        if self
+            .running
+            .get(&id)
+            .is_some_and(|r| r.give_back.given_back())
+        {
+            return self.queue_again(id);
+        }
         let results = self
             .running
             .get(&id)
             .map(|r| r.results.get())
             .unwrap_or_default();
         self.finish(id, outcome, log_bytes, results);
+    }
+
+    /// Queues job `id` again, in its old place: its executor gave it back without starting
+    /// it (a worker that went away before it took the job).
+    fn queue_again(&mut self, id: JobId) {
+        let Some(running) = self.running.remove(&id) else {
+            return;
+        };
+        self.forget_if_idle(running.worker);
+        let command = self
+            .jobs
+            .get(&id)
+            .and_then(|live| live.info.command.clone());
+        let (Some(command), true) = (command, self.scheduler.requeue(id)) else {
+            tracing::error!(job = %id, "a job given back cannot be queued again");
+            return self.finish(id, Outcome::Lost, 0, Vec::new());
+        };
+        if let Some(live) = self.jobs.get_mut(&id) {
+            live.job = Some(Work::Command(command));
+            live.started_at = None;
+            live.state.send_replace(JobState::Queued);
+        }
+        self.store
+            .record_requeue(id)
+            .log_failure("record a job queued again");
+        if let Some(dir) = &self.config.log_dir {
+            let _ = std::fs::remove_file(dir.join(format!("{id}.log")));
+        }
+        tracing::info!(job = %id, "the job's worker went away before it took the job: queued again");
     }
 
     fn start_on(&mut self, worker: usize) {
@@ -225,6 +278,8 @@ impl<S: Scheduler> Actor<S> {
         let ctx_cancel = cancel.clone();
         let results = crate::job::ResultSink::default();
         let ctx_results = results.clone();
+        let give_back = GiveBack::default();
+        let ctx_give_back = give_back.clone();
         let owner = live.info.owner.clone();
         let check = self.start_check.clone();
         let command = live.info.command.clone();
@@ -272,6 +327,7 @@ impl<S: Scheduler> Actor<S> {
                 log,
                 cancel: ctx_cancel,
                 results: ctx_results,
+                give_back: ctx_give_back,
             };
             let outcome = match (job, executor) {
                 (Work::Command(command), Some(executor)) => executor.run(&command, ctx).await,
@@ -303,6 +359,7 @@ impl<S: Scheduler> Actor<S> {
                 started: Instant::now(),
                 cancel,
                 results,
+                give_back,
             },
         );
     }
@@ -319,9 +376,12 @@ impl<S: Scheduler> Actor<S> {
         // Only the running job has a run time (a cancelled queued job has none); whole
         // milliseconds, as the store and the wire keep it, so every reader sees the same.
         let runtime = match self.running.remove(&id) {
-            Some(running) => Duration::from_millis(
-                u64::try_from(running.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            ),
+            Some(running) => {
+                self.forget_if_idle(running.worker);
+                Duration::from_millis(
+                    u64::try_from(running.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                )
+            }
             None => Duration::ZERO,
         };
         self.scheduler.finished(id, &outcome);

@@ -430,6 +430,8 @@ struct Running {
     cancel: CancellationToken,
     /// What the job reports back.
     results: crate::job::ResultSink,
+    /// Set when its executor gives it back unstarted.
+    give_back: crate::job::GiveBack,
 }
 
 /// What one user has on the server now.

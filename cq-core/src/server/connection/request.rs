@@ -103,7 +103,11 @@ where
         }
         match request.action {
             Action::Submit { job, key } => self.submit(job, key, identity).await,
-            Action::Work { worker, tags } => self.work(worker, tags, identity).await,
+            Action::Work {
+                worker,
+                tags,
+                instance,
+            } => self.work(worker, tags, instance, identity).await,
             Action::Report {
                 worker,
                 job,

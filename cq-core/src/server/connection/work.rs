@@ -31,6 +31,7 @@ where
         &mut self,
         worker: String,
         tags: Vec<String>,
+        instance: u64,
         identity: Identity,
     ) -> ControlFlow<()> {
         let Some(identity) = self.admit_worker(identity).await else {
@@ -54,6 +55,7 @@ where
                 info,
                 &identity,
                 self.peer.addr.map(|a| a.ip()),
+                instance,
                 shared.config.worker_poll,
             ),
         )
@@ -64,8 +66,7 @@ where
             ControlFlow::Continue(Ok(Poll::Idle)) => self.send(Event::Idle).await,
             ControlFlow::Continue(Err(refusal)) => {
                 tracing::warn!(who = %identity, reason = %refusal, "refused a worker");
-                self.fail(ErrorCode::NOT_PERMITTED, &refusal.to_string())
-                    .await;
+                self.fail(refusal.code(), &refusal.to_string()).await;
                 ControlFlow::Break(())
             }
         }
@@ -92,8 +93,7 @@ where
             Ok(cancel) => self.send(Event::Noted { cancel }).await,
             Err(refusal) => {
                 tracing::warn!(who = %identity, %worker, %job, reason = %refusal, "refused a worker's report");
-                self.fail(ErrorCode::NOT_PERMITTED, &refusal.to_string())
-                    .await;
+                self.fail(refusal.code(), &refusal.to_string()).await;
                 ControlFlow::Break(())
             }
         }

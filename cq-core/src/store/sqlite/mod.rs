@@ -117,6 +117,10 @@ impl Store for SqliteStore {
         self.send(|reply| Op::Start { id, at, reply })
     }
 
+    fn record_requeue(&self, id: JobId) -> Pending<()> {
+        self.send(|reply| Op::Requeue { id, reply })
+    }
+
     fn record_finish(
         &self,
         id: JobId,

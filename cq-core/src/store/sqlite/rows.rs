@@ -91,6 +91,14 @@ pub(super) fn record_start(
     .map(drop)
 }
 
+pub(super) fn record_requeue(tx: &Transaction<'_>, id: JobId) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE jobs SET state = 'queued', started_ms = NULL WHERE id = ?1 AND state = 'running'",
+        params![id.0 as i64],
+    )
+    .map(drop)
+}
+
 pub(super) fn record_finish(
     tx: &Transaction<'_>,
     id: JobId,

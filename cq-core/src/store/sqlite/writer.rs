@@ -39,6 +39,10 @@ pub(super) enum Op {
         at: SystemTime,
         reply: Reply<()>,
     },
+    Requeue {
+        id: JobId,
+        reply: Reply<()>,
+    },
     Finish {
         id: JobId,
         result: JobResult,
@@ -174,6 +178,10 @@ fn apply(tx: &Transaction<'_>, op: Op) -> Done {
             reply,
             rows::record_start(tx, id, at).map_err(db("record start")),
         ),
+        Op::Requeue { id, reply } => finish(
+            reply,
+            rows::record_requeue(tx, id).map_err(db("record requeue")),
+        ),
         Op::Finish {
             id,
             result,
@@ -234,6 +242,7 @@ fn fail(op: Op, error: &StoreError) {
         Op::Recover { reply, .. } => drop(reply.send(e.map(|()| Recovered::default()))),
         Op::Insert { reply, .. }
         | Op::Start { reply, .. }
+        | Op::Requeue { reply, .. }
         | Op::Finish { reply, .. }
         | Op::AddWaiter { reply, .. }
         | Op::RemoveWaiter { reply, .. }
