@@ -5,7 +5,8 @@
 //! against the floor of bare fork+exec+wait of the same job; submit latency; notification
 //! latency; what duplicate elimination does with N identical submissions; enqueue cost and
 //! memory as the queue grows; memory per waiting client; and the same N jobs through
-//! task-spooler, nq and pueue when they are installed. Every job is `cq-stamp TAG`: each run
+//! task-spooler, nq and pueue when they are installed; and jobs of a fixed length on the
+//! coordinator's own worker, then on 1, 2 and 3 workers (cq_worker). Every job is `cq-stamp TAG`: each run
 //! checks from the stamps that each of its jobs ran exactly once, and fails rather than print
 //! a figure when not. It never asserts timings.
 //!
@@ -24,6 +25,7 @@ mod measure;
 mod peers;
 mod report;
 mod server;
+mod workers;
 
 use server::Transport;
 
@@ -49,6 +51,12 @@ struct Args {
     /// Jobs for pueue, whose daemon polls (about 0.35 s per job).
     #[arg(long, default_value_t = 20)]
     pueue_jobs: usize,
+    /// Jobs of --spread-ms each for the run on 1, 2 and 3 workers (0: no such run).
+    #[arg(long, default_value_t = 100)]
+    spread_jobs: usize,
+    /// How long each job of the workers run sleeps, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    spread_ms: u64,
     /// Directory with cq_server and cq_client [default: next to this program].
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -122,6 +130,15 @@ fn main() -> anyhow::Result<()> {
     let scale = measure::scale(&server, args.scale, args.waiting, scale_work.path());
     report.scale = Some(runtime.block_on(scale)?);
     drop(server);
+    if args.spread_jobs > 0 {
+        let spread_work = tempfile::tempdir()?;
+        report.spread = workers::spread(
+            &bin_dir,
+            spread_work.path(),
+            args.spread_jobs,
+            args.spread_ms,
+        )?;
+    }
 
     report
         .peers

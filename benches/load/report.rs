@@ -104,6 +104,8 @@ pub(crate) struct Report {
     pub(crate) scale: Option<Scale>,
     pub(crate) merging: Option<Merging>,
     pub(crate) peers: Vec<Peer>,
+    /// The same jobs on the coordinator's own worker and on 1, 2, 3 workers.
+    pub(crate) spread: Vec<crate::workers::Spread>,
 }
 
 impl Report {
@@ -122,6 +124,7 @@ impl Report {
             scale: None,
             merging: None,
             peers: Vec::new(),
+            spread: Vec::new(),
         }
     }
 
@@ -229,6 +232,25 @@ impl Report {
                 "| PSS of one waiting cq_client (KiB) | {} |",
                 s.waiting_client_pss_kib
             );
+        }
+        if !self.spread.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n| several build hosts (jobs of {} ms, as many clients) | jobs | ran | seconds | ideal | overhead ms/job |\n|---|---:|---:|---:|---:|---:|",
+                self.spread[0].job_ms
+            );
+            for row in &self.spread {
+                let who = match row.workers {
+                    0 => "the coordinator's own worker".to_owned(),
+                    1 => "1 worker (cq_worker)".to_owned(),
+                    n => format!("{n} workers (cq_worker)"),
+                };
+                let _ = writeln!(
+                    out,
+                    "| {who} | {} | {} | {:.2} | {:.2} | {:.1} |",
+                    row.jobs, row.ran, row.seconds, row.ideal_seconds, row.overhead_ms_per_job
+                );
+            }
         }
         out
     }

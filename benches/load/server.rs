@@ -10,6 +10,8 @@ use cq_auth::munge::PrivateMunged;
 
 pub(crate) struct Server {
     pub(crate) addr: SocketAddr,
+    /// What it logged so far.
+    pub(crate) log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     pub(crate) client: PathBuf,
     pub(crate) munge_socket: PathBuf,
     /// The Unix socket it serves too (identities from the kernel, no munged).
@@ -21,6 +23,11 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(bin_dir: &Path, work: &Path) -> anyhow::Result<Self> {
+        Self::start_with(bin_dir, work, &[])
+    }
+
+    /// [`start`](Self::start) with more options.
+    pub(crate) fn start_with(bin_dir: &Path, work: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         let munge_dir = work.join("munge");
         std::fs::create_dir(&munge_dir)?;
         let munged = PrivateMunged::start_in(&munge_dir).context("start a private munged")?;
@@ -52,6 +59,7 @@ impl Server {
             .arg(munged.socket_path())
             .arg("--socket")
             .arg(work.join("cq.sock"))
+            .args(extra)
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -70,9 +78,16 @@ impl Server {
             }
         };
         // Keep draining the log so that the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
         Ok(Self {
             addr,
+            log,
             client: bin_dir.join("cq_client"),
             munge_socket: munged.socket_path(),
             socket: work.join("cq.sock"),
@@ -110,6 +125,26 @@ impl Server {
         match transport {
             Transport::Munge => self.client(),
             Transport::Unix => self.client_unix(),
+        }
+    }
+
+    /// Waits (at most a minute) until it logged a line holding every one of `needles`.
+    pub(crate) fn wait_for_log(&self, needles: &[&str]) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let found = self
+                .log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|line| needles.iter().all(|n| line.contains(n)));
+            if found {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("cq_server never logged {needles:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
 
