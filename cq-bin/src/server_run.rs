@@ -371,6 +371,7 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
     engine.requeue_running = args.requeue_lost;
     engine.paused = args.paused;
     engine.local_worker = !args.no_local_worker;
+    engine.worker_timeout = seconds(args.worker_timeout, "worker-timeout")?;
     engine.default_time_limit = args.default_timeout;
     engine.max_time_limit = args.max_timeout;
     engine.log_limit = args.log_limit;

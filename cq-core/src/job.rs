@@ -76,6 +76,40 @@ pub struct JobContext {
     /// Lets the executor give back a job it never started (its worker went away before
     /// taking it): the engine then queues it again, in its old place.
     pub give_back: GiveBack,
+    /// Lets an executor that hands the job elsewhere (a worker on another host) record
+    /// where, so that a restarted server finds the job again instead of calling it lost.
+    pub runner: RunnerRecord,
+    /// Where the job already runs, when it is being found again after a restart (what the
+    /// executor recorded with [`runner`](Self::runner)); `None` for a new run.
+    pub resume: Option<String>,
+}
+
+/// See [`JobContext::runner`].
+#[derive(Clone, Default)]
+pub struct RunnerRecord(Option<(Arc<dyn crate::store::Store>, JobId, String)>);
+
+impl std::fmt::Debug for RunnerRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RunnerRecord")
+            .field(&self.0.as_ref().map(|(_, id, worker)| (id, worker)))
+            .finish()
+    }
+}
+
+impl RunnerRecord {
+    /// Records in `store` that job `id` runs on `worker`.
+    pub fn new(store: Arc<dyn crate::store::Store>, id: JobId, worker: String) -> Self {
+        Self(Some((store, id, worker)))
+    }
+
+    /// Records `reference` (the executor's own words for the run); resolves once it is
+    /// durable. A record that keeps nothing (an engine without store) resolves at once.
+    pub fn record(&self, reference: String) -> crate::store::Pending<()> {
+        match &self.0 {
+            Some((store, id, worker)) => store.record_runner(*id, worker.clone(), reference),
+            None => crate::store::Pending::ready(Ok(())),
+        }
+    }
 }
 
 /// See [`JobContext::give_back`].

@@ -81,7 +81,8 @@ pub use executor::{Containment, ProcessExecutor};
 pub use executor::{Executor, LogSink};
 pub use job::{
     Clearance, CommandJob, GiveBack, InvalidJob, InvalidResult, Job, JobContext, JobId, JobPhase,
-    JobSummary, MAX_RESULT_KEY, MAX_RESULT_VALUE, MAX_RESULTS, ResultSink, SubmitKey, check_result,
+    JobSummary, MAX_RESULT_KEY, MAX_RESULT_VALUE, MAX_RESULTS, ResultSink, RunnerRecord, SubmitKey,
+    check_result,
 };
 pub use outcome::{Outcome, SpawnFailure};
 pub use policy::{PolicyRefusal, SharedPolicy, StartCheck, SubmitPolicy};

@@ -200,6 +200,8 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
                     cancel: cancel.clone(),
                     results: results.clone(),
                     give_back: crate::job::GiveBack::default(),
+                    runner: crate::job::RunnerRecord::default(),
+                    resume: None,
                 };
                 let executor = self.executor.clone();
                 let command = dispatch.command.clone();

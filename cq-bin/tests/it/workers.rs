@@ -8,7 +8,7 @@ use std::process::Stdio;
 use tokio::process::{Child, Command};
 
 use crate::support::{LIMIT, Munged, TestServer, output, stderr};
-use crate::users::{PublicBinaries, as_user, users};
+use crate::users::{PublicBinaries, as_user, shared_dir, users};
 
 fn json(out: &std::process::Output) -> serde_json::Value {
     assert!(out.status.success(), "{}", stderr(out));
@@ -251,4 +251,59 @@ async fn a_worker_killed_mid_job_and_restarted_reports_the_job_lost_and_takes_th
     assert!(ran.status.success(), "{}", stderr(&ran));
     let log = output(server.client_as(&bins, alice).args(["--log", &next])).await;
     assert_eq!(String::from_utf8_lossy(&log.stdout), "next\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_while_a_worker_runs_a_job_hears_its_real_end_after_a_restart() {
+    let munged = Munged::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = coordinator(&munged, dir.path(), "60").await;
+    let bins = PublicBinaries::new();
+    let alice = &users().alice;
+    let _worker = worker(&server, &munged, &[], &bins.worker(), "w", &[], dir.path());
+    joined(&server, "w").await;
+    let shared = shared_dir();
+    let gate = shared.path().join("gate");
+    let runs = shared.path().join("runs");
+    let script = format!(
+        "echo run >> {runs}; echo before; while [ ! -e {gate} ]; do sleep 0.05; done; echo after; exit 5",
+        runs = runs.display(),
+        gate = gate.display()
+    );
+    let queued = output(
+        server
+            .client_as(&bins, alice)
+            .args(["--detach", "--", "sh", "-c", &script]),
+    )
+    .await;
+    assert!(queued.status.success(), "{}", stderr(&queued));
+    let id = String::from_utf8_lossy(&queued.stdout).trim().to_owned();
+    // Its first output is on the coordinator: the worker's claim of the job was recorded
+    // before that (the worker starts a job only once its claim is durable).
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let log = output(server.client_as(&bins, alice).args(["--log", &id])).await;
+            if String::from_utf8_lossy(&log.stdout).contains("before") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the job's output reaches the coordinator");
+
+    // The coordinator dies; the job ends meanwhile; the coordinator comes back.
+    let mut server = server;
+    server.kill9().await;
+    std::fs::write(&gate, b"").unwrap();
+    let server = server.restart().await;
+    let waited = output(server.client_as(&bins, alice).args(["--wait", &id])).await;
+    assert_eq!(waited.status.code(), Some(5), "{}", stderr(&waited));
+    let log = output(server.client_as(&bins, alice).args(["--log", &id])).await;
+    assert_eq!(String::from_utf8_lossy(&log.stdout), "before\nafter\n");
+    assert_eq!(
+        std::fs::read_to_string(&runs).unwrap(),
+        "run\n",
+        "the job ran once"
+    );
 }

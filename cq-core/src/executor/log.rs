@@ -84,6 +84,45 @@ impl LogSink {
         Self::new(LogFile::Unborn(path.to_owned()), limit)
     }
 
+    /// A sink that goes on with the log at `path` that an earlier run of this server began
+    /// (the same job, found again after a restart): appends to it if it is a regular file of
+    /// this user's (never through a symlink), starts it as [`create`](Self::create) does if
+    /// there is none.
+    pub fn reopen(path: &Path, limit: u64) -> Self {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let opened = OpenOptions::new()
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .and_then(|file| {
+                let meta = file.metadata()?;
+                if !meta.is_file() || meta.uid() != nix::unistd::geteuid().as_raw() {
+                    return Err(io::Error::other("not a regular file of this user's"));
+                }
+                Ok((file, meta.len()))
+            });
+        match opened {
+            Ok((file, len)) => {
+                let mut sink = Self::new(LogFile::Open(file), limit);
+                sink.written = len;
+                sink.truncated = len >= limit;
+                sink
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Self::create(path, limit),
+            Err(e) => {
+                tracing::warn!(log = %path.display(), error = %e, "cannot reopen a job's log; the rest of its output is dropped");
+                Self::discard()
+            }
+        }
+    }
+
+    /// This sink, offering its output to `live`'s followers instead of its own.
+    #[must_use]
+    pub fn feeding(mut self, live: broadcast::Sender<LogChunk>) -> Self {
+        self.live = live;
+        self
+    }
+
     /// A sink that keeps nothing (followers still see the output).
     pub fn discard() -> Self {
         Self::new(LogFile::Dropped, DEFAULT_LOG_LIMIT)

@@ -566,6 +566,8 @@ mod tests {
             cancel: cancel.clone(),
             results: crate::job::ResultSink::default(),
             give_back: crate::job::GiveBack::default(),
+            runner: crate::job::RunnerRecord::default(),
+            resume: None,
         };
         (ctx, cancel)
     }

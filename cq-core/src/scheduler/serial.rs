@@ -121,6 +121,18 @@ impl Scheduler for SerialScheduler {
         Some(id)
     }
 
+    fn adopt(&mut self, job: JobInfo, worker: &WorkerInfo) -> bool {
+        if self.busy_workers.contains(&worker.name) || self.running.contains_key(&job.id) {
+            return false;
+        }
+        self.busy_workers.insert(worker.name.clone());
+        if let Some(lane) = &job.lane {
+            self.busy_lanes.insert(lane.clone());
+        }
+        self.running.insert(job.id, (job, worker.name.clone()));
+        true
+    }
+
     fn finished(&mut self, id: JobId, _outcome: &Outcome) {
         self.release(id);
         self.ranks.remove(&id);

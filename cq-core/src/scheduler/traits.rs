@@ -209,6 +209,15 @@ pub trait Scheduler: Send + 'static {
     /// if it is not queued.
     fn promote(&mut self, id: JobId) -> bool;
 
+    /// Takes back a job that was running on `worker` (elsewhere: on another host) when the
+    /// server stopped, and may still run: it is running on `worker` from now on, as if
+    /// [`next_for`](Self::next_for) had given it. `false` (the default) if this scheduler
+    /// cannot: the engine then records the job lost.
+    fn adopt(&mut self, job: JobInfo, worker: &WorkerInfo) -> bool {
+        let _ = (job, worker);
+        false
+    }
+
     /// The running jobs and the queued ones.
     fn view(&self) -> QueueView<'_>;
 }

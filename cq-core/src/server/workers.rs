@@ -85,6 +85,8 @@ struct RemoteJob {
     results: ResultSink,
     cancel: CancellationToken,
     give_back: GiveBack,
+    /// Makes the claim durable, so that a restarted coordinator finds the job again.
+    runner: crate::job::RunnerRecord,
     done: Option<oneshot::Sender<Outcome>>,
 }
 
@@ -128,8 +130,6 @@ pub(crate) enum WorkerRefusal {
     NotStarted,
     #[error("not an outcome a job can have: {0}")]
     BadOutcome(String),
-    #[error("output from byte {got} on, but only {expected} bytes came before")]
-    OutputGap { expected: u64, got: u64 },
 }
 
 impl WorkerRefusal {
@@ -141,8 +141,7 @@ impl WorkerRefusal {
             Self::UnknownWorker(_)
             | Self::NotItsJob { .. }
             | Self::NotStarted
-            | Self::BadOutcome(_)
-            | Self::OutputGap { .. } => ErrorCode::NOT_ASSIGNED,
+            | Self::BadOutcome(_) => ErrorCode::NOT_ASSIGNED,
         }
     }
 }
@@ -283,6 +282,7 @@ impl RemoteWorkers {
         }
         let executor = Arc::new(RemoteExecutor {
             workers: self.clone(),
+            engine: engine.clone(),
             name: info.name.clone(),
         });
         engine
@@ -305,12 +305,13 @@ impl RemoteWorkers {
         address: Option<IpAddr>,
         id: JobId,
         lease: u64,
-        report: WorkReport,
-    ) -> Result<bool, WorkerRefusal> {
+        report: &WorkReport,
+    ) -> Result<(bool, Option<crate::store::Pending<()>>), WorkerRefusal> {
         let mut slots = self.slots();
         let slot = slots
             .get_mut(worker)
             .ok_or_else(|| WorkerRefusal::UnknownWorker(worker.to_owned()))?;
+        let mut durable = None;
         if !slot.held_by(identity, address) {
             return Err(WorkerRefusal::NameTaken(worker.to_owned()));
         }
@@ -323,7 +324,7 @@ impl RemoteWorkers {
             .as_mut()
             .filter(|j| j.id == id)
             .ok_or_else(not_its_job)?;
-        match (job.claimed, &report) {
+        match (job.claimed, report) {
             (Some((held, _)), _) if held != lease => return Err(not_its_job()),
             (None, WorkReport::Started) => {
                 let by = job
@@ -332,6 +333,7 @@ impl RemoteWorkers {
                     .find(|(handed, _)| *handed == lease)
                     .ok_or_else(not_its_job)?;
                 job.claimed = Some(*by);
+                durable = Some(job.runner.record(runner_reference(*by)));
             }
             (None, _) => return Err(WorkerRefusal::NotStarted),
             _ => {}
@@ -340,11 +342,16 @@ impl RemoteWorkers {
         match report {
             WorkReport::Started | WorkReport::Alive => {}
             WorkReport::Output { offset, data } => {
+                let offset = *offset;
                 if offset > job.received {
-                    return Err(WorkerRefusal::OutputGap {
-                        expected: job.received,
-                        got: offset,
-                    });
+                    // Output the coordinator had not kept when it stopped (found again
+                    // after a restart): say so where it is missing, and go on.
+                    let marker = format!(
+                        "\n[cq: {} bytes of output were lost while the coordinator restarted]\n",
+                        offset - job.received
+                    );
+                    job.log.append(marker.as_bytes());
+                    job.received = offset;
                 }
                 let end = offset.saturating_add(data.len() as u64);
                 let skip = usize::try_from(job.received - offset).unwrap_or(usize::MAX);
@@ -354,8 +361,8 @@ impl RemoteWorkers {
                 }
             }
             WorkReport::Ended { outcome, results } => {
-                let outcome = checked_outcome(outcome)?;
-                for (key, value) in &results {
+                let outcome = checked_outcome(outcome.clone())?;
+                for (key, value) in results {
                     if let Err(e) = job.results.set(key, value) {
                         tracing::info!(job = %id, %worker, error = %e, "a result was refused");
                     }
@@ -365,7 +372,61 @@ impl RemoteWorkers {
             }
         }
         slot.last_seen = Instant::now();
-        Ok(cancel)
+        Ok((cancel, durable))
+    }
+
+    /// A worker reports on job `id` while the coordinator has no place for it (it restarted
+    /// since): it joins (with no tags until it asks for work), so that the job, if it was
+    /// found running elsewhere at start, is handed back to it. Whether the job is its now.
+    pub(crate) async fn rejoin(
+        self: &Arc<Self>,
+        engine: &EngineHandle,
+        name: &str,
+        identity: &Identity,
+        address: Option<IpAddr>,
+        id: JobId,
+    ) -> bool {
+        let notify = {
+            let mut slots = self.slots();
+            let slot = slots.entry(name.to_owned()).or_insert_with(|| Slot {
+                identity: identity.clone(),
+                address,
+                tags: Vec::new(),
+                attached: false,
+                polling: 0,
+                last_seen: Instant::now(),
+                job: None,
+                dispatched: Arc::new(Notify::new()),
+            });
+            if !slot.held_by(identity, address) {
+                return false;
+            }
+            slot.dispatched.clone()
+        };
+        let info = WorkerInfo::new(name, Vec::<String>::new());
+        if self.join(engine, info, identity).await.is_err() {
+            return false;
+        }
+        // The engine hands the job to the worker's executor in a task of its own.
+        let deadline = Instant::now() + REJOIN_WAIT;
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let found = self
+                .slots()
+                .get(name)
+                .is_some_and(|slot| slot.job.as_ref().is_some_and(|job| job.id == id));
+            if found {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+        // Nothing of it here: it gets no job until it asks for work.
+        self.detach_if_gone(engine, name, Instant::now()).await;
+        false
     }
 
     /// Takes worker `name` out of the engine's reach if it is idle and has not asked for work
@@ -416,6 +477,9 @@ struct PollGuard {
     answered: bool,
 }
 
+/// How long a report waits for the job it is about, when the coordinator restarted since.
+const REJOIN_WAIT: Duration = Duration::from_secs(2);
+
 /// How long a worker may take between two `Work` requests before it counts as gone.
 const REPOLL_GRACE: Duration = Duration::from_secs(3);
 
@@ -454,6 +518,7 @@ impl Drop for PollGuard {
 /// Runs a job on a remote worker: hands it over, then waits for the worker's `Ended`.
 struct RemoteExecutor {
     workers: Arc<RemoteWorkers>,
+    engine: EngineHandle,
     name: String,
 }
 
@@ -489,10 +554,20 @@ impl Executor for RemoteExecutor {
                 ),
             };
         }
+        // Found again after a restart: the worker that claimed it runs it.
+        let claimed = match ctx.resume.as_deref().map(parse_runner_reference) {
+            None => None,
+            Some(Some(claim)) => Some(claim),
+            Some(None) => return Outcome::Lost,
+        };
+        let received = if claimed.is_some() { ctx.log.len() } else { 0 };
         let (done, mut ended) = oneshot::channel();
         {
             let mut slots = self.workers.slots();
             let Some(slot) = slots.get_mut(&self.name) else {
+                if claimed.is_some() {
+                    return Outcome::Lost;
+                }
                 // The worker left just as the engine chose it: another one may run the job.
                 ctx.give_back.give_back();
                 return Outcome::Lost;
@@ -508,12 +583,13 @@ impl Executor for RemoteExecutor {
                 run_as,
                 commands,
                 handed: Vec::new(),
-                claimed: None,
-                received: 0,
+                claimed,
+                received,
                 log: ctx.log,
                 results: ctx.results,
                 cancel: ctx.cancel.clone(),
                 give_back: ctx.give_back.clone(),
+                runner: ctx.runner.clone(),
                 done: Some(done),
             });
             slot.dispatched.notify_waiters();
@@ -545,12 +621,26 @@ impl Executor for RemoteExecutor {
                     cancelled = true;
                 }
                 _ = check.tick() => {
-                    let away = {
+                    let (away, waits_untaken) = {
                         let slots = self.workers.slots();
-                        slots.get(&self.name).map(|s| s.last_seen.elapsed())
+                        match slots.get(&self.name) {
+                            Some(slot) => (
+                                Some(slot.last_seen.elapsed()),
+                                slot.polling == 0
+                                    && slot.job.as_ref().is_some_and(|j| j.id == ctx.id && j.claimed.is_none()),
+                            ),
+                            None => (None, false),
+                        }
                     };
                     if away.is_none_or(|away| away > self.workers.timeout) {
                         return self.lose(ctx.id, &ctx.give_back);
+                    }
+                    // Handed to a worker that stopped asking for work (it went away after
+                    // its last report): it leaves, and the job goes back to the queue.
+                    if waits_untaken && away.is_some_and(|away| away > REPOLL_GRACE) {
+                        self.workers
+                            .detach_if_gone(&self.engine, &self.name, Instant::now())
+                            .await;
                     }
                 }
             }
@@ -598,6 +688,17 @@ fn checked_outcome(outcome: Outcome) -> Result<Outcome, WorkerRefusal> {
         ));
     }
     Ok(outcome)
+}
+
+/// How a claimed dispatch is recorded (see [`crate::job::RunnerRecord`]): `LEASE:INSTANCE`.
+fn runner_reference((lease, instance): (u64, u64)) -> String {
+    format!("{lease}:{instance}")
+}
+
+/// The claim a [`runner_reference`] names.
+fn parse_runner_reference(reference: &str) -> Option<(u64, u64)> {
+    let (lease, instance) = reference.split_once(':')?;
+    Some((lease.parse().ok()?, instance.parse().ok()?))
 }
 
 /// Whose rights the job gets, and which programs it may run, as the dispatch says them.

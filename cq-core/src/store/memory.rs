@@ -188,6 +188,11 @@ impl Store for MemoryStore {
         })
     }
 
+    fn record_runner(&self, _: JobId, _: String, _: String) -> Pending<()> {
+        // Nothing of it survives a restart, where a runner would matter.
+        Pending::ready(Ok(()))
+    }
+
     fn record_requeue(&self, id: JobId) -> Pending<()> {
         self.with(|rows| {
             if let Some(row) = rows.jobs.get_mut(&id) {

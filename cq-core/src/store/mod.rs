@@ -13,6 +13,8 @@ mod sqlite;
 
 pub use memory::MemoryStore;
 pub use pending::Pending;
-pub use record::{JobRecord, KnownKey, PrunedJob, Recovered, Store, StoreError, StoredJob};
+pub use record::{
+    JobRecord, KnownKey, PrunedJob, Recovered, RunningElsewhere, Store, StoreError, StoredJob,
+};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;

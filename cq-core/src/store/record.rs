@@ -61,6 +61,19 @@ pub struct PrunedJob {
     pub log_bytes: u64,
 }
 
+/// A job that was running elsewhere when the server stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunningElsewhere {
+    /// The job.
+    pub job: StoredJob,
+    /// The worker it runs on.
+    pub worker: String,
+    /// Its executor's reference to the run.
+    pub reference: String,
+    /// When it started.
+    pub started_at: SystemTime,
+}
+
 /// What a store holds when the server starts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recovered {
@@ -70,6 +83,9 @@ pub struct Recovered {
     pub lost: Vec<JobId>,
     /// Jobs that were running and were put back in the queue instead (first in `queued`).
     pub requeued: Vec<JobId>,
+    /// Jobs that were running elsewhere (their executor recorded where, see
+    /// [`Store::record_runner`]): they may still run, and are left running.
+    pub elsewhere: Vec<RunningElsewhere>,
     /// The smallest id never handed out (ids are never reused, even after pruning).
     pub next_id: u64,
     /// The idempotency keys of the jobs it holds.
@@ -95,6 +111,11 @@ pub trait Store: Send + Sync + 'static {
     /// Records that a job that was started is queued again: it never ran (its worker went
     /// away before taking it).
     fn record_requeue(&self, id: JobId) -> Pending<()>;
+
+    /// Records that running job `id` runs elsewhere, on `worker`, where its executor can find
+    /// it again by `reference` after a restart: [`recover`](Self::recover) then leaves it
+    /// running ([`Recovered::elsewhere`]).
+    fn record_runner(&self, id: JobId, worker: String, reference: String) -> Pending<()>;
 
     /// Records how a job ended and how much log it left.
     fn record_finish(

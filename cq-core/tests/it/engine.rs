@@ -295,6 +295,9 @@ impl Store for SlowOutcomes {
     fn record_requeue(&self, id: JobId) -> Pending<()> {
         self.inner.record_requeue(id)
     }
+    fn record_runner(&self, id: JobId, worker: String, reference: String) -> Pending<()> {
+        self.inner.record_runner(id, worker, reference)
+    }
     fn record_finish(&self, id: JobId, result: JobResult, log: u64, at: SystemTime) -> Pending<()> {
         let done = self.inner.record_finish(id, result, log, at);
         let release = self.release.clone();

@@ -747,3 +747,43 @@ async fn a_job_too_large_for_a_worker_is_refused_when_submitted() {
         "{refused:?}"
     );
 }
+
+#[tokio::test]
+async fn a_job_given_to_a_worker_that_went_away_after_its_last_report_runs_on_another() {
+    let coordinator = coordinator(Duration::from_secs(30)).await;
+    let alice = coordinator.client(ALICE);
+    let builder = coordinator.client(BUILDER);
+    let first = alice
+        .submit(shell("true", &[]), SubmitKey::random())
+        .await
+        .unwrap();
+    let dispatch = builder.work("gone", &[], 1).await.unwrap().expect("a job");
+    builder
+        .report("gone", first.job, dispatch.lease, WorkReport::Started)
+        .await
+        .unwrap();
+    let ended = WorkReport::Ended {
+        outcome: Outcome::Exited { code: 0 },
+        results: Vec::new(),
+    };
+    builder
+        .report("gone", first.job, dispatch.lease, ended)
+        .await
+        .unwrap();
+    tokio::time::timeout(LIMIT, first.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    // "gone" never asks for work again (it was switched off after its last report). The
+    // next job is handed to it, and must not wait for the worker timeout.
+    let second = alice
+        .submit(shell("true", &[]), SubmitKey::random())
+        .await
+        .unwrap();
+    let _other = coordinator.worker("other", &[]);
+    let result = tokio::time::timeout(Duration::from_secs(10), second.wait())
+        .await
+        .expect("the job runs well before the worker timeout")
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Exited { code: 0 });
+}

@@ -66,17 +66,36 @@ impl<S: Scheduler> Actor<S> {
         {
             // Joined again (perhaps with other tags): the job it runs goes on.
             Some(worker) => {
-                worker.info = info;
+                worker.info = info.clone();
                 worker.executor = Some(executor);
                 worker.attached = true;
             }
             None => self.workers.push(super::Worker {
-                info,
+                info: info.clone(),
                 executor: Some(executor),
                 attached: true,
             }),
         }
+        // A job it ran when the server stopped: found again where it runs.
+        if let Some((id, job, reference)) = self.awaiting.remove(&info.name) {
+            self.launch(id, job, Some(reference));
+        }
         Ok(())
+    }
+
+    /// The worker a job found running elsewhere at start waits for did not come back.
+    pub(super) fn unclaimed(&mut self, id: JobId) {
+        let Some(name) = self
+            .awaiting
+            .iter()
+            .find(|(_, (job, _, _))| *job == id)
+            .map(|(name, _)| name.clone())
+        else {
+            return;
+        };
+        self.awaiting.remove(&name);
+        tracing::warn!(job = %id, worker = %name, "the worker the job ran on did not come back in time: recorded as lost");
+        self.finish(id, Outcome::Lost, 0, Vec::new());
     }
 
     /// A worker leaves: it gets no new job (the one it runs goes on).
@@ -263,27 +282,58 @@ impl<S: Scheduler> Actor<S> {
         self.store
             .record_start(id, SystemTime::now())
             .log_failure("record a start");
-        let cancel = CancellationToken::new();
+        self.running.insert(
+            id,
+            Running {
+                id,
+                worker,
+                live: LogSink::discard().live(),
+                started: Instant::now(),
+                cancel: CancellationToken::new(),
+                results: crate::job::ResultSink::default(),
+                give_back: GiveBack::default(),
+            },
+        );
+        self.launch(id, job, None);
+    }
+
+    /// Runs running job `id` on its worker, or, with `resume`, finds it again where it
+    /// already runs (after a restart); the task reports its end.
+    pub(super) fn launch(&mut self, id: JobId, job: Work, resume: Option<String>) {
+        let (Some(running), Some(live)) = (self.running.get(&id), self.jobs.get(&id)) else {
+            return;
+        };
+        let worker = running.worker;
         let durable = live.durable.clone();
         let log_path = self
             .config
             .log_dir
             .as_ref()
             .map(|dir| dir.join(format!("{id}.log")));
-        let log = match &log_path {
-            Some(path) => LogSink::create(path, self.config.log_limit),
-            None => LogSink::discard(),
-        };
-        let feed = log.live();
-        let ctx_cancel = cancel.clone();
-        let results = crate::job::ResultSink::default();
-        let ctx_results = results.clone();
-        let give_back = GiveBack::default();
-        let ctx_give_back = give_back.clone();
+        let log = match (&log_path, &resume) {
+            (Some(path), None) => LogSink::create(path, self.config.log_limit),
+            // Its output so far is there, and the rest goes on after it.
+            (Some(path), Some(_)) => LogSink::reopen(path, self.config.log_limit),
+            (None, _) => LogSink::discard(),
+        }
+        .feeding(running.live.clone());
+        let ctx_cancel = running.cancel.clone();
+        let ctx_results = running.results.clone();
+        let ctx_give_back = running.give_back.clone();
         let owner = live.info.owner.clone();
-        let check = self.start_check.clone();
+        // A job found again was cleared when it started.
+        let check = if resume.is_none() {
+            self.start_check.clone()
+        } else {
+            None
+        };
         let command = live.info.command.clone();
         let executor = self.workers[worker].executor.clone();
+        let runner = crate::job::RunnerRecord::new(
+            self.store.clone(),
+            id,
+            self.workers[worker].info.name.clone(),
+        );
         let task = tokio::spawn(async move {
             // A job runs only once it is on disk: usually long done, since it waited its turn.
             if let Err(e) = durable.await {
@@ -328,6 +378,8 @@ impl<S: Scheduler> Actor<S> {
                 cancel: ctx_cancel,
                 results: ctx_results,
                 give_back: ctx_give_back,
+                runner,
+                resume,
             };
             let outcome = match (job, executor) {
                 (Work::Command(command), Some(executor)) => executor.run(&command, ctx).await,
@@ -350,18 +402,6 @@ impl<S: Scheduler> Actor<S> {
                 ended: task.await,
             });
         });
-        self.running.insert(
-            id,
-            Running {
-                id,
-                worker,
-                live: feed,
-                started: Instant::now(),
-                cancel,
-                results,
-                give_back,
-            },
-        );
     }
 
     /// Records how job `id` ended; its waiters hear of it once that is committed, so that

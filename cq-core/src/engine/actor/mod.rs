@@ -101,6 +101,10 @@ pub struct EngineConfig {
     /// Longest time limit a command may have; longer requests (and commands without one,
     /// when there is no default) get this.
     pub max_time_limit: Option<Duration>,
+    /// How long a job that was running elsewhere when the server stopped
+    /// ([`Recovered::elsewhere`](crate::store::Recovered::elsewhere)) waits for its worker to
+    /// come back before it is recorded lost.
+    pub worker_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -116,6 +120,7 @@ impl Default for EngineConfig {
             paused: false,
             default_time_limit: None,
             max_time_limit: None,
+            worker_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -279,6 +284,7 @@ impl<S: Scheduler> Engine<S> {
                 .collect(),
             seen: recovered.requests.iter().copied().collect(),
             usage: HashMap::new(),
+            awaiting: HashMap::new(),
             publishing: TaskTracker::new(),
             internal,
             events: events.clone(),
@@ -298,6 +304,9 @@ impl<S: Scheduler> Engine<S> {
         }
         for stored in recovered.queued {
             actor.restore(stored);
+        }
+        for elsewhere in recovered.elsewhere {
+            actor.adopt(elsewhere);
         }
         tokio::spawn(actor.run(inbox, internal_inbox));
         Ok(EngineHandle { commands, events })
@@ -451,6 +460,9 @@ enum Internal {
         id: JobId,
         ended: Result<(Outcome, u64), tokio::task::JoinError>,
     },
+    /// The worker a job found running elsewhere at start waits for had time enough to come
+    /// back.
+    Unclaimed(JobId),
 }
 
 struct Actor<S> {
@@ -473,6 +485,9 @@ struct Actor<S> {
     /// Digests of requests served, until their credentials expire.
     seen: HashMap<[u8; 32], SystemTime>,
     usage: HashMap<u32, Usage>,
+    /// Jobs that were running elsewhere when the server stopped, by the worker they wait
+    /// for: the job, and its executor's reference to the run.
+    awaiting: HashMap<String, (JobId, Work, String)>,
     /// Outcomes waiting for their commit before waiters hear of them.
     publishing: TaskTracker,
     internal: mpsc::UnboundedSender<Internal>,
@@ -490,7 +505,10 @@ impl<S: Scheduler> Actor<S> {
         let mut forget = tokio::time::interval(FORGET_REQUESTS_EVERY);
         let mut inbox_open = true;
         loop {
-            if self.stopping.is_some() && self.running.is_empty() {
+            // A job still waiting for its worker to come back (found running elsewhere at
+            // start) has no task here: it stays recorded as running elsewhere for the next
+            // start.
+            if self.stopping.is_some() && self.running.len() == self.awaiting.len() {
                 break;
             }
             self.start_next();
@@ -506,6 +524,7 @@ impl<S: Scheduler> Actor<S> {
                 Some(message) = internal.recv() => match message {
                     Internal::Pruned(jobs) => self.forget_pruned(&jobs),
                     Internal::Ended { id, ended } => self.ended(id, ended),
+                    Internal::Unclaimed(id) => self.unclaimed(id),
                 },
                 _ = prune.tick() => self.prune(),
                 _ = forget.tick() => self.forget_requests(),
@@ -566,6 +585,103 @@ impl<S: Scheduler> Actor<S> {
                 let _ = reply.send(self.detach_worker(&name));
             }
         }
+    }
+
+    /// Takes back a job that was running elsewhere when the server stopped: it runs on,
+    /// and its worker, when it comes back, reports its end.
+    fn adopt(&mut self, elsewhere: crate::store::RunningElsewhere) {
+        let crate::store::RunningElsewhere {
+            job: stored,
+            worker: name,
+            reference,
+            started_at,
+        } = elsewhere;
+        let id = stored.id;
+        let Some(command) = stored.command.map(Arc::new) else {
+            return;
+        };
+        let worker = match self.workers.iter().position(|w| w.info.name == name) {
+            Some(index) => index,
+            None => {
+                self.workers.push(Worker {
+                    info: WorkerInfo::new(name.clone(), Vec::<String>::new()),
+                    executor: None,
+                    attached: false,
+                });
+                self.workers.len() - 1
+            }
+        };
+        let info = JobInfo {
+            id,
+            owner: stored.owner,
+            summary: stored.summary,
+            tags: command.tags.clone(),
+            lane: command.lane.clone(),
+            command: Some(command.clone()),
+        };
+        if worker == 0
+            || !self
+                .scheduler
+                .adopt(info.clone(), &self.workers[worker].info)
+        {
+            tracing::warn!(job = %id, %name, "the job was running elsewhere when the server stopped, and cannot be taken back: recorded as lost");
+            let lost = super::JobResult {
+                outcome: Outcome::Lost,
+                runtime: Duration::ZERO,
+                results: Vec::new(),
+            };
+            self.store
+                .record_finish(id, lost, 0, SystemTime::now())
+                .log_failure("record a lost job");
+            return;
+        }
+        tracing::info!(job = %id, worker = %name, "the job was running on a worker when the server stopped: waiting for the worker to report");
+        let size = command.byte_size();
+        let usage = self.usage.entry(info.owner.uid).or_default();
+        usage.live_jobs += 1;
+        usage.live_bytes += size;
+        for waiter in &stored.waiters {
+            self.usage.entry(waiter.uid).or_default().live_jobs += 1;
+        }
+        let (state, _) = watch::channel(JobState::Running);
+        let ran_for = SystemTime::now()
+            .duration_since(started_at)
+            .unwrap_or_default();
+        self.jobs.insert(
+            id,
+            Live {
+                job: None,
+                info,
+                state,
+                durable: Pending::ready(Ok(())).shared(),
+                accepted_at: stored.accepted_at,
+                started_at: Some(started_at),
+                waiters: stored.waiters,
+                size,
+            },
+        );
+        self.running.insert(
+            id,
+            Running {
+                id,
+                worker,
+                live: crate::executor::LogSink::discard().live(),
+                started: Instant::now()
+                    .checked_sub(ran_for)
+                    .unwrap_or_else(Instant::now),
+                cancel: CancellationToken::new(),
+                results: crate::job::ResultSink::default(),
+                give_back: crate::job::GiveBack::default(),
+            },
+        );
+        self.awaiting
+            .insert(name, (id, Work::Command(command), reference));
+        let internal = self.internal.clone();
+        let wait = self.config.worker_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let _ = internal.send(Internal::Unclaimed(id));
+        });
     }
 
     /// Takes the restored job back into the queue.

@@ -12,7 +12,7 @@ use crate::job::JobId;
 use crate::protocol::{ErrorCode, Event, WorkReport};
 use crate::scheduler::WorkerInfo;
 use crate::server::Refusal;
-use crate::server::workers::Poll;
+use crate::server::workers::{Poll, WorkerRefusal};
 use crate::transport::Stream;
 
 /// Longest worker name, and longest tag, in bytes; most tags a worker may offer.
@@ -85,12 +85,31 @@ where
             return ControlFlow::Break(());
         };
         let address = self.peer.addr.map(|a| a.ip());
-        match self
-            .shared
-            .workers
-            .report(&worker, &identity, address, job, lease, report)
+        let workers = &self.shared.workers;
+        let mut answer = workers.report(&worker, &identity, address, job, lease, &report);
+        if matches!(answer, Err(WorkerRefusal::UnknownWorker(_)))
+            && workers
+                .rejoin(&self.shared.engine, &worker, &identity, address, job)
+                .await
         {
-            Ok(cancel) => self.send(Event::Noted { cancel }).await,
+            answer = workers.report(&worker, &identity, address, job, lease, &report);
+        }
+        match answer {
+            Ok((cancel, durable)) => {
+                // A claim is answered once it is durable: the worker starts the job only then.
+                if let Some(durable) = durable
+                    && let Err(e) = durable.await
+                {
+                    tracing::error!(%job, error = %e, "the claim of a job could not be recorded");
+                    self.fail(
+                        ErrorCode::INTERNAL,
+                        "the coordinator could not record the claim",
+                    )
+                    .await;
+                    return ControlFlow::Break(());
+                }
+                self.send(Event::Noted { cancel }).await
+            }
             Err(refusal) => {
                 tracing::warn!(who = %identity, %worker, %job, reason = %refusal, "refused a worker's report");
                 self.fail(refusal.code(), &refusal.to_string()).await;

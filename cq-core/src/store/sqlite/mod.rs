@@ -121,6 +121,15 @@ impl Store for SqliteStore {
         self.send(|reply| Op::Requeue { id, reply })
     }
 
+    fn record_runner(&self, id: JobId, worker: String, reference: String) -> Pending<()> {
+        self.send(|reply| Op::Runner {
+            id,
+            worker,
+            reference,
+            reply,
+        })
+    }
+
     fn record_finish(
         &self,
         id: JobId,
@@ -455,6 +464,11 @@ mod tests {
         conn.execute(
             "UPDATE jobs SET command = substr(command, 1, length(command) - 1) WHERE typeof(command) = 'blob'",
             [],
+        )
+        .unwrap();
+        // And without what later migrations add.
+        conn.execute_batch(
+            "ALTER TABLE jobs DROP COLUMN worker; ALTER TABLE jobs DROP COLUMN runner;",
         )
         .unwrap();
         conn.pragma_update(None, "user_version", 4).unwrap();

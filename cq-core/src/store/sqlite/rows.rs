@@ -8,7 +8,9 @@ use crate::auth::{AuthMethod, Identity};
 use crate::engine::JobResult;
 use crate::job::{CommandJob, JobId, JobPhase, JobSummary, SubmitKey};
 use crate::outcome::Outcome;
-use crate::store::record::{JobRecord, KnownKey, PrunedJob, Recovered, StoredJob};
+use crate::store::record::{
+    JobRecord, KnownKey, PrunedJob, Recovered, RunningElsewhere, StoredJob,
+};
 
 pub(super) fn millis(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH)
@@ -93,8 +95,22 @@ pub(super) fn record_start(
 
 pub(super) fn record_requeue(tx: &Transaction<'_>, id: JobId) -> rusqlite::Result<()> {
     tx.execute(
-        "UPDATE jobs SET state = 'queued', started_ms = NULL WHERE id = ?1 AND state = 'running'",
+        "UPDATE jobs SET state = 'queued', started_ms = NULL, worker = NULL, runner = NULL
+         WHERE id = ?1 AND state = 'running'",
         params![id.0 as i64],
+    )
+    .map(drop)
+}
+
+pub(super) fn record_runner(
+    tx: &Transaction<'_>,
+    id: JobId,
+    worker: &str,
+    reference: &str,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE jobs SET worker = ?2, runner = ?3 WHERE id = ?1 AND state = 'running'",
+        params![id.0 as i64, worker, reference],
     )
     .map(drop)
 }
@@ -275,8 +291,48 @@ pub(super) fn records(
 pub(super) fn recover(tx: &Transaction<'_>, requeue_running: bool) -> rusqlite::Result<Recovered> {
     let now = millis(SystemTime::now());
     let mut recovered = Recovered::default();
+    // Jobs that run elsewhere may still run: they are left running, for their executor to
+    // find again.
+    let mut statement = tx.prepare(
+        "SELECT id, owner_uid, owner_gid, owner_user, owner_host, auth_method, summary, command, accepted_ms, submit_key, owner_principal, worker, runner, started_ms
+         FROM jobs WHERE state = 'running' AND runner IS NOT NULL AND command IS NOT NULL ORDER BY id",
+    )?;
+    let elsewhere = statement.query_map([], |row| {
+        let command: Option<Vec<u8>> = row.get(7)?;
+        let mut owner = identity_at(row, 1)?;
+        owner.principal = row.get(10)?;
+        Ok((
+            StoredJob {
+                id: JobId(row.get::<_, i64>(0)? as u64),
+                owner,
+                summary: row.get(6)?,
+                command: command.and_then(|bytes| postcard::from_bytes::<CommandJob>(&bytes).ok()),
+                key: key_from(row.get(9)?),
+                accepted_at: from_millis(row.get(8)?),
+                waiters: Vec::new(),
+            },
+            row.get::<_, String>(11)?,
+            row.get::<_, String>(12)?,
+            from_millis(row.get::<_, Option<i64>>(13)?.unwrap_or(0)),
+        ))
+    })?;
+    for found in elsewhere {
+        let (job, worker, reference, started_at) = found?;
+        recovered.elsewhere.push(RunningElsewhere {
+            job,
+            worker,
+            reference,
+            started_at,
+        });
+    }
+    drop(statement);
+    for running in &mut recovered.elsewhere {
+        running.job.waiters = waiters_of(tx, running.job.id.0 as i64)?;
+    }
     let running: Vec<(i64, bool)> = tx
-        .prepare("SELECT id, command IS NOT NULL FROM jobs WHERE state = 'running' ORDER BY id")?
+        .prepare(
+            "SELECT id, command IS NOT NULL FROM jobs WHERE state = 'running' AND runner IS NULL ORDER BY id",
+        )?
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let lost = postcard::to_allocvec(&Outcome::Lost).unwrap_or_default();

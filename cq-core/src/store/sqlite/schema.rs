@@ -69,6 +69,12 @@ const MIGRATIONS: &[&str] = &[
     "
     UPDATE jobs SET command = CAST(command || X'00' AS BLOB) WHERE command IS NOT NULL;
 ",
+    // Where a started job runs when it runs elsewhere (a worker on another host), so that
+    // a restarted server waits for its end instead of recording it lost.
+    "
+    ALTER TABLE jobs ADD COLUMN worker TEXT;
+    ALTER TABLE jobs ADD COLUMN runner TEXT;   -- the executor's reference to the run
+",
 ];
 
 /// Opens the database at `path`: a new file is created (mode 0600, never through a

@@ -43,6 +43,12 @@ pub(super) enum Op {
         id: JobId,
         reply: Reply<()>,
     },
+    Runner {
+        id: JobId,
+        worker: String,
+        reference: String,
+        reply: Reply<()>,
+    },
     Finish {
         id: JobId,
         result: JobResult,
@@ -182,6 +188,15 @@ fn apply(tx: &Transaction<'_>, op: Op) -> Done {
             reply,
             rows::record_requeue(tx, id).map_err(db("record requeue")),
         ),
+        Op::Runner {
+            id,
+            worker,
+            reference,
+            reply,
+        } => finish(
+            reply,
+            rows::record_runner(tx, id, &worker, &reference).map_err(db("record runner")),
+        ),
         Op::Finish {
             id,
             result,
@@ -243,6 +258,7 @@ fn fail(op: Op, error: &StoreError) {
         Op::Insert { reply, .. }
         | Op::Start { reply, .. }
         | Op::Requeue { reply, .. }
+        | Op::Runner { reply, .. }
         | Op::Finish { reply, .. }
         | Op::AddWaiter { reply, .. }
         | Op::RemoveWaiter { reply, .. }
