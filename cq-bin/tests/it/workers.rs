@@ -307,3 +307,90 @@ async fn a_coordinator_killed_while_a_worker_runs_a_job_hears_its_real_end_after
         "the job ran once"
     );
 }
+
+/// A build host that is another host: the coordinator on host a, a worker on host b (network
+/// namespaces on one link), admitted by its address only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_on_another_host_is_admitted_by_its_address_and_runs_the_jobs() {
+    use crate::netns::HostPair;
+    let munged = Munged::start();
+    let hosts = HostPair::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cq.toml");
+    std::fs::write(
+        &config,
+        format!("[policy]\nworkers = [\"root@{}\"]\n", HostPair::B_ADDR),
+    )
+    .unwrap();
+    let mut program = HostPair::on(&hosts.a);
+    program.push(env!("CARGO_BIN_EXE_cq_server").into());
+    let server = TestServer::launch_with_stdin(
+        program,
+        tempfile::tempdir().unwrap(),
+        0,
+        [
+            OsString::from("-h"),
+            "0.0.0.0".into(),
+            "--config".into(),
+            config.into(),
+            "--no-local-worker".into(),
+            "--munge-socket".into(),
+            munged.socket().into(),
+        ]
+        .to_vec(),
+        vec!["--munge-socket".into(), munged.socket().into()],
+        Stdio::null(),
+    )
+    .await;
+    let port = server.addr.port().to_string();
+    let cq_worker = |host: &str, on: &str, name: &str| {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", on, env!("CARGO_BIN_EXE_cq_worker")])
+            .args(["-h", host, "-p", &port, "--name", name, "--heartbeat", "1s"])
+            .arg("--munge-socket")
+            .arg(munged.socket())
+            .arg("--spool")
+            .arg(dir.path().join(name))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    };
+    // Root on the coordinator's own host is root too, but not from the address named.
+    let mut local = cq_worker("127.0.0.1", &hosts.a, "a1").spawn().unwrap();
+    let status = tokio::time::timeout(LIMIT, local.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a worker from an address not named is refused"
+    );
+    let _remote = cq_worker(&HostPair::A_ADDR.to_string(), &hosts.b, "b1")
+        .spawn()
+        .unwrap();
+    joined(&server, "b1").await;
+
+    let bins = PublicBinaries::new();
+    let alice = &users().alice;
+    let mut prefix = HostPair::on(&hosts.a);
+    prefix.extend(as_user(alice, &bins.client()));
+    let ran = output(
+        server
+            .client_via(&prefix)
+            .args(["--", "sh", "-c", "id -un; exit 4"]),
+    )
+    .await;
+    assert_eq!(ran.status.code(), Some(4), "{}", stderr(&ran));
+    let started = server
+        .wait_for_log_matching(|l| l.contains("started") && l.contains("worker=b1"))
+        .await;
+    assert!(started.contains("job=1 "), "{started}");
+    let log = output(server.client_via(&prefix).args(["--log", "1"])).await;
+    assert_eq!(
+        String::from_utf8_lossy(&log.stdout),
+        format!("{}\n", alice.name)
+    );
+}
