@@ -288,6 +288,7 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
     config.max_connections = args.max_connections;
     config.max_connections_per_host = args.max_connections_per_host;
     config.worker_timeout = seconds(args.worker_timeout, "worker-timeout")?;
+    config.requeue_lost = args.requeue_lost;
 
     let root = nix::unistd::geteuid().is_root();
     let switch_user = match args.run_as {

@@ -93,6 +93,8 @@ pub struct Worker<C, S, A> {
     /// Random, for the life of this worker: tells the coordinator this process from a
     /// restarted one.
     instance: u64,
+    /// Counts its requests for work.
+    sequence: std::sync::atomic::AtomicU64,
 }
 
 impl<C, S, A> std::fmt::Debug for Worker<C, S, A> {
@@ -117,6 +119,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
             executor,
             options,
             instance: u64::from_ne_bytes(instance),
+            sequence: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -138,7 +141,12 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
         let mut admitted = false;
         while !shutdown.is_cancelled() {
             let asked = tokio::select! {
-                asked = self.client.work(&self.options.name, &self.options.tags, self.instance) => asked,
+                asked = self.client.work(
+                    &self.options.name,
+                    &self.options.tags,
+                    self.instance,
+                    self.sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                ) => asked,
                 () = shutdown.cancelled() => break,
             };
             match asked {

@@ -265,9 +265,9 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
 
     /// As worker `worker` offering `tags`, asks for the next job; `None` when the server had
     /// none for a while (ask again). The server must name this identity as a worker.
-    /// `instance` is random and the same for the life of the worker process (a request for
-    /// work from another process of the worker tells the server that the job the first one
-    /// ran is lost).
+    /// `instance` is random and the same for the life of the worker process, `sequence`
+    /// counts its requests for work (see [`Action::Work`]): a later request, or one from
+    /// another process, tells the server that whatever job the worker ran is lost.
     ///
     /// # Errors
     ///
@@ -278,11 +278,13 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
         worker: &str,
         tags: &[String],
         instance: u64,
+        sequence: u64,
     ) -> Result<Option<Dispatch>, ClientError> {
         let action = Action::Work {
             worker: worker.to_owned(),
             tags: tags.to_vec(),
             instance,
+            sequence,
         };
         let mut channel = self.open(action, None).await?;
         let answer = match timeout(WORK_TIMEOUT, channel.next_reply()).await {

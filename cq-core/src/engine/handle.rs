@@ -108,6 +108,10 @@ pub(super) enum Command {
         name: String,
         reply: oneshot::Sender<Result<(), SubmitError>>,
     },
+    AwaitsWorker {
+        name: String,
+        reply: oneshot::Sender<Result<bool, SubmitError>>,
+    },
 }
 
 /// The queue as a whole: whether it is paused, and how much is in it.
@@ -464,6 +468,24 @@ impl EngineHandle {
         let (reply, answer) = oneshot::channel();
         self.request(
             Command::DetachWorker {
+                name: name.to_owned(),
+                reply,
+            },
+            answer,
+        )
+        .await
+    }
+
+    /// Whether a job the engine found running on worker `name` when it started waits for
+    /// that worker to come back ([`Recovered::elsewhere`](crate::store::Recovered::elsewhere)).
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Stopped`] when the engine is gone.
+    pub async fn awaits_worker(&self, name: &str) -> Result<bool, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.request(
+            Command::AwaitsWorker {
                 name: name.to_owned(),
                 reply,
             },

@@ -135,10 +135,12 @@ pub enum Action {
         worker: String,
         /// What it offers; it gets only jobs whose tags it has.
         tags: Vec<String>,
-        /// Random, fixed for the life of the worker process: a request for work from the
-        /// process that runs a job is an old one delivered late, one from another process
-        /// of the same worker means the job was lost with the process that ran it.
+        /// Random, fixed for the life of the worker process.
         instance: u64,
+        /// Counts the process's requests for work. A request made no later than the one
+        /// a job was handed to is an old one delivered late; a later one, or one of
+        /// another process, means whoever ran the job runs nothing now: the job is lost.
+        sequence: u64,
     },
     /// A worker tells the coordinator about the job it was given; answered with `Noted`.
     Report {

@@ -40,6 +40,9 @@ pub struct ServerConfig {
     pub shutdown_deadline: Duration,
     /// A remote worker away longer than this has lost the job it ran.
     pub worker_timeout: Duration,
+    /// A job whose worker was away too long is queued again instead of recorded lost (it
+    /// may then run twice, if that worker only lost its network).
+    pub requeue_lost: bool,
     /// How long a worker's request for work waits for a job before it is answered `Idle`
     /// (the worker asks again at once: this is its heartbeat while idle).
     pub worker_poll: Duration,
@@ -56,6 +59,7 @@ impl Default for ServerConfig {
             preauth_pool: 32 * 1024 * 1024,
             shutdown_deadline: Duration::from_secs(5),
             worker_timeout: Duration::from_secs(300),
+            requeue_lost: false,
             worker_poll: Duration::from_secs(20),
         }
     }
@@ -118,7 +122,10 @@ impl<A: Authenticator, C: CredentialSource> Server<A, C> {
                 budget,
                 garbage_log: LogLimiter::new(),
                 stats: Arc::default(),
-                workers: Arc::new(super::workers::RemoteWorkers::new(config.worker_timeout)),
+                workers: Arc::new(super::workers::RemoteWorkers::new(
+                    config.worker_timeout,
+                    config.requeue_lost,
+                )),
                 config,
             },
         }

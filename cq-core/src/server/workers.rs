@@ -42,6 +42,8 @@ pub(crate) struct RemoteWorkers {
     membership: tokio::sync::Mutex<()>,
     /// Away longer than this, a worker has lost its job.
     timeout: Duration,
+    /// A lost job is queued again rather than recorded lost.
+    requeue_lost: bool,
 }
 
 struct Slot {
@@ -69,16 +71,24 @@ impl Slot {
     }
 }
 
+/// Which request for work a dispatch answered: the worker process, and the request's place
+/// among that process's requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Asker {
+    instance: u64,
+    sequence: u64,
+}
+
 struct RemoteJob {
     id: JobId,
     command: CommandJob,
     run_as: Option<RunAs>,
     commands: Option<Vec<String>>,
-    /// The dispatches handed out (lease, worker process) until one is started: each request
+    /// The dispatches handed out (lease, request) until one is started: each request
     /// for work gets one of its own, and only the first to say `Started` runs the job.
-    handed: Vec<(u64, u64)>,
+    handed: Vec<(u64, Asker)>,
     /// The dispatch (lease, worker process) the job was started by: every report names it.
-    claimed: Option<(u64, u64)>,
+    claimed: Option<(u64, Asker)>,
     /// Bytes of output received.
     received: u64,
     log: LogSink,
@@ -128,8 +138,6 @@ pub(crate) enum WorkerRefusal {
     Engine(String),
     #[error("a report on a job before it was started")]
     NotStarted,
-    #[error("not an outcome a job can have: {0}")]
-    BadOutcome(String),
 }
 
 impl WorkerRefusal {
@@ -138,10 +146,9 @@ impl WorkerRefusal {
     pub(crate) fn code(&self) -> ErrorCode {
         match self {
             Self::NameTaken(_) | Self::Engine(_) => ErrorCode::NOT_PERMITTED,
-            Self::UnknownWorker(_)
-            | Self::NotItsJob { .. }
-            | Self::NotStarted
-            | Self::BadOutcome(_) => ErrorCode::NOT_ASSIGNED,
+            Self::UnknownWorker(_) | Self::NotItsJob { .. } | Self::NotStarted => {
+                ErrorCode::NOT_ASSIGNED
+            }
         }
     }
 }
@@ -155,11 +162,12 @@ pub(crate) enum Poll {
 }
 
 impl RemoteWorkers {
-    pub(crate) fn new(timeout: Duration) -> Self {
+    pub(crate) fn new(timeout: Duration, requeue_lost: bool) -> Self {
         Self {
             slots: Mutex::new(HashMap::new()),
             membership: tokio::sync::Mutex::new(()),
             timeout,
+            requeue_lost,
         }
     }
 
@@ -178,11 +186,15 @@ impl RemoteWorkers {
         info: WorkerInfo,
         identity: &Identity,
         address: Option<IpAddr>,
-        instance: u64,
+        asker: (u64, u64),
         poll: Duration,
     ) -> Result<Poll, WorkerRefusal> {
+        let asker = Asker {
+            instance: asker.0,
+            sequence: asker.1,
+        };
         let name = info.name.clone();
-        let notify = {
+        let (late, notify) = {
             let mut slots = self.slots();
             let slot = slots.entry(name.clone()).or_insert_with(|| Slot {
                 identity: identity.clone(),
@@ -198,24 +210,35 @@ impl RemoteWorkers {
                 return Err(WorkerRefusal::NameTaken(name));
             }
             slot.last_seen = Instant::now();
-            match slot
+            let late = match slot
                 .job
                 .as_mut()
                 .and_then(|job| job.claimed.map(|(_, by)| (job, by)))
             {
-                // The process that runs the job does not ask for work: this request was
-                // made before it started the job, and arrives late.
-                Some((_, by)) if by == instance => return Ok(Poll::Idle),
+                // Made before the request the job was handed to: it arrives late, and says
+                // nothing about the job.
+                Some((_, by)) if by.instance == asker.instance && asker.sequence <= by.sequence => {
+                    true
+                }
+                // A later request, or one of another process: whoever ran the job runs
+                // nothing now (it was restarted, or gave the job up).
                 Some((job, _)) => {
-                    tracing::warn!(job = %job.id, worker = %name, "another process of the worker asks for work: the one that ran the job is gone (restarted?), and the job with it");
+                    tracing::warn!(job = %job.id, worker = %name, "the worker asks for work again while its job ran: the job is lost (the worker was restarted, or gave it up)");
                     job.end(Outcome::Lost);
                     slot.job = None;
+                    false
                 }
-                None => {}
+                None => false,
+            };
+            if !late {
+                slot.polling += 1;
             }
-            slot.polling += 1;
-            slot.dispatched.clone()
+            (late, slot.dispatched.clone())
         };
+        if late {
+            tokio::time::sleep(poll).await;
+            return Ok(Poll::Idle);
+        }
         // From here on the slot stays (it is polled), and the guard counts the poll out.
         let mut polling = PollGuard {
             workers: self.clone(),
@@ -229,7 +252,7 @@ impl RemoteWorkers {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(dispatch) = self.hand_out(&name, instance) {
+            if let Some(dispatch) = self.hand_out(&name, asker) {
                 polling.answered = true;
                 return Ok(Poll::Dispatch(Box::new(dispatch)));
             }
@@ -240,9 +263,9 @@ impl RemoteWorkers {
         }
     }
 
-    /// A dispatch of the job waiting in `name`'s slot, for worker process `instance`, if one
+    /// A dispatch of the job waiting in `name`'s slot, for request `asker`, if one
     /// waits. A job handed out [`MAX_HANDOUTS`] times and never started fails.
-    fn hand_out(&self, name: &str, instance: u64) -> Option<Event> {
+    fn hand_out(&self, name: &str, asker: Asker) -> Option<Event> {
         let mut slots = self.slots();
         let slot = slots.get_mut(name)?;
         slot.last_seen = Instant::now();
@@ -259,7 +282,7 @@ impl RemoteWorkers {
             return None;
         }
         let lease = fresh_lease();
-        job.handed.push((lease, instance));
+        job.handed.push((lease, asker));
         Some(job.dispatch(lease))
     }
 
@@ -361,7 +384,7 @@ impl RemoteWorkers {
                 }
             }
             WorkReport::Ended { outcome, results } => {
-                let outcome = checked_outcome(outcome.clone())?;
+                let outcome = sanitized_outcome(outcome.clone());
                 for (key, value) in results {
                     if let Err(e) = job.results.set(key, value) {
                         tracing::info!(job = %id, %worker, error = %e, "a result was refused");
@@ -386,6 +409,10 @@ impl RemoteWorkers {
         address: Option<IpAddr>,
         id: JobId,
     ) -> bool {
+        // Only a worker a job waits for: any other gets no place (and no job) this way.
+        if !engine.awaits_worker(name).await.unwrap_or(false) {
+            return false;
+        }
         let notify = {
             let mut slots = self.slots();
             let slot = slots.entry(name.to_owned()).or_insert_with(|| Slot {
@@ -405,6 +432,7 @@ impl RemoteWorkers {
         };
         let info = WorkerInfo::new(name, Vec::<String>::new());
         if self.join(engine, info, identity).await.is_err() {
+            self.detach_if_gone(engine, name, Instant::now()).await;
             return false;
         }
         // The engine hands the job to the worker's executor in a task of its own.
@@ -633,7 +661,12 @@ impl Executor for RemoteExecutor {
                         }
                     };
                     if away.is_none_or(|away| away > self.workers.timeout) {
-                        return self.lose(ctx.id, &ctx.give_back);
+                        let outcome = self.lose(ctx.id, &ctx.give_back);
+                        // Gone: it gets no job (not this one again) until it comes back.
+                        self.workers
+                            .detach_if_gone(&self.engine, &self.name, Instant::now())
+                            .await;
+                        return outcome;
                     }
                     // Handed to a worker that stopped asking for work (it went away after
                     // its last report): it leaves, and the job goes back to the queue.
@@ -663,6 +696,9 @@ impl RemoteExecutor {
         if !taken {
             // It never ran: another worker may run it.
             give_back.give_back();
+        } else if self.workers.requeue_lost {
+            tracing::warn!(job = %id, worker = %self.name, "queued again (requeue lost jobs): it may still run where it was, if only the network was lost");
+            give_back.give_back();
         }
         Outcome::Lost
     }
@@ -671,34 +707,48 @@ impl RemoteExecutor {
 /// Longest message a worker may give with an outcome.
 const MAX_OUTCOME_MESSAGE: usize = 4096;
 
-/// The outcome a worker reports, if a job can have it: an exit code is 0 to 255, a signal
-/// one the kernel has (else a listing and the requester's exit status would disagree).
-fn checked_outcome(outcome: Outcome) -> Result<Outcome, WorkerRefusal> {
-    let bad = match &outcome {
-        Outcome::Exited { code } => !(0..=255).contains(code),
-        Outcome::Signaled { signal, .. } => !(1..=64).contains(signal),
-        Outcome::SpawnFailed { message, .. } | Outcome::Failed { message } => {
-            message.len() > MAX_OUTCOME_MESSAGE
-        }
-        _ => false,
+/// The outcome a worker reports, made one a job can have: an exit code is 0 to 255 and a
+/// signal one the kernel has (else a listing and the requester's exit status would
+/// disagree), a message is bounded. The end of a worker's own job is never refused: a job
+/// whose end cannot be taken would run forever.
+fn sanitized_outcome(outcome: Outcome) -> Outcome {
+    let cut = |message: String| match message.char_indices().nth(MAX_OUTCOME_MESSAGE) {
+        Some((at, _)) => format!("{}...", &message[..at]),
+        None => message,
     };
-    if bad {
-        return Err(WorkerRefusal::BadOutcome(
-            format!("{outcome:?}").chars().take(200).collect(),
-        ));
+    match outcome {
+        Outcome::Exited { code } if !(0..=255).contains(&code) => Outcome::Failed {
+            message: format!("the worker reported exit code {code}, which no process has"),
+        },
+        Outcome::Signaled { signal, .. } if !(1..=64).contains(&signal) => Outcome::Failed {
+            message: format!("the worker reported signal {signal}, which does not exist"),
+        },
+        Outcome::SpawnFailed { reason, message } => Outcome::SpawnFailed {
+            reason,
+            message: cut(message),
+        },
+        Outcome::Failed { message } => Outcome::Failed {
+            message: cut(message),
+        },
+        other => other,
     }
-    Ok(outcome)
 }
 
-/// How a claimed dispatch is recorded (see [`crate::job::RunnerRecord`]): `LEASE:INSTANCE`.
-fn runner_reference((lease, instance): (u64, u64)) -> String {
-    format!("{lease}:{instance}")
+/// How a claimed dispatch is recorded (see [`crate::job::RunnerRecord`]):
+/// `LEASE:INSTANCE:SEQUENCE`.
+fn runner_reference((lease, asker): (u64, Asker)) -> String {
+    format!("{lease}:{}:{}", asker.instance, asker.sequence)
 }
 
 /// The claim a [`runner_reference`] names.
-fn parse_runner_reference(reference: &str) -> Option<(u64, u64)> {
-    let (lease, instance) = reference.split_once(':')?;
-    Some((lease.parse().ok()?, instance.parse().ok()?))
+fn parse_runner_reference(reference: &str) -> Option<(u64, Asker)> {
+    let mut parts = reference.split(':').map(str::parse::<u64>);
+    let (Some(Ok(lease)), Some(Ok(instance)), Some(Ok(sequence)), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    Some((lease, Asker { instance, sequence }))
 }
 
 /// Whose rights the job gets, and which programs it may run, as the dispatch says them.

@@ -93,6 +93,7 @@ fn wire_actions_and_events_keep_their_positions() {
         worker: "w".into(),
         tags: Vec::new(),
         instance: 0,
+        sequence: 0,
     };
     assert_eq!(first(bytes(&work)), 10);
     let report = Action::Report {

@@ -115,6 +115,11 @@ struct Coordinator {
 
 /// A coordinator that runs nothing itself and admits `builder` as a worker.
 async fn coordinator(worker_timeout: Duration) -> Coordinator {
+    coordinator_with(worker_timeout, false).await
+}
+
+/// [`coordinator`], queueing the jobs of workers away too long again if `requeue_lost`.
+async fn coordinator_with(worker_timeout: Duration, requeue_lost: bool) -> Coordinator {
     let (listener, connector) = memory_transport();
     let logs = tempfile::tempdir().unwrap();
     let mut config = EngineConfig::default().with_log_dir(logs.path());
@@ -123,6 +128,7 @@ async fn coordinator(worker_timeout: Duration) -> Coordinator {
     let mut server_config = ServerConfig::default();
     server_config.worker_timeout = worker_timeout;
     server_config.worker_poll = Duration::from_millis(500);
+    server_config.requeue_lost = requeue_lost;
     let policy = SubmitPolicy {
         workers: vec!["builder".into(), "builder2".into()],
         ..SubmitPolicy::default()
@@ -296,7 +302,7 @@ async fn only_the_policys_workers_get_jobs_and_only_the_worker_given_a_job_repor
     let alice = coordinator.client(ALICE);
     // A user is not a worker: it gets no job to read, and cannot report one.
     assert_eq!(
-        server_code(alice.work("amd", &[], 1).await),
+        server_code(alice.work("amd", &[], 1, 0).await),
         ErrorCode::NOT_PERMITTED
     );
     let submitted = alice
@@ -313,9 +319,13 @@ async fn only_the_policys_workers_get_jobs_and_only_the_worker_given_a_job_repor
     // with one host name): each gets a dispatch of its own, and only the first to start it
     // runs it.
     let builder = coordinator.client(BUILDER);
-    let first = builder.work("amd", &[], 1).await.unwrap().expect("a job");
+    let first = builder
+        .work("amd", &[], 1, 0)
+        .await
+        .unwrap()
+        .expect("a job");
     let second = builder
-        .work("amd", &[], 2)
+        .work("amd", &[], 2, 0)
         .await
         .unwrap()
         .expect("the job again");
@@ -382,17 +392,8 @@ async fn only_the_policys_workers_get_jobs_and_only_the_worker_given_a_job_repor
         ErrorCode::NOT_PERMITTED
     );
     assert_eq!(
-        server_code(squatter.work("amd", &[], 9).await),
+        server_code(squatter.work("amd", &[], 9, 0).await),
         ErrorCode::NOT_PERMITTED
-    );
-    // An exit code no process can have would make listings and exit statuses disagree.
-    let impossible = WorkReport::Ended {
-        outcome: Outcome::Exited { code: 256 },
-        results: Vec::new(),
-    };
-    assert_eq!(
-        server_code(builder.report("amd", id, first.lease, impossible).await),
-        ErrorCode::NOT_ASSIGNED
     );
     // The coordinator still counts the job as running.
     let status = alice.status(id).await.unwrap();
@@ -401,9 +402,11 @@ async fn only_the_policys_workers_get_jobs_and_only_the_worker_given_a_job_repor
     // The process that runs the job asking for work is an old request arriving late: the
     // job goes on. Another process of the worker asking for work means the one that ran the
     // job is gone (restarted), and the job with it.
-    assert!(builder.work("amd", &[], 1).await.unwrap().is_none());
+    assert!(builder.work("amd", &[], 1, 0).await.unwrap().is_none());
     assert_eq!(alice.status(id).await.unwrap().outcome, None);
-    assert!(builder.work("amd", &[], 3).await.unwrap().is_none());
+    // A later request of the process that started it: it gave the job up (red team: a job
+    // the worker had dropped stayed running for ever while the worker asked for work).
+    assert!(builder.work("amd", &[], 1, 1).await.unwrap().is_none());
     let result = tokio::time::timeout(LIMIT, submitted.wait())
         .await
         .unwrap()
@@ -635,7 +638,7 @@ async fn a_worker_that_asks_many_times_at_once_with_other_tags_keeps_its_name_an
     let asks: Vec<_> = (0..8)
         .map(|n| {
             let builder = coordinator.client(BUILDER);
-            tokio::spawn(async move { builder.work("w", &[format!("n={n}")], n).await })
+            tokio::spawn(async move { builder.work("w", &[format!("n={n}")], n, 0).await })
         })
         .collect();
     for ask in asks {
@@ -757,7 +760,11 @@ async fn a_job_given_to_a_worker_that_went_away_after_its_last_report_runs_on_an
         .submit(shell("true", &[]), SubmitKey::random())
         .await
         .unwrap();
-    let dispatch = builder.work("gone", &[], 1).await.unwrap().expect("a job");
+    let dispatch = builder
+        .work("gone", &[], 1, 0)
+        .await
+        .unwrap()
+        .expect("a job");
     builder
         .report("gone", first.job, dispatch.lease, WorkReport::Started)
         .await
@@ -786,4 +793,97 @@ async fn a_job_given_to_a_worker_that_went_away_after_its_last_report_runs_on_an
         .expect("the job runs well before the worker timeout")
         .unwrap();
     assert_eq!(result.outcome, Outcome::Exited { code: 0 });
+}
+
+#[tokio::test]
+async fn with_requeue_lost_the_job_of_a_worker_away_too_long_runs_on_another() {
+    let coordinator = coordinator_with(Duration::from_secs(2), true).await;
+    let alice = coordinator.client(ALICE);
+    let builder = coordinator.client(BUILDER);
+    let submitted = alice
+        .submit(shell("echo ran", &[]), SubmitKey::random())
+        .await
+        .unwrap();
+    // A worker takes the job and is never heard of again.
+    let dispatch = builder
+        .work("vanished", &[], 1, 0)
+        .await
+        .unwrap()
+        .expect("a job");
+    builder
+        .report(
+            "vanished",
+            submitted.job,
+            dispatch.lease,
+            WorkReport::Started,
+        )
+        .await
+        .unwrap();
+    let _other = coordinator.worker("other", &[]);
+    let result = tokio::time::timeout(LIMIT, submitted.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Exited { code: 0 });
+    // The vanished worker, back, may not end the job it lost.
+    let late = WorkReport::Ended {
+        outcome: Outcome::Exited { code: 9 },
+        results: Vec::new(),
+    };
+    assert_eq!(
+        server_code(
+            builder
+                .report("vanished", dispatch.job, dispatch.lease, late)
+                .await
+        ),
+        ErrorCode::NOT_ASSIGNED
+    );
+}
+
+#[tokio::test]
+async fn an_impossible_end_still_ends_the_job_as_a_failure() {
+    let coordinator = coordinator(Duration::from_secs(30)).await;
+    let alice = coordinator.client(ALICE);
+    let builder = coordinator.client(BUILDER);
+    // Red team: a refused end (here an exit code no process has; a message past the limit,
+    // e.g. a 5,000-byte program name in "not found") left the job running for ever.
+    for (reported, expected) in [
+        (
+            Outcome::Exited { code: 256 },
+            Outcome::Failed {
+                message: "the worker reported exit code 256, which no process has".into(),
+            },
+        ),
+        (
+            Outcome::Failed {
+                message: "x".repeat(10_000),
+            },
+            Outcome::Failed {
+                message: format!("{}...", "x".repeat(4096)),
+            },
+        ),
+    ] {
+        let submitted = alice
+            .submit(shell("true", &[]), SubmitKey::random())
+            .await
+            .unwrap();
+        let dispatch = builder.work("w", &[], 1, 0).await.unwrap().expect("a job");
+        builder
+            .report("w", submitted.job, dispatch.lease, WorkReport::Started)
+            .await
+            .unwrap();
+        let end = WorkReport::Ended {
+            outcome: reported,
+            results: Vec::new(),
+        };
+        builder
+            .report("w", submitted.job, dispatch.lease, end)
+            .await
+            .unwrap();
+        let result = tokio::time::timeout(LIMIT, submitted.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(result.outcome, expected);
+    }
 }

@@ -94,6 +94,10 @@ impl<S: Scheduler> Actor<S> {
             return;
         };
         self.awaiting.remove(&name);
+        if self.config.requeue_running {
+            tracing::warn!(job = %id, worker = %name, "the worker the job ran on did not come back in time: queued again");
+            return self.queue_again(id);
+        }
         tracing::warn!(job = %id, worker = %name, "the worker the job ran on did not come back in time: recorded as lost");
         self.finish(id, Outcome::Lost, 0, Vec::new());
     }

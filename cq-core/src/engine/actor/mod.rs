@@ -584,6 +584,9 @@ impl<S: Scheduler> Actor<S> {
             Command::DetachWorker { name, reply } => {
                 let _ = reply.send(self.detach_worker(&name));
             }
+            Command::AwaitsWorker { name, reply } => {
+                let _ = reply.send(Ok(self.awaiting.contains_key(&name)));
+            }
         }
     }
 
@@ -597,8 +600,20 @@ impl<S: Scheduler> Actor<S> {
             started_at,
         } = elsewhere;
         let id = stored.id;
+        let lost = |actor: &mut Self, why: &str| {
+            tracing::warn!(job = %id, worker = %name, "the job was running elsewhere when the server stopped, and {why}: recorded as lost");
+            let lost = super::JobResult {
+                outcome: Outcome::Lost,
+                runtime: Duration::ZERO,
+                results: Vec::new(),
+            };
+            actor
+                .store
+                .record_finish(id, lost, 0, SystemTime::now())
+                .log_failure("record a lost job");
+        };
         let Some(command) = stored.command.map(Arc::new) else {
-            return;
+            return lost(self, "its command cannot be read");
         };
         let worker = match self.workers.iter().position(|w| w.info.name == name) {
             Some(index) => index,
@@ -624,16 +639,7 @@ impl<S: Scheduler> Actor<S> {
                 .scheduler
                 .adopt(info.clone(), &self.workers[worker].info)
         {
-            tracing::warn!(job = %id, %name, "the job was running elsewhere when the server stopped, and cannot be taken back: recorded as lost");
-            let lost = super::JobResult {
-                outcome: Outcome::Lost,
-                runtime: Duration::ZERO,
-                results: Vec::new(),
-            };
-            self.store
-                .record_finish(id, lost, 0, SystemTime::now())
-                .log_failure("record a lost job");
-            return;
+            return lost(self, "cannot be taken back");
         }
         tracing::info!(job = %id, worker = %name, "the job was running on a worker when the server stopped: waiting for the worker to report");
         let size = command.byte_size();

@@ -107,7 +107,11 @@ where
                 worker,
                 tags,
                 instance,
-            } => self.work(worker, tags, instance, identity).await,
+                sequence,
+            } => {
+                self.work(worker, tags, (instance, sequence), identity)
+                    .await
+            }
             Action::Report {
                 worker,
                 job,

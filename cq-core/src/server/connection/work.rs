@@ -31,7 +31,7 @@ where
         &mut self,
         worker: String,
         tags: Vec<String>,
-        instance: u64,
+        asker: (u64, u64),
         identity: Identity,
     ) -> ControlFlow<()> {
         let Some(identity) = self.admit_worker(identity).await else {
@@ -55,7 +55,7 @@ where
                 info,
                 &identity,
                 self.peer.addr.map(|a| a.ip()),
-                instance,
+                asker,
                 shared.config.worker_poll,
             ),
         )
@@ -84,6 +84,10 @@ where
         let Some(identity) = self.admit_worker(identity).await else {
             return ControlFlow::Break(());
         };
+        if let Err(why) = check_worker_info(&worker, &[]) {
+            self.fail(ErrorCode::MALFORMED, &why).await;
+            return ControlFlow::Break(());
+        }
         let address = self.peer.addr.map(|a| a.ip());
         let workers = &self.shared.workers;
         let mut answer = workers.report(&worker, &identity, address, job, lease, &report);

@@ -480,6 +480,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn jobs_running_elsewhere_stay_running_and_odd_rows_are_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cq.db");
+        let store = SqliteStore::open(&path).unwrap();
+        for id in 1..=4 {
+            store.insert(job(id)).await.unwrap();
+            store
+                .record_start(JobId(id), SystemTime::now())
+                .await
+                .unwrap();
+        }
+        store
+            .record_runner(JobId(1), "w1".into(), "1:2:3".into())
+            .await
+            .unwrap();
+        store
+            .record_runner(JobId(2), "w2".into(), "4:5:6".into())
+            .await
+            .unwrap();
+        // A claim for a job not running is not recorded (and not answered as durable).
+        assert!(
+            store
+                .record_runner(JobId(99), "w".into(), "r".into())
+                .await
+                .is_err()
+        );
+        drop(store);
+        // Red team: a runner without its worker made recovery fail, and one without a
+        // command left the row running for ever.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute("UPDATE jobs SET worker = NULL WHERE id = 2", [])
+            .unwrap();
+        drop(conn);
+        let store = SqliteStore::open(&path).unwrap();
+        let recovered = store.recover(false).await.unwrap();
+        let elsewhere: Vec<_> = recovered
+            .elsewhere
+            .iter()
+            .map(|e| (e.job.id, e.worker.as_str(), e.reference.as_str()))
+            .collect();
+        assert_eq!(elsewhere, [(JobId(1), "w1", "1:2:3")]);
+        assert_eq!(recovered.lost, [JobId(2), JobId(3), JobId(4)]);
+    }
+
+    #[tokio::test]
     async fn a_newer_schema_is_refused_with_a_clear_message() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cq.db");

@@ -108,11 +108,16 @@ pub(super) fn record_runner(
     worker: &str,
     reference: &str,
 ) -> rusqlite::Result<()> {
-    tx.execute(
+    let changed = tx.execute(
         "UPDATE jobs SET worker = ?2, runner = ?3 WHERE id = ?1 AND state = 'running'",
         params![id.0 as i64, worker, reference],
-    )
-    .map(drop)
+    )?;
+    // A claim recorded nowhere (its start was not recorded) must not be answered as durable.
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(rusqlite::Error::QueryReturnedNoRows)
+    }
 }
 
 pub(super) fn record_finish(
@@ -295,7 +300,8 @@ pub(super) fn recover(tx: &Transaction<'_>, requeue_running: bool) -> rusqlite::
     // find again.
     let mut statement = tx.prepare(
         "SELECT id, owner_uid, owner_gid, owner_user, owner_host, auth_method, summary, command, accepted_ms, submit_key, owner_principal, worker, runner, started_ms
-         FROM jobs WHERE state = 'running' AND runner IS NOT NULL AND command IS NOT NULL ORDER BY id",
+         FROM jobs WHERE state = 'running' AND runner IS NOT NULL AND worker IS NOT NULL AND command IS NOT NULL
+         ORDER BY id",
     )?;
     let elsewhere = statement.query_map([], |row| {
         let command: Option<Vec<u8>> = row.get(7)?;
@@ -331,7 +337,9 @@ pub(super) fn recover(tx: &Transaction<'_>, requeue_running: bool) -> rusqlite::
     }
     let running: Vec<(i64, bool)> = tx
         .prepare(
-            "SELECT id, command IS NOT NULL FROM jobs WHERE state = 'running' AND runner IS NULL ORDER BY id",
+            "SELECT id, command IS NOT NULL FROM jobs
+             WHERE state = 'running' AND NOT (runner IS NOT NULL AND worker IS NOT NULL AND command IS NOT NULL)
+             ORDER BY id",
         )?
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
