@@ -325,3 +325,61 @@ async fn the_tooling_writes_private_keys_and_never_overwrites_silently() {
     assert!(client.status.success(), "{}", stderr(&client));
     assert_eq!(mode("vm1.key"), 0o600);
 }
+
+/// A worker authenticates with a certificate of its own, and is admitted by the name it
+/// maps to (and its address); a certificate that maps to another user is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_a_certificate_runs_the_coordinators_jobs() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cq.toml");
+    std::fs::write(
+        &config,
+        format!("[policy]\nworkers = [\"{}@127.0.0.1\"]\n", me()),
+    )
+    .unwrap();
+    let server = tls_server(
+        &pki,
+        &[
+            "--config".into(),
+            config.into(),
+            "--no-local-worker".into(),
+        ],
+    )
+    .await;
+    let worker = |name: &str, cert: &Path, key: &Path| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cq_worker"));
+        cmd.args(["-h", "127.0.0.1", "-p", &server.addr.port().to_string()])
+            .args(["--name", name, "--allow-root-jobs"])
+            .args(pki.client_args(cert, key))
+            .arg("--spool")
+            .arg(dir.path().join(name))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    };
+    let users = crate::users::users();
+    let (other_cert, other_key) = pki.client(&users.alice.name);
+    let mut refused = worker("impostor", &other_cert, &other_key).spawn().unwrap();
+    let status = tokio::time::timeout(LIMIT, refused.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    // The server's own user (root) has a certificate already: the clients' here.
+    let (cert, key) = (pki.path(&format!("{}.pem", me())), pki.path(&format!("{}.key", me())));
+    let _worker = worker("t1", &cert, &key).spawn().unwrap();
+    server
+        .wait_for_log_matching(|l| l.contains("a worker joined") && l.contains("worker=t1 "))
+        .await;
+    let out = output(server.client().args(["--", "sh", "-c", "echo over tls; exit 6"])).await;
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let started = server
+        .wait_for_log_matching(|l| l.contains("started") && l.contains("worker=t1"))
+        .await;
+    assert!(started.contains("job=1 "), "{started}");
+    let log = output(server.client().args(["--log", "1"])).await;
+    assert_eq!(String::from_utf8_lossy(&log.stdout), "over tls\n");
+}
