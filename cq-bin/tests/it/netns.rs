@@ -1,6 +1,6 @@
-//! Hosts as network namespaces (root only): two namespaces joined by a veth pair, each with
-//! its own loopback, so that a test can have a server, its local clients, and another host
-//! on the network. Traffic never leaves them.
+//! Hosts as network namespaces (root only): two namespaces joined by a veth pair, or several
+//! on a bridge of their own, each with its own loopback, so that a test can have a server,
+//! its local clients, and other hosts on the network. Traffic never leaves them.
 
 use std::ffi::OsString;
 use std::net::Ipv4Addr;
@@ -61,6 +61,60 @@ impl HostPair {
 impl Drop for HostPair {
     fn drop(&mut self) {
         for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Several hosts on one bridge (in a namespace of its own): host `i` (from 1) has address
+/// 10.214.0.`i`.
+pub(crate) struct Lan {
+    hub: String,
+    pub(crate) hosts: Vec<String>,
+}
+
+impl Lan {
+    /// Makes `count` hosts and their bridge (removed on drop).
+    pub(crate) fn new(count: u8) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let base = format!("cqt-{}-{n}", std::process::id());
+        let lan = Self {
+            hub: format!("{base}-hub"),
+            hosts: (1..=count).map(|i| format!("{base}-h{i}")).collect(),
+        };
+        ip(&["netns", "add", &lan.hub]);
+        ip(&["-n", &lan.hub, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &lan.hub, "link", "set", "br0", "up"]);
+        for (i, host) in lan.hosts.iter().enumerate() {
+            let port = format!("p{}", i + 1);
+            ip(&["netns", "add", host]);
+            ip(&["-n", host, "link", "set", "lo", "up"]);
+            ip(&[
+                "link", "add", "eth0", "netns", host, "type", "veth", "peer", "name", &port,
+                "netns", &lan.hub,
+            ]);
+            ip(&["-n", &lan.hub, "link", "set", &port, "master", "br0", "up"]);
+            let addr = format!("{}/24", Self::addr(i + 1));
+            ip(&["-n", host, "addr", "add", &addr, "dev", "eth0"]);
+            ip(&["-n", host, "link", "set", "eth0", "up"]);
+        }
+        lan
+    }
+
+    /// The address of host `i` (from 1).
+    pub(crate) fn addr(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 214, 0, u8::try_from(i).expect("a small LAN"))
+    }
+
+    /// Host `i` (from 1).
+    pub(crate) fn host(&self, i: usize) -> &str {
+        &self.hosts[i - 1]
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for ns in self.hosts.iter().chain([&self.hub]) {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }

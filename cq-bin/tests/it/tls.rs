@@ -340,11 +340,7 @@ async fn a_worker_with_a_certificate_runs_the_coordinators_jobs() {
     .unwrap();
     let server = tls_server(
         &pki,
-        &[
-            "--config".into(),
-            config.into(),
-            "--no-local-worker".into(),
-        ],
+        &["--config".into(), config.into(), "--no-local-worker".into()],
     )
     .await;
     let worker = |name: &str, cert: &Path, key: &Path| {
@@ -369,12 +365,20 @@ async fn a_worker_with_a_certificate_runs_the_coordinators_jobs() {
         .unwrap();
     assert_eq!(status.code(), Some(1));
     // The server's own user (root) has a certificate already: the clients' here.
-    let (cert, key) = (pki.path(&format!("{}.pem", me())), pki.path(&format!("{}.key", me())));
+    let (cert, key) = (
+        pki.path(&format!("{}.pem", me())),
+        pki.path(&format!("{}.key", me())),
+    );
     let _worker = worker("t1", &cert, &key).spawn().unwrap();
     server
         .wait_for_log_matching(|l| l.contains("a worker joined") && l.contains("worker=t1 "))
         .await;
-    let out = output(server.client().args(["--", "sh", "-c", "echo over tls; exit 6"])).await;
+    let out = output(
+        server
+            .client()
+            .args(["--", "sh", "-c", "echo over tls; exit 6"]),
+    )
+    .await;
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     let started = server
         .wait_for_log_matching(|l| l.contains("started") && l.contains("worker=t1"))

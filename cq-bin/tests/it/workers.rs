@@ -394,3 +394,134 @@ async fn a_worker_on_another_host_is_admitted_by_its_address_and_runs_the_jobs()
         format!("{}\n", alice.name)
     );
 }
+
+/// Four hosts on one bridge, each with its own munged (one key): the coordinator on host 1,
+/// workers on hosts 2 (amd64), 3 and 4 (arm64). Jobs go where their tags say, each worker
+/// runs one at a time, and the two arm64 workers share the arm64 jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_on_three_hosts_run_jobs_where_their_tags_say_one_at_a_time() {
+    use crate::netns::Lan;
+    let lan = Lan::new(4);
+    let key = [42u8; 1024];
+    let munged: Vec<Munged> = (0..4).map(|_| Munged::with_key(&key)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cq.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[policy]\nworkers = [\"root@{}\", \"root@{}\", \"root@{}\"]\n",
+            Lan::addr(2),
+            Lan::addr(3),
+            Lan::addr(4)
+        ),
+    )
+    .unwrap();
+    let mut program = crate::netns::HostPair::on(lan.host(1));
+    program.push(env!("CARGO_BIN_EXE_cq_server").into());
+    let server = TestServer::launch_with_stdin(
+        program,
+        tempfile::tempdir().unwrap(),
+        0,
+        [
+            OsString::from("-h"),
+            "0.0.0.0".into(),
+            "--config".into(),
+            config.into(),
+            "--no-local-worker".into(),
+            "--munge-socket".into(),
+            munged[0].socket().into(),
+        ]
+        .to_vec(),
+        vec!["--munge-socket".into(), munged[0].socket().into()],
+        Stdio::null(),
+    )
+    .await;
+    let port = server.addr.port().to_string();
+    let mut workers = Vec::new();
+    for (host, tag) in [(2, "arch=amd64"), (3, "arch=arm64"), (4, "arch=arm64")] {
+        let name = format!("h{host}");
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            lan.host(host),
+            env!("CARGO_BIN_EXE_cq_worker"),
+        ])
+        .args(["-h", &Lan::addr(1).to_string(), "-p", &port])
+        .args(["--name", &name, "--tag", tag, "--heartbeat", "1s"])
+        .arg("--munge-socket")
+        .arg(munged[host - 1].socket())
+        .arg("--spool")
+        .arg(dir.path().join(&name))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+        workers.push(cmd.spawn().unwrap());
+        joined(&server, &name).await;
+    }
+
+    // Each job notes where it ran (its host's address) and when it started and ended.
+    let bins = PublicBinaries::new();
+    let alice = &users().alice;
+    let shared = shared_dir();
+    let notes = shared.path().join("notes");
+    let script = format!(
+        "a=$(ip -4 -o addr show dev eth0 | awk '{{print $4}}'); s=$(date +%s%N); sleep 1; echo \"$1 $a $s $(date +%s%N)\" >> {}",
+        notes.display()
+    );
+    let mut prefix = crate::netns::HostPair::on(lan.host(1));
+    prefix.extend(as_user(alice, &bins.client()));
+    let jobs: Vec<_> = (0..6)
+        .map(|n| {
+            let tag = if n < 2 { "arch=amd64" } else { "arch=arm64" };
+            let mut cmd = server.client_via(&prefix);
+            cmd.args(["--tag", tag, "--", "sh", "-c", &script, "job"])
+                .arg(format!("{tag}-{n}"));
+            tokio::spawn(async move { output(&mut cmd).await })
+        })
+        .collect();
+    for job in jobs {
+        let out = job.await.unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let text = std::fs::read_to_string(&notes).unwrap();
+    let mut ran: Vec<(String, String, u128, u128)> = text
+        .lines()
+        .map(|line| {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            (
+                w[0].to_owned(),
+                w[1].to_owned(),
+                w[2].parse().unwrap(),
+                w[3].parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ran.len(), 6, "{text}");
+    let on = |i: usize| format!("{}/24", Lan::addr(i));
+    for (tag, addr, _, _) in &ran {
+        if tag.starts_with("arch=amd64") {
+            assert_eq!(*addr, on(2), "{text}");
+        } else {
+            assert!(*addr == on(3) || *addr == on(4), "{text}");
+        }
+    }
+    // Both arm64 workers took some of the arm64 jobs.
+    assert!(
+        ran.iter().any(|r| r.1 == on(3)) && ran.iter().any(|r| r.1 == on(4)),
+        "{text}"
+    );
+    // No worker ran two jobs at once.
+    ran.sort_by(|a, b| (&a.1, a.2).cmp(&(&b.1, b.2)));
+    for pair in ran.windows(2) {
+        if pair[0].1 == pair[1].1 {
+            assert!(
+                pair[0].3 <= pair[1].2,
+                "two jobs at once on {}: {text}",
+                pair[0].1
+            );
+        }
+    }
+    drop(workers);
+}
