@@ -122,7 +122,14 @@ impl Scheduler for SerialScheduler {
     }
 
     fn adopt(&mut self, job: JobInfo, worker: &WorkerInfo) -> bool {
-        if self.busy_workers.contains(&worker.name) || self.running.contains_key(&job.id) {
+        let lane_busy = job
+            .lane
+            .as_ref()
+            .is_some_and(|lane| self.busy_lanes.contains(lane));
+        if lane_busy
+            || self.busy_workers.contains(&worker.name)
+            || self.running.contains_key(&job.id)
+        {
             return false;
         }
         self.busy_workers.insert(worker.name.clone());
@@ -275,6 +282,7 @@ mod tests {
         Requeue(u8),
         Remove(u8),
         Promote(u8),
+        Adopt { worker: u8, lane: Option<u8> },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -286,6 +294,8 @@ mod tests {
             any::<u8>().prop_map(Op::Requeue),
             any::<u8>().prop_map(Op::Remove),
             any::<u8>().prop_map(Op::Promote),
+            (0u8..3, proptest::option::of(0u8..2))
+                .prop_map(|(worker, lane)| Op::Adopt { worker, lane }),
         ]
     }
 
@@ -357,6 +367,22 @@ mod tests {
                             queued.remove(&key);
                             ranks.remove(&key.1);
                             prop_assert!(s.remove(key.1));
+                        }
+                    }
+                    Op::Adopt { worker: w, lane } => {
+                        // A job found running on worker w after a restart: taken back only
+                        // if that keeps every rule.
+                        let lane = lane.map(|l| format!("l{l}"));
+                        let job = JobInfo { lane, ..info(next_id, "x") };
+                        next_id += 1;
+                        let busy = running.values().any(|(_, on)| *on == usize::from(w));
+                        let lane_busy = running
+                            .values()
+                            .any(|(j, _)| j.lane.is_some() && j.lane == job.lane);
+                        let taken = s.adopt(job.clone(), &workers[usize::from(w)]);
+                        prop_assert_eq!(taken, !busy && !lane_busy);
+                        if taken {
+                            running.insert(job.id, (job, usize::from(w)));
                         }
                     }
                     Op::Promote(n) => {
