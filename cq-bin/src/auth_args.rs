@@ -79,7 +79,24 @@ impl AuthArgs {
         args
     }
 
-    /// The TLS files, with defaults for `role` (`"server"` or `"client"`) in
+    /// A mutual-TLS connector to `host`:`port` with `role`'s files, checking that the
+    /// server's certificate names `server_name` (default: `host`); the error says what is
+    /// wrong with the files.
+    pub fn tls_connector(
+        &self,
+        role: &str,
+        host: &str,
+        port: u16,
+        server_name: Option<&str>,
+    ) -> Result<cq_transport_tls::TlsConnector, String> {
+        let files = self.tls_files(role);
+        let tls = cq_transport_tls::ClientTls::from_files(&files.ca, &files.cert, &files.key)
+            .map_err(|e| e.to_string())?;
+        cq_transport_tls::TlsConnector::new(host, port, server_name.unwrap_or(host), &tls)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The TLS files, with defaults for `role` (`"server"`, `"client"` or `"worker"`) in
     /// [`DEFAULT_TLS_DIR`].
     pub fn tls_files(&self, role: &str) -> TlsFiles {
         let dir = PathBuf::from(DEFAULT_TLS_DIR);

@@ -16,7 +16,6 @@ use cq_core::{
     AuthError, Authenticator, Client, ClientError, CommandJob, Connector, CredentialSource, JobId,
     JobPhase, JobResult, Outcome, Progress, Reconnect, Submission,
 };
-use cq_transport_tls::{ClientTls, TlsConnector};
 use tokio::signal::unix::SignalKind;
 
 use crate::auth_args::{AuthArgs, AuthKind};
@@ -247,17 +246,12 @@ pub async fn run(args: Args, job: CommandJob) -> ExitCode {
         }
         AuthKind::Munge => submit_munge(args, job).await,
         AuthKind::Tls => {
-            let files = args.auth.tls_files("client");
-            let server_name = args
-                .tls_server_name
-                .clone()
-                .unwrap_or_else(|| args.host.clone());
-            let connector = ClientTls::from_files(&files.ca, &files.cert, &files.key)
-                .map_err(|e| e.to_string())
-                .and_then(|tls| {
-                    TlsConnector::new(&args.host, args.port, &server_name, &tls)
-                        .map_err(|e| e.to_string())
-                });
+            let connector = args.auth.tls_connector(
+                "client",
+                &args.host,
+                args.port,
+                args.tls_server_name.as_deref(),
+            );
             match connector {
                 Ok(connector) => {
                     let client = Client::new(connector, ChannelCredentials, TlsServerAuthenticator);

@@ -12,7 +12,6 @@ use cq_auth::mtls::TlsServerAuthenticator;
 use cq_core::transport::Connector;
 use cq_core::worker::{Worker, WorkerError, WorkerOptions};
 use cq_core::{Authenticator, Client, Containment, CredentialSource, ProcessExecutor};
-use cq_transport_tls::{ClientTls, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth_args::{AuthArgs, AuthKind};
@@ -28,7 +27,9 @@ const ROOT_SPOOL: &str = "/var/lib/cq-worker";
     name = "cq_worker",
     version,
     about = "Runs the jobs of a cq coordinator (cq_server) on this host, one at a time",
-    disable_help_flag = true
+    disable_help_flag = true,
+    mut_arg("tls_cert", |a| a.help("This worker's certificate (PEM) for --auth tls [default: /etc/cq/tls/worker.pem]")),
+    mut_arg("tls_key", |a| a.help("This worker's private key (PEM) for --auth tls [default: /etc/cq/tls/worker.key]"))
 )]
 pub struct Args {
     /// Configuration file.
@@ -128,17 +129,12 @@ pub async fn run(args: Args) -> ExitCode {
     match args.auth.auth {
         AuthKind::Munge => run_munge(&args, executor, options, shutdown).await,
         AuthKind::Tls => {
-            let files = args.auth.tls_files("worker");
-            let server_name = args
-                .tls_server_name
-                .clone()
-                .unwrap_or_else(|| args.host.clone());
-            let connector = ClientTls::from_files(&files.ca, &files.cert, &files.key)
-                .map_err(|e| e.to_string())
-                .and_then(|tls| {
-                    TlsConnector::new(&args.host, args.port, &server_name, &tls)
-                        .map_err(|e| e.to_string())
-                });
+            let connector = args.auth.tls_connector(
+                "worker",
+                &args.host,
+                args.port,
+                args.tls_server_name.as_deref(),
+            );
             match connector {
                 Ok(connector) => {
                     let client = Client::new(connector, ChannelCredentials, TlsServerAuthenticator);

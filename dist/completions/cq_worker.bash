@@ -23,7 +23,7 @@ _cq_worker() {
 
     case "${cmd}" in
         cq_worker)
-            opts="-h -p -v -V --config --host --port --name --tag --auth --munge-socket --tls-ca --tls-cert --tls-key --socket --server-uid --tls-server-name --spool --heartbeat --allow-root-jobs --kill-grace --verbose --help --version"
+            opts="-h -p -v -V --config --host --port --name --tag --auth --munge-socket --tls-ca --socket --server-uid --tls-server-name --spool --heartbeat --allow-root-jobs --kill-grace --verbose --help --tls-cert --tls-key --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -69,14 +69,6 @@ _cq_worker() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --tls-cert)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --tls-key)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --socket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -98,6 +90,14 @@ _cq_worker() {
                     return 0
                     ;;
                 --kill-grace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -8,14 +8,14 @@ tls\t'Mutual TLS (client certificates signed by the cq CA)'
 local\t'This host only, over a Unix socket (--socket): the kernel says who connected, so neither munged nor certificates are needed'"
 complete -c cq_worker -l munge-socket -d 'munged\'s socket [default: libmunge\'s, usually /run/munge/munge.socket.2]' -r -F
 complete -c cq_worker -l tls-ca -d 'CA certificate (PEM) for --auth tls [default: /etc/cq/tls/ca.pem]' -r -F
-complete -c cq_worker -l tls-cert -d 'This end\'s certificate (PEM) for --auth tls (each binary says its default)' -r -F
-complete -c cq_worker -l tls-key -d 'This end\'s private key (PEM) for --auth tls (each binary says its default)' -r -F
 complete -c cq_worker -l socket -d 'Unix socket for this host\'s clients (cq_server serves it, next to TCP unless --auth local; cq_client connects to it) [default with --auth local: /run/cq/cq.sock as root, else $XDG_RUNTIME_DIR/cq/cq.sock]' -r -F
 complete -c cq_worker -l server-uid -d 'With --auth munge: uid the coordinator must run as for its answers to be believed (repeatable) [default: 0]' -r
 complete -c cq_worker -l tls-server-name -d 'With --auth tls: the name the coordinator\'s certificate must carry [default: the host]' -r
 complete -c cq_worker -l spool -d 'Where running jobs\' output waits until the coordinator has it; must be this user\'s and private [default: /var/lib/cq-worker as root, else ~/.local/state/cq/worker]' -r -F
 complete -c cq_worker -l heartbeat -d 'Longest time between two reports while a job runs (keep it well under the coordinator\'s --worker-timeout); a cancel reaches a quiet job within it' -r
 complete -c cq_worker -l kill-grace -d 'Seconds between SIGTERM and SIGKILL when a job is stopped' -r
+complete -c cq_worker -l tls-cert -d 'This worker\'s certificate (PEM) for --auth tls [default: /etc/cq/tls/worker.pem]' -r -F
+complete -c cq_worker -l tls-key -d 'This worker\'s private key (PEM) for --auth tls [default: /etc/cq/tls/worker.key]' -r -F
 complete -c cq_worker -l allow-root-jobs -d 'Run jobs as root, or as this worker\'s own user when the coordinator names nobody (a coordinator that does not switch users): off, a root worker runs jobs only as their requesters'
 complete -c cq_worker -s v -l verbose -d 'More log output (repeat for more); RUST_LOG overrides'
 complete -c cq_worker -l help -d 'Print help'

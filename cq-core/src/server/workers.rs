@@ -64,6 +64,20 @@ struct Slot {
 }
 
 impl Slot {
+    /// A new worker's place, held by `identity` from `address`.
+    fn new(identity: &Identity, address: Option<IpAddr>) -> Self {
+        Self {
+            identity: identity.clone(),
+            address,
+            tags: Vec::new(),
+            attached: false,
+            polling: 0,
+            last_seen: Instant::now(),
+            job: None,
+            dispatched: Arc::new(Notify::new()),
+        }
+    }
+
     fn held_by(&self, identity: &Identity, address: Option<IpAddr>) -> bool {
         self.identity.uid == identity.uid
             && self.identity.user == identity.user
@@ -196,16 +210,9 @@ impl RemoteWorkers {
         let name = info.name.clone();
         let (late, notify) = {
             let mut slots = self.slots();
-            let slot = slots.entry(name.clone()).or_insert_with(|| Slot {
-                identity: identity.clone(),
-                address,
-                tags: Vec::new(),
-                attached: false,
-                polling: 0,
-                last_seen: Instant::now(),
-                job: None,
-                dispatched: Arc::new(Notify::new()),
-            });
+            let slot = slots
+                .entry(name.clone())
+                .or_insert_with(|| Slot::new(identity, address));
             if !slot.held_by(identity, address) {
                 return Err(WorkerRefusal::NameTaken(name));
             }
@@ -415,16 +422,9 @@ impl RemoteWorkers {
         }
         let notify = {
             let mut slots = self.slots();
-            let slot = slots.entry(name.to_owned()).or_insert_with(|| Slot {
-                identity: identity.clone(),
-                address,
-                tags: Vec::new(),
-                attached: false,
-                polling: 0,
-                last_seen: Instant::now(),
-                job: None,
-                dispatched: Arc::new(Notify::new()),
-            });
+            let slot = slots
+                .entry(name.to_owned())
+                .or_insert_with(|| Slot::new(identity, address));
             if !slot.held_by(identity, address) {
                 return false;
             }

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use super::handle::{Caller, Command, EngineHandle, JobState, ShutdownMode};
 use crate::auth::Identity;
 use crate::executor::{DEFAULT_LOG_LIMIT, Executor, LogChunk};
-use crate::job::{JobId, JobPhase, JobSummary, SubmitKey, Work, epoch_ms};
+use crate::job::{CommandJob, JobId, JobPhase, JobSummary, SubmitKey, Work, epoch_ms};
 use crate::outcome::Outcome;
 use crate::policy::StartCheck;
 use crate::scheduler::{AcceptAll, JobInfo, Scheduler, SerialScheduler, SubmitHook, WorkerInfo};
@@ -602,15 +602,7 @@ impl<S: Scheduler> Actor<S> {
         let id = stored.id;
         let lost = |actor: &mut Self, why: &str| {
             tracing::warn!(job = %id, worker = %name, "the job was running elsewhere when the server stopped, and {why}: recorded as lost");
-            let lost = super::JobResult {
-                outcome: Outcome::Lost,
-                runtime: Duration::ZERO,
-                results: Vec::new(),
-            };
-            actor
-                .store
-                .record_finish(id, lost, 0, SystemTime::now())
-                .log_failure("record a lost job");
+            actor.record_lost(id);
         };
         let Some(command) = stored.command.map(Arc::new) else {
             return lost(self, "its command cannot be read");
@@ -626,14 +618,7 @@ impl<S: Scheduler> Actor<S> {
                 self.workers.len() - 1
             }
         };
-        let info = JobInfo {
-            id,
-            owner: stored.owner,
-            summary: stored.summary,
-            tags: command.tags.clone(),
-            lane: command.lane.clone(),
-            command: Some(command.clone()),
-        };
+        let info = command_info(id, stored.owner, stored.summary, &command);
         if worker == 0
             || !self
                 .scheduler
@@ -643,12 +628,7 @@ impl<S: Scheduler> Actor<S> {
         }
         tracing::info!(job = %id, worker = %name, "the job was running on a worker when the server stopped: waiting for the worker to report");
         let size = command.byte_size();
-        let usage = self.usage.entry(info.owner.uid).or_default();
-        usage.live_jobs += 1;
-        usage.live_bytes += size;
-        for waiter in &stored.waiters {
-            self.usage.entry(waiter.uid).or_default().live_jobs += 1;
-        }
+        self.count_live(&info, size, &stored.waiters);
         let (state, _) = watch::channel(JobState::Running);
         let ran_for = SystemTime::now()
             .duration_since(started_at)
@@ -690,37 +670,39 @@ impl<S: Scheduler> Actor<S> {
         });
     }
 
+    /// Records job `id`, taken back from the store, as lost.
+    fn record_lost(&self, id: JobId) {
+        let lost = super::JobResult {
+            outcome: Outcome::Lost,
+            runtime: Duration::ZERO,
+            results: Vec::new(),
+        };
+        self.store
+            .record_finish(id, lost, 0, SystemTime::now())
+            .log_failure("record a lost job");
+    }
+
+    /// Counts a job taken back from the store (and its waiters) against its users' limits.
+    fn count_live(&mut self, info: &JobInfo, size: u64, waiters: &[Identity]) {
+        let usage = self.usage.entry(info.owner.uid).or_default();
+        usage.live_jobs += 1;
+        usage.live_bytes += size;
+        for waiter in waiters {
+            self.usage.entry(waiter.uid).or_default().live_jobs += 1;
+        }
+    }
+
     /// Takes the restored job back into the queue.
     fn restore(&mut self, stored: StoredJob) {
         let id = stored.id;
         let Some(command) = stored.command.map(Arc::new) else {
             tracing::warn!(job = %id, "an in-process job cannot run again after a restart: recorded as lost");
-            let lost = super::JobResult {
-                outcome: Outcome::Lost,
-                runtime: Duration::ZERO,
-                results: Vec::new(),
-            };
-            self.store
-                .record_finish(id, lost, 0, SystemTime::now())
-                .log_failure("record a lost job");
-            return;
+            return self.record_lost(id);
         };
         let size = command.byte_size();
-        let info = JobInfo {
-            id,
-            owner: stored.owner,
-            summary: stored.summary,
-            tags: command.tags.clone(),
-            lane: command.lane.clone(),
-            command: Some(command.clone()),
-        };
+        let info = command_info(id, stored.owner, stored.summary, &command);
         self.scheduler.enqueue(info.clone());
-        let usage = self.usage.entry(info.owner.uid).or_default();
-        usage.live_jobs += 1;
-        usage.live_bytes += size;
-        for waiter in &stored.waiters {
-            self.usage.entry(waiter.uid).or_default().live_jobs += 1;
-        }
+        self.count_live(&info, size, &stored.waiters);
         let (state, _) = watch::channel(JobState::Queued);
         let live = Live {
             job: Some(Work::Command(command)),
@@ -733,5 +715,17 @@ impl<S: Scheduler> Actor<S> {
             size,
         };
         self.jobs.insert(id, live);
+    }
+}
+
+/// What the scheduler and hooks know of a command job taken back from the store.
+fn command_info(id: JobId, owner: Identity, summary: String, command: &Arc<CommandJob>) -> JobInfo {
+    JobInfo {
+        id,
+        owner,
+        summary,
+        tags: command.tags.clone(),
+        lane: command.lane.clone(),
+        command: Some(command.clone()),
     }
 }
