@@ -216,7 +216,6 @@ impl RemoteWorkers {
             if !slot.held_by(identity, address) {
                 return Err(WorkerRefusal::NameTaken(name));
             }
-            slot.last_seen = Instant::now();
             let late = match slot
                 .job
                 .as_mut()
@@ -231,13 +230,19 @@ impl RemoteWorkers {
                 // nothing now (it was restarted, or gave the job up).
                 Some((job, _)) => {
                     tracing::warn!(job = %job.id, worker = %name, "the worker asks for work again while its job ran: the job is lost (the worker was restarted, or gave it up)");
+                    // It runs nowhere now: queued again, if lost jobs are.
+                    if self.requeue_lost && !job.cancel.is_cancelled() {
+                        job.give_back.give_back();
+                    }
                     job.end(Outcome::Lost);
                     slot.job = None;
                     false
                 }
                 None => false,
             };
+            // A late request is no sign of life: only what the worker says now is.
             if !late {
+                slot.last_seen = Instant::now();
                 slot.polling += 1;
             }
             (late, slot.dispatched.clone())
@@ -366,6 +371,11 @@ impl RemoteWorkers {
                 durable = Some(job.runner.record(runner_reference(*by)));
             }
             (None, _) => return Err(WorkerRefusal::NotStarted),
+            // Started again (its answer was lost, or the record failed): recorded again, so
+            // that the answer always means the claim is durable.
+            (Some(claim), WorkReport::Started) => {
+                durable = Some(job.runner.record(runner_reference(claim)));
+            }
             _ => {}
         }
         let cancel = job.cancel.is_cancelled();
@@ -661,7 +671,7 @@ impl Executor for RemoteExecutor {
                         }
                     };
                     if away.is_none_or(|away| away > self.workers.timeout) {
-                        let outcome = self.lose(ctx.id, &ctx.give_back);
+                        let outcome = self.lose(ctx.id, &ctx.give_back, ctx.cancel.is_cancelled());
                         // Gone: it gets no job (not this one again) until it comes back.
                         self.workers
                             .detach_if_gone(&self.engine, &self.name, Instant::now())
@@ -684,7 +694,7 @@ impl Executor for RemoteExecutor {
 impl RemoteExecutor {
     /// The worker stayed away too long: its job is lost (or, if it never took it, failed to
     /// start).
-    fn lose(&self, id: JobId, give_back: &GiveBack) -> Outcome {
+    fn lose(&self, id: JobId, give_back: &GiveBack, cancelled: bool) -> Outcome {
         let mut slots = self.workers.slots();
         let taken = match slots.get_mut(&self.name) {
             Some(slot) if slot.job.as_ref().is_some_and(|j| j.id == id) => {
@@ -696,7 +706,7 @@ impl RemoteExecutor {
         if !taken {
             // It never ran: another worker may run it.
             give_back.give_back();
-        } else if self.workers.requeue_lost {
+        } else if self.workers.requeue_lost && !cancelled {
             tracing::warn!(job = %id, worker = %self.name, "queued again (requeue lost jobs): it may still run where it was, if only the network was lost");
             give_back.give_back();
         }

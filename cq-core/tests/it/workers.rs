@@ -887,3 +887,88 @@ async fn an_impossible_end_still_ends_the_job_as_a_failure() {
         assert_eq!(result.outcome, expected);
     }
 }
+
+#[tokio::test]
+async fn with_requeue_lost_a_cancelled_job_stays_cancelled_and_a_restarted_workers_runs_again() {
+    let coordinator = coordinator_with(Duration::from_secs(2), true).await;
+    let alice = coordinator.client(ALICE);
+    let builder = coordinator.client(BUILDER);
+    // Red team: a job its owner cancelled came back and ran when its worker went silent.
+    let cancelled = alice
+        .submit(shell("echo must-not-run", &[]), SubmitKey::random())
+        .await
+        .unwrap();
+    let dispatch = builder
+        .work("silent", &[], 1, 0)
+        .await
+        .unwrap()
+        .expect("a job");
+    builder
+        .report("silent", cancelled.job, dispatch.lease, WorkReport::Started)
+        .await
+        .unwrap();
+    alice.cancel(cancelled.job).await.unwrap();
+    let result = tokio::time::timeout(LIMIT, cancelled.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Lost);
+    // A worker whose other process asks for work ran nothing since: its job runs again.
+    let restarted = alice
+        .submit(shell("echo ran", &[]), SubmitKey::random())
+        .await
+        .unwrap();
+    let dispatch = builder
+        .work("restarts", &[], 1, 0)
+        .await
+        .unwrap()
+        .expect("a job");
+    builder
+        .report(
+            "restarts",
+            restarted.job,
+            dispatch.lease,
+            WorkReport::Started,
+        )
+        .await
+        .unwrap();
+    let restarted_id = restarted.job;
+    let _other = coordinator.worker("other", &[]);
+    // (It may be handed the job again: it does not take it, so another worker does.)
+    builder.work("restarts", &[], 2, 0).await.unwrap();
+    let result = tokio::time::timeout(LIMIT, restarted.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Exited { code: 0 });
+    assert_eq!(log_of(&alice, restarted_id).await, "ran\n");
+}
+
+#[tokio::test]
+async fn late_requests_for_work_do_not_keep_a_silent_workers_job_alive() {
+    let coordinator = coordinator(Duration::from_secs(2)).await;
+    let alice = coordinator.client(ALICE);
+    let builder = coordinator.client(BUILDER);
+    let submitted = alice
+        .submit(shell("true", &[]), SubmitKey::random())
+        .await
+        .unwrap();
+    let dispatch = builder.work("w", &[], 7, 5).await.unwrap().expect("a job");
+    builder
+        .report("w", submitted.job, dispatch.lease, WorkReport::Started)
+        .await
+        .unwrap();
+    // Red team: old requests arriving late counted as signs of life, so the job of a
+    // worker that said nothing more ran for ever.
+    let late = tokio::spawn(async move {
+        loop {
+            let _ = builder.work("w", &[], 7, 0).await;
+        }
+    });
+    let result = tokio::time::timeout(LIMIT, submitted.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    late.abort();
+    assert_eq!(result.outcome, Outcome::Lost);
+}

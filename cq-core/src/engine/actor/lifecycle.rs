@@ -94,7 +94,11 @@ impl<S: Scheduler> Actor<S> {
             return;
         };
         self.awaiting.remove(&name);
-        if self.config.requeue_running {
+        let cancelled = self
+            .running
+            .get(&id)
+            .is_some_and(|r| r.cancel.is_cancelled());
+        if self.config.requeue_running && !cancelled {
             tracing::warn!(job = %id, worker = %name, "the worker the job ran on did not come back in time: queued again");
             return self.queue_again(id);
         }
@@ -219,8 +223,9 @@ impl<S: Scheduler> Actor<S> {
         if self
             .running
             .get(&id)
-            .is_some_and(|r| r.give_back.given_back())
+            .is_some_and(|r| r.give_back.given_back() && !r.cancel.is_cancelled())
         {
+            // (A job its owner cancelled is not queued again, whatever its executor says.)
             return self.queue_again(id);
         }
         let results = self
