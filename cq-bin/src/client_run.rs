@@ -180,6 +180,10 @@ pub struct Args {
     /// Admins only.
     #[arg(long, value_name = "ID", group = "query", conflicts_with_all = QUERY_CONFLICTS)]
     pub first: Option<u64>,
+    /// List the workers on other hosts (cq_worker) that have joined the server: their tags,
+    /// the job each runs, when each was last heard of (and, for admins, its address).
+    #[arg(long, group = "query", conflicts_with_all = QUERY_CONFLICTS)]
+    pub workers: bool,
     /// While waiting, print the job's output as it comes (from its start); with --log, keep
     /// printing until the job ends.
     #[arg(long, conflicts_with_all = ["detach", "background", "list", "status", "cancel"])]
@@ -207,7 +211,7 @@ pub struct Args {
     #[arg(long, action = ArgAction::Help)]
     pub help: Option<bool>,
     /// The command and its arguments.
-    #[arg(required_unless_present_any = ["wait", "retry", "list", "status", "cancel", "log", "pause", "resume", "first"], last = true, value_name = "COMMAND")]
+    #[arg(required_unless_present_any = ["wait", "retry", "list", "status", "cancel", "log", "pause", "resume", "first", "workers"], last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
@@ -221,6 +225,7 @@ impl Args {
             || self.pause
             || self.resume
             || self.first.is_some()
+            || self.workers
     }
 }
 
@@ -742,13 +747,27 @@ impl Drop for OutputPrinter {
     }
 }
 
-/// `--list`, `--status ID`, `--cancel ID`, `--log ID`, `--pause`, `--resume`, `--first ID`.
+/// `--list`, `--status ID`, `--cancel ID`, `--log ID`, `--pause`, `--resume`, `--first ID`,
+/// `--workers`.
 async fn query<C, S, A>(client: &Client<C, S, A>, args: &Args) -> ExitCode
 where
     C: Connector,
     S: CredentialSource,
     A: Authenticator,
 {
+    if args.workers {
+        return match client.workers().await {
+            Ok(workers) if args.json => {
+                println!("{}", listing::workers_to_json(&workers));
+                ExitCode::SUCCESS
+            }
+            Ok(workers) => {
+                print!("{}", listing::workers_to_table(&workers));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("cq_client", &e, client_hint(&e), CQ_FAILURE),
+        };
+    }
     if args.pause || args.resume {
         return match client.set_paused(args.pause).await {
             Ok(state) if args.json => {

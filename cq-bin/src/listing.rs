@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use cq_core::printable::printable;
+use cq_core::protocol::WorkerSummary;
 use cq_core::{CommandJob, JobSummary, Outcome};
 use serde::Serialize;
 
@@ -206,6 +207,61 @@ pub fn to_table(jobs: &[JobSummary]) -> String {
             outcome,
             job.waiters,
             command_line(job)
+        );
+    }
+    out
+}
+
+/// One worker in `--workers --json` output. Field names are stable; new fields may be added.
+#[derive(Debug, Serialize)]
+pub struct WorkerJson<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// What it offers.
+    pub tags: &'a [String],
+    /// The address it asks for work from (null for others than admins).
+    pub address: Option<&'a str>,
+    /// The job it runs (null when it runs none).
+    pub job: Option<u64>,
+    /// Milliseconds since it was last heard of.
+    pub seen_ms_ago: u64,
+}
+
+/// Workers as a JSON array.
+pub fn workers_to_json(workers: &[WorkerSummary]) -> String {
+    let list: Vec<WorkerJson<'_>> = workers
+        .iter()
+        .map(|w| WorkerJson {
+            name: &w.name,
+            tags: &w.tags,
+            address: w.address.as_deref(),
+            job: w.job.map(|j| j.0),
+            seen_ms_ago: w.seen_ms_ago,
+        })
+        .collect();
+    terminal_safe_json(serde_json::to_string_pretty(&list).unwrap_or_default())
+}
+
+/// Workers as a table, one line each.
+pub fn workers_to_table(workers: &[WorkerSummary]) -> String {
+    if workers.is_empty() {
+        return "no worker on another host has joined\n".to_owned();
+    }
+    let mut out = format!(
+        "{:<16}  {:>6}  {:>8}  {:<15}  TAGS\n",
+        "WORKER", "JOB", "SEEN", "ADDRESS"
+    );
+    for worker in workers {
+        let _ = writeln!(
+            out,
+            "{:<16}  {:>6}  {:>7.1}s  {:<15}  {}",
+            printable(&worker.name),
+            worker
+                .job
+                .map_or_else(|| "-".to_owned(), |j| j.0.to_string()),
+            worker.seen_ms_ago as f64 / 1000.0,
+            printable(worker.address.as_deref().unwrap_or("-")),
+            printable(&worker.tags.join(" "))
         );
     }
     out

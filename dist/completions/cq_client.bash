@@ -23,7 +23,7 @@ _cq_client() {
 
     case "${cmd}" in
         cq_client)
-            opts="-h -p -P -E -q -v -V --config --host --port --post-script --env --auth --munge-socket --tls-ca --socket --server-uid --tls-server-name --detach --wait --retry --background --background-log --new-session --reconnect-timeout --cwd --tag --lane --timeout --list --mine --user --state --status --cancel --log --pause --resume --first --follow --raw --tail --json --quiet --verbose --help --tls-cert --tls-key --version"
+            opts="-h -p -P -E -q -v -V --config --host --port --post-script --env --auth --munge-socket --tls-ca --socket --server-uid --tls-server-name --detach --wait --retry --background --background-log --new-session --reconnect-timeout --cwd --tag --lane --timeout --list --mine --user --state --status --cancel --log --pause --resume --first --workers --follow --raw --tail --json --quiet --verbose --help --tls-cert --tls-key --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -37,6 +37,7 @@ complete -c cq_client -l list -d 'List the running job, the queued ones in order
 complete -c cq_client -l mine -d 'With --list: only your jobs (by user name)'
 complete -c cq_client -l pause -d 'Pause the server\'s queue: running jobs finish, nothing new starts (submissions are still taken). Admins only'
 complete -c cq_client -l resume -d 'Resume a paused queue. Admins only'
+complete -c cq_client -l workers -d 'List the workers on other hosts (cq_worker) that have joined the server: their tags, the job each runs, when each was last heard of (and, for admins, its address)'
 complete -c cq_client -l follow -d 'While waiting, print the job\'s output as it comes (from its start); with --log, keep printing until the job ends'
 complete -c cq_client -l raw -d 'With --log and --follow: pass control characters to the terminal as they are (by default, when standard output is a terminal, all but newline and tab are shown escaped, so that a job\'s output cannot rewrite your screen)'
 complete -c cq_client -l json -d 'Print --list, --status and --cancel answers as JSON; when waiting for a job, print how it ended (outcome, exit status, results) as a JSON object'

@@ -128,6 +128,26 @@ async fn jobs_run_as_their_requester_on_the_worker_their_tags_name_and_say_why_t
     );
     joined(&server, "amd").await;
     joined(&server, "arm").await;
+    // Anybody admitted sees who joined and what each offers; the addresses are for admins.
+    let listed = output(server.client_as(&bins, alice).args(["--workers", "--json"])).await;
+    let listed = json(&listed);
+    let names: Vec<(&str, &str, bool)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["name"].as_str().unwrap(),
+                w["tags"][0].as_str().unwrap(),
+                w["address"].is_null(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [("amd", "arch=amd64", true), ("arm", "arch=arm64", true)],
+        "{listed}"
+    );
 
     // The waiting job ran on arm, as alice, and its output came back.
     let waited = output(server.client_as(&bins, alice).args(["--wait", &id])).await;

@@ -349,6 +349,28 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Client<C, S, A> {
         answer
     }
 
+    /// The workers on other hosts that have joined the server (their addresses for an
+    /// admin only).
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit).
+    pub async fn workers(&self) -> Result<Vec<crate::protocol::WorkerSummary>, ClientError> {
+        let mut channel = self.open(Action::Workers, None).await?;
+        let answer = match timeout(REPLY_TIMEOUT, channel.next_reply()).await {
+            Err(_) => Err(ClientError::Timeout {
+                during: "the answer",
+            }),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Event::Workers { workers })) => Ok(workers),
+            Ok(Ok(other)) => Err(ClientError::Protocol(format!(
+                "expected the workers, got {other:?}"
+            ))),
+        };
+        channel.close().await;
+        answer
+    }
+
     async fn queue(&self, action: Action) -> Result<crate::QueueState, ClientError> {
         let mut channel = self.open(action, None).await?;
         let answer = match timeout(REPLY_TIMEOUT, channel.next_reply()).await {

@@ -15,7 +15,7 @@ pub const MAGIC: [u8; 4] = *b"CQUE";
 /// 5: job summaries carry the job's `-E` variables and working directory (owners only);
 /// `Finished` and summaries carry the results a job reported back; `Pause` and `Resume`,
 /// answered with `Queue`; `Promote`; `QueueState`; workers: `Work`, `Report`, `Dispatch`,
-/// `Idle`, `Noted`.
+/// `Idle`, `Noted`, and `Workers` to list them.
 pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Length of an encoded [`Hello`].

@@ -153,6 +153,24 @@ pub enum Action {
         /// What it has to say.
         report: WorkReport,
     },
+    /// The workers on other hosts that have joined, for anybody the server admits; answered
+    /// with `Workers`.
+    Workers,
+}
+
+/// What a listing says about a worker on another host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSummary {
+    /// Its name.
+    pub name: String,
+    /// What it offers.
+    pub tags: Vec<String>,
+    /// The address it asks for work from (admins only; `None` for others).
+    pub address: Option<String>,
+    /// The job it runs, if it runs one.
+    pub job: Option<JobId>,
+    /// Milliseconds since it was last heard of.
+    pub seen_ms_ago: u64,
 }
 
 /// What a worker says about the job it was given.
@@ -293,6 +311,11 @@ pub enum Event {
         /// The job is to be stopped (cancelled, or the coordinator shuts down).
         cancel: bool,
     },
+    /// The answer to `Workers`.
+    Workers {
+        /// The workers, by name.
+        workers: Vec<WorkerSummary>,
+    },
 }
 
 impl Event {
@@ -310,7 +333,8 @@ impl Event {
             | Self::Jobs { .. }
             | Self::Queue { .. }
             | Self::Idle
-            | Self::Noted { .. } => None,
+            | Self::Noted { .. }
+            | Self::Workers { .. } => None,
         }
     }
 }

@@ -46,5 +46,6 @@ pub use hello::{
 };
 pub use message::{
     Action, Envelope, ErrorCode, Event, Nonce, Reply, Request, RequestDigest, RunAs, WorkReport,
+    WorkerSummary,
 };
 pub use refusal::plain_refusal;

@@ -298,6 +298,27 @@ impl RemoteWorkers {
         Some(job.dispatch(lease))
     }
 
+    /// The workers that have joined, by name; their addresses only for an admin.
+    pub(crate) fn list(&self, admin: bool) -> Vec<crate::protocol::WorkerSummary> {
+        let slots = self.slots();
+        let mut listed: Vec<_> = slots
+            .iter()
+            .filter(|(_, slot)| slot.attached || slot.job.is_some())
+            .map(|(name, slot)| crate::protocol::WorkerSummary {
+                name: name.clone(),
+                tags: slot.tags.clone(),
+                address: admin
+                    .then(|| slot.address.map(|a| a.to_canonical().to_string()))
+                    .flatten(),
+                job: slot.job.as_ref().map(|job| job.id),
+                seen_ms_ago: u64::try_from(slot.last_seen.elapsed().as_millis())
+                    .unwrap_or(u64::MAX),
+            })
+            .collect();
+        listed.sort_by(|a, b| a.name.cmp(&b.name));
+        listed
+    }
+
     /// Makes the engine offer jobs to the polled worker `info.name`, with these tags.
     async fn join(
         self: &Arc<Self>,

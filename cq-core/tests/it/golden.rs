@@ -105,6 +105,13 @@ fn wire_actions_and_events_keep_their_positions() {
     assert_eq!(first(bytes(&report)), 11);
     assert_eq!(first(bytes(&Event::Idle)), 10);
     assert_eq!(first(bytes(&Event::Noted { cancel: false })), 11);
+    assert_eq!(first(bytes(&Action::Workers)), 12);
+    assert_eq!(
+        first(bytes(&Event::Workers {
+            workers: Vec::new()
+        })),
+        12
+    );
     let request = Request {
         destination: None,
         nonce: cq_core::protocol::Nonce::NONE,

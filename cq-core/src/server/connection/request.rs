@@ -178,6 +178,10 @@ where
                 let moved = engine.promote(job, caller).await.map(|j| vec![j]);
                 self.answer(moved).await
             }
+            Action::Workers => {
+                let workers = self.shared.workers.list(caller.admin);
+                self.send(Event::Workers { workers }).await
+            }
             Action::Submit { .. } | Action::Work { .. } | Action::Report { .. } => {
                 ControlFlow::Break(())
             }
