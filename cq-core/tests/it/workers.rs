@@ -972,3 +972,59 @@ async fn late_requests_for_work_do_not_keep_a_silent_workers_job_alive() {
     late.abort();
     assert_eq!(result.outcome, Outcome::Lost);
 }
+
+#[tokio::test]
+async fn a_job_on_a_worker_can_be_followed_while_it_runs() {
+    let coordinator = coordinator(Duration::from_secs(30)).await;
+    let mut events = coordinator.engine.events();
+    let _worker = coordinator.worker("w", &[]);
+    let alice = coordinator.client(ALICE);
+    let gate = coordinator.spool.path().join("open");
+    let script = format!(
+        "echo first; while [ ! -e {g} ]; do sleep 0.02; done; echo second",
+        g = gate.display()
+    );
+    let submitted = alice
+        .submit(shell(&script, &[]), SubmitKey::random())
+        .await
+        .unwrap();
+    let id = submitted.job;
+    started_on(&mut events, id).await;
+    // The first line reaches a follower while the job still runs (it waits for the gate,
+    // which opens only once the follower has seen that line).
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let follower = coordinator.client(ALICE);
+    let following = tokio::spawn(async move {
+        let mut all = Vec::new();
+        let result = follower
+            .log(id, true, |data| {
+                all.extend_from_slice(data);
+                let _ = seen_tx.send(String::from_utf8_lossy(&all).into_owned());
+            })
+            .await
+            .unwrap();
+        (String::from_utf8_lossy(&all).into_owned(), result)
+    });
+    let seen = tokio::time::timeout(LIMIT, async {
+        loop {
+            let text = seen_rx.recv().await.expect("the follower goes on");
+            if text.contains("first") {
+                return text;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!seen.contains("second"), "{seen}");
+    std::fs::write(&gate, b"").unwrap();
+    let (all, result) = tokio::time::timeout(LIMIT, following)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(all, "first\nsecond\n");
+    assert_eq!(result.map(|r| r.outcome), Some(Outcome::Exited { code: 0 }));
+    tokio::time::timeout(LIMIT, submitted.wait())
+        .await
+        .unwrap()
+        .unwrap();
+}
