@@ -280,6 +280,16 @@ fn build_env(package: &Planned, options: &Options) -> BTreeMap<String, String> {
 fn build_command(package: &Planned, options: &Options) -> Vec<String> {
     let mut args = options.client_args.clone();
     args.push("--detach".to_owned());
+    // cq-emerge-build finds its package as the instance of its CATEGORY/PF that appeared in
+    // PKGDIR while it ran: builds of one package (with other flags) must not overlap, even on
+    // several build hosts sharing a PKGDIR; other packages may. A lane the user chose wins.
+    if !options
+        .client_args
+        .iter()
+        .any(|a| a == "--lane" || a.starts_with("--lane="))
+    {
+        args.push(format!("--lane=cq-emerge:{}", package.cpv));
+    }
     for (name, value) in build_env(package, options) {
         args.extend(["-E".to_owned(), format!("{name}={value}")]);
     }
@@ -463,3 +473,50 @@ Exit status: 0 when every package was built and installed; 1 otherwise, naming e
 package that failed (see its output with cq_client --log ID); emerge's status when the
 plan could not be made.
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emerge::plan::{Planned, Source};
+
+    fn options(client_args: &[&str]) -> Options {
+        Options {
+            emerge_args: Vec::new(),
+            pretend: false,
+            dry_run_install: false,
+            jobs: None,
+            client: PathBuf::from("cq_client"),
+            client_args: client_args.iter().map(|a| (*a).to_owned()).collect(),
+            build_command: "/usr/bin/cq-emerge-build".to_owned(),
+            install_options: Vec::new(),
+            pass_variables: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn builds_of_one_package_share_a_lane_unless_the_user_chose_one() {
+        let package = Planned {
+            source: Source::Ebuild,
+            cpv: "app-misc/hello-1.0".to_owned(),
+            flags: BTreeMap::from([("USE".to_owned(), "-bar foo".to_owned())]),
+        };
+        let args = build_command(&package, &options(&["-h", "buildhost"]));
+        assert_eq!(
+            args,
+            [
+                "-h",
+                "buildhost",
+                "--detach",
+                "--lane=cq-emerge:app-misc/hello-1.0",
+                "-E",
+                "USE=-bar foo",
+                "--",
+                "/usr/bin/cq-emerge-build",
+                "=app-misc/hello-1.0"
+            ]
+        );
+        let chosen = build_command(&package, &options(&["--lane=pkgdir"]));
+        assert_eq!(chosen.iter().filter(|a| a.starts_with("--lane")).count(), 1);
+        assert!(chosen.contains(&"--lane=pkgdir".to_owned()));
+    }
+}
