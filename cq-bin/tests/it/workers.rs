@@ -299,7 +299,8 @@ async fn a_coordinator_killed_while_a_worker_runs_a_job_hears_its_real_end_after
     assert!(queued.status.success(), "{}", stderr(&queued));
     let id = String::from_utf8_lossy(&queued.stdout).trim().to_owned();
     // Its first output is on the coordinator: the worker's claim of the job was recorded
-    // before that (the worker starts a job only once its claim is durable).
+    // before that (the worker starts a job only once its claim is durable). Nothing tells a
+    // client when output arrives short of following to the end: polled, bounded.
     tokio::time::timeout(LIMIT, async {
         loop {
             let log = output(server.client_as(&bins, alice).args(["--log", &id])).await;

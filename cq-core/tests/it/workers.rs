@@ -80,6 +80,35 @@ struct Cuttable {
     cut: Arc<AtomicBool>,
     impostor: MemoryConnector,
     to_impostor: Arc<AtomicBool>,
+    /// Connections asked for, so that a test waits for attempts rather than for time.
+    attempts: Arc<Attempts>,
+}
+
+/// Counts connection attempts and wakes whoever waits for more.
+#[derive(Default)]
+struct Attempts {
+    count: std::sync::atomic::AtomicUsize,
+    more: tokio::sync::Notify,
+}
+
+impl Attempts {
+    /// Waits (bounded) until `n` more connections were asked for than when it was called.
+    async fn wait_for(&self, n: usize) {
+        let until = self.count.load(Ordering::SeqCst) + n;
+        tokio::time::timeout(LIMIT, async {
+            loop {
+                let more = self.more.notified();
+                tokio::pin!(more);
+                more.as_mut().enable();
+                if self.count.load(Ordering::SeqCst) >= until {
+                    return;
+                }
+                more.await;
+            }
+        })
+        .await
+        .expect("the worker keeps trying");
+    }
 }
 
 #[async_trait]
@@ -87,6 +116,8 @@ impl Connector for Cuttable {
     type Stream = <MemoryConnector as Connector>::Stream;
 
     async fn connect(&self) -> Result<(Self::Stream, PeerInfo), TransportError> {
+        self.attempts.count.fetch_add(1, Ordering::SeqCst);
+        self.attempts.more.notify_waiters();
         if self.cut.load(Ordering::SeqCst) {
             return Err(TransportError::Connect {
                 server: self.server_name(),
@@ -159,6 +190,7 @@ async fn coordinator_with(worker_timeout: Duration, requeue_lost: bool) -> Coord
             cut: Arc::default(),
             impostor,
             to_impostor: Arc::default(),
+            attempts: Arc::default(),
         },
         stop,
         spool: tempfile::tempdir().unwrap(),
@@ -434,7 +466,8 @@ async fn a_worker_cut_off_from_the_coordinator_finishes_its_job_and_reports_all_
     // The network goes; the job ends meanwhile; the network comes back.
     coordinator.connector.cut.store(true, Ordering::SeqCst);
     std::fs::write(&marker, b"").unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await; // the worker finds nobody: it retries
+    // The worker finds nobody, several times: it keeps the rest of the output and the end.
+    coordinator.connector.attempts.wait_for(3).await;
     coordinator.connector.cut.store(false, Ordering::SeqCst);
     let result = tokio::time::timeout(LIMIT, submitted.wait())
         .await
@@ -477,7 +510,8 @@ async fn cancelling_a_job_that_runs_on_a_worker_stops_it_there() {
         .unwrap();
     let id = submitted.job;
     started_on(&mut events, id).await;
-    // The job has really started on the worker before it is cancelled.
+    // The job has really started on the worker before it is cancelled (a file the job
+    // makes is the only sign of that: polled, bounded).
     tokio::time::timeout(LIMIT, async {
         while !marker.exists() {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -571,9 +605,10 @@ async fn an_unauthenticated_refusal_stops_neither_the_worker_nor_its_job() {
         .connector
         .to_impostor
         .store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(500)).await; // several reports meet the impostor
+    // Several reports meet the impostor, before and after the job ends.
+    coordinator.connector.attempts.wait_for(3).await;
     std::fs::write(&gate, b"").unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await; // the end meets it too
+    coordinator.connector.attempts.wait_for(3).await;
     coordinator
         .connector
         .to_impostor
@@ -682,9 +717,10 @@ async fn a_worker_the_coordinator_refuses_for_a_while_keeps_its_job_and_comes_ba
     // lookup that failed) made the worker kill its job and quit.
     let admitted = (*coordinator.policy.current()).clone();
     coordinator.policy.replace(SubmitPolicy::default());
-    tokio::time::sleep(Duration::from_millis(400)).await; // reports are refused meanwhile
+    // Reports are refused meanwhile, before and after the job ends.
+    coordinator.connector.attempts.wait_for(3).await;
     std::fs::write(&gate, b"").unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await; // and so is the end
+    coordinator.connector.attempts.wait_for(3).await;
     coordinator.policy.replace(admitted);
     let result = tokio::time::timeout(LIMIT, submitted.wait())
         .await
