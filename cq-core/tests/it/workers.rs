@@ -235,6 +235,29 @@ async fn log_of(client: &Client<Cuttable, As, Believe>, id: JobId) -> String {
     String::from_utf8_lossy(&log).into_owned()
 }
 
+/// As worker `name` (process and request number `asker`), asks for work, expects `job`,
+/// and starts it: the claim a real worker makes before it runs a job.
+async fn take_job(
+    client: &Client<Cuttable, As, Believe>,
+    name: &str,
+    asker: (u64, u64),
+    job: JobId,
+) -> cq_core::Dispatch {
+    let dispatch = client
+        .work(name, &[], asker.0, asker.1)
+        .await
+        .unwrap()
+        .expect("a job");
+    assert_eq!(dispatch.job, job);
+    assert!(
+        !client
+            .report(name, job, dispatch.lease, WorkReport::Started)
+            .await
+            .unwrap()
+    );
+    dispatch
+}
+
 fn shell(script: &str, tags: &[&str]) -> CommandJob {
     let mut job = CommandJob::new(["/bin/sh", "-c", script]);
     job.tags = tags.iter().map(|t| (*t).to_owned()).collect();
@@ -796,15 +819,7 @@ async fn a_job_given_to_a_worker_that_went_away_after_its_last_report_runs_on_an
         .submit(shell("true", &[]), SubmitKey::random())
         .await
         .unwrap();
-    let dispatch = builder
-        .work("gone", &[], 1, 0)
-        .await
-        .unwrap()
-        .expect("a job");
-    builder
-        .report("gone", first.job, dispatch.lease, WorkReport::Started)
-        .await
-        .unwrap();
+    let dispatch = take_job(&builder, "gone", (1, 0), first.job).await;
     let ended = WorkReport::Ended {
         outcome: Outcome::Exited { code: 0 },
         results: Vec::new(),
@@ -903,11 +918,7 @@ async fn an_impossible_end_still_ends_the_job_as_a_failure() {
             .submit(shell("true", &[]), SubmitKey::random())
             .await
             .unwrap();
-        let dispatch = builder.work("w", &[], 1, 0).await.unwrap().expect("a job");
-        builder
-            .report("w", submitted.job, dispatch.lease, WorkReport::Started)
-            .await
-            .unwrap();
+        let dispatch = take_job(&builder, "w", (1, 0), submitted.job).await;
         let end = WorkReport::Ended {
             outcome: reported,
             results: Vec::new(),
@@ -934,15 +945,7 @@ async fn with_requeue_lost_a_cancelled_job_stays_cancelled_and_a_restarted_worke
         .submit(shell("echo must-not-run", &[]), SubmitKey::random())
         .await
         .unwrap();
-    let dispatch = builder
-        .work("silent", &[], 1, 0)
-        .await
-        .unwrap()
-        .expect("a job");
-    builder
-        .report("silent", cancelled.job, dispatch.lease, WorkReport::Started)
-        .await
-        .unwrap();
+    take_job(&builder, "silent", (1, 0), cancelled.job).await;
     alice.cancel(cancelled.job).await.unwrap();
     let result = tokio::time::timeout(LIMIT, cancelled.wait())
         .await
@@ -954,20 +957,7 @@ async fn with_requeue_lost_a_cancelled_job_stays_cancelled_and_a_restarted_worke
         .submit(shell("echo ran", &[]), SubmitKey::random())
         .await
         .unwrap();
-    let dispatch = builder
-        .work("restarts", &[], 1, 0)
-        .await
-        .unwrap()
-        .expect("a job");
-    builder
-        .report(
-            "restarts",
-            restarted.job,
-            dispatch.lease,
-            WorkReport::Started,
-        )
-        .await
-        .unwrap();
+    take_job(&builder, "restarts", (1, 0), restarted.job).await;
     let restarted_id = restarted.job;
     let _other = coordinator.worker("other", &[]);
     // (It may be handed the job again: it does not take it, so another worker does.)
@@ -989,11 +979,7 @@ async fn late_requests_for_work_do_not_keep_a_silent_workers_job_alive() {
         .submit(shell("true", &[]), SubmitKey::random())
         .await
         .unwrap();
-    let dispatch = builder.work("w", &[], 7, 5).await.unwrap().expect("a job");
-    builder
-        .report("w", submitted.job, dispatch.lease, WorkReport::Started)
-        .await
-        .unwrap();
+    take_job(&builder, "w", (7, 5), submitted.job).await;
     // Red team: old requests arriving late counted as signs of life, so the job of a
     // worker that said nothing more ran for ever.
     let late = tokio::spawn(async move {
