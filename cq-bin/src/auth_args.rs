@@ -79,6 +79,36 @@ impl AuthArgs {
         args
     }
 
+    /// A client of the server at `host`:`port` with MUNGE credentials from `--munge-socket`,
+    /// which believes only replies from a server running as one of `server_uids`.
+    #[cfg(feature = "munge")]
+    pub fn munge_client(
+        &self,
+        host: &str,
+        port: u16,
+        server_uids: Vec<u32>,
+    ) -> cq_core::Client<
+        cq_transport_tcp::TcpConnector,
+        cq_auth::munge::MungeCredentialSource,
+        cq_auth::munge::MungeAuthenticator,
+    > {
+        use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
+        let socket = self
+            .munge_socket
+            .clone()
+            .map_or_else(MungeSocket::default_socket, MungeSocket::at);
+        cq_core::Client::new(
+            cq_transport_tcp::TcpConnector::new(host, port),
+            MungeCredentialSource::new(socket.clone())
+                .inline()
+                .seal_keys_for(server_uids.clone()),
+            MungeAuthenticator::new(socket)
+                .allow_only_uids(server_uids)
+                .without_user_names()
+                .inline(),
+        )
+    }
+
     /// A mutual-TLS connector to `host`:`port` with `role`'s files, checking that the
     /// server's certificate names `server_name` (default: `host`); the error says what is
     /// wrong with the files.

@@ -275,23 +275,9 @@ pub async fn run(args: Args, job: CommandJob) -> ExitCode {
 
 #[cfg(feature = "munge")]
 async fn submit_munge(args: Args, job: CommandJob) -> ExitCode {
-    use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
-    let socket = args
+    let client = args
         .auth
-        .munge_socket
-        .clone()
-        .map_or_else(MungeSocket::default_socket, MungeSocket::at);
-    let server_uids = server_uids(&args);
-    let client = Client::new(
-        cq_transport_tcp::TcpConnector::new(&args.host, args.port),
-        MungeCredentialSource::new(socket.clone())
-            .inline()
-            .seal_keys_for(server_uids.clone()),
-        MungeAuthenticator::new(socket)
-            .allow_only_uids(server_uids)
-            .without_user_names()
-            .inline(),
-    );
+        .munge_client(&args.host, args.port, server_uids(&args));
     follow(&client, &args, job).await
 }
 

@@ -164,27 +164,12 @@ async fn run_munge(
     options: WorkerOptions,
     shutdown: CancellationToken,
 ) -> ExitCode {
-    use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
-    let socket = args
-        .auth
-        .munge_socket
-        .clone()
-        .map_or_else(MungeSocket::default_socket, MungeSocket::at);
     let server_uids = if args.server_uid.is_empty() {
         vec![0]
     } else {
         args.server_uid.clone()
     };
-    let client = Client::new(
-        cq_transport_tcp::TcpConnector::new(&args.host, args.port),
-        MungeCredentialSource::new(socket.clone())
-            .inline()
-            .seal_keys_for(server_uids.clone()),
-        MungeAuthenticator::new(socket)
-            .allow_only_uids(server_uids)
-            .without_user_names()
-            .inline(),
-    );
+    let client = args.auth.munge_client(&args.host, args.port, server_uids);
     serve(client, executor, options, shutdown).await
 }
 
