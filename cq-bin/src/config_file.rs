@@ -43,6 +43,8 @@ struct Raw {
     #[serde(default)]
     worker: OptionTable,
     #[serde(default)]
+    executor: OptionTable,
+    #[serde(default)]
     policy: PolicySection,
     #[serde(default)]
     jobs: JobsSection,
@@ -137,6 +139,9 @@ pub enum Section {
     Client,
     /// `[worker]`, for cq_worker.
     Worker,
+    /// `[executor]`, for both cq_server's own worker and cq_worker: how jobs run
+    /// ([`EXECUTOR_OPTIONS`](crate::executor_args::EXECUTOR_OPTIONS) only, and only there).
+    Executor,
 }
 
 impl ConfigFile {
@@ -281,6 +286,7 @@ impl ConfigFile {
             Section::Server => (&self.raw.server, "server"),
             Section::Client => (&self.raw.client, "client"),
             Section::Worker => (&self.raw.worker, "worker"),
+            Section::Executor => (&self.raw.executor, "executor"),
         };
         let mut arguments = Vec::new();
         for (key, value) in table {
@@ -552,13 +558,21 @@ mod tests {
                 ),
             ] {
                 let given = command.clone().get_matches_from(argv);
+                let executor = |id: &str| crate::executor_args::EXECUTOR_OPTIONS.contains(&id);
                 let allowed = |id: &str| match section {
-                    Section::Server => !crate::server_args::NOT_IN_CONFIG.contains(&id),
+                    Section::Server => {
+                        !crate::server_args::NOT_IN_CONFIG.contains(&id) && !executor(id)
+                    }
                     Section::Client => crate::client_run::CONFIG_OPTIONS.contains(&id),
-                    Section::Worker => id != "config",
+                    Section::Worker => id != "config" && !executor(id),
+                    Section::Executor => executor(id),
                 };
                 file.arguments(section, &command, &given, allowed)
                     .unwrap_or_else(|e| panic!("{e}"));
+                if section != Section::Client {
+                    file.arguments(Section::Executor, &command, &given, executor)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                }
             }
             assert!(file.jobs().env.as_ref().unwrap().contains_key("PATH"));
         }

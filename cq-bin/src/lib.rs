@@ -9,6 +9,8 @@
 //! - `client_run.rs`: cq_client's options, and what it does once they are parsed.
 //! - `server_args.rs`: cq_server's options (also the source of its man page and completions).
 //! - `server_run.rs`: cq_server's composition: store, engine, executor, policy, auth, listener.
+//! - `executor_args.rs`: `--executor process|slurm`, `--lanes` and the Slurm options
+//!   (`[executor]` in cq.toml), shared by cq_server and cq_worker.
 //! - `config_file.rs`: `/etc/cq/cq.toml`, turned into options and the submit policy.
 //! - `log_target.rs`: `--log stderr|syslog|journald|file:PATH`, reopened on SIGHUP.
 //! - `metrics.rs`: `cq_server --metrics ADDR`, OpenMetrics counters and gauges.
@@ -37,6 +39,7 @@ pub mod config_file;
 pub mod daemon;
 pub mod emerge;
 pub mod env_args;
+pub mod executor_args;
 pub mod listing;
 pub mod log_target;
 pub mod metrics;

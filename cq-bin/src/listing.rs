@@ -53,6 +53,9 @@ pub struct JobJson<'a> {
     /// Why it waits, when something other than the jobs ahead holds it back (null
     /// otherwise).
     pub waiting: Option<&'a str>,
+    /// Where its executor runs it, in the executor's words (`slurm:123`: Slurm's job 123;
+    /// null unless running).
+    pub runner: Option<&'a str>,
 }
 
 impl<'a> From<&'a JobSummary> for JobJson<'a> {
@@ -82,6 +85,7 @@ impl<'a> From<&'a JobSummary> for JobJson<'a> {
             lane: job.lane.as_deref(),
             worker: job.worker.as_deref(),
             waiting: job.waiting.as_deref(),
+            runner: job.runner.as_deref(),
         }
     }
 }
@@ -285,8 +289,19 @@ fn command_line(job: &JobSummary) -> String {
     if let Some(lane) = &job.lane {
         let _ = write!(line, "  [lane: {}]", printable(lane));
     }
-    if let Some(worker) = &job.worker {
-        let _ = write!(line, "  [on {}]", printable(worker));
+    match (&job.worker, &job.runner) {
+        (Some(worker), Some(runner)) => {
+            let _ = write!(
+                line,
+                "  [on {} as {}]",
+                printable(worker),
+                printable(runner)
+            );
+        }
+        (Some(worker), None) => {
+            let _ = write!(line, "  [on {}]", printable(worker));
+        }
+        _ => {}
     }
     if let Some(why) = &job.waiting {
         let _ = write!(line, "  [waits: {}]", printable(why));

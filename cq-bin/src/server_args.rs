@@ -163,6 +163,12 @@ pub struct Args {
     /// cq_server's own user].
     #[arg(long, value_name = "USER")]
     pub notice_hook_user: Option<String>,
+    #[expect(
+        missing_docs,
+        reason = "clap would show a doc comment here as help; ExecutorArgs documents itself"
+    )]
+    #[command(flatten)]
+    pub executor: crate::executor_args::ExecutorArgs,
     /// Output kept per job (e.g. 64M); past it the log is cut, with a marker.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
     pub log_limit: u64,

@@ -12,12 +12,14 @@ use cq_auth::peercred::{PeerCredAuthenticator, PeerCredOr};
 use cq_core::account::Account;
 use cq_core::executor::DEFAULT_PATH;
 use cq_core::policy::{PolicyRefusal, StartCheck};
+use cq_core::scheduler::WorkerInfo;
 use cq_core::scheduler::{Decision, DedupScope, DuplicateJobs};
 use cq_core::server::{HookProgram, NoticeProgram};
 use cq_core::transport::EitherListener;
 use cq_core::{
-    Authenticator, Containment, CredentialSource, Engine, EngineConfig, Listener, ProcessExecutor,
-    Server, ServerConfig, SharedPolicy, ShutdownMode, SqliteStore, SubmitPolicy, UserLimits,
+    Authenticator, Containment, CredentialSource, Engine, EngineConfig, Executor, Listener,
+    ProcessExecutor, Server, ServerConfig, SharedPolicy, ShutdownMode, SqliteStore, SubmitPolicy,
+    UserLimits,
 };
 use cq_core::{Clearance, CommandJob, Identity};
 use cq_transport_tcp::TcpListener;
@@ -59,6 +61,9 @@ pub enum StartError {
     /// Jobs cannot run as their requester.
     #[error("{0}")]
     RunAs(String),
+    /// The executor (Slurm) cannot run jobs.
+    #[error("{0}")]
+    Executor(String),
 }
 
 impl StartError {
@@ -76,6 +81,9 @@ impl StartError {
                 "fix it, or choose another directory with --state-dir (owned by cq_server's user, in parents only root can change)"
             }
             Self::Busy(_) => "stop the other server, or give this one its own --state-dir",
+            Self::Executor(_) => {
+                "check the Slurm options (--partition, --slurm-conf, --slurm-output-dir) and that slurmctld runs (sinfo)"
+            }
             Self::Tls(_) => {
                 "fix the file named; certificates come from `cq_server tls init DIR --host NAME` (or pass --tls-ca/--tls-cert/--tls-key)"
             }
@@ -123,7 +131,9 @@ impl Signals {
 /// Everything but the listener and authentication, which depend on `--auth`.
 struct Parts {
     config: ServerConfig,
-    executor: Arc<ProcessExecutor>,
+    executor: Arc<dyn Executor>,
+    /// How many jobs the server's own workers run at once (--lanes).
+    lanes: u16,
     engine: EngineConfig,
     store: Arc<SqliteStore>,
     dedup: Option<DuplicateJobs>,
@@ -320,9 +330,9 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
     }
     let mut executor = ProcessExecutor::new()
         .with_kill_grace(seconds(args.kill_grace, "kill-grace")?)
-        .with_base_env(base_env)
+        .with_base_env(base_env.clone())
         .with_containment(containment);
-    if let Some(cwd) = jobs.cwd {
+    if let Some(cwd) = &jobs.cwd {
         executor = executor.with_cwd(cwd);
     }
     let own_name = {
@@ -364,6 +374,18 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
             tracing::warn!(reason = %why, "jobs get no CQ_RESULT_FILE: they cannot report results back");
             executor
         }
+    };
+    let executor: Arc<dyn Executor> = match args
+        .executor
+        .slurm(&state_dir.join("slurm"), base_env, jobs.cwd.clone())
+        .await
+    {
+        Ok(Some(slurm)) => {
+            tracing::info!(partition = ?args.executor.partition, lanes = args.executor.lanes, "jobs run on Slurm");
+            slurm
+        }
+        Ok(None) => Arc::new(executor),
+        Err(e) => return Err(StartError::Executor(e).into()),
     };
     let store = SqliteStore::open(&state_dir.join("cq.db"))
         .map_err(|e| StartError::StateDir(e.to_string()))?;
@@ -412,7 +434,8 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
         metrics,
         _locks: locks,
         config,
-        executor: Arc::new(executor),
+        executor,
+        lanes: args.executor.lanes,
         engine,
         store: Arc::new(store),
         dedup,
@@ -638,10 +661,17 @@ async fn serve(
         policy: parts.policy.clone(),
         authenticator: auth.clone(),
     };
+    let own = parts.engine.worker.clone();
     let mut engine = Engine::new(parts.engine)
         .with_store(parts.store.clone())
         .with_executor(parts.executor.clone())
         .with_start_check(Arc::new(start_check));
+    // Further lanes are further workers of the server's own, with names that stay the same
+    // across restarts (a job running on one is found again under its name).
+    for lane in 2..=parts.lanes {
+        let info = WorkerInfo::new(format!("{}-{lane}", own.name), own.tags.clone());
+        engine = engine.with_worker(info, parts.executor.clone());
+    }
     if let Some(dedup) = parts.dedup {
         engine = engine.with_hook(dedup);
     }

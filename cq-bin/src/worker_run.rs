@@ -11,7 +11,7 @@ use cq_auth::ChannelCredentials;
 use cq_auth::mtls::TlsServerAuthenticator;
 use cq_core::transport::Connector;
 use cq_core::worker::{Worker, WorkerError, WorkerOptions};
-use cq_core::{Authenticator, Client, Containment, CredentialSource, ProcessExecutor};
+use cq_core::{Authenticator, Client, Containment, CredentialSource, Executor, ProcessExecutor};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth_args::{AuthArgs, AuthKind};
@@ -79,6 +79,12 @@ pub struct Args {
     /// requesters.
     #[arg(long)]
     pub allow_root_jobs: bool,
+    #[expect(
+        missing_docs,
+        reason = "clap would show a doc comment here as help; ExecutorArgs documents itself"
+    )]
+    #[command(flatten)]
+    pub executor: crate::executor_args::ExecutorArgs,
     /// Seconds between SIGTERM and SIGKILL when a job is stopped.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     pub kill_grace: f64,
@@ -109,6 +115,28 @@ pub async fn run(args: Args) -> ExitCode {
         Ok(executor) => executor,
         Err(e) => return fail("cq_worker", e, None, 1),
     };
+    let base_env = vec![("PATH".into(), cq_core::executor::DEFAULT_PATH.into())];
+    let executor: Arc<dyn Executor> = match args
+        .executor
+        .slurm(&spool.join("slurm"), base_env, None)
+        .await
+    {
+        Ok(Some(slurm)) => {
+            tracing::info!(partition = ?args.executor.partition, lanes = args.executor.lanes, "jobs run on Slurm");
+            slurm
+        }
+        Ok(None) => executor,
+        Err(e) => {
+            return fail(
+                "cq_worker",
+                e,
+                Some(
+                    "check the Slurm options (--partition, --slurm-conf, --slurm-output-dir) and that slurmctld runs (sinfo)",
+                ),
+                1,
+            );
+        }
+    };
     let mut options = WorkerOptions::new(name, args.tags.clone(), spool);
     options.heartbeat = args.heartbeat;
     options.allow_root_jobs = args.allow_root_jobs;
@@ -138,7 +166,7 @@ pub async fn run(args: Args) -> ExitCode {
             match connector {
                 Ok(connector) => {
                     let client = Client::new(connector, ChannelCredentials, TlsServerAuthenticator);
-                    serve(client, executor, options, shutdown).await
+                    serve(client, executor, options, shutdown, args.executor.lanes).await
                 }
                 Err(e) => fail(
                     "cq_worker",
@@ -160,7 +188,7 @@ pub async fn run(args: Args) -> ExitCode {
 #[cfg(feature = "munge")]
 async fn run_munge(
     args: &Args,
-    executor: Arc<ProcessExecutor>,
+    executor: Arc<dyn Executor>,
     options: WorkerOptions,
     shutdown: CancellationToken,
 ) -> ExitCode {
@@ -170,13 +198,13 @@ async fn run_munge(
         args.server_uid.clone()
     };
     let client = args.auth.munge_client(&args.host, args.port, server_uids);
-    serve(client, executor, options, shutdown).await
+    serve(client, executor, options, shutdown, args.executor.lanes).await
 }
 
 #[cfg(not(feature = "munge"))]
 async fn run_munge(
     _: &Args,
-    _: Arc<ProcessExecutor>,
+    _: Arc<dyn Executor>,
     _: WorkerOptions,
     _: CancellationToken,
 ) -> ExitCode {
@@ -190,18 +218,44 @@ async fn run_munge(
 
 async fn serve<C, S, A>(
     client: Client<C, S, A>,
-    executor: Arc<ProcessExecutor>,
+    executor: Arc<dyn Executor>,
     options: WorkerOptions,
     shutdown: CancellationToken,
+    lanes: u16,
 ) -> ExitCode
 where
     C: Connector,
     S: CredentialSource,
     A: Authenticator,
 {
-    tracing::info!(worker = %options.name, tags = ?options.tags, server = %client.server_name(), "serving the coordinator");
-    let worker = Worker::new(client, executor, options);
-    match worker.run(shutdown).await {
+    tracing::info!(worker = %options.name, tags = ?options.tags, lanes, server = %client.server_name(), "serving the coordinator");
+    // Each lane is a worker of its own to the coordinator (NAME, NAME-2, ...), one job at a
+    // time each; they share the connection settings and the spool.
+    let client = Arc::new(client);
+    let mut lanes_running = tokio::task::JoinSet::new();
+    for lane in 1..=lanes {
+        let mut options = options.clone();
+        if lane > 1 {
+            options.name = format!("{}-{lane}", options.name);
+        }
+        let worker = Worker::new(client.clone(), executor.clone(), options);
+        let shutdown = shutdown.clone();
+        lanes_running.spawn(async move { worker.run(shutdown).await });
+    }
+    let mut result = Ok(());
+    while let Some(ended) = lanes_running.join_next().await {
+        let failed = match ended {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => Err(e),
+            Err(e) => return fail("cq_worker", format!("a lane failed: {e}"), None, 1),
+        };
+        // One lane refused or broken: the others stop too, their jobs' ends reported.
+        shutdown.cancel();
+        if result.is_ok() {
+            result = failed;
+        }
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ WorkerError::Refused(_)) => fail(
             "cq_worker",
@@ -218,7 +272,7 @@ where
 
 /// The executor jobs run with here: as on a server (contained, killed after the grace,
 /// results through `CQ_RESULT_FILE`).
-fn executor(args: &Args, spool: &std::path::Path) -> Result<Arc<ProcessExecutor>, String> {
+fn executor(args: &Args, spool: &std::path::Path) -> Result<Arc<dyn Executor>, String> {
     let grace = Duration::try_from_secs_f64(args.kill_grace).map_err(|_| {
         format!(
             "--kill-grace {}: not a duration in seconds",

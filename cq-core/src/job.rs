@@ -86,12 +86,16 @@ pub struct JobContext {
 
 /// See [`JobContext::runner`].
 #[derive(Clone, Default)]
-pub struct RunnerRecord(Option<(Arc<dyn crate::store::Store>, JobId, String)>);
+pub struct RunnerRecord {
+    target: Option<(Arc<dyn crate::store::Store>, JobId, String)>,
+    /// What users see of where the job runs (`--status`, `runner` in JSON).
+    shown: Arc<std::sync::Mutex<Option<String>>>,
+}
 
 impl std::fmt::Debug for RunnerRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("RunnerRecord")
-            .field(&self.0.as_ref().map(|(_, id, worker)| (id, worker)))
+            .field(&self.target.as_ref().map(|(_, id, worker)| (id, worker)))
             .finish()
     }
 }
@@ -99,16 +103,41 @@ impl std::fmt::Debug for RunnerRecord {
 impl RunnerRecord {
     /// Records in `store` that job `id` runs on `worker`.
     pub fn new(store: Arc<dyn crate::store::Store>, id: JobId, worker: String) -> Self {
-        Self(Some((store, id, worker)))
+        Self {
+            target: Some((store, id, worker)),
+            shown: Arc::default(),
+        }
     }
 
     /// Records `reference` (the executor's own words for the run); resolves once it is
     /// durable. A record that keeps nothing (an engine without store) resolves at once.
+    /// A reference of several words (`slurm:123 1000 cq-5-…`) also [shows](Self::show) its
+    /// first to users; one of a single word is the executor's alone.
     pub fn record(&self, reference: String) -> crate::store::Pending<()> {
-        match &self.0 {
+        if let Some((first, _)) = reference.split_once(' ') {
+            self.show(first.to_owned());
+        }
+        match &self.target {
             Some((store, id, worker)) => store.record_runner(*id, worker.clone(), reference),
             None => crate::store::Pending::ready(Ok(())),
         }
+    }
+
+    /// Tells users where the job runs, in the executor's words (`slurm:123`): `--status`
+    /// and the `runner` of JSON listings show it while the job runs.
+    pub fn show(&self, text: String) {
+        *self
+            .shown
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(text);
+    }
+
+    /// What [`show`](Self::show) last said.
+    pub fn shown(&self) -> Option<String> {
+        self.shown
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -495,6 +524,9 @@ pub struct JobSummary {
     /// Why it waits, while it is queued and something other than the jobs ahead of it holds
     /// it back (no connected worker offers its tags, the queue is paused).
     pub waiting: Option<String>,
+    /// Where its executor runs it, in the executor's words (`slurm:123` for Slurm's job
+    /// 123), while it runs.
+    pub runner: Option<String>,
 }
 
 impl JobSummary {
@@ -635,6 +667,7 @@ mod tests {
             lane: None,
             worker: None,
             waiting: None,
+            runner: None,
             waiters: 0,
             results: vec![(
                 "PKG".into(),

@@ -13,7 +13,8 @@
 //!   [`SerialScheduler`] and [`SubmitHook`]s.
 //! - [`engine`]: the async actor that owns the scheduler and runs one job at a time
 //!   ([`Engine`], [`EngineHandle`], [`JobTicket`]).
-//! - [`executor`]: runs a [`CommandJob`] as a process group ([`ProcessExecutor`]).
+//! - [`executor`]: runs a [`CommandJob`] as a process group ([`ProcessExecutor`]) or as a
+//!   Slurm batch job ([`SlurmExecutor`]).
 //! - [`transport`]: [`Listener`] / [`Connector`] traits, [`PeerInfo`], an in-memory transport.
 //! - [`policy`]: who may submit what ([`SubmitPolicy`]); [`account`]: local users jobs run as.
 //! - [`printable`]: text from the network made safe for terminals and logs.
@@ -77,7 +78,7 @@ pub use engine::{
     TaskFailed, TaskTicket, UserLimits,
 };
 #[cfg(feature = "process")]
-pub use executor::{Containment, ProcessExecutor};
+pub use executor::{Containment, ProcessExecutor, SlurmExecutor, SlurmOptions};
 pub use executor::{Executor, LogSink};
 pub use job::{
     Clearance, CommandJob, GiveBack, InvalidJob, InvalidResult, Job, JobContext, JobId, JobPhase,

@@ -87,7 +87,7 @@ pub enum WorkerError {
 
 /// A worker: a client of the coordinator that runs what it is given.
 pub struct Worker<C, S, A> {
-    client: Client<C, S, A>,
+    client: Arc<Client<C, S, A>>,
     executor: Arc<dyn Executor>,
     options: WorkerOptions,
     /// Random, for the life of this worker: tells the coordinator this process from a
@@ -107,15 +107,16 @@ impl<C, S, A> std::fmt::Debug for Worker<C, S, A> {
 
 impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
     /// A worker that reaches the coordinator with `client` and runs jobs with `executor`.
+    /// Several workers (under other names) may share one client: `Arc<Client>`.
     pub fn new(
-        client: Client<C, S, A>,
+        client: impl Into<Arc<Client<C, S, A>>>,
         executor: Arc<dyn Executor>,
         options: WorkerOptions,
     ) -> Self {
         let mut instance = [0; 8];
         getrandom::fill(&mut instance).expect("the OS random source works");
         Self {
-            client,
+            client: client.into(),
             executor,
             options,
             instance: u64::from_ne_bytes(instance),

@@ -8,6 +8,7 @@ use clap::{CommandFactory, FromArgMatches};
 use cq_bin::cert_tool;
 use cq_bin::config_file::{ConfigFile, Section};
 use cq_bin::daemon;
+use cq_bin::executor_args::EXECUTOR_OPTIONS;
 use cq_bin::log_target::{self, LogTarget};
 use cq_bin::report::fail;
 use cq_bin::server_args::{Args, Command, NOT_IN_CONFIG};
@@ -40,8 +41,14 @@ fn main() -> ExitCode {
         Err(e) => return fail("cq_server", e, None, 1),
     };
     if let Some(file) = &config {
-        let allowed = |id: &str| !NOT_IN_CONFIG.contains(&id);
-        let from_file = match file.arguments(Section::Server, &command, &given, allowed) {
+        let executor = |id: &str| EXECUTOR_OPTIONS.contains(&id);
+        let allowed = |id: &str| !NOT_IN_CONFIG.contains(&id) && !executor(id);
+        let from_file = match file
+            .arguments(Section::Server, &command, &given, allowed)
+            .and_then(|mut server| {
+                server.extend(file.arguments(Section::Executor, &command, &given, executor)?);
+                Ok(server)
+            }) {
             Ok(arguments) => arguments,
             Err(e) => return fail("cq_server", e, None, 1),
         };

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
 use cq_bin::config_file::{ConfigFile, Section};
+use cq_bin::executor_args::EXECUTOR_OPTIONS;
 use cq_bin::report::{fail, init_logging};
 use cq_bin::worker_run::{Args, run};
 
@@ -18,8 +19,14 @@ fn main() -> ExitCode {
         Err(e) => return fail("cq_worker", e, None, 1),
     };
     if let Some(file) = &config {
-        let from_file = match file.arguments(Section::Worker, &command, &given, |id| id != "config")
-        {
+        let executor = |id: &str| EXECUTOR_OPTIONS.contains(&id);
+        let allowed = |id: &str| id != "config" && !executor(id);
+        let from_file = match file
+            .arguments(Section::Worker, &command, &given, allowed)
+            .and_then(|mut worker| {
+                worker.extend(file.arguments(Section::Executor, &command, &given, executor)?);
+                Ok(worker)
+            }) {
             Ok(arguments) => arguments,
             Err(e) => return fail("cq_worker", e, None, 1),
         };

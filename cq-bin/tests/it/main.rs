@@ -16,6 +16,7 @@ mod portage;
 mod queue;
 mod results;
 mod serial;
+mod slurm;
 mod support;
 mod tls;
 mod users;

@@ -159,6 +159,11 @@ impl LogSink {
         self.written == 0
     }
 
+    /// Whether the log reached its limit: more output would be dropped.
+    pub fn is_full(&self) -> bool {
+        self.truncated
+    }
+
     /// Appends output, dropping what goes past the limit after writing a marker once.
     pub fn append(&mut self, data: &[u8]) {
         let room = usize::try_from(self.limit.saturating_sub(self.written)).unwrap_or(usize::MAX);

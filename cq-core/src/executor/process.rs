@@ -186,36 +186,6 @@ impl ProcessExecutor {
             .map_or(DEFAULT_PATH, |(_, value)| value.as_str())
     }
 
-    /// The job's whole environment: the base, `CQ_JOB_ID`, the client's variables, and last
-    /// the account's `HOME`, `USER` and `LOGNAME`, so that they name the user the job runs as.
-    fn environment(
-        &self,
-        job: &CommandJob,
-        id: JobId,
-        clearance: &Clearance,
-        result_file: Option<&std::path::Path>,
-    ) -> Vec<(String, String)> {
-        let mut env: BTreeMap<&str, &str> = BTreeMap::new();
-        let id = id.to_string();
-        env.extend(self.base_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        env.insert("CQ_JOB_ID", &id);
-        env.extend(job.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let result_file = result_file.map(|p| p.to_string_lossy());
-        if let Some(path) = &result_file {
-            env.insert("CQ_RESULT_FILE", path);
-        }
-        let home;
-        if let Some(account) = &clearance.run_as {
-            home = account.home.to_string_lossy();
-            env.insert("HOME", &home);
-            env.insert("USER", &account.name);
-            env.insert("LOGNAME", &account.name);
-        }
-        env.into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect()
-    }
-
     fn spawn(
         &self,
         job: &CommandJob,
@@ -232,7 +202,7 @@ impl ProcessExecutor {
         };
         let spec = ChildSpec {
             argv: job.argv.clone(),
-            env: self.environment(job, id, clearance, result_file),
+            env: job_environment(&self.base_env, job, id, clearance, result_file),
             candidates: job.program_candidates(self.base_path()),
             allowed,
             cwd: job
@@ -328,8 +298,14 @@ impl Executor for ProcessExecutor {
             mut log,
             cancel,
             results,
+            resume,
             ..
         } = ctx;
+        // A process of an earlier server cannot be found again (and was never recorded as
+        // findable): running the command once more would run it twice.
+        if resume.is_some() {
+            return Outcome::Lost;
+        }
         let uid = clearance
             .run_as
             .as_ref()
@@ -464,9 +440,39 @@ impl Executor for ProcessExecutor {
     }
 }
 
+/// A job's whole environment: the `base`, `CQ_JOB_ID`, the client's variables, and last
+/// the account's `HOME`, `USER` and `LOGNAME`, so that they name the user the job runs as.
+pub(crate) fn job_environment(
+    base: &[(String, String)],
+    job: &CommandJob,
+    id: JobId,
+    clearance: &Clearance,
+    result_file: Option<&std::path::Path>,
+) -> Vec<(String, String)> {
+    let mut env: BTreeMap<&str, &str> = BTreeMap::new();
+    let id = id.to_string();
+    env.extend(base.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    env.insert("CQ_JOB_ID", &id);
+    env.extend(job.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let result_file = result_file.map(|p| p.to_string_lossy());
+    if let Some(path) = &result_file {
+        env.insert("CQ_RESULT_FILE", path);
+    }
+    let home;
+    if let Some(account) = &clearance.run_as {
+        home = account.home.to_string_lossy();
+        env.insert("HOME", &home);
+        env.insert("USER", &account.name);
+        env.insert("LOGNAME", &account.name);
+    }
+    env.into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
 /// The allowed commands as the child compares them: by device and inode, run by their own
 /// (canonical) path. Entries that do not exist (now) allow nothing.
-fn allowed_files(commands: &[PathBuf]) -> Vec<AllowedFile> {
+pub(crate) fn allowed_files(commands: &[PathBuf]) -> Vec<AllowedFile> {
     use std::os::unix::fs::MetadataExt;
     commands
         .iter()
@@ -497,7 +503,11 @@ fn exit_outcome(exit: Exit) -> Outcome {
 
 /// What a failed start tells the client. The child did everything as the requester, so the
 /// messages say only what the requester could have found out itself.
-fn spawn_failure(program: &str, cwd: &std::path::Path, failure: ChildFailure) -> Outcome {
+pub(crate) fn spawn_failure(
+    program: &str,
+    cwd: &std::path::Path,
+    failure: ChildFailure,
+) -> Outcome {
     let os = failure.error();
     let (reason, message) = match failure.step {
         Step::WorkingDirectory => (
@@ -541,7 +551,7 @@ fn kind_of(err: &io::Error) -> SpawnFailure {
     }
 }
 
-fn other_failure(what: &str, err: &io::Error) -> Outcome {
+pub(crate) fn other_failure(what: &str, err: &io::Error) -> Outcome {
     Outcome::SpawnFailed {
         reason: SpawnFailure::Other,
         message: format!("{what}: {err}"),

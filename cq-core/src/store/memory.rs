@@ -54,6 +54,7 @@ impl Row {
                 lane: job.command.as_ref().and_then(|c| c.lane.clone()),
                 worker: None,
                 waiting: None,
+                runner: None,
                 phase: self.phase(),
                 accepted_ms: epoch_ms(job.accepted_at),
                 started_ms: self.started.map(epoch_ms),

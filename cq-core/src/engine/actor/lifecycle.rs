@@ -53,9 +53,16 @@ impl<S: Scheduler> Actor<S> {
         info: WorkerInfo,
         executor: Arc<dyn Executor>,
     ) -> Result<(), SubmitError> {
-        if self.workers[0].info.name == info.name {
+        if self
+            .workers
+            .iter()
+            .any(|w| w.local && w.info.name == info.name)
+        {
             return Err(SubmitError::Rejected {
-                reason: format!("{} is the name of the engine's own worker", info.name),
+                reason: format!(
+                    "{} is the name of one of the engine's own workers",
+                    info.name
+                ),
             });
         }
         match self
@@ -74,6 +81,7 @@ impl<S: Scheduler> Actor<S> {
                 info: info.clone(),
                 executor: Some(executor),
                 attached: true,
+                local: false,
             }),
         }
         // A job it ran when the server stopped: found again where it runs.
@@ -108,13 +116,11 @@ impl<S: Scheduler> Actor<S> {
 
     /// A worker leaves: it gets no new job (the one it runs goes on).
     pub(super) fn detach_worker(&mut self, name: &str) -> Result<(), SubmitError> {
-        // The engine's own worker (the first) stays: it is not one that joined.
+        // The engine's own workers stay: they are not ones that joined.
         let Some(index) = self
             .workers
             .iter()
-            .skip(1)
-            .position(|w| w.info.name == name)
-            .map(|p| p + 1)
+            .position(|w| !w.local && w.info.name == name)
         else {
             return Err(SubmitError::Rejected {
                 reason: format!("no worker called {name} joined"),
@@ -301,6 +307,7 @@ impl<S: Scheduler> Actor<S> {
                 cancel: CancellationToken::new(),
                 results: crate::job::ResultSink::default(),
                 give_back: GiveBack::default(),
+                runner: None,
             },
         );
         self.launch(id, job, None);
@@ -343,6 +350,9 @@ impl<S: Scheduler> Actor<S> {
             id,
             self.workers[worker].info.name.clone(),
         );
+        if let Some(running) = self.running.get_mut(&id) {
+            running.runner = Some(runner.clone());
+        }
         let task = tokio::spawn(async move {
             // A job runs only once it is on disk: usually long done, since it waited its turn.
             if let Err(e) = durable.await {

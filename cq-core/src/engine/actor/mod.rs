@@ -164,6 +164,9 @@ struct Worker {
     /// Whether it takes new jobs: a worker that left is detached, and keeps its place (jobs
     /// running name workers by place) until one of its name comes back.
     attached: bool,
+    /// Whether it is the engine's own (given when the engine was built): its name is never
+    /// a joining worker's, and its jobs found running after a restart are resumed at once.
+    local: bool,
 }
 
 impl Engine<SerialScheduler> {
@@ -221,6 +224,7 @@ impl<S: Scheduler> Engine<S> {
             info,
             executor: Some(executor),
             attached: true,
+            local: true,
         });
         self
     }
@@ -260,6 +264,7 @@ impl<S: Scheduler> Engine<S> {
             info: self.config.worker.clone(),
             executor: self.executor,
             attached: self.config.local_worker,
+            local: true,
         };
         let paused = self.config.paused;
         if paused {
@@ -409,6 +414,7 @@ impl Live {
             lane: self.info.lane.clone(),
             worker: None,
             waiting: None,
+            runner: None,
             phase: if self.started_at.is_some() {
                 JobPhase::Running
             } else {
@@ -441,6 +447,8 @@ struct Running {
     results: crate::job::ResultSink,
     /// Set when its executor gives it back unstarted.
     give_back: crate::job::GiveBack,
+    /// Where its executor says it runs.
+    runner: Option<crate::job::RunnerRecord>,
 }
 
 /// What one user has on the server now.
@@ -614,19 +622,27 @@ impl<S: Scheduler> Actor<S> {
                     info: WorkerInfo::new(name.clone(), Vec::<String>::new()),
                     executor: None,
                     attached: false,
+                    local: false,
                 });
                 self.workers.len() - 1
             }
         };
         let info = command_info(id, stored.owner, stored.summary, &command);
-        if worker == 0
+        // The engine's own worker, when it does not run jobs, cannot find one again.
+        let own_idle = worker == 0 && !self.workers[0].attached;
+        if own_idle
             || !self
                 .scheduler
                 .adopt(info.clone(), &self.workers[worker].info)
         {
             return lost(self, "cannot be taken back");
         }
-        tracing::info!(job = %id, worker = %name, "the job was running on a worker when the server stopped: waiting for the worker to report");
+        let local = self.workers[worker].local && self.workers[worker].executor.is_some();
+        if local {
+            tracing::info!(job = %id, worker = %name, "the job was running when the server stopped: finding it again");
+        } else {
+            tracing::info!(job = %id, worker = %name, "the job was running on a worker when the server stopped: waiting for the worker to report");
+        }
         let size = command.byte_size();
         self.count_live(&info, size, &stored.waiters);
         let (state, _) = watch::channel(JobState::Running);
@@ -658,8 +674,14 @@ impl<S: Scheduler> Actor<S> {
                 cancel: CancellationToken::new(),
                 results: crate::job::ResultSink::default(),
                 give_back: crate::job::GiveBack::default(),
+                runner: None,
             },
         );
+        if local {
+            // Its executor recorded where it runs, and is here to find it.
+            self.launch(id, Work::Command(command), Some(reference));
+            return;
+        }
         self.awaiting
             .insert(name, (id, Work::Command(command), reference));
         let internal = self.internal.clone();

@@ -92,6 +92,7 @@ impl<S: Scheduler> Actor<S> {
         let mut summary = live.summary();
         if let Some(running) = self.running.get(&live.info.id) {
             summary.worker = Some(self.workers[running.worker].info.name.clone());
+            summary.runner = running.runner.as_ref().and_then(|r| r.shown());
         } else if self.paused {
             summary.waiting = Some("the queue is paused".to_owned());
         } else if let Some(lane) = &live.info.lane

@@ -85,6 +85,7 @@ mod tests {
             lane: None,
             worker: None,
             waiting: None,
+            runner: None,
         }
     }
 

@@ -268,6 +268,7 @@ pub(super) fn records(
                 lane: command.as_ref().and_then(|c| c.lane.clone()),
                 worker: None,
                 waiting: None,
+                runner: None,
                 cwd: command.and_then(|c| c.cwd),
                 phase: match state.as_str() {
                     "queued" => JobPhase::Queued,

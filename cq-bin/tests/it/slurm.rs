@@ -1,0 +1,471 @@
+//! cq_server with `--executor slurm` against a real single-node Slurm cluster (slurmctld and
+//! slurmd of the test's own, on the test's private munged): jobs run as Slurm batch jobs of
+//! their requesters, lanes, exit codes, signals, time limits, cancels, a coordinator killed
+//! while a Slurm job runs, Slurm down, and a job that sets traps for the executor.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use cq_core::executor::PrivateSlurm;
+use tempfile::TempDir;
+use tokio::process::Command;
+
+use crate::support::{LIMIT, Munged, TestServer, output, stderr};
+use crate::users::{PublicBinaries, shared_dir, users};
+
+/// A Slurm cluster of the test's own, with the munged it authenticates with, and an output
+/// directory for the executor.
+struct Cluster {
+    // Dropped first: Slurm stops before munged and the directories go.
+    slurm: PrivateSlurm,
+    munged: Munged,
+    output: TempDir,
+    _dir: TempDir,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let munged = Munged::start();
+        let dir = tempfile::tempdir().unwrap();
+        let slurm = PrivateSlurm::start(dir.path(), &munged.socket()).expect("start Slurm");
+        let output = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(output.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        Self {
+            slurm,
+            munged,
+            output,
+            _dir: dir,
+        }
+    }
+
+    /// The options that make cq_server run its jobs on this cluster.
+    fn options(&self) -> Vec<String> {
+        self.options_in(self.slurm.partition())
+    }
+
+    /// The same, with jobs going to `partition`.
+    fn options_in(&self, partition: &str) -> Vec<String> {
+        vec![
+            "--executor".into(),
+            "slurm".into(),
+            "--slurm-conf".into(),
+            self.slurm.conf().display().to_string(),
+            "--partition".into(),
+            partition.into(),
+            "--slurm-output-dir".into(),
+            self.output.path().display().to_string(),
+            "--slurm-poll".into(),
+            "100ms".into(),
+        ]
+    }
+
+    async fn server(&self, extra: &[&str]) -> TestServer {
+        let mut args = self.options();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        TestServer::start_with(&self.munged, &args).await
+    }
+
+    /// What `scontrol show job` says of Slurm job `id`.
+    async fn scontrol(&self, id: &str) -> String {
+        let out = output(
+            Command::new("scontrol")
+                .args(["--oneliner", "show", "job", id])
+                .env("SLURM_CONF", self.slurm.conf()),
+        )
+        .await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("--json prints JSON ({e}): {}", stderr(out)))
+}
+
+/// Submits `script` (sh -c) as alice, detached; its id.
+async fn submit(
+    server: &TestServer,
+    bins: &PublicBinaries,
+    extra: &[&str],
+    script: &str,
+) -> String {
+    let out = output(
+        server
+            .client_as(bins, &users().alice)
+            .arg("--detach")
+            .args(extra)
+            .args(["--", "sh", "-c", script]),
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Waits for job `id` as alice: its `--wait --json` answer.
+async fn wait(server: &TestServer, bins: &PublicBinaries, id: &str) -> serde_json::Value {
+    let out = tokio::time::timeout(
+        LIMIT,
+        output(
+            server
+                .client_as(bins, &users().alice)
+                .args(["--wait", id, "--json"]),
+        ),
+    )
+    .await
+    .expect("the job ends in time");
+    json(&out)
+}
+
+async fn status(server: &TestServer, bins: &PublicBinaries, id: &str) -> serde_json::Value {
+    json(
+        &output(
+            server
+                .client_as(bins, &users().alice)
+                .args(["--status", id, "--json"]),
+        )
+        .await,
+    )
+}
+
+async fn log(server: &TestServer, bins: &PublicBinaries, id: &str) -> String {
+    let out = output(server.client_as(bins, &users().alice).args(["--log", id])).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits (bounded) until a job made `path`: the tests' jobs say they got somewhere with a
+/// file, which only the job itself can make.
+async fn made(path: &Path) {
+    let waited = tokio::time::timeout(LIMIT, async {
+        while !path.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{} never appeared", path.display());
+}
+
+/// The Slurm job a running cq job is, from `--status` (`runner` is `slurm:ID`).
+async fn slurm_job(server: &TestServer, bins: &PublicBinaries, id: &str) -> String {
+    let status = status(server, bins, id).await;
+    let runner = status["runner"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a running Slurm job shows its Slurm id: {status}"));
+    runner
+        .strip_prefix("slurm:")
+        .unwrap_or_else(|| panic!("runner {runner}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_as_slurm_batch_jobs_of_their_requester_with_their_environment() {
+    let cluster = Cluster::start();
+    let server = cluster.server(&[]).await;
+    let bins = PublicBinaries::new();
+    let shared = shared_dir();
+    let d = shared.path().display().to_string();
+
+    let id = submit(
+        &server,
+        &bins,
+        &["-E", "GREETING=hello there", "--cwd", &d],
+        &format!(
+            "id -un > {d}/who; echo \"$GREETING\"; pwd; echo BUILD_ID=7 >> \"$CQ_RESULT_FILE\"; \
+             while [ ! -e {d}/go ]; do sleep 0.05; done; echo late >&2; exit 3"
+        ),
+    )
+    .await;
+    made(&shared.path().join("who")).await;
+    // While it runs, cq says which Slurm job it is, and Slurm says whose.
+    let slurm_id = slurm_job(&server, &bins, &id).await;
+    let running = status(&server, &bins, &id).await;
+    assert_eq!(running["state"], "running", "{running}");
+    assert_eq!(running["worker"], "local", "{running}");
+    let shown = cluster.scontrol(&slurm_id).await;
+    assert!(
+        shown.contains("UserId=cq-test-user(") && shown.contains(&format!("WorkDir={d} ")),
+        "{shown}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(shared.path().join("who")).unwrap(),
+        "cq-test-user\n"
+    );
+
+    std::fs::write(shared.path().join("go"), "").unwrap();
+    let ended = wait(&server, &bins, &id).await;
+    assert_eq!(ended["outcome"], "exited", "{ended}");
+    assert_eq!(ended["exit_status"], 3, "{ended}");
+    assert_eq!(ended["results"]["BUILD_ID"], "7", "{ended}");
+    // Standard output and error, in the order written, in the job's log.
+    assert_eq!(
+        log(&server, &bins, &id).await,
+        format!("hello there\n{d}\nlate\n")
+    );
+    // The job's files are gone; the batch script stays for the next job.
+    let left: Vec<_> = std::fs::read_dir(cluster.output.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, ["cq-run.sh"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_time_limits_and_cancels_are_reported_as_such_and_reach_slurm() {
+    let cluster = Cluster::start();
+    let server = cluster.server(&["--lanes", "3"]).await;
+    let bins = PublicBinaries::new();
+    let shared = shared_dir();
+    let d = shared.path().display().to_string();
+
+    // A signal is a signal (srun and sbatch --wait would say 139 or 1).
+    let segv = submit(&server, &bins, &[], "kill -SEGV $$").await;
+    // Past its time limit: stopped through Slurm.
+    let slow = submit(
+        &server,
+        &bins,
+        &["--timeout", "4s"],
+        &format!("touch {d}/slow; sleep 120"),
+    )
+    .await;
+    let doomed = submit(&server, &bins, &[], &format!("touch {d}/doomed; sleep 120")).await;
+    made(&shared.path().join("slow")).await;
+    let slow_slurm = slurm_job(&server, &bins, &slow).await;
+
+    let ended = wait(&server, &bins, &segv).await;
+    assert_eq!(ended["outcome"], "signaled", "{ended}");
+    assert_eq!(ended["signal"], 11, "{ended}");
+
+    made(&shared.path().join("doomed")).await;
+    let doomed_slurm = slurm_job(&server, &bins, &doomed).await;
+    let cancel = output(
+        server
+            .client_as(&bins, &users().alice)
+            .args(["--cancel", &doomed]),
+    )
+    .await;
+    assert!(cancel.status.success(), "{}", stderr(&cancel));
+    let ended = wait(&server, &bins, &doomed).await;
+    assert_eq!(ended["outcome"], "cancelled", "{ended}");
+    // cq reports the end only once Slurm has it: the lane is free for real.
+    assert!(
+        cluster
+            .scontrol(&doomed_slurm)
+            .await
+            .contains("JobState=CANCELLED"),
+    );
+
+    let ended = wait(&server, &bins, &slow).await;
+    assert_eq!(ended["outcome"], "timed-out", "{ended}");
+    let shown = cluster.scontrol(&slow_slurm).await;
+    assert!(shown.contains("JobState=CANCELLED"), "{shown}");
+    // Slurm got the limit too, in its whole minutes.
+    assert!(shown.contains("TimeLimit=00:01:00"), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_of_one_lane_never_overlap_while_two_lanes_run_side_by_side() {
+    let cluster = Cluster::start();
+    let server = cluster.server(&["--lanes", "2"]).await;
+    let bins = PublicBinaries::new();
+    let shared = shared_dir();
+    let d = shared.path().display().to_string();
+
+    // The first job of lane a ends only once the job of lane b has started (so they
+    // overlapped: two Slurm jobs at once); the second of lane a checks the first had ended.
+    let first = submit(
+        &server,
+        &bins,
+        &["--lane", "a"],
+        &format!(
+            "i=0; while [ ! -e {d}/b ]; do i=$((i+1)); [ $i -gt 1000 ] && exit 9; sleep 0.05; done; \
+             sleep 0.5; touch {d}/a1-ended"
+        ),
+    )
+    .await;
+    let second = submit(
+        &server,
+        &bins,
+        &["--lane", "a"],
+        &format!("test -e {d}/a1-ended"),
+    )
+    .await;
+    let other = submit(&server, &bins, &["--lane", "b"], &format!("touch {d}/b")).await;
+    for (id, what) in [
+        (&first, "overlapped with lane b"),
+        (&second, "started after the first of its lane ended"),
+        (&other, "ran"),
+    ] {
+        let ended = wait(&server, &bins, id).await;
+        assert_eq!(ended["exit_status"], 0, "job {id} {what}: {ended}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_while_a_slurm_job_runs_reports_its_real_end_after_a_restart() {
+    let cluster = Cluster::start();
+    let mut server = cluster.server(&[]).await;
+    let bins = PublicBinaries::new();
+    let shared = shared_dir();
+    let d = shared.path().display().to_string();
+
+    let id = submit(
+        &server,
+        &bins,
+        &[],
+        &format!(
+            "echo ran >> {d}/runs; echo before; while [ ! -e {d}/go ]; do sleep 0.05; done; \
+             echo after; exit 7"
+        ),
+    )
+    .await;
+    made(&shared.path().join("runs")).await;
+    // The job's first output reached the coordinator's log before it dies.
+    let waited = tokio::time::timeout(LIMIT, async {
+        while !log(&server, &bins, &id).await.contains("before") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "the job's output reaches its log");
+    server.kill9().await;
+    // The job ends while no coordinator runs.
+    std::fs::write(shared.path().join("go"), "").unwrap();
+    let server = server.restart().await;
+    let ended = wait(&server, &bins, &id).await;
+    assert_eq!(ended["outcome"], "exited", "{ended}");
+    assert_eq!(ended["exit_status"], 7, "{ended}");
+    assert_eq!(log(&server, &bins, &id).await, "before\nafter\n");
+    assert_eq!(
+        std::fs::read_to_string(shared.path().join("runs")).unwrap(),
+        "ran\n",
+        "the job ran once"
+    );
+}
+
+/// What cq_server says when it cannot start with jobs going to `partition`.
+async fn refuses_to_start(cluster: &Cluster, partition: &str) -> String {
+    let state = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cq_server"));
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--allow-root",
+        "--munge-socket",
+    ])
+    .arg(cluster.munged.socket())
+    .arg("--state-dir")
+    .arg(state.path())
+    .args(cluster.options_in(partition))
+    .stdin(Stdio::null());
+    let out = tokio::time::timeout(LIMIT, output(&mut cmd))
+        .await
+        .expect("cq_server gives up in time");
+    assert!(
+        !out.status.success(),
+        "cq_server started with partition {partition}"
+    );
+    stderr(&out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slurm_down_or_a_wrong_partition_is_a_clear_error() {
+    let mut cluster = Cluster::start();
+    let unknown = refuses_to_start(&cluster, "nosuch").await;
+    assert!(
+        unknown.contains("Slurm has no partition nosuch") && unknown.contains("main"),
+        "{unknown}"
+    );
+
+    let server = cluster.server(&[]).await;
+    let bins = PublicBinaries::new();
+    cluster.slurm.stop_controller();
+    let id = submit(&server, &bins, &[], "true").await;
+    let out = tokio::time::timeout(
+        LIMIT,
+        output(
+            server
+                .client_as(&bins, &users().alice)
+                .args(["--wait", &id]),
+        ),
+    )
+    .await
+    .expect("the job ends in time");
+    let said = stderr(&out);
+    assert!(
+        said.contains("could not be started: Slurm did not take the job")
+            && said.contains("Unable to contact slurm controller"),
+        "{said}"
+    );
+    let down = refuses_to_start(&cluster, "main").await;
+    assert!(down.contains("Slurm does not answer"), "{down}");
+
+    // Back up: jobs run again.
+    cluster.slurm.start_controller().unwrap();
+    let id = submit(&server, &bins, &[], "exit 5").await;
+    assert_eq!(wait(&server, &bins, &id).await["exit_status"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cannot_make_the_executor_read_files_it_could_not_read_itself() {
+    let cluster = Cluster::start();
+    let server = cluster.server(&[]).await;
+    let bins = PublicBinaries::new();
+    // The job's directory is the requester's: it swaps its output and results files for
+    // links to /etc/shadow (and a FIFO, which would block a careless reader).
+    let id = submit(
+        &server,
+        &bins,
+        &[],
+        "d=$(dirname \"$CQ_RESULT_FILE\"); echo first; \
+         rm -f \"$d/output\"; ln -s /etc/shadow \"$d/output\"; \
+         ln -s /etc/shadow \"$CQ_RESULT_FILE\"; mkfifo \"$d/other\"; sleep 1",
+    )
+    .await;
+    let ended = wait(&server, &bins, &id).await;
+    assert_eq!(ended["exit_status"], 0, "{ended}");
+    assert_eq!(ended["results"], serde_json::json!({}), "{ended}");
+    let text = log(&server, &bins, &id).await;
+    assert!(!text.contains("root:"), "{text}");
+    // The next job still runs: nothing blocked.
+    let id = submit(&server, &bins, &[], "exit 4").await;
+    assert_eq!(wait(&server, &bins, &id).await["exit_status"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allowed_commands_hold_for_jobs_on_slurm() {
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cq.toml");
+    let id_program = std::fs::canonicalize("/usr/bin/id").unwrap();
+    std::fs::write(
+        &config,
+        format!("[policy]\ncommands = [\"{}\"]\n", id_program.display()),
+    )
+    .unwrap();
+    let server = cluster
+        .server(&["--config", config.to_str().unwrap()])
+        .await;
+    let bins = PublicBinaries::new();
+    let alice = &users().alice;
+
+    let allowed = output(server.client_as(&bins, alice).args(["--", "id", "-un"])).await;
+    assert!(allowed.status.success(), "{}", stderr(&allowed));
+    let refused = output(
+        server
+            .client_as(&bins, alice)
+            .args(["--", "sh", "-c", "id"]),
+    )
+    .await;
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("not among the commands"),
+        "{}",
+        stderr(&refused)
+    );
+}
