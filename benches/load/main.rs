@@ -25,6 +25,7 @@ mod measure;
 mod peers;
 mod report;
 mod server;
+mod slurm;
 mod workers;
 
 use server::Transport;
@@ -57,6 +58,10 @@ struct Args {
     /// How long each job of the workers run sleeps, in milliseconds.
     #[arg(long, default_value_t = 100)]
     spread_ms: u64,
+    /// Sequential jobs for the Slurm executor's cost per job (0: no such run; needs root
+    /// and Slurm's daemons installed).
+    #[arg(long, default_value_t = 20)]
+    slurm_jobs: usize,
     /// Directory with cq_server and cq_client [default: next to this program].
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -138,6 +143,10 @@ fn main() -> anyhow::Result<()> {
             args.spread_jobs,
             args.spread_ms,
         )?;
+    }
+    if args.slurm_jobs > 0 {
+        let slurm_work = tempfile::tempdir()?;
+        report.slurm = Some(slurm::cost(&bin_dir, slurm_work.path(), args.slurm_jobs)?);
     }
 
     report

@@ -106,6 +106,7 @@ pub(crate) struct Report {
     pub(crate) peers: Vec<Peer>,
     /// The same jobs on the coordinator's own worker and on 1, 2, 3 workers.
     pub(crate) spread: Vec<crate::workers::Spread>,
+    pub(crate) slurm: Option<crate::slurm::SlurmCost>,
 }
 
 impl Report {
@@ -125,6 +126,7 @@ impl Report {
             merging: None,
             peers: Vec::new(),
             spread: Vec::new(),
+            slurm: None,
         }
     }
 
@@ -251,6 +253,37 @@ impl Report {
                     row.jobs, row.ran, row.seconds, row.ideal_seconds, row.overhead_ms_per_job
                 );
             }
+        }
+        if let Some(s) = &self.slurm {
+            let _ = writeln!(
+                out,
+                "\n| one job at a time, {} jobs ({} ran once each through Slurm) | ms per job | × process executor |\n|---|---:|---:|",
+                s.jobs, s.ran
+            );
+            let _ = writeln!(
+                out,
+                "| cq, process executor (submit, run, notice) | {:.1} | 1.00 |",
+                s.process_ms
+            );
+            let _ = writeln!(
+                out,
+                "| cq, Slurm executor (poll {} ms) | {:.1} | {:.2} |",
+                s.poll_ms,
+                s.slurm_ms,
+                s.slurm_ms / s.process_ms
+            );
+            let _ = writeln!(
+                out,
+                "| sbatch, then scontrol every 5 ms (a batch job alone: the floor) | {:.1} | {:.2} |",
+                s.sbatch_ms,
+                s.sbatch_ms / s.process_ms
+            );
+            let _ = writeln!(
+                out,
+                "| srun true (an interactive Slurm job alone) | {:.1} | {:.2} |",
+                s.srun_ms,
+                s.srun_ms / s.process_ms
+            );
         }
         out
     }

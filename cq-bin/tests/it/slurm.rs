@@ -469,3 +469,228 @@ async fn the_allowed_commands_hold_for_jobs_on_slurm() {
         stderr(&refused)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_on_another_host_runs_its_jobs_on_slurm_in_as_many_lanes_as_it_offers() {
+    use crate::workers::{coordinator, joined};
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = coordinator(&cluster.munged, dir.path(), "60").await;
+    let bins = PublicBinaries::new();
+    let mut worker = Command::new(bins.worker());
+    worker
+        .args(["-h", "127.0.0.1", "-p", &server.addr.port().to_string()])
+        .arg("--munge-socket")
+        .arg(cluster.munged.socket())
+        .args(["--name", "hpc", "--heartbeat", "1s", "--lanes", "2"])
+        .arg("--spool")
+        .arg(dir.path().join("spool"))
+        .args(cluster.options())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let _worker = worker.spawn().expect("start cq_worker");
+    joined(&server, "hpc").await;
+    joined(&server, "hpc-2").await;
+    let shared = shared_dir();
+    let d = shared.path().display().to_string();
+
+    // Two jobs at once, each a Slurm job of its requester: each waits for the other.
+    let one = submit(
+        &server,
+        &bins,
+        &[],
+        &format!(
+            "id -un > {d}/one; i=0; while [ ! -e {d}/two ]; do i=$((i+1)); [ $i -gt 1000 ] && exit 9; sleep 0.05; done; echo one"
+        ),
+    )
+    .await;
+    let two = submit(
+        &server,
+        &bins,
+        &[],
+        &format!(
+            "id -un > {d}/two; i=0; while [ ! -e {d}/one ]; do i=$((i+1)); [ $i -gt 1000 ] && exit 9; sleep 0.05; done; exit 6"
+        ),
+    )
+    .await;
+    let ended = wait(&server, &bins, &one).await;
+    assert_eq!(ended["exit_status"], 0, "{ended}");
+    assert_eq!(wait(&server, &bins, &two).await["exit_status"], 6);
+    assert_eq!(log(&server, &bins, &one).await, "one\n");
+    for name in ["one", "two"] {
+        assert_eq!(
+            std::fs::read_to_string(shared.path().join(name)).unwrap(),
+            "cq-test-user\n"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_renamed_or_requeued_in_slurm_by_its_owner_is_stopped_not_believed() {
+    let cluster = Cluster::start();
+    let server = cluster.server(&["--lanes", "2"]).await;
+    let bins = PublicBinaries::new();
+    let shared = shared_dir();
+    let d = shared.path().display().to_string();
+
+    // A name that spells out an end would read as one to a careless parser.
+    let renamed = submit(
+        &server,
+        &bins,
+        &[],
+        "scontrol update jobid=$SLURM_JOB_ID 'JobName=x JobState=COMPLETED ExitCode=0:0' && sleep 60",
+    )
+    .await;
+    // Requeued, the job would run again.
+    let requeued = submit(
+        &server,
+        &bins,
+        &[],
+        &format!(
+            "echo ran >> {d}/runs; scontrol update jobid=$SLURM_JOB_ID Requeue=1 && \
+             scontrol requeue $SLURM_JOB_ID; sleep 60"
+        ),
+    )
+    .await;
+    for id in [&renamed, &requeued] {
+        let ended = wait(&server, &bins, id).await;
+        assert_eq!(ended["outcome"], "failed", "job {id}: {ended}");
+    }
+    let out = output(
+        server
+            .client_as(&bins, &users().alice)
+            .args(["--wait", &renamed]),
+    )
+    .await;
+    assert!(
+        stderr(&out).contains("renamed outside cq"),
+        "{}",
+        stderr(&out)
+    );
+    // Stopped in Slurm (scancel'd: gone from the queue soon), and run once.
+    let emptied = tokio::time::timeout(LIMIT, async {
+        loop {
+            let listed = output(
+                Command::new("squeue")
+                    .args(["--noheader", "--format=%i %T"])
+                    .env("SLURM_CONF", cluster.slurm.conf()),
+            )
+            .await;
+            if listed.status.success() && listed.stdout.trim_ascii().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(emptied.is_ok(), "the tampered jobs are cancelled in Slurm");
+    assert_eq!(
+        std::fs::read_to_string(shared.path().join("runs")).unwrap(),
+        "ran\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sbatch_that_names_another_users_job_cannot_make_cq_follow_or_cancel_it() {
+    let cluster = Cluster::start();
+    // sbatch runs with the requester's rights, so the requester may trace it and make it
+    // print any id: here a wrapper does so, printing the id of bob's job.
+    let tools = tempfile::tempdir().unwrap();
+    let victim_id = tools.path().join("victim");
+    for program in ["scontrol", "scancel", "squeue", "sacct", "sinfo"] {
+        let real = String::from_utf8(
+            std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {program}")])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(real.trim(), tools.path().join(program)).unwrap();
+    }
+    crate::support::script(
+        tools.path(),
+        "sbatch",
+        &format!(
+            "sbatch \"$@\" >/dev/null || exit 1\ncat {}",
+            victim_id.display()
+        ),
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tools.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bob = &users().bob;
+    let victim = output(
+        Command::new("setpriv")
+            .arg(format!("--reuid={}", bob.uid))
+            .arg(format!("--regid={}", bob.gid))
+            .args([
+                "--clear-groups",
+                "sbatch",
+                "--parsable",
+                "--output=/dev/null",
+            ])
+            .args(["--wrap", "sleep 120"])
+            .env("SLURM_CONF", cluster.slurm.conf())
+            .current_dir("/"),
+    )
+    .await;
+    assert!(victim.status.success(), "{}", stderr(&victim));
+    let victim = String::from_utf8_lossy(&victim.stdout).trim().to_owned();
+    std::fs::write(&victim_id, format!("{victim}\n")).unwrap();
+    std::fs::set_permissions(&victim_id, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let server = cluster
+        .server(&["--slurm-bin-dir", tools.path().to_str().unwrap()])
+        .await;
+    let bins = PublicBinaries::new();
+    let shared = shared_dir();
+    let d = shared.path().display().to_string();
+    let id = submit(&server, &bins, &[], &format!("touch {d}/mine; sleep 120")).await;
+    made(&shared.path().join("mine")).await;
+    let followed = slurm_job(&server, &bins, &id).await;
+    assert_ne!(followed, victim, "cq follows the requester's own job");
+    let cancel = output(
+        server
+            .client_as(&bins, &users().alice)
+            .args(["--cancel", &id]),
+    )
+    .await;
+    assert!(cancel.status.success(), "{}", stderr(&cancel));
+    assert_eq!(wait(&server, &bins, &id).await["outcome"], "cancelled");
+    assert!(
+        cluster.scontrol(&victim).await.contains("JobState=RUNNING"),
+        "bob's job runs on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_job_leaves_in_its_directory_cannot_bring_the_server_down() {
+    let cluster = Cluster::start();
+    let server = cluster.server(&[]).await;
+    let bins = PublicBinaries::new();
+    // Deep enough to overflow a recursive walk on a runtime thread's stack.
+    let id = submit(
+        &server,
+        &bins,
+        &[],
+        "cd \"$(dirname \"$CQ_RESULT_FILE\")\" && python3 -c \"import os\nfor _ in range(15000): os.mkdir('d'); os.chdir('d')\"",
+    )
+    .await;
+    assert_eq!(wait(&server, &bins, &id).await["exit_status"], 0);
+    server
+        .wait_for_log("holds what its job put there: left in place")
+        .await;
+    let next = submit(&server, &bins, &[], "exit 3").await;
+    assert_eq!(wait(&server, &bins, &next).await["exit_status"], 3);
+    // The tree is left in place; rm walks it without recursion (TempDir's drop would not).
+    let removed = output(
+        Command::new("rm")
+            .arg("-rf")
+            .arg("--")
+            .arg(cluster.output.path()),
+    )
+    .await;
+    assert!(removed.status.success(), "{}", stderr(&removed));
+}

@@ -17,7 +17,7 @@ fn json(out: &std::process::Output) -> serde_json::Value {
 
 /// A coordinator that runs nothing itself, admits root from loopback as a worker, and gives
 /// up on a silent worker after `timeout` seconds.
-async fn coordinator(munged: &Munged, dir: &Path, timeout: &str) -> TestServer {
+pub(crate) async fn coordinator(munged: &Munged, dir: &Path, timeout: &str) -> TestServer {
     let config = dir.join("cq.toml");
     std::fs::write(&config, "[policy]\nworkers = [\"root@127.0.0.1\"]\n").unwrap();
     TestServer::start_with(
@@ -66,7 +66,7 @@ fn worker(
     cmd.spawn().expect("start cq_worker")
 }
 
-async fn joined(server: &TestServer, name: &str) {
+pub(crate) async fn joined(server: &TestServer, name: &str) {
     let name = format!("worker={name} ");
     server
         .wait_for_log_matching(|l| l.contains("a worker joined") && l.contains(&name))

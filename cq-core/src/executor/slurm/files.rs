@@ -136,12 +136,22 @@ impl JobFiles {
         String::from_utf8_lossy(&text).into_owned()
     }
 
-    /// Removes the directory and what is in it.
+    /// Removes the directory with the files Slurm and the job were given. Anything else in
+    /// it is the requester's doing and stays (with a warning): walking a tree its user
+    /// controls, with this process's rights, is what an attacker would want.
     pub(super) fn remove(&self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.dir)
+        for file in [self.output(), self.results()] {
+            // Unlinks a symlink itself, never what it points to.
+            if let Err(e) = std::fs::remove_file(&file)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::debug!(file = %file.display(), error = %e, "cannot remove a Slurm job's file");
+            }
+        }
+        if let Err(e) = std::fs::remove_dir(&self.dir)
             && e.kind() != io::ErrorKind::NotFound
         {
-            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove a Slurm job's directory");
+            tracing::warn!(dir = %self.dir.display(), error = %e, "a Slurm job's directory holds what its job put there: left in place");
         }
     }
 }

@@ -36,7 +36,7 @@ use tokio::time::Instant;
 pub use cluster::PrivateSlurm;
 
 use self::files::{JobFiles, OwnedReader};
-use self::state::{SlurmEnd, SlurmState};
+use self::state::{Reading, SlurmEnd, SlurmState};
 use super::child::{ChildSpec, ChildStdio, UserSwitch};
 use super::command::Executor;
 use super::process::{DEFAULT_JOB_UMASK, DEFAULT_PATH, allowed_files, job_environment};
@@ -242,8 +242,9 @@ impl SlurmExecutor {
         }
     }
 
-    /// Where Slurm's job `slurm_id` is; `Ok(None)` when Slurm no longer knows it.
-    async fn state(&self, slurm_id: u64) -> Result<Option<SlurmState>, String> {
+    /// What Slurm says of job `slurm_id` (submitted as `name` for `uid`); an error when it
+    /// cannot be asked.
+    async fn state(&self, slurm_id: u64, name: &str, uid: u32) -> Result<Reading, String> {
         let id = slurm_id.to_string();
         match self
             .tool(
@@ -252,10 +253,7 @@ impl SlurmExecutor {
             )
             .await
         {
-            // A word this does not know: wait and look again.
-            Ok(line) => Ok(Some(
-                state::from_scontrol(&line).unwrap_or(SlurmState::Active),
-            )),
+            Ok(line) => Ok(state::from_scontrol(&line, slurm_id, name, uid)),
             Err(e) if e.contains("Invalid job id") => {
                 // Forgotten by the controller (MinJobAge): the completion record may still
                 // hold it.
@@ -267,22 +265,23 @@ impl SlurmExecutor {
                             "-n".into(),
                             "-P".into(),
                             "-o".into(),
-                            "ExitCode,State".into(),
+                            "ExitCode,State,UID,JobName".into(),
                             "-j".into(),
                             id,
                         ],
                     )
                     .await
                     .unwrap_or_default();
-                Ok(state::from_sacct(&record))
+                Ok(state::from_sacct(&record, name, uid))
             }
             Err(e) => Err(e),
         }
     }
 
-    /// The id of the job Slurm knows by `name`, if any (for a coordinator that stopped
-    /// between submitting a job and recording its id).
-    async fn find_by_name(&self, name: &str) -> Result<Option<u64>, String> {
+    /// The id of the job Slurm knows by `name` among `uid`'s, if any (for a coordinator
+    /// that stopped between submitting a job and recording its id). Only the requester's
+    /// own jobs count: anybody may name a job anything.
+    async fn find_by_name(&self, name: &str, uid: u32) -> Result<Option<u64>, String> {
         let listed = self
             .tool(
                 &self.programs.squeue,
@@ -290,6 +289,7 @@ impl SlurmExecutor {
                     "--noheader".into(),
                     "--states=all".into(),
                     format!("--name={name}"),
+                    format!("--user={uid}"),
                     "--format=%i".into(),
                 ],
             )
@@ -351,18 +351,20 @@ impl SlurmExecutor {
         if let Some(conf) = &self.options.slurm_conf {
             env.push(("SLURM_CONF".to_owned(), conf.display().to_string()));
         }
-        let answer = self.sbatch(args, env, clearance).await?;
-        answer
-            .trim()
-            .split(';')
-            .next()
-            .and_then(|id| id.parse().ok())
-            .ok_or_else(|| {
-                refused(&format!(
-                    "sbatch answered {:?}, not a job id",
-                    answer.trim()
-                ))
-            })
+        let uid = clearance
+            .run_as
+            .as_ref()
+            .map_or_else(|| nix::unistd::geteuid().as_raw(), |a| a.uid);
+        // sbatch runs as the requester, who may stop and trace it and make it print any id:
+        // the job is the one Slurm lists under its unique name among the requester's.
+        self.sbatch(args, env, clearance).await?;
+        match self.find_by_name(files.name(), uid).await {
+            Ok(Some(slurm_id)) => Ok(slurm_id),
+            Ok(None) => Err(refused(
+                "sbatch succeeded, but Slurm lists no job of the requester's under its name",
+            )),
+            Err(e) => Err(refused(&e)),
+        }
     }
 
     /// The command as the node runs it: with allowed commands, the allowed program the
@@ -484,13 +486,30 @@ impl SlurmExecutor {
         }
     }
 
-    /// Stops the Slurm job (cancel or timeout); a failure is logged, the job still waited for.
-    async fn scancel(&self, id: JobId, slurm_id: u64) {
+    /// Stops the requester's Slurm job (cancel or timeout): only if it is `uid`'s, which
+    /// Slurm itself checks. A failure is logged; the job is still waited for.
+    async fn scancel(&self, id: JobId, slurm_id: u64, uid: u32) {
         if let Err(e) = self
-            .tool(&self.programs.scancel, &[slurm_id.to_string()])
+            .tool(
+                &self.programs.scancel,
+                &[format!("--user={uid}"), slurm_id.to_string()],
+            )
             .await
         {
             tracing::warn!(job = %id, slurm_job = slurm_id, error = %e, "cannot cancel the Slurm job");
+        }
+    }
+
+    /// Stops whatever job of `uid`'s Slurm has under `name` (one stopped while submitting).
+    async fn scancel_named(&self, id: JobId, name: &str, uid: u32) {
+        if let Err(e) = self
+            .tool(
+                &self.programs.scancel,
+                &[format!("--user={uid}"), format!("--name={name}")],
+            )
+            .await
+        {
+            tracing::warn!(job = %id, error = %e, "cannot cancel the Slurm job being submitted");
         }
     }
 
@@ -520,20 +539,20 @@ impl SlurmExecutor {
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
                 () = ctx.cancel.cancelled(), if stopped.is_none() => {
-                    self.scancel(id, slurm_id).await;
+                    self.scancel(id, slurm_id, uid).await;
                     stopped = Some((Outcome::Cancelled, Instant::now()));
                 }
                 () = time_limit, if stopped.is_none() => {
-                    self.scancel(id, slurm_id).await;
+                    self.scancel(id, slurm_id, uid).await;
                     stopped = Some((Outcome::TimedOut, Instant::now()));
                 }
             }
             pause = (pause * 3 / 2).min(self.options.poll);
             output.copy_into(&mut ctx.log);
-            let state = self.state(slurm_id).await;
+            let state = self.state(slurm_id, files.name(), uid).await;
             match state {
-                Ok(Some(SlurmState::Active)) => unreachable_since = None,
-                Ok(Some(SlurmState::Ended(end))) => {
+                Ok(Reading::Seen(SlurmState::Active)) => unreachable_since = None,
+                Ok(Reading::Seen(SlurmState::Ended(end))) => {
                     output.copy_into(&mut ctx.log);
                     ctx.results.set_lines(&files.read_results(uid));
                     return match (stopped, end) {
@@ -542,7 +561,15 @@ impl SlurmExecutor {
                         _ => end.outcome(),
                     };
                 }
-                Ok(None) => {
+                Ok(Reading::Tampered(why)) => {
+                    tracing::warn!(job = %id, slurm_job = slurm_id, why, "the Slurm job was changed outside cq: stopped");
+                    self.scancel(id, slurm_id, uid).await;
+                    output.copy_into(&mut ctx.log);
+                    return Outcome::Failed {
+                        message: format!("{why}: stopped"),
+                    };
+                }
+                Ok(Reading::Unknown) => {
                     tracing::warn!(job = %id, slurm_job = slurm_id, "Slurm no longer knows the job: recorded as lost");
                     output.copy_into(&mut ctx.log);
                     return Outcome::Lost;
@@ -573,7 +600,7 @@ impl SlurmExecutor {
         let mut pause = Duration::from_secs(1);
         let started = Instant::now();
         loop {
-            match self.find_by_name(&reference.name).await {
+            match self.find_by_name(&reference.name, reference.uid).await {
                 Ok(found) => return Ok(found),
                 Err(e) if started.elapsed() < STOP_WAIT => {
                     tracing::warn!(error = %e, "cannot ask Slurm for a job found again; asking again");
@@ -722,9 +749,25 @@ impl Executor for SlurmExecutor {
                         message: format!("cannot record the job before submitting it: {e}"),
                     };
                 }
-                let slurm_id = match self.submit(job, id, &ctx.clearance, &files).await {
+                // Cancel and the time limit hold while sbatch runs too (its user may stop it).
+                let time_limit = async {
+                    match job.timeout() {
+                        Some(limit) => tokio::time::sleep(limit).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let submitted = tokio::select! {
+                    submitted = self.submit(job, id, &ctx.clearance, &files) => submitted,
+                    () = ctx.cancel.cancelled() => Err(Outcome::Cancelled),
+                    () = time_limit => Err(Outcome::TimedOut),
+                };
+                let slurm_id = match submitted {
                     Ok(slurm_id) => slurm_id,
                     Err(outcome) => {
+                        if matches!(outcome, Outcome::Cancelled | Outcome::TimedOut) {
+                            // sbatch is killed; what it may have submitted goes too.
+                            self.scancel_named(id, files.name(), uid).await;
+                        }
                         files.remove();
                         return outcome;
                     }

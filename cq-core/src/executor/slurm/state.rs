@@ -67,87 +67,203 @@ fn classify(state: &str, exit_code: Option<&str>) -> Option<SlurmState> {
     Some(SlurmState::Ended(end))
 }
 
-/// The state in one line of `scontrol show job -o ID`.
-pub(super) fn from_scontrol(line: &str) -> Option<SlurmState> {
-    let field = |name: &str| {
-        line.split_whitespace()
-            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
-    };
-    classify(field("JobState")?, field("ExitCode"))
+/// What a look at a job found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Reading {
+    /// The job as cq submitted it, in this state.
+    Seen(SlurmState),
+    /// The job is not as cq submitted it (its owner renamed or requeued it, or it is not
+    /// the requester's): it is stopped, and this says why.
+    Tampered(&'static str),
+    /// Nothing usable (no such job, an answer of another shape).
+    Unknown,
 }
 
-/// The state in the last line of `sacct -c -n -P -o ExitCode,State` (the job's last record).
-pub(super) fn from_sacct(output: &str) -> Option<SlurmState> {
-    let line = output.lines().rev().find(|l| !l.trim().is_empty())?;
-    let (exit_code, state) = line.split_once('|')?;
-    classify(state, Some(exit_code))
+/// One line of `scontrol --oneliner show job ID`, for the job cq submitted as `name` for
+/// `uid`.
+///
+/// The job's owner may rename it to anything, spaces and `JobState=` included, and the name
+/// comes before the state in the line: the line must begin with exactly the name cq gave
+/// (a renamed job is tampered with), and only the fields after it, whose forms Slurm fixes,
+/// are read.
+pub(super) fn from_scontrol(line: &str, slurm_id: u64, name: &str, uid: u32) -> Reading {
+    let line = line.trim();
+    let Some(rest) = line.strip_prefix(&format!("JobId={slurm_id} ")) else {
+        return Reading::Unknown;
+    };
+    let Some(rest) = rest.strip_prefix(&format!("JobName={name} UserId=")) else {
+        return Reading::Tampered("the Slurm job was renamed outside cq");
+    };
+    let mut fields = rest.split_whitespace();
+    // `name(uid)`; the name is the account database's, the uid in parentheses is Slurm's.
+    let owner = fields
+        .next()
+        .and_then(|user| user.rsplit_once('('))
+        .and_then(|(_, uid)| uid.strip_suffix(')'))
+        .and_then(|uid| uid.parse::<u32>().ok());
+    if owner != Some(uid) {
+        return Reading::Tampered("the Slurm job is not the requester's");
+    }
+    let field = |key: &str| {
+        rest.split_whitespace()
+            .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+    };
+    if field("Restarts").is_some_and(|n| n != "0") {
+        return Reading::Tampered("the Slurm job was requeued outside cq (cq runs a job once)");
+    }
+    match field("JobState") {
+        Some(state) => {
+            Reading::Seen(classify(state, field("ExitCode")).unwrap_or(SlurmState::Active))
+        }
+        None => Reading::Unknown,
+    }
+}
+
+/// The job's completion record: the output of `sacct -c -n -P -o ExitCode,State,UID,JobName`
+/// (the name last, since it may hold the separator), its last line that is this job's.
+pub(super) fn from_sacct(output: &str, name: &str, uid: u32) -> Reading {
+    let Some(line) = output.lines().rev().find(|l| !l.trim().is_empty()) else {
+        return Reading::Unknown;
+    };
+    let mut fields = line.splitn(4, '|');
+    let (Some(exit_code), Some(state), Some(owner), Some(job_name)) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return Reading::Unknown;
+    };
+    if owner.trim().parse::<u32>().ok() != Some(uid) {
+        return Reading::Tampered("the Slurm job is not the requester's");
+    }
+    if job_name.trim_end() != name {
+        return Reading::Tampered("the Slurm job was renamed outside cq");
+    }
+    match classify(state, Some(exit_code)) {
+        Some(state) => Reading::Seen(state),
+        None => Reading::Unknown,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const NAME: &str = "cq-1-0123456789abcdef";
+
     // Lines as Slurm 22.05 writes them (recorded on the single-node cluster of the tests).
-    const FAILED: &str = "JobId=1 JobName=cq-1 UserId=root(0) GroupId=root(0) JobState=FAILED Reason=NonZeroExitCode Dependency=(null) ExitCode=3:0 RunTime=00:00:00";
-    const SIGNALED: &str =
-        "JobId=2 JobName=x JobState=FAILED Reason=RaisedSignal:11_Segmentation_fault ExitCode=0:11";
-    const RUNNING: &str = "JobId=3 JobName=x JobState=RUNNING Reason=None ExitCode=0:0";
+    fn line(name: &str, user: &str, state: &str, restarts: u32, exit: &str) -> String {
+        format!(
+            "JobId=5 JobName={name} UserId={user} GroupId=nobody(1001) MCS_label=N/A Priority=4294901755 Nice=0 Account=(null) QOS=(null) JobState={state} Reason=NonZeroExitCode Dependency=(null) Requeue=0 Restarts={restarts} BatchFlag=1 Reboot=0 ExitCode={exit} RunTime=00:00:00 TimeLimit=365-00:00:00 WorkDir=/tmp/JobState=COMPLETED x"
+        )
+    }
+
+    fn ended(reading: Reading) -> Outcome {
+        match reading {
+            Reading::Seen(SlurmState::Ended(end)) => end.outcome(),
+            other => panic!("not an end: {other:?}"),
+        }
+    }
 
     #[test]
     fn exit_codes_and_signals_are_told_apart() {
+        let read =
+            |state, exit| from_scontrol(&line(NAME, "alice(1001)", state, 0, exit), 5, NAME, 1001);
+        assert_eq!(ended(read("FAILED", "3:0")), Outcome::Exited { code: 3 });
         assert_eq!(
-            from_scontrol(FAILED).map(|s| match s {
-                SlurmState::Ended(end) => end.outcome(),
-                SlurmState::Active => Outcome::Lost,
-            }),
-            Some(Outcome::Exited { code: 3 })
-        );
-        assert_eq!(
-            from_scontrol(SIGNALED),
-            Some(SlurmState::Ended(SlurmEnd::Finished {
-                code: 0,
-                signal: 11
-            }))
-        );
-        assert_eq!(
-            SlurmEnd::Finished {
-                code: 0,
-                signal: 11
-            }
-            .outcome(),
+            ended(read("FAILED", "0:11")),
             Outcome::Signaled {
                 signal: 11,
                 core_dumped: false
             }
         );
-        assert_eq!(from_scontrol(RUNNING), Some(SlurmState::Active));
+        assert_eq!(ended(read("COMPLETED", "0:0")), Outcome::Exited { code: 0 });
+        assert_eq!(ended(read("TIMEOUT", "0:15")), Outcome::TimedOut);
+        assert_eq!(ended(read("CANCELLED", "0:15")), Outcome::Cancelled);
+        assert_eq!(read("RUNNING", "0:0"), Reading::Seen(SlurmState::Active));
+        // A state this does not know is waited on, not taken for an end.
+        assert_eq!(read("WHATEVER", "0:0"), Reading::Seen(SlurmState::Active));
     }
 
     #[test]
-    fn sacct_records_are_read_from_their_last_line() {
-        assert_eq!(
-            from_sacct("0:0|CANCELLED by 0\n"),
-            Some(SlurmState::Ended(SlurmEnd::Cancelled))
+    fn a_name_that_spells_out_an_end_is_a_renamed_job_not_an_end() {
+        // The owner renamed the running job (`scontrol update JobName=...`).
+        let forged = line(
+            "x JobState=FAILED ExitCode=0:9",
+            "alice(1001)",
+            "RUNNING",
+            0,
+            "0:0",
         );
         assert_eq!(
-            from_sacct("0:0|RUNNING\n2:0|FAILED\n"),
-            Some(SlurmState::Ended(SlurmEnd::Finished { code: 2, signal: 0 }))
+            from_scontrol(&forged, 5, NAME, 1001),
+            Reading::Tampered("the Slurm job was renamed outside cq")
         );
-        assert_eq!(from_sacct(""), None);
-        assert_eq!(
-            from_sacct("0:0|TIMEOUT"),
-            Some(SlurmState::Ended(SlurmEnd::TimedOut))
+        let prefixed = line(
+            &format!("{NAME} JobState=COMPLETED"),
+            "alice(1001)",
+            "RUNNING",
+            0,
+            "0:0",
         );
+        assert!(matches!(
+            from_scontrol(&prefixed, 5, NAME, 1001),
+            Reading::Tampered(_)
+        ));
     }
 
     #[test]
-    fn unknown_words_and_missing_fields_are_not_an_end() {
+    fn another_users_job_or_a_requeued_one_is_not_followed() {
+        assert!(matches!(
+            from_scontrol(&line(NAME, "bob(1002)", "RUNNING", 0, "0:0"), 5, NAME, 1001),
+            Reading::Tampered(_)
+        ));
+        assert!(matches!(
+            from_scontrol(
+                &line(NAME, "alice(1001)", "PENDING", 1, "0:0"),
+                5,
+                NAME,
+                1001
+            ),
+            Reading::Tampered(_)
+        ));
+        // Another job's line, or none.
         assert_eq!(
-            from_scontrol("JobId=4 JobState=WHATEVER ExitCode=0:0"),
-            None
+            from_scontrol(
+                &line(NAME, "alice(1001)", "RUNNING", 0, "0:0"),
+                6,
+                NAME,
+                1001
+            ),
+            Reading::Unknown
         );
-        assert_eq!(from_scontrol("JobId=4"), None);
-        // A field named like the end of another is not that field.
-        assert_eq!(from_scontrol("JobId=4 OldJobState=FAILED"), None);
+        assert_eq!(from_scontrol("", 5, NAME, 1001), Reading::Unknown);
+    }
+
+    #[test]
+    fn sacct_records_are_read_from_their_last_line_with_the_name_last() {
+        assert_eq!(
+            ended(from_sacct(
+                &format!("0:0|CANCELLED by 0|1001|{NAME}\n"),
+                NAME,
+                1001
+            )),
+            Outcome::Cancelled
+        );
+        assert_eq!(
+            ended(from_sacct(
+                &format!("0:0|RUNNING|1001|{NAME}\n2:0|FAILED|1001|{NAME}\n"),
+                NAME,
+                1001
+            )),
+            Outcome::Exited { code: 2 }
+        );
+        assert_eq!(from_sacct("", NAME, 1001), Reading::Unknown);
+        assert!(matches!(
+            from_sacct(&format!("0:0|COMPLETED|1002|{NAME}"), NAME, 1001),
+            Reading::Tampered(_)
+        ));
+        assert!(matches!(
+            from_sacct("0:0|COMPLETED|1001|a|b", NAME, 1001),
+            Reading::Tampered(_)
+        ));
     }
 }
