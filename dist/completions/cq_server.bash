@@ -68,7 +68,7 @@ _cq_server() {
 
     case "${cmd}" in
         cq_server)
-            opts="-h -p -v -V --config --host --port --state-dir --auth --munge-socket --tls-ca --socket --tls-user-map --tls-crl --allow-root --run-as --daemon --daemon-child --pid-file --log --handshake-timeout --max-connections --max-connections-per-host --max-queued-jobs --max-queued-bytes --max-log-bytes --kill-grace --shutdown-grace --retention-days --requeue-lost --paused --no-local-worker --worker-timeout --dedup --submit-hook --submit-hook-timeout --submit-hook-fallback --submit-hook-user --metrics --notice-hook --notice-hook-timeout --notice-hook-user --log-limit --default-timeout --max-timeout --verbose --help --tls-cert --tls-key --version tls help"
+            opts="-h -p -v -V --config --host --port --state-dir --auth --munge-socket --tls-ca --socket --tls-user-map --tls-crl --allow-root --run-as --daemon --daemon-child --pid-file --log --handshake-timeout --max-connections --max-connections-per-host --max-queued-jobs --max-queued-bytes --max-log-bytes --kill-grace --shutdown-grace --retention-days --requeue-lost --paused --no-local-worker --worker-timeout --dedup --submit-hook --submit-hook-timeout --submit-hook-fallback --submit-hook-user --metrics --notice-hook --notice-hook-timeout --notice-hook-user --executor --lanes --partition --slurm-conf --slurm-output-dir --sbatch-arg --slurm-bin-dir --slurm-poll --log-limit --default-timeout --max-timeout --verbose --help --tls-cert --tls-key --version tls help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -207,6 +207,38 @@ _cq_server() {
                     return 0
                     ;;
                 --notice-hook-user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --executor)
+                    COMPREPLY=($(compgen -W "process slurm" -- "${cur}"))
+                    return 0
+                    ;;
+                --lanes)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --partition)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --slurm-conf)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --slurm-output-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sbatch-arg)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --slurm-bin-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --slurm-poll)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

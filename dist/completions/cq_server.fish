@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_cq_server_global_optspecs
-    string join \n config= h/host= p/port= state-dir= auth= munge-socket= tls-ca= socket= tls-user-map= tls-crl= allow-root run-as= daemon daemon-child pid-file= log= handshake-timeout= max-connections= max-connections-per-host= max-queued-jobs= max-queued-bytes= max-log-bytes= kill-grace= shutdown-grace= retention-days= requeue-lost paused no-local-worker worker-timeout= dedup= submit-hook= submit-hook-timeout= submit-hook-fallback= submit-hook-user= metrics= notice-hook= notice-hook-timeout= notice-hook-user= log-limit= default-timeout= max-timeout= v/verbose help tls-cert= tls-key= V/version
+    string join \n config= h/host= p/port= state-dir= auth= munge-socket= tls-ca= socket= tls-user-map= tls-crl= allow-root run-as= daemon daemon-child pid-file= log= handshake-timeout= max-connections= max-connections-per-host= max-queued-jobs= max-queued-bytes= max-log-bytes= kill-grace= shutdown-grace= retention-days= requeue-lost paused no-local-worker worker-timeout= dedup= submit-hook= submit-hook-timeout= submit-hook-fallback= submit-hook-user= metrics= notice-hook= notice-hook-timeout= notice-hook-user= executor= lanes= partition= slurm-conf= slurm-output-dir= sbatch-arg= slurm-bin-dir= slurm-poll= log-limit= default-timeout= max-timeout= v/verbose help tls-cert= tls-key= V/version
 end
 
 function __fish_cq_server_needs_command
@@ -62,6 +62,15 @@ complete -c cq_server -n "__fish_cq_server_needs_command" -l metrics -d 'Serve O
 complete -c cq_server -n "__fish_cq_server_needs_command" -l notice-hook -d 'Program run once for every finished job, with the job as JSON on stdin (mail, chat, webhooks); one at a time, its output ignored (see README)' -r -F
 complete -c cq_server -n "__fish_cq_server_needs_command" -l notice-hook-timeout -d 'Time the notice program gets before it is killed' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l notice-hook-user -d 'User the notice program runs as [default: nobody when cq_server runs as root, else cq_server\'s own user]' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l executor -d 'What runs jobs: process (here) or slurm (a Slurm cluster, one batch job per job)' -r -f -a "process\t'Processes on this host (contained, as the requester)'
+slurm\t'Slurm batch jobs, submitted as the requester (see --partition)'"
+complete -c cq_server -n "__fish_cq_server_needs_command" -l lanes -d 'How many jobs run at once (each on a worker of its own, named NAME-2, NAME-3, ... after the first); with --executor slurm, how many Slurm jobs run side by side' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l partition -d 'With --executor slurm: the partition jobs go to [default: Slurm\'s default partition]' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l slurm-conf -d 'With --executor slurm: the Slurm configuration file [default: Slurm\'s own]' -r -F
+complete -c cq_server -n "__fish_cq_server_needs_command" -l slurm-output-dir -d 'With --executor slurm: where jobs\' output and results files go, a directory of this user\'s (mode 0711) that the compute nodes share with this host [default: /var/spool/cq-slurm as root, else slurm in the state directory or spool]' -r -F
+complete -c cq_server -n "__fish_cq_server_needs_command" -l sbatch-arg -d 'With --executor slurm: one more option for sbatch (repeat), e.g. --sbatch-arg=--mem=4G' -r
+complete -c cq_server -n "__fish_cq_server_needs_command" -l slurm-bin-dir -d 'With --executor slurm: where sbatch, scontrol, scancel, squeue, sacct and sinfo are [default: the usual system directories]' -r -F
+complete -c cq_server -n "__fish_cq_server_needs_command" -l slurm-poll -d 'With --executor slurm: longest pause between two looks at a running job' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l log-limit -d 'Output kept per job (e.g. 64M); past it the log is cut, with a marker' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l default-timeout -d 'Time limit of jobs that ask for none (e.g. 6h) [default: none]' -r
 complete -c cq_server -n "__fish_cq_server_needs_command" -l max-timeout -d 'Longest time limit a job may have; longer ones (and jobs without one) get this' -r

@@ -23,7 +23,7 @@ _cq_worker() {
 
     case "${cmd}" in
         cq_worker)
-            opts="-h -p -v -V --config --host --port --name --tag --auth --munge-socket --tls-ca --socket --server-uid --tls-server-name --spool --heartbeat --allow-root-jobs --kill-grace --verbose --help --tls-cert --tls-key --version"
+            opts="-h -p -v -V --config --host --port --name --tag --auth --munge-socket --tls-ca --socket --server-uid --tls-server-name --spool --heartbeat --allow-root-jobs --executor --lanes --partition --slurm-conf --slurm-output-dir --sbatch-arg --slurm-bin-dir --slurm-poll --kill-grace --verbose --help --tls-cert --tls-key --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -86,6 +86,38 @@ _cq_worker() {
                     return 0
                     ;;
                 --heartbeat)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --executor)
+                    COMPREPLY=($(compgen -W "process slurm" -- "${cur}"))
+                    return 0
+                    ;;
+                --lanes)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --partition)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --slurm-conf)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --slurm-output-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sbatch-arg)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --slurm-bin-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --slurm-poll)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -13,6 +13,15 @@ complete -c cq_worker -l server-uid -d 'With --auth munge: uid the coordinator m
 complete -c cq_worker -l tls-server-name -d 'With --auth tls: the name the coordinator\'s certificate must carry [default: the host]' -r
 complete -c cq_worker -l spool -d 'Where running jobs\' output waits until the coordinator has it; must be this user\'s and private [default: /var/lib/cq-worker as root, else ~/.local/state/cq/worker]' -r -F
 complete -c cq_worker -l heartbeat -d 'Longest time between two reports while a job runs (keep it well under the coordinator\'s --worker-timeout); a cancel reaches a quiet job within it' -r
+complete -c cq_worker -l executor -d 'What runs jobs: process (here) or slurm (a Slurm cluster, one batch job per job)' -r -f -a "process\t'Processes on this host (contained, as the requester)'
+slurm\t'Slurm batch jobs, submitted as the requester (see --partition)'"
+complete -c cq_worker -l lanes -d 'How many jobs run at once (each on a worker of its own, named NAME-2, NAME-3, ... after the first); with --executor slurm, how many Slurm jobs run side by side' -r
+complete -c cq_worker -l partition -d 'With --executor slurm: the partition jobs go to [default: Slurm\'s default partition]' -r
+complete -c cq_worker -l slurm-conf -d 'With --executor slurm: the Slurm configuration file [default: Slurm\'s own]' -r -F
+complete -c cq_worker -l slurm-output-dir -d 'With --executor slurm: where jobs\' output and results files go, a directory of this user\'s (mode 0711) that the compute nodes share with this host [default: /var/spool/cq-slurm as root, else slurm in the state directory or spool]' -r -F
+complete -c cq_worker -l sbatch-arg -d 'With --executor slurm: one more option for sbatch (repeat), e.g. --sbatch-arg=--mem=4G' -r
+complete -c cq_worker -l slurm-bin-dir -d 'With --executor slurm: where sbatch, scontrol, scancel, squeue, sacct and sinfo are [default: the usual system directories]' -r -F
+complete -c cq_worker -l slurm-poll -d 'With --executor slurm: longest pause between two looks at a running job' -r
 complete -c cq_worker -l kill-grace -d 'Seconds between SIGTERM and SIGKILL when a job is stopped' -r
 complete -c cq_worker -l tls-cert -d 'This worker\'s certificate (PEM) for --auth tls [default: /etc/cq/tls/worker.pem]' -r -F
 complete -c cq_worker -l tls-key -d 'This worker\'s private key (PEM) for --auth tls [default: /etc/cq/tls/worker.key]' -r -F

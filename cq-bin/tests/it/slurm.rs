@@ -535,14 +535,15 @@ async fn a_job_renamed_or_requeued_in_slurm_by_its_owner_is_stopped_not_believed
     let shared = shared_dir();
     let d = shared.path().display().to_string();
 
-    // A name that spells out an end would read as one to a careless parser.
-    let renamed = submit(
-        &server,
-        &bins,
-        &[],
-        "scontrol update jobid=$SLURM_JOB_ID 'JobName=x JobState=COMPLETED ExitCode=0:0' && sleep 60",
+    // A name that spells out an end would read as one to a careless parser. (From a file:
+    // the command's own words show in scontrol's line too.)
+    let rename = shared.path().join("rename.sh");
+    std::fs::write(
+        &rename,
+        "scontrol update jobid=$SLURM_JOB_ID 'JobName=x JobState=COMPLETED ExitCode=0:0' && sleep 60\n",
     )
-    .await;
+    .unwrap();
+    let renamed = submit(&server, &bins, &[], &format!("sh {}", rename.display())).await;
     // Requeued, the job would run again.
     let requeued = submit(
         &server,
@@ -592,13 +593,9 @@ async fn a_job_renamed_or_requeued_in_slurm_by_its_owner_is_stopped_not_believed
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_sbatch_that_names_another_users_job_cannot_make_cq_follow_or_cancel_it() {
-    let cluster = Cluster::start();
-    // sbatch runs with the requester's rights, so the requester may trace it and make it
-    // print any id: here a wrapper does so, printing the id of bob's job.
-    let tools = tempfile::tempdir().unwrap();
-    let victim_id = tools.path().join("victim");
+/// Fills `dir` with the Slurm programs, sbatch being a script with `body` (which runs as the
+/// requester: what a requester who traces their sbatch could make it do).
+fn slurm_tools_with(dir: &Path, body: &str) {
     for program in ["scontrol", "scancel", "squeue", "sacct", "sinfo"] {
         let real = String::from_utf8(
             std::process::Command::new("sh")
@@ -608,18 +605,28 @@ async fn an_sbatch_that_names_another_users_job_cannot_make_cq_follow_or_cancel_
                 .stdout,
         )
         .unwrap();
-        std::os::unix::fs::symlink(real.trim(), tools.path().join(program)).unwrap();
+        std::os::unix::fs::symlink(real.trim(), dir.join(program)).unwrap();
     }
-    crate::support::script(
+    crate::support::script(dir, "sbatch", body);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sbatch_that_names_another_users_job_cannot_make_cq_follow_or_cancel_it() {
+    let cluster = Cluster::start();
+    // sbatch runs with the requester's rights, so the requester may trace it and make it
+    // print any id: here a wrapper does so, printing the id of bob's job.
+    let tools = tempfile::tempdir().unwrap();
+    let victim_id = tools.path().join("victim");
+    slurm_tools_with(
         tools.path(),
-        "sbatch",
         &format!(
             "sbatch \"$@\" >/dev/null || exit 1\ncat {}",
             victim_id.display()
         ),
     );
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(tools.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let bob = &users().bob;
     let victim = output(
         Command::new("setpriv")
@@ -693,4 +700,98 @@ async fn what_a_job_leaves_in_its_directory_cannot_bring_the_server_down() {
     )
     .await;
     assert!(removed.status.success(), "{}", stderr(&removed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decoy_under_the_jobs_name_or_a_forged_name_is_not_believed() {
+    let cluster = Cluster::start();
+    // The requester's sbatch submits a decoy of their own under cq's name first.
+    let tools = tempfile::tempdir().unwrap();
+    slurm_tools_with(
+        tools.path(),
+        "for a in \"$@\"; do case $a in --job-name=*) name=${a#--job-name=};; esac; done\n\
+         sbatch --job-name=\"$name\" --output=/dev/null --wrap 'exit 0' >/dev/null\n\
+         exec sbatch \"$@\"",
+    );
+    let server = cluster
+        .server(&["--slurm-bin-dir", tools.path().to_str().unwrap()])
+        .await;
+    let bins = PublicBinaries::new();
+    let shared = shared_dir();
+    let d = shared.path().display().to_string();
+    let id = submit(&server, &bins, &[], &format!("touch {d}/ran; sleep 120")).await;
+    let out = tokio::time::timeout(
+        LIMIT,
+        output(
+            server
+                .client_as(&bins, &users().alice)
+                .args(["--wait", &id]),
+        ),
+    )
+    .await
+    .expect("the job ends in time");
+    assert!(
+        stderr(&out).contains("jobs of the requester's under the job's name"),
+        "{}",
+        stderr(&out)
+    );
+    drop(server);
+
+    // A name that repeats cq's own and then spells out an end.
+    let server = cluster.server(&[]).await;
+    let forge = shared.path().join("forge.sh");
+    std::fs::write(
+        &forge,
+        "scontrol update jobid=$SLURM_JOB_ID \"JobName=$SLURM_JOB_NAME UserId=alice(1001) \
+         GroupId=g(1) MCS_label=N/A Priority=1 Nice=0 Account=(null) QOS=(null) \
+         JobState=COMPLETED Reason=None Dependency=(null) Requeue=0 Restarts=0 BatchFlag=1 \
+         Reboot=0 ExitCode=0:0\" && sleep 60\n",
+    )
+    .unwrap();
+    let forged = submit(&server, &bins, &[], &format!("sh {}", forge.display())).await;
+    let ended = wait(&server, &bins, &forged).await;
+    assert_eq!(ended["outcome"], "failed", "{ended}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_working_directory_the_node_cannot_enter_fails_the_job_instead_of_running_it_in_tmp() {
+    let cluster = Cluster::start();
+    let server = cluster.server(&[]).await;
+    let bins = PublicBinaries::new();
+    let shared = shared_dir();
+    // slurmstepd would run the job in /tmp, where anybody may have left a program.
+    let planted = tempfile::Builder::new()
+        .prefix("cq-planted-")
+        .tempfile_in("/tmp")
+        .unwrap();
+    let ran = shared.path().join("planted-ran");
+    std::fs::write(
+        planted.path(),
+        format!("#!/bin/sh\ntouch {}\n", ran.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(planted.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let name = planted.path().file_name().unwrap().to_str().unwrap();
+    let id = submit(
+        &server,
+        &bins,
+        &["--cwd", "/nonexistent-cq-test/work"],
+        &format!("./{name}"),
+    )
+    .await;
+    let ended = wait(&server, &bins, &id).await;
+    assert_eq!(ended["outcome"], "spawn-failed", "{ended}");
+    assert!(!ran.exists(), "the planted program ran");
+    let out = output(
+        server
+            .client_as(&bins, &users().alice)
+            .args(["--wait", &id]),
+    )
+    .await;
+    assert!(
+        stderr(&out).contains("cannot enter the working directory /nonexistent-cq-test/work"),
+        "{}",
+        stderr(&out)
+    );
 }

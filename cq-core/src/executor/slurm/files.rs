@@ -67,9 +67,16 @@ pub(super) fn write_script(dir: &Path) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-/// The batch script: the command comes as its arguments, and only `exec` sees them.
-const SCRIPT: &str =
-    "#!/bin/sh\n# cq: runs the command given as arguments (see SlurmExecutor).\nexec \"$@\"\n";
+/// The batch script. Its arguments: the working directory, the file that says it could not
+/// be entered, then the command, which only `exec` sees. It enters the directory itself:
+/// slurmstepd runs a job whose directory it cannot enter in /tmp instead, where any user
+/// may have put a `./configure` of their own.
+const SCRIPT: &str = "#!/bin/sh
+# cq: enters the job's working directory and runs the command given as arguments.
+cd -- \"$1\" 2>/dev/null || { echo \"cq: cannot enter the working directory $1\" >&2; : > \"$2\"; exit 126; }
+shift 2
+exec \"$@\"
+";
 
 /// Whether `name` is one [`JobFiles::create`] makes.
 pub(super) fn valid_name(name: &str) -> bool {
@@ -122,6 +129,16 @@ impl JobFiles {
         self.dir.join("output")
     }
 
+    /// What the batch script makes when it cannot enter the job's working directory.
+    pub(super) fn no_cwd(&self) -> PathBuf {
+        self.dir.join("cwd-failed")
+    }
+
+    /// Whether the batch script could not enter the job's working directory.
+    pub(super) fn cwd_failed(&self, uid: u32) -> bool {
+        open_owned(&self.no_cwd(), uid).is_ok()
+    }
+
     /// Where the job writes its results (`CQ_RESULT_FILE`).
     pub(super) fn results(&self) -> PathBuf {
         self.dir.join("results")
@@ -140,7 +157,7 @@ impl JobFiles {
     /// it is the requester's doing and stays (with a warning): walking a tree its user
     /// controls, with this process's rights, is what an attacker would want.
     pub(super) fn remove(&self) {
-        for file in [self.output(), self.results()] {
+        for file in [self.output(), self.results(), self.no_cwd()] {
             // Unlinks a symlink itself, never what it points to.
             if let Err(e) = std::fs::remove_file(&file)
                 && e.kind() != io::ErrorKind::NotFound

@@ -16,7 +16,8 @@
 //! Crash safety: the job's name and directory are recorded (durably, through
 //! [`JobContext::runner`]) before it is submitted, and its Slurm job id after; a restarted
 //! coordinator looks the job up by id, or by name when it stopped between the two; a job
-//! Slurm never got is given back to the queue ([`JobContext::give_back`]), never run twice.
+//! Slurm does not have then is recorded lost (and anything that comes under its name is
+//! cancelled): it never runs twice.
 
 mod cluster;
 mod files;
@@ -255,13 +256,14 @@ impl SlurmExecutor {
         {
             Ok(line) => Ok(state::from_scontrol(&line, slurm_id, name, uid)),
             Err(e) if e.contains("Invalid job id") => {
-                // Forgotten by the controller (MinJobAge): the completion record may still
-                // hold it.
+                // Forgotten by the controller (MinJobAge): the accounting database may still
+                // hold it. (Not the text completion log of `sacct -c`: a job name with a
+                // newline writes a whole forged record there, for any job.)
                 let record = self
                     .tool(
                         &self.programs.sacct,
                         &[
-                            "-c".into(),
+                            "-X".into(),
                             "-n".into(),
                             "-P".into(),
                             "-o".into(),
@@ -294,7 +296,20 @@ impl SlurmExecutor {
                 ],
             )
             .await?;
-        Ok(listed.lines().filter_map(|l| l.trim().parse().ok()).next())
+        let ids: Vec<u64> = listed
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        match ids.as_slice() {
+            [] => Ok(None),
+            [id] => Ok(Some(*id)),
+            // The requester submitted a job of their own under cq's name (they can read it
+            // from sbatch's arguments): which is cq's cannot be told.
+            _ => Err(format!(
+                "Slurm lists {} jobs of the requester's under the job's name {name}",
+                ids.len()
+            )),
+        }
     }
 
     /// Submits the job; its Slurm id, or the outcome that ends it here.
@@ -335,6 +350,8 @@ impl SlurmExecutor {
         // The script runs the command from its arguments: no shell ever reads the command,
         // so no argument can be more than an argument.
         args.push(self.script.display().to_string());
+        args.push(cwd.display().to_string());
+        args.push(files.no_cwd().display().to_string());
         args.extend(argv);
         let mut env: Vec<(String, String)> = job_environment(
             &self.options.base_env,
@@ -554,6 +571,18 @@ impl SlurmExecutor {
                 Ok(Reading::Seen(SlurmState::Active)) => unreachable_since = None,
                 Ok(Reading::Seen(SlurmState::Ended(end))) => {
                     output.copy_into(&mut ctx.log);
+                    if files.cwd_failed(uid) && stopped.is_none() {
+                        let cwd = job
+                            .cwd
+                            .as_deref()
+                            .map_or_else(|| self.options.cwd.display().to_string(), str::to_owned);
+                        return Outcome::SpawnFailed {
+                            reason: SpawnFailure::NotFound,
+                            message: format!(
+                                "cannot enter the working directory {cwd} on the Slurm node"
+                            ),
+                        };
+                    }
                     ctx.results.set_lines(&files.read_results(uid));
                     return match (stopped, end) {
                         // What cq stopped it for, unless it ended on its own first.
@@ -706,9 +735,12 @@ impl Executor for SlurmExecutor {
                         (slurm_id, files, reference.uid)
                     }
                     Ok(None) => {
-                        tracing::info!(job = %id, "Slurm never got the job: queued again");
+                        // Slurm has no such job now, but the sbatch of the stopped server may
+                        // still live (its user may have stopped it) and submit it later:
+                        // running it again could run it twice. Whatever comes goes.
+                        tracing::warn!(job = %id, "the server stopped while submitting the job to Slurm: recorded as lost");
+                        self.scancel_named(id, &reference.name, reference.uid).await;
                         files.remove();
-                        ctx.give_back.give_back();
                         return Outcome::Lost;
                     }
                     Err(outcome) => return outcome,
@@ -764,10 +796,8 @@ impl Executor for SlurmExecutor {
                 let slurm_id = match submitted {
                     Ok(slurm_id) => slurm_id,
                     Err(outcome) => {
-                        if matches!(outcome, Outcome::Cancelled | Outcome::TimedOut) {
-                            // sbatch is killed; what it may have submitted goes too.
-                            self.scancel_named(id, files.name(), uid).await;
-                        }
+                        // sbatch is killed or done; whatever it may have submitted goes too.
+                        self.scancel_named(id, files.name(), uid).await;
                         files.remove();
                         return outcome;
                     }

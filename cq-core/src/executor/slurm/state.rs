@@ -79,6 +79,36 @@ pub(super) enum Reading {
     Unknown,
 }
 
+/// The fields of `scontrol --oneliner show job` after the name, in Slurm 22.05's order, up
+/// to the exit code.
+const FIXED_ORDER: [&str; 15] = [
+    "UserId",
+    "GroupId",
+    "MCS_label",
+    "Priority",
+    "Nice",
+    "Account",
+    "QOS",
+    "JobState",
+    "Reason",
+    "Dependency",
+    "Requeue",
+    "Restarts",
+    "BatchFlag",
+    "Reboot",
+    "ExitCode",
+];
+
+/// Keys a forged copy of the fields needs, and that appear once in a real line.
+const ONCE: [&str; 6] = [
+    "UserId",
+    "MCS_label",
+    "JobState",
+    "Restarts",
+    "BatchFlag",
+    "ExitCode",
+];
+
 /// One line of `scontrol --oneliner show job ID`, for the job cq submitted as `name` for
 /// `uid`.
 ///
@@ -91,26 +121,51 @@ pub(super) fn from_scontrol(line: &str, slurm_id: u64, name: &str, uid: u32) -> 
     let Some(rest) = line.strip_prefix(&format!("JobId={slurm_id} ")) else {
         return Reading::Unknown;
     };
-    let Some(rest) = rest.strip_prefix(&format!("JobName={name} UserId=")) else {
+    let Some(rest) = rest.strip_prefix(&format!("JobName={name} ")) else {
         return Reading::Tampered("the Slurm job was renamed outside cq");
     };
-    let mut fields = rest.split_whitespace();
+    // The fields up to the exit code come in this order, and their values have no spaces.
+    let mut values = rest.split(' ');
+    let mut field = |key: &str| {
+        values
+            .next()
+            .and_then(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+    };
+    let mut seen = std::collections::HashMap::new();
+    for key in FIXED_ORDER {
+        match field(key) {
+            Some(value) => {
+                seen.insert(key, value);
+            }
+            None => return Reading::Tampered("the Slurm job was renamed outside cq"),
+        }
+    }
+    // A name `<cq's name> UserId=... ExitCode=0:0` would pass the above with its own
+    // values; the real fields then follow it, and these keys show twice. (So would an
+    // argument of the command spelling one out: the job is then stopped too, failing safe.)
+    for key in ONCE {
+        if line
+            .split_whitespace()
+            .filter(|w| w.strip_prefix(key).is_some_and(|v| v.starts_with('=')))
+            .count()
+            != 1
+        {
+            return Reading::Tampered("the Slurm job's fields were forged (in its name?)");
+        }
+    }
     // `name(uid)`; the name is the account database's, the uid in parentheses is Slurm's.
-    let owner = fields
-        .next()
+    let owner = seen
+        .get("UserId")
         .and_then(|user| user.rsplit_once('('))
         .and_then(|(_, uid)| uid.strip_suffix(')'))
         .and_then(|uid| uid.parse::<u32>().ok());
     if owner != Some(uid) {
         return Reading::Tampered("the Slurm job is not the requester's");
     }
-    let field = |key: &str| {
-        rest.split_whitespace()
-            .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
-    };
-    if field("Restarts").is_some_and(|n| n != "0") {
+    if seen.get("Restarts").is_some_and(|n| *n != "0") {
         return Reading::Tampered("the Slurm job was requeued outside cq (cq runs a job once)");
     }
+    let field = |key: &str| seen.get(key).copied();
     match field("JobState") {
         Some(state) => {
             Reading::Seen(classify(state, field("ExitCode")).unwrap_or(SlurmState::Active))
@@ -119,10 +174,11 @@ pub(super) fn from_scontrol(line: &str, slurm_id: u64, name: &str, uid: u32) -> 
     }
 }
 
-/// The job's completion record: the output of `sacct -c -n -P -o ExitCode,State,UID,JobName`
-/// (the name last, since it may hold the separator), its last line that is this job's.
+/// The job's accounting record: the output of `sacct -X -n -P -o
+/// ExitCode,State,UID,JobName` (the name last, since it may hold the separator), its first
+/// line (a name may hold a newline, and a forged line after it).
 pub(super) fn from_sacct(output: &str, name: &str, uid: u32) -> Reading {
-    let Some(line) = output.lines().rev().find(|l| !l.trim().is_empty()) else {
+    let Some(line) = output.lines().next() else {
         return Reading::Unknown;
     };
     let mut fields = line.splitn(4, '|');
@@ -211,6 +267,23 @@ mod tests {
     }
 
     #[test]
+    fn a_name_that_repeats_cqs_own_prefix_and_forges_the_fields_is_caught() {
+        // `<cq's name> UserId=... JobState=COMPLETED ...` passes the prefix; the real fields
+        // follow it.
+        let forged = line(
+            &format!("{NAME} UserId=alice(1001) JobState=COMPLETED ExitCode=0:0 Restarts=0"),
+            "alice(1001)",
+            "RUNNING",
+            0,
+            "0:0",
+        );
+        assert!(matches!(
+            from_scontrol(&forged, 5, NAME, 1001),
+            Reading::Tampered(_)
+        ));
+    }
+
+    #[test]
     fn another_users_job_or_a_requeued_one_is_not_followed() {
         assert!(matches!(
             from_scontrol(&line(NAME, "bob(1002)", "RUNNING", 0, "0:0"), 5, NAME, 1001),
@@ -239,7 +312,7 @@ mod tests {
     }
 
     #[test]
-    fn sacct_records_are_read_from_their_last_line_with_the_name_last() {
+    fn sacct_records_are_read_from_their_first_line_with_the_name_last() {
         assert_eq!(
             ended(from_sacct(
                 &format!("0:0|CANCELLED by 0|1001|{NAME}\n"),
@@ -248,9 +321,10 @@ mod tests {
             )),
             Outcome::Cancelled
         );
+        // A name with a newline and a forged record after it.
         assert_eq!(
             ended(from_sacct(
-                &format!("0:0|RUNNING|1001|{NAME}\n2:0|FAILED|1001|{NAME}\n"),
+                &format!("2:0|FAILED|1001|{NAME}\n0:0|COMPLETED|1001|{NAME}\n"),
                 NAME,
                 1001
             )),
