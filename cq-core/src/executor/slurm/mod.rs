@@ -204,6 +204,19 @@ impl SlurmExecutor {
             .tool(&self.programs.sinfo, &args)
             .await
             .map_err(|e| SlurmError::Slurm(format!("Slurm does not answer: {e}")))?;
+        // Without cgroups, a process of a job that leaves its session outlives scancel:
+        // cq's cancel and time limit then end the job, not everything it started.
+        if let Ok(config) = self
+            .tool(&self.programs.scontrol, &["show".into(), "config".into()])
+            .await
+            && let Some(proctrack) = config
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("ProctrackType"))
+                .map(|v| v.trim_start_matches([' ', '=']).trim().to_owned())
+            && proctrack != "proctrack/cgroup"
+        {
+            tracing::warn!(%proctrack, "Slurm tracks job processes without cgroups: a process that leaves its job's session outlives cancel and time limits");
+        }
         if let Some(partition) = &self.options.partition
             && !answer
                 .lines()
@@ -280,10 +293,10 @@ impl SlurmExecutor {
         }
     }
 
-    /// The id of the job Slurm knows by `name` among `uid`'s, if any (for a coordinator
-    /// that stopped between submitting a job and recording its id). Only the requester's
-    /// own jobs count: anybody may name a job anything.
-    async fn find_by_name(&self, name: &str, uid: u32) -> Result<Option<u64>, String> {
+    /// The ids of the jobs Slurm knows by `name` among `uid`'s. Only the requester's own
+    /// jobs count (anybody may name a job anything), compared by number here: Slurm reads
+    /// `--user=1004` as the account *named* "1004" first, if there is one.
+    async fn jobs_named(&self, name: &str, uid: u32) -> Result<Vec<u64>, String> {
         let listed = self
             .tool(
                 &self.programs.squeue,
@@ -291,15 +304,17 @@ impl SlurmExecutor {
                     "--noheader".into(),
                     "--states=all".into(),
                     format!("--name={name}"),
-                    format!("--user={uid}"),
-                    "--format=%i".into(),
+                    "--format=%i %U".into(),
                 ],
             )
             .await?;
-        let ids: Vec<u64> = listed
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect();
+        Ok(state::owned_ids(&listed, uid))
+    }
+
+    /// The id of the job Slurm knows by `name` among `uid`'s, if any (for a coordinator
+    /// that stopped between submitting a job and recording its id).
+    async fn find_by_name(&self, name: &str, uid: u32) -> Result<Option<u64>, String> {
+        let ids = self.jobs_named(name, uid).await?;
         match ids.as_slice() {
             [] => Ok(None),
             [id] => Ok(Some(*id)),
@@ -310,6 +325,52 @@ impl SlurmExecutor {
                 ids.len()
             )),
         }
+    }
+
+    /// Whether Slurm's job `slurm_id` has ended (or is gone), by its state alone: a field
+    /// its owner cannot change.
+    async fn has_ended(&self, slurm_id: u64) -> Result<bool, String> {
+        let state = self
+            .tool(
+                &self.programs.squeue,
+                &[
+                    "--noheader".into(),
+                    "--states=all".into(),
+                    format!("--jobs={slurm_id}"),
+                    "--format=%i %T".into(),
+                ],
+            )
+            .await;
+        let state = match state {
+            Ok(state) => state,
+            Err(e) if e.contains("Invalid job id") => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        let active = state.lines().any(|line| {
+            line.trim().split_once(' ').is_some_and(|(id, state)| {
+                id.parse() == Ok(slurm_id)
+                    && matches!(
+                        state::classify_word(state.trim()),
+                        None | Some(SlurmState::Active)
+                    )
+            })
+        });
+        Ok(!active)
+    }
+
+    /// Waits (up to [`STOP_WAIT`]) until job `slurm_id`, cancelled, has ended in Slurm: its
+    /// lane must not take the next job while it still runs.
+    async fn wait_until_ended(&self, id: JobId, slurm_id: u64) {
+        let started = Instant::now();
+        let mut pause = FIRST_POLL;
+        while started.elapsed() < STOP_WAIT {
+            if let Ok(true) = self.has_ended(slurm_id).await {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 3 / 2).min(self.options.poll);
+        }
+        tracing::warn!(job = %id, slurm_job = slurm_id, "the Slurm job did not end after scancel; the queue goes on");
     }
 
     /// Submits the job; its Slurm id, or the outcome that ends it here.
@@ -503,14 +564,12 @@ impl SlurmExecutor {
         }
     }
 
-    /// Stops the requester's Slurm job (cancel or timeout): only if it is `uid`'s, which
-    /// Slurm itself checks. A failure is logged; the job is still waited for.
-    async fn scancel(&self, id: JobId, slurm_id: u64, uid: u32) {
+    /// Stops Slurm's job `slurm_id` (cancel or timeout): one cq found among the requester's
+    /// own (jobs never change owners), never an id anything else gave. A failure is logged;
+    /// the job is still waited for.
+    async fn scancel(&self, id: JobId, slurm_id: u64) {
         if let Err(e) = self
-            .tool(
-                &self.programs.scancel,
-                &[format!("--user={uid}"), slurm_id.to_string()],
-            )
+            .tool(&self.programs.scancel, &[slurm_id.to_string()])
             .await
         {
             tracing::warn!(job = %id, slurm_job = slurm_id, error = %e, "cannot cancel the Slurm job");
@@ -519,14 +578,15 @@ impl SlurmExecutor {
 
     /// Stops whatever job of `uid`'s Slurm has under `name` (one stopped while submitting).
     async fn scancel_named(&self, id: JobId, name: &str, uid: u32) {
-        if let Err(e) = self
-            .tool(
-                &self.programs.scancel,
-                &[format!("--user={uid}"), format!("--name={name}")],
-            )
-            .await
-        {
-            tracing::warn!(job = %id, error = %e, "cannot cancel the Slurm job being submitted");
+        match self.jobs_named(name, uid).await {
+            Ok(ids) => {
+                for slurm_id in ids {
+                    self.scancel(id, slurm_id).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "cannot look for the Slurm job being submitted to cancel it");
+            }
         }
     }
 
@@ -539,10 +599,10 @@ impl SlurmExecutor {
         slurm_id: u64,
         files: &JobFiles,
         uid: u32,
+        deadline: Option<Instant>,
     ) -> Outcome {
         let id = ctx.id;
         let mut output = OwnedReader::new(files.output(), uid, ctx.log.len());
-        let deadline = job.timeout().map(|limit| Instant::now() + limit);
         let mut pause = FIRST_POLL;
         let mut stopped: Option<(Outcome, Instant)> = None;
         let mut unreachable_since: Option<Instant> = None;
@@ -556,11 +616,11 @@ impl SlurmExecutor {
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
                 () = ctx.cancel.cancelled(), if stopped.is_none() => {
-                    self.scancel(id, slurm_id, uid).await;
+                    self.scancel(id, slurm_id).await;
                     stopped = Some((Outcome::Cancelled, Instant::now()));
                 }
                 () = time_limit, if stopped.is_none() => {
-                    self.scancel(id, slurm_id, uid).await;
+                    self.scancel(id, slurm_id).await;
                     stopped = Some((Outcome::TimedOut, Instant::now()));
                 }
             }
@@ -592,7 +652,8 @@ impl SlurmExecutor {
                 }
                 Ok(Reading::Tampered(why)) => {
                     tracing::warn!(job = %id, slurm_job = slurm_id, why, "the Slurm job was changed outside cq: stopped");
-                    self.scancel(id, slurm_id, uid).await;
+                    self.scancel(id, slurm_id).await;
+                    self.wait_until_ended(id, slurm_id).await;
                     output.copy_into(&mut ctx.log);
                     return Outcome::Failed {
                         message: format!("{why}: stopped"),
@@ -720,6 +781,9 @@ fn answer_text(stderr: &[u8], program: &str) -> String {
 impl Executor for SlurmExecutor {
     async fn run(&self, job: &CommandJob, mut ctx: JobContext) -> Outcome {
         let id = ctx.id;
+        // The time limit counts from the submission (a stalled sbatch is the job's time).
+        // A job found again after a restart gets it anew: Slurm's own --time still holds.
+        let deadline = job.timeout().map(|limit| Instant::now() + limit);
         let (slurm_id, files, uid) = match ctx.resume.take() {
             Some(recorded) => {
                 // Only what this executor recorded can be found again.
@@ -783,8 +847,8 @@ impl Executor for SlurmExecutor {
                 }
                 // Cancel and the time limit hold while sbatch runs too (its user may stop it).
                 let time_limit = async {
-                    match job.timeout() {
-                        Some(limit) => tokio::time::sleep(limit).await,
+                    match deadline {
+                        Some(at) => tokio::time::sleep_until(at).await,
                         None => std::future::pending().await,
                     }
                 };
@@ -809,7 +873,9 @@ impl Executor for SlurmExecutor {
                 (slurm_id, files, uid)
             }
         };
-        let outcome = self.follow(job, &mut ctx, slurm_id, &files, uid).await;
+        let outcome = self
+            .follow(job, &mut ctx, slurm_id, &files, uid, deadline)
+            .await;
         files.remove();
         outcome
     }

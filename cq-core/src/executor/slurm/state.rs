@@ -79,27 +79,8 @@ pub(super) enum Reading {
     Unknown,
 }
 
-/// The fields of `scontrol --oneliner show job` after the name, in Slurm 22.05's order, up
-/// to the exit code.
-const FIXED_ORDER: [&str; 15] = [
-    "UserId",
-    "GroupId",
-    "MCS_label",
-    "Priority",
-    "Nice",
-    "Account",
-    "QOS",
-    "JobState",
-    "Reason",
-    "Dependency",
-    "Requeue",
-    "Restarts",
-    "BatchFlag",
-    "Reboot",
-    "ExitCode",
-];
-
-/// Keys a forged copy of the fields needs, and that appear once in a real line.
+/// The fields read from `scontrol --oneliner show job`, each once in a real line: a forged
+/// copy in the job's name repeats them.
 const ONCE: [&str; 6] = [
     "UserId",
     "MCS_label",
@@ -108,6 +89,23 @@ const ONCE: [&str; 6] = [
     "BatchFlag",
     "ExitCode",
 ];
+
+/// The job ids of `squeue --format="%i %U"` lines whose numeric owner is `uid`.
+pub(super) fn owned_ids(listed: &str, uid: u32) -> Vec<u64> {
+    listed
+        .lines()
+        .filter_map(|line| {
+            let (id, owner) = line.trim().split_once(' ')?;
+            let id = id.parse().ok()?;
+            (owner.trim().parse::<u32>().ok()? == uid).then_some(id)
+        })
+        .collect()
+}
+
+/// The state named by a bare state word (`squeue -o %T`); `None` for one this does not know.
+pub(super) fn classify_word(state: &str) -> Option<SlurmState> {
+    classify(state, None)
+}
 
 /// One line of `scontrol --oneliner show job ID`, for the job cq submitted as `name` for
 /// `uid`.
@@ -121,26 +119,20 @@ pub(super) fn from_scontrol(line: &str, slurm_id: u64, name: &str, uid: u32) -> 
     let Some(rest) = line.strip_prefix(&format!("JobId={slurm_id} ")) else {
         return Reading::Unknown;
     };
-    let Some(rest) = rest.strip_prefix(&format!("JobName={name} ")) else {
+    if !rest.starts_with(&format!("JobName={name} ")) {
         return Reading::Tampered("the Slurm job was renamed outside cq");
-    };
-    // The fields up to the exit code come in this order, and their values have no spaces.
-    let mut values = rest.split(' ');
-    let mut field = |key: &str| {
-        values
-            .next()
-            .and_then(|pair| pair.strip_prefix(key)?.strip_prefix('='))
-    };
+    }
+    // Only the keys read here count; other fields (WCKey, FailedNode, ... by version and
+    // configuration) may come between them.
     let mut seen = std::collections::HashMap::new();
-    for key in FIXED_ORDER {
-        match field(key) {
-            Some(value) => {
-                seen.insert(key, value);
-            }
-            None => return Reading::Tampered("the Slurm job was renamed outside cq"),
+    for token in line.split_whitespace() {
+        if let Some((key, value)) = token.split_once('=')
+            && let Some(key) = ONCE.iter().find(|k| **k == key)
+        {
+            seen.entry(*key).or_insert(value);
         }
     }
-    // A name `<cq's name> UserId=... ExitCode=0:0` would pass the above with its own
+    // A name `<cq's name> UserId=... ExitCode=0:0` would pass the prefix with its own
     // values; the real fields then follow it, and these keys show twice. (So would an
     // argument of the command spelling one out: the job is then stopped too, failing safe.)
     for key in ONCE {
@@ -281,6 +273,27 @@ mod tests {
             from_scontrol(&forged, 5, NAME, 1001),
             Reading::Tampered(_)
         ));
+    }
+
+    #[test]
+    fn jobs_are_the_requesters_by_number_whatever_accounts_are_named() {
+        // squeue --user=1004 would mean an account *named* 1004, if there is one.
+        assert_eq!(
+            owned_ids("54 1004\n55 1006\n56 1004\nx 1004\n", 1004),
+            [54, 56]
+        );
+        assert_eq!(owned_ids("", 1004), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn fields_a_configuration_adds_between_them_do_not_matter() {
+        let with_wckey = line(NAME, "alice(1001)", "FAILED", 0, "2:0")
+            .replace(" QOS=(null) ", " QOS=(null) WCKey=*build ")
+            .replace(" Reason=", " FailedNode=n1 Reason=");
+        assert_eq!(
+            ended(from_scontrol(&with_wckey, 5, NAME, 1001)),
+            Outcome::Exited { code: 2 }
+        );
     }
 
     #[test]
