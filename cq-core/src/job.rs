@@ -111,12 +111,8 @@ impl RunnerRecord {
 
     /// Records `reference` (the executor's own words for the run); resolves once it is
     /// durable. A record that keeps nothing (an engine without store) resolves at once.
-    /// A reference of several words (`slurm:123 1000 cq-5-…`) also [shows](Self::show) its
-    /// first to users; one of a single word is the executor's alone.
+    /// What users see is [`show`](Self::show)n apart.
     pub fn record(&self, reference: String) -> crate::store::Pending<()> {
-        if let Some((first, _)) = reference.split_once(' ') {
-            self.show(first.to_owned());
-        }
         match &self.target {
             Some((store, id, worker)) => store.record_runner(*id, worker.clone(), reference),
             None => crate::store::Pending::ready(Ok(())),

@@ -201,6 +201,10 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
                 }
             }
             Ok(clearance) => {
+                // Where the executor says it runs the job (a Slurm job id), for the
+                // coordinator's listings.
+                let runner = crate::job::RunnerRecord::default();
+                let mut shown = None;
                 let ctx = JobContext {
                     id,
                     owner: crate::auth::Identity::local(),
@@ -209,7 +213,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
                     cancel: cancel.clone(),
                     results: results.clone(),
                     give_back: crate::job::GiveBack::default(),
-                    runner: crate::job::RunnerRecord::default(),
+                    runner: runner.clone(),
                     resume: None,
                 };
                 let executor = self.executor.clone();
@@ -225,6 +229,20 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
                         }),
                         () = shutdown.cancelled(), if !cancel.is_cancelled() => cancel.cancel(),
                         _ = flush.tick() => {
+                            if let Some(now) = runner.shown()
+                                && shown.as_ref() != Some(&now)
+                            {
+                                let report = WorkReport::Runner { shown: now.clone() };
+                                // Lost on the way, it is sent again with the next tick.
+                                if self
+                                    .client
+                                    .report(&self.options.name, id, lease, report)
+                                    .await
+                                    .is_ok()
+                                {
+                                    shown = Some(now);
+                                }
+                            }
                             let alive_due = last_report.elapsed() >= self.options.heartbeat;
                             match self.send_output(id, lease, &spool, &mut sent, alive_due).await {
                                 Sent::Noted { cancel: stop } => {

@@ -525,6 +525,38 @@ async fn a_worker_on_another_host_runs_its_jobs_on_slurm_in_as_many_lanes_as_it_
             "cq-test-user\n"
         );
     }
+
+    // The coordinator shows which Slurm job a worker's job is, once the worker said so
+    // (with its next report: polled, bounded).
+    let gated = submit(
+        &server,
+        &bins,
+        &[],
+        &format!("while [ ! -e {d}/go ]; do sleep 0.05; done"),
+    )
+    .await;
+    let shown = tokio::time::timeout(LIMIT, async {
+        loop {
+            let status = status(&server, &bins, &gated).await;
+            if let Some(runner) = status["runner"].as_str() {
+                return (runner.to_owned(), status["worker"].clone());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the worker tells the coordinator the Slurm job id");
+    assert!(shown.0.starts_with("slurm:"), "{shown:?}");
+    let slurm_id = shown.0.trim_start_matches("slurm:");
+    assert!(
+        cluster
+            .scontrol(slurm_id)
+            .await
+            .contains("UserId=cq-test-user("),
+        "{shown:?}"
+    );
+    std::fs::write(shared.path().join("go"), "").unwrap();
+    assert_eq!(wait(&server, &bins, &gated).await["exit_status"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -196,7 +196,16 @@ pub enum WorkReport {
         /// What it reported back (`KEY=VALUE`).
         results: Vec<(String, String)>,
     },
+    /// Where the worker's executor runs the job, in its words (`slurm:4711`), for
+    /// `--status` and `--list` on the coordinator.
+    Runner {
+        /// What to show (at most [`MAX_RUNNER_SHOWN`] bytes are kept).
+        shown: String,
+    },
 }
+
+/// The most bytes of a [`WorkReport::Runner`] the coordinator keeps.
+pub const MAX_RUNNER_SHOWN: usize = 64;
 
 /// Whose rights a dispatched job gets on the worker: the account the coordinator's policy
 /// chose. The worker looks the name up in its own account database and refuses the job when

@@ -45,7 +45,7 @@ pub use hello::{
     HELLO_LEN, Hello, HelloError, MAGIC, PROTOCOL_VERSION, Role, SERVER_UID_LEN, server_greeting,
 };
 pub use message::{
-    Action, Envelope, ErrorCode, Event, Nonce, Reply, Request, RequestDigest, RunAs, WorkReport,
-    WorkerSummary,
+    Action, Envelope, ErrorCode, Event, MAX_RUNNER_SHOWN, Nonce, Reply, Request, RequestDigest,
+    RunAs, WorkReport, WorkerSummary,
 };
 pub use refusal::plain_refusal;

@@ -103,6 +103,20 @@ fn wire_actions_and_events_keep_their_positions() {
         report: cq_core::protocol::WorkReport::Alive,
     };
     assert_eq!(first(bytes(&report)), 11);
+    // A report's own variants, by position too (Runner came last).
+    use cq_core::protocol::WorkReport;
+    for (report, position) in [
+        (WorkReport::Started, 0),
+        (WorkReport::Alive, 2),
+        (
+            WorkReport::Runner {
+                shown: "slurm:1".into(),
+            },
+            4,
+        ),
+    ] {
+        assert_eq!(first(bytes(&report)), position, "{report:?}");
+    }
     assert_eq!(first(bytes(&Event::Idle)), 10);
     assert_eq!(first(bytes(&Event::Noted { cancel: false })), 11);
     assert_eq!(first(bytes(&Action::Workers)), 12);

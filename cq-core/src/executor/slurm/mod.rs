@@ -707,7 +707,7 @@ impl SlurmExecutor {
 }
 
 /// What the executor records of a job (see [`JobContext::runner`]): `slurm:ID UID NAME`, or
-/// `slurm:- UID NAME` before Slurm gave an id. The first word is what users see.
+/// `slurm:- UID NAME` before Slurm gave an id. Users see `slurm:ID`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Reference {
     slurm_id: Option<u64>,
@@ -867,6 +867,7 @@ impl Executor for SlurmExecutor {
                     }
                 };
                 tracing::info!(job = %id, slurm_job = slurm_id, "submitted to Slurm");
+                ctx.runner.show(format!("slurm:{slurm_id}"));
                 reference.slurm_id = Some(slurm_id);
                 // Durable or not, a restart finds the job (by name if need be).
                 drop(ctx.runner.record(reference.to_string()));

@@ -401,6 +401,7 @@ impl RemoteWorkers {
         let cancel = job.cancel.is_cancelled();
         match report {
             WorkReport::Started | WorkReport::Alive => {}
+            WorkReport::Runner { shown } => job.runner.show(shown_text(shown)),
             WorkReport::Output { offset, data } => {
                 let offset = *offset;
                 if offset > job.received {
@@ -580,6 +581,18 @@ const MAX_OUTCOME_MESSAGE: usize = 4096;
 /// signal one the kernel has (else a listing and the requester's exit status would
 /// disagree), a message is bounded. The end of a worker's own job is never refused: a job
 /// whose end cannot be taken would run forever.
+/// What a worker says of where its job runs, as users may be shown it: printable, short.
+fn shown_text(shown: &str) -> String {
+    shown
+        .chars()
+        .filter(|c| !c.is_control())
+        .scan(0, |bytes, c| {
+            *bytes += c.len_utf8();
+            (*bytes <= crate::protocol::MAX_RUNNER_SHOWN).then_some(c)
+        })
+        .collect()
+}
+
 fn sanitized_outcome(outcome: Outcome) -> Outcome {
     let cut = |message: String| match message.char_indices().nth(MAX_OUTCOME_MESSAGE) {
         Some((at, _)) => format!("{}...", &message[..at]),
