@@ -87,16 +87,31 @@ pub struct JobContext {
 /// See [`JobContext::runner`].
 #[derive(Clone, Default)]
 pub struct RunnerRecord {
-    target: Option<(Arc<dyn crate::store::Store>, JobId, String)>,
+    target: RunnerTarget,
     /// What users see of where the job runs (`--status`, `runner` in JSON).
     shown: Arc<std::sync::Mutex<Option<String>>>,
 }
 
+/// Where a [`RunnerRecord`] keeps the reference.
+#[derive(Clone, Default)]
+enum RunnerTarget {
+    /// Nowhere (an engine without store): a restart cannot find the run.
+    #[default]
+    Nowhere,
+    /// In the store, with the job: the server finds it again.
+    Store(Arc<dyn crate::store::Store>, JobId, String),
+    /// In a file (a worker's spool): the worker finds it again.
+    File(std::path::PathBuf),
+}
+
 impl std::fmt::Debug for RunnerRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("RunnerRecord")
-            .field(&self.target.as_ref().map(|(_, id, worker)| (id, worker)))
-            .finish()
+        let target = match &self.target {
+            RunnerTarget::Nowhere => "nowhere".to_owned(),
+            RunnerTarget::Store(_, id, worker) => format!("job {id} on {worker}"),
+            RunnerTarget::File(path) => path.display().to_string(),
+        };
+        f.debug_tuple("RunnerRecord").field(&target).finish()
     }
 }
 
@@ -104,7 +119,16 @@ impl RunnerRecord {
     /// Records in `store` that job `id` runs on `worker`.
     pub fn new(store: Arc<dyn crate::store::Store>, id: JobId, worker: String) -> Self {
         Self {
-            target: Some((store, id, worker)),
+            target: RunnerTarget::Store(store, id, worker),
+            shown: Arc::default(),
+        }
+    }
+
+    /// Records in the file at `path` (replaced whole each time, synced before
+    /// [`record`](Self::record) resolves).
+    pub fn to_file(path: impl Into<std::path::PathBuf>) -> Self {
+        Self {
+            target: RunnerTarget::File(path.into()),
             shown: Arc::default(),
         }
     }
@@ -114,8 +138,18 @@ impl RunnerRecord {
     /// What users see is [`show`](Self::show)n apart.
     pub fn record(&self, reference: String) -> crate::store::Pending<()> {
         match &self.target {
-            Some((store, id, worker)) => store.record_runner(*id, worker.clone(), reference),
-            None => crate::store::Pending::ready(Ok(())),
+            RunnerTarget::Store(store, id, worker) => {
+                store.record_runner(*id, worker.clone(), reference)
+            }
+            RunnerTarget::Nowhere => crate::store::Pending::ready(Ok(())),
+            RunnerTarget::File(path) => {
+                crate::store::Pending::ready(write_synced(path, reference.as_bytes()).map_err(
+                    |e| crate::store::StoreError::Database {
+                        what: "record where a job runs",
+                        reason: format!("{}: {e}", path.display()),
+                    },
+                ))
+            }
         }
     }
 
@@ -135,6 +169,18 @@ impl RunnerRecord {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
+}
+
+/// Replaces the file at `path` with `data`, synced: a new file renamed over it.
+pub(crate) fn write_synced(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".new");
+    let temporary = std::path::PathBuf::from(temporary);
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(data)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
 }
 
 /// See [`JobContext::give_back`].

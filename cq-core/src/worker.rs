@@ -135,6 +135,13 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
             path: self.options.spool.clone(),
             source,
         })?;
+        // A job this worker ran when it stopped, whose executor recorded where it runs (a
+        // Slurm job): found again, followed to its end and reported, before any new work
+        // (asking for work would tell the coordinator that this worker lost it).
+        if let Some((dispatch, reference)) = self.running_before() {
+            tracing::info!(job = %dispatch.job, "finding the job this worker ran before it stopped");
+            self.run_job(dispatch, Some(reference), &shutdown).await?;
+        }
         let mut retry = Backoff::new(self.options.max_retry_delay);
         // Until the coordinator has taken this worker once, its refusal is a configuration
         // to fix; after, one is waited out (an account lookup that failed there, a request
@@ -158,7 +165,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
                 Ok(Some(dispatch)) => {
                     admitted = true;
                     retry.reset();
-                    self.run_job(dispatch, &shutdown).await?;
+                    self.run_job(dispatch, None, &shutdown).await?;
                 }
                 Err(e) if !admitted && refused(&e) => return Err(WorkerError::Refused(e)),
                 Err(e) => {
@@ -173,26 +180,82 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
         Ok(())
     }
 
-    /// Takes the job, runs it, and delivers its output and its end.
+    /// Where this worker keeps the job it runs (to find it again after a restart).
+    fn running_file(&self) -> PathBuf {
+        self.options
+            .spool
+            .join(format!("{}.running", self.options.name))
+    }
+
+    /// Where this worker's executor records where the job runs.
+    fn runner_file(&self) -> PathBuf {
+        self.options
+            .spool
+            .join(format!("{}.runner", self.options.name))
+    }
+
+    /// The job this worker ran when it stopped, and where its executor said it runs; `None`
+    /// when there is none, or nothing to find it by (the files then go: the coordinator
+    /// hears the job is lost when this worker next asks for work).
+    fn running_before(&self) -> Option<(Dispatch, String)> {
+        let dispatch = std::fs::read(self.running_file()).ok()?;
+        let reference = std::fs::read_to_string(self.runner_file()).ok();
+        let found = postcard::from_bytes::<Dispatch>(&dispatch)
+            .ok()
+            .zip(reference);
+        if found.is_none() {
+            self.forget_running();
+        }
+        found
+    }
+
+    fn forget_running(&self) {
+        let _ = std::fs::remove_file(self.running_file());
+        let _ = std::fs::remove_file(self.runner_file());
+    }
+
+    /// Takes the job, runs it, and delivers its output and its end; with `resume`, finds it
+    /// again where it runs (this worker ran it before a restart).
     async fn run_job(
         &self,
         dispatch: Dispatch,
+        resume: Option<String>,
         shutdown: &CancellationToken,
     ) -> Result<(), WorkerError> {
         let id = dispatch.job;
         let lease = dispatch.lease;
-        // Taken first: from here on the coordinator knows this worker runs it.
-        let cancelled_already = match self.deliver(id, lease, WorkReport::Started, shutdown).await {
-            Delivered::Noted(cancel) => cancel,
+        // Taken first: from here on the coordinator knows this worker runs it. (Found again:
+        // the coordinator must still count it this worker's; if not, it is stopped.)
+        let first = if resume.is_some() {
+            WorkReport::Alive
+        } else {
+            WorkReport::Started
+        };
+        let (cancelled_already, ours) = match self.deliver(id, lease, first, shutdown).await {
+            Delivered::Noted(cancel) => (cancel, true),
+            Delivered::NotOurs if resume.is_some() => (true, false),
             Delivered::NotOurs | Delivered::Stopped => return Ok(()),
         };
-        tracing::info!(job = %id, command = ?dispatch.command.argv, run_as = ?dispatch.run_as.as_ref().map(|r| &r.user), "running a job");
         let spool = self.options.spool.join(format!("{id}.log"));
-        let _ = std::fs::remove_file(&spool);
+        if resume.is_none() {
+            let _ = std::fs::remove_file(&spool);
+            let _ = std::fs::remove_file(self.runner_file());
+            match postcard::to_allocvec(&dispatch) {
+                Ok(bytes) => {
+                    if let Err(e) = crate::job::write_synced(&self.running_file(), &bytes) {
+                        tracing::warn!(job = %id, error = %e, "cannot keep the job for a restart");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "cannot keep the job for a restart")
+                }
+            }
+        }
+        tracing::info!(job = %id, command = ?dispatch.command.argv, run_as = ?dispatch.run_as.as_ref().map(|r| &r.user), "running a job");
         let cancel = CancellationToken::new();
         let results = ResultSink::default();
         let outcome = match self.clearance(&dispatch) {
-            _ if cancelled_already => Outcome::Cancelled,
+            _ if cancelled_already && resume.is_none() => Outcome::Cancelled,
             Err(refusal) => {
                 tracing::warn!(job = %id, reason = %refusal, "refused the job");
                 Outcome::SpawnFailed {
@@ -203,18 +266,27 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
             Ok(clearance) => {
                 // Where the executor says it runs the job (a Slurm job id), for the
                 // coordinator's listings.
-                let runner = crate::job::RunnerRecord::default();
+                let runner = crate::job::RunnerRecord::to_file(self.runner_file());
                 let mut shown = None;
+                if cancelled_already {
+                    // Found again, but no longer this worker's (or cancelled meanwhile):
+                    // stopped where it runs.
+                    cancel.cancel();
+                }
+                let log = match &resume {
+                    Some(_) => LogSink::reopen(&spool, self.options.log_limit),
+                    None => LogSink::create(&spool, self.options.log_limit),
+                };
                 let ctx = JobContext {
                     id,
                     owner: crate::auth::Identity::local(),
                     clearance,
-                    log: LogSink::create(&spool, self.options.log_limit),
+                    log,
                     cancel: cancel.clone(),
                     results: results.clone(),
                     give_back: crate::job::GiveBack::default(),
                     runner: runner.clone(),
-                    resume: None,
+                    resume: resume.clone(),
                 };
                 let executor = self.executor.clone();
                 let command = dispatch.command.clone();
@@ -287,6 +359,11 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
             }
         };
         tracing::info!(job = %id, %outcome, "the job ended");
+        if !ours {
+            self.forget_running();
+            let _ = std::fs::remove_file(&spool);
+            return Ok(());
+        }
         let ended = WorkReport::Ended {
             outcome,
             results: results.get(),
@@ -294,6 +371,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
         // The end must reach the coordinator, however long it is away; a shutdown of the
         // worker gives up on it (the coordinator then counts the job lost).
         let _ = self.deliver(id, lease, ended, shutdown).await;
+        self.forget_running();
         let _ = std::fs::remove_file(&spool);
         Ok(())
     }

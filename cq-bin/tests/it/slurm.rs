@@ -470,6 +470,79 @@ async fn the_allowed_commands_hold_for_jobs_on_slurm() {
     );
 }
 
+/// cq_worker `hpc` running its jobs on `cluster` in `lanes` lanes, spooling in `dir`.
+fn slurm_worker(
+    cluster: &Cluster,
+    server: &TestServer,
+    bins: &PublicBinaries,
+    dir: &Path,
+    lanes: u16,
+) -> tokio::process::Child {
+    let mut worker = Command::new(bins.worker());
+    worker
+        .args(["-h", "127.0.0.1", "-p", &server.addr.port().to_string()])
+        .arg("--munge-socket")
+        .arg(cluster.munged.socket())
+        .args(["--name", "hpc", "--heartbeat", "1s"])
+        .args(["--lanes", &lanes.to_string()])
+        .arg("--spool")
+        .arg(dir.join("spool"))
+        .args(cluster.options())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    worker.spawn().expect("start cq_worker")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_while_its_slurm_job_runs_finds_it_again_after_a_restart() {
+    use crate::workers::{coordinator, joined};
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = coordinator(&cluster.munged, dir.path(), "60").await;
+    let bins = PublicBinaries::new();
+    let mut worker = slurm_worker(&cluster, &server, &bins, dir.path(), 1);
+    joined(&server, "hpc").await;
+    let shared = shared_dir();
+    let d = shared.path().display().to_string();
+    let id = submit(
+        &server,
+        &bins,
+        &[],
+        &format!(
+            "echo ran >> {d}/runs; echo before; while [ ! -e {d}/go ]; do sleep 0.05; done; \
+             echo after; exit 7"
+        ),
+    )
+    .await;
+    made(&shared.path().join("runs")).await;
+    // Its first output reached the coordinator (through the worker): polled, bounded.
+    let waited = tokio::time::timeout(LIMIT, async {
+        while !log(&server, &bins, &id).await.contains("before") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "the job's output reaches the coordinator");
+    worker.kill().await.unwrap();
+    // The job ends while its worker is away; the worker comes back.
+    std::fs::write(shared.path().join("go"), "").unwrap();
+    let _worker = slurm_worker(&cluster, &server, &bins, dir.path(), 1);
+    let ended = wait(&server, &bins, &id).await;
+    assert_eq!(ended["outcome"], "exited", "{ended}");
+    assert_eq!(ended["exit_status"], 7, "{ended}");
+    assert_eq!(log(&server, &bins, &id).await, "before\nafter\n");
+    assert_eq!(
+        std::fs::read_to_string(shared.path().join("runs")).unwrap(),
+        "ran\n",
+        "the job ran once"
+    );
+    // And the worker takes new work.
+    let next = submit(&server, &bins, &[], "exit 4").await;
+    assert_eq!(wait(&server, &bins, &next).await["exit_status"], 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_on_another_host_runs_its_jobs_on_slurm_in_as_many_lanes_as_it_offers() {
     use crate::workers::{coordinator, joined};
@@ -477,20 +550,7 @@ async fn a_worker_on_another_host_runs_its_jobs_on_slurm_in_as_many_lanes_as_it_
     let dir = tempfile::tempdir().unwrap();
     let server = coordinator(&cluster.munged, dir.path(), "60").await;
     let bins = PublicBinaries::new();
-    let mut worker = Command::new(bins.worker());
-    worker
-        .args(["-h", "127.0.0.1", "-p", &server.addr.port().to_string()])
-        .arg("--munge-socket")
-        .arg(cluster.munged.socket())
-        .args(["--name", "hpc", "--heartbeat", "1s", "--lanes", "2"])
-        .arg("--spool")
-        .arg(dir.path().join("spool"))
-        .args(cluster.options())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    let _worker = worker.spawn().expect("start cq_worker");
+    let _worker = slurm_worker(&cluster, &server, &bins, dir.path(), 2);
     joined(&server, "hpc").await;
     joined(&server, "hpc-2").await;
     let shared = shared_dir();

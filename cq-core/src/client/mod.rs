@@ -35,7 +35,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 const WORK_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A job the coordinator gave a worker to run.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Dispatch {
     /// The job.
     pub job: JobId,
