@@ -17,6 +17,18 @@ use std::path::{Path, PathBuf};
 ///
 /// What is wrong, in words for the admin.
 pub fn prepare(dir: &Path) -> Result<PathBuf, String> {
+    let canonical = prepare_private(dir)?;
+    private_dir(&canonical.join("logs"))?;
+    Ok(canonical)
+}
+
+/// [`prepare`] without the `logs` inside: a private directory (cq_worker's spool) on a way
+/// only root and this user can change. Returns its canonical path.
+///
+/// # Errors
+///
+/// What is wrong, in words for the admin.
+pub fn prepare_private(dir: &Path) -> Result<PathBuf, String> {
     let me = nix::unistd::geteuid().as_raw();
     let given =
         std::path::absolute(dir).map_err(|e| format!("cannot resolve {}: {e}", dir.display()))?;
@@ -34,7 +46,6 @@ pub fn prepare(dir: &Path) -> Result<PathBuf, String> {
         trusted_parent(ancestor, &meta, me)?;
     }
     private_dir(&canonical)?;
-    private_dir(&canonical.join("logs"))?;
     Ok(canonical)
 }
 

@@ -1,6 +1,5 @@
 //! cq_worker: a build host that runs a coordinator's jobs, one at a time.
 
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -291,24 +290,10 @@ fn executor(args: &Args, spool: &std::path::Path) -> Result<Arc<dyn Executor>, S
         )])
         .with_containment(containment);
     let root = nix::unistd::geteuid().is_root();
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(spool)
-        .map_err(|e| format!("cannot create the spool directory {}: {e}", spool.display()))?;
-    // Jobs' output waits here: a directory another user owns or can enter would show it.
-    let meta = std::fs::symlink_metadata(spool).map_err(|e| {
-        format!(
-            "cannot inspect the spool directory {}: {e}",
-            spool.display()
-        )
-    })?;
-    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o077 != 0 {
-        return Err(format!(
-            "the spool directory {} must be a directory of this user's that nobody else may enter (mode 0700)",
-            spool.display()
-        ));
-    }
+    // Jobs' output waits here, and the job the worker runs, to be found again after a
+    // restart: a directory another user can reach or replace would show or swap them.
+    crate::state_dir::prepare_private(spool)
+        .map_err(|e| format!("the spool directory {}: {e}", spool.display()))?;
     let executor = match crate::state_dir::result_dir(spool, root).and_then(|dir| {
         executor
             .clone()

@@ -240,21 +240,41 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
         if resume.is_none() {
             let _ = std::fs::remove_file(&spool);
             let _ = std::fs::remove_file(self.runner_file());
-            match postcard::to_allocvec(&dispatch) {
-                Ok(bytes) => {
-                    if let Err(e) = crate::job::write_synced(&self.running_file(), &bytes) {
-                        tracing::warn!(job = %id, error = %e, "cannot keep the job for a restart");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(job = %id, error = %e, "cannot keep the job for a restart")
-                }
+            let kept = postcard::to_allocvec(&dispatch)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    crate::job::write_synced(&self.running_file(), &bytes)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = kept {
+                // A job this worker could not find again after a restart would run unseen.
+                tracing::warn!(job = %id, error = %e, "cannot keep the job for a restart: not running it");
+                let failed = WorkReport::Ended {
+                    outcome: Outcome::SpawnFailed {
+                        reason: SpawnFailure::Other,
+                        message: format!("the worker cannot keep the job in its spool: {e}"),
+                    },
+                    results: Vec::new(),
+                };
+                let _ = self.deliver(id, lease, failed, shutdown).await;
+                return Ok(());
             }
         }
         tracing::info!(job = %id, command = ?dispatch.command.argv, run_as = ?dispatch.run_as.as_ref().map(|r| &r.user), "running a job");
         let cancel = CancellationToken::new();
         let results = ResultSink::default();
-        let outcome = match self.clearance(&dispatch) {
+        let mut cancel_refused = false;
+        // A job found again runs already: whatever the check says now, the executor is
+        // the one to stop it (a refusal cancels it there).
+        let checked = match (self.clearance(&dispatch), &resume) {
+            (Err(refusal), Some(_)) => {
+                tracing::warn!(job = %id, reason = %refusal, "the job found again is refused now: stopping it");
+                cancel_refused = true;
+                Ok(Clearance::default())
+            }
+            (checked, _) => checked,
+        };
+        let outcome = match checked {
             _ if cancelled_already && resume.is_none() => Outcome::Cancelled,
             Err(refusal) => {
                 tracing::warn!(job = %id, reason = %refusal, "refused the job");
@@ -267,8 +287,8 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
                 // Where the executor says it runs the job (a Slurm job id), for the
                 // coordinator's listings.
                 let runner = crate::job::RunnerRecord::to_file(self.runner_file());
-                let mut shown = None;
-                if cancelled_already {
+                let mut shown: Option<(String, tokio::time::Instant)> = None;
+                if cancelled_already || cancel_refused {
                     // Found again, but no longer this worker's (or cancelled meanwhile):
                     // stopped where it runs.
                     cancel.cancel();
@@ -301,8 +321,12 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
                         }),
                         () = shutdown.cancelled(), if !cancel.is_cancelled() => cancel.cancel(),
                         _ = flush.tick() => {
+                            // Sent when it changes, and again every heartbeat: a coordinator
+                            // that restarted has forgotten it.
                             if let Some(now) = runner.shown()
-                                && shown.as_ref() != Some(&now)
+                                && shown.as_ref().is_none_or(|(sent, at)| {
+                                    *sent != now || at.elapsed() >= self.options.heartbeat
+                                })
                             {
                                 let report = WorkReport::Runner { shown: now.clone() };
                                 // Lost on the way, it is sent again with the next tick.
@@ -312,7 +336,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
                                     .await
                                     .is_ok()
                                 {
-                                    shown = Some(now);
+                                    shown = Some((now, tokio::time::Instant::now()));
                                 }
                             }
                             let alive_due = last_report.elapsed() >= self.options.heartbeat;
@@ -328,6 +352,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
                                 Sent::NotOurs => {
                                     cancel.cancel();
                                     let _ = job.await;
+                                    self.forget_running();
                                     let _ = std::fs::remove_file(&spool);
                                     return Ok(());
                                 }
@@ -341,6 +366,7 @@ impl<C: Connector, S: CredentialSource, A: Authenticator> Worker<C, S, A> {
                     let before = sent;
                     match self.send_output(id, lease, &spool, &mut sent, false).await {
                         Sent::NotOurs => {
+                            self.forget_running();
                             let _ = std::fs::remove_file(&spool);
                             return Ok(());
                         }

@@ -615,6 +615,23 @@ async fn a_worker_on_another_host_runs_its_jobs_on_slurm_in_as_many_lanes_as_it_
             .contains("UserId=cq-test-user("),
         "{shown:?}"
     );
+    // A coordinator restarted meanwhile hears it again (the worker repeats it with its
+    // heartbeat).
+    let mut server = server;
+    server.kill9().await;
+    let server = server.restart().await;
+    let again = tokio::time::timeout(LIMIT, async {
+        loop {
+            let status = status(&server, &bins, &gated).await;
+            if let Some(runner) = status["runner"].as_str() {
+                return runner.to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the restarted coordinator hears the Slurm job id again");
+    assert_eq!(again, shown.0);
     std::fs::write(shared.path().join("go"), "").unwrap();
     assert_eq!(wait(&server, &bins, &gated).await["exit_status"], 0);
 }

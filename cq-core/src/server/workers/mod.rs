@@ -585,7 +585,7 @@ const MAX_OUTCOME_MESSAGE: usize = 4096;
 fn shown_text(shown: &str) -> String {
     shown
         .chars()
-        .filter(|c| !c.is_control())
+        .filter(|c| !crate::printable::is_unsafe(*c))
         .scan(0, |bytes, c| {
             *bytes += c.len_utf8();
             (*bytes <= crate::protocol::MAX_RUNNER_SHOWN).then_some(c)
