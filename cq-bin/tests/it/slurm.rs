@@ -304,17 +304,14 @@ async fn jobs_of_one_lane_never_overlap_while_two_lanes_run_side_by_side() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_coordinator_killed_while_a_slurm_job_runs_reports_its_real_end_after_a_restart() {
-    let cluster = Cluster::start();
-    let mut server = cluster.server(&[]).await;
-    let bins = PublicBinaries::new();
-    let shared = shared_dir();
-    let d = shared.path().display().to_string();
-
+/// Submits a job that says `before`, waits for `DIR/go`, says `after` and exits 7; returns
+/// once its first output is in the coordinator's log (polled, bounded: nothing tells a
+/// client when output arrives short of following to the end).
+async fn gated_job(server: &TestServer, bins: &PublicBinaries, dir: &Path) -> String {
+    let d = dir.display();
     let id = submit(
-        &server,
-        &bins,
+        server,
+        bins,
         &[],
         &format!(
             "echo ran >> {d}/runs; echo before; while [ ! -e {d}/go ]; do sleep 0.05; done; \
@@ -322,28 +319,43 @@ async fn a_coordinator_killed_while_a_slurm_job_runs_reports_its_real_end_after_
         ),
     )
     .await;
-    made(&shared.path().join("runs")).await;
-    // The job's first output reached the coordinator's log before it dies.
+    made(&dir.join("runs")).await;
     let waited = tokio::time::timeout(LIMIT, async {
-        while !log(&server, &bins, &id).await.contains("before") {
+        while !log(server, bins, &id).await.contains("before") {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
-    assert!(waited.is_ok(), "the job's output reaches its log");
+    assert!(waited.is_ok(), "the job's output reaches the coordinator");
+    id
+}
+
+/// The [`gated_job`] `id` ended as it does, with all of its output, having run once.
+async fn gated_job_ended_once(server: &TestServer, bins: &PublicBinaries, dir: &Path, id: &str) {
+    let ended = wait(server, bins, id).await;
+    assert_eq!(ended["outcome"], "exited", "{ended}");
+    assert_eq!(ended["exit_status"], 7, "{ended}");
+    assert_eq!(log(server, bins, id).await, "before\nafter\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("runs")).unwrap(),
+        "ran\n",
+        "the job ran once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_while_a_slurm_job_runs_reports_its_real_end_after_a_restart() {
+    let cluster = Cluster::start();
+    let mut server = cluster.server(&[]).await;
+    let bins = PublicBinaries::new();
+    let shared = shared_dir();
+
+    let id = gated_job(&server, &bins, shared.path()).await;
     server.kill9().await;
     // The job ends while no coordinator runs.
     std::fs::write(shared.path().join("go"), "").unwrap();
     let server = server.restart().await;
-    let ended = wait(&server, &bins, &id).await;
-    assert_eq!(ended["outcome"], "exited", "{ended}");
-    assert_eq!(ended["exit_status"], 7, "{ended}");
-    assert_eq!(log(&server, &bins, &id).await, "before\nafter\n");
-    assert_eq!(
-        std::fs::read_to_string(shared.path().join("runs")).unwrap(),
-        "ran\n",
-        "the job ran once"
-    );
+    gated_job_ended_once(&server, &bins, shared.path(), &id).await;
 }
 
 /// What cq_server says when it cannot start with jobs going to `partition`.
@@ -505,39 +517,12 @@ async fn a_worker_killed_while_its_slurm_job_runs_finds_it_again_after_a_restart
     let mut worker = slurm_worker(&cluster, &server, &bins, dir.path(), 1);
     joined(&server, "hpc").await;
     let shared = shared_dir();
-    let d = shared.path().display().to_string();
-    let id = submit(
-        &server,
-        &bins,
-        &[],
-        &format!(
-            "echo ran >> {d}/runs; echo before; while [ ! -e {d}/go ]; do sleep 0.05; done; \
-             echo after; exit 7"
-        ),
-    )
-    .await;
-    made(&shared.path().join("runs")).await;
-    // Its first output reached the coordinator (through the worker): polled, bounded.
-    let waited = tokio::time::timeout(LIMIT, async {
-        while !log(&server, &bins, &id).await.contains("before") {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "the job's output reaches the coordinator");
+    let id = gated_job(&server, &bins, shared.path()).await;
     worker.kill().await.unwrap();
     // The job ends while its worker is away; the worker comes back.
     std::fs::write(shared.path().join("go"), "").unwrap();
     let _worker = slurm_worker(&cluster, &server, &bins, dir.path(), 1);
-    let ended = wait(&server, &bins, &id).await;
-    assert_eq!(ended["outcome"], "exited", "{ended}");
-    assert_eq!(ended["exit_status"], 7, "{ended}");
-    assert_eq!(log(&server, &bins, &id).await, "before\nafter\n");
-    assert_eq!(
-        std::fs::read_to_string(shared.path().join("runs")).unwrap(),
-        "ran\n",
-        "the job ran once"
-    );
+    gated_job_ended_once(&server, &bins, shared.path(), &id).await;
     // And the worker takes new work.
     let next = submit(&server, &bins, &[], "exit 4").await;
     assert_eq!(wait(&server, &bins, &next).await["exit_status"], 4);
