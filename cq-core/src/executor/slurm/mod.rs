@@ -10,8 +10,7 @@
 //! Why the requester's rights and not root's `--uid`: Slurm then checks the requester's own
 //! access (partitions, accounts, limits), as it would for a job they submitted themselves;
 //! with `--uid`, Slurm checks root's access to the partition. It also works for a worker that
-//! is not root (its jobs run as its own user), and does not rely on an option later Slurm
-//! releases dropped.
+//! is not root (its jobs run as its own user).
 //!
 //! Crash safety: the job's name and directory are recorded (durably, through
 //! [`JobContext::runner`]) before it is submitted, and its Slurm job id after; a restarted
