@@ -321,12 +321,15 @@ pub async fn start(args: Args, context: Context, signals: Signals) -> anyhow::Re
         base_env.push(("PATH".into(), DEFAULT_PATH.into()));
     }
     let (containment, no_cgroups) = Containment::detect();
-    match &no_cgroups {
-        None => tracing::info!(containment = %containment.describe(), "jobs are contained"),
-        Some(why) => tracing::warn!(
-            reason = %why,
-            "cgroups cannot be used: each job gets a session and process group instead, which a process that starts its own session escapes"
-        ),
+    // On Slurm, Slurm contains the jobs (and the executor says how well).
+    if args.executor.executor == crate::executor_args::ExecutorKind::Process {
+        match &no_cgroups {
+            None => tracing::info!(containment = %containment.describe(), "jobs are contained"),
+            Some(why) => tracing::warn!(
+                reason = %why,
+                "cgroups cannot be used: each job gets a session and process group instead, which a process that starts its own session escapes"
+            ),
+        }
     }
     let mut executor = ProcessExecutor::new()
         .with_kill_grace(seconds(args.kill_grace, "kill-grace")?)
