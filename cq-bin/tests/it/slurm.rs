@@ -482,6 +482,22 @@ async fn the_allowed_commands_hold_for_jobs_on_slurm() {
     );
 }
 
+/// The `runner` the coordinator shows for job `id` once its worker has reported it. The
+/// worker reports it with its next report (and repeats it every heartbeat); nothing tells
+/// a client when that arrives: polled, bounded.
+async fn runner_once_reported(server: &TestServer, bins: &PublicBinaries, id: &str) -> String {
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            if let Some(runner) = status(server, bins, id).await["runner"].as_str() {
+                return runner.to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the worker tells the coordinator where the job runs")
+}
+
 /// cq_worker `hpc` running its jobs on `cluster` in `lanes` lanes, spooling in `dir`.
 fn slurm_worker(
     cluster: &Cluster,
@@ -580,43 +596,23 @@ async fn a_worker_on_another_host_runs_its_jobs_on_slurm_in_as_many_lanes_as_it_
         &format!("while [ ! -e {d}/go ]; do sleep 0.05; done"),
     )
     .await;
-    let shown = tokio::time::timeout(LIMIT, async {
-        loop {
-            let status = status(&server, &bins, &gated).await;
-            if let Some(runner) = status["runner"].as_str() {
-                return (runner.to_owned(), status["worker"].clone());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the worker tells the coordinator the Slurm job id");
-    assert!(shown.0.starts_with("slurm:"), "{shown:?}");
-    let slurm_id = shown.0.trim_start_matches("slurm:");
+    let shown = runner_once_reported(&server, &bins, &gated).await;
+    assert!(shown.starts_with("slurm:"), "{shown}");
+    let slurm_id = shown.trim_start_matches("slurm:");
     assert!(
         cluster
             .scontrol(slurm_id)
             .await
             .contains("UserId=cq-test-user("),
-        "{shown:?}"
+        "{shown}"
     );
     // A coordinator restarted meanwhile hears it again (the worker repeats it with its
     // heartbeat).
     let mut server = server;
     server.kill9().await;
     let server = server.restart().await;
-    let again = tokio::time::timeout(LIMIT, async {
-        loop {
-            let status = status(&server, &bins, &gated).await;
-            if let Some(runner) = status["runner"].as_str() {
-                return runner.to_owned();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the restarted coordinator hears the Slurm job id again");
-    assert_eq!(again, shown.0);
+    let again = runner_once_reported(&server, &bins, &gated).await;
+    assert_eq!(again, shown);
     std::fs::write(shared.path().join("go"), "").unwrap();
     assert_eq!(wait(&server, &bins, &gated).await["exit_status"], 0);
 }
