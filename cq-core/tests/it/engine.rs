@@ -276,13 +276,36 @@ async fn an_in_process_jobs_results_come_back_with_its_outcome() {
     assert_eq!(summary.results, expected);
 }
 
-/// A store whose commits of outcomes wait until the test lets them through.
-struct SlowOutcomes {
+/// Which of a store's commits wait until the test lets them through.
+#[derive(PartialEq)]
+enum HeldCommits {
+    Starts,
+    Outcomes,
+}
+
+/// A store whose commits of starts or of outcomes wait until the test lets them through.
+struct SlowCommits {
     inner: MemoryStore,
+    held: HeldCommits,
     release: Arc<Notify>,
 }
 
-impl Store for SlowOutcomes {
+impl SlowCommits {
+    fn hold(&self, done: Pending<()>, what: HeldCommits) -> Pending<()> {
+        if what != self.held {
+            return done;
+        }
+        let release = self.release.clone();
+        let (tx, pending) = Pending::channel();
+        tokio::spawn(async move {
+            release.notified().await;
+            let _ = tx.send(done.await);
+        });
+        pending
+    }
+}
+
+impl Store for SlowCommits {
     fn recover(&self, requeue_running: bool) -> Pending<Recovered> {
         self.inner.recover(requeue_running)
     }
@@ -290,7 +313,7 @@ impl Store for SlowOutcomes {
         self.inner.insert(job)
     }
     fn record_start(&self, id: JobId, at: SystemTime) -> Pending<()> {
-        self.inner.record_start(id, at)
+        self.hold(self.inner.record_start(id, at), HeldCommits::Starts)
     }
     fn record_requeue(&self, id: JobId) -> Pending<()> {
         self.inner.record_requeue(id)
@@ -299,14 +322,10 @@ impl Store for SlowOutcomes {
         self.inner.record_runner(id, worker, reference)
     }
     fn record_finish(&self, id: JobId, result: JobResult, log: u64, at: SystemTime) -> Pending<()> {
-        let done = self.inner.record_finish(id, result, log, at);
-        let release = self.release.clone();
-        let (tx, pending) = Pending::channel();
-        tokio::spawn(async move {
-            release.notified().await;
-            let _ = tx.send(done.await);
-        });
-        pending
+        self.hold(
+            self.inner.record_finish(id, result, log, at),
+            HeldCommits::Outcomes,
+        )
     }
     fn add_waiter(
         &self,
@@ -345,8 +364,9 @@ impl Store for SlowOutcomes {
 #[tokio::test]
 async fn waiters_hear_an_outcome_only_once_it_is_committed() {
     let release = Arc::new(Notify::new());
-    let store = Arc::new(SlowOutcomes {
+    let store = Arc::new(SlowCommits {
         inner: MemoryStore::new(),
+        held: HeldCommits::Outcomes,
         release: release.clone(),
     });
     let engine = Engine::new(EngineConfig::default())
@@ -376,6 +396,41 @@ async fn waiters_hear_an_outcome_only_once_it_is_committed() {
         .unwrap()
         .unwrap();
     assert_eq!(result.outcome, Outcome::Exited { code: 0 });
+}
+
+/// A job ran before its start was committed: the server killed in between found it queued
+/// after the restart and ran it a second time (seen in the kill -9 round test). A job runs
+/// only once its start is on disk, so a restart finds it started and never runs it again.
+#[tokio::test]
+async fn a_job_runs_only_once_its_start_is_committed() {
+    let release = Arc::new(Notify::new());
+    let store = Arc::new(SlowCommits {
+        inner: MemoryStore::new(),
+        held: HeldCommits::Starts,
+        release: release.clone(),
+    });
+    let engine = Engine::new(EngineConfig::default())
+        .with_store(store)
+        .start()
+        .await
+        .unwrap();
+    let probe = Arc::new(Probe::default());
+    let mut ticket = engine
+        .submit(Probed(probe.clone()), Identity::local())
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        probe.order.lock().await.is_empty(),
+        "the job ran before its start was committed"
+    );
+    release.notify_one();
+    let result = tokio::time::timeout(LIMIT, ticket.finished())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Exited { code: 0 });
+    assert_eq!(probe.order.lock().await.len(), 1);
 }
 
 /// Security II, finding 3: a submission retried with its key after a lost acknowledgement

@@ -13,7 +13,15 @@ use crate::executor::{Executor, LogSink};
 use crate::job::{Clearance, GiveBack, JobContext, JobId, JobPhase, JobSummary, Work, epoch_ms};
 use crate::outcome::{Outcome, SpawnFailure};
 use crate::scheduler::{Scheduler, WorkerInfo};
-use crate::store::PrunedJob;
+use crate::store::{Pending, PrunedJob};
+
+/// How [`Actor::launch`] sets a running job going.
+pub(super) enum Launch {
+    /// For the first time, once its start record (this) is committed.
+    Start(Pending<()>),
+    /// Found again where it runs, by the reference its executor recorded.
+    Resume(String),
+}
 
 impl<S: Scheduler> Actor<S> {
     pub(super) fn begin_shutdown(&mut self, mode: ShutdownMode, done: Option<oneshot::Sender<()>>) {
@@ -86,7 +94,7 @@ impl<S: Scheduler> Actor<S> {
         }
         // A job it ran when the server stopped: found again where it runs.
         if let Some((id, job, reference)) = self.awaiting.remove(&info.name) {
-            self.launch(id, job, Some(reference));
+            self.launch(id, job, Launch::Resume(reference));
         }
         Ok(())
     }
@@ -294,9 +302,9 @@ impl<S: Scheduler> Actor<S> {
         });
         live.state.send_replace(JobState::Running);
         live.started_at = Some(SystemTime::now());
-        self.store
-            .record_start(id, SystemTime::now())
-            .log_failure("record a start");
+        // The job runs only once this is on disk: a server killed before would otherwise
+        // find it queued after its restart and run it a second time.
+        let start_recorded = self.store.record_start(id, SystemTime::now());
         self.running.insert(
             id,
             Running {
@@ -310,12 +318,16 @@ impl<S: Scheduler> Actor<S> {
                 runner: None,
             },
         );
-        self.launch(id, job, None);
+        self.launch(id, job, Launch::Start(start_recorded));
     }
 
-    /// Runs running job `id` on its worker, or, with `resume`, finds it again where it
-    /// already runs (after a restart); the task reports its end.
-    pub(super) fn launch(&mut self, id: JobId, job: Work, resume: Option<String>) {
+    /// Runs running job `id` on its worker once its start is committed, or finds it again
+    /// where it already runs (after a restart); the task reports its end.
+    pub(super) fn launch(&mut self, id: JobId, job: Work, how: Launch) {
+        let (start_recorded, resume) = match how {
+            Launch::Start(recorded) => (recorded, None),
+            Launch::Resume(reference) => (Pending::ready(Ok(())), Some(reference)),
+        };
         let (Some(running), Some(live)) = (self.running.get(&id), self.jobs.get(&id)) else {
             return;
         };
@@ -360,6 +372,15 @@ impl<S: Scheduler> Actor<S> {
                     spawn_failure(
                         SpawnFailure::Other,
                         format!("the job could not be recorded: {e}"),
+                    ),
+                    0,
+                );
+            }
+            if let Err(e) = start_recorded.await {
+                return (
+                    spawn_failure(
+                        SpawnFailure::Other,
+                        format!("the job's start could not be recorded: {e}"),
                     ),
                     0,
                 );

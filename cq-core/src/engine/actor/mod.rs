@@ -679,7 +679,11 @@ impl<S: Scheduler> Actor<S> {
         );
         if local {
             // Its executor recorded where it runs, and is here to find it.
-            self.launch(id, Work::Command(command), Some(reference));
+            self.launch(
+                id,
+                Work::Command(command),
+                lifecycle::Launch::Resume(reference),
+            );
             return;
         }
         self.awaiting
