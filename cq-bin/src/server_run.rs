@@ -11,7 +11,7 @@ use cq_auth::mtls::{TlsClientAuthenticator, UserMap};
 use cq_auth::peercred::{PeerCredAuthenticator, PeerCredOr};
 use cq_core::account::Account;
 use cq_core::executor::DEFAULT_PATH;
-use cq_core::policy::{PolicyRefusal, StartCheck};
+use cq_core::policy::{AccessCheck, Admitted, PolicyRefusal};
 use cq_core::scheduler::WorkerInfo;
 use cq_core::scheduler::{Decision, DedupScope, DuplicateJobs};
 use cq_core::server::{HookProgram, NoticeProgram};
@@ -189,12 +189,16 @@ impl TlsReload {
 
 /// Checks a queued job when it comes to start: the credential it was submitted with still
 /// holds (the authenticator says), and the policy still admits it.
-struct ServerStartCheck<A> {
+struct ServerAccessCheck<A> {
     policy: SharedPolicy,
     authenticator: A,
 }
 
-impl<A: Authenticator> StartCheck for ServerStartCheck<A> {
+impl<A: Authenticator> AccessCheck for ServerAccessCheck<A> {
+    fn admit(&self, requester: &Identity, job: &CommandJob) -> Result<Admitted, PolicyRefusal> {
+        self.policy.admit(requester, job)
+    }
+
     fn clear(&self, owner: &Identity, job: &CommandJob) -> Result<Clearance, PolicyRefusal> {
         self.authenticator
             .still_valid(owner)
@@ -660,7 +664,7 @@ async fn serve(
     parts: Parts,
 ) -> anyhow::Result<()> {
     let log_dir = parts.engine.log_dir.clone().unwrap_or_default();
-    let start_check = ServerStartCheck {
+    let access_check = ServerAccessCheck {
         policy: parts.policy.clone(),
         authenticator: auth.clone(),
     };
@@ -668,7 +672,7 @@ async fn serve(
     let mut engine = Engine::new(parts.engine)
         .with_store(parts.store.clone())
         .with_executor(parts.executor.clone())
-        .with_start_check(Arc::new(start_check));
+        .with_access_check(Arc::new(access_check));
     // Further lanes are further workers of the server's own, with names that stay the same
     // across restarts (a job running on one is found again under its name).
     for lane in 2..=parts.lanes {
@@ -677,6 +681,9 @@ async fn serve(
     }
     if let Some(dedup) = parts.dedup {
         engine = engine.with_hook(dedup);
+    }
+    if let Some(hook) = parts.hook_program {
+        engine = engine.with_reviewer(Arc::new(hook));
     }
     let engine = engine
         .start()
@@ -691,10 +698,6 @@ async fn serve(
     } = parts.signals;
     let server = Server::with_config(engine.clone(), auth, signer, parts.config)
         .with_policy(parts.policy.clone());
-    let server = match parts.hook_program {
-        Some(hook) => server.with_hook_program(hook),
-        None => server,
-    };
     let stop_metrics = CancellationToken::new();
     if let Some(listener) = parts.metrics {
         let listener = tokio::net::TcpListener::from_std(listener)?;

@@ -314,7 +314,7 @@ pub fn check_result(key: &str, value: &str) -> Result<(), InvalidResult> {
 }
 
 /// What a command job was cleared to do when it came to start (see
-/// [`StartCheck`](crate::policy::StartCheck)): whose rights it runs with and which programs
+/// [`AccessCheck::clear`](crate::policy::AccessCheck::clear)): whose rights it runs with and which programs
 /// it may run. The default runs anything as the server's own user.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Clearance {

@@ -74,7 +74,7 @@ pub use auth::{
 pub use client::{Client, ClientError, Dispatch, JobEvent, Progress, Reconnect, Submission};
 pub use engine::{
     Caller, Cancelled, Engine, EngineConfig, EngineEvent, EngineHandle, EngineStopped, JobResult,
-    JobState, JobTicket, LogAccess, QueueState, ShutdownMode, SubmitError, SubmitOptions,
+    JobState, JobTicket, LogAccess, QueueState, Reviewer, ShutdownMode, SubmitError, SubmitOptions,
     TaskFailed, TaskTicket, UserLimits,
 };
 #[cfg(feature = "process")]
@@ -86,7 +86,7 @@ pub use job::{
     check_result,
 };
 pub use outcome::{Outcome, SpawnFailure};
-pub use policy::{PolicyRefusal, SharedPolicy, StartCheck, SubmitPolicy};
+pub use policy::{AccessCheck, Admitted, PolicyRefusal, SharedPolicy, SubmitPolicy};
 pub use scheduler::{
     AcceptAll, Decision, DedupScope, DuplicateJobs, HookChain, JobInfo, QueueSource, QueueView,
     Scheduler, SerialScheduler, SubmitHook, WorkerInfo,

@@ -333,9 +333,19 @@ fn matches_any(patterns: &[String], name: &str) -> bool {
     patterns.iter().any(|p| pattern_matches(p, name))
 }
 
-/// Re-checks a command job when it comes to start and says what it may do; the engine calls
-/// it (on a blocking thread: it may read the account database) before starting each job.
-pub trait StartCheck: Send + Sync + 'static {
+/// Checks a command job when it is submitted and again when it comes to start, and says
+/// what it may do. The engine calls it on a blocking thread (it may read the account
+/// database, which may be remote), for every caller of
+/// [`EngineHandle::submit_command`](crate::EngineHandle::submit_command).
+pub trait AccessCheck: Send + Sync + 'static {
+    /// Whether `requester` may queue `job`, and as whom.
+    ///
+    /// # Errors
+    ///
+    /// Why not; the submission is then refused
+    /// ([`SubmitError::Refused`](crate::SubmitError::Refused)).
+    fn admit(&self, requester: &Identity, job: &CommandJob) -> Result<Admitted, PolicyRefusal>;
+
     /// Whether `owner`'s `job` may start now, and with what rights.
     ///
     /// # Errors
@@ -343,6 +353,37 @@ pub trait StartCheck: Send + Sync + 'static {
     /// Why it may not; the job then ends without running
     /// ([`SpawnFailure::NotPermitted`](crate::SpawnFailure::NotPermitted)).
     fn clear(&self, owner: &Identity, job: &CommandJob) -> Result<Clearance, PolicyRefusal>;
+}
+
+/// A submission the [`AccessCheck`] admitted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Admitted {
+    /// Who owns the job: the requester with the account database's name and primary group
+    /// (a group a credential claims is never used).
+    pub owner: Identity,
+    /// Whether the job may be merged into another user's equal job.
+    pub merge_across_users: bool,
+}
+
+impl Admitted {
+    /// `owner`'s job, not to be merged into other users' jobs.
+    pub fn new(owner: Identity) -> Self {
+        Self {
+            owner,
+            merge_across_users: false,
+        }
+    }
+}
+
+/// The identity with the account database's name and primary group: a group the credential
+/// claims is never used.
+pub fn with_account(mut identity: Identity, account: Option<&Account>) -> Identity {
+    if let Some(account) = account {
+        identity.gid = account.gid;
+        identity.user = Some(account.name.clone());
+    }
+    identity
 }
 
 /// The policy in force, replaceable while the server runs (e.g. on `SIGHUP`).
@@ -367,7 +408,16 @@ impl SharedPolicy {
     }
 }
 
-impl StartCheck for SharedPolicy {
+impl AccessCheck for SharedPolicy {
+    fn admit(&self, requester: &Identity, job: &CommandJob) -> Result<Admitted, PolicyRefusal> {
+        let policy = self.current();
+        let account = policy.review(requester, job)?;
+        Ok(Admitted {
+            owner: with_account(requester.clone(), account.as_ref()),
+            merge_across_users: policy.merge_across_users,
+        })
+    }
+
     fn clear(&self, owner: &Identity, job: &CommandJob) -> Result<Clearance, PolicyRefusal> {
         self.current().clear(owner, job)
     }

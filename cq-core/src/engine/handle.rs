@@ -63,6 +63,8 @@ pub(super) enum Command {
     },
     List {
         by: Caller,
+        /// With the most recently finished jobs (from the store), or live ones only.
+        finished: bool,
         reply: oneshot::Sender<Result<Vec<JobSummary>, SubmitError>>,
     },
     Status {
@@ -228,6 +230,7 @@ pub struct LogAccess {
 #[derive(Clone, Debug)]
 pub struct EngineHandle {
     pub(super) commands: mpsc::Sender<Command>,
+    pub(super) admission: Arc<super::admission::Admission>,
     pub(super) events: tokio::sync::broadcast::Sender<super::EngineEvent>,
 }
 
@@ -267,23 +270,25 @@ impl EngineHandle {
         self.submit_work(Work::Local(job), owner, options).await
     }
 
-    /// Submits a command on behalf of `owner`: data the engine stores, compares (submit
-    /// hooks, duplicate elimination), restores after a restart, checks again when it comes
-    /// to start ([`StartCheck`](crate::StartCheck)) and runs with its executor
-    /// ([`Engine::with_executor`](crate::Engine::with_executor)).
+    /// Submits a command on behalf of `owner`: data the engine admits (validity, then the
+    /// engine's [`AccessCheck`](crate::AccessCheck), which may name the owner anew, and its
+    /// [`Reviewer`](crate::Reviewer)), stores, compares (submit hooks, duplicate
+    /// elimination), restores after a restart, checks again when it comes to start, and
+    /// runs with its executor ([`Engine::with_executor`](crate::Engine::with_executor)).
     ///
     /// # Errors
     ///
-    /// As [`submit`](Self::submit).
+    /// As [`submit`](Self::submit); also [`SubmitError::Invalid`] for a command exec cannot
+    /// take and [`SubmitError::Refused`] when the access check refuses it.
     pub async fn submit_command(
         &self,
         command: CommandJob,
         owner: Identity,
         options: SubmitOptions,
     ) -> Result<JobTicket, SubmitError> {
-        // Checked here, for every caller: what exec cannot take is never queued.
-        command.validate().map_err(SubmitError::Invalid)?;
-        self.submit_work(Work::Command(std::sync::Arc::new(command)), owner, options)
+        let command = Arc::new(command);
+        let (owner, options) = self.admission.admit(self, &command, owner, options).await?;
+        self.submit_work(Work::Command(command), owner, options)
             .await
     }
 
@@ -367,7 +372,35 @@ impl EngineHandle {
     /// store cannot be read.
     pub async fn list(&self, by: Caller) -> Result<Vec<JobSummary>, SubmitError> {
         let (reply, answer) = oneshot::channel();
-        self.request(Command::List { by, reply }, answer).await
+        self.request(
+            Command::List {
+                by,
+                finished: true,
+                reply,
+            },
+            answer,
+        )
+        .await
+    }
+
+    /// The running jobs and the queued ones in order, as `by` may see them: what
+    /// [`list`](Self::list) shows without the finished jobs, and without waiting for the
+    /// store.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Stopped`] when the engine has stopped.
+    pub async fn live(&self, by: Caller) -> Result<Vec<JobSummary>, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.request(
+            Command::List {
+                by,
+                finished: false,
+                reply,
+            },
+            answer,
+        )
+        .await
     }
 
     /// What the engine knows about job `id`, as `by` may see it.
@@ -644,4 +677,10 @@ pub enum SubmitError {
     /// The command cannot be run as given (empty, a NUL byte, a bad variable name...).
     #[error("{0}")]
     Invalid(crate::job::InvalidJob),
+    /// The [`AccessCheck`](crate::AccessCheck) refused the requester or the job.
+    #[error("{0}")]
+    Refused(crate::policy::PolicyRefusal),
+    /// The [`AccessCheck`](crate::AccessCheck) could not decide (it panicked).
+    #[error("the server could not check its policy: {0}")]
+    CheckFailed(String),
 }

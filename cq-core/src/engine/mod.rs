@@ -6,11 +6,13 @@
 //! of a little memory each. A worker's next job starts the moment its previous one is reaped.
 
 mod actor;
+mod admission;
 mod events;
 mod handle;
 mod task;
 
 pub use actor::{Engine, EngineConfig, UserLimits};
+pub use admission::Reviewer;
 pub use events::EngineEvent;
 pub use handle::{
     Caller, Cancelled, EngineHandle, EngineStopped, JobResult, JobState, JobTicket, LogAccess,

@@ -34,6 +34,7 @@ use tokio::sync::Semaphore;
 
 use crate::account::Account;
 use crate::auth::Identity;
+use crate::engine::Reviewer;
 use crate::executor::child::{ChildSpec, ChildStdio, Exit, UserSwitch};
 use crate::executor::{DEFAULT_JOB_UMASK, DEFAULT_PATH};
 use crate::job::{CommandJob, JobId, JobPhase, JobSummary};
@@ -89,6 +90,15 @@ enum HookAnswer {
     Reject { reason: String },
 }
 
+/// Asks the program about `job`, submitted by `owner`, given the `queue` (jobs that are not
+/// finished are shown to it).
+#[async_trait::async_trait]
+impl Reviewer for HookProgram {
+    async fn review(&self, job: &CommandJob, owner: &Identity, queue: &[JobSummary]) -> Decision {
+        self.ask_in_time(job, owner, queue).await
+    }
+}
+
 impl HookProgram {
     /// Runs `path` with a time limit; `fallback` is the decision when it fails. It runs as
     /// this process's user unless [`run_as`](Self::run_as) says otherwise, and at most
@@ -117,9 +127,7 @@ impl HookProgram {
         self
     }
 
-    /// Asks the program about `job`, submitted by `owner`, given the `queue` (jobs that are
-    /// not finished are shown to it).
-    pub async fn review(
+    async fn ask_in_time(
         &self,
         job: &CommandJob,
         owner: &Identity,

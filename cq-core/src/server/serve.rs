@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection;
-use super::hook_program::HookProgram;
 use super::log_limit::LogLimiter;
 use crate::auth::{Authenticator, CredentialSource};
 use crate::engine::{EngineHandle, ShutdownMode};
@@ -71,7 +70,6 @@ pub(super) struct Shared<A, C> {
     pub(super) authenticator: A,
     pub(super) signer: C,
     pub(super) config: ServerConfig,
-    pub(super) hook_program: Option<HookProgram>,
     pub(super) policy: Option<SharedPolicy>,
     pub(super) budget: ReadBudget,
     /// Log lines about peers that fail before they are authenticated: a flood must not
@@ -114,7 +112,6 @@ impl<A: Authenticator, C: CredentialSource> Server<A, C> {
         let budget = ReadBudget::new(config.free_frame, config.preauth_pool);
         Self {
             shared: Shared {
-                hook_program: None,
                 policy: None,
                 engine,
                 authenticator,
@@ -129,13 +126,6 @@ impl<A: Authenticator, C: CredentialSource> Server<A, C> {
                 config,
             },
         }
-    }
-
-    /// Runs `hook` on every submission before the engine's own hooks.
-    #[must_use]
-    pub fn with_hook_program(mut self, hook: HookProgram) -> Self {
-        self.shared.hook_program = Some(hook);
-        self
     }
 
     /// Checks every request against `policy` (replaceable while serving): who may use the

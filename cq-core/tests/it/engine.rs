@@ -281,6 +281,8 @@ async fn an_in_process_jobs_results_come_back_with_its_outcome() {
 enum HeldCommits {
     Starts,
     Outcomes,
+    /// Its lists of recent jobs (which wait behind the writer in the SQLite store).
+    Reads,
 }
 
 /// A store whose commits of starts or of outcomes wait until the test lets them through.
@@ -291,7 +293,7 @@ struct SlowCommits {
 }
 
 impl SlowCommits {
-    fn hold(&self, done: Pending<()>, what: HeldCommits) -> Pending<()> {
+    fn hold<T: Send + 'static>(&self, done: Pending<T>, what: HeldCommits) -> Pending<T> {
         if what != self.held {
             return done;
         }
@@ -343,7 +345,7 @@ impl Store for SlowCommits {
         self.inner.describe(id)
     }
     fn recent(&self, limit: usize) -> Pending<Vec<JobRecord>> {
-        self.inner.recent(limit)
+        self.hold(self.inner.recent(limit), HeldCommits::Reads)
     }
     fn prune(&self, before: SystemTime) -> Pending<Vec<PrunedJob>> {
         self.inner.prune(before)
@@ -988,6 +990,157 @@ async fn the_engine_refuses_commands_exec_cannot_take() {
         )
         .await;
     assert!(matches!(nul, Err(SubmitError::Invalid(_))), "{nul:?}");
+}
+
+/// Records whom each command runs for, and holds it until the test lets it end.
+struct Owners {
+    seen: Arc<std::sync::Mutex<Vec<Identity>>>,
+    release: Arc<Notify>,
+}
+
+#[async_trait]
+impl cq_core::Executor for Owners {
+    async fn run(&self, _job: &cq_core::CommandJob, ctx: JobContext) -> Outcome {
+        self.seen.lock().unwrap().push(ctx.owner.clone());
+        self.release.notified().await;
+        Outcome::Exited { code: 0 }
+    }
+}
+
+/// Issue 14: the policy was checked in the server's connection, so an embedder calling
+/// `submit_command` skipped it, and a group the requester claimed stayed theirs. The engine's
+/// access check now admits every command, whoever submits it.
+#[tokio::test]
+async fn an_embedders_commands_pass_the_access_check_and_run_as_the_account_names_them() {
+    use cq_core::account::Account;
+    use cq_core::{CommandJob, SharedPolicy, SubmitPolicy};
+    let policy = SubmitPolicy {
+        allow_root: true,
+        first_regular_uid: 0,
+        ..SubmitPolicy::default()
+    };
+    let (seen, release) = (Arc::default(), Arc::new(Notify::new()));
+    let engine = Engine::new(EngineConfig::default())
+        .with_executor(Arc::new(Owners {
+            seen: Arc::clone(&seen),
+            release: release.clone(),
+        }))
+        .with_access_check(Arc::new(SharedPolicy::new(policy)))
+        .start()
+        .await
+        .expect("the engine starts");
+    let mut preload = CommandJob::new(["true"]);
+    preload
+        .env
+        .push(("LD_PRELOAD".to_owned(), "/tmp/evil.so".to_owned()));
+    let refused = engine
+        .submit_command(preload, Identity::local(), SubmitOptions::new())
+        .await;
+    assert!(
+        matches!(&refused, Err(SubmitError::Refused(_))),
+        "{refused:?}"
+    );
+    let mut forged = Identity::local();
+    forged.gid = 4242;
+    forged.user = Some("somebody-else".to_owned());
+    let mut ticket = engine
+        .submit_command(CommandJob::new(["true"]), forged, SubmitOptions::new())
+        .await
+        .expect("a clean command is admitted");
+    release.notify_one();
+    let result = tokio::time::timeout(LIMIT, ticket.finished())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Exited { code: 0 });
+    let account = Account::lookup(Identity::local().uid).unwrap();
+    let owners = seen.lock().unwrap().clone();
+    assert_eq!(owners.len(), 1, "only the admitted command ran");
+    assert_eq!(owners[0].gid, account.gid, "the claimed group is not used");
+    assert_eq!(owners[0].user.as_deref(), Some(account.name.as_str()));
+}
+
+/// Decides from the live queue it is shown: rejects while anything waits or runs.
+struct Closed(Arc<std::sync::Mutex<Vec<Vec<JobId>>>>);
+
+#[async_trait]
+impl cq_core::Reviewer for Closed {
+    async fn review(
+        &self,
+        _job: &cq_core::CommandJob,
+        _owner: &Identity,
+        queue: &[cq_core::JobSummary],
+    ) -> Decision {
+        self.0
+            .lock()
+            .unwrap()
+            .push(queue.iter().map(|j| j.id).collect());
+        if queue.is_empty() {
+            Decision::Accept
+        } else {
+            Decision::Reject("busy".to_owned())
+        }
+    }
+}
+
+/// Issue 14: the hook program ran only for the server's connections, on a full list that
+/// waited for the store. The engine's reviewer decides about every command, from the live
+/// queue, also while the store is slow to read.
+#[tokio::test]
+async fn the_reviewer_decides_every_command_from_the_live_queue() {
+    use cq_core::CommandJob;
+    let held = Arc::new(Notify::new());
+    let store = Arc::new(SlowCommits {
+        inner: MemoryStore::new(),
+        held: HeldCommits::Reads,
+        release: held.clone(),
+    });
+    let shown = Arc::default();
+    let release = Arc::new(Notify::new());
+    let engine = Engine::new(EngineConfig::default())
+        .with_store(store)
+        .with_executor(Arc::new(Owners {
+            seen: Arc::default(),
+            release: release.clone(),
+        }))
+        .with_reviewer(Arc::new(Closed(Arc::clone(&shown))))
+        .start()
+        .await
+        .expect("the engine starts");
+    let mut first = tokio::time::timeout(
+        LIMIT,
+        engine.submit_command(
+            CommandJob::new(["true"]),
+            Identity::local(),
+            SubmitOptions::new(),
+        ),
+    )
+    .await
+    .expect("the reviewer does not wait for the store")
+    .expect("accepted on an empty queue");
+    let second = tokio::time::timeout(
+        LIMIT,
+        engine.submit_command(
+            CommandJob::new(["true"]),
+            Identity::local(),
+            SubmitOptions::new(),
+        ),
+    )
+    .await
+    .expect("the reviewer does not wait for the store");
+    assert_eq!(
+        second.err(),
+        Some(SubmitError::Rejected {
+            reason: "busy".to_owned()
+        })
+    );
+    assert_eq!(*shown.lock().unwrap(), vec![vec![], vec![first.id]]);
+    release.notify_one();
+    let result = tokio::time::timeout(LIMIT, first.finished())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Exited { code: 0 });
 }
 
 /// Records the time limit each command arrives with.

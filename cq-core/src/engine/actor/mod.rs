@@ -20,7 +20,7 @@ use crate::auth::Identity;
 use crate::executor::{DEFAULT_LOG_LIMIT, Executor, LogChunk};
 use crate::job::{CommandJob, JobId, JobPhase, JobSummary, SubmitKey, Work, epoch_ms};
 use crate::outcome::Outcome;
-use crate::policy::StartCheck;
+use crate::policy::AccessCheck;
 use crate::scheduler::{AcceptAll, JobInfo, Scheduler, SerialScheduler, SubmitHook, WorkerInfo};
 use crate::store::{MemoryStore, Pending, PrunedJob, Store, StoreError, StoredJob};
 
@@ -154,7 +154,7 @@ pub struct Engine<S = SerialScheduler> {
     executor: Option<Arc<dyn Executor>>,
     /// Workers besides the engine's own, each with its executor.
     workers: Vec<Worker>,
-    start_check: Option<Arc<dyn StartCheck>>,
+    admission: super::admission::Admission,
 }
 
 /// Where jobs run: a worker with the executor that runs its jobs, one at a time.
@@ -186,7 +186,7 @@ impl<S: Scheduler> Engine<S> {
             store: Arc::new(MemoryStore::new()),
             executor: None,
             workers: Vec::new(),
-            start_check: None,
+            admission: super::admission::Admission::default(),
         }
     }
 
@@ -229,12 +229,22 @@ impl<S: Scheduler> Engine<S> {
         self
     }
 
-    /// Checks every command job again when it comes to start (the policy and accounts may
-    /// have changed since it was queued), and runs it with the [`Clearance`](crate::Clearance)
-    /// the check gives. Without one, command jobs run as this process, with any program.
+    /// Checks every command when it is submitted ([`AccessCheck::admit`]: who the owner
+    /// is, whether they may queue it) and again when it comes to start
+    /// ([`AccessCheck::clear`]: the policy and accounts may have changed since), and runs it
+    /// with the [`Clearance`](crate::Clearance) the check gives. Without one, anybody may
+    /// queue any valid command, and it runs as this process, with any program.
     #[must_use]
-    pub fn with_start_check(mut self, check: Arc<dyn StartCheck>) -> Self {
-        self.start_check = Some(check);
+    pub fn with_access_check(mut self, check: Arc<dyn AccessCheck>) -> Self {
+        self.admission.access = Some(check);
+        self
+    }
+
+    /// Has `reviewer` decide about every command once the [`AccessCheck`] admitted it,
+    /// before the engine's own [hook](Self::with_hook).
+    #[must_use]
+    pub fn with_reviewer(mut self, reviewer: Arc<dyn super::Reviewer>) -> Self {
+        self.admission.reviewer = Some(reviewer);
         self
     }
 
@@ -277,7 +287,7 @@ impl<S: Scheduler> Engine<S> {
             config: self.config,
             store: self.store,
             workers: std::iter::once(own_worker).chain(self.workers).collect(),
-            start_check: self.start_check,
+            start_check: self.admission.access.clone(),
             jobs: HashMap::new(),
             running: HashMap::new(),
             paused,
@@ -314,7 +324,11 @@ impl<S: Scheduler> Engine<S> {
             actor.adopt(elsewhere);
         }
         tokio::spawn(actor.run(inbox, internal_inbox));
-        Ok(EngineHandle { commands, events })
+        Ok(EngineHandle {
+            commands,
+            admission: Arc::new(self.admission),
+            events,
+        })
     }
 }
 
@@ -480,7 +494,7 @@ struct Actor<S> {
     store: Arc<dyn Store>,
     /// The engine's own worker first, then the others.
     workers: Vec<Worker>,
-    start_check: Option<Arc<dyn StartCheck>>,
+    start_check: Option<Arc<dyn AccessCheck>>,
     next_id: u64,
     jobs: HashMap<JobId, Live>,
     running: HashMap<JobId, Running>,
@@ -560,7 +574,11 @@ impl<S: Scheduler> Actor<S> {
             } => self.submit(job, owner, options, reply),
             Command::Watch { id, by, reply } => self.watch(id, &by, reply),
             Command::Shutdown { mode, done } => self.begin_shutdown(mode, Some(done)),
-            Command::List { by, reply } => self.list(&by, reply),
+            Command::List {
+                by,
+                finished,
+                reply,
+            } => self.list(&by, finished, reply),
             Command::Status { id, by, reply } => self.status(id, &by, reply),
             Command::Cancel { id, by, reply } => self.cancel(id, &by, reply),
             Command::OpenLog { id, by, reply } => self.open_log(id, &by, reply),

@@ -129,9 +129,14 @@ impl<S: Scheduler> Actor<S> {
     pub(super) fn list(
         &self,
         by: &Caller,
+        finished: bool,
         reply: oneshot::Sender<Result<Vec<JobSummary>, SubmitError>>,
     ) {
         let mut jobs = self.live_summaries(by);
+        if !finished {
+            let _ = reply.send(Ok(jobs));
+            return;
+        }
         let recent = self.store.recent(RECENT_IN_LISTS);
         let by = by.clone();
         tokio::spawn(async move {

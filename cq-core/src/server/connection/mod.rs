@@ -2,7 +2,7 @@
 //! bound to it (tagged with the request's reply key, or signed by the server).
 //!
 //! - `request.rs`: authentication, the replay record and dispatch of one request;
-//! - `submit.rs`: admission of a job (validation, policy, hook program);
+//! - `submit.rs`: a submission, handed to the engine (which admits it) and followed;
 //! - `follow.rs`: a job's events until it ends;
 //! - `query.rs`: listings, status and cancel, in pages;
 //! - `log_stream.rs`: a job's output.
@@ -342,7 +342,8 @@ fn error_code(e: &SubmitError) -> ErrorCode {
         SubmitError::AlreadyFinished(_)
         | SubmitError::NotQueued(_)
         | SubmitError::Rejected { .. } => ErrorCode::REJECTED,
-        SubmitError::NotPermitted { .. } => ErrorCode::NOT_PERMITTED,
+        SubmitError::NotPermitted { .. } | SubmitError::Refused(_) => ErrorCode::NOT_PERMITTED,
+        SubmitError::CheckFailed(_) => ErrorCode::INTERNAL,
         SubmitError::Invalid(_) => ErrorCode::INVALID_JOB,
         SubmitError::UnknownJob(_) => ErrorCode::UNKNOWN_JOB,
         SubmitError::Store(_) => ErrorCode::INTERNAL,

@@ -206,7 +206,7 @@ where
         .await;
         match checked {
             Ok(Ok((admin, account))) => {
-                let identity = with_account(identity, account.as_ref());
+                let identity = crate::policy::with_account(identity, account.as_ref());
                 Some(Caller { identity, admin })
             }
             Ok(Err(refusal)) => {
@@ -224,16 +224,6 @@ where
             }
         }
     }
-}
-
-/// The identity with the account database's name and primary group: a group the credential
-/// claims is never used.
-pub(super) fn with_account(mut identity: Identity, account: Option<&Account>) -> Identity {
-    if let Some(account) = account {
-        identity.gid = account.gid;
-        identity.user = Some(account.name.clone());
-    }
-    identity
 }
 
 fn canonical(addr: SocketAddr) -> SocketAddr {

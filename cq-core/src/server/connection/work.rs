@@ -145,7 +145,7 @@ where
         })
         .await;
         match checked {
-            Ok(Ok(account)) => Some(super::request::with_account(identity, account.as_ref())),
+            Ok(Ok(account)) => Some(crate::policy::with_account(identity, account.as_ref())),
             Ok(Err(refusal)) => {
                 tracing::warn!(who = %identity, reason = %refusal, "refused a worker");
                 self.shared.stats.refuse(Refusal::Policy);
