@@ -63,7 +63,10 @@ impl Admission {
                 let (access, who, job) = (access.clone(), requester.clone(), command.clone());
                 let admitted = tokio::task::spawn_blocking(move || access.admit(&who, &job))
                     .await
-                    .map_err(|e| SubmitError::CheckFailed(e.to_string()))?;
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "the access check failed");
+                        SubmitError::CheckFailed
+                    })?;
                 match admitted {
                     Ok(admitted) => {
                         options.merge_across_users = admitted.merge_across_users;
@@ -71,6 +74,10 @@ impl Admission {
                     }
                     Err(refusal) => {
                         tracing::info!(who = %requester, command = %command.summary(), reason = %refusal, "refused by policy");
+                        let _ = engine.events.send(super::EngineEvent::Refused {
+                            owner: requester,
+                            reason: refusal.to_string(),
+                        });
                         return Err(SubmitError::Refused(refusal));
                     }
                 }

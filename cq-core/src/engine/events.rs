@@ -35,8 +35,8 @@ pub enum EngineEvent {
         /// Who submitted it.
         owner: Identity,
     },
-    /// A submission was refused: by a hook, by a quota, or because the policy does not
-    /// allow the merge a hook asked for.
+    /// A submission was refused: by the access check, a reviewer or a hook, by a quota, or
+    /// because the policy does not allow the merge a hook asked for.
     Refused {
         /// Who submitted it.
         owner: Identity,

@@ -235,6 +235,12 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
+    /// Whether the engine checks who may submit what ([`Engine::with_access_check`](crate::Engine::with_access_check)).
+    #[cfg(feature = "server")]
+    pub(crate) fn checks_access(&self) -> bool {
+        self.admission.access.is_some()
+    }
+
     /// Follows what happens from now on: jobs accepted, merged, refused, started and
     /// finished ([`EngineEvent`](super::EngineEvent)), each once it is on record. A follower
     /// that falls more than a few thousand events behind misses the oldest, and its
@@ -680,7 +686,8 @@ pub enum SubmitError {
     /// The [`AccessCheck`](crate::AccessCheck) refused the requester or the job.
     #[error("{0}")]
     Refused(crate::policy::PolicyRefusal),
-    /// The [`AccessCheck`](crate::AccessCheck) could not decide (it panicked).
-    #[error("the server could not check its policy: {0}")]
-    CheckFailed(String),
+    /// The [`AccessCheck`](crate::AccessCheck) could not decide (it panicked; the details
+    /// are logged).
+    #[error("the server could not check its policy")]
+    CheckFailed,
 }

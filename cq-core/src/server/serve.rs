@@ -129,8 +129,12 @@ impl<A: Authenticator, C: CredentialSource> Server<A, C> {
     }
 
     /// Checks every request against `policy` (replaceable while serving): who may use the
-    /// server, who is an admin, what jobs may hold. Without one, anybody authenticated may
-    /// submit anything valid, and nobody is an admin.
+    /// server, who is an admin, who may serve as a worker. Submissions are checked by the
+    /// engine, for every caller: give it the same policy with
+    /// [`Engine::with_access_check`](crate::Engine::with_access_check); a server with a policy
+    /// refuses every submission to an engine without an access check rather than queue it
+    /// unchecked. Without a policy, anybody authenticated may submit anything valid, and
+    /// nobody is an admin.
     #[must_use]
     pub fn with_policy(mut self, policy: SharedPolicy) -> Self {
         self.shared.policy = Some(policy);

@@ -421,18 +421,60 @@ async fn a_job_runs_only_once_its_start_is_committed() {
         .submit(Probed(probe.clone()), Identity::local())
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let announced =
+        tokio::time::timeout(std::time::Duration::from_millis(300), ticket.started()).await;
+    assert!(
+        announced.is_err(),
+        "the job was announced as started before its start was committed"
+    );
     assert!(
         probe.order.lock().await.is_empty(),
         "the job ran before its start was committed"
     );
     release.notify_one();
+    tokio::time::timeout(LIMIT, ticket.started())
+        .await
+        .unwrap()
+        .unwrap();
     let result = tokio::time::timeout(LIMIT, ticket.finished())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(result.outcome, Outcome::Exited { code: 0 });
     assert_eq!(probe.order.lock().await.len(), 1);
+}
+
+/// Red team: a job cancelled while its start was being committed was told "cancelled" and
+/// ran all the same. A cancel before it runs now means it never runs.
+#[tokio::test]
+async fn a_job_cancelled_while_its_start_is_committed_never_runs() {
+    let release = Arc::new(Notify::new());
+    let store = Arc::new(SlowCommits {
+        inner: MemoryStore::new(),
+        held: HeldCommits::Starts,
+        release: release.clone(),
+    });
+    let engine = Engine::new(EngineConfig::default())
+        .with_store(store)
+        .start()
+        .await
+        .unwrap();
+    let probe = Arc::new(Probe::default());
+    let mut ticket = engine
+        .submit(Probed(probe.clone()), Identity::local())
+        .await
+        .unwrap();
+    engine
+        .cancel(ticket.id, Caller::user(Identity::local()))
+        .await
+        .expect("its owner may cancel it");
+    release.notify_one();
+    let result = tokio::time::timeout(LIMIT, ticket.finished())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Cancelled);
+    assert!(probe.order.lock().await.is_empty(), "the cancelled job ran");
 }
 
 /// Security II, finding 3: a submission retried with its key after a lost acknowledgement
@@ -1033,12 +1075,17 @@ async fn an_embedders_commands_pass_the_access_check_and_run_as_the_account_name
     preload
         .env
         .push(("LD_PRELOAD".to_owned(), "/tmp/evil.so".to_owned()));
+    let mut events = engine.events();
     let refused = engine
         .submit_command(preload, Identity::local(), SubmitOptions::new())
         .await;
     assert!(
         matches!(&refused, Err(SubmitError::Refused(_))),
         "{refused:?}"
+    );
+    assert!(
+        matches!(events.try_recv(), Ok(cq_core::EngineEvent::Refused { .. })),
+        "the refusal is an event like any other"
     );
     let mut forged = Identity::local();
     forged.gid = 4242;

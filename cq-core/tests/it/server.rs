@@ -144,6 +144,45 @@ async fn refusals_carry_a_code_and_a_reason() {
     assert!(message.contains("77"), "{message}");
 }
 
+/// Red team: with the policy moved into the engine, a `Server` given a policy over an engine
+/// without an access check queued every submission unchecked (anybody's, `LD_PRELOAD`...). Such
+/// a server now refuses submissions; with the check, the policy's refusal reaches the client.
+#[tokio::test]
+async fn a_server_with_a_policy_never_queues_a_submission_its_engine_does_not_check() {
+    use cq_core::{SharedPolicy, SubmitPolicy};
+    // Nobody the test's credentials name may submit.
+    let policy = SharedPolicy::new(SubmitPolicy {
+        users: vec!["somebody-else".into()],
+        ..SubmitPolicy::default()
+    });
+    for checked in [false, true] {
+        let (listener, connector) = memory_transport();
+        let mut engine = Engine::new(EngineConfig::default());
+        if checked {
+            engine = engine.with_access_check(Arc::new(policy.clone()));
+        }
+        let engine = engine.start().await.expect("the engine starts");
+        let server = Server::new(engine.clone(), CopyAuth, CopyAuth).with_policy(policy.clone());
+        let stop = CancellationToken::new();
+        let served = tokio::spawn(server.run(listener, stop.clone().cancelled_owned()));
+        let client = Client::new(connector, CopyAuth, CopyAuth);
+        let (code, message) = server_error(
+            client
+                .submit(CommandJob::new(["true"]), SubmitKey::random())
+                .await,
+        );
+        if checked {
+            assert_eq!(code, ErrorCode::NOT_PERMITTED, "{message}");
+        } else {
+            assert_eq!(code, ErrorCode::INTERNAL, "{message}");
+        }
+        let queued = engine.list(Caller::admin(Identity::local())).await.unwrap();
+        assert!(queued.is_empty(), "queued: {queued:?}");
+        stop.cancel();
+        tokio::time::timeout(LIMIT, served).await.unwrap().unwrap();
+    }
+}
+
 /// Signs every message as if it were another one.
 #[derive(Debug)]
 struct WrongSigner;

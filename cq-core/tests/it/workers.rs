@@ -155,16 +155,20 @@ async fn coordinator_with(worker_timeout: Duration, requeue_lost: bool) -> Coord
     let logs = tempfile::tempdir().unwrap();
     let mut config = EngineConfig::default().with_log_dir(logs.path());
     config.local_worker = false;
-    let engine = Engine::new(config).start().await.unwrap();
-    let mut server_config = ServerConfig::default();
-    server_config.worker_timeout = worker_timeout;
-    server_config.worker_poll = Duration::from_millis(500);
-    server_config.requeue_lost = requeue_lost;
     let policy = SubmitPolicy {
         workers: vec!["builder".into(), "builder2".into()],
         ..SubmitPolicy::default()
     };
     let policy = SharedPolicy::new(policy);
+    let engine = Engine::new(config)
+        .with_access_check(Arc::new(policy.clone()))
+        .start()
+        .await
+        .unwrap();
+    let mut server_config = ServerConfig::default();
+    server_config.worker_timeout = worker_timeout;
+    server_config.worker_poll = Duration::from_millis(500);
+    server_config.requeue_lost = requeue_lost;
     let server = Server::with_config(engine.clone(), Believe, BUILDER, server_config)
         .with_policy(policy.clone());
     let stop = CancellationToken::new();

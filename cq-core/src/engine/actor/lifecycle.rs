@@ -295,15 +295,9 @@ impl<S: Scheduler> Actor<S> {
             self.finish(id, Outcome::Lost, 0, Vec::new());
             return;
         };
-        tracing::info!(job = %id, owner = %live.info.owner, command = %live.info.summary, worker = %self.workers[worker].info.name, "started");
-        let _ = self.events.send(crate::engine::EngineEvent::Started {
-            job: id,
-            worker: self.workers[worker].info.name.clone(),
-        });
-        live.state.send_replace(JobState::Running);
         live.started_at = Some(SystemTime::now());
-        // The job runs only once this is on disk: a server killed before would otherwise
-        // find it queued after its restart and run it a second time.
+        // The job runs only once this is on disk (and only then is it announced): a server
+        // killed before would otherwise find it queued after its restart and run it again.
         let start_recorded = self.store.record_start(id, SystemTime::now());
         self.running.insert(
             id,
@@ -321,12 +315,25 @@ impl<S: Scheduler> Actor<S> {
         self.launch(id, job, Launch::Start(start_recorded));
     }
 
+    /// Job `id`'s start is on record: it is announced (it runs meanwhile).
+    pub(super) fn start_recorded(&mut self, id: JobId) {
+        let (Some(running), Some(live)) = (self.running.get(&id), self.jobs.get(&id)) else {
+            return;
+        };
+        let worker = self.workers[running.worker].info.name.clone();
+        tracing::info!(job = %id, owner = %live.info.owner, command = %live.info.summary, worker = %worker, "started");
+        live.state.send_replace(JobState::Running);
+        let _ = self
+            .events
+            .send(crate::engine::EngineEvent::Started { job: id, worker });
+    }
+
     /// Runs running job `id` on its worker once its start is committed, or finds it again
     /// where it already runs (after a restart); the task reports its end.
     pub(super) fn launch(&mut self, id: JobId, job: Work, how: Launch) {
-        let (start_recorded, resume) = match how {
-            Launch::Start(recorded) => (recorded, None),
-            Launch::Resume(reference) => (Pending::ready(Ok(())), Some(reference)),
+        let (start_recorded, resume, announce) = match how {
+            Launch::Start(recorded) => (recorded, None, Some(self.internal.clone())),
+            Launch::Resume(reference) => (Pending::ready(Ok(())), Some(reference), None),
         };
         let (Some(running), Some(live)) = (self.running.get(&id), self.jobs.get(&id)) else {
             return;
@@ -366,24 +373,26 @@ impl<S: Scheduler> Actor<S> {
             running.runner = Some(runner.clone());
         }
         let task = tokio::spawn(async move {
-            // A job runs only once it is on disk: usually long done, since it waited its turn.
-            if let Err(e) = durable.await {
-                return (
-                    spawn_failure(
-                        SpawnFailure::Other,
-                        format!("the job could not be recorded: {e}"),
-                    ),
-                    0,
-                );
+            // A job runs only once it and its start are on disk (the job usually long since:
+            // it waited its turn). A cancel meanwhile ends it before it runs.
+            let recorded = async {
+                durable
+                    .await
+                    .map_err(|e| format!("the job could not be recorded: {e}"))?;
+                start_recorded
+                    .await
+                    .map_err(|e| format!("the job's start could not be recorded: {e}"))
+            };
+            let recorded = tokio::select! {
+                biased;
+                () = ctx_cancel.cancelled() => return (Outcome::Cancelled, 0),
+                recorded = recorded => recorded,
+            };
+            if let Err(message) = recorded {
+                return (spawn_failure(SpawnFailure::Other, message), 0);
             }
-            if let Err(e) = start_recorded.await {
-                return (
-                    spawn_failure(
-                        SpawnFailure::Other,
-                        format!("the job's start could not be recorded: {e}"),
-                    ),
-                    0,
-                );
+            if let Some(internal) = announce {
+                let _ = internal.send(super::Internal::Started(id));
             }
             let clearance = match (check, command) {
                 (Some(check), Some(command)) => {
@@ -421,6 +430,10 @@ impl<S: Scheduler> Actor<S> {
                 runner,
                 resume,
             };
+            // Cancelled while the start check ran: it never runs.
+            if ctx.cancel.is_cancelled() {
+                return (Outcome::Cancelled, 0);
+            }
             let outcome = match (job, executor) {
                 (Work::Command(command), Some(executor)) => executor.run(&command, ctx).await,
                 (Work::Command(_), None) => spawn_failure(

@@ -476,6 +476,8 @@ struct Usage {
 /// What the engine's own background work reports back.
 enum Internal {
     Pruned(Vec<PrunedJob>),
+    /// A job's start is on record (it runs).
+    Started(JobId),
     /// A running job's task ended: its outcome and the size of its log, or why the task
     /// failed.
     Ended {
@@ -545,6 +547,7 @@ impl<S: Scheduler> Actor<S> {
                 },
                 Some(message) = internal.recv() => match message {
                     Internal::Pruned(jobs) => self.forget_pruned(&jobs),
+                    Internal::Started(id) => self.start_recorded(id),
                     Internal::Ended { id, ended } => self.ended(id, ended),
                     Internal::Unclaimed(id) => self.unclaimed(id),
                 },

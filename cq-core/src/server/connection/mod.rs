@@ -343,7 +343,7 @@ fn error_code(e: &SubmitError) -> ErrorCode {
         | SubmitError::NotQueued(_)
         | SubmitError::Rejected { .. } => ErrorCode::REJECTED,
         SubmitError::NotPermitted { .. } | SubmitError::Refused(_) => ErrorCode::NOT_PERMITTED,
-        SubmitError::CheckFailed(_) => ErrorCode::INTERNAL,
+        SubmitError::CheckFailed => ErrorCode::INTERNAL,
         SubmitError::Invalid(_) => ErrorCode::INVALID_JOB,
         SubmitError::UnknownJob(_) => ErrorCode::UNKNOWN_JOB,
         SubmitError::Store(_) => ErrorCode::INTERNAL,

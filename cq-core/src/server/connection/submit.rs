@@ -7,6 +7,7 @@ use super::Connection;
 use crate::auth::{Authenticator, CredentialSource, Identity};
 use crate::engine::{SubmitError, SubmitOptions};
 use crate::job::{CommandJob, SubmitKey};
+use crate::protocol::ErrorCode;
 use crate::transport::Stream;
 
 impl<S, A, C> Connection<'_, S, A, C>
@@ -21,6 +22,17 @@ where
         key: SubmitKey,
         identity: Identity,
     ) -> ControlFlow<()> {
+        if self.shared.policy.is_some() && !self.shared.engine.checks_access() {
+            tracing::error!(
+                "a submission refused: this server has a policy, but its engine checks no submissions (build it with Engine::with_access_check)"
+            );
+            self.fail(
+                ErrorCode::INTERNAL,
+                "the server is misconfigured and takes no jobs (its engine checks no submissions)",
+            )
+            .await;
+            return ControlFlow::Break(());
+        }
         let options = SubmitOptions::new().with_key(key);
         match self
             .shared
@@ -30,14 +42,8 @@ where
         {
             Ok(ticket) => self.follow(ticket).await,
             Err(e) => {
-                match &e {
-                    SubmitError::Refused(_) => {
-                        self.shared.stats.refuse(crate::server::Refusal::Policy);
-                    }
-                    SubmitError::CheckFailed(why) => {
-                        tracing::error!(error = %why, "the policy check failed");
-                    }
-                    _ => {}
+                if matches!(e, SubmitError::Refused(_)) {
+                    self.shared.stats.refuse(crate::server::Refusal::Policy);
                 }
                 let _ = self.refuse(&e).await;
                 ControlFlow::Break(())

@@ -280,7 +280,11 @@ impl RemoteWorkers {
         let mut slots = self.slots();
         let slot = slots.get_mut(name)?;
         slot.last_seen = Instant::now();
-        let job = slot.job.as_mut().filter(|job| job.claimed.is_none())?;
+        // A job cancelled meanwhile is not handed out: its executor takes it back.
+        let job = slot
+            .job
+            .as_mut()
+            .filter(|job| job.claimed.is_none() && !job.cancel.is_cancelled())?;
         if job.handed.len() >= MAX_HANDOUTS {
             tracing::warn!(job = %job.id, worker = %name, "the worker took the job {MAX_HANDOUTS} times and never started it");
             job.end(Outcome::SpawnFailed {
