@@ -516,7 +516,7 @@ impl EngineHandle {
     }
 
     /// Whether a job the engine found running on worker `name` when it started waits for
-    /// that worker to come back ([`Recovered::elsewhere`](crate::store::Recovered::elsewhere)).
+    /// that worker to come back ([`RunningJob::runner`](crate::store::RunningJob::runner)).
     ///
     /// # Errors
     ///

@@ -2,14 +2,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use super::pending::Pending;
-use super::record::{JobRecord, KnownKey, PrunedJob, Recovered, Store, StoredJob};
+use super::record::{JobRecord, KnownKey, PrunedJob, Recovered, RunningJob, Store, StoredJob};
 use crate::auth::Identity;
 use crate::engine::JobResult;
 use crate::job::{JobId, JobPhase, JobSummary, SubmitKey, epoch_ms};
-use crate::outcome::Outcome;
 
 #[derive(Debug)]
 struct Row {
@@ -106,7 +105,7 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn recover(&self, requeue_running: bool) -> Pending<Recovered> {
+    fn load(&self) -> Pending<Recovered> {
         self.with(|rows| {
             let mut recovered = Recovered {
                 next_id: rows.next_id.max(1),
@@ -114,22 +113,15 @@ impl Store for MemoryStore {
             };
             let mut log_bytes: BTreeMap<u32, u64> = BTreeMap::new();
             for (id, row) in &mut rows.jobs {
-                match row.phase() {
-                    JobPhase::Running if requeue_running && row.job.command.is_some() => {
-                        row.started = None;
-                        recovered.requeued.push(*id);
-                        recovered.queued.push(row.job.clone());
-                    }
-                    JobPhase::Running => {
-                        let lost = JobResult {
-                            results: Vec::new(),
-                            outcome: Outcome::Lost,
-                            runtime: Duration::ZERO,
-                        };
-                        row.finished = Some((lost, SystemTime::now()));
-                        recovered.lost.push(*id);
-                    }
-                    JobPhase::Queued => recovered.queued.push(row.job.clone()),
+                match (row.phase(), row.started) {
+                    // Nothing of where it runs is kept here: nothing of it would survive a
+                    // restart of the process.
+                    (JobPhase::Running, Some(started_at)) => recovered.running.push(RunningJob {
+                        job: row.job.clone(),
+                        started_at,
+                        runner: None,
+                    }),
+                    (JobPhase::Queued, _) => recovered.queued.push(row.job.clone()),
                     _ => {}
                 }
                 if let Some(key) = row.job.key {

@@ -14,7 +14,8 @@ mod sqlite;
 pub use memory::MemoryStore;
 pub use pending::Pending;
 pub use record::{
-    JobRecord, KnownKey, PrunedJob, Recovered, RunningElsewhere, Store, StoreError, StoredJob,
+    JobRecord, KnownKey, PrunedJob, RecordedRunner, Recovered, RunningJob, Store, StoreError,
+    StoredJob,
 };
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;

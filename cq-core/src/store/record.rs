@@ -61,31 +61,36 @@ pub struct PrunedJob {
     pub log_bytes: u64,
 }
 
-/// A job that was running elsewhere when the server stopped.
+/// A job that was running when the store was last written. The store does not decide what
+/// becomes of it: the engine finds it again where it runs, queues it again or records it
+/// lost.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RunningElsewhere {
-    /// The job.
+pub struct RunningJob {
+    /// The job (without a command if it was an in-process job, or its command cannot be
+    /// read).
     pub job: StoredJob,
+    /// When it started.
+    pub started_at: SystemTime,
+    /// Where it runs, if its executor recorded that ([`Store::record_runner`]).
+    pub runner: Option<RecordedRunner>,
+}
+
+/// Where a running job runs, as its executor recorded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedRunner {
     /// The worker it runs on.
     pub worker: String,
     /// Its executor's reference to the run.
     pub reference: String,
-    /// When it started.
-    pub started_at: SystemTime,
 }
 
-/// What a store holds when the server starts.
+/// What a store holds when the server starts, as it was left.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recovered {
     /// Jobs still to run, in acceptance order.
     pub queued: Vec<StoredJob>,
-    /// Jobs that were running when the server stopped; now recorded as lost.
-    pub lost: Vec<JobId>,
-    /// Jobs that were running and were put back in the queue instead (first in `queued`).
-    pub requeued: Vec<JobId>,
-    /// Jobs that were running elsewhere (their executor recorded where, see
-    /// [`Store::record_runner`]): they may still run, and are left running.
-    pub elsewhere: Vec<RunningElsewhere>,
+    /// Jobs that were running when the server stopped, in id order.
+    pub running: Vec<RunningJob>,
     /// The smallest id never handed out (ids are never reused, even after pruning).
     pub next_id: u64,
     /// The idempotency keys of the jobs it holds.
@@ -98,9 +103,10 @@ pub struct Recovered {
 
 /// Durable record of jobs and outcomes. Operations are applied in the order they are called.
 pub trait Store: Send + Sync + 'static {
-    /// Reads the state left by the previous run. Jobs that were running are recorded as
-    /// lost, or put back in the queue when `requeue_running` is set.
-    fn recover(&self, requeue_running: bool) -> Pending<Recovered>;
+    /// Reads the state left by the previous run, changing nothing: what becomes of the jobs
+    /// that were running is the engine's decision ([`record_requeue`](Self::record_requeue),
+    /// [`record_finish`](Self::record_finish)).
+    fn load(&self) -> Pending<Recovered>;
 
     /// Records an accepted job (and that its id is used, for good).
     fn insert(&self, job: StoredJob) -> Pending<()>;
@@ -109,12 +115,12 @@ pub trait Store: Send + Sync + 'static {
     fn record_start(&self, id: JobId, at: SystemTime) -> Pending<()>;
 
     /// Records that a job that was started is queued again: it never ran (its worker went
-    /// away before taking it).
+    /// away before taking it), or it was running when the server stopped and the engine runs
+    /// it again ([`EngineConfig::requeue_running`](crate::EngineConfig::requeue_running)).
     fn record_requeue(&self, id: JobId) -> Pending<()>;
 
     /// Records that running job `id` runs elsewhere, on `worker`, where its executor can find
-    /// it again by `reference` after a restart: [`recover`](Self::recover) then leaves it
-    /// running ([`Recovered::elsewhere`]).
+    /// it again by `reference` after a restart ([`RunningJob::runner`]).
     fn record_runner(&self, id: JobId, worker: String, reference: String) -> Pending<()>;
 
     /// Records how a job ended and how much log it left.

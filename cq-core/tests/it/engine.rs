@@ -308,8 +308,8 @@ impl SlowCommits {
 }
 
 impl Store for SlowCommits {
-    fn recover(&self, requeue_running: bool) -> Pending<Recovered> {
-        self.inner.recover(requeue_running)
+    fn load(&self) -> Pending<Recovered> {
+        self.inner.load()
     }
     fn insert(&self, job: StoredJob) -> Pending<()> {
         self.inner.insert(job)
@@ -1198,6 +1198,56 @@ impl cq_core::Executor for Limits {
     async fn run(&self, job: &cq_core::CommandJob, _ctx: JobContext) -> Outcome {
         self.0.lock().unwrap().push(job.timeout_ms);
         Outcome::Exited { code: 0 }
+    }
+}
+
+/// Issue 14: the store decided what became of the jobs that were running when the engine
+/// stopped; it now loads them as they were and the engine decides: lost, or run again when
+/// configured so, each recorded before anybody is served.
+#[tokio::test]
+async fn jobs_running_when_the_engine_stopped_are_lost_or_run_again_as_configured() {
+    use cq_core::CommandJob;
+    use cq_core::store::StoredJob;
+    for requeue in [false, true] {
+        let store = Arc::new(MemoryStore::new());
+        let job = StoredJob {
+            id: JobId(1),
+            owner: Identity::local(),
+            summary: "true".to_owned(),
+            command: Some(CommandJob::new(["true"])),
+            key: None,
+            accepted_at: SystemTime::now(),
+            waiters: Vec::new(),
+        };
+        store.insert(job).await.unwrap();
+        store
+            .record_start(JobId(1), SystemTime::now())
+            .await
+            .unwrap();
+        let mut config = EngineConfig::default();
+        config.requeue_running = requeue;
+        let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let engine = Engine::new(config)
+            .with_store(store.clone())
+            .with_executor(Arc::new(Limits(ran.clone())))
+            .start()
+            .await
+            .expect("the engine starts");
+        let admin = Caller::admin(Identity::local());
+        let mut ticket = engine.watch(JobId(1), admin.clone()).await.unwrap();
+        let result = tokio::time::timeout(LIMIT, ticket.finished())
+            .await
+            .unwrap()
+            .unwrap();
+        let expected = if requeue {
+            Outcome::Exited { code: 0 }
+        } else {
+            Outcome::Lost
+        };
+        assert_eq!(result.outcome, expected);
+        assert_eq!(ran.lock().unwrap().len(), usize::from(requeue));
+        let recorded = store.describe(JobId(1)).await.unwrap().unwrap();
+        assert_eq!(recorded.summary.outcome, Some(expected), "as recorded");
     }
 }
 

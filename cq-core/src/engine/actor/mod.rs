@@ -80,8 +80,8 @@ pub struct EngineConfig {
     pub log_dir: Option<PathBuf>,
     /// How long finished jobs (outcome and log) are kept for late watchers.
     pub retention: Duration,
-    /// Put jobs that were running when the server stopped back in the queue instead of
-    /// reporting them lost.
+    /// Put jobs that were running when the server stopped, and cannot be found again where
+    /// they run, back in the queue instead of reporting them lost.
     pub requeue_running: bool,
     /// Bytes of output kept per job; the rest is dropped after a marker.
     pub log_limit: u64,
@@ -101,8 +101,8 @@ pub struct EngineConfig {
     /// Longest time limit a command may have; longer requests (and commands without one,
     /// when there is no default) get this.
     pub max_time_limit: Option<Duration>,
-    /// How long a job that was running elsewhere when the server stopped
-    /// ([`Recovered::elsewhere`](crate::store::Recovered::elsewhere)) waits for its worker to
+    /// How long a job that was running on another host's worker when the server stopped
+    /// ([`RunningJob::runner`](crate::store::RunningJob::runner)) waits for its worker to
     /// come back before it is recorded lost.
     pub worker_timeout: Duration,
 }
@@ -258,7 +258,7 @@ impl<S: Scheduler> Engine<S> {
     ///
     /// When called outside a tokio runtime.
     pub async fn start(self) -> Result<EngineHandle, StoreError> {
-        let recovered = self.store.recover(self.config.requeue_running).await?;
+        let recovered = self.store.load().await?;
         let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
         // A log left by a job the store forgot (a damaged or replaced database) must never
         // be served as a new job's: ids start past every log there is.
@@ -307,21 +307,42 @@ impl<S: Scheduler> Engine<S> {
         for (uid, bytes) in &recovered.log_bytes {
             actor.usage.entry(*uid).or_default().log_bytes = *bytes;
         }
-        for id in &recovered.lost {
-            tracing::warn!(job = %id, "the job was running when the server stopped: recorded as lost");
-        }
-        for id in &recovered.requeued {
-            tracing::warn!(job = %id, "the job was running when the server stopped: queued again");
-            // Its new run writes a new log.
-            if let Some(dir) = &actor.config.log_dir {
-                let _ = std::fs::remove_file(dir.join(format!("{id}.log")));
+        // What becomes of the jobs that were running: found again where their executor
+        // recorded they run, queued again, or lost. Decided before anybody is served.
+        let mut queued = recovered.queued;
+        let mut found = Vec::new();
+        let mut decided = Vec::new();
+        for running in recovered.running {
+            let id = running.job.id;
+            let has_command = running.job.command.is_some();
+            match running.runner {
+                Some(runner) if has_command => {
+                    found.push((running.job, runner, running.started_at))
+                }
+                _ if has_command && actor.config.requeue_running => {
+                    tracing::warn!(job = %id, "the job was running when the server stopped: queued again");
+                    // Its new run writes a new log.
+                    if let Some(dir) = &actor.config.log_dir {
+                        let _ = std::fs::remove_file(dir.join(format!("{id}.log")));
+                    }
+                    decided.push(actor.store.record_requeue(id));
+                    queued.push(running.job);
+                }
+                _ => {
+                    tracing::warn!(job = %id, "the job was running when the server stopped: recorded as lost");
+                    decided.push(actor.store.record_finish(id, lost(), 0, SystemTime::now()));
+                }
             }
         }
-        for stored in recovered.queued {
+        for pending in decided {
+            pending.await?;
+        }
+        queued.sort_by_key(|job| job.id);
+        for stored in queued {
             actor.restore(stored);
         }
-        for elsewhere in recovered.elsewhere {
-            actor.adopt(elsewhere);
+        for (stored, runner, started_at) in found {
+            actor.adopt(stored, runner, started_at);
         }
         tokio::spawn(actor.run(inbox, internal_inbox));
         Ok(EngineHandle {
@@ -621,13 +642,16 @@ impl<S: Scheduler> Actor<S> {
 
     /// Takes back a job that was running elsewhere when the server stopped: it runs on,
     /// and its worker, when it comes back, reports its end.
-    fn adopt(&mut self, elsewhere: crate::store::RunningElsewhere) {
-        let crate::store::RunningElsewhere {
-            job: stored,
+    fn adopt(
+        &mut self,
+        stored: StoredJob,
+        runner: crate::store::RecordedRunner,
+        started_at: SystemTime,
+    ) {
+        let crate::store::RecordedRunner {
             worker: name,
             reference,
-            started_at,
-        } = elsewhere;
+        } = runner;
         let id = stored.id;
         let lost = |actor: &mut Self, why: &str| {
             tracing::warn!(job = %id, worker = %name, "the job was running elsewhere when the server stopped, and {why}: recorded as lost");
@@ -719,13 +743,8 @@ impl<S: Scheduler> Actor<S> {
 
     /// Records job `id`, taken back from the store, as lost.
     fn record_lost(&self, id: JobId) {
-        let lost = super::JobResult {
-            outcome: Outcome::Lost,
-            runtime: Duration::ZERO,
-            results: Vec::new(),
-        };
         self.store
-            .record_finish(id, lost, 0, SystemTime::now())
+            .record_finish(id, lost(), 0, SystemTime::now())
             .log_failure("record a lost job");
     }
 
@@ -774,5 +793,14 @@ fn command_info(id: JobId, owner: Identity, summary: String, command: &Arc<Comma
         tags: command.tags.clone(),
         lane: command.lane.clone(),
         command: Some(command.clone()),
+    }
+}
+
+/// The result of a job whose end nobody saw.
+fn lost() -> super::JobResult {
+    super::JobResult {
+        outcome: Outcome::Lost,
+        runtime: Duration::ZERO,
+        results: Vec::new(),
     }
 }

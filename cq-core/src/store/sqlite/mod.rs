@@ -99,11 +99,8 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
-    fn recover(&self, requeue_running: bool) -> Pending<Recovered> {
-        self.send(|reply| Op::Recover {
-            requeue_running,
-            reply,
-        })
+    fn load(&self) -> Pending<Recovered> {
+        self.send(|reply| Op::Load { reply })
     }
 
     fn insert(&self, job: StoredJob) -> Pending<()> {
@@ -227,7 +224,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn jobs_survive_reopening_and_running_ones_are_lost() {
+    async fn jobs_survive_reopening_as_they_were_left() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cq.db");
         {
@@ -261,8 +258,14 @@ mod tests {
             assert_eq!(described.command, vec!["true".to_owned(), "1".to_owned()]);
         }
         let store = SqliteStore::open(&path).unwrap();
-        let recovered = store.recover(false).await.unwrap();
-        assert_eq!(recovered.lost, vec![JobId(2)]);
+        let recovered = store.load().await.unwrap();
+        // Loading changes nothing: what becomes of the running job is the engine's decision.
+        let running: Vec<_> = recovered
+            .running
+            .iter()
+            .map(|r| (r.job.id, r.runner.clone()))
+            .collect();
+        assert_eq!(running, vec![(JobId(2), None)]);
         assert_eq!(
             recovered.queued.iter().map(|j| j.id).collect::<Vec<_>>(),
             vec![JobId(3), JobId(4)]
@@ -291,15 +294,12 @@ mod tests {
         let record = store.describe(JobId(3)).await.unwrap().unwrap();
         assert_eq!((record.summary.waiters, record.waiter_uids), (1, vec![me]));
         assert_eq!(recovered.next_id, 5);
-        let lost = store.describe(JobId(2)).await.unwrap().unwrap().summary;
-        assert_eq!(
-            (lost.phase, lost.outcome),
-            (JobPhase::Finished, Some(Outcome::Lost))
-        );
+        let running = store.describe(JobId(2)).await.unwrap().unwrap().summary;
+        assert_eq!(running.phase, JobPhase::Running);
     }
 
     #[tokio::test]
-    async fn running_jobs_can_be_requeued_instead() {
+    async fn a_running_job_queued_again_is_loaded_queued_in_its_place() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("cq.db")).unwrap();
         store.insert(job(1)).await.unwrap();
@@ -308,8 +308,13 @@ mod tests {
             .record_start(JobId(1), SystemTime::now())
             .await
             .unwrap();
-        let recovered = store.recover(true).await.unwrap();
-        assert_eq!(recovered.requeued, vec![JobId(1)]);
+        store
+            .record_runner(JobId(1), "w1".into(), "1:2:3".into())
+            .await
+            .unwrap();
+        store.record_requeue(JobId(1)).await.unwrap();
+        let recovered = store.load().await.unwrap();
+        assert!(recovered.running.is_empty());
         assert_eq!(
             recovered.queued.iter().map(|j| j.id).collect::<Vec<_>>(),
             vec![JobId(1), JobId(2)]
@@ -373,7 +378,7 @@ mod tests {
         drop(store);
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(
-            store.recover(false).await.unwrap().next_id,
+            store.load().await.unwrap().next_id,
             4,
             "id 3 is not handed out again"
         );
@@ -393,14 +398,14 @@ mod tests {
                 .unwrap();
         }
         let store = SqliteStore::open(&path).unwrap();
-        let recovered = store.recover(false).await.unwrap();
+        let recovered = store.load().await.unwrap();
         assert_eq!(recovered.requests.len(), 1);
         assert_eq!(recovered.requests[0].0, [1; 32]);
         store
             .forget_requests(later + Duration::from_secs(1))
             .await
             .unwrap();
-        assert!(store.recover(false).await.unwrap().requests.is_empty());
+        assert!(store.load().await.unwrap().requests.is_empty());
     }
 
     #[tokio::test]
@@ -474,13 +479,13 @@ mod tests {
         conn.pragma_update(None, "user_version", 4).unwrap();
         drop(conn);
         let store = SqliteStore::open(&path).unwrap();
-        let recovered = store.recover(false).await.unwrap();
+        let recovered = store.load().await.unwrap();
         assert_eq!(recovered.queued.len(), 1);
         assert_eq!(recovered.queued[0].command, queued.command);
     }
 
     #[tokio::test]
-    async fn jobs_running_elsewhere_stay_running_and_odd_rows_are_lost() {
+    async fn where_running_jobs_run_is_loaded_when_it_was_recorded_in_full() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cq.db");
         let store = SqliteStore::open(&path).unwrap();
@@ -514,14 +519,27 @@ mod tests {
             .unwrap();
         drop(conn);
         let store = SqliteStore::open(&path).unwrap();
-        let recovered = store.recover(false).await.unwrap();
-        let elsewhere: Vec<_> = recovered
-            .elsewhere
+        let recovered = store.load().await.unwrap();
+        let running: Vec<_> = recovered
+            .running
             .iter()
-            .map(|e| (e.job.id, e.worker.as_str(), e.reference.as_str()))
+            .map(|r| {
+                let runner = r.runner.as_ref();
+                (
+                    r.job.id,
+                    runner.map(|r| (r.worker.as_str(), r.reference.as_str())),
+                )
+            })
             .collect();
-        assert_eq!(elsewhere, [(JobId(1), "w1", "1:2:3")]);
-        assert_eq!(recovered.lost, [JobId(2), JobId(3), JobId(4)]);
+        assert_eq!(
+            running,
+            [
+                (JobId(1), Some(("w1", "1:2:3"))),
+                (JobId(2), None),
+                (JobId(3), None),
+                (JobId(4), None)
+            ]
+        );
     }
 
     #[tokio::test]
@@ -554,6 +572,6 @@ mod tests {
             commits < 200,
             "200 concurrent inserts took {commits} commits"
         );
-        assert_eq!(store.recover(false).await.unwrap().queued.len(), 200);
+        assert_eq!(store.load().await.unwrap().queued.len(), 200);
     }
 }

@@ -9,7 +9,7 @@ use crate::engine::JobResult;
 use crate::job::{CommandJob, JobId, JobPhase, JobSummary, SubmitKey};
 use crate::outcome::Outcome;
 use crate::store::record::{
-    JobRecord, KnownKey, PrunedJob, Recovered, RunningElsewhere, StoredJob,
+    JobRecord, KnownKey, PrunedJob, RecordedRunner, Recovered, RunningJob, StoredJob,
 };
 
 pub(super) fn millis(at: SystemTime) -> i64 {
@@ -294,22 +294,21 @@ pub(super) fn records(
     rows.collect()
 }
 
-pub(super) fn recover(tx: &Transaction<'_>, requeue_running: bool) -> rusqlite::Result<Recovered> {
+pub(super) fn load(tx: &Transaction<'_>) -> rusqlite::Result<Recovered> {
     let now = millis(SystemTime::now());
     let mut recovered = Recovered::default();
-    // Jobs that run elsewhere may still run: they are left running, for their executor to
-    // find again.
     let mut statement = tx.prepare(
         "SELECT id, owner_uid, owner_gid, owner_user, owner_host, auth_method, summary, command, accepted_ms, submit_key, owner_principal, worker, runner, started_ms
-         FROM jobs WHERE state = 'running' AND runner IS NOT NULL AND worker IS NOT NULL AND command IS NOT NULL
-         ORDER BY id",
+         FROM jobs WHERE state = 'running' ORDER BY id",
     )?;
-    let elsewhere = statement.query_map([], |row| {
+    let running = statement.query_map([], |row| {
         let command: Option<Vec<u8>> = row.get(7)?;
         let mut owner = identity_at(row, 1)?;
         owner.principal = row.get(10)?;
-        Ok((
-            StoredJob {
+        let worker: Option<String> = row.get(11)?;
+        let reference: Option<String> = row.get(12)?;
+        Ok(RunningJob {
+            job: StoredJob {
                 id: JobId(row.get::<_, i64>(0)? as u64),
                 owner,
                 summary: row.get(6)?,
@@ -318,48 +317,16 @@ pub(super) fn recover(tx: &Transaction<'_>, requeue_running: bool) -> rusqlite::
                 accepted_at: from_millis(row.get(8)?),
                 waiters: Vec::new(),
             },
-            row.get::<_, String>(11)?,
-            row.get::<_, String>(12)?,
-            from_millis(row.get::<_, Option<i64>>(13)?.unwrap_or(0)),
-        ))
+            started_at: from_millis(row.get::<_, Option<i64>>(13)?.unwrap_or(0)),
+            runner: worker
+                .zip(reference)
+                .map(|(worker, reference)| RecordedRunner { worker, reference }),
+        })
     })?;
-    for found in elsewhere {
-        let (job, worker, reference, started_at) = found?;
-        recovered.elsewhere.push(RunningElsewhere {
-            job,
-            worker,
-            reference,
-            started_at,
-        });
-    }
+    recovered.running = running.collect::<rusqlite::Result<_>>()?;
     drop(statement);
-    for running in &mut recovered.elsewhere {
+    for running in &mut recovered.running {
         running.job.waiters = waiters_of(tx, running.job.id.0 as i64)?;
-    }
-    let running: Vec<(i64, bool)> = tx
-        .prepare(
-            "SELECT id, command IS NOT NULL FROM jobs
-             WHERE state = 'running' AND NOT (runner IS NOT NULL AND worker IS NOT NULL AND command IS NOT NULL)
-             ORDER BY id",
-        )?
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    let lost = postcard::to_allocvec(&Outcome::Lost).unwrap_or_default();
-    for (id, has_command) in running {
-        if requeue_running && has_command {
-            tx.execute(
-                "UPDATE jobs SET state = 'queued', started_ms = NULL WHERE id = ?1",
-                params![id],
-            )?;
-            recovered.requeued.push(JobId(id as u64));
-        } else {
-            tx.execute(
-                "UPDATE jobs SET state = 'finished', finished_ms = ?2, outcome = ?3, outcome_word = 'lost', runtime_ms = 0
-                 WHERE id = ?1",
-                params![id, now, lost],
-            )?;
-            recovered.lost.push(JobId(id as u64));
-        }
     }
     let mut statement = tx.prepare(
         "SELECT id, owner_uid, owner_gid, owner_user, owner_host, auth_method, summary, command, accepted_ms, submit_key, owner_principal

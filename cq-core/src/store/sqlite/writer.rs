@@ -26,8 +26,7 @@ const DIGESTS_WAIT: Duration = Duration::from_millis(20);
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 pub(super) enum Op {
-    Recover {
-        requeue_running: bool,
+    Load {
         reply: Reply<Recovered>,
     },
     Insert {
@@ -172,13 +171,7 @@ fn apply(tx: &Transaction<'_>, op: Op) -> Done {
         }
     };
     match op {
-        Op::Recover {
-            requeue_running,
-            reply,
-        } => finish(
-            reply,
-            rows::recover(tx, requeue_running).map_err(db("recover")),
-        ),
+        Op::Load { reply } => finish(reply, rows::load(tx).map_err(db("load"))),
         Op::Insert { job, reply } => finish(reply, rows::insert(tx, &job).map_err(db("insert"))),
         Op::Start { id, at, reply } => finish(
             reply,
@@ -254,7 +247,7 @@ fn apply(tx: &Transaction<'_>, op: Op) -> Done {
 fn fail(op: Op, error: &StoreError) {
     let e = Err(error.clone());
     match op {
-        Op::Recover { reply, .. } => drop(reply.send(e.map(|()| Recovered::default()))),
+        Op::Load { reply } => drop(reply.send(e.map(|()| Recovered::default()))),
         Op::Insert { reply, .. }
         | Op::Start { reply, .. }
         | Op::Requeue { reply, .. }
