@@ -101,7 +101,8 @@ pub struct Recovered {
     pub log_bytes: Vec<(u32, u64)>,
 }
 
-/// Durable record of jobs and outcomes. Operations are applied in the order they are called.
+/// Durable record of jobs and outcomes. Changes are applied in the order they are called;
+/// queries ([`describe`](Self::describe), [`recent`](Self::recent)) see what is committed.
 pub trait Store: Send + Sync + 'static {
     /// Reads the state left by the previous run, changing nothing: what becomes of the jobs
     /// that were running is the engine's decision ([`record_requeue`](Self::record_requeue),
@@ -145,10 +146,11 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets the waiters of job `id` with uid `uid` (they withdrew).
     fn remove_waiter(&self, id: JobId, uid: u32) -> Pending<()>;
 
-    /// What the store knows about job `id`, if it still has it.
+    /// What the store knows about job `id`, if it still has it, as last committed (a query
+    /// need not wait for operations still being written).
     fn describe(&self, id: JobId) -> Pending<Option<JobRecord>>;
 
-    /// The `limit` most recently finished jobs, newest first.
+    /// The `limit` most recently finished jobs, newest first, as last committed.
     fn recent(&self, limit: usize) -> Pending<Vec<JobRecord>>;
 
     /// Forgets jobs that finished before `before`; says which (to delete their logs).

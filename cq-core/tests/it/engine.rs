@@ -477,6 +477,53 @@ async fn a_job_cancelled_while_its_start_is_committed_never_runs() {
     assert!(probe.order.lock().await.is_empty(), "the cancelled job ran");
 }
 
+/// Issue 14: queries read what the store has committed, on a connection of their own. A job
+/// gone from the engine while its outcome was being committed was "unknown" to a watcher
+/// who asked just then; the watcher now waits for the commit and gets the outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_outcome_is_being_committed_can_be_watched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cq.db");
+    let store = Arc::new(cq_core::SqliteStore::open(&path).unwrap());
+    let engine = Engine::new(EngineConfig::default())
+        .with_store(store)
+        .start()
+        .await
+        .unwrap();
+    let held = Arc::new(Notify::new());
+    let ticket = engine
+        .submit(Held(held.clone()), Identity::local())
+        .await
+        .unwrap();
+    // Another process holds the write lock: the outcome's commit waits for it.
+    let holder = rusqlite::Connection::open(&path).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    held.notify_one();
+    // Give the engine time to let go of the job (if it has not, the watch is answered from
+    // memory, and the test shows nothing, but passes).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let watching = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            engine
+                .watch(ticket.id, Caller::user(Identity::local()))
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    holder.execute_batch("ROLLBACK").unwrap();
+    let mut watched = tokio::time::timeout(LIMIT, watching)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the job is known, and watched to its end");
+    let result = tokio::time::timeout(LIMIT, watched.finished())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Exited { code: 0 });
+}
+
 /// Security II, finding 3: a submission retried with its key after a lost acknowledgement
 /// re-attaches to the job it made, instead of queueing it twice.
 #[tokio::test]

@@ -510,11 +510,22 @@ async fn a_worker_away_longer_than_the_timeout_has_lost_its_job() {
     let mut events = coordinator.engine.events();
     let worker = coordinator.worker("w", &[]);
     let alice = coordinator.client(ALICE);
+    let running = coordinator.spool.path().join("running");
+    let script = format!("touch {}; sleep 60", running.display());
     let submitted = alice
-        .submit(shell("sleep 60", &[]), SubmitKey::random())
+        .submit(shell(&script, &[]), SubmitKey::random())
         .await
         .unwrap();
     started_on(&mut events, submitted.job).await;
+    // The worker has taken the job (one it was handed and never took goes back to the
+    // queue instead).
+    tokio::time::timeout(LIMIT, async {
+        while !running.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the worker runs the job");
     coordinator.connector.cut.store(true, Ordering::SeqCst);
     let result = tokio::time::timeout(LIMIT, submitted.wait()).await;
     // The client's own connection was made before the cut.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::FutureExt;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -485,7 +486,12 @@ impl<S: Scheduler> Actor<S> {
         };
         let committed = self
             .store
-            .record_finish(id, result.clone(), log_bytes, SystemTime::now());
+            .record_finish(id, result.clone(), log_bytes, SystemTime::now())
+            .shared();
+        // Until it is committed, questions about the job wait for it (the store's queries
+        // see only what is committed).
+        self.finishing.retain(|_, done| done.peek().is_none());
+        self.finishing.insert(id, committed.clone());
         let Some(live) = self.jobs.remove(&id) else {
             return;
         };
@@ -537,7 +543,7 @@ impl<S: Scheduler> Actor<S> {
     ) {
         let Some(live) = self.jobs.get_mut(&id) else {
             // Finished, or never existed: the store says which.
-            let described = self.store.describe(id);
+            let described = self.committed_record(id);
             tokio::spawn(async move {
                 let answer = match described.await {
                     Ok(Some(_)) => Err(SubmitError::AlreadyFinished(id)),

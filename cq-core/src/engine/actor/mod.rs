@@ -289,6 +289,7 @@ impl<S: Scheduler> Engine<S> {
             workers: std::iter::once(own_worker).chain(self.workers).collect(),
             start_check: self.admission.access.clone(),
             jobs: HashMap::new(),
+            finishing: HashMap::new(),
             running: HashMap::new(),
             paused,
             stopping: None,
@@ -518,6 +519,9 @@ struct Actor<S> {
     /// The engine's own worker first, then the others.
     workers: Vec<Worker>,
     start_check: Option<Arc<dyn AccessCheck>>,
+    /// Jobs whose outcome is being committed: gone from `jobs`, not yet in the store's
+    /// queries.
+    finishing: HashMap<JobId, Durable>,
     next_id: u64,
     jobs: HashMap<JobId, Live>,
     running: HashMap<JobId, Running>,

@@ -11,7 +11,7 @@ use super::{Actor, Relation};
 use crate::engine::handle::{Caller, JobResult, JobState, JobTicket, LogAccess, SubmitError};
 use crate::job::{JobId, JobPhase, JobSummary};
 use crate::scheduler::Scheduler;
-use crate::store::JobRecord;
+use crate::store::{JobRecord, StoreError};
 
 /// How many finished jobs a listing shows after the live ones.
 const RECENT_IN_LISTS: usize = 20;
@@ -46,6 +46,41 @@ fn relation_to(record: &JobRecord, by: &Caller) -> Relation {
 }
 
 impl<S: Scheduler> Actor<S> {
+    /// What the store holds about job `id`, read once the engine's record of its end (if
+    /// it is ending) is committed.
+    pub(super) fn committed_record(
+        &self,
+        id: JobId,
+    ) -> impl Future<Output = Result<Option<JobRecord>, StoreError>> + Send + 'static {
+        let ending = self.finishing.get(&id).cloned();
+        let store = self.store.clone();
+        async move {
+            if let Some(ending) = ending {
+                let _ = ending.await;
+            }
+            store.describe(id).await
+        }
+    }
+
+    /// The `limit` most recently finished jobs, read once the outcomes being recorded now
+    /// are committed.
+    pub(super) fn committed_recent(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send + 'static {
+        let ending: Vec<_> = self
+            .finishing
+            .values()
+            .filter(|done| done.peek().is_none())
+            .cloned()
+            .collect();
+        let store = self.store.clone();
+        async move {
+            futures_util::future::join_all(ending).await;
+            store.recent(limit).await
+        }
+    }
+
     pub(super) fn watch(
         &self,
         id: JobId,
@@ -69,7 +104,7 @@ impl<S: Scheduler> Actor<S> {
             return;
         }
         // Enqueued now, so it is answered after any outcome recorded before this moment.
-        let described = self.store.describe(id);
+        let described = self.committed_record(id);
         let by = by.clone();
         tokio::spawn(async move {
             let ticket = match described.await {
@@ -137,7 +172,7 @@ impl<S: Scheduler> Actor<S> {
             let _ = reply.send(Ok(jobs));
             return;
         }
-        let recent = self.store.recent(RECENT_IN_LISTS);
+        let recent = self.committed_recent(RECENT_IN_LISTS);
         let by = by.clone();
         tokio::spawn(async move {
             let listed = recent.await.map_err(SubmitError::Store).map(|finished| {
@@ -162,7 +197,7 @@ impl<S: Scheduler> Actor<S> {
             let _ = reply.send(Ok(vec![live.relation(by).view(self.describe(live))]));
             return;
         }
-        let described = self.store.describe(id);
+        let described = self.committed_record(id);
         let by = by.clone();
         tokio::spawn(async move {
             let found = match described.await {
@@ -203,7 +238,7 @@ impl<S: Scheduler> Actor<S> {
             }));
             return;
         }
-        let described = self.store.describe(id);
+        let described = self.committed_record(id);
         let by = by.clone();
         tokio::spawn(async move {
             let access = match described.await {

@@ -226,7 +226,7 @@ impl<S: Scheduler> Actor<S> {
             });
             return;
         }
-        let described = self.store.describe(id);
+        let described = self.committed_record(id);
         tokio::spawn(async move {
             let ticket = match described.await {
                 Ok(Some(record)) => super::queries::finished_ticket(

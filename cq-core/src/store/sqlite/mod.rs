@@ -2,8 +2,10 @@
 //!
 //! - `schema.rs`: the file (created exclusively, recognised as cq's) and its migrations;
 //! - `writer.rs`: the writer thread and the operations it batches;
+//! - `reader.rs`: the reader thread, for queries, on a read-only connection;
 //! - `rows.rs`: the SQL of each operation.
 
+mod reader;
 mod rows;
 mod schema;
 mod writer;
@@ -29,6 +31,7 @@ use writer::{Op, Reply};
 #[derive(Debug)]
 pub struct SqliteStore {
     ops: mpsc::Sender<Op>,
+    reads: mpsc::Sender<reader::Read>,
     path: PathBuf,
     commits: Arc<Commits>,
 }
@@ -56,18 +59,29 @@ impl SqliteStore {
             path: path.display().to_string(),
             reason,
         })?;
+        let reading = reader::open(path).map_err(|reason| StoreError::Open {
+            path: path.display().to_string(),
+            reason: format!("cannot open it for reading: {reason}"),
+        })?;
         let (ops, inbox) = mpsc::channel();
+        let (reads, read_inbox) = mpsc::channel();
         let commits = Arc::new(Commits::default());
         let counter = commits.clone();
+        let thread_failed = |e: std::io::Error| StoreError::Open {
+            path: path.display().to_string(),
+            reason: format!("cannot start a store thread: {e}"),
+        };
         std::thread::Builder::new()
             .name("cq-store".to_owned())
             .spawn(move || writer::run(conn, inbox, &counter))
-            .map_err(|e| StoreError::Open {
-                path: path.display().to_string(),
-                reason: format!("cannot start the writer thread: {e}"),
-            })?;
+            .map_err(thread_failed)?;
+        std::thread::Builder::new()
+            .name("cq-store-read".to_owned())
+            .spawn(move || reader::run(reading, read_inbox))
+            .map_err(thread_failed)?;
         Ok(Self {
             ops,
+            reads,
             path: path.to_owned(),
             commits,
         })
@@ -164,11 +178,15 @@ impl Store for SqliteStore {
     }
 
     fn describe(&self, id: JobId) -> Pending<Option<JobRecord>> {
-        self.send(|reply| Op::Describe { id, reply })
+        let (reply, pending) = Pending::channel();
+        let _ = self.reads.send(reader::Read::Describe { id, reply });
+        pending
     }
 
     fn recent(&self, limit: usize) -> Pending<Vec<JobRecord>> {
-        self.send(|reply| Op::Recent { limit, reply })
+        let (reply, pending) = Pending::channel();
+        let _ = self.reads.send(reader::Read::Recent { limit, reply });
+        pending
     }
 
     fn prune(&self, before: SystemTime) -> Pending<Vec<PrunedJob>> {
@@ -296,6 +314,29 @@ mod tests {
         assert_eq!(recovered.next_id, 5);
         let running = store.describe(JobId(2)).await.unwrap().unwrap().summary;
         assert_eq!(running.phase, JobPhase::Running);
+    }
+
+    /// Issue 14: queries waited behind the writer's batches and their fsync. They have a
+    /// connection of their own now: one answers while the writer is held up.
+    #[tokio::test]
+    async fn a_query_answers_while_the_writer_is_held_up() {
+        use futures_util::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cq.db");
+        let store = SqliteStore::open(&path).unwrap();
+        store.insert(job(1)).await.unwrap();
+        // Another process holds the write lock: the writer's next batch waits for it.
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let mut held = store.insert(job(2));
+        let found = store.describe(JobId(1)).await.unwrap();
+        assert_eq!(found.map(|r| r.summary.id), Some(JobId(1)));
+        assert!(
+            (&mut held).now_or_never().is_none(),
+            "the query was answered only after the held-up write"
+        );
+        holder.execute_batch("ROLLBACK").unwrap();
+        let _ = held.await;
     }
 
     #[tokio::test]

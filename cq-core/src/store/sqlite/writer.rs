@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, Transaction};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use super::rows;
 use crate::auth::Identity;
 use crate::engine::JobResult;
 use crate::job::{JobId, SubmitKey};
-use crate::store::record::{JobRecord, PrunedJob, Recovered, StoreError, StoredJob};
+use crate::store::record::{PrunedJob, Recovered, StoreError, StoredJob};
 
 /// At most this many operations share one commit, so that one commit stays short.
 const MAX_BATCH: usize = 1024;
@@ -66,14 +66,6 @@ pub(super) enum Op {
         id: JobId,
         uid: u32,
         reply: Reply<()>,
-    },
-    Describe {
-        id: JobId,
-        reply: Reply<Option<JobRecord>>,
-    },
-    Recent {
-        limit: usize,
-        reply: Reply<Vec<JobRecord>>,
     },
     Prune {
         before: SystemTime,
@@ -214,19 +206,6 @@ fn apply(tx: &Transaction<'_>, op: Op) -> Done {
             reply,
             rows::remove_waiter(tx, id, uid).map_err(db("remove a waiter")),
         ),
-        Op::Describe { id, reply } => {
-            let found =
-                rows::records(tx, "WHERE id = ?1", params![id.0 as i64]).map(|mut v| v.pop());
-            finish(reply, found.map_err(db("describe")))
-        }
-        Op::Recent { limit, reply } => {
-            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let clause = "WHERE state = 'finished' ORDER BY finished_ms DESC, id DESC LIMIT ?1";
-            finish(
-                reply,
-                rows::records(tx, clause, params![limit]).map_err(db("list recent jobs")),
-            )
-        }
         Op::Prune { before, reply } => finish(reply, rows::prune(tx, before).map_err(db("prune"))),
         Op::RememberRequest {
             digest,
@@ -258,8 +237,6 @@ fn fail(op: Op, error: &StoreError) {
         | Op::RememberRequest { reply, .. }
         | Op::ForgetRequests { reply, .. }
         | Op::Flush { reply } => drop(reply.send(e)),
-        Op::Describe { reply, .. } => drop(reply.send(e.map(|()| None))),
-        Op::Recent { reply, .. } => drop(reply.send(e.map(|()| Vec::new()))),
         Op::Prune { reply, .. } => drop(reply.send(e.map(|()| Vec::new()))),
     }
 }
