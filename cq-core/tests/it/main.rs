@@ -2,6 +2,7 @@
 //! client engines over the in-memory transport.
 
 mod engine;
+mod engine_properties;
 mod golden;
 mod server;
 mod support;
