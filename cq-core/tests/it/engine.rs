@@ -1298,6 +1298,87 @@ async fn jobs_running_when_the_engine_stopped_are_lost_or_run_again_as_configure
     }
 }
 
+/// A job as the store keeps it: a command (`true`) or, without one, an in-process job.
+fn stored(id: u64, command: bool) -> cq_core::store::StoredJob {
+    cq_core::store::StoredJob {
+        id: JobId(id),
+        owner: Identity::local(),
+        summary: "true".to_owned(),
+        command: command.then(|| cq_core::CommandJob::new(["true"])),
+        key: None,
+        accepted_at: SystemTime::now(),
+        waiters: Vec::new(),
+    }
+}
+
+/// Red team: a job recorded as running where its worker never came back (a Slurm job of a
+/// lane the engine no longer has, after `--lanes 3` became `--lanes 1`) was queued again with
+/// `requeue_running`, and ran a second time while Slurm still ran it. It is recorded lost.
+#[tokio::test]
+async fn a_job_whose_worker_does_not_come_back_is_lost_never_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cq.db");
+    {
+        let store = cq_core::SqliteStore::open(&path).unwrap();
+        store.insert(stored(1, true)).await.unwrap();
+        store
+            .record_start(JobId(1), SystemTime::now())
+            .await
+            .unwrap();
+        store
+            .record_runner(JobId(1), "local-3".into(), "slurm:4242 0 cq-1".into())
+            .await
+            .unwrap();
+    }
+    let mut config = EngineConfig::default();
+    config.requeue_running = true;
+    config.worker_timeout = std::time::Duration::from_millis(200);
+    let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let engine = Engine::new(config)
+        .with_store(Arc::new(cq_core::SqliteStore::open(&path).unwrap()))
+        .with_executor(Arc::new(Limits(ran.clone())))
+        .start()
+        .await
+        .expect("the engine starts");
+    let mut ticket = engine
+        .watch(JobId(1), Caller::admin(Identity::local()))
+        .await
+        .unwrap();
+    let result = tokio::time::timeout(LIMIT, ticket.finished())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Lost);
+    assert!(ran.lock().unwrap().is_empty(), "it ran again");
+}
+
+/// Red team: what the engine recorded at start about jobs it cannot run (an in-process job
+/// left queued) was not committed before it served: a watcher asking at once was told the
+/// job was unknown.
+#[tokio::test]
+async fn what_a_restart_decides_is_on_record_before_anybody_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cq.db");
+    {
+        let store = cq_core::SqliteStore::open(&path).unwrap();
+        store.insert(stored(1, false)).await.unwrap();
+    }
+    let engine = Engine::new(EngineConfig::default())
+        .with_store(Arc::new(cq_core::SqliteStore::open(&path).unwrap()))
+        .start()
+        .await
+        .expect("the engine starts");
+    let mut ticket = engine
+        .watch(JobId(1), Caller::admin(Identity::local()))
+        .await
+        .expect("the job is known");
+    let result = tokio::time::timeout(LIMIT, ticket.finished())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Lost);
+}
+
 /// The engine sets every command's time limit (the default when it asks for none, never more
 /// than the most allowed), whoever submits it.
 #[tokio::test]

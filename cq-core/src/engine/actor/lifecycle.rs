@@ -111,15 +111,10 @@ impl<S: Scheduler> Actor<S> {
             return;
         };
         self.awaiting.remove(&name);
-        let cancelled = self
-            .running
-            .get(&id)
-            .is_some_and(|r| r.cancel.is_cancelled());
-        if self.config.requeue_running && !cancelled {
-            tracing::warn!(job = %id, worker = %name, "the worker the job ran on did not come back in time: queued again");
-            return self.queue_again(id);
-        }
-        tracing::warn!(job = %id, worker = %name, "the worker the job ran on did not come back in time: recorded as lost");
+        // Never queued again, whatever `requeue_running` says: its executor recorded that it
+        // runs there (on a host that may only be cut off, or in a Slurm job of a lane this
+        // engine no longer has), and it may run on.
+        tracing::warn!(job = %id, worker = %name, "the worker the job ran on did not come back in time: recorded as lost (it may still run there)");
         self.finish(id, Outcome::Lost, 0, Vec::new());
     }
 

@@ -80,8 +80,9 @@ pub struct EngineConfig {
     pub log_dir: Option<PathBuf>,
     /// How long finished jobs (outcome and log) are kept for late watchers.
     pub retention: Duration,
-    /// Put jobs that were running when the server stopped, and cannot be found again where
-    /// they run, back in the queue instead of reporting them lost.
+    /// Put jobs that were running when the server stopped back in the queue instead of
+    /// reporting them lost, unless their executor recorded where they run (those may run
+    /// on, and are found again there or recorded lost).
     pub requeue_running: bool,
     /// Bytes of output kept per job; the rest is dropped after a marker.
     pub log_limit: u64,
@@ -301,6 +302,7 @@ impl<S: Scheduler> Engine<S> {
             seen: recovered.requests.iter().copied().collect(),
             usage: HashMap::new(),
             awaiting: HashMap::new(),
+            restart_records: Vec::new(),
             publishing: TaskTracker::new(),
             internal,
             events: events.clone(),
@@ -312,7 +314,7 @@ impl<S: Scheduler> Engine<S> {
         // recorded they run, queued again, or lost. Decided before anybody is served.
         let mut queued = recovered.queued;
         let mut found = Vec::new();
-        let mut decided = Vec::new();
+        let mut requeued = Vec::new();
         for running in recovered.running {
             let id = running.job.id;
             let has_command = running.job.command.is_some();
@@ -322,21 +324,16 @@ impl<S: Scheduler> Engine<S> {
                 }
                 _ if has_command && actor.config.requeue_running => {
                     tracing::warn!(job = %id, "the job was running when the server stopped: queued again");
-                    // Its new run writes a new log.
-                    if let Some(dir) = &actor.config.log_dir {
-                        let _ = std::fs::remove_file(dir.join(format!("{id}.log")));
-                    }
-                    decided.push(actor.store.record_requeue(id));
+                    let recorded = actor.store.record_requeue(id);
+                    actor.restart_records.push(recorded);
+                    requeued.push(id);
                     queued.push(running.job);
                 }
                 _ => {
                     tracing::warn!(job = %id, "the job was running when the server stopped: recorded as lost");
-                    decided.push(actor.store.record_finish(id, lost(), 0, SystemTime::now()));
+                    actor.record_lost(id);
                 }
             }
-        }
-        for pending in decided {
-            pending.await?;
         }
         queued.sort_by_key(|job| job.id);
         for stored in queued {
@@ -344,6 +341,16 @@ impl<S: Scheduler> Engine<S> {
         }
         for (stored, runner, started_at) in found {
             actor.adopt(stored, runner, started_at);
+        }
+        for recorded in std::mem::take(&mut actor.restart_records) {
+            recorded.await?;
+        }
+        // A job queued again writes a new log when it runs; the old one goes once the
+        // requeue is on record (a job recorded lost keeps its log).
+        if let Some(dir) = &actor.config.log_dir {
+            for id in requeued {
+                let _ = std::fs::remove_file(dir.join(format!("{id}.log")));
+            }
         }
         tokio::spawn(actor.run(inbox, internal_inbox));
         Ok(EngineHandle {
@@ -537,6 +544,9 @@ struct Actor<S> {
     /// Jobs that were running elsewhere when the server stopped, by the worker they wait
     /// for: the job, and its executor's reference to the run.
     awaiting: HashMap<String, (JobId, Work, String)>,
+    /// At start: what the engine records about the jobs the store gave back (lost, queued
+    /// again), committed before anybody is served.
+    restart_records: Vec<Pending<()>>,
     /// Outcomes waiting for their commit before waiters hear of them.
     publishing: TaskTracker,
     internal: mpsc::UnboundedSender<Internal>,
@@ -745,11 +755,11 @@ impl<S: Scheduler> Actor<S> {
         });
     }
 
-    /// Records job `id`, taken back from the store, as lost.
-    fn record_lost(&self, id: JobId) {
-        self.store
-            .record_finish(id, lost(), 0, SystemTime::now())
-            .log_failure("record a lost job");
+    /// Records job `id`, taken back from the store, as lost (committed before the engine
+    /// serves anybody).
+    fn record_lost(&mut self, id: JobId) {
+        let recorded = self.store.record_finish(id, lost(), 0, SystemTime::now());
+        self.restart_records.push(recorded);
     }
 
     /// Counts a job taken back from the store (and its waiters) against its users' limits.
