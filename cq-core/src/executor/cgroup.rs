@@ -61,7 +61,10 @@ impl CgroupTree {
         let parent = mount.join(own.trim_start_matches('/'));
         remove_stale(&parent);
         let n = NEXT_TREE.fetch_add(1, Ordering::Relaxed);
-        let dir = parent.join(format!("cq-{}-{n}", std::process::id()));
+        // The process's start time too: a later process given this pid is not this one.
+        let me = std::process::id();
+        let started = process_stat(me).map_or(0, |(_, started)| started);
+        let dir = parent.join(format!("cq-{me}-{n}-{started}"));
         match fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -213,15 +216,19 @@ fn remove_stale(parent: &Path) {
     let own = own_cgroup();
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name();
-        let Some(pid) = name
+        // cq-PID-N-STARTED (cq-PID-N before the start time was added).
+        let Some(mut parts) = name
             .to_str()
             .and_then(|n| n.strip_prefix("cq-"))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
+            .map(|rest| rest.split('-'))
         else {
             continue;
         };
-        if pid == std::process::id() || is_live_executor(pid, own.as_deref()) {
+        let Some(pid) = parts.next().and_then(|pid| pid.parse::<u32>().ok()) else {
+            continue;
+        };
+        let started = parts.nth(1).and_then(|s| s.parse::<u64>().ok());
+        if pid == std::process::id() || is_live_executor(pid, started, own.as_deref()) {
             continue;
         }
         let dir = entry.path();
@@ -251,8 +258,15 @@ fn remove_stale(parent: &Path) {
 }
 
 /// Whether `pid` is a live process in the same cgroup as this one (where another server's
-/// executor would be), and not some other process that got a dead server's pid.
-fn is_live_executor(pid: u32, own: Option<&str>) -> bool {
+/// executor would be), and not some other process that got a dead server's pid: not a
+/// zombie (a killed server not yet reaped), and started when the executor's did (`started`,
+/// when its cgroup's name says).
+fn is_live_executor(pid: u32, started: Option<u64>, own: Option<&str>) -> bool {
+    match process_stat(pid) {
+        None | Some(('Z' | 'X' | 'x', _)) => return false,
+        Some((_, theirs)) if started.is_some_and(|started| started != theirs) => return false,
+        Some(_) => {}
+    }
     let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
         return false;
     };
@@ -262,6 +276,19 @@ fn is_live_executor(pid: u32, own: Option<&str>) -> bool {
         // Cannot tell: leave it alone.
         _ => true,
     }
+}
+
+/// The state letter and start time (clock ticks after boot) of process `pid`, from
+/// `/proc/PID/stat` (fields 3 and 22; the name before them may hold spaces and parentheses).
+fn process_stat(pid: u32) -> Option<(char, u64)> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parse_stat(text: &str) -> Option<(char, u64)> {
+    let mut fields = text.get(text.rfind(')')? + 1..)?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let started = fields.nth(18)?.parse().ok()?;
+    Some((state, started))
 }
 
 /// Whether processes remain in the cgroup whose `cgroup.events` is `events`.
@@ -289,4 +316,50 @@ fn own_cgroup() -> Option<String> {
     text.lines()
         .find_map(|line| line.strip_prefix("0::"))
         .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Red team: a server killed with kill -9 and not yet reaped (a zombie, as under a slow
+    /// init) was taken for a live one, so its jobs were left running beside their re-queued
+    /// runs. A zombie, or a process started later under the same pid, is not an executor.
+    #[test]
+    fn a_zombie_or_a_later_process_with_the_pid_is_not_a_live_executor() {
+        let own = own_cgroup();
+        let me = std::process::id();
+        let (_, started) = process_stat(me).expect("this process has a stat");
+        assert!(is_live_executor(me, Some(started), own.as_deref()));
+        assert!(
+            is_live_executor(me, None, own.as_deref()),
+            "an old cgroup name"
+        );
+        assert!(
+            !is_live_executor(me, Some(started + 1), own.as_deref()),
+            "a process that started later under the pid"
+        );
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while process_stat(pid).is_some_and(|(state, _)| state != 'Z') {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child never exited"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(
+            !is_live_executor(pid, None, own.as_deref()),
+            "a zombie in our own cgroup"
+        );
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_process_name_with_spaces_and_parentheses_does_not_confuse_the_stat_reader() {
+        let text = "4242 (a b) (c)) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 777 19";
+        assert_eq!(parse_stat(text), Some(('S', 777)));
+        assert_eq!(parse_stat("4242 (x) Z"), None);
+    }
 }

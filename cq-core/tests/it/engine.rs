@@ -277,16 +277,21 @@ async fn an_in_process_jobs_results_come_back_with_its_outcome() {
 }
 
 /// Which of a store's commits wait until the test lets them through.
-#[derive(PartialEq)]
+#[derive(Default, PartialEq)]
 enum HeldCommits {
+    #[default]
+    Nothing,
     Starts,
     Outcomes,
     /// Its lists of recent jobs (which wait behind the writer in the SQLite store).
     Reads,
 }
 
-/// A store whose commits of starts or of outcomes wait until the test lets them through.
+/// A store whose commits of starts or of outcomes wait until the test lets them through, and
+/// whose first `failed_outcomes` commits of outcomes fail.
+#[derive(Default)]
 struct SlowCommits {
+    failed_outcomes: std::sync::atomic::AtomicUsize,
     inner: MemoryStore,
     held: HeldCommits,
     release: Arc<Notify>,
@@ -324,6 +329,13 @@ impl Store for SlowCommits {
         self.inner.record_runner(id, worker, reference)
     }
     fn record_finish(&self, id: JobId, result: JobResult, log: u64, at: SystemTime) -> Pending<()> {
+        let fail = self
+            .failed_outcomes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            return Pending::ready(Err(cq_core::StoreError::Closed));
+        }
         self.hold(
             self.inner.record_finish(id, result, log, at),
             HeldCommits::Outcomes,
@@ -370,6 +382,7 @@ async fn waiters_hear_an_outcome_only_once_it_is_committed() {
         inner: MemoryStore::new(),
         held: HeldCommits::Outcomes,
         release: release.clone(),
+        ..SlowCommits::default()
     });
     let engine = Engine::new(EngineConfig::default())
         .with_store(store)
@@ -410,6 +423,7 @@ async fn a_job_runs_only_once_its_start_is_committed() {
         inner: MemoryStore::new(),
         held: HeldCommits::Starts,
         release: release.clone(),
+        ..SlowCommits::default()
     });
     let engine = Engine::new(EngineConfig::default())
         .with_store(store)
@@ -444,6 +458,35 @@ async fn a_job_runs_only_once_its_start_is_committed() {
     assert_eq!(probe.order.lock().await.len(), 1);
 }
 
+/// Red team: an outcome whose commit failed (a full disk, the database locked too long) was
+/// never recorded: its waiters were told nothing true, and a restart ran the job again. The
+/// engine tries again until it is on record.
+#[tokio::test]
+async fn an_outcome_whose_commit_fails_is_recorded_again_and_heard() {
+    let store = Arc::new(SlowCommits {
+        failed_outcomes: 2.into(),
+        ..SlowCommits::default()
+    });
+    let engine = Engine::new(EngineConfig::default())
+        .with_store(store.clone())
+        .start()
+        .await
+        .unwrap();
+    let held = Arc::new(Notify::new());
+    let mut ticket = engine
+        .submit(Held(held.clone()), Identity::local())
+        .await
+        .unwrap();
+    held.notify_one();
+    let result = tokio::time::timeout(LIMIT, ticket.finished())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Exited { code: 0 });
+    let recorded = store.describe(ticket.id).await.unwrap().unwrap();
+    assert_eq!(recorded.summary.outcome, Some(Outcome::Exited { code: 0 }));
+}
+
 /// Red team: a job cancelled while its start was being committed was told "cancelled" and
 /// ran all the same. A cancel before it runs now means it never runs.
 #[tokio::test]
@@ -453,6 +496,7 @@ async fn a_job_cancelled_while_its_start_is_committed_never_runs() {
         inner: MemoryStore::new(),
         held: HeldCommits::Starts,
         release: release.clone(),
+        ..SlowCommits::default()
     });
     let engine = Engine::new(EngineConfig::default())
         .with_store(store)
@@ -1188,6 +1232,7 @@ async fn the_reviewer_decides_every_command_from_the_live_queue() {
         inner: MemoryStore::new(),
         held: HeldCommits::Reads,
         release: held.clone(),
+        ..SlowCommits::default()
     });
     let shown = Arc::default();
     let release = Arc::new(Notify::new());

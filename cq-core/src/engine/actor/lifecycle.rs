@@ -479,10 +479,15 @@ impl<S: Scheduler> Actor<S> {
             runtime,
             results,
         };
-        let committed = self
-            .store
-            .record_finish(id, result.clone(), log_bytes, SystemTime::now())
-            .shared();
+        let committed = commit_outcome(
+            self.store.clone(),
+            id,
+            result.clone(),
+            log_bytes,
+            SystemTime::now(),
+        )
+        .boxed()
+        .shared();
         // Until it is committed, questions about the job wait for it (the store's queries
         // see only what is committed).
         self.finishing.retain(|_, done| done.peek().is_none());
@@ -649,4 +654,34 @@ pub(super) fn not_permitted(id: JobId, owner: &str, what: &str) -> SubmitError {
 
 fn spawn_failure(reason: SpawnFailure, message: String) -> Outcome {
     Outcome::SpawnFailed { reason, message }
+}
+
+/// Attempts at recording an outcome before the engine gives up on it.
+const OUTCOME_ATTEMPTS: u32 = 8;
+
+/// Records job `id`'s outcome, trying again while the store fails (a full disk, the database
+/// locked by another process beyond the store's patience): its waiters hear it only once it
+/// is on record, and a job whose end was never recorded would be found running, or queued,
+/// after a restart.
+async fn commit_outcome(
+    store: Arc<dyn crate::store::Store>,
+    id: JobId,
+    result: JobResult,
+    log_bytes: u64,
+    at: SystemTime,
+) -> Result<(), crate::store::StoreError> {
+    let mut pause = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        match store.record_finish(id, result.clone(), log_bytes, at).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < OUTCOME_ATTEMPTS => {
+                tracing::warn!(job = %id, error = %e, retry_in_ms = pause.as_millis() as u64, "the outcome could not be recorded yet");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

@@ -390,6 +390,9 @@ fn highest_log_id(dir: &Path) -> u64 {
 /// Resolves when the job's record is committed.
 type Durable = Shared<Pending<()>>;
 
+/// An outcome being recorded (tried again while the store fails).
+type Committing = Shared<futures_util::future::BoxFuture<'static, Result<(), StoreError>>>;
+
 /// A job that has been accepted and has not ended.
 struct Live {
     job: Option<Work>,
@@ -528,7 +531,7 @@ struct Actor<S> {
     start_check: Option<Arc<dyn AccessCheck>>,
     /// Jobs whose outcome is being committed: gone from `jobs`, not yet in the store's
     /// queries.
-    finishing: HashMap<JobId, Durable>,
+    finishing: HashMap<JobId, Committing>,
     next_id: u64,
     jobs: HashMap<JobId, Live>,
     running: HashMap<JobId, Running>,

@@ -59,7 +59,17 @@ impl SqliteStore {
             path: path.display().to_string(),
             reason,
         })?;
-        let reading = reader::open(path).map_err(|reason| StoreError::Open {
+        // The reader opens the file again: it must find the writer's file, marked so.
+        let mark = open_mark();
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (name, value) VALUES ('opened_by', ?1)",
+            [mark],
+        )
+        .map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            reason: format!("cannot write to it: {e}"),
+        })?;
+        let reading = reader::open(path, mark).map_err(|reason| StoreError::Open {
             path: path.display().to_string(),
             reason: format!("cannot open it for reading: {reason}"),
         })?;
@@ -110,6 +120,15 @@ impl SqliteStore {
         let _ = self.ops.send(make(reply));
         pending
     }
+}
+
+/// A value that tells this opening of the database from any other.
+fn open_mark() -> i64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    // Truncated: only uniqueness matters, not the value.
+    (nanos as i64) ^ (i64::from(std::process::id()) << 40)
 }
 
 impl Store for SqliteStore {
@@ -337,6 +356,33 @@ mod tests {
         );
         holder.execute_batch("ROLLBACK").unwrap();
         let _ = held.await;
+    }
+
+    /// Red team: the reader opens the file again after the writer; a file swapped in
+    /// between (another database) would have been read as this one.
+    #[test]
+    fn the_reader_refuses_a_file_the_writer_did_not_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = dir.path().join("cq.db");
+        let other = dir.path().join("other.db");
+        drop(SqliteStore::open(&ours).unwrap());
+        drop(SqliteStore::open(&other).unwrap());
+        let mark = |path: &Path| -> i64 {
+            Connection::open(path)
+                .unwrap()
+                .query_row(
+                    "SELECT value FROM meta WHERE name = 'opened_by'",
+                    [],
+                    |row| row.get(0),
+                )
+                .unwrap()
+        };
+        assert!(reader::open(&ours, mark(&ours)).is_ok());
+        let swapped = reader::open(&other, mark(&ours));
+        assert!(
+            swapped.is_err(),
+            "a file marked by another opening was read"
+        );
     }
 
     #[tokio::test]

@@ -24,18 +24,27 @@ pub(super) enum Read {
     },
 }
 
-/// Opens `path`, which the writer has just opened (and created or migrated), read-only and
-/// never through a symlink.
-pub(super) fn open(path: &Path) -> Result<Connection, String> {
+/// Opens `path`, which the writer has just opened (and created or migrated) and marked with
+/// `mark`, read-only; the mark must be there: a file swapped for another in between is
+/// refused.
+pub(super) fn open(path: &Path, mark: i64) -> Result<Connection, String> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| e.to_string())?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| e.to_string())?;
+    let found: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'opened_by'",
+            [],
+            |row| row.get(0),
+        )
+        .ok();
+    if found != Some(mark) {
+        return Err("the file changed while it was being opened (replaced by another?)".into());
+    }
     Ok(conn)
 }
 
