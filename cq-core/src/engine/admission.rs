@@ -84,8 +84,15 @@ impl Admission {
             }
             None => requester,
         };
-        // A verdict the caller reached itself stands; the reviewer decides the rest.
-        if let (Some(reviewer), None | Some(Decision::Accept)) = (&self.reviewer, &options.verdict)
+        // A verdict the caller reached itself stands; the reviewer decides the rest, but not
+        // again for a retry (it re-attaches to the job it made): a storm of retries must not
+        // take every reviewer's turn.
+        let retry = match options.key {
+            Some(key) if self.reviewer.is_some() => engine.knows_key(owner.uid, key).await?,
+            _ => false,
+        };
+        if let (Some(reviewer), None | Some(Decision::Accept), false) =
+            (&self.reviewer, &options.verdict, retry)
         {
             // Live jobs only: the reviewer never waits for the store.
             let queue = engine.live(Caller::admin(Identity::local())).await?;

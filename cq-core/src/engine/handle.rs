@@ -110,6 +110,11 @@ pub(super) enum Command {
         name: String,
         reply: oneshot::Sender<Result<(), SubmitError>>,
     },
+    KnowsKey {
+        uid: u32,
+        key: SubmitKey,
+        reply: oneshot::Sender<Result<bool, SubmitError>>,
+    },
     AwaitsWorker {
         name: String,
         reply: oneshot::Sender<Result<bool, SubmitError>>,
@@ -235,6 +240,13 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
+    /// Whether a submission of `uid` with `key` came before (a retry re-attaches to its job).
+    pub(super) async fn knows_key(&self, uid: u32, key: SubmitKey) -> Result<bool, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.request(Command::KnowsKey { uid, key, reply }, answer)
+            .await
+    }
+
     /// Whether the engine checks who may submit what ([`Engine::with_access_check`](crate::Engine::with_access_check)).
     #[cfg(feature = "server")]
     pub(crate) fn checks_access(&self) -> bool {

@@ -1282,6 +1282,51 @@ async fn the_reviewer_decides_every_command_from_the_live_queue() {
     assert_eq!(result.outcome, Outcome::Exited { code: 0 });
 }
 
+/// Red team: a retried submission (same key, after a lost acknowledgement) was reviewed
+/// again before it re-attached: a storm of retries took every reviewer's turn, and a
+/// reviewer that now says no refused a job that was already queued. A retry re-attaches
+/// without a second review.
+#[tokio::test]
+async fn a_retry_reattaches_without_a_second_review() {
+    use cq_core::CommandJob;
+    let shown = Arc::default();
+    let release = Arc::new(Notify::new());
+    let engine = Engine::new(EngineConfig::default())
+        .with_executor(Arc::new(Owners {
+            seen: Arc::default(),
+            release: release.clone(),
+        }))
+        .with_reviewer(Arc::new(Closed(Arc::clone(&shown))))
+        .start()
+        .await
+        .expect("the engine starts");
+    let key = SubmitKey::random();
+    let first = engine
+        .submit_command(
+            CommandJob::new(["true"]),
+            Identity::local(),
+            SubmitOptions::new().with_key(key),
+        )
+        .await
+        .expect("accepted on an empty queue");
+    let mut again = engine
+        .submit_command(
+            CommandJob::new(["true"]),
+            Identity::local(),
+            SubmitOptions::new().with_key(key),
+        )
+        .await
+        .expect("a retry re-attaches (the reviewer would say busy)");
+    assert_eq!(again.id, first.id);
+    assert_eq!(shown.lock().unwrap().len(), 1, "reviewed once");
+    release.notify_one();
+    let result = tokio::time::timeout(LIMIT, again.finished())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Exited { code: 0 });
+}
+
 /// Records the time limit each command arrives with.
 struct Limits(Arc<std::sync::Mutex<Vec<Option<u64>>>>);
 

@@ -651,6 +651,9 @@ impl<S: Scheduler> Actor<S> {
             Command::DetachWorker { name, reply } => {
                 let _ = reply.send(self.detach_worker(&name));
             }
+            Command::KnowsKey { uid, key, reply } => {
+                let _ = reply.send(Ok(self.keys.contains_key(&(uid, key))));
+            }
             Command::AwaitsWorker { name, reply } => {
                 let _ = reply.send(Ok(self.awaiting.contains_key(&name)));
             }
