@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::handle::{Caller, EngineHandle, SubmitError, SubmitOptions};
+use super::handle::{Caller, EngineHandle, JobTicket, SubmitError, SubmitOptions};
 use crate::auth::Identity;
 use crate::job::{CommandJob, JobSummary};
 use crate::policy::AccessCheck;
@@ -55,7 +55,7 @@ impl Admission {
         command: &Arc<CommandJob>,
         requester: Identity,
         mut options: SubmitOptions,
-    ) -> Result<(Identity, SubmitOptions), SubmitError> {
+    ) -> Result<Admit, SubmitError> {
         // What exec cannot take is never queued, and the checks below need a well-formed job.
         command.validate().map_err(SubmitError::Invalid)?;
         let owner = match &self.access {
@@ -84,20 +84,29 @@ impl Admission {
             }
             None => requester,
         };
-        // A verdict the caller reached itself stands; the reviewer decides the rest, but not
-        // again for a retry (it re-attaches to the job it made): a storm of retries must not
-        // take every reviewer's turn.
-        let retry = match options.key {
-            Some(key) if self.reviewer.is_some() => engine.knows_key(owner.uid, key).await?,
-            _ => false,
-        };
-        if let (Some(reviewer), None | Some(Decision::Accept), false) =
-            (&self.reviewer, &options.verdict, retry)
+        // A retry re-attaches to the job it made, without another review: a storm of retries
+        // must not take every reviewer's turn. (Looked up and re-attached in one step: a key
+        // forgotten meanwhile makes a new job, which is reviewed.)
+        if let (Some(key), Some(_)) = (options.key, &self.reviewer)
+            && let Some(ticket) = engine.reattach(owner.uid, key).await?
+        {
+            return Ok(Admit::Reattached(ticket));
+        }
+        // A verdict the caller reached itself stands; the reviewer decides the rest.
+        if let (Some(reviewer), None | Some(Decision::Accept)) = (&self.reviewer, &options.verdict)
         {
             // Live jobs only: the reviewer never waits for the store.
             let queue = engine.live(Caller::admin(Identity::local())).await?;
             options.verdict = Some(reviewer.review(command, &owner, &queue).await);
         }
-        Ok((owner, options))
+        Ok(Admit::Queue(owner, options))
     }
+}
+
+/// What admission decided about a command.
+pub(crate) enum Admit {
+    /// Queue it for this owner, with these options.
+    Queue(Identity, SubmitOptions),
+    /// It is a retry, re-attached to the job it made.
+    Reattached(JobTicket),
 }

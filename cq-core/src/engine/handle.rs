@@ -110,10 +110,10 @@ pub(super) enum Command {
         name: String,
         reply: oneshot::Sender<Result<(), SubmitError>>,
     },
-    KnowsKey {
+    Reattach {
         uid: u32,
         key: SubmitKey,
-        reply: oneshot::Sender<Result<bool, SubmitError>>,
+        reply: oneshot::Sender<Result<Option<JobTicket>, SubmitError>>,
     },
     AwaitsWorker {
         name: String,
@@ -240,10 +240,15 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    /// Whether a submission of `uid` with `key` came before (a retry re-attaches to its job).
-    pub(super) async fn knows_key(&self, uid: u32, key: SubmitKey) -> Result<bool, SubmitError> {
+    /// The job a submission of `uid` with `key` made before, re-attached to, if there was one
+    /// (the submission is a retry).
+    pub(super) async fn reattach(
+        &self,
+        uid: u32,
+        key: SubmitKey,
+    ) -> Result<Option<JobTicket>, SubmitError> {
         let (reply, answer) = oneshot::channel();
-        self.request(Command::KnowsKey { uid, key, reply }, answer)
+        self.request(Command::Reattach { uid, key, reply }, answer)
             .await
     }
 
@@ -305,9 +310,13 @@ impl EngineHandle {
         options: SubmitOptions,
     ) -> Result<JobTicket, SubmitError> {
         let command = Arc::new(command);
-        let (owner, options) = self.admission.admit(self, &command, owner, options).await?;
-        self.submit_work(Work::Command(command), owner, options)
-            .await
+        match self.admission.admit(self, &command, owner, options).await? {
+            super::admission::Admit::Queue(owner, options) => {
+                self.submit_work(Work::Command(command), owner, options)
+                    .await
+            }
+            super::admission::Admit::Reattached(ticket) => Ok(ticket),
+        }
     }
 
     async fn submit_work(

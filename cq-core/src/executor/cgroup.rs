@@ -228,7 +228,8 @@ fn remove_stale(parent: &Path) {
             continue;
         };
         let started = parts.nth(1).and_then(|s| s.parse::<u64>().ok());
-        if pid == std::process::id() || is_live_executor(pid, started, own.as_deref()) {
+        // Our own pid too: a dead server's, reused, is told from ours by the start time.
+        if is_live_executor(pid, started, own.as_deref()) {
             continue;
         }
         let dir = entry.path();

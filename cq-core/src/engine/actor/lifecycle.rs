@@ -479,15 +479,14 @@ impl<S: Scheduler> Actor<S> {
             runtime,
             results,
         };
-        let committed = commit_outcome(
-            self.store.clone(),
-            id,
-            result.clone(),
-            log_bytes,
-            SystemTime::now(),
-        )
-        .boxed()
-        .shared();
+        // The first attempt goes to the store now, in order with what follows (the next
+        // job's start); further attempts only if it fails.
+        let at = SystemTime::now();
+        let first = self.store.record_finish(id, result.clone(), log_bytes, at);
+        let committed =
+            commit_outcome(self.store.clone(), first, id, result.clone(), log_bytes, at)
+                .boxed()
+                .shared();
         // Until it is committed, questions about the job wait for it (the store's queries
         // see only what is committed).
         self.finishing.retain(|_, done| done.peek().is_none());
@@ -656,8 +655,10 @@ fn spawn_failure(reason: SpawnFailure, message: String) -> Outcome {
     Outcome::SpawnFailed { reason, message }
 }
 
-/// Attempts at recording an outcome before the engine gives up on it.
-const OUTCOME_ATTEMPTS: u32 = 8;
+/// How long the engine tries to record an outcome before it gives up on it (each attempt may
+/// wait up to the store's own 5 s for a locked database): short enough that a stopping
+/// server still ends within its service manager's patience.
+const OUTCOME_PATIENCE: Duration = Duration::from_secs(20);
 
 /// Records job `id`'s outcome, trying again while the store fails (a full disk, the database
 /// locked by another process beyond the store's patience): its waiters hear it only once it
@@ -665,21 +666,23 @@ const OUTCOME_ATTEMPTS: u32 = 8;
 /// after a restart.
 async fn commit_outcome(
     store: Arc<dyn crate::store::Store>,
+    first: crate::store::Pending<()>,
     id: JobId,
     result: JobResult,
     log_bytes: u64,
     at: SystemTime,
 ) -> Result<(), crate::store::StoreError> {
+    let until = tokio::time::Instant::now() + OUTCOME_PATIENCE;
     let mut pause = Duration::from_millis(100);
-    let mut attempt = 1;
+    let mut attempt = first;
     loop {
-        match store.record_finish(id, result.clone(), log_bytes, at).await {
+        match attempt.await {
             Ok(()) => return Ok(()),
-            Err(e) if attempt < OUTCOME_ATTEMPTS => {
+            Err(e) if tokio::time::Instant::now() + pause < until => {
                 tracing::warn!(job = %id, error = %e, retry_in_ms = pause.as_millis() as u64, "the outcome could not be recorded yet");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
-                attempt += 1;
+                pause = (pause * 2).min(Duration::from_secs(2));
+                attempt = store.record_finish(id, result.clone(), log_bytes, at);
             }
             Err(e) => return Err(e),
         }

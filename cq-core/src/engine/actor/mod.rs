@@ -651,9 +651,7 @@ impl<S: Scheduler> Actor<S> {
             Command::DetachWorker { name, reply } => {
                 let _ = reply.send(self.detach_worker(&name));
             }
-            Command::KnowsKey { uid, key, reply } => {
-                let _ = reply.send(Ok(self.keys.contains_key(&(uid, key))));
-            }
+            Command::Reattach { uid, key, reply } => self.reattach_by_key(uid, key, reply),
             Command::AwaitsWorker { name, reply } => {
                 let _ = reply.send(Ok(self.awaiting.contains_key(&name)));
             }

@@ -216,6 +216,26 @@ impl<S: Scheduler> Actor<S> {
     }
 
     /// Answers a submission that came again (same uid, same key) with the job it made.
+    /// Re-attaches a retried submission to the job its key made, if the key is known.
+    pub(super) fn reattach_by_key(
+        &self,
+        uid: u32,
+        key: SubmitKey,
+        reply: oneshot::Sender<Result<Option<JobTicket>, SubmitError>>,
+    ) {
+        let Some(&(id, merged)) = self.keys.get(&(uid, key)) else {
+            let _ = reply.send(Ok(None));
+            return;
+        };
+        tracing::info!(job = %id, uid, "a submission came again (a retry): re-attached");
+        let (ticket, answer) = oneshot::channel();
+        self.reattach(id, merged, uid, ticket);
+        tokio::spawn(async move {
+            let found = answer.await.unwrap_or(Err(SubmitError::Stopped));
+            let _ = reply.send(found.map(Some));
+        });
+    }
+
     fn reattach(&self, id: JobId, merged: bool, uid: u32, reply: TicketReply) {
         if let Some(live) = self.jobs.get(&id) {
             let mut ticket = self.ticket(id, live, live.info.owner.uid == uid);

@@ -35,17 +35,18 @@ pub(super) fn open(path: &Path, mark: i64) -> Result<Connection, String> {
     .map_err(|e| e.to_string())?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| e.to_string())?;
-    let found: Option<i64> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE name = 'opened_by'",
-            [],
-            |row| row.get(0),
-        )
-        .ok();
-    if found != Some(mark) {
-        return Err("the file changed while it was being opened (replaced by another?)".into());
+    let found = conn.query_row(
+        "SELECT value FROM meta WHERE name = 'opened_by'",
+        [],
+        |row| row.get::<_, i64>(0),
+    );
+    match found {
+        Ok(found) if found == mark => Ok(conn),
+        Ok(_) | Err(rusqlite::Error::QueryReturnedNoRows) => {
+            Err("the file changed while it was being opened (replaced by another?)".into())
+        }
+        Err(e) => Err(e.to_string()),
     }
-    Ok(conn)
 }
 
 pub(super) fn run(mut conn: Connection, inbox: mpsc::Receiver<Read>) {
