@@ -158,9 +158,15 @@ fn recognise(conn: &Connection) -> Result<(), String> {
             "it exists but is not a cq database ({why}); move it away to start with an empty queue"
         )
     };
+    // Only a file SQLite reads and finds foreign is "not ours": a read that fails (I/O, a
+    // full disk, a lock) says so, and the advice to move the queue away would lose it.
+    let unreadable = |e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) | None => not_ours(&e.to_string()),
+        Some(_) => format!("it cannot be read ({e}); see that its disk is sound and has room"),
+    };
     let pragma = |name: &str| -> Result<i64, String> {
         conn.query_row(&format!("PRAGMA {name}"), [], |row| row.get(0))
-            .map_err(|e| not_ours(&e.to_string()))
+            .map_err(unreadable)
     };
     let application_id = pragma("application_id")?;
     if application_id == APPLICATION_ID {
@@ -178,7 +184,7 @@ fn recognise(conn: &Connection) -> Result<(), String> {
             |row| row.get::<_, i64>(0),
         )
         .map(|n| n > 0)
-        .map_err(|e| not_ours(&e.to_string()))?;
+        .map_err(unreadable)?;
     if pragma("user_version")? >= 1 && has_jobs {
         return Ok(());
     }
