@@ -9,9 +9,9 @@ use std::time::SystemTime;
 
 use cq_core::store::{JobRecord, Pending, PrunedJob, Recovered, StoredJob};
 use cq_core::{
-    Caller, Cancelled, Engine, EngineConfig, Identity, Job, JobContext, JobId, JobResult, JobState,
-    MemoryStore, Outcome, ShutdownMode, SpawnFailure, Store, SubmitError, SubmitKey, SubmitOptions,
-    UserLimits,
+    Caller, Cancelled, Engine, EngineConfig, EngineHandle, Identity, Job, JobContext, JobId,
+    JobResult, JobState, MemoryStore, Outcome, ShutdownMode, SpawnFailure, Store, SubmitError,
+    SubmitKey, SubmitOptions, UserLimits,
 };
 use tokio::sync::{Mutex, Notify};
 
@@ -109,10 +109,7 @@ async fn finished_jobs_can_still_be_watched_and_unknown_ones_are_named() {
         .unwrap();
     assert_eq!(ticket.state(), JobState::Running);
     release.notify_one();
-    let result = tokio::time::timeout(LIMIT, ticket.finished())
-        .await
-        .unwrap()
-        .unwrap();
+    let result = finished(&mut ticket).await;
 
     let mut late = engine
         .watch(ticket.id, Caller::user(Identity::local()))
@@ -276,6 +273,14 @@ async fn an_in_process_jobs_results_come_back_with_its_outcome() {
     assert_eq!(summary.results, expected);
 }
 
+/// The end of the job `ticket` follows, heard within the tests' limit.
+async fn finished(ticket: &mut cq_core::JobTicket) -> JobResult {
+    tokio::time::timeout(LIMIT, ticket.finished())
+        .await
+        .expect("the job ends in time")
+        .expect("the engine runs")
+}
+
 /// Which of a store's commits wait until the test lets them through.
 #[derive(Default, PartialEq)]
 enum HeldCommits {
@@ -310,6 +315,22 @@ impl SlowCommits {
         });
         pending
     }
+}
+
+/// An engine on a store whose `held` commits wait for the returned notification.
+async fn engine_holding(held: HeldCommits) -> (EngineHandle, Arc<Notify>) {
+    let release = Arc::new(Notify::new());
+    let store = Arc::new(SlowCommits {
+        held,
+        release: release.clone(),
+        ..SlowCommits::default()
+    });
+    let engine = Engine::new(EngineConfig::default())
+        .with_store(store)
+        .start()
+        .await
+        .unwrap();
+    (engine, release)
 }
 
 impl Store for SlowCommits {
@@ -377,18 +398,7 @@ impl Store for SlowCommits {
 /// in between could show one waiter "exited 0" and the others `lost`.
 #[tokio::test]
 async fn waiters_hear_an_outcome_only_once_it_is_committed() {
-    let release = Arc::new(Notify::new());
-    let store = Arc::new(SlowCommits {
-        inner: MemoryStore::new(),
-        held: HeldCommits::Outcomes,
-        release: release.clone(),
-        ..SlowCommits::default()
-    });
-    let engine = Engine::new(EngineConfig::default())
-        .with_store(store)
-        .start()
-        .await
-        .unwrap();
+    let (engine, release) = engine_holding(HeldCommits::Outcomes).await;
     let held = Arc::new(Notify::new());
     let mut ticket = engine
         .submit(Held(held.clone()), Identity::local())
@@ -406,10 +416,7 @@ async fn waiters_hear_an_outcome_only_once_it_is_committed() {
         "the outcome was published before its commit"
     );
     release.notify_one();
-    let result = tokio::time::timeout(LIMIT, ticket.finished())
-        .await
-        .unwrap()
-        .unwrap();
+    let result = finished(&mut ticket).await;
     assert_eq!(result.outcome, Outcome::Exited { code: 0 });
 }
 
@@ -418,18 +425,7 @@ async fn waiters_hear_an_outcome_only_once_it_is_committed() {
 /// only once its start is on disk, so a restart finds it started and never runs it again.
 #[tokio::test]
 async fn a_job_runs_only_once_its_start_is_committed() {
-    let release = Arc::new(Notify::new());
-    let store = Arc::new(SlowCommits {
-        inner: MemoryStore::new(),
-        held: HeldCommits::Starts,
-        release: release.clone(),
-        ..SlowCommits::default()
-    });
-    let engine = Engine::new(EngineConfig::default())
-        .with_store(store)
-        .start()
-        .await
-        .unwrap();
+    let (engine, release) = engine_holding(HeldCommits::Starts).await;
     let probe = Arc::new(Probe::default());
     let mut ticket = engine
         .submit(Probed(probe.clone()), Identity::local())
@@ -450,10 +446,7 @@ async fn a_job_runs_only_once_its_start_is_committed() {
         .await
         .unwrap()
         .unwrap();
-    let result = tokio::time::timeout(LIMIT, ticket.finished())
-        .await
-        .unwrap()
-        .unwrap();
+    let result = finished(&mut ticket).await;
     assert_eq!(result.outcome, Outcome::Exited { code: 0 });
     assert_eq!(probe.order.lock().await.len(), 1);
 }
@@ -478,10 +471,7 @@ async fn an_outcome_whose_commit_fails_is_recorded_again_and_heard() {
         .await
         .unwrap();
     held.notify_one();
-    let result = tokio::time::timeout(LIMIT, ticket.finished())
-        .await
-        .unwrap()
-        .unwrap();
+    let result = finished(&mut ticket).await;
     assert_eq!(result.outcome, Outcome::Exited { code: 0 });
     let recorded = store.describe(ticket.id).await.unwrap().unwrap();
     assert_eq!(recorded.summary.outcome, Some(Outcome::Exited { code: 0 }));
@@ -491,18 +481,7 @@ async fn an_outcome_whose_commit_fails_is_recorded_again_and_heard() {
 /// ran all the same. A cancel before it runs now means it never runs.
 #[tokio::test]
 async fn a_job_cancelled_while_its_start_is_committed_never_runs() {
-    let release = Arc::new(Notify::new());
-    let store = Arc::new(SlowCommits {
-        inner: MemoryStore::new(),
-        held: HeldCommits::Starts,
-        release: release.clone(),
-        ..SlowCommits::default()
-    });
-    let engine = Engine::new(EngineConfig::default())
-        .with_store(store)
-        .start()
-        .await
-        .unwrap();
+    let (engine, release) = engine_holding(HeldCommits::Starts).await;
     let probe = Arc::new(Probe::default());
     let mut ticket = engine
         .submit(Probed(probe.clone()), Identity::local())
@@ -513,10 +492,7 @@ async fn a_job_cancelled_while_its_start_is_committed_never_runs() {
         .await
         .expect("its owner may cancel it");
     release.notify_one();
-    let result = tokio::time::timeout(LIMIT, ticket.finished())
-        .await
-        .unwrap()
-        .unwrap();
+    let result = finished(&mut ticket).await;
     assert_eq!(result.outcome, Outcome::Cancelled);
     assert!(probe.order.lock().await.is_empty(), "the cancelled job ran");
 }
@@ -561,10 +537,7 @@ async fn a_job_whose_outcome_is_being_committed_can_be_watched() {
         .unwrap()
         .unwrap()
         .expect("the job is known, and watched to its end");
-    let result = tokio::time::timeout(LIMIT, watched.finished())
-        .await
-        .unwrap()
-        .unwrap();
+    let result = finished(&mut watched).await;
     assert_eq!(result.outcome, Outcome::Exited { code: 0 });
 }
 
@@ -898,10 +871,7 @@ async fn workers_run_jobs_side_by_side_each_one_at_a_time() {
     );
     permits.add_permits(4);
     for mut ticket in tickets {
-        let result = tokio::time::timeout(LIMIT, ticket.finished())
-            .await
-            .unwrap()
-            .unwrap();
+        let result = finished(&mut ticket).await;
         assert_eq!(result.outcome, Outcome::Exited { code: 0 });
     }
     let seen = seen.lock().unwrap().clone();
@@ -1186,10 +1156,7 @@ async fn an_embedders_commands_pass_the_access_check_and_run_as_the_account_name
         .await
         .expect("a clean command is admitted");
     release.notify_one();
-    let result = tokio::time::timeout(LIMIT, ticket.finished())
-        .await
-        .unwrap()
-        .unwrap();
+    let result = finished(&mut ticket).await;
     assert_eq!(result.outcome, Outcome::Exited { code: 0 });
     let account = Account::lookup(Identity::local().uid).unwrap();
     let owners = seen.lock().unwrap().clone();
@@ -1275,10 +1242,7 @@ async fn the_reviewer_decides_every_command_from_the_live_queue() {
     );
     assert_eq!(*shown.lock().unwrap(), vec![vec![], vec![first.id]]);
     release.notify_one();
-    let result = tokio::time::timeout(LIMIT, first.finished())
-        .await
-        .unwrap()
-        .unwrap();
+    let result = finished(&mut first).await;
     assert_eq!(result.outcome, Outcome::Exited { code: 0 });
 }
 
@@ -1320,10 +1284,7 @@ async fn a_retry_reattaches_without_a_second_review() {
     assert_eq!(again.id, first.id);
     assert_eq!(shown.lock().unwrap().len(), 1, "reviewed once");
     release.notify_one();
-    let result = tokio::time::timeout(LIMIT, again.finished())
-        .await
-        .unwrap()
-        .unwrap();
+    let result = finished(&mut again).await;
     assert_eq!(result.outcome, Outcome::Exited { code: 0 });
 }
 
@@ -1372,10 +1333,7 @@ async fn jobs_running_when_the_engine_stopped_are_lost_or_run_again_as_configure
             .expect("the engine starts");
         let admin = Caller::admin(Identity::local());
         let mut ticket = engine.watch(JobId(1), admin.clone()).await.unwrap();
-        let result = tokio::time::timeout(LIMIT, ticket.finished())
-            .await
-            .unwrap()
-            .unwrap();
+        let result = finished(&mut ticket).await;
         let expected = if requeue {
             Outcome::Exited { code: 0 }
         } else {
@@ -1434,10 +1392,7 @@ async fn a_job_whose_worker_does_not_come_back_is_lost_never_run_again() {
         .watch(JobId(1), Caller::admin(Identity::local()))
         .await
         .unwrap();
-    let result = tokio::time::timeout(LIMIT, ticket.finished())
-        .await
-        .unwrap()
-        .unwrap();
+    let result = finished(&mut ticket).await;
     assert_eq!(result.outcome, Outcome::Lost);
     assert!(ran.lock().unwrap().is_empty(), "it ran again");
 }
@@ -1462,10 +1417,7 @@ async fn what_a_restart_decides_is_on_record_before_anybody_asks() {
         .watch(JobId(1), Caller::admin(Identity::local()))
         .await
         .expect("the job is known");
-    let result = tokio::time::timeout(LIMIT, ticket.finished())
-        .await
-        .unwrap()
-        .unwrap();
+    let result = finished(&mut ticket).await;
     assert_eq!(result.outcome, Outcome::Lost);
 }
 
