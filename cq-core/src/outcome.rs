@@ -239,3 +239,15 @@ mod tests {
         }
     }
 }
+
+/// How a job ended and how long it ran: what the engine tells its waiters and the store
+/// keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobResult {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Time from start to reaping (zero if it never started).
+    pub runtime: std::time::Duration,
+    /// What the job reported back ([`ResultSink`](crate::ResultSink)).
+    pub results: Vec<(String, String)>,
+}

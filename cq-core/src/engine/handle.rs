@@ -2,27 +2,17 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::auth::Identity;
 use crate::executor::{Executor, LogChunk};
 use crate::job::{CommandJob, Job, JobId, JobSummary, SubmitKey, Work};
-use crate::outcome::Outcome;
 use crate::scheduler::{Decision, WorkerInfo};
 use crate::store::StoreError;
 
-/// How a job ended and how long it ran.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JobResult {
-    /// How it ended.
-    pub outcome: Outcome,
-    /// Time from start to reaping (zero if it never started).
-    pub runtime: Duration,
-    /// What the job reported back ([`ResultSink`](crate::ResultSink)).
-    pub results: Vec<(String, String)>,
-}
+pub use crate::outcome::JobResult;
 
 /// Where a job is in its life.
 #[derive(Clone, Debug, PartialEq, Eq)]

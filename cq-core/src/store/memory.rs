@@ -7,8 +7,8 @@ use std::time::SystemTime;
 use super::pending::Pending;
 use super::record::{JobRecord, KnownKey, PrunedJob, Recovered, RunningJob, Store, StoredJob};
 use crate::auth::Identity;
-use crate::engine::JobResult;
 use crate::job::{JobId, JobPhase, JobSummary, SubmitKey, epoch_ms};
+use crate::outcome::JobResult;
 
 #[derive(Debug)]
 struct Row {

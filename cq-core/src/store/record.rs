@@ -3,8 +3,8 @@
 use std::time::SystemTime;
 
 use crate::auth::Identity;
-use crate::engine::JobResult;
 use crate::job::{CommandJob, JobId, JobSummary, SubmitKey};
+use crate::outcome::JobResult;
 
 use super::pending::Pending;
 

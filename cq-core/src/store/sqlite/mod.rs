@@ -20,8 +20,8 @@ use std::sync::mpsc;
 use super::pending::Pending;
 use super::record::{JobRecord, PrunedJob, Recovered, Store, StoreError, StoredJob};
 use crate::auth::Identity;
-use crate::engine::JobResult;
 use crate::job::{JobId, SubmitKey};
+use crate::outcome::JobResult;
 use writer::{Op, Reply};
 
 /// Jobs in an SQLite database, written by one dedicated thread.

@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::auth::{AuthMethod, Identity};
-use crate::engine::JobResult;
 use crate::job::{CommandJob, JobId, JobPhase, JobSummary, SubmitKey};
+use crate::outcome::JobResult;
 use crate::outcome::Outcome;
 use crate::store::record::{
     JobRecord, KnownKey, PrunedJob, RecordedRunner, Recovered, RunningJob, StoredJob,

@@ -12,8 +12,8 @@ use tokio::sync::oneshot;
 
 use super::rows;
 use crate::auth::Identity;
-use crate::engine::JobResult;
 use crate::job::{JobId, SubmitKey};
+use crate::outcome::JobResult;
 use crate::store::record::{PrunedJob, Recovered, StoreError, StoredJob};
 
 /// At most this many operations share one commit, so that one commit stays short.
