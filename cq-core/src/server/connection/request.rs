@@ -101,6 +101,9 @@ where
             self.fail(ErrorCode::WRONG_SERVER, &message).await;
             return ControlFlow::Break(());
         }
+        // A connection's future is as large as its largest state, and a client waiting for
+        // its job holds one for hours: the other kinds of request are boxed, so that they
+        // do not set the size of every waiting submission's.
         match request.action {
             Action::Submit { job, key } => self.submit(job, key, identity).await,
             Action::Work {
@@ -108,21 +111,18 @@ where
                 tags,
                 instance,
                 sequence,
-            } => {
-                self.work(worker, tags, (instance, sequence), identity)
-                    .await
-            }
+            } => Box::pin(self.work(worker, tags, (instance, sequence), identity)).await,
             Action::Report {
                 worker,
                 job,
                 lease,
                 report,
-            } => self.report(worker, job, lease, report, identity).await,
+            } => Box::pin(self.report(worker, job, lease, report, identity)).await,
             action => {
                 let Some(caller) = self.caller(identity).await else {
                     return ControlFlow::Break(());
                 };
-                self.query(action, caller).await
+                Box::pin(self.query(action, caller)).await
             }
         }
     }
