@@ -34,12 +34,10 @@ where
             return ControlFlow::Break(());
         }
         let options = SubmitOptions::new().with_key(key);
-        match self
-            .shared
-            .engine
-            .submit_command(job, identity, options)
-            .await
-        {
+        // Boxed: admission (account lookups, the hook program) is over once the client
+        // waits, and must not size the future it waits in for hours.
+        let admitted = Box::pin(self.shared.engine.submit_command(job, identity, options)).await;
+        match admitted {
             Ok(ticket) => self.follow(ticket).await,
             Err(e) => {
                 if matches!(e, SubmitError::Refused(_)) {
