@@ -254,6 +254,7 @@ async fn one_deadline_covers_hello_and_request() {
     let server = TestServer::start_with(&munged, &["--handshake-timeout", "2"]).await;
     let started = Instant::now();
     let mut stream = connect(&server).await;
+    // Time passing is what is tested: most of the 2 s deadline goes before the hello.
     tokio::time::sleep(Duration::from_millis(1600)).await;
     stream
         .write_all(&Hello::new(Role::Client).encode())

@@ -530,6 +530,8 @@ async fn a_job_whose_outcome_is_being_committed_can_be_watched() {
                 .await
         })
     };
+    // Let the watch reach the engine while the commit is held (if it comes later, it is
+    // answered after the commit, and the test passes without showing anything).
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     holder.execute_batch("ROLLBACK").unwrap();
     let mut watched = tokio::time::timeout(LIMIT, watching)
