@@ -11,7 +11,8 @@
 //! - [`outcome`]: how a job ended ([`Outcome`]).
 //! - [`scheduler`]: the synchronous, deterministic [`Scheduler`] trait, the FIFO
 //!   [`SerialScheduler`] and [`SubmitHook`]s.
-//! - [`engine`]: the async actor that owns the scheduler and runs one job at a time
+//! - [`engine`]: the task that owns the scheduler and the workers' jobs (a state machine free
+//!   of I/O, and the async driver that carries out what it decides)
 //!   ([`Engine`], [`EngineHandle`], [`JobTicket`]).
 //! - [`executor`]: runs a [`CommandJob`] as a process group ([`ProcessExecutor`]) or as a
 //!   Slurm batch job ([`SlurmExecutor`]).

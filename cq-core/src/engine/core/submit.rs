@@ -4,25 +4,24 @@
 
 use std::time::SystemTime;
 
-use futures_util::FutureExt;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
-use super::{Actor, Live};
+use super::{Core, Deferred, Durability, Live, Lookup, Now, Record, Reply, TicketTo};
 use crate::auth::Identity;
+use crate::engine::EngineEvent;
 use crate::engine::handle::{JobState, JobTicket, SubmitError, SubmitOptions};
 use crate::job::{JobId, SubmitKey, Work};
 use crate::scheduler::{Decision, JobInfo, Scheduler};
 use crate::store::StoredJob;
 
-type TicketReply = oneshot::Sender<Result<JobTicket, SubmitError>>;
-
-impl<S: Scheduler> Actor<S> {
+impl<S: Scheduler> Core<S> {
     pub(super) fn submit(
         &mut self,
         job: Work,
         owner: Identity,
         options: SubmitOptions,
-        reply: TicketReply,
+        reply: TicketTo,
+        now: Now,
     ) {
         // A command gets its time limit here, before anything compares it: the default
         // when it asks for none, never more than the most allowed.
@@ -43,14 +42,13 @@ impl<S: Scheduler> Actor<S> {
             other => other,
         };
         if self.stopping.is_some() {
-            let _ = reply.send(Err(SubmitError::ShuttingDown));
-            return;
+            return self.reply(Reply::Ticket(reply, Err(SubmitError::ShuttingDown)));
         }
         if let Some(key) = options.key
             && let Some(&(id, merged)) = self.keys.get(&(owner.uid, key))
         {
             tracing::info!(job = %id, owner = %owner, "a submission came again (a retry): re-attached");
-            return self.reattach(id, merged, owner.uid, reply);
+            return self.reattach(id, merged, owner.uid, reply, now);
         }
         let id = JobId(self.next_id);
         let size = job.size();
@@ -73,35 +71,36 @@ impl<S: Scheduler> Actor<S> {
             // A hook naming a job that has already ended (or never existed) cannot merge into
             // it; queueing the newcomer is the answer that loses nothing.
             Decision::Merge(into) if self.scheduler.view().holds(into) => {
-                self.merge(info, into, &options, reply);
+                self.merge(info, into, &options, reply, now);
             }
             Decision::Accept | Decision::Merge(_) => {
                 if let Err(reason) = self.within_limits(info.owner.uid, Some(size)) {
                     tracing::info!(owner = %info.owner, command = %info.summary, %reason, "over quota");
                     self.refused(&info.owner, &reason);
-                    let _ = reply.send(Err(SubmitError::OverQuota { reason }));
-                    return;
+                    return self
+                        .reply(Reply::Ticket(reply, Err(SubmitError::OverQuota { reason })));
                 }
                 let view = self.scheduler.view();
                 let ahead = view.queued_len() + view.running().count();
                 self.scheduler.enqueue(info.clone());
-                self.accept(job, info, size, ahead, options.key, reply);
+                self.accept(job, info, size, ahead, options.key, reply, now);
             }
             Decision::Reject(reason) => {
                 tracing::info!(owner = %info.owner, command = %info.summary, %reason, "rejected");
                 self.refused(&info.owner, &reason);
-                let _ = reply.send(Err(SubmitError::Rejected { reason }));
+                self.reply(Reply::Ticket(reply, Err(SubmitError::Rejected { reason })));
             }
         }
     }
 
-    fn refused(&self, owner: &Identity, reason: &str) {
-        let _ = self.events.send(crate::engine::EngineEvent::Refused {
+    fn refused(&mut self, owner: &Identity, reason: &str) {
+        self.event(EngineEvent::Refused {
             owner: owner.clone(),
             reason: reason.to_owned(),
         });
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn accept(
         &mut self,
         job: Work,
@@ -109,11 +108,12 @@ impl<S: Scheduler> Actor<S> {
         size: u64,
         ahead: usize,
         key: Option<SubmitKey>,
-        reply: TicketReply,
+        reply: TicketTo,
+        now: Now,
     ) {
         let id = info.id;
         self.next_id += 1;
-        let accepted_at = SystemTime::now();
+        let accepted_at = now.wall;
         let stored = StoredJob {
             id,
             owner: info.owner.clone(),
@@ -123,7 +123,7 @@ impl<S: Scheduler> Actor<S> {
             accepted_at,
             waiters: Vec::new(),
         };
-        let durable = self.store.insert(stored).shared();
+        let durable = self.persist(Record::Insert(stored));
         if let Some(key) = key {
             self.keys.insert((info.owner.uid, key), (id, false));
         }
@@ -143,28 +143,33 @@ impl<S: Scheduler> Actor<S> {
             job: Some(job),
             info,
             state,
-            durable: durable.clone(),
+            durable: Durability::Pending(durable),
             accepted_at,
             started_at: None,
             waiters: Vec::new(),
             size,
         };
-        let _ = self.events.send(crate::engine::EngineEvent::Accepted {
+        self.event(EngineEvent::Accepted {
             job: id,
             owner: live.info.owner.clone(),
             summary: live.info.summary.clone(),
         });
         self.jobs.insert(id, live);
+        self.after([durable], None, Deferred::Durable(id), now);
         // Acknowledge only once the job is on disk; meanwhile keep serving others.
-        tokio::spawn(async move {
-            let _ = reply.send(durable.await.map(|()| ticket).map_err(SubmitError::Store));
-        });
+        self.after([durable], None, Deferred::Ticket { to: reply, ticket }, now);
     }
 
-    fn merge(&mut self, info: JobInfo, into: JobId, options: &SubmitOptions, reply: TicketReply) {
+    fn merge(
+        &mut self,
+        info: JobInfo,
+        into: JobId,
+        options: &SubmitOptions,
+        reply: TicketTo,
+        now: Now,
+    ) {
         let Some(live) = self.jobs.get_mut(&into) else {
-            let _ = reply.send(Err(SubmitError::UnknownJob(into)));
-            return;
+            return self.reply(Reply::Ticket(reply, Err(SubmitError::UnknownJob(into))));
         };
         if live.info.owner.uid != info.owner.uid && !options.merge_across_users {
             // A waiter learns the outcome of a job built with someone else's environment:
@@ -174,96 +179,78 @@ impl<S: Scheduler> Actor<S> {
             );
             tracing::info!(owner = %info.owner, command = %info.summary, %reason, "rejected");
             self.refused(&info.owner, &reason);
-            let _ = reply.send(Err(SubmitError::Rejected { reason }));
-            return;
+            return self.reply(Reply::Ticket(reply, Err(SubmitError::Rejected { reason })));
         }
         // A wait costs a record like a job does, so it counts as one of the waiter's jobs.
         if let Err(reason) = self.within_limits(info.owner.uid, None) {
             tracing::info!(owner = %info.owner, command = %info.summary, %reason, "over quota");
             self.refused(&info.owner, &reason);
-            let _ = reply.send(Err(SubmitError::OverQuota { reason }));
-            return;
+            return self.reply(Reply::Ticket(reply, Err(SubmitError::OverQuota { reason })));
         }
         let Some(live) = self.jobs.get_mut(&into) else {
-            let _ = reply.send(Err(SubmitError::UnknownJob(into)));
-            return;
+            return self.reply(Reply::Ticket(reply, Err(SubmitError::UnknownJob(into))));
         };
         tracing::info!(job = %into, owner = %info.owner, command = %info.summary, "merged into an equal job");
         live.waiters.push(info.owner.clone());
         self.usage.entry(info.owner.uid).or_default().live_jobs += 1;
-        let added = self
-            .store
-            .add_waiter(into, info.owner.clone(), options.key, SystemTime::now());
+        let added = self.persist(Record::AddWaiter {
+            job: into,
+            waiter: info.owner.clone(),
+            key: options.key,
+            at: now.wall,
+        });
         if let Some(key) = options.key {
             self.keys.insert((info.owner.uid, key), (into, true));
         }
-        let durable = live.durable.clone();
         let target = &self.jobs[&into];
         let mut ticket = self.ticket(into, target, target.info.owner.uid == info.owner.uid);
         ticket.merged = true;
-        // The waiter is acknowledged once it is on disk too: it survives a restart.
-        let _ = self.events.send(crate::engine::EngineEvent::Merged {
+        self.event(EngineEvent::Merged {
             into,
             owner: info.owner,
         });
-        tokio::spawn(async move {
-            let recorded = match durable.await {
-                Ok(()) => added.await,
-                Err(e) => Err(e),
-            };
-            let _ = reply.send(recorded.map(|()| ticket).map_err(SubmitError::Store));
-        });
+        // The waiter is acknowledged once it is on disk too: it survives a restart.
+        let (durable, failed) = self.durability(into);
+        self.after(
+            durable.into_iter().chain([added]),
+            failed,
+            Deferred::Ticket { to: reply, ticket },
+            now,
+        );
     }
 
-    /// Answers a submission that came again (same uid, same key) with the job it made.
     /// Re-attaches a retried submission to the job its key made, if the key is known.
-    pub(super) fn reattach_by_key(
-        &self,
-        uid: u32,
-        key: SubmitKey,
-        reply: oneshot::Sender<Result<Option<JobTicket>, SubmitError>>,
-    ) {
+    pub(super) fn reattach_by_key(&mut self, uid: u32, key: SubmitKey, reply: TicketTo, now: Now) {
         let Some(&(id, merged)) = self.keys.get(&(uid, key)) else {
-            let _ = reply.send(Ok(None));
+            if let TicketTo::Retry(to) = reply {
+                self.reply(Reply::Retry(super::Answer {
+                    to,
+                    value: Ok(None),
+                }));
+            }
             return;
         };
         tracing::info!(job = %id, uid, "a submission came again (a retry): re-attached");
-        let (ticket, answer) = oneshot::channel();
-        self.reattach(id, merged, uid, ticket);
-        tokio::spawn(async move {
-            let found = answer.await.unwrap_or(Err(SubmitError::Stopped));
-            let _ = reply.send(found.map(Some));
-        });
+        self.reattach(id, merged, uid, reply, now);
     }
 
-    fn reattach(&self, id: JobId, merged: bool, uid: u32, reply: TicketReply) {
+    /// Answers a submission that came again (same uid, same key) with the job it made.
+    fn reattach(&mut self, id: JobId, merged: bool, uid: u32, reply: TicketTo, now: Now) {
         if let Some(live) = self.jobs.get(&id) {
             let mut ticket = self.ticket(id, live, live.info.owner.uid == uid);
             ticket.merged = merged;
-            let durable = live.durable.clone();
-            tokio::spawn(async move {
-                let _ = reply.send(durable.await.map(|()| ticket).map_err(SubmitError::Store));
-            });
-            return;
+            let (durable, failed) = self.durability(id);
+            return self.after(durable, failed, Deferred::Ticket { to: reply, ticket }, now);
         }
-        let described = self.committed_record(id);
-        tokio::spawn(async move {
-            let ticket = match described.await {
-                Ok(Some(record)) => super::queries::finished_ticket(
-                    id,
-                    &record.summary,
-                    record.summary.owner_uid == uid,
-                )
-                .map(|mut ticket| {
-                    ticket.merged = merged;
-                    ticket
-                })
-                .ok_or(SubmitError::UnknownJob(id)),
-                Ok(None) => Err(SubmitError::UnknownJob(id)),
-                Err(e) => Err(SubmitError::Store(e)),
-            };
-            let _ = reply.send(ticket);
-        });
+        self.look_up(
+            id,
+            Lookup::Retry {
+                merged,
+                uid,
+                to: reply,
+            },
+            now,
+        );
     }
 
     /// Whether `uid` may have one more job of `size` bytes (`None`: one more wait for
@@ -324,26 +311,21 @@ impl<S: Scheduler> Actor<S> {
         &mut self,
         digest: [u8; 32],
         until: SystemTime,
+        now: Now,
     ) -> Result<(), SubmitError> {
-        let now = SystemTime::now();
-        if self.seen.get(&digest).is_some_and(|seen| *seen >= now) {
+        if self.seen.get(&digest).is_some_and(|seen| *seen >= now.wall) {
             return Err(SubmitError::Replayed);
         }
         self.seen.insert(digest, until);
-        // Not awaited: whatever the request changes is written after this, in order, so it
-        // is never on record without its digest.
-        self.store
-            .remember_request(digest, until)
-            .log_failure("remember a request");
+        // Not waited for: whatever the request changes is written after this, in order, so
+        // it is never on record without its digest.
+        self.persist_unwatched(Record::RememberRequest { digest, until });
         Ok(())
     }
 
     /// Forgets digests of requests whose credentials have expired.
-    pub(super) fn forget_requests(&mut self) {
-        let now = SystemTime::now();
-        self.seen.retain(|_, until| *until >= now);
-        self.store
-            .forget_requests(now)
-            .log_failure("forget expired requests");
+    pub(super) fn forget_requests(&mut self, now: Now) {
+        self.seen.retain(|_, until| *until >= now.wall);
+        self.persist_unwatched(Record::ForgetRequests(now.wall));
     }
 }
