@@ -74,9 +74,9 @@ pub use auth::{
 #[cfg(feature = "client")]
 pub use client::{Client, ClientError, Dispatch, JobEvent, Progress, Reconnect, Submission};
 pub use engine::{
-    Caller, Cancelled, Engine, EngineConfig, EngineEvent, EngineHandle, EngineStopped, JobResult,
-    JobState, JobTicket, LogAccess, QueueState, Reviewer, ShutdownMode, SubmitError, SubmitOptions,
-    TaskFailed, TaskTicket, UserLimits,
+    Caller, Cancelled, Engine, EngineConfig, EngineEvent, EngineHandle, EngineStopped, JobOutput,
+    JobResult, JobState, JobTicket, OutputPiece, QueueState, Reviewer, ShutdownMode, SubmitError,
+    SubmitOptions, TaskFailed, TaskTicket, UserLimits,
 };
 #[cfg(feature = "process")]
 pub use executor::{Containment, ProcessExecutor, SlurmExecutor, SlurmOptions};

@@ -210,9 +210,9 @@ pub enum Cancelled {
     Withdrawn(JobSummary),
 }
 
-/// Access to a job's output, as [`EngineHandle::open_log`] grants it.
+/// Access to a job's output, as the engine grants it ([`EngineHandle::output`] reads it).
 #[derive(Debug)]
-pub struct LogAccess {
+pub(super) struct LogAccess {
     /// The log file, if the engine keeps logs (it may not exist yet for a queued job).
     pub path: Option<PathBuf>,
     /// The live feed of a running job's output; `None` when it is queued or finished.
@@ -554,12 +554,8 @@ impl EngineHandle {
         self.request(Command::QueueState { reply }, answer).await
     }
 
-    /// Opens job `id`'s output for `by`, who must be its owner or an admin.
-    ///
-    /// # Errors
-    ///
-    /// [`SubmitError::NotPermitted`] or [`SubmitError::UnknownJob`].
-    pub async fn open_log(&self, id: JobId, by: Caller) -> Result<LogAccess, SubmitError> {
+    /// Where job `id`'s output is, for `by`, who must be its owner or an admin.
+    pub(super) async fn open_log(&self, id: JobId, by: Caller) -> Result<LogAccess, SubmitError> {
         let (reply, answer) = oneshot::channel();
         self.request(Command::OpenLog { id, by, reply }, answer)
             .await

@@ -15,6 +15,7 @@ mod core;
 mod driver;
 mod events;
 mod handle;
+mod output;
 mod task;
 
 pub use admission::Reviewer;
@@ -22,7 +23,8 @@ pub use config::{EngineConfig, UserLimits};
 pub use driver::Engine;
 pub use events::EngineEvent;
 pub use handle::{
-    Caller, Cancelled, EngineHandle, EngineStopped, JobResult, JobState, JobTicket, LogAccess,
-    QueueState, ShutdownMode, SubmitError, SubmitOptions,
+    Caller, Cancelled, EngineHandle, EngineStopped, JobResult, JobState, JobTicket, QueueState,
+    ShutdownMode, SubmitError, SubmitOptions,
 };
+pub use output::{JobOutput, OUTPUT_PIECE, OutputPiece};
 pub use task::{TaskFailed, TaskTicket};

@@ -5,13 +5,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use cq_core::scheduler::{Decision, JobInfo, QueueView, SubmitHook};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use cq_core::store::{JobRecord, Pending, PrunedJob, Recovered, StoredJob};
 use cq_core::{
     Caller, Cancelled, Engine, EngineConfig, EngineHandle, Identity, Job, JobContext, JobId,
-    JobResult, JobState, MemoryStore, Outcome, ShutdownMode, SpawnFailure, Store, SubmitError,
-    SubmitKey, SubmitOptions, UserLimits,
+    JobResult, JobState, MemoryStore, Outcome, OutputPiece, ShutdownMode, SpawnFailure, Store,
+    SubmitError, SubmitKey, SubmitOptions, UserLimits,
 };
 use tokio::sync::{Mutex, Notify};
 
@@ -230,6 +230,114 @@ async fn job_output_lands_in_the_log_dir() {
         std::fs::read_to_string(dir.path().join("1.log")).unwrap(),
         "hello from job 1\n"
     );
+}
+
+/// A job's output comes from the engine as a stream: followed from before the job starts, what
+/// it writes arrives while it runs, then how it ended; read later, all of it, then the end.
+#[tokio::test]
+async fn a_jobs_output_is_followed_through_the_engine_from_its_start_to_its_end() {
+    /// Writes a line each time it is told to.
+    struct Talker(Arc<Notify>);
+    #[async_trait]
+    impl Job for Talker {
+        fn summary(&self) -> String {
+            "talker".into()
+        }
+        async fn run(self: Box<Self>, mut ctx: JobContext) -> Outcome {
+            use std::io::Write;
+            for line in ["first", "second"] {
+                self.0.notified().await;
+                writeln!(ctx.log, "{line}").unwrap();
+            }
+            Outcome::Exited { code: 3 }
+        }
+    }
+    /// Holds the queue until it is told to end.
+    struct Gate(Arc<Notify>);
+    #[async_trait]
+    impl Job for Gate {
+        fn summary(&self) -> String {
+            "gate".into()
+        }
+        async fn run(self: Box<Self>, _ctx: JobContext) -> Outcome {
+            self.0.notified().await;
+            Outcome::Exited { code: 0 }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::new(EngineConfig::default().with_log_dir(dir.path()))
+        .start()
+        .await
+        .expect("the engine starts");
+    let (blocker, talker) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let me = Identity::local();
+    let _first = engine
+        .submit(Gate(blocker.clone()), me.clone())
+        .await
+        .unwrap();
+    let ticket = engine
+        .submit(Talker(talker.clone()), me.clone())
+        .await
+        .unwrap();
+    let mut output = engine
+        .output(ticket.id, Caller::user(me.clone()), true)
+        .await
+        .unwrap();
+    blocker.notify_one();
+    let mut running = engine
+        .watch(ticket.id, Caller::user(me.clone()))
+        .await
+        .unwrap();
+    tokio::time::timeout(LIMIT, running.started())
+        .await
+        .expect("the job starts in time")
+        .unwrap();
+    // It runs and has written nothing: the reader waits (and may stop waiting, and go on).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), output.next())
+            .await
+            .is_err(),
+        "a piece came before the job wrote anything"
+    );
+    talker.notify_one();
+    let mut read = Vec::new();
+    while !read.ends_with(b"first\n") {
+        match tokio::time::timeout(LIMIT, output.next())
+            .await
+            .expect("output in time")
+        {
+            Some(OutputPiece::Data(data)) => read.extend(data),
+            other => panic!("the job's first line did not come while it ran: {other:?}"),
+        }
+    }
+    talker.notify_one();
+    let end = loop {
+        match tokio::time::timeout(LIMIT, output.next())
+            .await
+            .expect("output in time")
+        {
+            Some(OutputPiece::Data(data)) => read.extend(data),
+            other => break other,
+        }
+    };
+    assert_eq!(String::from_utf8_lossy(&read), "first\nsecond\n");
+    match end {
+        Some(OutputPiece::Finished(result)) => {
+            assert_eq!(result.outcome, Outcome::Exited { code: 3 });
+        }
+        other => panic!("the followed output did not end with the job's end: {other:?}"),
+    }
+    assert_eq!(output.next().await, None, "nothing comes after the end");
+
+    let mut later = engine
+        .output(ticket.id, Caller::user(me), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        later.next().await,
+        Some(OutputPiece::Data(b"first\nsecond\n".to_vec()))
+    );
+    assert_eq!(later.next().await, Some(OutputPiece::End));
 }
 
 /// An in-process job reports results through its context; they come back with its
@@ -731,7 +839,9 @@ async fn callers_see_and_do_what_their_relation_to_a_job_allows() {
         Err(SubmitError::NotPermitted { .. })
     ));
     assert!(matches!(
-        engine.open_log(ticket.id, Caller::user(bob.clone())).await,
+        engine
+            .output(ticket.id, Caller::user(bob.clone()), false)
+            .await,
         Err(SubmitError::NotPermitted { .. })
     ));
     let by_admin = engine.cancel(ticket.id, Caller::admin(bob)).await.unwrap();

@@ -200,7 +200,7 @@ pub(super) enum Reply {
     Cancelled(Answer<Cancelled>),
     /// Access to a log: the driver adds where it is and the live feed.
     Log(
-        oneshot::Sender<Result<super::LogAccess, SubmitError>>,
+        oneshot::Sender<Result<super::handle::LogAccess, SubmitError>>,
         Result<LogGrant, SubmitError>,
     ),
     Done(Answer<()>),
@@ -257,7 +257,7 @@ pub(super) enum Lookup {
     },
     OpenLog {
         by: Caller,
-        to: oneshot::Sender<Result<super::LogAccess, SubmitError>>,
+        to: oneshot::Sender<Result<super::handle::LogAccess, SubmitError>>,
     },
 }
 
