@@ -89,7 +89,29 @@ pub struct JobContext {
 pub struct RunnerRecord {
     target: RunnerTarget,
     /// What users see of where the job runs (`--status`, `runner` in JSON).
-    shown: Arc<std::sync::Mutex<Option<String>>>,
+    shown: RunnerShown,
+}
+
+/// What users see of where a job runs, as its executor last [showed](RunnerRecord::show) it;
+/// shared between the record the executor holds and the engine, which shows it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RunnerShown(Arc<std::sync::Mutex<Option<String>>>);
+
+impl RunnerShown {
+    fn set(&self, text: String) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(text);
+    }
+
+    /// What was shown last.
+    pub(crate) fn get(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Where a [`RunnerRecord`] keeps the reference.
@@ -120,7 +142,7 @@ impl RunnerRecord {
     pub fn new(store: Arc<dyn crate::store::Store>, id: JobId, worker: String) -> Self {
         Self {
             target: RunnerTarget::Store(store, id, worker),
-            shown: Arc::default(),
+            shown: RunnerShown::default(),
         }
     }
 
@@ -129,7 +151,7 @@ impl RunnerRecord {
     pub fn to_file(path: impl Into<std::path::PathBuf>) -> Self {
         Self {
             target: RunnerTarget::File(path.into()),
-            shown: Arc::default(),
+            shown: RunnerShown::default(),
         }
     }
 
@@ -156,18 +178,19 @@ impl RunnerRecord {
     /// Tells users where the job runs, in the executor's words (`slurm:123`): `--status`
     /// and the `runner` of JSON listings show it while the job runs.
     pub fn show(&self, text: String) {
-        *self
-            .shown
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(text);
+        self.shown.set(text);
     }
 
     /// What [`show`](Self::show) last said.
     pub fn shown(&self) -> Option<String> {
-        self.shown
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.shown.get()
+    }
+
+    /// This record, showing what its executor says in `shown` (which the engine reads).
+    #[must_use]
+    pub(crate) fn showing_in(mut self, shown: RunnerShown) -> Self {
+        self.shown = shown;
+        self
     }
 }
 

@@ -17,9 +17,7 @@ use super::core::{
 };
 use super::handle::{Command, EngineHandle, JobResult, LogAccess};
 use crate::executor::{Executor, LogChunk, LogSink};
-use crate::job::{
-    Clearance, GiveBack, JobContext, JobId, JobSummary, ResultSink, RunnerRecord, Work,
-};
+use crate::job::{Clearance, GiveBack, JobContext, JobId, ResultSink, RunnerRecord, Work};
 use crate::outcome::{Outcome, SpawnFailure};
 use crate::policy::AccessCheck;
 use crate::scheduler::{AcceptAll, Scheduler, SerialScheduler, SubmitHook, WorkerInfo};
@@ -234,8 +232,6 @@ struct Run {
     live: broadcast::Sender<LogChunk>,
     results: ResultSink,
     give_back: GiveBack,
-    /// Where its executor says it runs.
-    runner: Option<RunnerRecord>,
 }
 
 impl Default for Run {
@@ -245,7 +241,6 @@ impl Default for Run {
             live: LogSink::discard().live(),
             results: ResultSink::default(),
             give_back: GiveBack::default(),
-            runner: None,
         }
     }
 }
@@ -388,8 +383,7 @@ impl<S: Scheduler> Driver<S> {
             }
             Effect::Prune { before } => self.prune(before),
             Effect::Lookup { id, lookup } => self.look_up(id, lookup),
-            Effect::Recent { mut live, by, to } => {
-                self.show_runners(&mut live);
+            Effect::Recent { live, by, to } => {
                 let recent = self.store.recent(RECENT_IN_LISTS);
                 tokio::spawn(async move {
                     super::core::answer_recent(live, &by, recent.await, to);
@@ -445,26 +439,10 @@ impl<S: Scheduler> Driver<S> {
         });
     }
 
-    /// Fills in where running jobs run, in their executors' words.
-    fn show_runners(&self, summaries: &mut [JobSummary]) {
-        for summary in summaries {
-            if let Some(run) = self.runs.get(&summary.id)
-                && summary.worker.is_some()
-            {
-                summary.runner = run.runner.as_ref().and_then(RunnerRecord::shown);
-            }
-        }
-    }
-
     fn send_reply(&mut self, reply: Reply) {
         match reply {
             Reply::Ticket(to, ticket) => to.send(ticket),
-            Reply::Summaries(mut answer) => {
-                if let Ok(summaries) = &mut answer.value {
-                    self.show_runners(summaries);
-                }
-                answer.send();
-            }
+            Reply::Summaries(answer) => answer.send(),
             Reply::Summary(answer) => answer.send(),
             Reply::Retry(answer) => answer.send(),
             Reply::Cancelled(answer) => answer.send(),
@@ -529,11 +507,11 @@ impl<S: Scheduler> Driver<S> {
             owner,
             command,
             resume,
+            shown,
         } = spec;
         let log_path = self.log_path(id);
-        let runner = RunnerRecord::new(self.store.clone(), id, worker.clone());
+        let runner = RunnerRecord::new(self.store.clone(), id, worker.clone()).showing_in(shown);
         let run = self.runs.entry(id).or_default();
-        run.runner = Some(runner.clone());
         let log = match (&log_path, &resume) {
             (Some(path), None) => LogSink::create(path, self.log_limit),
             // Its output so far is there, and the rest goes on after it.

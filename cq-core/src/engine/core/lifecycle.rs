@@ -27,7 +27,13 @@ impl<S: Scheduler> Core<S> {
         if first {
             // Queued jobs do not start before the restart: their waiters hear it now (their
             // channel closes) and come back later, instead of waiting for the running job.
-            for live in self.jobs.values_mut().filter(|live| live.job.is_some()) {
+            // (A job whose start is being recorded runs: its waiters hear its end.)
+            let running = &self.running;
+            for (_, live) in self
+                .jobs
+                .iter_mut()
+                .filter(|(id, live)| live.job.is_some() && !running.contains_key(id))
+            {
                 live.state = tokio::sync::watch::channel(JobState::Queued).0;
             }
         }
@@ -108,9 +114,6 @@ impl<S: Scheduler> Core<S> {
         });
         // A job it ran when the server stopped: found again where it runs.
         if let Some((id, job, reference)) = self.awaiting.remove(&info.name) {
-            if let Some(running) = self.running.get_mut(&id) {
-                running.launched = true;
-            }
             self.launch(id, job, Some(reference));
         }
         Ok(())
@@ -293,6 +296,7 @@ impl<S: Scheduler> Core<S> {
                 started: now.mono,
                 launched: false,
                 cancelled: false,
+                shown: crate::job::RunnerShown::default(),
             },
         );
         // The job runs only once it and its start are on disk (and only then is it
@@ -340,9 +344,6 @@ impl<S: Scheduler> Core<S> {
             tracing::error!(job = %id, "the job to start was already started");
             return self.finish(id, Outcome::Lost, 0, Vec::new(), now);
         };
-        if let Some(running) = self.running.get_mut(&id) {
-            running.launched = true;
-        }
         if let Some(live) = self.jobs.get(&id) {
             tracing::info!(job = %id, owner = %live.info.owner, command = %live.info.summary, worker = %worker, "started");
             live.state.send_replace(JobState::Running);
@@ -355,11 +356,14 @@ impl<S: Scheduler> Core<S> {
     }
 
     /// Has the driver run job `id` on its worker, or find it again where it already runs
-    /// (`resume`, after a restart).
+    /// (`resume`, after a restart); a job cancelled meanwhile (while its worker was away)
+    /// is stopped at once.
     pub(super) fn launch(&mut self, id: JobId, job: Work, resume: Option<String>) {
-        let (Some(running), Some(live)) = (self.running.get(&id), self.jobs.get(&id)) else {
+        let (Some(running), Some(live)) = (self.running.get_mut(&id), self.jobs.get(&id)) else {
             return;
         };
+        running.launched = true;
+        let cancelled = running.cancelled;
         let spec = LaunchSpec {
             id,
             worker: self.workers[running.worker].info.name.clone(),
@@ -367,8 +371,12 @@ impl<S: Scheduler> Core<S> {
             owner: live.info.owner.clone(),
             command: live.info.command.clone(),
             resume,
+            shown: running.shown.clone(),
         };
         self.emit(Effect::Launch(spec));
+        if cancelled {
+            self.emit(Effect::Cancel(id));
+        }
     }
 
     /// Records how job `id` ended; its waiters hear of it once that is committed, so that

@@ -272,6 +272,8 @@ pub(super) struct LaunchSpec {
     /// Found again by its executor's reference (after a restart), or run anew (checked
     /// again by the access check first).
     pub(super) resume: Option<String>,
+    /// Where the executor tells users the job runs ([`RunnerRecord::show`](crate::job::RunnerRecord::show)).
+    pub(super) shown: crate::job::RunnerShown,
 }
 
 /// What waits for commits.
@@ -409,6 +411,8 @@ struct Running {
     launched: bool,
     /// Whether it was asked to stop (by its owner, or a shutdown).
     cancelled: bool,
+    /// Where its executor says it runs, as users see it.
+    shown: crate::job::RunnerShown,
 }
 
 /// Where jobs run, as the core knows it (its executor is the driver's).
@@ -653,7 +657,7 @@ impl<S: Scheduler> Core<S> {
                 self.reply(Reply::Done(Answer { to: reply, value }));
             }
             Command::Reattach { uid, key, reply } => {
-                self.reattach_by_key(uid, key, TicketTo::Retry(reply), now);
+                self.reattach_by_key(uid, key, reply, now);
             }
             Command::AwaitsWorker { name, reply } => {
                 let value = Ok(self.awaiting.contains_key(&name));
@@ -833,8 +837,9 @@ impl<S: Scheduler> Core<S> {
             Running {
                 worker,
                 started: now.mono.checked_sub(ran_for).unwrap_or(now.mono),
-                launched: local,
+                launched: false,
                 cancelled: false,
+                shown: crate::job::RunnerShown::default(),
             },
         );
         if local {

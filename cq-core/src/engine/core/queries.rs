@@ -140,6 +140,7 @@ impl<S: Scheduler> Core<S> {
         let mut summary = live.summary();
         if let Some(running) = self.running.get(&live.info.id) {
             summary.worker = Some(self.workers[running.worker].info.name.clone());
+            summary.runner = running.shown.get();
         } else if self.paused {
             summary.waiting = Some("the queue is paused".to_owned());
         } else if let Some(lane) = &live.info.lane

@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::{Core, Deferred, Durability, Live, Lookup, Now, Record, Reply, TicketTo};
 use crate::auth::Identity;
@@ -220,18 +220,19 @@ impl<S: Scheduler> Core<S> {
     }
 
     /// Re-attaches a retried submission to the job its key made, if the key is known.
-    pub(super) fn reattach_by_key(&mut self, uid: u32, key: SubmitKey, reply: TicketTo, now: Now) {
+    pub(super) fn reattach_by_key(
+        &mut self,
+        uid: u32,
+        key: SubmitKey,
+        reply: oneshot::Sender<Result<Option<JobTicket>, SubmitError>>,
+        now: Now,
+    ) {
         let Some(&(id, merged)) = self.keys.get(&(uid, key)) else {
-            if let TicketTo::Retry(to) = reply {
-                self.reply(Reply::Retry(super::Answer {
-                    to,
-                    value: Ok(None),
-                }));
-            }
-            return;
+            let value = Ok(None);
+            return self.reply(Reply::Retry(super::Answer { to: reply, value }));
         };
         tracing::info!(job = %id, uid, "a submission came again (a retry): re-attached");
-        self.reattach(id, merged, uid, reply, now);
+        self.reattach(id, merged, uid, TicketTo::Retry(reply), now);
     }
 
     /// Answers a submission that came again (same uid, same key) with the job it made.

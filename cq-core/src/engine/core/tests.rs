@@ -7,7 +7,8 @@
 //! - no worker runs two jobs at once;
 //! - a ticket is handed out only once its job is on record;
 //! - every ticket hears exactly one end, the one committed for its job, only once it is
-//!   committed; in the end, every ticket has heard it.
+//!   committed; in the end, every ticket has heard it, or (after a shutdown) its job never
+//!   ran; and a shutdown ends.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use crate::auth::Identity;
 use crate::engine::config::{EngineConfig, UserLimits};
 use crate::engine::events::EngineEvent;
 use crate::engine::handle::{
-    Caller, Command, JobResult, JobState, JobTicket, SubmitError, SubmitOptions,
+    Caller, Command, JobResult, JobState, JobTicket, ShutdownMode, SubmitError, SubmitOptions,
 };
 use crate::job::{CommandJob, JobId, Work};
 use crate::outcome::Outcome;
@@ -40,6 +41,8 @@ enum Step {
     Commit(usize),
     /// Ends the n-th launched job with an exit code.
     End { job: usize, code: i32 },
+    /// Asks the engine to stop, cancelling the running jobs or not.
+    Shutdown { cancel: bool },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -49,6 +52,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0usize..16, 1u32..4).prop_map(|(job, uid)| Step::Cancel { job, uid }),
         4 => (0usize..8).prop_map(Step::Commit),
         2 => (0usize..4, 0i32..3).prop_map(|(job, code)| Step::End { job, code }),
+        1 => (0u8..8).prop_map(|n| Step::Shutdown { cancel: n == 0 }),
     ]
 }
 
@@ -79,7 +83,9 @@ struct Driver {
     waiters: HashMap<JobId, Vec<u32>>,
     /// Launched jobs not ended yet, by worker; and those asked to stop.
     launched: BTreeMap<JobId, String>,
+    ever_launched: HashSet<JobId>,
     cancelled: HashSet<JobId>,
+    shut_down: bool,
     /// Submissions and watches not answered yet.
     asked: Vec<(u32, oneshot::Receiver<Result<JobTicket, SubmitError>>)>,
     other_replies: Vec<oneshot::Receiver<Result<crate::engine::Cancelled, SubmitError>>>,
@@ -115,7 +121,9 @@ impl Driver {
             records: HashMap::new(),
             waiters: HashMap::new(),
             launched: BTreeMap::new(),
+            ever_launched: HashSet::new(),
             cancelled: HashSet::new(),
+            shut_down: false,
             asked: Vec::new(),
             other_replies: Vec::new(),
             tickets: Vec::new(),
@@ -156,6 +164,7 @@ impl Driver {
                         spec.worker,
                         spec.id
                     );
+                    self.ever_launched.insert(spec.id);
                     self.launched.insert(spec.id, spec.worker);
                 }
                 Effect::Cancel(id) => {
@@ -329,6 +338,16 @@ impl Driver {
             }
             Step::Commit(n) => self.commit(n),
             Step::End { job, code } => self.end(job, code),
+            Step::Shutdown { cancel } => {
+                self.shut_down = true;
+                let (done, _stopped) = oneshot::channel();
+                let mode = if cancel {
+                    ShutdownMode::CancelRunning
+                } else {
+                    ShutdownMode::FinishRunning
+                };
+                self.command(Command::Shutdown { mode, done })
+            }
         }
     }
 
@@ -361,13 +380,98 @@ proptest! {
         }
         driver.settle()?;
         prop_assert!(driver.asked.is_empty(), "a submission or watch was never answered");
-        for (id, state, _) in &driver.tickets {
-            let state = state.borrow();
-            let JobState::Finished(result) = &*state else {
-                return Err(TestCaseError::fail(format!("a ticket of job {id} never heard its end")));
-            };
-            prop_assert_eq!(driver.ended.get(id), Some(result));
+        if driver.shut_down {
+            prop_assert!(driver.core.is_stopped(), "the engine did not stop");
+        } else {
+            prop_assert!(driver.core.live_jobs() == 0, "jobs are left in the queue");
         }
-        prop_assert!(driver.core.live_jobs() == 0, "jobs are left in the queue");
+        // What the engine still holds (the queued jobs of a stopped engine) goes with it.
+        let Driver { core, tickets, ended, ever_launched, .. } = driver;
+        drop(core);
+        for (id, state, _) in &tickets {
+            let state = state.borrow();
+            match &*state {
+                JobState::Finished(result) => prop_assert_eq!(ended.get(id), Some(result)),
+                _ => prop_assert!(
+                    !ever_launched.contains(id),
+                    "a ticket of job {} never heard its end, though the job ran",
+                    id
+                ),
+            }
+        }
     }
+}
+
+fn stored(id: u64, uid: u32) -> crate::store::StoredJob {
+    crate::store::StoredJob {
+        id: JobId(id),
+        owner: user(uid),
+        summary: "/bin/true far".to_owned(),
+        command: Some(CommandJob::new(["/bin/true", "far"])),
+        key: None,
+        accepted_at: std::time::SystemTime::now(),
+        waiters: Vec::new(),
+    }
+}
+
+/// Red team of the sans-IO core: a job that ran on another host's worker when the server
+/// stopped waits for that worker; its owner cancels it meanwhile, and is told it is
+/// cancelled: when the worker comes back, the job is found again and stopped at once.
+#[test]
+fn a_job_cancelled_while_its_worker_is_away_is_stopped_when_the_worker_comes_back() {
+    let mut driver = Driver::new();
+    let recovered = crate::store::Recovered {
+        running: vec![crate::store::RunningJob {
+            job: stored(7, 1),
+            started_at: std::time::SystemTime::now(),
+            runner: Some(crate::store::RecordedRunner {
+                worker: "far".to_owned(),
+                reference: "slurm:42".to_owned(),
+            }),
+        }],
+        next_id: 8,
+        ..Default::default()
+    };
+    // (Its record and its start were committed by the server before.)
+    driver.inserted.insert(JobId(7));
+    driver.started.insert(JobId(7));
+    driver.core.recover(recovered, driver.now);
+    driver.carry_out().unwrap();
+    let (reply, mut answer) = oneshot::channel();
+    driver
+        .command(Command::Cancel {
+            id: JobId(7),
+            by: Caller::user(user(1)),
+            reply,
+        })
+        .unwrap();
+    assert!(
+        matches!(answer.try_recv(), Ok(Ok(crate::engine::Cancelled::Job(_)))),
+        "the owner is told the job is cancelled"
+    );
+    let (reply, _attached) = oneshot::channel();
+    /// The core only passes executors on to the driver.
+    struct Unused;
+    #[async_trait::async_trait]
+    impl crate::executor::Executor for Unused {
+        async fn run(&self, _: &CommandJob, _: crate::job::JobContext) -> Outcome {
+            unreachable!("the core runs nothing")
+        }
+    }
+    let executor: Arc<dyn crate::executor::Executor> = Arc::new(Unused);
+    driver
+        .command(Command::AttachWorker {
+            info: WorkerInfo::new("far", Vec::<String>::new()),
+            executor,
+            reply,
+        })
+        .unwrap();
+    assert!(
+        driver.launched.contains_key(&JobId(7)),
+        "the job is found again where it runs"
+    );
+    assert!(
+        driver.cancelled.contains(&JobId(7)),
+        "a job its owner cancelled while its worker was away is stopped when it is found again"
+    );
 }
