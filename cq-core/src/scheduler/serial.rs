@@ -1,6 +1,6 @@
 //! The default scheduler: each worker runs one job at a time, the oldest it can run.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::job::JobId;
 use crate::outcome::Outcome;
@@ -27,8 +27,8 @@ pub struct SerialScheduler {
     running: BTreeMap<JobId, (JobInfo, String)>,
     busy_workers: HashSet<String>,
     busy_lanes: HashSet<String>,
-    /// Queued jobs by [`JobInfo::work_hash`].
-    by_work: HashMap<u64, Vec<JobId>>,
+    /// Queued jobs by [`JobInfo::work_hash`] (a set of pairs: no allocation per job).
+    by_work: BTreeSet<(u64, JobId)>,
 }
 
 impl SerialScheduler {
@@ -39,18 +39,13 @@ impl SerialScheduler {
 
     fn index(&mut self, job: &JobInfo) {
         if let Some(hash) = job.work_hash() {
-            self.by_work.entry(hash).or_default().push(job.id);
+            self.by_work.insert((hash, job.id));
         }
     }
 
     fn unindex(&mut self, job: &JobInfo) {
-        if let Some(hash) = job.work_hash()
-            && let Some(ids) = self.by_work.get_mut(&hash)
-        {
-            ids.retain(|id| *id != job.id);
-            if ids.is_empty() {
-                self.by_work.remove(&hash);
-            }
+        if let Some(hash) = job.work_hash() {
+            self.by_work.remove(&(hash, job.id));
         }
     }
 
@@ -83,9 +78,10 @@ impl QueueSource for SerialScheduler {
     }
 
     fn find_same_work(&self, job: &JobInfo) -> Option<&JobInfo> {
-        let ids = self.by_work.get(&job.work_hash()?)?;
-        ids.iter()
-            .filter_map(|id| self.queued.get(&self.key(*id)))
+        let hash = job.work_hash()?;
+        self.by_work
+            .range((hash, JobId(0))..=(hash, JobId(u64::MAX)))
+            .filter_map(|(_, id)| self.queued.get(&self.key(*id)))
             .find(|queued| queued.same_work(job))
     }
 }

@@ -34,7 +34,7 @@ impl<S: Scheduler> Core<S> {
                 .iter_mut()
                 .filter(|(id, live)| live.job.is_some() && !running.contains_key(id))
             {
-                live.state = tokio::sync::watch::channel(JobState::Queued).0;
+                live.state = None;
             }
         }
         if mode == ShutdownMode::CancelRunning {
@@ -265,7 +265,7 @@ impl<S: Scheduler> Core<S> {
         if let Some(live) = self.jobs.get_mut(&id) {
             live.job = Some(Work::Command(command));
             live.started_at = None;
-            live.state.send_replace(JobState::Queued);
+            live.publish(JobState::Queued);
         }
         self.persist_unwatched(Record::Requeue(id));
         self.emit(Effect::RemoveLog(id));
@@ -346,7 +346,7 @@ impl<S: Scheduler> Core<S> {
         };
         if let Some(live) = self.jobs.get(&id) {
             tracing::info!(job = %id, owner = %live.info.owner, command = %live.info.summary, worker = %worker, "started");
-            live.state.send_replace(JobState::Running);
+            live.publish(JobState::Running);
         }
         self.event(EngineEvent::Started {
             job: id,

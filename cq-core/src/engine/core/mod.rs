@@ -293,7 +293,7 @@ pub(super) enum Deferred {
     Publish {
         result: JobResult,
         summary: Box<JobSummary>,
-        state: watch::Sender<JobState>,
+        state: Option<watch::Sender<JobState>>,
     },
     /// A log to delete, once what makes it useless is on record.
     RemoveLog(JobId),
@@ -311,14 +311,17 @@ pub(super) enum Deferred {
 enum Durability {
     Pending(CommitId),
     Committed,
-    Failed(StoreError),
+    /// (Boxed: rare, and every queued job holds a `Durability`.)
+    Failed(Box<StoreError>),
 }
 
 /// A job that has been accepted and has not ended.
 struct Live {
     job: Option<Work>,
     info: JobInfo,
-    state: watch::Sender<JobState>,
+    /// Its state for those who watch it; made when somebody does (see
+    /// [`Core::ticket`]), dropped when nobody does any more.
+    state: Option<watch::Sender<JobState>>,
     durable: Durability,
     accepted_at: SystemTime,
     started_at: Option<SystemTime>,
@@ -360,6 +363,25 @@ impl Relation {
 }
 
 impl Live {
+    /// Follows its state from now on.
+    fn subscribe(&mut self) -> watch::Receiver<JobState> {
+        let now = if self.started_at.is_some() {
+            JobState::Running
+        } else {
+            JobState::Queued
+        };
+        self.state
+            .get_or_insert_with(|| watch::channel(now).0)
+            .subscribe()
+    }
+
+    /// Tells those who watch it its new state.
+    fn publish(&self, state: JobState) {
+        if let Some(sender) = &self.state {
+            sender.send_replace(state);
+        }
+    }
+
     fn summary(&self) -> JobSummary {
         JobSummary {
             id: self.info.id,
@@ -461,6 +483,8 @@ pub(super) struct Core<S> {
     /// Jobs that were running elsewhere when the server stopped, by the worker they wait
     /// for: the job, and its executor's reference to the run.
     awaiting: HashMap<String, (JobId, Work, String)>,
+    /// Jobs whose tickets were handed out, to forget their channels once nobody holds them.
+    handed_out: VecDeque<JobId>,
     commits: Commits,
     effects: VecDeque<Effect>,
 }
@@ -489,6 +513,7 @@ impl<S: Scheduler> Core<S> {
             seen: HashMap::new(),
             usage: HashMap::new(),
             awaiting: HashMap::new(),
+            handed_out: VecDeque::new(),
             commits: Commits::default(),
             effects: VecDeque::new(),
         }
@@ -569,7 +594,7 @@ impl<S: Scheduler> Core<S> {
     fn durability(&self, id: JobId) -> (Option<CommitId>, Option<StoreError>) {
         match self.jobs.get(&id).map(|live| &live.durable) {
             Some(Durability::Pending(commit)) => (Some(*commit), None),
-            Some(Durability::Failed(e)) => (None, Some(e.clone())),
+            Some(Durability::Failed(e)) => (None, Some(StoreError::clone(e))),
             Some(Durability::Committed) | None => (None, None),
         }
     }
@@ -673,7 +698,7 @@ impl<S: Scheduler> Core<S> {
                 if let Some(live) = self.jobs.get_mut(&id) {
                     live.durable = match failed {
                         None => Durability::Committed,
-                        Some(e) => Durability::Failed(e),
+                        Some(e) => Durability::Failed(Box::new(e)),
                     };
                 }
             }
@@ -702,7 +727,9 @@ impl<S: Scheduler> Core<S> {
                         job: summary,
                         result: result.clone(),
                     });
-                    state.send_replace(JobState::Finished(result));
+                    if let Some(state) = state {
+                        state.send_replace(JobState::Finished(result));
+                    }
                 }
                 // The waiters see the engine give up on the job (their channel closes),
                 // re-attach, and read what the store has.
@@ -817,14 +844,13 @@ impl<S: Scheduler> Core<S> {
         }
         let size = command.byte_size();
         self.count_live(&info, size, &stored.waiters);
-        let (state, _) = watch::channel(JobState::Running);
         let ran_for = now.wall.duration_since(started_at).unwrap_or_default();
         self.jobs.insert(
             id,
             Live {
                 job: None,
                 info,
-                state,
+                state: None,
                 durable: Durability::Committed,
                 accepted_at: stored.accepted_at,
                 started_at: Some(started_at),
@@ -886,11 +912,10 @@ impl<S: Scheduler> Core<S> {
         let info = command_info(id, stored.owner, stored.summary, &command);
         self.scheduler.enqueue(info.clone());
         self.count_live(&info, size, &stored.waiters);
-        let (state, _) = watch::channel(JobState::Queued);
         let live = Live {
             job: Some(Work::Command(command)),
             info,
-            state,
+            state: None,
             durable: Durability::Committed,
             accepted_at: stored.accepted_at,
             started_at: None,

@@ -130,7 +130,8 @@ impl<S: Scheduler> Core<S> {
             let refusal = not_permitted(id, &live.info.owner.to_string(), "wait for");
             return self.reply(Reply::Ticket(reply, Err(refusal)));
         }
-        let ticket = self.ticket(id, live, live.relation(by) == Relation::Owner);
+        let full = live.relation(by) == Relation::Owner;
+        let ticket = self.ticket(id, full);
         let (durable, failed) = self.durability(id);
         self.after(durable, failed, Deferred::Ticket { to: reply, ticket }, now);
     }
@@ -233,7 +234,7 @@ impl<S: Scheduler> Core<S> {
         }
         let grant = LogGrant {
             id,
-            ticket: Some(self.ticket(id, live, true)),
+            ticket: Some(self.ticket(id, true)),
             running: self.running.contains_key(&id),
         };
         self.reply(Reply::Log(reply, Ok(grant)));

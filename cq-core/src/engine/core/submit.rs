@@ -138,11 +138,13 @@ impl<S: Scheduler> Core<S> {
             state: receiver,
             limited: false,
         };
+        self.forget_unwatched();
+        self.handed_out.push_back(id);
         tracing::info!(job = %id, owner = %info.owner, ahead, command = %info.summary, "accepted");
         let live = Live {
             job: Some(job),
             info,
-            state,
+            state: Some(state),
             durable: Durability::Pending(durable),
             accepted_at,
             started_at: None,
@@ -203,7 +205,8 @@ impl<S: Scheduler> Core<S> {
             self.keys.insert((info.owner.uid, key), (into, true));
         }
         let target = &self.jobs[&into];
-        let mut ticket = self.ticket(into, target, target.info.owner.uid == info.owner.uid);
+        let full = target.info.owner.uid == info.owner.uid;
+        let mut ticket = self.ticket(into, full);
         ticket.merged = true;
         self.event(EngineEvent::Merged {
             into,
@@ -238,7 +241,8 @@ impl<S: Scheduler> Core<S> {
     /// Answers a submission that came again (same uid, same key) with the job it made.
     fn reattach(&mut self, id: JobId, merged: bool, uid: u32, reply: TicketTo, now: Now) {
         if let Some(live) = self.jobs.get(&id) {
-            let mut ticket = self.ticket(id, live, live.info.owner.uid == uid);
+            let full = live.info.owner.uid == uid;
+            let mut ticket = self.ticket(id, full);
             ticket.merged = merged;
             let (durable, failed) = self.durability(id);
             return self.after(durable, failed, Deferred::Ticket { to: reply, ticket }, now);
@@ -291,19 +295,43 @@ impl<S: Scheduler> Core<S> {
 
     /// A ticket for live job `id`; `full` for its owner or an admin, else its outcome comes
     /// limited.
-    pub(super) fn ticket(&self, id: JobId, live: &Live, full: bool) -> JobTicket {
+    pub(super) fn ticket(&mut self, id: JobId, full: bool) -> JobTicket {
         let ahead = self
             .scheduler
             .view()
             .all()
             .position(|j| j.id == id)
             .unwrap_or(0);
+        let state = match self.jobs.get_mut(&id) {
+            Some(live) => live.subscribe(),
+            // (Not live: a closed channel, as for a job the engine gave up.)
+            None => watch::channel(JobState::Queued).1,
+        };
         JobTicket {
             id,
             ahead,
             merged: false,
-            state: live.state.subscribe(),
+            state,
             limited: !full,
+        }
+    }
+
+    /// Forgets the state channels of a few jobs whose tickets were handed out and dropped
+    /// since (a client that did not wait): a queued job costs no channel until somebody
+    /// watches it. A few per submission, so that the cost is spread and bounded.
+    fn forget_unwatched(&mut self) {
+        for _ in 0..2 {
+            let Some(id) = self.handed_out.pop_front() else {
+                return;
+            };
+            let Some(live) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            match &live.state {
+                Some(state) if state.receiver_count() == 0 => live.state = None,
+                Some(_) => self.handed_out.push_back(id),
+                None => {}
+            }
         }
     }
 

@@ -41,6 +41,8 @@ enum Step {
     Commit(usize),
     /// Ends the n-th launched job with an exit code.
     End { job: usize, code: i32 },
+    /// Drops the n-th ticket handed out (a client that does not wait).
+    Detach(usize),
     /// Asks the engine to stop, cancelling the running jobs or not.
     Shutdown { cancel: bool },
 }
@@ -53,6 +55,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (0usize..8).prop_map(Step::Commit),
         2 => (0usize..4, 0i32..3).prop_map(|(job, code)| Step::End { job, code }),
         1 => (0u8..8).prop_map(|n| Step::Shutdown { cancel: n == 0 }),
+        2 => (0usize..16).prop_map(Step::Detach),
     ]
 }
 
@@ -335,6 +338,13 @@ impl Driver {
                     by: Caller::user(user(uid)),
                     reply,
                 })
+            }
+            Step::Detach(n) => {
+                if !self.tickets.is_empty() {
+                    let n = n % self.tickets.len();
+                    self.tickets.remove(n);
+                }
+                Ok(())
             }
             Step::Commit(n) => self.commit(n),
             Step::End { job, code } => self.end(job, code),
