@@ -6,16 +6,22 @@
 //! authority; the live feed only says that there is more.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::broadcast;
 
-use super::handle::{Caller, EngineHandle, JobResult, JobTicket, LogAccess, SubmitError};
+use futures_util::FutureExt;
+
+use super::handle::{Caller, EngineHandle, JobResult, JobState, JobTicket, LogAccess, SubmitError};
 use crate::executor::LogChunk;
 use crate::job::JobId;
 
 /// Bytes per [`OutputPiece::Data`] at most.
 pub const OUTPUT_PIECE: usize = 64 * 1024;
+
+/// What a follower reads when the job it follows was queued again (its worker went away
+/// before it took it) and runs again: its output starts anew.
+const QUEUED_AGAIN: &[u8] = b"\n[cq: the job was queued again; its output starts anew]\n";
 
 /// A piece of a job's output, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,7 +45,10 @@ pub struct JobOutput {
     id: JobId,
     follow: bool,
     path: Option<PathBuf>,
-    file: Option<tokio::fs::File>,
+    /// The log being read: held while following, so that a log replaced by a new run's is
+    /// told apart from it (an open file's inode is not reused). Read at offsets, without a
+    /// buffer of its own.
+    file: Option<Arc<std::fs::File>>,
     /// Bytes of the log read so far.
     read: u64,
     live: Option<broadcast::Receiver<LogChunk>>,
@@ -50,13 +59,24 @@ pub struct JobOutput {
 /// Where the reader is.
 #[derive(Debug)]
 enum Step {
-    /// Following a queued job: its output begins once it starts.
+    /// Following a queued job: its output begins once it starts (also once a run ended
+    /// without the job ending: its worker went away before it took it).
     AwaitStart,
     /// Reading what the log holds, then going on as `then` says.
     Reading(Then),
     /// Waiting for more output, or the job's end.
     Following,
     Done,
+}
+
+/// What the live feed said.
+enum Feed {
+    /// The log holds this many bytes now.
+    Upto(u64),
+    /// Some chunks were missed.
+    Missed,
+    /// The run it fed ended.
+    Closed,
 }
 
 #[derive(Debug)]
@@ -93,11 +113,17 @@ impl JobOutput {
         }
     }
 
-    /// The next piece; `None` after [`OutputPiece::Finished`] or [`OutputPiece::End`].
+    /// The next piece; `None` after [`OutputPiece::Finished`] or [`OutputPiece::End`] (or
+    /// an error).
     ///
     /// Cancel-safe: a caller may stop waiting (to wait for something else) and call again;
     /// nothing is lost.
-    pub async fn next(&mut self) -> Option<OutputPiece> {
+    ///
+    /// # Errors
+    ///
+    /// As [`EngineHandle::output`], when the output of a queued job is asked for again once
+    /// it starts (e.g. [`SubmitError::Stopped`]).
+    pub async fn next(&mut self) -> Option<Result<OutputPiece, SubmitError>> {
         loop {
             match &self.step {
                 Step::Done => return None,
@@ -106,18 +132,28 @@ impl JobOutput {
                         Some(ticket) => ticket.started().await.is_ok(),
                         None => false,
                     };
-                    // Asked again: it runs now (with a live feed), or it already ended.
-                    let access = match started {
-                        true => self.engine.open_log(self.id, self.by.clone()).await.ok(),
-                        false => None,
-                    };
-                    let Some(access) = access else {
+                    if !started {
                         self.step = Step::Done;
-                        return Some(OutputPiece::End);
+                        return Some(Ok(OutputPiece::End));
+                    }
+                    // Asked again: it runs now (with a live feed), or it already ended.
+                    let access = match self.engine.open_log(self.id, self.by.clone()).await {
+                        Ok(access) => access,
+                        Err(e) => {
+                            self.step = Step::Done;
+                            return Some(Err(e));
+                        }
+                    };
+                    // A job that ended meanwhile: how, from the ticket that saw it.
+                    let ended = match (&access.ticket, self.ticket.as_mut()) {
+                        (None, Some(ticket)) => {
+                            ticket.finished().now_or_never().and_then(Result::ok)
+                        }
+                        _ => None,
                     };
                     self.step = match access.ticket.is_some() && self.follow {
                         true => Step::Reading(Then::Follow),
-                        false => Step::Reading(Then::Finish(None)),
+                        false => Step::Reading(Then::Finish(ended)),
                     };
                     self.path = access.path;
                     self.live = access.live;
@@ -125,43 +161,61 @@ impl JobOutput {
                 }
                 Step::Reading(_) => {
                     if let Some(data) = self.read_more().await {
-                        return Some(OutputPiece::Data(data));
+                        return Some(Ok(OutputPiece::Data(data)));
                     }
                     let Step::Reading(then) = std::mem::replace(&mut self.step, Step::Done) else {
                         unreachable!("the step is what the match found");
                     };
                     match then {
                         Then::Follow => self.step = Step::Following,
-                        Then::Finish(Some(result)) => return Some(OutputPiece::Finished(result)),
-                        Then::Finish(None) => return Some(OutputPiece::End),
+                        Then::Finish(Some(result)) => {
+                            return Some(Ok(OutputPiece::Finished(result)));
+                        }
+                        Then::Finish(None) => return Some(Ok(OutputPiece::End)),
                     }
                 }
                 Step::Following => {
                     let Some(ticket) = self.ticket.as_mut() else {
                         self.step = Step::Done;
-                        return Some(OutputPiece::End);
+                        return Some(Ok(OutputPiece::End));
                     };
                     let live = &mut self.live;
                     let more = async {
                         match live.as_mut() {
-                            Some(feed) => feed
-                                .recv()
-                                .await
-                                .map(|chunk| chunk.offset + chunk.data.len() as u64)
-                                .ok(),
+                            Some(feed) => match feed.recv().await {
+                                Ok(chunk) => Feed::Upto(chunk.offset + chunk.data.len() as u64),
+                                // Behind the feed: the log has what was missed, and the feed
+                                // goes on from the oldest chunk it kept.
+                                Err(broadcast::error::RecvError::Lagged(_)) => Feed::Missed,
+                                Err(broadcast::error::RecvError::Closed) => Feed::Closed,
+                            },
                             None => std::future::pending().await,
                         }
                     };
-                    let event = tokio::select! {
-                        end = more => Ok(end),
-                        ended = ticket.finished() => Err(ended.ok()),
+                    // It ends, or goes back to the queue (its worker went away before it
+                    // took it): whether it is queued again.
+                    let state = &mut ticket.state;
+                    let changed = async {
+                        state
+                            .wait_for(|s| !matches!(s, JobState::Running))
+                            .await
+                            .map(|s| matches!(*s, JobState::Queued))
                     };
+                    let event = tokio::select! {
+                        feed = more => Ok(feed),
+                        queued = changed => Err(queued),
+                    };
+                    if let Ok(Feed::Closed) | Err(Ok(true)) = event {
+                        // The run ended: the job did, or it was queued again.
+                        self.live = None;
+                        self.step = Step::AwaitStart;
+                        continue;
+                    }
+                    let event =
+                        event.map_err(|_| ticket.finished().now_or_never().and_then(Result::ok));
                     self.step = match event {
-                        Ok(Some(end)) if end <= self.read => Step::Following,
-                        Ok(Some(_)) => Step::Reading(Then::Follow),
-                        // The feed lagged or closed: the log has it all.
-                        Ok(None) => {
-                            self.live = None;
+                        Ok(Feed::Upto(end)) if end <= self.read => Step::Following,
+                        Ok(Feed::Upto(_) | Feed::Missed | Feed::Closed) => {
                             Step::Reading(Then::Follow)
                         }
                         // What the job wrote last, then how it ended.
@@ -172,37 +226,70 @@ impl JobOutput {
         }
     }
 
-    /// Up to [`OUTPUT_PIECE`] bytes of the log past what was read, if there are any.
+    /// Up to [`OUTPUT_PIECE`] bytes of the log past what was read, if there are any. A
+    /// log that was replaced (the job was queued again, and its new run wrote a new one) is
+    /// read anew from its start, after a line that says so.
     async fn read_more(&mut self) -> Option<Vec<u8>> {
-        if self.file.is_none() {
-            // The log directory is the engine's own, but a link there is never followed.
-            // (A job that wrote nothing yet has no log yet.)
-            let mut file = tokio::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(self.path.as_ref()?)
-                .await
-                .ok()?;
-            file.seek(std::io::SeekFrom::Start(self.read)).await.ok()?;
-            self.file = Some(file);
-        }
-        let file = self.file.as_mut()?;
-        let mut data = vec![0; OUTPUT_PIECE];
-        match file.read(&mut data).await {
-            Ok(0) | Err(_) => None,
-            Ok(n) => {
-                data.truncate(n);
-                self.read += n as u64;
+        let file = match &self.file {
+            Some(file) => file.clone(),
+            None => {
+                let file = open_log_file(self.path.clone()?).await?;
+                self.file = Some(file.clone());
+                file
+            }
+        };
+        let at = self.read;
+        let read = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::{FileExt, MetadataExt};
+            let mut data = vec![0; OUTPUT_PIECE];
+            let n = file.read_at(&mut data, at)?;
+            data.truncate(n);
+            // At its end: whether it is still the job's log, or was removed.
+            let gone = n == 0 && file.metadata()?.nlink() == 0;
+            std::io::Result::Ok((data, gone))
+        })
+        .await
+        .ok()?;
+        match read {
+            Ok((data, false)) if !data.is_empty() => {
+                self.read += data.len() as u64;
                 Some(data)
             }
+            Ok((_, true)) => {
+                // The handle kept the old log's inode from being reused: a file at the path
+                // now is a new log.
+                self.file = None;
+                let again = open_log_file(self.path.clone()?).await?;
+                self.file = Some(again);
+                self.read = 0;
+                Some(QUEUED_AGAIN.to_vec())
+            }
+            Ok(_) | Err(_) => None,
         }
     }
+}
+
+/// Opens the log at `path` for reading; `None` when there is none (yet). The log directory is
+/// the engine's own, but a link there is never followed.
+async fn open_log_file(path: PathBuf) -> Option<Arc<std::fs::File>> {
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    })
+    .await
+    .ok()?
+    .ok()
+    .map(Arc::new)
 }
 
 impl EngineHandle {
     /// Job `id`'s output for `by`, who must be its owner or an admin: what it wrote so far
     /// and, with `follow`, what it writes until it ends (a queued job's from when it starts),
-    /// and how it ended.
+    /// and how it ended. Output is read from the job's log: an engine that keeps no logs
+    /// ([`EngineConfig::log_dir`](super::EngineConfig::log_dir)) has none to give.
     ///
     /// # Errors
     ///

@@ -306,7 +306,7 @@ async fn a_jobs_output_is_followed_through_the_engine_from_its_start_to_its_end(
             .await
             .expect("output in time")
         {
-            Some(OutputPiece::Data(data)) => read.extend(data),
+            Some(Ok(OutputPiece::Data(data))) => read.extend(data),
             other => panic!("the job's first line did not come while it ran: {other:?}"),
         }
     }
@@ -316,13 +316,13 @@ async fn a_jobs_output_is_followed_through_the_engine_from_its_start_to_its_end(
             .await
             .expect("output in time")
         {
-            Some(OutputPiece::Data(data)) => read.extend(data),
+            Some(Ok(OutputPiece::Data(data))) => read.extend(data),
             other => break other,
         }
     };
     assert_eq!(String::from_utf8_lossy(&read), "first\nsecond\n");
     match end {
-        Some(OutputPiece::Finished(result)) => {
+        Some(Ok(OutputPiece::Finished(result))) => {
             assert_eq!(result.outcome, Outcome::Exited { code: 3 });
         }
         other => panic!("the followed output did not end with the job's end: {other:?}"),
@@ -335,9 +335,78 @@ async fn a_jobs_output_is_followed_through_the_engine_from_its_start_to_its_end(
         .unwrap();
     assert_eq!(
         later.next().await,
-        Some(OutputPiece::Data(b"first\nsecond\n".to_vec()))
+        Some(Ok(OutputPiece::Data(b"first\nsecond\n".to_vec())))
     );
-    assert_eq!(later.next().await, Some(OutputPiece::End));
+    assert_eq!(later.next().await, Some(Ok(OutputPiece::End)));
+}
+
+/// Red team of the output stream: a followed job whose executor gives it back (its worker
+/// went away before it took it) runs again with a new log; the follower reads the first
+/// run's output, a line saying the job was queued again, then all of the second run's.
+#[tokio::test]
+async fn a_followed_job_queued_again_shows_its_new_runs_output_whole() {
+    /// Gives the job back after its first line, once told to; runs it the second time.
+    struct GivesBackOnce(Arc<Notify>, AtomicUsize);
+    #[async_trait]
+    impl cq_core::Executor for GivesBackOnce {
+        async fn run(&self, _job: &cq_core::CommandJob, mut ctx: JobContext) -> Outcome {
+            use std::io::Write;
+            if self.1.fetch_add(1, Ordering::SeqCst) == 0 {
+                writeln!(ctx.log, "one").unwrap();
+                self.0.notified().await;
+                ctx.give_back.give_back();
+                return Outcome::Lost;
+            }
+            writeln!(ctx.log, "two, and more").unwrap();
+            Outcome::Exited { code: 0 }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let go = Arc::new(Notify::new());
+    let engine = Engine::new(EngineConfig::default().with_log_dir(dir.path()))
+        .with_executor(Arc::new(GivesBackOnce(go.clone(), AtomicUsize::new(0))))
+        .start()
+        .await
+        .expect("the engine starts");
+    let me = Identity::local();
+    let ticket = engine
+        .submit_command(
+            cq_core::CommandJob::new(["/bin/true"]),
+            me.clone(),
+            SubmitOptions::new(),
+        )
+        .await
+        .unwrap();
+    let mut output = engine
+        .output(ticket.id, Caller::user(me), true)
+        .await
+        .unwrap();
+    let mut read = Vec::new();
+    let end = loop {
+        match tokio::time::timeout(LIMIT, output.next())
+            .await
+            .expect("output in time")
+        {
+            Some(Ok(OutputPiece::Data(data))) => {
+                read.extend(data);
+                if read == b"one\n" {
+                    go.notify_one();
+                }
+            }
+            other => break other,
+        }
+    };
+    let read = String::from_utf8_lossy(&read);
+    assert!(
+        read.starts_with("one\n")
+            && read.contains("queued again")
+            && read.ends_with("\ntwo, and more\n"),
+        "{read:?}"
+    );
+    assert!(
+        matches!(end, Some(Ok(OutputPiece::Finished(ref r))) if r.outcome == Outcome::Exited { code: 0 }),
+        "{end:?}"
+    );
 }
 
 /// An in-process job reports results through its context; they come back with its

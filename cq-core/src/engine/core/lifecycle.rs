@@ -265,7 +265,12 @@ impl<S: Scheduler> Core<S> {
         if let Some(live) = self.jobs.get_mut(&id) {
             live.job = Some(Work::Command(command));
             live.started_at = None;
-            live.publish(JobState::Queued);
+            if self.stopping.is_some() {
+                // It does not run again before the restart: its waiters hear it now.
+                live.state = None;
+            } else {
+                live.publish(JobState::Queued);
+            }
         }
         self.persist_unwatched(Record::Requeue(id));
         self.emit(Effect::RemoveLog(id));

@@ -302,7 +302,12 @@ impl<S: Scheduler> Core<S> {
             .all()
             .position(|j| j.id == id)
             .unwrap_or(0);
+        let stopping = self.stopping.is_some();
         let state = match self.jobs.get_mut(&id) {
+            // A queued job does not start before the restart: a closed channel says so.
+            Some(live) if stopping && live.job.is_some() && !self.running.contains_key(&id) => {
+                watch::channel(JobState::Queued).1
+            }
             Some(live) => live.subscribe(),
             // (Not live: a closed channel, as for a job the engine gave up.)
             None => watch::channel(JobState::Queued).1,

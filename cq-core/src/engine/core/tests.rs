@@ -39,8 +39,12 @@ enum Step {
     Cancel { job: usize, uid: u32 },
     /// Commits the n-th open record.
     Commit(usize),
-    /// Ends the n-th launched job with an exit code.
-    End { job: usize, code: i32 },
+    /// Ends the n-th launched job with an exit code, or gives it back unstarted.
+    End {
+        job: usize,
+        code: i32,
+        given_back: bool,
+    },
     /// Drops the n-th ticket handed out (a client that does not wait).
     Detach(usize),
     /// Asks the engine to stop, cancelling the running jobs or not.
@@ -53,7 +57,11 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0usize..16, 1u32..4).prop_map(|(job, uid)| Step::Watch { job, uid }),
         1 => (0usize..16, 1u32..4).prop_map(|(job, uid)| Step::Cancel { job, uid }),
         4 => (0usize..8).prop_map(Step::Commit),
-        2 => (0usize..4, 0i32..3).prop_map(|(job, code)| Step::End { job, code }),
+        2 => (0usize..4, 0i32..3, 0u8..4).prop_map(|(job, code, back)| Step::End {
+            job,
+            code,
+            given_back: back == 0,
+        }),
         1 => (0u8..8).prop_map(|n| Step::Shutdown { cancel: n == 0 }),
         2 => (0usize..16).prop_map(Step::Detach),
     ]
@@ -154,6 +162,13 @@ impl Driver {
                     commit: Some(commit),
                 } => {
                     self.open.insert(commit, record);
+                }
+                // Given back unstarted: it did not run.
+                Effect::Persist {
+                    record: Record::Requeue(id),
+                    commit: None,
+                } => {
+                    self.ever_launched.remove(&id);
                 }
                 Effect::Launch(spec) => {
                     prop_assert!(
@@ -280,7 +295,7 @@ impl Driver {
         })
     }
 
-    fn end(&mut self, n: usize, code: i32) -> Result<(), TestCaseError> {
+    fn end(&mut self, n: usize, code: i32, given_back: bool) -> Result<(), TestCaseError> {
         let Some(&id) = self.launched.keys().nth(n % self.launched.len().max(1)) else {
             return Ok(());
         };
@@ -294,7 +309,7 @@ impl Driver {
             id,
             outcome,
             log_bytes: 0,
-            given_back: false,
+            given_back,
             results: vec![("code".to_owned(), code.to_string())],
         })
     }
@@ -347,7 +362,11 @@ impl Driver {
                 Ok(())
             }
             Step::Commit(n) => self.commit(n),
-            Step::End { job, code } => self.end(job, code),
+            Step::End {
+                job,
+                code,
+                given_back,
+            } => self.end(job, code, given_back),
             Step::Shutdown { cancel } => {
                 self.shut_down = true;
                 let (done, _stopped) = oneshot::channel();
@@ -368,7 +387,7 @@ impl Driver {
                 return Ok(());
             }
             if self.open.is_empty() {
-                self.end(0, 0)?;
+                self.end(0, 0, false)?;
             } else {
                 self.commit(0)?;
             }
@@ -392,6 +411,16 @@ proptest! {
         prop_assert!(driver.asked.is_empty(), "a submission or watch was never answered");
         if driver.shut_down {
             prop_assert!(driver.core.is_stopped(), "the engine did not stop");
+            // Its waiters heard the end, or that the engine will not run the job before it
+            // stops: nobody waits on a stopped engine.
+            for (id, state, _) in &mut driver.tickets {
+                let heard = matches!(&*state.borrow(), JobState::Finished(_));
+                prop_assert!(
+                    heard || state.has_changed().is_err(),
+                    "a waiter of job {} still waits on a stopped engine",
+                    id
+                );
+            }
         } else {
             prop_assert!(driver.core.live_jobs() == 0, "jobs are left in the queue");
         }

@@ -34,10 +34,11 @@ where
             };
             // A client that goes away while the job is quiet ends the stream.
             match watch_client(framed, output.next()).await? {
-                Some(OutputPiece::Data(data)) => {
+                Some(Err(e)) => return self.refuse(&e).await,
+                Some(Ok(OutputPiece::Data(data))) => {
                     self.send(Event::Output { job: id, data }).await?;
                 }
-                Some(OutputPiece::Finished(result)) => {
+                Some(Ok(OutputPiece::Finished(result))) => {
                     let runtime_ms = u64::try_from(result.runtime.as_millis()).unwrap_or(u64::MAX);
                     return self
                         .send(Event::Finished {
@@ -48,7 +49,7 @@ where
                         })
                         .await;
                 }
-                Some(OutputPiece::End) | None => {
+                Some(Ok(OutputPiece::End)) | None => {
                     return self.send(Event::LogEnd { job: id }).await;
                 }
             }
