@@ -101,12 +101,12 @@ fn scheduler(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("enqueue+next+finished", queued), |b| {
             let mut scheduler = SerialScheduler::new();
             for id in 0..queued {
-                scheduler.enqueue(info(id));
+                scheduler.enqueue(std::sync::Arc::new(info(id)));
             }
             let mut id = queued;
             b.iter(|| {
                 // One job in at the back, the front one run and finished: the queue length stays.
-                scheduler.enqueue(info(id));
+                scheduler.enqueue(std::sync::Arc::new(info(id)));
                 id += 1;
                 let next = scheduler.next_for(&local).unwrap();
                 scheduler.finished(next, &Outcome::Exited { code: 0 });

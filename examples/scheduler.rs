@@ -18,7 +18,7 @@ struct UrgentFirst {
 }
 
 impl Scheduler for UrgentFirst {
-    fn enqueue(&mut self, job: JobInfo) {
+    fn enqueue(&mut self, job: std::sync::Arc<JobInfo>) {
         let urgent = job
             .command
             .as_ref()

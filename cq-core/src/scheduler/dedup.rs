@@ -67,7 +67,7 @@ mod tests {
     fn offer(s: &mut SerialScheduler, job: JobInfo, hook: &dyn SubmitHook) -> Decision {
         let decision = hook.review(&job, &s.view());
         if decision == Decision::Accept {
-            s.enqueue(job);
+            s.enqueue(std::sync::Arc::new(job));
         }
         decision
     }

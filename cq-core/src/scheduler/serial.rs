@@ -1,6 +1,7 @@
 //! The default scheduler: each worker runs one job at a time, the oldest it can run.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::job::JobId;
 use crate::outcome::Outcome;
@@ -18,13 +19,13 @@ use super::traits::{JobInfo, QueueSource, QueueView, Scheduler, WorkerInfo};
 pub struct SerialScheduler {
     /// Queued jobs by (rank, id): ids are acceptance order; a promoted job gets a rank
     /// below every other.
-    queued: BTreeMap<(i64, JobId), JobInfo>,
+    queued: BTreeMap<(i64, JobId), Arc<JobInfo>>,
     /// The rank of every job queued or running that is not 0 (a requeued job keeps it).
     ranks: HashMap<JobId, i64>,
     /// The rank of the latest promotion: each one goes ahead of all before it.
     front: i64,
     /// Running jobs and the worker each runs on.
-    running: BTreeMap<JobId, (JobInfo, String)>,
+    running: BTreeMap<JobId, (Arc<JobInfo>, String)>,
     busy_workers: HashSet<String>,
     busy_lanes: HashSet<String>,
     /// Queued jobs by [`JobInfo::work_hash`] (a set of pairs: no allocation per job).
@@ -54,7 +55,7 @@ impl SerialScheduler {
     }
 
     /// Takes running job `id` off its worker and lane.
-    fn release(&mut self, id: JobId) -> Option<JobInfo> {
+    fn release(&mut self, id: JobId) -> Option<Arc<JobInfo>> {
         let (job, worker) = self.running.remove(&id)?;
         self.busy_workers.remove(&worker);
         if let Some(lane) = &job.lane {
@@ -66,11 +67,11 @@ impl SerialScheduler {
 
 impl QueueSource for SerialScheduler {
     fn running(&self) -> Box<dyn Iterator<Item = &JobInfo> + '_> {
-        Box::new(self.running.values().map(|(job, _)| job))
+        Box::new(self.running.values().map(|(job, _)| &**job))
     }
 
     fn queued(&self) -> Box<dyn Iterator<Item = &JobInfo> + '_> {
-        Box::new(self.queued.values())
+        Box::new(self.queued.values().map(|job| &**job))
     }
 
     fn queued_len(&self) -> usize {
@@ -83,11 +84,12 @@ impl QueueSource for SerialScheduler {
             .range((hash, JobId(0))..=(hash, JobId(u64::MAX)))
             .filter_map(|(_, id)| self.queued.get(&self.key(*id)))
             .find(|queued| queued.same_work(job))
+            .map(|queued| &**queued)
     }
 }
 
 impl Scheduler for SerialScheduler {
-    fn enqueue(&mut self, job: JobInfo) {
+    fn enqueue(&mut self, job: Arc<JobInfo>) {
         self.index(&job);
         self.queued.insert(self.key(job.id), job);
     }
@@ -117,7 +119,7 @@ impl Scheduler for SerialScheduler {
         Some(id)
     }
 
-    fn adopt(&mut self, job: JobInfo, worker: &WorkerInfo) -> bool {
+    fn adopt(&mut self, job: Arc<JobInfo>, worker: &WorkerInfo) -> bool {
         let lane_busy = job
             .lane
             .as_ref()
@@ -209,11 +211,11 @@ mod tests {
     fn one_worker_runs_one_at_a_time_in_order() {
         let local = WorkerInfo::new("local", Vec::<String>::new());
         let mut s = SerialScheduler::new();
-        s.enqueue(info(1, "a"));
-        s.enqueue(info(2, "b"));
+        s.enqueue(std::sync::Arc::new(info(1, "a")));
+        s.enqueue(std::sync::Arc::new(info(2, "b")));
         assert_eq!(s.next_for(&local), Some(JobId(1)));
         assert_eq!(s.next_for(&local), None, "nothing starts while a job runs");
-        s.enqueue(info(3, "c"));
+        s.enqueue(std::sync::Arc::new(info(3, "c")));
         s.finished(JobId(1), &ok());
         assert_eq!(s.next_for(&local), Some(JobId(2)));
         s.finished(JobId(2), &ok());
@@ -227,7 +229,7 @@ mod tests {
         let local = WorkerInfo::new("local", Vec::<String>::new());
         let mut s = SerialScheduler::new();
         for id in 1..=3 {
-            s.enqueue(info(id, "a"));
+            s.enqueue(std::sync::Arc::new(info(id, "a")));
         }
         assert!(s.remove(JobId(2)));
         assert!(!s.remove(JobId(2)), "already gone");
@@ -249,10 +251,20 @@ mod tests {
         let desktop = WorkerInfo::new("b1", ["profile=desktop"]);
         let server = WorkerInfo::new("b2", ["profile=server"]);
         let mut s = SerialScheduler::new();
-        s.enqueue(tagged(1, "a", &["profile=server"], None));
-        s.enqueue(tagged(2, "b", &["profile=desktop"], Some("pkgdir")));
-        s.enqueue(tagged(3, "c", &[], Some("pkgdir")));
-        s.enqueue(tagged(4, "d", &[], None));
+        s.enqueue(std::sync::Arc::new(tagged(
+            1,
+            "a",
+            &["profile=server"],
+            None,
+        )));
+        s.enqueue(std::sync::Arc::new(tagged(
+            2,
+            "b",
+            &["profile=desktop"],
+            Some("pkgdir"),
+        )));
+        s.enqueue(std::sync::Arc::new(tagged(3, "c", &[], Some("pkgdir"))));
+        s.enqueue(std::sync::Arc::new(tagged(4, "d", &[], None)));
         assert_eq!(s.next_for(&desktop), Some(JobId(2)));
         assert_eq!(
             s.next_for(&server),
@@ -322,7 +334,7 @@ mod tests {
                         let job = JobInfo { tags, lane, ..info(next_id, "x") };
                         next_id += 1;
                         queued.insert((0, job.id), job.clone());
-                        s.enqueue(job);
+                        s.enqueue(std::sync::Arc::new(job));
                     }
                     Op::Next(w) => {
                         let worker = &workers[usize::from(w)];
@@ -375,7 +387,7 @@ mod tests {
                         let lane_busy = running
                             .values()
                             .any(|(j, _)| j.lane.is_some() && j.lane == job.lane);
-                        let taken = s.adopt(job.clone(), &workers[usize::from(w)]);
+                        let taken = s.adopt(std::sync::Arc::new(job.clone()), &workers[usize::from(w)]);
                         prop_assert_eq!(taken, !busy && !lane_busy);
                         if taken {
                             running.insert(job.id, (job, usize::from(w)));

@@ -189,8 +189,9 @@ impl<'a> QueueView<'a> {
 /// [can run](WorkerInfo::can_run); a job given out is running until `finished` or `requeue`.
 /// Implementations must be deterministic and do no I/O, so that these can be property-tested.
 pub trait Scheduler: Send + 'static {
-    /// Queues an admitted job (its id is fresh and larger than every earlier one).
-    fn enqueue(&mut self, job: JobInfo);
+    /// Queues an admitted job (its id is fresh and larger than every earlier one). The
+    /// engine shares the job's description with the scheduler instead of keeping a copy.
+    fn enqueue(&mut self, job: Arc<JobInfo>);
 
     /// The job `worker` should start now, if any; it is running on `worker` from then on.
     fn next_for(&mut self, worker: &WorkerInfo) -> Option<JobId>;
@@ -213,7 +214,7 @@ pub trait Scheduler: Send + 'static {
     /// server stopped, and may still run: it is running on `worker` from now on, as if
     /// [`next_for`](Self::next_for) had given it. `false` (the default) if this scheduler
     /// cannot: the engine then records the job lost.
-    fn adopt(&mut self, job: JobInfo, worker: &WorkerInfo) -> bool {
+    fn adopt(&mut self, job: Arc<JobInfo>, worker: &WorkerInfo) -> bool {
         let _ = (job, worker);
         false
     }

@@ -1131,7 +1131,7 @@ struct Gated {
 }
 
 impl cq_core::Scheduler for Gated {
-    fn enqueue(&mut self, job: cq_core::JobInfo) {
+    fn enqueue(&mut self, job: Arc<cq_core::JobInfo>) {
         self.inner.enqueue(job);
     }
     fn next_for(&mut self, worker: &cq_core::WorkerInfo) -> Option<JobId> {

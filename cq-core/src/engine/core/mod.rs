@@ -318,7 +318,8 @@ enum Durability {
 /// A job that has been accepted and has not ended.
 struct Live {
     job: Option<Work>,
-    info: JobInfo,
+    /// Shared with the scheduler, which holds every live job.
+    info: Arc<JobInfo>,
     /// Its state for those who watch it; made when somebody does (see
     /// [`Core::ticket`]), dropped when nobody does any more.
     state: Option<watch::Sender<JobState>>,
@@ -927,15 +928,20 @@ impl<S: Scheduler> Core<S> {
 }
 
 /// What the scheduler and hooks know of a command job taken back from the store.
-fn command_info(id: JobId, owner: Identity, summary: String, command: &Arc<CommandJob>) -> JobInfo {
-    JobInfo {
+fn command_info(
+    id: JobId,
+    owner: Identity,
+    summary: String,
+    command: &Arc<CommandJob>,
+) -> Arc<JobInfo> {
+    Arc::new(JobInfo {
         id,
         owner,
         summary,
         tags: command.tags.clone(),
         lane: command.lane.clone(),
         command: Some(command.clone()),
-    }
+    })
 }
 
 /// The result of a job whose end nobody saw.

@@ -2,6 +2,7 @@
 //! (accept, merge, reject), merges across users are refused unless allowed, and the owner's
 //! limits are checked. A job is acknowledged only once it is on record.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::sync::{oneshot, watch};
@@ -53,14 +54,14 @@ impl<S: Scheduler> Core<S> {
         let id = JobId(self.next_id);
         let size = job.size();
         let command = job.command().cloned();
-        let info = JobInfo {
+        let info = Arc::new(JobInfo {
             id,
             owner,
             summary: job.summary(),
             tags: command.as_ref().map(|c| c.tags.clone()).unwrap_or_default(),
             lane: command.as_ref().and_then(|c| c.lane.clone()),
             command,
-        };
+        });
         // The hooks run here, once; a verdict reached outside the engine (the server's
         // hook program) stands in for them.
         let decision = match options.verdict.clone() {
@@ -104,7 +105,7 @@ impl<S: Scheduler> Core<S> {
     fn accept(
         &mut self,
         job: Work,
-        info: JobInfo,
+        info: Arc<JobInfo>,
         size: u64,
         ahead: usize,
         key: Option<SubmitKey>,
@@ -164,7 +165,7 @@ impl<S: Scheduler> Core<S> {
 
     fn merge(
         &mut self,
-        info: JobInfo,
+        info: Arc<JobInfo>,
         into: JobId,
         options: &SubmitOptions,
         reply: TicketTo,
@@ -210,7 +211,7 @@ impl<S: Scheduler> Core<S> {
         ticket.merged = true;
         self.event(EngineEvent::Merged {
             into,
-            owner: info.owner,
+            owner: info.owner.clone(),
         });
         // The waiter is acknowledged once it is on disk too: it survives a restart.
         let (durable, failed) = self.durability(into);
