@@ -35,6 +35,8 @@ pub(super) fn open(path: &Path, mark: i64) -> Result<Connection, String> {
     .map_err(|e| e.to_string())?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| e.to_string())?;
+    conn.pragma_update(None, "cache_size", super::schema::PAGE_CACHE_KIB)
+        .map_err(|e| e.to_string())?;
     let found = conn.query_row(
         "SELECT value FROM meta WHERE name = 'opened_by'",
         [],

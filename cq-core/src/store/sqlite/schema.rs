@@ -11,6 +11,11 @@ use rusqlite::Connection;
 /// truncated, another program's) is refused instead of silently starting a new queue.
 const APPLICATION_ID: i64 = 0x6371_4442;
 
+/// SQLite's page cache per connection (`PRAGMA cache_size`, negative: KiB), 512 KiB instead of
+/// its 2 MB: the writer appends and updates rows by id, and the kernel's page cache holds the
+/// file anyway; a smaller cache is memory the server keeps for queued jobs instead.
+pub(super) const PAGE_CACHE_KIB: i64 = -512;
+
 /// Schema migrations; `PRAGMA user_version` counts those applied. Append only.
 const MIGRATIONS: &[&str] = &[
     "
@@ -97,6 +102,8 @@ pub(super) fn open(path: &Path) -> Result<Connection, String> {
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(|e| e.to_string())?;
     conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(|e| e.to_string())?;
+    conn.pragma_update(None, "cache_size", PAGE_CACHE_KIB)
         .map_err(|e| e.to_string())?;
     conn.pragma_update(None, "application_id", APPLICATION_ID)
         .map_err(|e| e.to_string())?;
