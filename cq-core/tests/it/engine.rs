@@ -409,6 +409,51 @@ async fn a_followed_job_queued_again_shows_its_new_runs_output_whole() {
     );
 }
 
+/// Every handle dropped while a job runs (issue 14: the closed inbox was polled again and
+/// again): the job still ends, its waiter hears how, and the engine stops.
+#[tokio::test]
+async fn an_engine_whose_handles_are_all_dropped_finishes_its_job_and_stops() {
+    struct Waits(Arc<Notify>);
+    #[async_trait]
+    impl Job for Waits {
+        fn summary(&self) -> String {
+            "waits".into()
+        }
+        async fn run(self: Box<Self>, _ctx: JobContext) -> Outcome {
+            self.0.notified().await;
+            Outcome::Exited { code: 4 }
+        }
+    }
+    let engine = Engine::new(EngineConfig::default()).start().await.unwrap();
+    let go = Arc::new(Notify::new());
+    let mut ticket = engine
+        .submit(Waits(go.clone()), Identity::local())
+        .await
+        .unwrap();
+    let mut events = engine.events();
+    tokio::time::timeout(LIMIT, ticket.started())
+        .await
+        .expect("the job starts in time")
+        .unwrap();
+    drop(engine);
+    go.notify_one();
+    let result = tokio::time::timeout(LIMIT, ticket.finished())
+        .await
+        .expect("the job ends in time")
+        .expect("its waiter hears how");
+    assert_eq!(result.outcome, Outcome::Exited { code: 4 });
+    // The engine stops: its event stream closes.
+    let closed = tokio::time::timeout(LIMIT, async {
+        loop {
+            if let Err(tokio::sync::broadcast::error::RecvError::Closed) = events.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the engine did not stop");
+}
+
 /// An in-process job reports results through its context; they come back with its
 /// outcome and are kept in the job's record; a bad one is refused, the rest still count.
 #[tokio::test]
