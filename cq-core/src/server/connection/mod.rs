@@ -131,14 +131,15 @@ where
             () = stopping.cancelled() => return,
         };
         // Requests are small and a waiting client costs its buffers for hours: start small
-        // (the buffer grows for a larger frame, within the read budget).
+        // (the buffer grows for a larger frame, within the read budget). The write buffer
+        // too starts empty: a waiting client is sent a few small frames in hours. (Set after
+        // the Framed is made: tokio-util gives each buffer 8 KiB when it is made, even from
+        // parts with smaller ones, which cost a waiting client 15 KiB.)
         let codec = FrameCodec::new().with_budget(self.shared.budget.clone());
-        // The write buffer too starts empty (Framed's default is 8 KiB, for good): a waiting
-        // client is sent a few small frames in hours.
-        let mut parts = tokio_util::codec::FramedParts::new::<Envelope>(stream, codec);
-        parts.read_buf = bytes::BytesMut::with_capacity(READ_BUFFER);
-        parts.write_buf = bytes::BytesMut::new();
-        self.framed = Some(Framed::from_parts(parts));
+        let mut framed = Framed::new(stream, codec);
+        *framed.read_buffer_mut() = bytes::BytesMut::with_capacity(READ_BUFFER);
+        *framed.write_buffer_mut() = bytes::BytesMut::new();
+        self.framed = Some(framed);
         match read {
             Err(_) => {
                 return self
@@ -330,6 +331,14 @@ async fn watch_client<S: Stream, T>(
     framed: &mut ServerFramed<S>,
     event: impl std::future::Future<Output = T>,
 ) -> ControlFlow<(), T> {
+    // A client may wait for hours: it keeps no buffer meanwhile (one grows again if it
+    // speaks, or when it is sent something).
+    if framed.read_buffer().is_empty() {
+        *framed.read_buffer_mut() = bytes::BytesMut::new();
+    }
+    if framed.write_buffer().is_empty() {
+        *framed.write_buffer_mut() = bytes::BytesMut::new();
+    }
     tokio::pin!(event);
     tokio::select! {
         value = &mut event => ControlFlow::Continue(value),
