@@ -12,7 +12,7 @@
 //!
 //! ```text
 //! cargo build --release -p cq-bin -p cq-benches
-//! target/release/cq-load [--jobs 1000] [--clients 50] [--scale 10000] [--json FILE]
+//! target/release/cq-load [--jobs 1000] [--clients 50] [--scale 10000] [--waiting 10000] [--json FILE]
 //! ```
 
 use std::path::PathBuf;
@@ -46,8 +46,9 @@ struct Args {
     /// Jobs enqueued behind a blocking job for the scale measurement.
     #[arg(long, default_value_t = 10_000)]
     scale: usize,
-    /// Clients held waiting at once for the memory-per-client measurement.
-    #[arg(long, default_value_t = 1000)]
+    /// Clients held waiting at once for the memory-per-client measurement (issue 13's
+    /// goal: 10,000 held, none dropped).
+    #[arg(long, default_value_t = 10_000)]
     waiting: usize,
     /// Jobs for pueue, whose daemon polls (about 0.35 s per job).
     #[arg(long, default_value_t = 20)]
