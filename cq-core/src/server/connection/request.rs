@@ -64,6 +64,9 @@ where
                 return ControlFlow::Break(());
             }
         };
+        // What a waiting client's request held for hours: the credential and the request's
+        // bytes are of no use once checked and decoded.
+        drop(credential);
         self.request = digest;
         self.signing = match verified.reply_key {
             Some(key) => Signing::Tagged(key, 0),
@@ -79,7 +82,10 @@ where
             return ControlFlow::Break(());
         }
         let request: Request = match postcard::from_bytes(&envelope.body) {
-            Ok(request) => request,
+            Ok(request) => {
+                drop(envelope.body);
+                request
+            }
             Err(e) => {
                 tracing::warn!(peer = %self.peer.describe(), error = %e, "malformed request");
                 self.shared.stats.refuse(Refusal::Malformed);
