@@ -205,6 +205,20 @@ async fn a_rejecting_hook_reaches_the_submitter() {
     );
 }
 
+/// A job that ends, with this exit code, when it is told to.
+struct EndsWhenTold(Arc<Notify>, i32);
+
+#[async_trait]
+impl Job for EndsWhenTold {
+    fn summary(&self) -> String {
+        "ends when told".into()
+    }
+    async fn run(self: Box<Self>, _ctx: JobContext) -> Outcome {
+        self.0.notified().await;
+        Outcome::Exited { code: self.1 }
+    }
+}
+
 #[tokio::test]
 async fn job_output_lands_in_the_log_dir() {
     struct Chatty;
@@ -252,18 +266,6 @@ async fn a_jobs_output_is_followed_through_the_engine_from_its_start_to_its_end(
             Outcome::Exited { code: 3 }
         }
     }
-    /// Holds the queue until it is told to end.
-    struct Gate(Arc<Notify>);
-    #[async_trait]
-    impl Job for Gate {
-        fn summary(&self) -> String {
-            "gate".into()
-        }
-        async fn run(self: Box<Self>, _ctx: JobContext) -> Outcome {
-            self.0.notified().await;
-            Outcome::Exited { code: 0 }
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::new(EngineConfig::default().with_log_dir(dir.path()))
         .start()
@@ -272,7 +274,7 @@ async fn a_jobs_output_is_followed_through_the_engine_from_its_start_to_its_end(
     let (blocker, talker) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let me = Identity::local();
     let _first = engine
-        .submit(Gate(blocker.clone()), me.clone())
+        .submit(EndsWhenTold(blocker.clone(), 0), me.clone())
         .await
         .unwrap();
     let ticket = engine
@@ -413,21 +415,10 @@ async fn a_followed_job_queued_again_shows_its_new_runs_output_whole() {
 /// again): the job still ends, its waiter hears how, and the engine stops.
 #[tokio::test]
 async fn an_engine_whose_handles_are_all_dropped_finishes_its_job_and_stops() {
-    struct Waits(Arc<Notify>);
-    #[async_trait]
-    impl Job for Waits {
-        fn summary(&self) -> String {
-            "waits".into()
-        }
-        async fn run(self: Box<Self>, _ctx: JobContext) -> Outcome {
-            self.0.notified().await;
-            Outcome::Exited { code: 4 }
-        }
-    }
     let engine = Engine::new(EngineConfig::default()).start().await.unwrap();
     let go = Arc::new(Notify::new());
     let mut ticket = engine
-        .submit(Waits(go.clone()), Identity::local())
+        .submit(EndsWhenTold(go.clone(), 4), Identity::local())
         .await
         .unwrap();
     let mut events = engine.events();
