@@ -49,6 +49,12 @@ pub struct FrameCodec<In, Out> {
     budget: Option<ReadBudget>,
     /// The share of the budget the frame being read holds.
     held: Option<OwnedSemaphorePermit>,
+    /// Whether the length codec took the frame's header and waits for its body: what the
+    /// buffer holds then is body, not a length.
+    in_body: bool,
+    /// Whether frames larger than the budget's free size are refused outright (the peer has
+    /// no reason to send one now), instead of drawing on the shared pool.
+    free_only: bool,
     types: PhantomData<fn(Out) -> In>,
 }
 
@@ -68,6 +74,8 @@ impl<In, Out> FrameCodec<In, Out> {
             length,
             budget: None,
             held: None,
+            in_body: false,
+            free_only: false,
             types: PhantomData,
         }
     }
@@ -82,13 +90,18 @@ impl<In, Out> FrameCodec<In, Out> {
     /// Before the length codec reserves a large frame's announced length, takes that much
     /// from the budget.
     fn reserve_budget(&mut self, src: &BytesMut) -> Result<(), FrameError> {
-        let (Some(budget), None, Some(header)) = (&self.budget, &self.held, src.get(..4)) else {
+        let (Some(budget), None, false, Some(header)) =
+            (&self.budget, &self.held, self.in_body, src.get(..4))
+        else {
             return Ok(());
         };
         let announced = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
         if announced <= budget.free || announced > self.max_frame() {
             // Free, or refused by the length codec below.
             return Ok(());
+        }
+        if self.free_only {
+            return Err(FrameError::Busy);
         }
         let share = u32::try_from(announced).unwrap_or(u32::MAX);
         match budget.pool.clone().try_acquire_many_owned(share) {
@@ -98,6 +111,13 @@ impl<In, Out> FrameCodec<In, Out> {
             }
             Err(_) => Err(FrameError::Busy),
         }
+    }
+
+    /// Refuses (with [`FrameError::Busy`]) frames larger than the budget's free size while
+    /// `on`: a peer that should be silent (a client waiting for its job) must not hold a
+    /// share of the shared pool by announcing a large frame it never sends.
+    pub fn free_frames_only(&mut self, on: bool) {
+        self.free_only = on;
     }
 
     /// The frame limit in bytes.
@@ -131,14 +151,20 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
         self.reserve_budget(src)?;
+        let before = src.len();
         match self.length.decode(src) {
             Ok(Some(frame)) => {
                 let item = postcard::from_bytes(&frame).map_err(FrameError::Malformed);
                 drop(frame);
                 self.held = None;
+                self.in_body = false;
                 item.map(Some)
             }
-            Ok(None) => Ok(None),
+            Ok(None) => {
+                // The header was taken (the buffer shrank): the body is still to come.
+                self.in_body |= src.len() < before;
+                Ok(None)
+            }
             Err(err) => Err(self.map_length_error(err)),
         }
     }
@@ -392,6 +418,43 @@ mod tests {
             1000,
             "a connection that goes returns its share"
         );
+    }
+
+    /// Red team: once the header of a small (free) frame was taken, the first bytes of its
+    /// body were read as a length, and a busy pool refused the frame.
+    #[test]
+    fn a_small_frames_body_is_never_read_as_a_length() {
+        let budget = ReadBudget::new(100, 10);
+        let mut codec = FrameCodec::<[u8; 6], ()>::new().with_budget(budget.clone());
+        // A free frame of six bytes whose first four read as 65,536: more than the pool.
+        let body = [0u8, 1, 0, 0, 5, 5];
+        let mut buf = BytesMut::from(&6u32.to_be_bytes()[..]);
+        assert!(
+            codec.decode(&mut buf).unwrap().is_none(),
+            "the header alone"
+        );
+        buf.extend_from_slice(&body);
+        let decoded = codec.decode(&mut buf);
+        assert!(
+            matches!(decoded, Ok(Some(b)) if b == body),
+            "the frame's body was taken for a length: {decoded:?}"
+        );
+        assert_eq!(budget.available(), 10, "nothing held");
+    }
+
+    /// Red team: a client waiting for its job announced a large frame and never sent it,
+    /// holding a share of the pool for hours; while waiting, large frames are refused.
+    #[test]
+    fn a_peer_that_should_be_silent_cannot_hold_the_pool() {
+        let budget = ReadBudget::new(100, 1000);
+        let mut codec = FrameCodec::<Request, ()>::new().with_budget(budget.clone());
+        codec.free_frames_only(true);
+        let mut header = BytesMut::from(&800u32.to_be_bytes()[..]);
+        assert!(matches!(codec.decode(&mut header), Err(FrameError::Busy)));
+        assert_eq!(budget.available(), 1000, "nothing held");
+        codec.free_frames_only(false);
+        assert!(codec.decode(&mut header).unwrap().is_none());
+        assert_eq!(budget.available(), 200, "held again once it may speak");
     }
 
     #[test]

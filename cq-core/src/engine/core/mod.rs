@@ -364,16 +364,22 @@ impl Relation {
 }
 
 impl Live {
-    /// Follows its state from now on.
-    fn subscribe(&mut self) -> watch::Receiver<JobState> {
-        let now = if self.started_at.is_some() {
+    /// Follows its state from now on; and whether that made its channel.
+    fn subscribe(&mut self) -> (watch::Receiver<JobState>, bool) {
+        if let Some(state) = &self.state {
+            return (state.subscribe(), false);
+        }
+        // Running once launched (its start on record) or found running after a restart:
+        // then it is no longer here to start. (A job whose start is being recorded is
+        // still queued to its waiters.)
+        let now = if self.job.is_none() {
             JobState::Running
         } else {
             JobState::Queued
         };
-        self.state
-            .get_or_insert_with(|| watch::channel(now).0)
-            .subscribe()
+        let (state, receiver) = watch::channel(now);
+        self.state = Some(state);
+        (receiver, true)
     }
 
     /// Tells those who watch it its new state.

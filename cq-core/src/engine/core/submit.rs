@@ -309,7 +309,13 @@ impl<S: Scheduler> Core<S> {
             Some(live) if stopping && live.job.is_some() && !self.running.contains_key(&id) => {
                 watch::channel(JobState::Queued).1
             }
-            Some(live) => live.subscribe(),
+            Some(live) => {
+                let (state, made) = live.subscribe();
+                if made {
+                    self.handed_out.push_back(id);
+                }
+                state
+            }
             // (Not live: a closed channel, as for a job the engine gave up.)
             None => watch::channel(JobState::Queued).1,
         };

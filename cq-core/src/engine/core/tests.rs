@@ -250,7 +250,15 @@ impl Driver {
     /// Every end a ticket shows is the one committed for its job, and it never changes.
     fn check_tickets(&mut self) -> Result<(), TestCaseError> {
         for (id, state, heard) in &mut self.tickets {
-            let JobState::Finished(result) = &*state.borrow() else {
+            let state = state.borrow();
+            if *state == JobState::Running {
+                prop_assert!(
+                    self.started.contains(id),
+                    "a ticket of job {} heard it run before its start was committed",
+                    id
+                );
+            }
+            let JobState::Finished(result) = &*state else {
                 continue;
             };
             let committed = self.ended.get(id);
@@ -512,5 +520,41 @@ fn a_job_cancelled_while_its_worker_is_away_is_stopped_when_the_worker_comes_bac
     assert!(
         driver.cancelled.contains(&JobId(7)),
         "a job its owner cancelled while its worker was away is stopped when it is found again"
+    );
+}
+
+/// Red team of the lazy state channels: a job whose waiters all went (its channel was
+/// forgotten) is watched while its start is being recorded; the new watcher must hear it
+/// queued, not running, until the start is on record.
+#[test]
+fn a_job_watched_anew_while_its_start_is_recorded_is_not_said_to_run() {
+    let mut driver = Driver::new();
+    driver.step(Step::Submit { command: 0, uid: 1 }).unwrap();
+    // Its record commits (the submitter gets its ticket); its start does not yet.
+    let insert = *driver
+        .open
+        .iter()
+        .find(|(_, record)| matches!(record, Record::Insert(_)))
+        .expect("the job's record")
+        .0;
+    driver.open.remove(&insert);
+    driver.inserted.insert(JobId(1));
+    driver
+        .input(Input::Committed {
+            commit: insert,
+            result: Ok(()),
+        })
+        .unwrap();
+    assert_eq!(driver.tickets.len(), 1, "the submitter's ticket");
+    // The submitter goes; the next submissions forget the channel nobody holds.
+    driver.step(Step::Detach(0)).unwrap();
+    driver.step(Step::Submit { command: 1, uid: 1 }).unwrap();
+    driver.step(Step::Watch { job: 0, uid: 1 }).unwrap();
+    let (id, state, _) = driver.tickets.last().expect("the watcher's ticket");
+    assert_eq!(*id, JobId(1));
+    assert_eq!(
+        *state.borrow(),
+        JobState::Queued,
+        "its start is not on record"
     );
 }

@@ -339,11 +339,16 @@ async fn watch_client<S: Stream, T>(
     if framed.write_buffer().is_empty() {
         *framed.write_buffer_mut() = bytes::BytesMut::new();
     }
+    // Whatever it sends now ends the wait: it may not hold a share of the read budget
+    // meanwhile by announcing a large frame and sending nothing more.
+    framed.codec_mut().free_frames_only(true);
     tokio::pin!(event);
-    tokio::select! {
+    let waited = tokio::select! {
         value = &mut event => ControlFlow::Continue(value),
         _ = framed.next() => ControlFlow::Break(()),
-    }
+    };
+    framed.codec_mut().free_frames_only(false);
+    waited
 }
 
 fn error_code(e: &SubmitError) -> ErrorCode {
