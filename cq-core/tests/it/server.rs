@@ -303,3 +303,87 @@ async fn a_briefly_busy_credential_service_delays_a_reply_instead_of_spoiling_it
     drop(submission);
     let _ = tokio::time::timeout(LIMIT, served).await;
 }
+
+/// Red team: a client waiting for its job announced a large frame on its connection and sent
+/// nothing more, holding a share of the read pool every connection draws on for large frames
+/// for as long as it liked. Now whatever it sends ends its wait, and a large frame is refused
+/// before it holds anything: another client's large request is served.
+#[tokio::test]
+async fn a_waiting_client_cannot_hold_the_shared_read_pool() {
+    use cq_core::protocol::{
+        Action, Envelope, FrameCodec, HELLO_LEN, Hello, Nonce, Request, Role, SERVER_UID_LEN,
+    };
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (listener, connector) = memory_transport();
+    let executor = GatedExecutor::default();
+    executor.gate("waits");
+    let engine = Engine::new(EngineConfig::default())
+        .with_executor(Arc::new(executor.clone()))
+        .start()
+        .await
+        .expect("the engine starts");
+    let mut config = cq_core::ServerConfig::default();
+    config.free_frame = 1024;
+    config.preauth_pool = 12_000;
+    let stop = CancellationToken::new();
+    let served = tokio::spawn(
+        Server::with_config(engine, CopyAuth, CopyAuth, config)
+            .run(listener, stop.clone().cancelled_owned()),
+    );
+
+    // A client submits a job by hand and waits for it (it runs, and does not end).
+    let (mut stream, _) = cq_core::Connector::connect(&connector).await.unwrap();
+    stream
+        .write_all(&Hello::new(Role::Client).encode())
+        .await
+        .unwrap();
+    let mut greeting = [0; HELLO_LEN + SERVER_UID_LEN];
+    stream.read_exact(&mut greeting).await.unwrap();
+    let body = postcard::to_allocvec(&Request {
+        destination: None,
+        nonce: Nonce::random(),
+        action: Action::Submit {
+            job: CommandJob::new(["waits"]),
+            key: SubmitKey::random(),
+        },
+    })
+    .unwrap();
+    let mut framed =
+        tokio_util::codec::Framed::new(stream, FrameCodec::<Envelope, Envelope>::new());
+    framed
+        .send(Envelope {
+            credential: body.clone(),
+            body,
+        })
+        .await
+        .unwrap();
+    let accepted = tokio::time::timeout(LIMIT, framed.next()).await.unwrap();
+    assert!(matches!(accepted, Some(Ok(_))), "{accepted:?}");
+    let end = executor.running("waits").await;
+    // Then it announces a frame of 10,000 bytes, within the pool, and sends no more.
+    let mut stream = framed.into_inner();
+    stream.write_all(&10_000u32.to_be_bytes()).await.unwrap();
+    // The server ends the wait (and the connection); or, holding the pool, reads on.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        stream.read_to_end(&mut rest),
+    )
+    .await;
+
+    // Another client's request of some 4 KB (a large frame: it draws on the pool) is served.
+    let large = CommandJob::new(["/bin/true".to_owned(), "x".repeat(2000)]);
+    let submitted = Client::new(connector.clone(), CopyAuth, CopyAuth)
+        .submit(large, SubmitKey::random())
+        .await;
+    assert!(
+        submitted.is_ok(),
+        "a large request was refused while a waiting client announced a frame: {:?}",
+        submitted.err()
+    );
+    let _ = end.send(Outcome::Exited { code: 0 });
+    stop.cancel();
+    let _ = tokio::time::timeout(LIMIT, served).await;
+}
