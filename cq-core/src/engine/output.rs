@@ -205,21 +205,18 @@ impl JobOutput {
                         feed = more => Ok(feed),
                         queued = changed => Err(queued),
                     };
-                    if let Ok(Feed::Closed) | Err(Ok(true)) = event {
-                        // The run ended: the job did, or it was queued again.
-                        self.live = None;
-                        self.step = Step::AwaitStart;
-                        continue;
-                    }
-                    let event =
-                        event.map_err(|_| ticket.finished().now_or_never().and_then(Result::ok));
                     self.step = match event {
                         Ok(Feed::Upto(end)) if end <= self.read => Step::Following,
-                        Ok(Feed::Upto(_) | Feed::Missed | Feed::Closed) => {
-                            Step::Reading(Then::Follow)
+                        Ok(Feed::Upto(_) | Feed::Missed) => Step::Reading(Then::Follow),
+                        // The run ended: the job did, or it was queued again.
+                        Ok(Feed::Closed) | Err(Ok(true)) => {
+                            self.live = None;
+                            Step::AwaitStart
                         }
                         // What the job wrote last, then how it ended.
-                        Err(ended) => Step::Reading(Then::Finish(ended)),
+                        Err(_) => Step::Reading(Then::Finish(
+                            ticket.finished().now_or_never().and_then(Result::ok),
+                        )),
                     };
                 }
             }
