@@ -21,6 +21,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 
+mod cpu;
 mod measure;
 mod peers;
 mod report;

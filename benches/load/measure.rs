@@ -12,6 +12,7 @@ use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
 use cq_core::{Client, CommandJob, SubmitKey};
 use cq_transport_tcp::TcpConnector;
 
+use crate::cpu::CpuMark;
 use crate::report::{Latency, Merging, Rate, Scale};
 use crate::server::{Server, Transport, memory_kib};
 
@@ -93,18 +94,16 @@ impl Work {
 /// N × fork+exec+wait of the job from one process: the least any queue can cost.
 pub(crate) fn floor(jobs: usize, work: &Path) -> anyhow::Result<Rate> {
     let job = Work::new(work, "floor")?;
+    let name = "fork+exec of the job (floor)";
+    let before = CpuMark::now(None, None)?;
     let start = Instant::now();
     for tag in 0..jobs {
         let _ = job.command(tag).status();
     }
     let elapsed = start.elapsed();
+    let cpu = before.jobs_since(&CpuMark::now(None, None)?, name, jobs, elapsed);
     let ran = job.verify(jobs)?;
-    Ok(Rate::new(
-        "fork+exec of the job (floor)",
-        jobs,
-        ran,
-        elapsed,
-    ))
+    Ok(Rate::new(name, jobs, ran, elapsed).with_cpu(cpu))
 }
 
 /// N distinct jobs through cq from C concurrent `cq_client` processes, first submit to last
@@ -119,6 +118,11 @@ pub(crate) fn throughput(
     let job = Work::new(work, &format!("throughput-{transport:?}"))?;
     let next = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
+    let munged = match transport {
+        Transport::Munge => Some(server.munged_pid()?),
+        Transport::Unix => None,
+    };
+    let before = CpuMark::now(Some(server.pid()), munged)?;
     let start = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..clients {
@@ -147,20 +151,18 @@ pub(crate) fn throughput(
         }
     });
     let elapsed = start.elapsed();
+    let after = CpuMark::now(Some(server.pid()), munged)?;
     let failed = failed.load(Ordering::Relaxed);
     if failed > 0 {
         bail!("{failed} of {jobs} cq_client runs failed");
     }
     let ran = job.verify(jobs)?;
-    Ok(Rate::new(
-        &format!(
-            "cq, {clients} concurrent clients ({})",
-            transport.describe()
-        ),
-        jobs,
-        ran,
-        elapsed,
-    ))
+    let name = format!(
+        "cq, {clients} concurrent clients ({})",
+        transport.describe()
+    );
+    let cpu = before.per_job_since(&after, &name, jobs, elapsed);
+    Ok(Rate::new(&name, jobs, ran, elapsed).with_cpu(cpu))
 }
 
 /// N identical submissions at once: duplicate elimination merges those that find an equal

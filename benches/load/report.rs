@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::cpu::CpuPerJob;
 use crate::percentiles;
 
 #[derive(Debug, Serialize)]
@@ -17,6 +18,8 @@ pub(crate) struct Rate {
     pub(crate) seconds: f64,
     pub(crate) jobs_per_second: f64,
     pub(crate) ms_per_job: f64,
+    /// Whose CPU time the run took, where the harness can tell.
+    pub(crate) cpu: Option<CpuPerJob>,
 }
 
 impl Rate {
@@ -29,7 +32,13 @@ impl Rate {
             seconds,
             jobs_per_second: jobs as f64 / seconds.max(f64::MIN_POSITIVE),
             ms_per_job: seconds * 1000.0 / jobs.max(1) as f64,
+            cpu: None,
         }
+    }
+
+    pub(crate) fn with_cpu(mut self, cpu: CpuPerJob) -> Self {
+        self.cpu = Some(cpu);
+        self
     }
 }
 
@@ -173,6 +182,28 @@ impl Report {
                     );
                 }
             }
+        }
+        let _ = writeln!(
+            out,
+            "\n| CPU ms per job, by whose | clients | server | jobs | munged | total | bound ms/job (total / cores) | cores busy |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for cpu in [Some(&self.floor), self.cq.as_ref(), self.cq_unix.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.cpu.as_ref())
+        {
+            let _ = writeln!(
+                out,
+                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}% |",
+                cpu.name,
+                cpu.clients_ms,
+                cpu.server_ms,
+                cpu.jobs_ms,
+                cpu.munged_ms,
+                cpu.total_ms,
+                cpu.bound_ms_per_job,
+                cpu.machine_busy_share * 100.0
+            );
         }
         // One fork+exec+wait of the floor is the unit: both latencies contain at least one
         // process start (cq_client, or the post script), and the unit moves with the machine.

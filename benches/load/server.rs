@@ -151,6 +151,15 @@ impl Server {
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// The pid of its private munged.
+    pub(crate) fn munged_pid(&self) -> anyhow::Result<u32> {
+        let file = self.munge_socket.with_file_name("munged.pid");
+        Ok(std::fs::read_to_string(&file)
+            .with_context(|| format!("read {}", file.display()))?
+            .trim()
+            .parse()?)
+    }
 }
 
 /// How the harness's clients reach the server.
