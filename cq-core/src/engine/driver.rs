@@ -225,9 +225,23 @@ fn highest_log_id(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// A start check under way on the blocking pool ([`AccessCheck::clear`] reads the account
+/// database).
+type StartCheck = tokio::task::JoinHandle<Result<Clearance, crate::policy::PolicyRefusal>>;
+
+fn start_check(
+    check: Arc<dyn AccessCheck>,
+    owner: crate::auth::Identity,
+    command: Arc<crate::job::CommandJob>,
+) -> StartCheck {
+    tokio::task::spawn_blocking(move || check.clear(&owner, &command))
+}
+
 /// What the driver keeps for a running job: what its executor is handed.
 struct Run {
     cancel: CancellationToken,
+    /// The start check, begun while the job's start was being recorded.
+    start_check: Option<StartCheck>,
     /// The live feed of its log, for followers.
     live: broadcast::Sender<LogChunk>,
     results: ResultSink,
@@ -238,6 +252,7 @@ impl Default for Run {
     fn default() -> Self {
         Self {
             cancel: CancellationToken::new(),
+            start_check: None,
             live: LogSink::discard().live(),
             results: ResultSink::default(),
             give_back: GiveBack::default(),
@@ -356,6 +371,12 @@ impl<S: Scheduler> Driver<S> {
             Effect::Persist { record, commit } => self.persist(record, commit),
             Effect::Reply(reply) => self.send_reply(reply),
             Effect::Launch(spec) => self.launch(spec),
+            Effect::CheckStart { id, owner, command } => {
+                if let Some(check) = self.start_check.clone() {
+                    let started = start_check(check, owner, command);
+                    self.runs.entry(id).or_default().start_check = Some(started);
+                }
+            }
             Effect::Cancel(id) => self.runs.entry(id).or_default().cancel.cancel(),
             Effect::Event(event) => {
                 let _ = self.events.send(event);
@@ -523,39 +544,39 @@ impl<S: Scheduler> Driver<S> {
         let results = run.results.clone();
         let give_back = run.give_back.clone();
         // A job found again was cleared when it started.
-        let check = if resume.is_none() {
-            self.start_check.clone()
-        } else {
-            None
+        let check = match (run.start_check.take(), &self.start_check, command) {
+            _ if resume.is_some() => None,
+            (Some(started), _, _) => Some(started),
+            (None, Some(check), Some(command)) => {
+                Some(start_check(check.clone(), owner.clone(), command))
+            }
+            (None, _, _) => None,
         };
         let executor = self.executors.get(&worker).cloned();
         let ctx_results = results.clone();
         let ctx_give_back = give_back.clone();
         let task = tokio::spawn(async move {
-            let clearance = match (check, command) {
-                (Some(check), Some(command)) => {
-                    let who = owner.clone();
-                    match tokio::task::spawn_blocking(move || check.clear(&who, &command)).await {
-                        Ok(Ok(clearance)) => clearance,
-                        Ok(Err(refusal)) => {
-                            tracing::info!(job = %id, %owner, reason = %refusal, "refused at start");
-                            return (
-                                spawn_failure(SpawnFailure::NotPermitted, refusal.to_string()),
-                                0,
-                            );
-                        }
-                        Err(e) => {
-                            return (
-                                spawn_failure(
-                                    SpawnFailure::Other,
-                                    format!("the start check failed: {e}"),
-                                ),
-                                0,
-                            );
-                        }
+            let clearance = match check {
+                Some(check) => match check.await {
+                    Ok(Ok(clearance)) => clearance,
+                    Ok(Err(refusal)) => {
+                        tracing::info!(job = %id, %owner, reason = %refusal, "refused at start");
+                        return (
+                            spawn_failure(SpawnFailure::NotPermitted, refusal.to_string()),
+                            0,
+                        );
                     }
-                }
-                _ => Clearance::default(),
+                    Err(e) => {
+                        return (
+                            spawn_failure(
+                                SpawnFailure::Other,
+                                format!("the start check failed: {e}"),
+                            ),
+                            0,
+                        );
+                    }
+                },
+                None => Clearance::default(),
             };
             let ctx = JobContext {
                 id,

@@ -424,7 +424,10 @@ impl Executor for ProcessExecutor {
                 tracing::info!(job = %id, refused = refused.len(), first = %first, "result lines were refused");
             }
         }
-        drop(result_file);
+        // Removing its directory is not on the way to the next job.
+        if let Some(file) = result_file {
+            tokio::task::spawn_blocking(move || drop(file));
+        }
         // Copy what is still in the pipe. Without a cgroup, a process that left the group
         // (setsid) may hold it open: its output is not waited for.
         match tokio::time::timeout(OUTPUT_DRAIN, &mut copying).await {

@@ -1666,3 +1666,77 @@ async fn the_engine_gives_every_command_its_time_limit() {
         [Some(60_000), Some(90_000), Some(120_000)]
     );
 }
+
+/// Counts the start checks; admits everything.
+#[derive(Default)]
+struct CountedStartChecks(AtomicUsize);
+
+impl cq_core::AccessCheck for CountedStartChecks {
+    fn admit(
+        &self,
+        requester: &Identity,
+        _job: &cq_core::CommandJob,
+    ) -> Result<cq_core::Admitted, cq_core::PolicyRefusal> {
+        Ok(cq_core::Admitted::new(requester.clone()))
+    }
+    fn clear(
+        &self,
+        _owner: &Identity,
+        _job: &cq_core::CommandJob,
+    ) -> Result<cq_core::Clearance, cq_core::PolicyRefusal> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(cq_core::Clearance::default())
+    }
+}
+
+/// Issue 13: the start check (the policy and the account database, read on the blocking pool)
+/// began only once the job's start was committed, so each job of a busy queue waited for
+/// the commit and then for the check. It runs while the start is being recorded, once, and
+/// the job still runs only after the commit.
+#[tokio::test]
+async fn the_start_check_runs_while_the_start_is_recorded_and_only_once() {
+    let release = Arc::new(Notify::new());
+    let store = Arc::new(SlowCommits {
+        held: HeldCommits::Starts,
+        release: release.clone(),
+        ..SlowCommits::default()
+    });
+    let checks = Arc::new(CountedStartChecks::default());
+    let (seen, ran) = (Arc::default(), Arc::new(Notify::new()));
+    let engine = Engine::new(EngineConfig::default())
+        .with_store(store)
+        .with_executor(Arc::new(Owners {
+            seen: Arc::clone(&seen),
+            release: ran.clone(),
+        }))
+        .with_access_check(checks.clone())
+        .start()
+        .await
+        .expect("the engine starts");
+    let mut ticket = engine
+        .submit_command(
+            cq_core::CommandJob::new(["true"]),
+            Identity::local(),
+            SubmitOptions::new(),
+        )
+        .await
+        .expect("admitted");
+    let checked = async {
+        while checks.0.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(LIMIT, checked)
+        .await
+        .expect("the start check waited for the start's commit");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the job ran before its start was committed"
+    );
+    release.notify_one();
+    ran.notify_one();
+    let result = finished(&mut ticket).await;
+    assert_eq!(result.outcome, Outcome::Exited { code: 0 });
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert_eq!(checks.0.load(Ordering::SeqCst), 1, "checked once");
+}

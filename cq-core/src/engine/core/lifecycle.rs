@@ -311,6 +311,17 @@ impl<S: Scheduler> Core<S> {
             job: id,
             at: now.wall,
         });
+        let check = self.jobs.get(&id).and_then(|live| {
+            let command = live.info.command.clone()?;
+            Some(Effect::CheckStart {
+                id,
+                owner: live.info.owner.clone(),
+                command,
+            })
+        });
+        if let Some(check) = check {
+            self.emit(check);
+        }
         let (durable, failed) = self.durability(id);
         self.after(
             durable.into_iter().chain([recorded]),

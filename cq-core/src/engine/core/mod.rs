@@ -140,6 +140,16 @@ pub(super) enum Effect {
     /// Run a job on a worker, or find it again where it runs; report its end as
     /// [`Input::Ended`].
     Launch(LaunchSpec),
+    /// Check job `id` against the start policy ([`AccessCheck::clear`]) now, while its start
+    /// is being recorded, so that its [`Launch`](Self::Launch) does not wait for the check
+    /// after the commit; the launch uses the answer.
+    ///
+    /// [`AccessCheck::clear`]: crate::policy::AccessCheck::clear
+    CheckStart {
+        id: JobId,
+        owner: Identity,
+        command: Arc<CommandJob>,
+    },
     /// Stop a launched job (its end is reported as usual).
     Cancel(JobId),
     Event(EngineEvent),

@@ -218,6 +218,7 @@ impl Driver {
                 | Effect::Event(_)
                 | Effect::RemoveLog(_)
                 | Effect::Released(_)
+                | Effect::CheckStart { .. }
                 | Effect::Equip { .. }
                 | Effect::WorkerGone(_)
                 | Effect::WakeAfter { .. }
