@@ -225,6 +225,11 @@ fn highest_log_id(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// How old a start check begun during the start's commit may be when the job launches: a
+/// commit that took longer (a slow or stuck disk) leaves time for the policy or the account
+/// to change, and the job is checked again.
+const START_CHECK_FRESH: Duration = Duration::from_secs(1);
+
 /// A start check under way on the blocking pool ([`AccessCheck::clear`] reads the account
 /// database).
 type StartCheck = tokio::task::JoinHandle<Result<Clearance, crate::policy::PolicyRefusal>>;
@@ -240,8 +245,8 @@ fn start_check(
 /// What the driver keeps for a running job: what its executor is handed.
 struct Run {
     cancel: CancellationToken,
-    /// The start check, begun while the job's start was being recorded.
-    start_check: Option<StartCheck>,
+    /// The start check, begun while the job's start was being recorded, and when.
+    start_check: Option<(std::time::Instant, StartCheck)>,
     /// The live feed of its log, for followers.
     live: broadcast::Sender<LogChunk>,
     results: ResultSink,
@@ -374,7 +379,8 @@ impl<S: Scheduler> Driver<S> {
             Effect::CheckStart { id, owner, command } => {
                 if let Some(check) = self.start_check.clone() {
                     let started = start_check(check, owner, command);
-                    self.runs.entry(id).or_default().start_check = Some(started);
+                    self.runs.entry(id).or_default().start_check =
+                        Some((std::time::Instant::now(), started));
                 }
             }
             Effect::Cancel(id) => self.runs.entry(id).or_default().cancel.cancel(),
@@ -546,11 +552,11 @@ impl<S: Scheduler> Driver<S> {
         // A job found again was cleared when it started.
         let check = match (run.start_check.take(), &self.start_check, command) {
             _ if resume.is_some() => None,
-            (Some(started), _, _) => Some(started),
-            (None, Some(check), Some(command)) => {
+            (Some((at, started)), _, _) if at.elapsed() <= START_CHECK_FRESH => Some(started),
+            (_, Some(check), Some(command)) => {
                 Some(start_check(check.clone(), owner.clone(), command))
             }
-            (None, _, _) => None,
+            (_, _, _) => None,
         };
         let executor = self.executors.get(&worker).cloned();
         let ctx_results = results.clone();

@@ -1667,9 +1667,9 @@ async fn the_engine_gives_every_command_its_time_limit() {
     );
 }
 
-/// Counts the start checks; admits everything.
+/// Counts the start checks; admits everything until told to refuse.
 #[derive(Default)]
-struct CountedStartChecks(AtomicUsize);
+struct CountedStartChecks(AtomicUsize, std::sync::atomic::AtomicBool);
 
 impl cq_core::AccessCheck for CountedStartChecks {
     fn admit(
@@ -1685,6 +1685,11 @@ impl cq_core::AccessCheck for CountedStartChecks {
         _job: &cq_core::CommandJob,
     ) -> Result<cq_core::Clearance, cq_core::PolicyRefusal> {
         self.0.fetch_add(1, Ordering::SeqCst);
+        if self.1.load(Ordering::SeqCst) {
+            return Err(cq_core::PolicyRefusal::NotAllowed(
+                "removed from the policy".to_owned(),
+            ));
+        }
         Ok(cq_core::Clearance::default())
     }
 }
@@ -1739,4 +1744,60 @@ async fn the_start_check_runs_while_the_start_is_recorded_and_only_once() {
     assert_eq!(result.outcome, Outcome::Exited { code: 0 });
     assert_eq!(seen.lock().unwrap().len(), 1);
     assert_eq!(checks.0.load(Ordering::SeqCst), 1, "checked once");
+}
+
+/// Red team of the early start check: a check begun while the start was recorded is used
+/// only if that took less than a second; a commit that took longer (a slow disk) left time
+/// for the owner to be removed from the policy, and the job is checked again at launch.
+#[tokio::test]
+async fn a_job_whose_start_took_long_to_record_is_checked_again() {
+    let release = Arc::new(Notify::new());
+    let store = Arc::new(SlowCommits {
+        held: HeldCommits::Starts,
+        release: release.clone(),
+        ..SlowCommits::default()
+    });
+    let checks = Arc::new(CountedStartChecks::default());
+    let (seen, ran) = (Arc::default(), Arc::new(Notify::new()));
+    let engine = Engine::new(EngineConfig::default())
+        .with_store(store)
+        .with_executor(Arc::new(Owners {
+            seen: Arc::clone(&seen),
+            release: ran.clone(),
+        }))
+        .with_access_check(checks.clone())
+        .start()
+        .await
+        .expect("the engine starts");
+    let mut ticket = engine
+        .submit_command(
+            cq_core::CommandJob::new(["true"]),
+            Identity::local(),
+            SubmitOptions::new(),
+        )
+        .await
+        .expect("admitted");
+    let checked = async {
+        while checks.0.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(LIMIT, checked).await.unwrap();
+    checks.1.store(true, Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    release.notify_one();
+    let result = finished(&mut ticket).await;
+    assert!(
+        matches!(
+            result.outcome,
+            Outcome::SpawnFailed {
+                reason: SpawnFailure::NotPermitted,
+                ..
+            }
+        ),
+        "{:?}",
+        result.outcome
+    );
+    assert!(seen.lock().unwrap().is_empty(), "the job ran");
+    assert_eq!(checks.0.load(Ordering::SeqCst), 2);
 }
