@@ -264,7 +264,7 @@ impl<S: Scheduler> Core<S> {
         };
         if let Some(live) = self.jobs.get_mut(&id) {
             live.job = Some(Work::Command(command));
-            live.started_at = None;
+            live.started_ms = None;
             if self.stopping.is_some() {
                 // It does not run again before the restart: its waiters hear it now.
                 live.state = None;
@@ -293,7 +293,7 @@ impl<S: Scheduler> Core<S> {
             self.finish(id, Outcome::Lost, 0, Vec::new(), now);
             return;
         }
-        live.started_at = Some(now.wall);
+        live.started_ms = Some(super::started_ms(now.wall));
         self.running.insert(
             id,
             Running {
@@ -497,7 +497,12 @@ impl<S: Scheduler> Core<S> {
             Relation::Waiter => {
                 let uid = by.identity.uid;
                 let before = live.waiters.len();
-                live.waiters.retain(|w| w.uid != uid);
+                live.waiters = live
+                    .waiters
+                    .iter()
+                    .filter(|w| w.uid != uid)
+                    .cloned()
+                    .collect();
                 let withdrawn = before - live.waiters.len();
                 let summary = Box::new(live.summary().limited());
                 let usage = self.usage.entry(uid).or_default();

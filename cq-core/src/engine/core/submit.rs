@@ -147,9 +147,9 @@ impl<S: Scheduler> Core<S> {
             info,
             state: Some(state),
             durable: Durability::Pending(durable),
-            accepted_at,
-            started_at: None,
-            waiters: Vec::new(),
+            accepted_ms: crate::job::epoch_ms(accepted_at),
+            started_ms: None,
+            waiters: Box::default(),
             size,
         };
         self.event(EngineEvent::Accepted {
@@ -157,7 +157,7 @@ impl<S: Scheduler> Core<S> {
             owner: live.info.owner.clone(),
             summary: live.info.summary.clone(),
         });
-        self.jobs.insert(id, live);
+        self.jobs.insert(id, Box::new(live));
         self.after([durable], None, Deferred::Durable(id), now);
         // Acknowledge only once the job is on disk; meanwhile keep serving others.
         self.after([durable], None, Deferred::Ticket { to: reply, ticket }, now);
@@ -194,7 +194,9 @@ impl<S: Scheduler> Core<S> {
             return self.reply(Reply::Ticket(reply, Err(SubmitError::UnknownJob(into))));
         };
         tracing::info!(job = %into, owner = %info.owner, command = %info.summary, "merged into an equal job");
-        live.waiters.push(info.owner.clone());
+        let mut waiters = std::mem::take(&mut live.waiters).into_vec();
+        waiters.push(info.owner.clone());
+        live.waiters = waiters.into_boxed_slice();
         self.usage.entry(info.owner.uid).or_default().live_jobs += 1;
         let added = self.persist(Record::AddWaiter {
             job: into,
@@ -354,10 +356,10 @@ impl<S: Scheduler> Core<S> {
         until: SystemTime,
         now: Now,
     ) -> Result<(), SubmitError> {
-        if self.seen.get(&digest).is_some_and(|seen| *seen >= now.wall) {
+        if self.seen.holds(&digest, now.wall) {
             return Err(SubmitError::Replayed);
         }
-        self.seen.insert(digest, until);
+        self.seen.insert(&digest, until);
         // Not waited for: whatever the request changes is written after this, in order, so
         // it is never on record without its digest.
         self.persist_unwatched(Record::RememberRequest { digest, until });
@@ -366,7 +368,7 @@ impl<S: Scheduler> Core<S> {
 
     /// Forgets digests of requests whose credentials have expired.
     pub(super) fn forget_requests(&mut self, now: Now) {
-        self.seen.retain(|_, until| *until >= now.wall);
+        self.seen.forget_expired(now.wall);
         self.persist_unwatched(Record::ForgetRequests(now.wall));
     }
 }

@@ -559,3 +559,40 @@ fn a_job_watched_anew_while_its_start_is_recorded_is_not_said_to_run() {
         "its start is not on record"
     );
 }
+
+/// Issue 13: requests are remembered as 16 bytes of their digest and a whole second. A
+/// replay is refused until its credential expires, also within the second it expires in and
+/// after a restart; it is forgotten only once that second has passed.
+#[test]
+fn a_remembered_request_is_refused_until_its_credential_expires() {
+    use std::time::{Duration, UNIX_EPOCH};
+    let digest = [7u8; 32];
+    let mut other = digest;
+    other[31] ^= 1; // the same first 16 bytes: the same entry, refused alike
+    let until = UNIX_EPOCH + Duration::from_millis(1_800_000_000_250);
+    let mut seen = super::SeenRequests::default();
+    seen.insert(&digest, until);
+    for now in [
+        until - Duration::from_secs(60),
+        until,
+        until + Duration::from_millis(700),
+    ] {
+        assert!(seen.holds(&digest, now), "replay accepted at {now:?}");
+        seen.forget_expired(now);
+        assert!(seen.holds(&digest, now), "forgotten before it expired");
+    }
+    assert!(seen.holds(&other, until));
+    assert!(
+        !seen.holds(&[8u8; 32], until),
+        "another request is not refused"
+    );
+    let restarted = super::SeenRequests::from_records(&[(digest, until)]);
+    assert!(restarted.holds(&digest, until + Duration::from_millis(700)));
+    let later = until + Duration::from_secs(2);
+    assert!(
+        !seen.holds(&digest, later),
+        "refused after its credential expired"
+    );
+    seen.forget_expired(later);
+    assert!(seen.0.is_empty(), "kept after it expired");
+}
