@@ -15,6 +15,13 @@ use cq_bin::server_args::{Args, Command, NOT_IN_CONFIG};
 use cq_bin::server_run::{Context, Signals, StartError, start};
 use nix::sys::signal::{SigSet, Signal};
 
+/// jemalloc, not glibc's malloc: a queued job is about ten small allocations that live as
+/// long as it waits, and glibc's 16-byte granularity and per-chunk header (32 bytes for a
+/// 4-byte name) made them 15-30% larger, more with its per-thread arenas (cq-load: 1,150 to
+/// 1,410 bytes per queued job with glibc, 1,010 to 1,030 with jemalloc; mimalloc: 1,470).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Threads for blocking work: MUNGE decodes take a fraction of a millisecond each, and
 /// munged itself serves only a few at once.
 const BLOCKING_THREADS: usize = 32;
