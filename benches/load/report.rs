@@ -253,7 +253,8 @@ impl Report {
             let _ = writeln!(
                 out,
                 "| waiting clients held / dropped | {} / {} |",
-                s.waiting, s.waiting_dropped
+                s.waiting - s.waiting_dropped,
+                s.waiting_dropped
             );
             let _ = writeln!(
                 out,
