@@ -1694,12 +1694,20 @@ impl cq_core::AccessCheck for CountedStartChecks {
     }
 }
 
-/// Issue 13: the start check (the policy and the account database, read on the blocking pool)
-/// began only once the job's start was committed, so each job of a busy queue waited for
-/// the commit and then for the check. It runs while the start is being recorded, once, and
-/// the job still runs only after the commit.
-#[tokio::test]
-async fn the_start_check_runs_while_the_start_is_recorded_and_only_once() {
+/// A command job whose start's commit is held, once its start check has begun.
+struct HeldStart {
+    _engine: EngineHandle,
+    /// Lets the start's commit through.
+    release: Arc<Notify>,
+    checks: Arc<CountedStartChecks>,
+    /// Owners of the jobs that ran.
+    seen: Arc<std::sync::Mutex<Vec<Identity>>>,
+    /// Ends the running job.
+    ran: Arc<Notify>,
+    ticket: cq_core::JobTicket,
+}
+
+async fn held_start_checked_once() -> HeldStart {
     let release = Arc::new(Notify::new());
     let store = Arc::new(SlowCommits {
         held: HeldCommits::Starts,
@@ -1718,7 +1726,7 @@ async fn the_start_check_runs_while_the_start_is_recorded_and_only_once() {
         .start()
         .await
         .expect("the engine starts");
-    let mut ticket = engine
+    let ticket = engine
         .submit_command(
             cq_core::CommandJob::new(["true"]),
             Identity::local(),
@@ -1734,6 +1742,30 @@ async fn the_start_check_runs_while_the_start_is_recorded_and_only_once() {
     tokio::time::timeout(LIMIT, checked)
         .await
         .expect("the start check waited for the start's commit");
+    HeldStart {
+        _engine: engine,
+        release,
+        checks,
+        seen,
+        ran,
+        ticket,
+    }
+}
+
+/// Issue 13: the start check (the policy and the account database, read on the blocking pool)
+/// began only once the job's start was committed, so each job of a busy queue waited for
+/// the commit and then for the check. It runs while the start is being recorded, once, and
+/// the job still runs only after the commit.
+#[tokio::test]
+async fn the_start_check_runs_while_the_start_is_recorded_and_only_once() {
+    let HeldStart {
+        _engine,
+        release,
+        checks,
+        seen,
+        ran,
+        mut ticket,
+    } = held_start_checked_once().await;
     assert!(
         seen.lock().unwrap().is_empty(),
         "the job ran before its start was committed"
@@ -1751,38 +1783,14 @@ async fn the_start_check_runs_while_the_start_is_recorded_and_only_once() {
 /// for the owner to be removed from the policy, and the job is checked again at launch.
 #[tokio::test]
 async fn a_job_whose_start_took_long_to_record_is_checked_again() {
-    let release = Arc::new(Notify::new());
-    let store = Arc::new(SlowCommits {
-        held: HeldCommits::Starts,
-        release: release.clone(),
-        ..SlowCommits::default()
-    });
-    let checks = Arc::new(CountedStartChecks::default());
-    let (seen, ran) = (Arc::default(), Arc::new(Notify::new()));
-    let engine = Engine::new(EngineConfig::default())
-        .with_store(store)
-        .with_executor(Arc::new(Owners {
-            seen: Arc::clone(&seen),
-            release: ran.clone(),
-        }))
-        .with_access_check(checks.clone())
-        .start()
-        .await
-        .expect("the engine starts");
-    let mut ticket = engine
-        .submit_command(
-            cq_core::CommandJob::new(["true"]),
-            Identity::local(),
-            SubmitOptions::new(),
-        )
-        .await
-        .expect("admitted");
-    let checked = async {
-        while checks.0.load(Ordering::SeqCst) == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(LIMIT, checked).await.unwrap();
+    let HeldStart {
+        _engine,
+        release,
+        checks,
+        seen,
+        ran: _,
+        mut ticket,
+    } = held_start_checked_once().await;
     checks.1.store(true, Ordering::SeqCst);
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     release.notify_one();
