@@ -68,6 +68,15 @@ fn machine_busy() -> anyhow::Result<Duration> {
     Ok(clock_tick() * u32::try_from(busy)?)
 }
 
+/// What the harness's own children are in a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Children {
+    /// `cq_client` processes.
+    Clients,
+    /// The jobs themselves (the floor).
+    Jobs,
+}
+
 /// The accounts at one moment.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct CpuMark {
@@ -94,37 +103,16 @@ impl CpuMark {
         })
     }
 
-    /// The CPU time spent since `self`, per job, over `jobs` jobs that took `elapsed`.
+    /// The CPU time spent since `self`, per job, over `jobs` jobs that took `elapsed`; the
+    /// harness's own children are `whose` (the clients, or for the floor the jobs).
     pub(crate) fn per_job_since(
         &self,
         later: &CpuMark,
-        name: &str,
-        jobs: usize,
-        elapsed: Duration,
+        run: (&str, usize, Duration),
+        whose: Children,
     ) -> CpuPerJob {
-        self.split_since(later, name, jobs, elapsed, false)
-    }
-
-    /// [`per_job_since`](Self::per_job_since) for a run whose jobs are this harness's own
-    /// children (the floor).
-    pub(crate) fn jobs_since(
-        &self,
-        later: &CpuMark,
-        name: &str,
-        jobs: usize,
-        elapsed: Duration,
-    ) -> CpuPerJob {
-        self.split_since(later, name, jobs, elapsed, true)
-    }
-
-    fn split_since(
-        &self,
-        later: &CpuMark,
-        name: &str,
-        jobs: usize,
-        elapsed: Duration,
-        own_children_are_jobs: bool,
-    ) -> CpuPerJob {
+        let (name, jobs, elapsed) = run;
+        let own_children_are_jobs = whose == Children::Jobs;
         let per_job = |d: Duration| d.as_secs_f64() * 1000.0 / jobs.max(1) as f64;
         let mut clients = per_job(later.harness.children.saturating_sub(self.harness.children));
         let server = per_job(later.server.own.saturating_sub(self.server.own));

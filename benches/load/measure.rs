@@ -12,7 +12,7 @@ use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
 use cq_core::{Client, CommandJob, SubmitKey};
 use cq_transport_tcp::TcpConnector;
 
-use crate::cpu::CpuMark;
+use crate::cpu::{Children, CpuMark};
 use crate::report::{Latency, Merging, Rate, Scale};
 use crate::server::{Server, Transport, memory_kib};
 
@@ -104,7 +104,11 @@ pub(crate) fn floor(jobs: usize, work: &Path) -> anyhow::Result<Rate> {
         let _ = job.command(tag).status();
     }
     let elapsed = start.elapsed();
-    let cpu = before.jobs_since(&CpuMark::now(None, None)?, name, jobs, elapsed);
+    let cpu = before.per_job_since(
+        &CpuMark::now(None, None)?,
+        (name, jobs, elapsed),
+        Children::Jobs,
+    );
     let ran = job.verify(jobs)?;
     Ok(Rate::new(name, jobs, ran, elapsed).with_cpu(cpu))
 }
@@ -164,7 +168,7 @@ pub(crate) fn throughput(
         "cq, {clients} concurrent clients ({})",
         transport.describe()
     );
-    let cpu = before.per_job_since(&after, &name, jobs, elapsed);
+    let cpu = before.per_job_since(&after, (&name, jobs, elapsed), Children::Clients);
     Ok(Rate::new(&name, jobs, ran, elapsed).with_cpu(cpu))
 }
 
