@@ -353,9 +353,11 @@ fn started_ms(at: SystemTime) -> NonZeroU64 {
 
 /// Requests served, each until its credential expires: a replayed credential is refused.
 ///
-/// Each is kept as the first 16 bytes of its SHA-256 digest and the second it expires
-/// (rounded up), 20 bytes instead of 40, for every request of the last credential lifetime
-/// (5 minutes for MUNGE). A replay has the very digest it replays, so it is always found; two
+/// Each is kept as the first 16 bytes of its SHA-256 digest and the second it expires in,
+/// 20 bytes instead of 40, for every request of the last credential lifetime
+/// (5 minutes for MUNGE). Times compare by whole seconds, so a request is held until the
+/// end of the second its credential expires in, never less. A replay has the very digest it
+/// replays, so it is always found; two
 /// different requests sharing the first 128 bits (by chance, 2^-128 per pair, or by search,
 /// 2^128 work) would refuse the second, never admit anything.
 #[derive(Default)]
@@ -376,27 +378,26 @@ impl SeenRequests {
         key
     }
 
-    /// Whole seconds since the epoch, rounded up (so a credential is never forgotten early).
-    fn second(at: SystemTime, round_up: bool) -> u32 {
+    /// Whole seconds since the epoch.
+    fn second(at: SystemTime) -> u32 {
         let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let second = since.as_secs() + u64::from(round_up && since.subsec_nanos() > 0);
-        u32::try_from(second).unwrap_or(u32::MAX)
+        u32::try_from(since.as_secs()).unwrap_or(u32::MAX)
     }
 
     /// Whether a request with this digest was served and its credential has not expired.
     fn holds(&self, digest: &[u8; 32], now: SystemTime) -> bool {
         self.0
             .get(&Self::key(digest))
-            .is_some_and(|until| *until >= Self::second(now, false))
+            .is_some_and(|until| *until >= Self::second(now))
     }
 
     fn insert(&mut self, digest: &[u8; 32], until: SystemTime) {
-        self.0.insert(Self::key(digest), Self::second(until, true));
+        self.0.insert(Self::key(digest), Self::second(until));
     }
 
     /// Forgets the requests whose credentials expired before `now`.
     fn forget_expired(&mut self, now: SystemTime) {
-        let now = Self::second(now, false);
+        let now = Self::second(now);
         self.0.retain(|_, until| *until >= now);
     }
 }
