@@ -569,3 +569,28 @@ async fn waiting_on_a_terminal_shows_a_live_line() {
     let (_, shown) = stderr_on_a_terminal(quiet).await;
     assert!(!shown.contains("waits"), "{shown:?}");
 }
+
+/// `cq_client` runs once per job. Loading `libgcc_s.so.1` (for nothing but the unwinder) ran
+/// its CPU-probing constructor in every client, a tenth of the client's start-up in a VM;
+/// the build links the unwinder in instead (cq-bin's build.rs).
+#[test]
+fn cq_client_starts_without_libgcc_s() {
+    let client = env!("CARGO_BIN_EXE_cq_client");
+    if option_env!("CQ_CLIENT_STATIC_UNWINDER").is_none() {
+        if cfg!(all(target_os = "linux", target_env = "gnu")) {
+            panic!("build.rs found no libgcc_eh.a on this GNU/Linux build host");
+        }
+        return;
+    }
+    let out = std::process::Command::new("ldd")
+        .arg(client)
+        .output()
+        .unwrap();
+    let loads = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ldd {client}: {}", stderr(&out));
+    assert!(loads.contains("libc.so"), "{loads}");
+    assert!(
+        !loads.contains("libgcc_s"),
+        "cq_client loads libgcc_s: {loads}"
+    );
+}
