@@ -123,6 +123,8 @@ fn main() -> anyhow::Result<()> {
         args.samples.min(100),
         work.path(),
     )?);
+    let runtime = tokio::runtime::Runtime::new()?;
+    report.parts = Some(runtime.block_on(measure::parts(&server, args.samples, work.path()))?);
     report.merging = Some(measure::merging(
         &server,
         args.jobs.min(400),
@@ -133,7 +135,6 @@ fn main() -> anyhow::Result<()> {
     // A fresh server: memory freed by the runs above would hide the growth measured here.
     let scale_work = tempfile::tempdir()?;
     let server = server::Server::start(&bin_dir, scale_work.path())?;
-    let runtime = tokio::runtime::Runtime::new()?;
     let scale = measure::scale(&server, args.scale, args.waiting, scale_work.path());
     report.scale = Some(runtime.block_on(scale)?);
     drop(server);

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use cq_auth::munge::{MungeAuthenticator, MungeCredentialSource, MungeSocket};
@@ -13,7 +13,7 @@ use cq_core::{Client, CommandJob, SubmitKey};
 use cq_transport_tcp::TcpConnector;
 
 use crate::cpu::{Children, CpuMark};
-use crate::report::{Latency, Merging, Rate, Scale};
+use crate::report::{Latency, Merging, Parts, Rate, Scale};
 use crate::server::{Server, Transport, memory_kib};
 
 /// Waiting clients submitting at the same moment in the memory measurement.
@@ -56,6 +56,20 @@ impl Work {
         let mut cmd = Command::new(&self.program);
         cmd.arg(tag.to_string()).env(STAMP_VAR, &self.file);
         cmd
+    }
+
+    /// Each tag's stamp (the time it ran, ns since the epoch); for tags that ran once.
+    fn stamps(&self) -> anyhow::Result<BTreeMap<usize, u64>> {
+        let text = std::fs::read_to_string(&self.file)?;
+        text.lines()
+            .map(|line| {
+                let mut words = line.split_whitespace();
+                let tag = words.next().and_then(|t| t.parse().ok());
+                let time = words.next().and_then(|t| t.parse().ok());
+                tag.zip(time)
+                    .with_context(|| format!("not a stamp: {line:?}"))
+            })
+            .collect()
     }
 
     /// How many times each tag ran.
@@ -316,6 +330,95 @@ pub(crate) fn notify_latency(
         "notification (job exit to post script start)",
         times,
     ))
+}
+
+/// The parts of the two latencies that no change to cq's own code removes, each measured
+/// alone: a lean program's start and end (`cq-stamp`, spawned and waited for as cq and the
+/// floor do), one durable commit of cq's store (its SQLite file in the same file system as
+/// the server's), one MUNGE credential made and checked against the server's munged.
+pub(crate) async fn parts(server: &Server, samples: usize, work: &Path) -> anyhow::Result<Parts> {
+    use cq_core::store::{SqliteStore, Store, StoredJob};
+    use cq_core::{Authenticator, CredentialSource, Identity, JobId, JobResult, Outcome, PeerInfo};
+
+    let job = Work::new(work, "parts")?;
+    let (mut start, mut end) = (Vec::new(), Vec::new());
+    let mut before = Vec::new();
+    for tag in 0..samples {
+        let spawned = SystemTime::now();
+        let status = job.command(tag).status()?;
+        let reaped = SystemTime::now();
+        if !status.success() {
+            bail!("cq-stamp failed: {status}");
+        }
+        before.push((spawned, reaped));
+    }
+    job.verify(samples)?;
+    for (tag, stamp) in job.stamps()? {
+        let (spawned, reaped) = before[tag];
+        let stamp = UNIX_EPOCH + Duration::from_nanos(stamp);
+        start.push(stamp.duration_since(spawned).unwrap_or_default());
+        end.push(reaped.duration_since(stamp).unwrap_or_default());
+    }
+
+    let store_dir = work.join("parts-store");
+    std::fs::create_dir_all(&store_dir)?;
+    let store = SqliteStore::open(&store_dir.join("cq.db"))?;
+    let mut commits = Vec::with_capacity(2 * samples);
+    for i in 0..samples {
+        let id = JobId(i as u64 + 1);
+        // A submission's commit, then an outcome's: one fsync each, as in the server.
+        let began = Instant::now();
+        store
+            .insert(StoredJob {
+                id,
+                owner: Identity::local(),
+                summary: format!("{} {i}", job.program().display()),
+                command: Some(CommandJob::new([
+                    job.program().display().to_string(),
+                    i.to_string(),
+                ])),
+                key: Some(SubmitKey::random()),
+                accepted_at: SystemTime::now(),
+                waiters: Vec::new(),
+            })
+            .await?;
+        commits.push(began.elapsed());
+        let began = Instant::now();
+        let result = JobResult {
+            outcome: Outcome::Exited { code: 0 },
+            runtime: Duration::from_millis(1),
+            results: Vec::new(),
+        };
+        store
+            .record_finish(id, result, 0, SystemTime::now())
+            .await?;
+        commits.push(began.elapsed());
+    }
+
+    let socket = MungeSocket::at(&server.munge_socket);
+    let (source, verifier) = (
+        MungeCredentialSource::new(socket.clone()),
+        MungeAuthenticator::new(socket),
+    );
+    let mut munge = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let request = format!("request {i}");
+        let began = Instant::now();
+        let credential = source.credential_for(request.as_bytes()).await?;
+        verifier
+            .verify(request.as_bytes(), &credential, &PeerInfo::default())
+            .await?;
+        munge.push(began.elapsed());
+    }
+    Ok(Parts {
+        start: Latency::new("a lean program's start (spawn to its first stamp)", start),
+        end: Latency::new("a program's end (its stamp to its parent's wait)", end),
+        commit: Latency::new(
+            "one durable commit of cq's store alone (SQLite, fsync; same file system)",
+            commits,
+        ),
+        munge: Latency::new("a MUNGE credential made and checked (munged, twice)", munge),
+    })
 }
 
 /// Enqueue cost at the start and end of a long queue, server memory per queued job and per

@@ -80,6 +80,37 @@ pub(crate) struct Scale {
     pub(crate) waiting_client_pss_kib: u64,
 }
 
+/// What the latencies are made of, at the least, each part measured alone in the same run.
+#[derive(Debug, Serialize)]
+pub(crate) struct Parts {
+    pub(crate) start: Latency,
+    pub(crate) end: Latency,
+    pub(crate) commit: Latency,
+    pub(crate) munge: Latency,
+}
+
+impl Parts {
+    /// What `latency` cannot go below, in ms (from the parts' medians), and which parts
+    /// that is: a submit is a client's start and end, its request's credential, and the
+    /// commit of the job; a notification is the job's end, the commit of its outcome and
+    /// the post script's start.
+    fn bound(&self, latency: &Latency) -> (f64, &'static str) {
+        let (start, end, commit, munge) = (
+            self.start.median_ms,
+            self.end.median_ms,
+            self.commit.median_ms,
+            self.munge.median_ms,
+        );
+        if latency.name.starts_with("notification") {
+            (end + commit + start, "end + commit + start")
+        } else if latency.name.contains("MUNGE") {
+            (start + end + munge + commit, "start + end + MUNGE + commit")
+        } else {
+            (start + end + commit, "start + end + commit")
+        }
+    }
+}
+
 /// Identical submissions on purpose: how many ran, how many were merged.
 #[derive(Debug, Serialize)]
 pub(crate) struct Merging {
@@ -110,6 +141,7 @@ pub(crate) struct Report {
     pub(crate) submit: Option<Latency>,
     pub(crate) submit_unix: Option<Latency>,
     pub(crate) notify: Option<Latency>,
+    pub(crate) parts: Option<Parts>,
     pub(crate) scale: Option<Scale>,
     pub(crate) merging: Option<Merging>,
     pub(crate) peers: Vec<Peer>,
@@ -131,6 +163,7 @@ impl Report {
             submit: None,
             submit_unix: None,
             notify: None,
+            parts: None,
             scale: None,
             merging: None,
             peers: Vec::new(),
@@ -215,16 +248,50 @@ impl Report {
             .into_iter()
             .flatten()
         {
-            let in_floor_jobs = if self.floor.ms_per_job > 0.0 {
-                format!("{:.1}", latency.median_ms / self.floor.ms_per_job)
-            } else {
-                "-".to_owned()
-            };
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.2} | {:.2} | {in_floor_jobs} |",
-                latency.name, latency.samples, latency.median_ms, latency.p99_ms
+                "| {} | {} | {:.2} | {:.2} | {} |",
+                latency.name,
+                latency.samples,
+                latency.median_ms,
+                latency.p99_ms,
+                self.in_floor_jobs(latency.median_ms)
             );
+        }
+        if let Some(parts) = &self.parts {
+            let _ = writeln!(
+                out,
+                "\n| part of a latency, measured alone | samples | median ms | p99 ms | median in floor jobs |\n|---|---:|---:|---:|---:|"
+            );
+            for part in [&parts.start, &parts.end, &parts.commit, &parts.munge] {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.2} | {:.2} | {} |",
+                    part.name,
+                    part.samples,
+                    part.median_ms,
+                    part.p99_ms,
+                    self.in_floor_jobs(part.median_ms)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "\n| latency | median ms | its parts (sum of medians) | ms | in floor jobs | the rest: cq's own ms |\n|---|---:|---|---:|---:|---:|"
+            );
+            for latency in [&self.submit, &self.submit_unix, &self.notify]
+                .into_iter()
+                .flatten()
+            {
+                let (bound, what) = parts.bound(latency);
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.2} | {what} | {bound:.2} | {} | {:.2} |",
+                    latency.name,
+                    latency.median_ms,
+                    self.in_floor_jobs(bound),
+                    latency.median_ms - bound
+                );
+            }
         }
         if let Some(m) = &self.merging {
             let _ = writeln!(
@@ -318,6 +385,17 @@ impl Report {
             );
         }
         out
+    }
+}
+
+impl Report {
+    /// `ms` in units of one fork+exec+wait of the floor.
+    fn in_floor_jobs(&self, ms: f64) -> String {
+        if self.floor.ms_per_job > 0.0 {
+            format!("{:.2}", ms / self.floor.ms_per_job)
+        } else {
+            "-".to_owned()
+        }
     }
 }
 
