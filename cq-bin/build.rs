@@ -9,8 +9,9 @@
 //! linker (`--as-needed`, rustc's default) no longer records it. Panics still unwind and
 //! backtraces still work: the code is the same, only where it is loaded from changes.
 //!
-//! Applied only where it can be: a GNU/Linux target whose C compiler has `libgcc_eh.a`, and
-//! not with `crt-static`, where the standard library links that archive itself.
+//! Applied only where it can be: a native (not cross) build for a GNU/Linux target whose C
+//! compiler has `libgcc_eh.a`, and not with `crt-static`, where the standard library links
+//! that archive itself.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -22,7 +23,13 @@ fn main() {
     let static_crt = var("CARGO_CFG_TARGET_FEATURE")
         .split(',')
         .any(|f| f == "crt-static");
-    if var("CARGO_CFG_TARGET_OS") != "linux" || var("CARGO_CFG_TARGET_ENV") != "gnu" || static_crt {
+    // Cross-compiling, `cc` would name the build machine's archive, not the target's.
+    let native = var("HOST") == var("TARGET");
+    if !native
+        || var("CARGO_CFG_TARGET_OS") != "linux"
+        || var("CARGO_CFG_TARGET_ENV") != "gnu"
+        || static_crt
+    {
         return;
     }
     let Some(archive) = unwinder_archive() else {
