@@ -89,24 +89,31 @@ pub(crate) struct Parts {
     pub(crate) munge: Latency,
 }
 
+/// Which path a latency measures, for its parts.
+#[derive(Clone, Copy)]
+enum Path {
+    /// A submit with MUNGE: a client's start and end, its request's credential, the commit.
+    SubmitMunge,
+    /// A submit over the Unix socket: no credential.
+    SubmitLocal,
+    /// The job's end, the commit of its outcome, the post script's start.
+    Notification,
+}
+
 impl Parts {
-    /// What `latency` cannot go below, in ms (from the parts' medians), and which parts
-    /// that is: a submit is a client's start and end, its request's credential, and the
-    /// commit of the job; a notification is the job's end, the commit of its outcome and
-    /// the post script's start.
-    fn bound(&self, latency: &Latency) -> (f64, &'static str) {
+    /// What a latency on `path` cannot go below, in ms (from the parts' medians), and which
+    /// parts that is.
+    fn bound(&self, path: Path) -> (f64, &'static str) {
         let (start, end, commit, munge) = (
             self.start.median_ms,
             self.end.median_ms,
             self.commit.median_ms,
             self.munge.median_ms,
         );
-        if latency.name.starts_with("notification") {
-            (end + commit + start, "end + commit + start")
-        } else if latency.name.contains("MUNGE") {
-            (start + end + munge + commit, "start + end + MUNGE + commit")
-        } else {
-            (start + end + commit, "start + end + commit")
+        match path {
+            Path::SubmitMunge => (start + end + munge + commit, "start + end + MUNGE + commit"),
+            Path::SubmitLocal => (start + end + commit, "start + end + commit"),
+            Path::Notification => (end + commit + start, "end + commit + start"),
         }
     }
 }
@@ -169,6 +176,15 @@ impl Report {
             peers: Vec::new(),
             spread: Vec::new(),
             slurm: None,
+        }
+    }
+
+    /// `ms` in units of one fork+exec+wait of the floor.
+    fn in_floor_jobs(&self, ms: f64) -> String {
+        if self.floor.ms_per_job > 0.0 {
+            format!("{:.2}", ms / self.floor.ms_per_job)
+        } else {
+            "-".to_owned()
         }
     }
 
@@ -278,11 +294,16 @@ impl Report {
                 out,
                 "\n| latency | median ms | its parts (sum of medians) | ms | in floor jobs | the rest: cq's own ms |\n|---|---:|---|---:|---:|---:|"
             );
-            for latency in [&self.submit, &self.submit_unix, &self.notify]
+            let paths = [
+                (&self.submit, Path::SubmitMunge),
+                (&self.submit_unix, Path::SubmitLocal),
+                (&self.notify, Path::Notification),
+            ];
+            for (latency, path) in paths
                 .into_iter()
-                .flatten()
+                .filter_map(|(latency, path)| Some((latency.as_ref()?, path)))
             {
-                let (bound, what) = parts.bound(latency);
+                let (bound, what) = parts.bound(path);
                 let _ = writeln!(
                     out,
                     "| {} | {:.2} | {what} | {bound:.2} | {} | {:.2} |",
@@ -385,17 +406,6 @@ impl Report {
             );
         }
         out
-    }
-}
-
-impl Report {
-    /// `ms` in units of one fork+exec+wait of the floor.
-    fn in_floor_jobs(&self, ms: f64) -> String {
-        if self.floor.ms_per_job > 0.0 {
-            format!("{:.2}", ms / self.floor.ms_per_job)
-        } else {
-            "-".to_owned()
-        }
     }
 }
 
